@@ -1,0 +1,17 @@
+//! `peer --addr IP:PORT [--config seeds.yaml] [--out-dir out] [-v] [--log-file FILE]`
+
+use std::process::ExitCode;
+
+use gossipnet::cli::{parse_args, run, PeerArgs};
+use gossipnet::wire::Role;
+
+fn main() -> ExitCode {
+    let args: PeerArgs = match parse_args("peer") {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    match run(Role::Peer, args.common) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.exit("peer"),
+    }
+}

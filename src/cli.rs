@@ -1,0 +1,200 @@
+//! What the `seed` and `peer` binaries share: flags, logging, loading the config, binding,
+//! signals, and mapping every failure to one line on stderr and an exit code
+//! (0 clean shutdown, 1 runtime failure, 2 usage or configuration error).
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use rand::SeedableRng;
+use simplelog::{ColorChoice, LevelFilter, TermLogger, TerminalMode, WriteLogger};
+
+use crate::config::Config;
+use crate::net::{Identity, Runtime};
+use crate::node::{unix_ms, Core};
+use crate::output::Output;
+use crate::peer::PeerCore;
+use crate::seed::SeedCore;
+use crate::wire::Role;
+
+/// Flags common to both binaries.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Listen address of this node, IP:PORT (IPv6 as [IP]:PORT). It is also the node's
+    /// identity and names its output files. A peer may use port 0 to take a free port.
+    #[arg(long, value_name = "IP:PORT")]
+    pub addr: SocketAddr,
+    /// The network's configuration: the seed list and every timer and limit.
+    #[arg(long, value_name = "FILE", default_value = "seeds.yaml")]
+    pub config: PathBuf,
+    /// Directory for this node's output files (<role>-<ip>-<port>.txt and .jsonl); created if
+    /// missing.
+    #[arg(long, value_name = "DIR", default_value = "out")]
+    pub out_dir: PathBuf,
+    /// Log debug detail (the default level is info).
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Write the log to this file instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+}
+
+/// `seed`: an entry point of a gossipnet network. It registers peers when a majority of the
+/// seeds agree, hands out the peer list, and removes dead peers after checking them itself.
+#[derive(Parser, Debug)]
+#[command(version)]
+pub struct SeedArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// `peer`: a member of a gossipnet network. It registers with a majority of the seeds,
+/// connects to a few neighbours, gossips messages, checks its neighbours' liveness and reports
+/// the dead ones.
+#[derive(Parser, Debug)]
+#[command(version)]
+pub struct PeerArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// Usage or configuration: exit 2.
+    Usage(String),
+    /// Runtime (address in use, cannot write output): exit 1.
+    Runtime(String),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Usage(m) | Failure::Runtime(m) => f.write_str(m),
+        }
+    }
+}
+
+impl Failure {
+    pub fn exit(self, program: &str) -> ExitCode {
+        eprintln!("{program}: error: {self}");
+        match self {
+            Failure::Usage(_) => ExitCode::from(2),
+            Failure::Runtime(_) => ExitCode::from(1),
+        }
+    }
+}
+
+/// Parses flags; usage errors become one line and exit 2, `--help` and `--version` exit 0.
+pub fn parse_args<T: Parser>(program: &str) -> Result<T, ExitCode> {
+    T::try_parse().map_err(|e| {
+        use clap::error::ErrorKind;
+        if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        let text = e.render().to_string();
+        let first = text.lines().next().unwrap_or("invalid arguments");
+        eprintln!("{program}: {}", first.trim());
+        eprintln!("{program}: try '{program} --help'");
+        ExitCode::from(2)
+    })
+}
+
+fn init_logging(args: &CommonArgs) -> Result<(), Failure> {
+    let level = if args.verbose {
+        LevelFilter::Debug
+    } else {
+        LevelFilter::Info
+    };
+    let config = simplelog::ConfigBuilder::new()
+        .add_filter_allow_str("gossipnet")
+        .build();
+    match &args.log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| Failure::Runtime(format!("cannot open log file {}: {e}", path.display())))?;
+            let _ = WriteLogger::init(level, config, file);
+        }
+        None => {
+            let _ = TermLogger::init(level, config, TerminalMode::Stderr, ColorChoice::Auto);
+        }
+    }
+    Ok(())
+}
+
+/// Loads the config, binds, writes output, and runs until SIGINT/SIGTERM.
+pub fn run(role: Role, args: CommonArgs) -> Result<(), Failure> {
+    let config = Config::load(&args.config).map_err(|e| Failure::Usage(e.to_string()))?;
+    if args.addr.ip().is_unspecified() {
+        return Err(Failure::Usage(format!(
+            "--addr {}: give the specific IP other nodes reach this node at, not an unspecified address",
+            args.addr
+        )));
+    }
+    if role == Role::Seed && !config.seeds.contains(&args.addr) {
+        return Err(Failure::Usage(format!(
+            "--addr {} is not one of the seeds in {} ({})",
+            args.addr,
+            args.config.display(),
+            config.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    if role == Role::Seed && args.addr.port() == 0 {
+        return Err(Failure::Usage("a seed needs a fixed port".into()));
+    }
+    init_logging(&args)?;
+    let listener = TcpListener::bind(args.addr)
+        .map_err(|e| Failure::Runtime(format!("cannot listen on {}: {e}", args.addr)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::Runtime(format!("cannot read the bound address: {e}")))?;
+    let output = Output::create(&args.out_dir, role, &addr, true).map_err(|e| {
+        Failure::Runtime(format!("cannot create output files in {}: {e}", args.out_dir.display()))
+    })?;
+    let identity = Identity {
+        role,
+        addr,
+        incarnation: unix_ms(),
+    };
+    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+    ctrlc::set_handler(move || {
+        let _ = tx.try_send(());
+    })
+    .map_err(|e| Failure::Runtime(format!("cannot install the signal handler: {e}")))?;
+    log::info!("{} {addr} starting with {}", role_name(role), args.config.display());
+    match role {
+        Role::Seed => serve(SeedCore::new(addr, config.clone()), listener, identity, config, output, rx),
+        Role::Peer => {
+            let rng = rand::rngs::StdRng::from_entropy();
+            serve(PeerCore::new(addr, config.clone(), rng), listener, identity, config, output, rx)
+        }
+    }
+    Ok(())
+}
+
+fn serve<C: Core>(
+    core: C,
+    listener: TcpListener,
+    identity: Identity,
+    config: Config,
+    output: Output,
+    stop: crossbeam_channel::Receiver<()>,
+) {
+    let rt = Runtime::start(core, listener, identity, config, output);
+    let _ = stop.recv();
+    log::info!("shutting down");
+    rt.shutdown();
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Peer => "peer",
+        Role::Seed => "seed",
+    }
+}

@@ -1,0 +1,515 @@
+//! `seeds.yaml`: the schema, the defaults and the validation that turns the file into a
+//! [`Config`].
+//!
+//! Every leaf is read as a YAML scalar with its position and parsed here, so that each error
+//! names the key *and* the line (`gossip.interval: bad duration "5x" (line 3)`). Unknown keys
+//! are errors. This module reads no sockets and starts nothing: a config that fails here
+//! leaves nothing half-started.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// A configuration error: one line a user can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How a peer picks its neighbours from the union of the seeds' peer lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// Uniformly at random.
+    Random,
+    /// Preferential attachment: a peer with more neighbours is more likely to be chosen.
+    PowerLaw,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GossipConfig {
+    /// Time between two messages a peer generates.
+    pub interval: Duration,
+    /// How many messages each peer generates.
+    pub count: u32,
+    /// Bound on the message list (ids remembered for de-duplication); oldest forgotten first.
+    pub message_list_capacity: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LivenessConfig {
+    /// Time between two liveness requests to each neighbour.
+    pub interval: Duration,
+    /// Consecutive unanswered requests after which a neighbour is reported dead.
+    pub misses: u32,
+    /// How long a seed waits for a reported peer to answer its own probe.
+    pub probe_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Neighbours a peer connects to itself (inbound links may add more).
+    pub max_neighbours: usize,
+    pub selection: Selection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PowConfig {
+    /// Leading zero bits the connector's hash must have.
+    pub difficulty: u8,
+    /// Deadline for the whole handshake, solving included.
+    pub timeout: Duration,
+}
+
+/// Bounds on what a remote can make a node hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest frame body accepted; checked before anything is allocated.
+    pub max_frame: usize,
+    /// Open connections in total (all roles).
+    pub max_connections: usize,
+    /// Open connections from one remote IP. Loopback is exempt so one host can run a
+    /// demo of hundreds of peers.
+    pub max_connections_per_ip: usize,
+    /// Connections still in the proof-of-work handshake.
+    pub max_pending_handshakes: usize,
+    /// Frames queued for one connection's writer; a remote that does not read is dropped
+    /// when its queue is full instead of stalling everyone else.
+    pub outbound_queue: usize,
+    /// A frame that has started must be complete within this time.
+    pub read_timeout: Duration,
+    /// A blocked write fails after this time and closes the connection.
+    pub write_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedConfig {
+    /// How often seeds exchange their full peer lists (anti-entropy), so a seed that
+    /// missed a vote or was down catches up.
+    pub sync_interval: Duration,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub seeds: Vec<SocketAddr>,
+    pub gossip: GossipConfig,
+    pub liveness: LivenessConfig,
+    pub peer: PeerConfig,
+    pub pow: PowConfig,
+    pub limits: Limits,
+    pub seed: SeedConfig,
+    /// How often each node writes a `stats` event.
+    pub stats_interval: Duration,
+}
+
+impl Config {
+    /// ⌊n/2⌋+1 of all configured seeds.
+    pub fn majority(&self) -> usize {
+        self.seeds.len() / 2 + 1
+    }
+
+    /// Reads and validates a file. Errors name the file, the key and the line.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        Config::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    /// Parses and validates YAML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| {
+            // The first line of saphyr's message is "error: line L column C: what"; the rest
+            // is a source snippet, which does not fit a one-line error.
+            let first = e.to_string();
+            let first = first.lines().next().unwrap_or("invalid YAML").to_string();
+            ConfigError(first.trim_start_matches("error: ").to_string())
+        })?;
+        raw.validate()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse("seeds: [\"127.0.0.1:9001\"]").expect("the defaults are valid")
+    }
+}
+
+type Leaf = Option<Spanned<String>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    seeds: Option<Spanned<Vec<Spanned<String>>>>,
+    gossip: Option<RawGossip>,
+    liveness: Option<RawLiveness>,
+    peer: Option<RawPeer>,
+    pow: Option<RawPow>,
+    limits: Option<RawLimits>,
+    seed: Option<RawSeed>,
+    stats: Option<RawStats>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGossip {
+    interval: Leaf,
+    count: Leaf,
+    message_list_capacity: Leaf,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLiveness {
+    interval: Leaf,
+    misses: Leaf,
+    probe_timeout: Leaf,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    max_neighbours: Leaf,
+    selection: Leaf,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPow {
+    difficulty: Leaf,
+    timeout: Leaf,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_frame: Leaf,
+    max_connections: Leaf,
+    max_connections_per_ip: Leaf,
+    max_pending_handshakes: Leaf,
+    outbound_queue: Leaf,
+    read_timeout: Leaf,
+    write_timeout: Leaf,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSeed {
+    sync_interval: Leaf,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStats {
+    interval: Leaf,
+}
+
+/// Defaults, each with the reason for its value.
+pub mod defaults {
+    use std::time::Duration;
+    /// The assignment's 5 s between generated messages.
+    pub const GOSSIP_INTERVAL: Duration = Duration::from_secs(5);
+    /// The assignment's 10 messages per peer.
+    pub const GOSSIP_COUNT: u32 = 10;
+    /// Ten minutes of default traffic from 1,000 peers is 10 × 1,000 = 10,000 ids; twice that
+    /// leaves room for application items. About 100 bytes an entry: ~2 MiB at most.
+    pub const MESSAGE_LIST_CAPACITY: usize = 20_000;
+    /// The assignment's 13 s.
+    pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(13);
+    /// The assignment's three misses.
+    pub const LIVENESS_MISSES: u32 = 3;
+    /// A live peer answers a seed's probe in milliseconds; 3 s tolerates a busy machine.
+    pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+    pub const MAX_NEIGHBOURS: usize = 4;
+    /// About a million hashes: a fraction of a second for an honest joiner, a real cost for
+    /// someone opening thousands of connections (see README for the measured time).
+    pub const POW_DIFFICULTY: u8 = 20;
+    pub const POW_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Room for a peer list of thousands of peers and a 64 KiB application item.
+    pub const MAX_FRAME: usize = 1 << 20;
+    pub const MAX_CONNECTIONS: usize = 1024;
+    pub const MAX_CONNECTIONS_PER_IP: usize = 32;
+    pub const MAX_PENDING_HANDSHAKES: usize = 64;
+    /// Enough to absorb a burst of gossip; a neighbour that falls this far behind is dropped.
+    pub const OUTBOUND_QUEUE: usize = 4096;
+    pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const SEED_SYNC_INTERVAL: Duration = Duration::from_secs(2);
+    pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
+}
+
+fn at(leaf: &Spanned<String>) -> String {
+    format!("(line {})", leaf.referenced.line())
+}
+
+fn duration(key: &str, leaf: &Leaf, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(leaf) = leaf else { return Ok(default) };
+    match parse_duration(leaf.value.trim()) {
+        Some(d) if !d.is_zero() => Ok(d),
+        Some(_) => Err(ConfigError(format!(
+            "{key}: must be greater than zero, got \"{}\" {}",
+            leaf.value,
+            at(leaf)
+        ))),
+        None => Err(ConfigError(format!(
+            "{key}: bad duration \"{}\", expected a number with a unit such as 5s, 200ms, 2m {}",
+            leaf.value,
+            at(leaf)
+        ))),
+    }
+}
+
+/// `200ms`, `5s`, `2m`, `1h`; whole numbers only.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+fn number<T>(key: &str, leaf: &Leaf, default: T, min: T, max: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+{
+    let Some(leaf) = leaf else { return Ok(default) };
+    match leaf.value.trim().parse::<T>() {
+        Ok(v) if v >= min && v <= max => Ok(v),
+        _ => Err(ConfigError(format!(
+            "{key}: expected a whole number from {min} to {max}, got \"{}\" {}",
+            leaf.value,
+            at(leaf)
+        ))),
+    }
+}
+
+fn socket_addr(key: &str, leaf: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
+    leaf.value.trim().parse().map_err(|_| {
+        ConfigError(format!(
+            "{key}: malformed address \"{}\", expected IP:PORT such as 127.0.0.1:9001 or [::1]:9001 {}",
+            leaf.value,
+            at(leaf)
+        ))
+    })
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        use defaults::*;
+        let Some(seed_list) = self.seeds else {
+            return Err(ConfigError("seeds: missing; list at least one seed as IP:PORT".into()));
+        };
+        if seed_list.value.is_empty() {
+            return Err(ConfigError(format!(
+                "seeds: the list is empty; give at least one seed {}",
+                at(&Spanned::new(
+                    String::new(),
+                    seed_list.referenced,
+                    seed_list.defined
+                ))
+            )));
+        }
+        let mut seeds = Vec::with_capacity(seed_list.value.len());
+        for leaf in &seed_list.value {
+            let addr = socket_addr("seeds", leaf)?;
+            if addr.port() == 0 {
+                return Err(ConfigError(format!(
+                    "seeds: port 0 is not a reachable address: \"{}\" {}",
+                    leaf.value,
+                    at(leaf)
+                )));
+            }
+            if seeds.contains(&addr) {
+                return Err(ConfigError(format!(
+                    "seeds: \"{}\" is listed twice {}",
+                    leaf.value,
+                    at(leaf)
+                )));
+            }
+            seeds.push(addr);
+        }
+
+        let g = self.gossip.unwrap_or_default();
+        let gossip = GossipConfig {
+            interval: duration("gossip.interval", &g.interval, GOSSIP_INTERVAL)?,
+            count: number("gossip.count", &g.count, GOSSIP_COUNT, 0, 1_000_000)?,
+            message_list_capacity: number(
+                "gossip.message_list_capacity",
+                &g.message_list_capacity,
+                MESSAGE_LIST_CAPACITY,
+                16,
+                10_000_000,
+            )?,
+        };
+        let l = self.liveness.unwrap_or_default();
+        let liveness = LivenessConfig {
+            interval: duration("liveness.interval", &l.interval, LIVENESS_INTERVAL)?,
+            misses: number("liveness.misses", &l.misses, LIVENESS_MISSES, 1, 1000)?,
+            probe_timeout: duration("liveness.probe_timeout", &l.probe_timeout, PROBE_TIMEOUT)?,
+        };
+        let p = self.peer.unwrap_or_default();
+        let selection = match &p.selection {
+            None => Selection::Random,
+            Some(leaf) => match leaf.value.trim() {
+                "random" => Selection::Random,
+                "power-law" => Selection::PowerLaw,
+                other => {
+                    return Err(ConfigError(format!(
+                        "peer.selection: expected \"random\" or \"power-law\", got \"{other}\" {}",
+                        at(leaf)
+                    )))
+                }
+            },
+        };
+        let peer = PeerConfig {
+            max_neighbours: number("peer.max_neighbours", &p.max_neighbours, MAX_NEIGHBOURS, 1, 64)?,
+            selection,
+        };
+        let w = self.pow.unwrap_or_default();
+        let pow = PowConfig {
+            difficulty: number("pow.difficulty", &w.difficulty, POW_DIFFICULTY, 0, 32)?,
+            timeout: duration("pow.timeout", &w.timeout, POW_TIMEOUT)?,
+        };
+        let m = self.limits.unwrap_or_default();
+        let limits = Limits {
+            max_frame: number("limits.max_frame", &m.max_frame, MAX_FRAME, 1024, 16 << 20)?,
+            max_connections: number(
+                "limits.max_connections",
+                &m.max_connections,
+                MAX_CONNECTIONS,
+                4,
+                100_000,
+            )?,
+            max_connections_per_ip: number(
+                "limits.max_connections_per_ip",
+                &m.max_connections_per_ip,
+                MAX_CONNECTIONS_PER_IP,
+                1,
+                100_000,
+            )?,
+            max_pending_handshakes: number(
+                "limits.max_pending_handshakes",
+                &m.max_pending_handshakes,
+                MAX_PENDING_HANDSHAKES,
+                1,
+                100_000,
+            )?,
+            outbound_queue: number(
+                "limits.outbound_queue",
+                &m.outbound_queue,
+                OUTBOUND_QUEUE,
+                8,
+                1_000_000,
+            )?,
+            read_timeout: duration("limits.read_timeout", &m.read_timeout, READ_TIMEOUT)?,
+            write_timeout: duration("limits.write_timeout", &m.write_timeout, WRITE_TIMEOUT)?,
+        };
+        let s = self.seed.unwrap_or_default();
+        let seed = SeedConfig {
+            sync_interval: duration("seed.sync_interval", &s.sync_interval, SEED_SYNC_INTERVAL)?,
+        };
+        let st = self.stats.unwrap_or_default();
+        let stats_interval = duration("stats.interval", &st.interval, STATS_INTERVAL)?;
+        Ok(Config {
+            seeds,
+            gossip,
+            liveness,
+            peer,
+            pow,
+            limits,
+            seed,
+            stats_interval,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_assignment() {
+        let c = Config::parse("seeds: [\"127.0.0.1:9001\", \"127.0.0.1:9002\", \"127.0.0.1:9003\"]\n")
+            .unwrap();
+        assert_eq!(c.seeds.len(), 3);
+        assert_eq!(c.majority(), 2);
+        assert_eq!(c.gossip.interval, Duration::from_secs(5));
+        assert_eq!(c.gossip.count, 10);
+        assert_eq!(c.liveness.interval, Duration::from_secs(13));
+        assert_eq!(c.liveness.misses, 3);
+        assert_eq!(c.peer.max_neighbours, 4);
+        assert_eq!(c.peer.selection, Selection::Random);
+        assert_eq!(c.pow.difficulty, 20);
+        assert_eq!(c.pow.timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_shipped_seeds_yaml_is_valid() {
+        let text = include_str!("../seeds.yaml");
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.seeds.len(), 3);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("200ms"), Some(Duration::from_millis(200)));
+        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("5x"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("-5s"), None);
+        assert_eq!(parse_duration("99999999999999999999s"), None);
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().0
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_line() {
+        let e = err("seeds: [\"127.0.0.1:9001\"]\ngossip:\n  interval: 5x\n");
+        assert!(e.contains("gossip.interval") && e.contains("line 3"), "{e}");
+        let e = err("seeds: [\"127.0.0.1:9001\"]\npow: { difficulty: 99 }\n");
+        assert!(e.contains("pow.difficulty") && e.contains("line 2"), "{e}");
+        let e = err("seeds: [\"127.0.0.1:9001\", \"nonsense\"]\n");
+        assert!(e.contains("seeds") && e.contains("nonsense") && e.contains("line 1"), "{e}");
+        let e = err("seeds: [\"127.0.0.1:9001\"]\ngossip:\n  intervall: 5s\n");
+        assert!(e.contains("intervall") && e.contains("line 3"), "{e}");
+        let e = err("seeds: [\"127.0.0.1:9001\"]\npeer: { selection: best }\n");
+        assert!(e.contains("peer.selection") && e.contains("best"), "{e}");
+        let e = err("gossip: { count: 3 }\n");
+        assert!(e.contains("seeds"), "{e}");
+        let e = err("seeds: []\n");
+        assert!(e.contains("seeds"), "{e}");
+        let e = err("seeds: [\"127.0.0.1:9001\"]\nliveness: { interval: 0s }\n");
+        assert!(e.contains("liveness.interval"), "{e}");
+        let e = err("seeds: [\"127.0.0.1:9001\", \"127.0.0.1:9001\"]\n");
+        assert!(e.contains("twice"), "{e}");
+        for text in ["{{{", "seeds: [", "seeds:\n  - a\n - b\n", "\u{0}"] {
+            let e = err(text);
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn ipv6_seeds() {
+        let c = Config::parse("seeds: [\"[::1]:9001\"]").unwrap();
+        assert!(c.seeds[0].is_ipv6());
+    }
+}

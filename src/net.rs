@@ -1,0 +1,622 @@
+//! The thread-per-connection runtime shared by seeds and peers. It owns the sockets and
+//! threads and makes no protocol decision: it admits connections (limits, then the proof-of-work
+//! handshake), reads frames and hands them to the core as [`Event`]s, and carries out the
+//! [`Action`]s the core returns.
+//!
+//! Threads: one accept thread, one ticker, and per connection one reader (which also ran the
+//! handshake) and one writer draining a bounded queue. The core lock is held only while the
+//! core decides and frames are queued with `try_send`; no lock is ever held across a blocking
+//! read or write, so a remote that stops reading cannot stall anyone else: when its queue is
+//! full it is dropped.
+
+use std::collections::HashMap;
+use std::io::{self, BufWriter, ErrorKind, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::config::Config;
+use crate::handshake::{AcceptorHandshake, ConnectorIdentity, HandshakeError};
+use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote};
+use crate::output::Output;
+use crate::wire::{FrameReader, Msg, Role, WireError};
+
+/// Stack size of every thread we spawn: they run small loops, not deep recursion. Keeps
+/// hundreds of peers on one machine cheap.
+const THREAD_STACK: usize = 256 * 1024;
+/// Bytes read per `read` call.
+const READ_CHUNK: usize = 16 * 1024;
+/// How often a reader blocked on an idle socket wakes to check for shutdown.
+const IDLE_WAKE: Duration = Duration::from_millis(500);
+/// Longest wait for queued goodbyes to leave at shutdown.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
+
+/// Counters for the `stats` event.
+#[derive(Default)]
+pub struct Counters {
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub connections: AtomicUsize,
+    pub threads: AtomicUsize,
+    pub pending_handshakes: AtomicUsize,
+}
+
+struct ConnHandle {
+    tx: Sender<Arc<[u8]>>,
+    stream: TcpStream,
+}
+
+#[derive(Default)]
+struct ConnTable {
+    by_id: HashMap<ConnId, ConnHandle>,
+}
+
+/// Who this node is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub role: Role,
+    pub addr: SocketAddr,
+    pub incarnation: u64,
+}
+
+pub struct Runtime<C: Core> {
+    core: Mutex<C>,
+    conns: Mutex<ConnTable>,
+    /// Open sockets per remote IP (accepted ones), for the per-IP cap.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    pub output: Output,
+    pub config: Config,
+    pub identity: Identity,
+    pub counters: Counters,
+    next_conn: AtomicU64,
+    stopping: AtomicBool,
+    rng: Mutex<StdRng>,
+}
+
+/// Decrements a counter when dropped, so every exit path releases its slot.
+struct CountGuard<'a>(&'a AtomicUsize);
+
+impl Drop for CountGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<C: Core> Runtime<C> {
+    /// Starts the accept thread and the ticker, then tells the core it has started.
+    pub fn start(
+        core: C,
+        listener: TcpListener,
+        identity: Identity,
+        config: Config,
+        output: Output,
+    ) -> Arc<Self> {
+        let rt = Arc::new(Runtime {
+            core: Mutex::new(core),
+            conns: Mutex::new(ConnTable::default()),
+            per_ip: Mutex::new(HashMap::new()),
+            output,
+            config,
+            identity,
+            counters: Counters::default(),
+            next_conn: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+            rng: Mutex::new(StdRng::from_entropy()),
+        });
+        // The main thread counts too.
+        rt.counters.threads.store(1, Ordering::Relaxed);
+        let r = rt.clone();
+        rt.spawn("accept", move || r.accept_loop(listener));
+        let r = rt.clone();
+        rt.spawn("ticker", move || r.tick_loop());
+        rt.dispatch(Event::Started);
+        rt
+    }
+
+    fn spawn(self: &Arc<Self>, name: &str, f: impl FnOnce() + Send + 'static) {
+        let threads = self.clone();
+        threads.counters.threads.fetch_add(1, Ordering::Relaxed);
+        let res = std::thread::Builder::new()
+            .name(name.to_string())
+            .stack_size(THREAD_STACK)
+            .spawn(move || {
+                let _g = CountGuard(&threads.counters.threads);
+                f();
+            });
+        if let Err(e) = res {
+            self.counters.threads.fetch_sub(1, Ordering::Relaxed);
+            log::error!("cannot spawn thread {name}: {e}");
+        }
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Feeds one event to the core and carries out its actions.
+    pub fn dispatch(self: &Arc<Self>, event: Event) {
+        let now = Now::real();
+        let mut actions = Vec::new();
+        let mut overflowed = Vec::new();
+        {
+            let mut core = self.core.lock();
+            core.handle(event, now, &mut actions);
+            // Queue frames and close connections while still holding the core lock, so each
+            // connection sees frames in the order the core decided them. `try_send` never
+            // blocks.
+            let mut conns = self.conns.lock();
+            for action in &actions {
+                match action {
+                    Action::Send { to, msg } => {
+                        let frame: Arc<[u8]> = msg.encode().into();
+                        for conn in to {
+                            let Some(h) = conns.by_id.get(conn) else { continue };
+                            match h.tx.try_send(frame.clone()) {
+                                Ok(()) => {}
+                                Err(TrySendError::Full(_)) => {
+                                    if let Some(h) = conns.by_id.remove(conn) {
+                                        let _ = h.stream.shutdown(Shutdown::Both);
+                                    }
+                                    overflowed.push(*conn);
+                                }
+                                Err(TrySendError::Disconnected(_)) => {}
+                            }
+                        }
+                    }
+                    Action::Close { conn } => {
+                        if let Some(h) = conns.by_id.remove(conn) {
+                            let _ = h.stream.shutdown(Shutdown::Both);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for action in actions {
+            match action {
+                Action::Dial { addr, purpose } => self.dial(addr, purpose),
+                Action::Log(rec) => self.output.record(&rec),
+                Action::Send { .. } | Action::Close { .. } => {}
+            }
+        }
+        for conn in overflowed {
+            self.dispatch(Event::Closed {
+                conn,
+                reason: "outbound queue full (remote not reading)".into(),
+            });
+        }
+    }
+
+    /// Removes a connection; true if it was still registered (the caller then reports it).
+    fn forget(&self, conn: ConnId) -> bool {
+        let mut conns = self.conns.lock();
+        match conns.by_id.remove(&conn) {
+            Some(h) => {
+                let _ = h.stream.shutdown(Shutdown::Both);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn reject(&self, remote: impl ToString, reason: impl ToString) {
+        let reason = reason.to_string();
+        let remote = remote.to_string();
+        log::info!("rejected {remote}: {reason}");
+        self.output.record(&Record::rejected(remote, reason));
+    }
+
+    // ---------------------------------------------------------------- accepting
+
+    fn accept_loop(self: &Arc<Self>, listener: TcpListener) {
+        for stream in listener.incoming() {
+            if self.is_stopping() {
+                break;
+            }
+            let stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    log::warn!("accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            let Ok(remote) = stream.peer_addr() else { continue };
+            if let Err(reason) = self.admit(remote.ip()) {
+                self.reject(remote, reason);
+                continue;
+            }
+            let r = self.clone();
+            self.spawn("conn", move || r.serve_inbound(stream, remote));
+        }
+    }
+
+    /// Checks the connection limits and takes a slot (released in `serve_inbound`).
+    fn admit(&self, ip: IpAddr) -> Result<(), String> {
+        let limits = &self.config.limits;
+        let c = &self.counters;
+        if c.connections.load(Ordering::Relaxed) >= limits.max_connections {
+            return Err(format!("connection limit ({}) reached", limits.max_connections));
+        }
+        if c.pending_handshakes.load(Ordering::Relaxed) >= limits.max_pending_handshakes {
+            return Err(format!(
+                "pending handshake limit ({}) reached",
+                limits.max_pending_handshakes
+            ));
+        }
+        let mut per_ip = self.per_ip.lock();
+        let n = per_ip.entry(ip).or_insert(0);
+        if !ip.is_loopback() && *n >= limits.max_connections_per_ip {
+            return Err(format!(
+                "per-IP connection limit ({}) reached",
+                limits.max_connections_per_ip
+            ));
+        }
+        *n += 1;
+        c.connections.fetch_add(1, Ordering::Relaxed);
+        c.pending_handshakes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn release_ip(&self, ip: IpAddr) {
+        let mut per_ip = self.per_ip.lock();
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+
+    fn serve_inbound(self: &Arc<Self>, stream: TcpStream, remote: SocketAddr) {
+        let _conn_slot = CountGuard(&self.counters.connections);
+        let mut pending = Some(CountGuard(&self.counters.pending_handshakes));
+        let result = self.accept_handshake(&stream);
+        drop(pending.take());
+        match result {
+            Ok((admitted, reader)) => {
+                let remote = Remote {
+                    addr: admitted.addr,
+                    role: admitted.role,
+                    incarnation: admitted.incarnation,
+                    dialed: None,
+                };
+                self.run_connection(stream, remote, reader);
+            }
+            Err(reason) => {
+                let _ = write_frame(&stream, &Msg::Reject { reason: reason.clone() });
+                let _ = stream.shutdown(Shutdown::Both);
+                self.reject(remote, reason);
+            }
+        }
+        self.release_ip(remote.ip());
+    }
+
+    fn accept_handshake(
+        &self,
+        stream: &TcpStream,
+    ) -> Result<(crate::handshake::Admitted, FrameReader), String> {
+        let _ = stream.set_nodelay(true);
+        let timeout = self.config.pow.timeout;
+        let _ = stream.set_write_timeout(Some(timeout));
+        let deadline = Instant::now() + timeout;
+        let hs = {
+            let mut rng = self.rng.lock();
+            AcceptorHandshake::new(
+                &mut *rng,
+                self.config.pow.difficulty,
+                self.identity.addr,
+                deadline,
+            )
+        };
+        write_frame(stream, &hs.challenge_msg()).map_err(|e| format!("write failed: {e}"))?;
+        let mut reader = FrameReader::new(self.config.limits.max_frame);
+        let msg = read_frame_until(stream, &mut reader, deadline, &self.counters)?;
+        let admitted = hs
+            .on_hello(msg, Instant::now(), &self.config.seeds)
+            .map_err(|e| e.to_string())?;
+        write_frame(stream, &Msg::Welcome).map_err(|e| format!("write failed: {e}"))?;
+        Ok((admitted, reader))
+    }
+
+    // ---------------------------------------------------------------- dialing
+
+    fn dial(self: &Arc<Self>, addr: SocketAddr, purpose: Purpose) {
+        let r = self.clone();
+        self.spawn("dial", move || match r.connect(addr, purpose) {
+            Ok((stream, reader)) => {
+                let _slot = {
+                    r.counters.connections.fetch_add(1, Ordering::Relaxed);
+                    CountGuard(&r.counters.connections)
+                };
+                let role = match purpose {
+                    Purpose::Register | Purpose::SeedLink => Role::Seed,
+                    Purpose::Neighbour | Purpose::Probe => Role::Peer,
+                };
+                let remote = Remote {
+                    addr,
+                    role,
+                    incarnation: 0,
+                    dialed: Some(purpose),
+                };
+                r.run_connection(stream, remote, reader);
+            }
+            Err(reason) => {
+                log::debug!("dial {addr} ({purpose:?}) failed: {reason}");
+                r.dispatch(Event::DialFailed {
+                    addr,
+                    purpose,
+                    reason,
+                })
+            }
+        });
+    }
+
+    fn connect(&self, addr: SocketAddr, _purpose: Purpose) -> Result<(TcpStream, FrameReader), String> {
+        let timeout = self.config.pow.timeout;
+        let deadline = Instant::now() + timeout;
+        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(timeout));
+        let mut reader = FrameReader::new(self.config.limits.max_frame);
+        let me = ConnectorIdentity {
+            role: self.identity.role,
+            addr: self.identity.addr,
+            incarnation: self.identity.incarnation,
+        };
+        let msg = read_frame_until(&stream, &mut reader, deadline, &self.counters)?;
+        let puzzle = me.on_challenge(msg).map_err(|e| e.to_string())?;
+        if puzzle.acceptor != addr {
+            return Err(format!("dialed {addr} but it says it is {}", puzzle.acceptor));
+        }
+        let start = self.rng.lock().gen::<u64>();
+        let hello = me
+            .solve(&puzzle, start, deadline)
+            .ok_or_else(|| HandshakeError::DeadlinePassed.to_string())?;
+        write_frame(&stream, &hello).map_err(|e| format!("write failed: {e}"))?;
+        match read_frame_until(&stream, &mut reader, deadline, &self.counters)? {
+            Msg::Welcome => Ok((stream, reader)),
+            Msg::Reject { reason } => Err(HandshakeError::Refused(reason).to_string()),
+            other => Err(HandshakeError::Unexpected(other.name()).to_string()),
+        }
+    }
+
+    // ---------------------------------------------------------------- established
+
+    /// Registers an admitted connection, starts its writer, and reads frames until it ends.
+    fn run_connection(self: &Arc<Self>, stream: TcpStream, remote: Remote, reader: FrameReader) {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = bounded::<Arc<[u8]>>(self.config.limits.outbound_queue);
+        let (Ok(write_half), Ok(table_half)) = (stream.try_clone(), stream.try_clone()) else {
+            return;
+        };
+        let _ = write_half.set_write_timeout(Some(self.config.limits.write_timeout));
+        self.conns.lock().by_id.insert(
+            conn,
+            ConnHandle {
+                tx,
+                stream: table_half,
+            },
+        );
+        let r = self.clone();
+        self.spawn("writer", move || r.write_loop(conn, write_half, rx));
+        let peer = remote.addr;
+        self.dispatch(Event::Connected { conn, remote });
+        let reason = self.read_loop(conn, &stream, reader, peer);
+        if self.forget(conn) {
+            self.dispatch(Event::Closed { conn, reason });
+        }
+    }
+
+    fn read_loop(
+        self: &Arc<Self>,
+        conn: ConnId,
+        mut stream: &TcpStream,
+        mut reader: FrameReader,
+        peer: SocketAddr,
+    ) -> String {
+        let read_timeout = self.config.limits.read_timeout;
+        let _ = stream.set_read_timeout(Some(IDLE_WAKE));
+        let mut buf = vec![0u8; READ_CHUNK];
+        // When the oldest incomplete frame started arriving.
+        let mut partial_since: Option<Instant> = None;
+        loop {
+            // Frames that arrived together with the handshake, or in the last read.
+            loop {
+                match reader.next_frame() {
+                    Ok(Some(body)) => {
+                        self.counters.frames_in.fetch_add(1, Ordering::Relaxed);
+                        match Msg::decode(&body) {
+                            Ok(msg) => self.dispatch(Event::Frame { conn, msg }),
+                            Err(e) => return self.malformed(peer, e),
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return self.malformed(peer, e),
+                }
+            }
+            partial_since = if reader.pending() == 0 {
+                None
+            } else {
+                partial_since.or(Some(Instant::now()))
+            };
+            match stream.read(&mut buf) {
+                Ok(0) => return "connection closed by remote".into(),
+                Ok(n) => {
+                    self.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                    reader.push(&buf[..n]);
+                }
+                Err(e) if is_timeout(&e) => {
+                    if !self.conns.lock().by_id.contains_key(&conn) {
+                        return "closed".into();
+                    }
+                    if let Some(t) = partial_since {
+                        if t.elapsed() > read_timeout {
+                            let reason = format!("incomplete frame for more than {read_timeout:?}");
+                            self.reject(peer, &reason);
+                            return reason;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return format!("read failed: {e}"),
+            }
+        }
+    }
+
+    fn malformed(&self, peer: SocketAddr, e: WireError) -> String {
+        let reason = format!("malformed frame: {e}");
+        self.reject(peer, &reason);
+        reason
+    }
+
+    fn write_loop(self: &Arc<Self>, conn: ConnId, stream: TcpStream, rx: Receiver<Arc<[u8]>>) {
+        let mut w = BufWriter::with_capacity(64 * 1024, &stream);
+        let result = (|| -> io::Result<()> {
+            while let Ok(frame) = rx.recv() {
+                w.write_all(&frame)?;
+                let mut n = 1u64;
+                let mut bytes = frame.len() as u64;
+                // Batch whatever else is queued into the same write.
+                while let Ok(more) = rx.try_recv() {
+                    w.write_all(&more)?;
+                    n += 1;
+                    bytes += more.len() as u64;
+                }
+                w.flush()?;
+                self.counters.frames_out.fetch_add(n, Ordering::Relaxed);
+                self.counters.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            if self.forget(conn) {
+                self.dispatch(Event::Closed {
+                    conn,
+                    reason: format!("write failed: {e}"),
+                });
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- time and shutdown
+
+    fn tick_loop(self: &Arc<Self>) {
+        let tick = tick_period(&self.config);
+        let mut next_stats = Instant::now() + self.config.stats_interval;
+        while !self.is_stopping() {
+            std::thread::sleep(tick);
+            if self.is_stopping() {
+                break;
+            }
+            self.dispatch(Event::Tick);
+            if Instant::now() >= next_stats {
+                next_stats += self.config.stats_interval;
+                self.write_stats();
+            }
+        }
+    }
+
+    pub fn write_stats(&self) {
+        let c = &self.counters;
+        let dups = self.core.lock().gossip_duplicates();
+        self.output.record(
+            &Record::new("stats")
+                .field("frames_in", c.frames_in.load(Ordering::Relaxed))
+                .field("frames_out", c.frames_out.load(Ordering::Relaxed))
+                .field("bytes_in", c.bytes_in.load(Ordering::Relaxed))
+                .field("bytes_out", c.bytes_out.load(Ordering::Relaxed))
+                .field("gossip_duplicates", dups)
+                .field("connections", c.connections.load(Ordering::Relaxed) as u64)
+                .field("threads", c.threads.load(Ordering::Relaxed) as u64),
+        );
+    }
+
+    /// Clean shutdown: stop accepting work, let the core say goodbye, give the goodbyes a
+    /// moment to leave, close every socket, write the last stats and `stopped`.
+    pub fn shutdown(self: &Arc<Self>) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.dispatch(Event::Shutdown);
+        let until = Instant::now() + SHUTDOWN_FLUSH;
+        while Instant::now() < until {
+            let busy = self.conns.lock().by_id.values().any(|h| !h.tx.is_empty());
+            if !busy {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The writers may hold the last frame they took; a short grace lets it out.
+        std::thread::sleep(Duration::from_millis(50));
+        let handles: Vec<ConnHandle> = self.conns.lock().by_id.drain().map(|(_, h)| h).collect();
+        for h in handles {
+            let _ = h.stream.shutdown(Shutdown::Both);
+        }
+        self.write_stats();
+        self.output.record(&Record::new("stopped").line("stopped"));
+    }
+}
+
+/// Timers are checked on every tick: fine enough for the shortest configured interval, coarse
+/// enough to cost nothing when idle.
+pub fn tick_period(config: &Config) -> Duration {
+    let shortest = config
+        .gossip
+        .interval
+        .min(config.liveness.interval)
+        .min(config.liveness.probe_timeout);
+    (shortest / 10).clamp(Duration::from_millis(10), Duration::from_millis(100))
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+fn write_frame(mut stream: &TcpStream, msg: &Msg) -> io::Result<()> {
+    stream.write_all(&msg.encode())
+}
+
+/// Reads one frame before `deadline` (used during the handshake, before the reader loop).
+fn read_frame_until(
+    mut stream: &TcpStream,
+    reader: &mut FrameReader,
+    deadline: Instant,
+    counters: &Counters,
+) -> Result<Msg, String> {
+    let mut buf = [0u8; 1024];
+    loop {
+        match reader.next_frame() {
+            Ok(Some(body)) => {
+                counters.frames_in.fetch_add(1, Ordering::Relaxed);
+                return Msg::decode(&body).map_err(|e| format!("malformed frame: {e}"));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("malformed frame: {e}")),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HandshakeError::DeadlinePassed.to_string());
+        }
+        let _ = stream.set_read_timeout(Some(left));
+        match stream.read(&mut buf) {
+            Ok(0) => return Err("connection closed during handshake".into()),
+            Ok(n) => {
+                counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                reader.push(&buf[..n]);
+            }
+            Err(e) if is_timeout(&e) => {
+                return Err(HandshakeError::DeadlinePassed.to_string());
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+    }
+}

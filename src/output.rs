@@ -1,0 +1,120 @@
+//! The per-node output files: `<role>-<ip>-<port>.txt` for people (also echoed to the screen)
+//! and `<role>-<ip>-<port>.jsonl` for tools. Every record is written through at once with one
+//! `write` call per file, so a killed process loses nothing it had logged.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+
+use crate::node::{unix_ms, Record};
+use crate::wire::Role;
+
+pub struct Output {
+    node: String,
+    files: Mutex<(File, File)>,
+    echo: bool,
+    txt_path: PathBuf,
+    jsonl_path: PathBuf,
+}
+
+/// `peer-127.0.0.1-9101`, `seed-::1-9001`.
+pub fn file_stem(role: Role, addr: &SocketAddr) -> String {
+    let role = match role {
+        Role::Peer => "peer",
+        Role::Seed => "seed",
+    };
+    format!("{role}-{}-{}", addr.ip(), addr.port())
+}
+
+impl Output {
+    /// Creates (truncating) both files in `dir`, creating `dir` if needed.
+    pub fn create(dir: &Path, role: Role, addr: &SocketAddr, echo: bool) -> io::Result<Output> {
+        std::fs::create_dir_all(dir)?;
+        let stem = file_stem(role, addr);
+        let txt_path = dir.join(format!("{stem}.txt"));
+        let jsonl_path = dir.join(format!("{stem}.jsonl"));
+        let open = |p: &Path| {
+            OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(p)
+        };
+        Ok(Output {
+            node: addr.to_string(),
+            files: Mutex::new((open(&txt_path)?, open(&jsonl_path)?)),
+            echo,
+            txt_path,
+            jsonl_path,
+        })
+    }
+
+    pub fn txt_path(&self) -> &Path {
+        &self.txt_path
+    }
+
+    pub fn jsonl_path(&self) -> &Path {
+        &self.jsonl_path
+    }
+
+    /// Writes one record. I/O errors are logged, never fatal: losing a line of output must not
+    /// stop a node.
+    pub fn record(&self, rec: &Record) {
+        let ts_ms = unix_ms();
+        let mut obj = Map::new();
+        obj.insert("ts_ms".into(), Value::from(ts_ms));
+        obj.insert("node".into(), Value::from(self.node.clone()));
+        obj.insert("event".into(), Value::from(rec.event));
+        for (k, v) in &rec.fields {
+            obj.insert(k.clone(), v.clone());
+        }
+        let mut json = Value::Object(obj).to_string();
+        json.push('\n');
+        let line = rec.line.as_ref().map(|l| {
+            let local = chrono::Local::now().format("%Y-%m-%d %H:%M:%S%.3f");
+            format!("{local}  {l}\n")
+        });
+        let mut files = self.files.lock();
+        if let Err(e) = files.1.write_all(json.as_bytes()) {
+            log::warn!("cannot write {}: {e}", self.jsonl_path.display());
+        }
+        if let Some(line) = line {
+            if let Err(e) = files.0.write_all(line.as_bytes()) {
+                log::warn!("cannot write {}: {e}", self.txt_path.display());
+            }
+            if self.echo {
+                // A closed stdout must not kill the node: ignore errors instead of println!.
+                let _ = io::stdout().lock().write_all(line.as_bytes());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = "127.0.0.1:9101".parse().unwrap();
+        let out = Output::create(dir.path(), Role::Peer, &addr, false).unwrap();
+        out.record(&Record::new("started").field("role", "peer").line("listening"));
+        out.record(&Record::new("stats").field("frames_in", 3));
+        let jsonl = std::fs::read_to_string(out.jsonl_path()).unwrap();
+        let lines: Vec<Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["event"], "started");
+        assert_eq!(lines[0]["node"], "127.0.0.1:9101");
+        assert_eq!(lines[0]["role"], "peer");
+        assert!(lines[0]["ts_ms"].as_u64().unwrap() > 1_600_000_000_000);
+        let txt = std::fs::read_to_string(out.txt_path()).unwrap();
+        assert_eq!(txt.lines().count(), 1);
+        assert!(txt.ends_with("  listening\n"));
+        assert!(out.txt_path().ends_with("peer-127.0.0.1-9101.txt"));
+    }
+}

@@ -1,0 +1,712 @@
+//! The peer's decisions: joining through the seeds, keeping neighbours, generating and
+//! forwarding gossip, checking liveness, reporting the dead and repairing the overlay.
+//! Events in, actions out; the rules themselves live in `gossip`, `liveness` and `selection`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use crate::config::Config;
+use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote};
+use crate::peer::gossip::{forward_targets, next_ttl, MessageList};
+use crate::peer::liveness::{Check, LivenessTracker};
+use crate::peer::selection;
+use crate::texts::{self, TEXT_DATA_TYPE};
+use crate::wire::{Msg, PeerEntry, Role};
+
+/// Resend `Register` to a seed that has not confirmed within this time (its vote may have been
+/// lost while the seeds were still linking up).
+const REGISTER_RETRY: Duration = Duration::from_secs(2);
+/// First wait before reconnecting to a seed we lost; doubles up to the cap.
+const SEED_BACKOFF_MIN: Duration = Duration::from_millis(200);
+const SEED_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkKind {
+    /// Our connection to a seed.
+    Seed,
+    Neighbour,
+    /// A seed's one-off probe connection to us.
+    SeedProbe,
+}
+
+#[derive(Debug)]
+struct Link {
+    addr: SocketAddr,
+    kind: LinkKind,
+    /// Whether we dialed this connection (used to pick one of two simultaneous links).
+    dialed: bool,
+}
+
+#[derive(Debug)]
+struct Neighbour {
+    conn: ConnId,
+    liveness: LivenessTracker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Registering with the seeds and collecting their lists.
+    Joining,
+    /// Dialing the selected neighbours.
+    Connecting,
+    /// Gossiping.
+    Running,
+}
+
+#[derive(Debug, Default)]
+struct SeedState {
+    conn: Option<ConnId>,
+    dialing: bool,
+    registered: bool,
+    last_register: Option<Instant>,
+    /// When to reconnect after losing it.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    /// The list it sent during the join.
+    list: Option<Vec<PeerEntry>>,
+}
+
+pub struct PeerCore {
+    me: SocketAddr,
+    config: Config,
+    rng: StdRng,
+    phase: Phase,
+    join_deadline: Option<Instant>,
+    links: HashMap<ConnId, Link>,
+    /// The seeds we registered with (a random majority, topped up when one is unreachable).
+    seeds: HashMap<SocketAddr, SeedState>,
+    neighbours: HashMap<SocketAddr, Neighbour>,
+    dialing: HashSet<SocketAddr>,
+    /// Neighbours lost recently, not to be picked again while the seeds may still list them.
+    lost: HashMap<SocketAddr, Instant>,
+    ml: MessageList,
+    generated: u32,
+    next_gossip: Option<Instant>,
+    next_liveness: Option<Instant>,
+    /// A repair asked the seeds for a list and waits for it.
+    repairing: bool,
+    leaving: bool,
+}
+
+impl PeerCore {
+    pub fn new(me: SocketAddr, config: Config, rng: StdRng) -> Self {
+        PeerCore {
+            me,
+            ml: MessageList::new(config.gossip.message_list_capacity),
+            config,
+            rng,
+            phase: Phase::Joining,
+            join_deadline: None,
+            links: HashMap::new(),
+            seeds: HashMap::new(),
+            neighbours: HashMap::new(),
+            dialing: HashSet::new(),
+            lost: HashMap::new(),
+            generated: 0,
+            next_gossip: None,
+            next_liveness: None,
+            repairing: false,
+            leaving: false,
+        }
+    }
+
+    pub fn neighbours(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<_> = self.neighbours.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    pub fn message_list(&self) -> &MessageList {
+        &self.ml
+    }
+
+    /// How long a lost neighbour stays excluded from repair: long enough for the seeds to
+    /// confirm and remove it.
+    fn lost_memory(&self) -> Duration {
+        self.config.liveness.interval * (self.config.liveness.misses + 1)
+            + self.config.liveness.probe_timeout * 2
+    }
+
+    fn seed_conns(&self) -> Vec<ConnId> {
+        self.seeds.values().filter_map(|s| s.conn).collect()
+    }
+
+    fn seed_addrs_connected(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .seeds
+            .iter()
+            .filter(|(_, s)| s.conn.is_some())
+            .map(|(a, _)| a.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn dial_seed(&mut self, addr: SocketAddr, out: &mut Vec<Action>) {
+        let s = self.seeds.entry(addr).or_default();
+        s.dialing = true;
+        s.retry_at = None;
+        out.push(Action::Dial {
+            addr,
+            purpose: Purpose::Register,
+        });
+    }
+
+    /// A seed we have not used yet, to replace one that is unreachable.
+    fn spare_seed(&mut self) -> Option<SocketAddr> {
+        let mut spare: Vec<SocketAddr> = self
+            .config
+            .seeds
+            .iter()
+            .copied()
+            .filter(|s| !self.seeds.contains_key(s))
+            .collect();
+        spare.shuffle(&mut self.rng);
+        spare.pop()
+    }
+
+    fn start(&mut self, now: Now, out: &mut Vec<Action>) {
+        out.push(
+            Record::new("started")
+                .field("role", "peer")
+                .line(format!("Peer {} listening", self.me))
+                .into(),
+        );
+        let mut chosen = self.config.seeds.clone();
+        chosen.shuffle(&mut self.rng);
+        chosen.truncate(self.config.majority());
+        for s in chosen {
+            self.dial_seed(s, out);
+        }
+        self.join_deadline = Some(now.mono + self.config.pow.timeout * 2);
+    }
+
+    /// All seeds we are connected to have confirmed and sent their list, or time is up.
+    fn maybe_finish_join(&mut self, now: Now, out: &mut Vec<Action>) {
+        if self.phase != Phase::Joining {
+            return;
+        }
+        let connected: Vec<&SeedState> = self.seeds.values().filter(|s| s.conn.is_some()).collect();
+        let lists = connected.iter().filter(|s| s.list.is_some()).count();
+        let all_in = connected.len() >= self.config.majority() && lists == connected.len();
+        let timed_out = self.join_deadline.is_some_and(|d| now.mono >= d) && lists > 0;
+        if !(all_in || timed_out) {
+            return;
+        }
+        let union = selection::union(
+            self.seeds.values().filter_map(|s| s.list.as_deref()),
+            &self.me,
+        );
+        let peers: Vec<String> = union.iter().map(|p| p.addr.to_string()).collect();
+        out.push(
+            Record::new("peer_list")
+                .field("peers", peers.clone())
+                .line(if peers.is_empty() {
+                    "Peer list from the seeds: (empty, this is the first peer)".to_string()
+                } else {
+                    format!("Peer list from the seeds: {}", peers.join(", "))
+                })
+                .into(),
+        );
+        for s in self.seeds.values_mut() {
+            s.list = None;
+        }
+        self.phase = Phase::Connecting;
+        let chosen = selection::select(
+            &union,
+            self.config.peer.max_neighbours,
+            self.config.peer.selection,
+            &mut self.rng,
+        );
+        for addr in chosen {
+            if !self.neighbours.contains_key(&addr) {
+                self.dialing.insert(addr);
+                out.push(Action::Dial {
+                    addr,
+                    purpose: Purpose::Neighbour,
+                });
+            }
+        }
+        self.maybe_start_gossip(now);
+    }
+
+    fn maybe_start_gossip(&mut self, now: Now) {
+        if self.phase == Phase::Connecting && self.dialing.is_empty() {
+            self.phase = Phase::Running;
+            self.next_gossip = Some(now.mono);
+        }
+    }
+
+    fn add_neighbour(&mut self, conn: ConnId, addr: SocketAddr, dialed: bool, now: Now, out: &mut Vec<Action>) {
+        if let Some(existing) = self.neighbours.get(&addr) {
+            // Both ends dialed each other at once. Both keep the link dialed by the smaller
+            // address, so the two ends agree without talking.
+            let keep_new = (self.me < addr) == dialed;
+            if !keep_new {
+                self.links.remove(&conn);
+                out.push(Action::Close { conn });
+                return;
+            }
+            let old = existing.conn;
+            self.links.remove(&old);
+            out.push(Action::Close { conn: old });
+            self.neighbours.insert(
+                addr,
+                Neighbour {
+                    conn,
+                    liveness: LivenessTracker::new(self.config.liveness.misses),
+                },
+            );
+            return;
+        }
+        self.neighbours.insert(
+            addr,
+            Neighbour {
+                conn,
+                liveness: LivenessTracker::new(self.config.liveness.misses),
+            },
+        );
+        out.push(
+            Record::new("neighbour_up")
+                .field("peer", addr.to_string())
+                .line(format!("Connected to neighbour {addr}"))
+                .into(),
+        );
+        if self.next_liveness.is_none() {
+            self.next_liveness = Some(now.mono + self.config.liveness.interval);
+        }
+        self.tell_degree(out);
+    }
+
+    fn tell_degree(&self, out: &mut Vec<Action>) {
+        let to = self.seed_conns();
+        if !to.is_empty() {
+            out.push(Action::Send {
+                to,
+                msg: Msg::Degree {
+                    neighbours: self.neighbours.len().min(u16::MAX as usize) as u16,
+                },
+            });
+        }
+    }
+
+    /// Drops a neighbour: close, log, and repair if we are now short of neighbours.
+    fn drop_neighbour(&mut self, addr: SocketAddr, reason: &str, close: bool, now: Now, out: &mut Vec<Action>) {
+        let Some(n) = self.neighbours.remove(&addr) else { return };
+        self.links.remove(&n.conn);
+        if close {
+            out.push(Action::Close { conn: n.conn });
+        }
+        out.push(
+            Record::new("neighbour_down")
+                .field("peer", addr.to_string())
+                .field("reason", reason)
+                .line(format!("Lost neighbour {addr}: {reason}"))
+                .into(),
+        );
+        self.lost.insert(addr, now.mono);
+        self.tell_degree(out);
+        self.maybe_repair(out);
+    }
+
+    /// Asks the seeds for fresh candidates when below the neighbour target.
+    fn maybe_repair(&mut self, out: &mut Vec<Action>) {
+        if self.leaving || self.phase != Phase::Running || self.repairing {
+            return;
+        }
+        if self.neighbours.len() + self.dialing.len() >= self.config.peer.max_neighbours {
+            return;
+        }
+        let to = self.seed_conns();
+        if let Some(&conn) = to.first() {
+            self.repairing = true;
+            out.push(Action::send(conn, Msg::GetPeers));
+        }
+    }
+
+    fn repair_from(&mut self, list: Vec<PeerEntry>, now: Now, out: &mut Vec<Action>) {
+        self.repairing = false;
+        let memory = self.lost_memory();
+        self.lost.retain(|_, t| now.mono.saturating_duration_since(*t) < memory);
+        let candidates: Vec<PeerEntry> = list
+            .into_iter()
+            .filter(|p| {
+                p.addr != self.me
+                    && !self.neighbours.contains_key(&p.addr)
+                    && !self.dialing.contains(&p.addr)
+                    && !self.lost.contains_key(&p.addr)
+            })
+            .collect();
+        let want = self
+            .config
+            .peer
+            .max_neighbours
+            .saturating_sub(self.neighbours.len() + self.dialing.len());
+        for addr in selection::select(&candidates, want, self.config.peer.selection, &mut self.rng) {
+            log::info!("repair: connecting to {addr}");
+            self.dialing.insert(addr);
+            out.push(Action::Dial {
+                addr,
+                purpose: Purpose::Neighbour,
+            });
+        }
+    }
+
+    /// Reports a dead neighbour to every seed we are connected to.
+    fn report_dead(&mut self, dead: SocketAddr, why: &str, now: Now, out: &mut Vec<Action>) {
+        let text = texts::dead_node(&dead, now.unix_ms, &self.me);
+        let to = self.seed_conns();
+        if !to.is_empty() {
+            out.push(Action::Send {
+                to,
+                msg: Msg::DeadNode { text: text.clone() },
+            });
+        }
+        log::info!("reporting {dead} dead: {why}");
+        out.push(
+            Record::new("dead_reported")
+                .field("dead", dead.to_string())
+                .field("text", text.clone())
+                .field("seeds", self.seed_addrs_connected())
+                .line(text)
+                .into(),
+        );
+    }
+
+    fn generate(&mut self, now: Now, out: &mut Vec<Action>) {
+        self.generated += 1;
+        let text = texts::gossip_text(now.unix_ms, &self.me, self.generated);
+        let payload = text.clone().into_bytes();
+        let id = texts::message_id(TEXT_DATA_TYPE, &payload);
+        self.ml.first_receipt(id, None);
+        out.push(
+            Record::new("gossip_sent")
+                .field("id", hex::encode(id))
+                .field("text", text.clone())
+                .line(format!("Generated {text}"))
+                .into(),
+        );
+        self.forward(id, TEXT_DATA_TYPE, 0, payload, None, out);
+    }
+
+    /// Sends an item to every neighbour except `from` and records where it went.
+    fn forward(&mut self, id: [u8; 32], data_type: u16, ttl: u8, payload: Vec<u8>, from: Option<SocketAddr>, out: &mut Vec<Action>) {
+        let targets = forward_targets(self.neighbours.keys(), from);
+        if targets.is_empty() {
+            return;
+        }
+        let to = targets.iter().map(|a| self.neighbours[a].conn).collect();
+        self.ml.record_sent(&id, &targets);
+        out.push(Action::Send {
+            to,
+            msg: Msg::Gossip {
+                data_type,
+                ttl,
+                payload,
+            },
+        });
+    }
+
+    fn on_gossip(&mut self, from: SocketAddr, data_type: u16, ttl: u8, payload: Vec<u8>, out: &mut Vec<Action>) {
+        let id = texts::message_id(data_type, &payload);
+        if !self.ml.first_receipt(id, Some(from)) {
+            return;
+        }
+        let text = String::from_utf8_lossy(&payload).into_owned();
+        let mut rec = Record::new("gossip_received")
+            .field("id", hex::encode(id))
+            .field("text", text.clone())
+            .field("from", from.to_string());
+        if data_type == TEXT_DATA_TYPE {
+            rec = rec.line(format!("Received {text} from {from}"));
+        } else {
+            rec = rec.field("data_type", data_type);
+        }
+        out.push(rec.into());
+        if let Some(ttl) = next_ttl(ttl) {
+            self.forward(id, data_type, ttl, payload, Some(from), out);
+        }
+    }
+
+    fn answer_liveness(&self, conn: ConnId, from: SocketAddr, text: &str, out: &mut Vec<Action>) -> bool {
+        match texts::parse_liveness_request(text) {
+            Some((ts, sender)) if sender == from => {
+                let text = texts::liveness_reply(ts, &sender, &self.me);
+                out.push(Action::send(conn, Msg::LivenessReply { text }));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn reject(&mut self, conn: ConnId, addr: SocketAddr, reason: String, now: Now, out: &mut Vec<Action>) {
+        out.push(Record::rejected(addr, &reason).into());
+        match self.links.get(&conn).map(|l| l.kind) {
+            Some(LinkKind::Neighbour) => self.drop_neighbour(addr, &reason, true, now, out),
+            _ => {
+                self.on_link_gone(conn, now, out);
+                out.push(Action::Close { conn });
+            }
+        }
+    }
+
+    fn on_frame(&mut self, conn: ConnId, msg: Msg, now: Now, out: &mut Vec<Action>) {
+        let Some(link) = self.links.get(&conn) else { return };
+        let (addr, kind) = (link.addr, link.kind);
+        match (kind, msg) {
+            (LinkKind::Neighbour, Msg::Gossip { data_type, ttl, payload }) => {
+                self.on_gossip(addr, data_type, ttl, payload, out)
+            }
+            (LinkKind::Neighbour, Msg::LivenessRequest { text })
+            | (LinkKind::Seed | LinkKind::SeedProbe, Msg::LivenessRequest { text }) => {
+                if !self.answer_liveness(conn, addr, &text, out) {
+                    self.reject(conn, addr, format!("malformed liveness request {text:?}"), now, out);
+                }
+            }
+            (LinkKind::Neighbour, Msg::LivenessReply { text }) => {
+                let matched = texts::parse_liveness_reply(&text).is_some_and(|(ts, sender, replier)| {
+                    sender == self.me
+                        && replier == addr
+                        && self
+                            .neighbours
+                            .get_mut(&addr)
+                            .is_some_and(|n| n.liveness.on_reply(ts))
+                });
+                if !matched {
+                    log::debug!("liveness reply from {addr} does not match a request: {text:?}");
+                }
+            }
+            (LinkKind::Neighbour, Msg::Leave) => self.drop_neighbour(addr, "left", true, now, out),
+            (LinkKind::Seed, Msg::Registered) => {
+                let Some(s) = self.seeds.get_mut(&addr) else { return };
+                if s.registered {
+                    return;
+                }
+                s.registered = true;
+                out.push(
+                    Record::new("registered_with")
+                        .field("seed", addr.to_string())
+                        .line(format!("Registered with seed {addr}"))
+                        .into(),
+                );
+                out.push(Action::send(conn, Msg::GetPeers));
+                self.tell_degree(out);
+            }
+            (LinkKind::Seed, Msg::PeerList { peers }) => {
+                if self.phase == Phase::Joining {
+                    if let Some(s) = self.seeds.get_mut(&addr) {
+                        s.list = Some(peers);
+                    }
+                    self.maybe_finish_join(now, out);
+                } else if self.repairing {
+                    self.repair_from(peers, now, out);
+                }
+            }
+            (_, other) => {
+                self.reject(conn, addr, format!("unexpected {} on a {kind:?} link", other.name()), now, out)
+            }
+        }
+    }
+
+    /// Bookkeeping when a non-neighbour link ends.
+    fn on_link_gone(&mut self, conn: ConnId, now: Now, out: &mut Vec<Action>) {
+        let Some(link) = self.links.remove(&conn) else { return };
+        if link.kind == LinkKind::Seed {
+            if let Some(s) = self.seeds.get_mut(&link.addr) {
+                if s.conn == Some(conn) {
+                    s.conn = None;
+                    s.registered = false;
+                    s.list = None;
+                    s.backoff = if s.backoff.is_zero() {
+                        SEED_BACKOFF_MIN
+                    } else {
+                        (s.backoff * 2).min(SEED_BACKOFF_MAX)
+                    };
+                    s.retry_at = Some(now.mono + s.backoff);
+                }
+            }
+            self.repairing = false;
+            self.maybe_finish_join(now, out);
+        }
+    }
+
+    fn on_tick(&mut self, now: Now, out: &mut Vec<Action>) {
+        if self.leaving {
+            return;
+        }
+        // Seeds: reconnect lost ones, re-send unconfirmed registrations.
+        let mut redial = Vec::new();
+        for (addr, s) in self.seeds.iter_mut() {
+            if s.conn.is_none() && !s.dialing && s.retry_at.is_some_and(|t| t <= now.mono) {
+                redial.push(*addr);
+            }
+            if let Some(conn) = s.conn {
+                if !s.registered && s.last_register.is_some_and(|t| now.mono >= t + REGISTER_RETRY) {
+                    s.last_register = Some(now.mono);
+                    out.push(Action::send(conn, Msg::Register));
+                }
+            }
+        }
+        for addr in redial {
+            self.dial_seed(addr, out);
+        }
+        if self.phase == Phase::Joining {
+            self.maybe_finish_join(now, out);
+        }
+        // Gossip generation.
+        if let Some(at) = self.next_gossip {
+            if now.mono >= at && self.generated < self.config.gossip.count {
+                self.generate(now, out);
+                self.next_gossip = Some(at + self.config.gossip.interval);
+            }
+        }
+        // Liveness.
+        if let Some(at) = self.next_liveness {
+            if now.mono >= at {
+                self.next_liveness = Some(now.mono + self.config.liveness.interval);
+                self.liveness_round(now, out);
+            }
+        }
+    }
+
+    fn liveness_round(&mut self, now: Now, out: &mut Vec<Action>) {
+        let mut dead = Vec::new();
+        let mut requests = Vec::new();
+        let mut addrs: Vec<SocketAddr> = self.neighbours.keys().copied().collect();
+        addrs.sort();
+        for addr in addrs {
+            let n = self.neighbours.get_mut(&addr).expect("listed above");
+            match n.liveness.on_interval(now.unix_ms) {
+                Check::Request(_) => requests.push(n.conn),
+                Check::Dead { misses } => dead.push((addr, misses)),
+            }
+        }
+        if !requests.is_empty() {
+            out.push(Action::Send {
+                to: requests,
+                msg: Msg::LivenessRequest {
+                    text: texts::liveness_request(now.unix_ms, &self.me),
+                },
+            });
+        }
+        for (addr, misses) in dead {
+            let why = format!("{misses} liveness requests unanswered");
+            self.report_dead(addr, &why, now, out);
+            self.drop_neighbour(addr, &why, true, now, out);
+        }
+    }
+
+    fn on_closed(&mut self, conn: ConnId, reason: String, now: Now, out: &mut Vec<Action>) {
+        let Some(link) = self.links.get(&conn) else { return };
+        if link.kind == LinkKind::Neighbour {
+            let addr = link.addr;
+            if self.leaving {
+                self.neighbours.remove(&addr);
+                self.links.remove(&conn);
+                return;
+            }
+            // No goodbye: a crash. Report at once; the seeds confirm before removing.
+            let why = format!("connection lost without a goodbye ({reason})");
+            self.report_dead(addr, &why, now, out);
+            self.drop_neighbour(addr, &why, false, now, out);
+        } else {
+            self.on_link_gone(conn, now, out);
+        }
+    }
+
+    fn on_shutdown(&mut self, out: &mut Vec<Action>) {
+        self.leaving = true;
+        let to: Vec<ConnId> = self
+            .seed_conns()
+            .into_iter()
+            .chain(self.neighbours.values().map(|n| n.conn))
+            .collect();
+        if !to.is_empty() {
+            out.push(Action::Send { to, msg: Msg::Leave });
+        }
+        out.push(Record::new("leaving").line("Leaving: told seeds and neighbours").into());
+    }
+}
+
+impl Core for PeerCore {
+    fn handle(&mut self, event: Event, now: Now, out: &mut Vec<Action>) {
+        match event {
+            Event::Started => self.start(now, out),
+            Event::Connected { conn, remote } => {
+                let Remote { addr, role, dialed, .. } = remote;
+                let kind = match (role, dialed) {
+                    (Role::Seed, Some(_)) => LinkKind::Seed,
+                    (Role::Seed, None) => LinkKind::SeedProbe,
+                    (Role::Peer, _) => LinkKind::Neighbour,
+                };
+                if self.leaving {
+                    out.push(Action::Close { conn });
+                    return;
+                }
+                self.links.insert(
+                    conn,
+                    Link {
+                        addr,
+                        kind,
+                        dialed: dialed.is_some(),
+                    },
+                );
+                match kind {
+                    LinkKind::Seed => {
+                        let s = self.seeds.entry(addr).or_default();
+                        s.conn = Some(conn);
+                        s.dialing = false;
+                        s.backoff = Duration::ZERO;
+                        s.last_register = Some(now.mono);
+                        out.push(Action::send(conn, Msg::Register));
+                    }
+                    LinkKind::Neighbour => {
+                        self.dialing.remove(&addr);
+                        let dialed = self.links[&conn].dialed;
+                        self.add_neighbour(conn, addr, dialed, now, out);
+                        self.maybe_start_gossip(now);
+                    }
+                    LinkKind::SeedProbe => {}
+                }
+            }
+            Event::Frame { conn, msg } => self.on_frame(conn, msg, now, out),
+            Event::Closed { conn, reason } => self.on_closed(conn, reason, now, out),
+            Event::DialFailed { addr, purpose, reason } => match purpose {
+                Purpose::Register => {
+                    log::warn!("seed {addr} unreachable: {reason}");
+                    let registering = self.phase == Phase::Joining;
+                    if let Some(s) = self.seeds.get_mut(&addr) {
+                        s.dialing = false;
+                        s.backoff = (s.backoff * 2).clamp(SEED_BACKOFF_MIN, SEED_BACKOFF_MAX);
+                        s.retry_at = Some(now.mono + s.backoff);
+                    }
+                    // Keep a majority: replace an unreachable seed with one not yet used.
+                    let live = self.seeds.values().filter(|s| s.conn.is_some() || s.dialing).count();
+                    if registering && live < self.config.majority() {
+                        if let Some(spare) = self.spare_seed() {
+                            self.dial_seed(spare, out);
+                        }
+                    }
+                }
+                Purpose::Neighbour => {
+                    log::info!("neighbour {addr} unreachable: {reason}");
+                    self.dialing.remove(&addr);
+                    self.lost.insert(addr, now.mono);
+                    self.maybe_start_gossip(now);
+                    self.maybe_repair(out);
+                }
+                Purpose::SeedLink | Purpose::Probe => {}
+            },
+            Event::Tick => self.on_tick(now, out),
+            Event::Shutdown => self.on_shutdown(out),
+        }
+    }
+
+    fn gossip_duplicates(&self) -> u64 {
+        self.ml.duplicates()
+    }
+}

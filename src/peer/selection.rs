@@ -1,0 +1,108 @@
+//! Neighbour selection: the union of the seeds' peer lists, and picking from it at random or
+//! by preferential attachment (power law). Pure, with the RNG passed in.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use crate::config::Selection;
+use crate::wire::PeerEntry;
+
+/// Union of several peer lists without `me`, one entry per address (the highest degree any
+/// seed reported), sorted by address.
+pub fn union<'a>(lists: impl IntoIterator<Item = &'a [PeerEntry]>, me: &SocketAddr) -> Vec<PeerEntry> {
+    let mut all: BTreeMap<SocketAddr, u16> = BTreeMap::new();
+    for list in lists {
+        for p in list {
+            if p.addr != *me {
+                let d = all.entry(p.addr).or_insert(0);
+                *d = (*d).max(p.degree);
+            }
+        }
+    }
+    all.into_iter()
+        .map(|(addr, degree)| PeerEntry { addr, degree })
+        .collect()
+}
+
+/// Picks up to `k` distinct peers. `PowerLaw` draws each pick with probability proportional to
+/// degree + 1 (preferential attachment; the +1 lets peers without neighbours be chosen).
+pub fn select(candidates: &[PeerEntry], k: usize, how: Selection, rng: &mut impl Rng) -> Vec<SocketAddr> {
+    match how {
+        Selection::Random => candidates
+            .choose_multiple(rng, k)
+            .map(|p| p.addr)
+            .collect(),
+        Selection::PowerLaw => {
+            let mut pool: Vec<&PeerEntry> = candidates.iter().collect();
+            let mut chosen = Vec::with_capacity(k.min(pool.len()));
+            while chosen.len() < k && !pool.is_empty() {
+                let total: u64 = pool.iter().map(|p| p.degree as u64 + 1).sum();
+                let mut x = rng.gen_range(0..total);
+                let mut idx = pool.len() - 1;
+                for (i, p) in pool.iter().enumerate() {
+                    let w = p.degree as u64 + 1;
+                    if x < w {
+                        idx = i;
+                        break;
+                    }
+                    x -= w;
+                }
+                chosen.push(pool.swap_remove(idx).addr);
+            }
+            chosen
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn e(p: u16, degree: u16) -> PeerEntry {
+        PeerEntry { addr: SocketAddr::from(([127, 0, 0, 1], p)), degree }
+    }
+
+    #[test]
+    fn union_dedups_and_drops_self() {
+        let me = e(1, 0).addr;
+        let a = vec![e(1, 0), e(2, 1), e(3, 0)];
+        let b = vec![e(3, 5), e(4, 0)];
+        let u = union([a.as_slice(), b.as_slice()], &me);
+        assert_eq!(u, vec![e(2, 1), e(3, 5), e(4, 0)]);
+    }
+
+    #[test]
+    fn random_selection_is_distinct_and_bounded() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let c: Vec<_> = (10..30).map(|p| e(p, 0)).collect();
+        for k in [0, 1, 4, 20, 50] {
+            let s = select(&c, k, Selection::Random, &mut rng);
+            assert_eq!(s.len(), k.min(20));
+            let mut d = s.clone();
+            d.sort();
+            d.dedup();
+            assert_eq!(d.len(), s.len());
+        }
+    }
+
+    #[test]
+    fn power_law_prefers_well_connected_peers() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        // One hub with degree 30 among 10 loners.
+        let mut c: Vec<_> = (10..20).map(|p| e(p, 0)).collect();
+        c.push(e(99, 30));
+        let hub = e(99, 0).addr;
+        let trials = 2000;
+        let hits = (0..trials)
+            .filter(|_| select(&c, 1, Selection::PowerLaw, &mut rng)[0] == hub)
+            .count();
+        // Expected share 31/41 ≈ 0.76; uniform would be 1/11 ≈ 0.09.
+        assert!(hits > trials * 6 / 10, "{hits}");
+        let s = select(&c, 11, Selection::PowerLaw, &mut rng);
+        assert_eq!(s.len(), 11);
+    }
+}

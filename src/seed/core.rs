@@ -1,0 +1,765 @@
+//! The seed's decisions: registrations, peer lists, dead-node reports and their probes, votes
+//! and the links to the other seeds. Events in, actions out; no sockets, no clock.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote};
+use crate::seed::registry::{Change, Registry};
+use crate::texts;
+use crate::wire::{Member, Msg, PeerEntry, RemovalReason, Role, VoteOp};
+
+/// First wait before redialing a seed that is down; doubles up to the cap.
+const SEED_BACKOFF_MIN: Duration = Duration::from_millis(200);
+const SEED_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkKind {
+    /// Another seed.
+    Seed,
+    /// A peer's own connection to us (registration, reports, leave).
+    Peer,
+}
+
+#[derive(Debug)]
+struct Link {
+    addr: SocketAddr,
+    kind: LinkKind,
+    incarnation: u64,
+    /// A peer that said goodbye: its connection ending is not a failure.
+    left: bool,
+}
+
+/// A check, by this seed itself, that a reported peer is alive.
+#[derive(Debug)]
+struct Probe {
+    member: Member,
+    deadline: Instant,
+    /// The liveness request text sent over the peer's own connection, if any.
+    request: Option<String>,
+    reporters: Vec<SocketAddr>,
+}
+
+#[derive(Debug)]
+struct Redial {
+    at: Instant,
+    backoff: Duration,
+}
+
+pub struct SeedCore {
+    me: SocketAddr,
+    config: Config,
+    registry: Registry,
+    links: HashMap<ConnId, Link>,
+    /// Live links to other seeds.
+    seed_links: HashMap<SocketAddr, ConnId>,
+    /// Seeds this one dials (those with a larger address) and when to try next.
+    redial: HashMap<SocketAddr, Redial>,
+    dialing: HashSet<SocketAddr>,
+    /// Each registered peer's own connection.
+    peer_conns: HashMap<SocketAddr, ConnId>,
+    degrees: HashMap<SocketAddr, u16>,
+    probes: HashMap<SocketAddr, Probe>,
+    next_sync: Option<Instant>,
+}
+
+impl SeedCore {
+    pub fn new(me: SocketAddr, config: Config) -> Self {
+        SeedCore {
+            me,
+            registry: Registry::new(config.seeds.len()),
+            config,
+            links: HashMap::new(),
+            seed_links: HashMap::new(),
+            redial: HashMap::new(),
+            dialing: HashSet::new(),
+            peer_conns: HashMap::new(),
+            degrees: HashMap::new(),
+            probes: HashMap::new(),
+            next_sync: None,
+        }
+    }
+
+    /// The committed peer list.
+    pub fn members(&self) -> Vec<Member> {
+        self.registry.members()
+    }
+
+    /// Other seeds this seed dials; the one with the smaller address dials, so each pair has
+    /// one link.
+    fn dials(&self, other: &SocketAddr) -> bool {
+        self.me < *other
+    }
+
+    fn sync_msg(&self) -> Msg {
+        Msg::Sync {
+            members: self.registry.members(),
+            removed: self.registry.tombstones(),
+        }
+    }
+
+    fn seed_conns(&self) -> Vec<ConnId> {
+        self.seed_links.values().copied().collect()
+    }
+
+    /// Casts this seed's vote, tells the other seeds, and applies a commit if it completes one.
+    fn cast_vote(&mut self, op: VoteOp, member: Member, now: Now, out: &mut Vec<Action>) {
+        let to = self.seed_conns();
+        if !to.is_empty() {
+            out.push(Action::Send {
+                to,
+                msg: Msg::Vote { op, member },
+            });
+        }
+        if let Some(change) = self.registry.vote(self.me, op, member, now.mono) {
+            self.apply(change, out);
+        }
+    }
+
+    fn apply(&mut self, change: Change, out: &mut Vec<Action>) {
+        match change {
+            Change::Added(m) => {
+                out.push(
+                    Record::new("registered")
+                        .field("peer", m.addr.to_string())
+                        .line(format!("Registered peer {} (agreed by a majority of seeds)", m.addr))
+                        .into(),
+                );
+                if let Some(&conn) = self.peer_conns.get(&m.addr) {
+                    if self.links.get(&conn).is_some_and(|l| l.incarnation == m.incarnation) {
+                        out.push(Action::send(conn, Msg::Registered));
+                    }
+                }
+            }
+            Change::Removed(m, reason) => {
+                out.push(
+                    Record::new("removed")
+                        .field("peer", m.addr.to_string())
+                        .field("reason", reason.as_str())
+                        .line(format!("Removed peer {} ({})", m.addr, reason.as_str()))
+                        .into(),
+                );
+                self.degrees.remove(&m.addr);
+                self.probes.remove(&m.addr);
+                if reason == RemovalReason::Dead {
+                    // A peer removed as dead that still holds a connection (hung) loses it.
+                    if let Some(conn) = self.peer_conns.remove(&m.addr) {
+                        self.links.remove(&conn);
+                        out.push(Action::Close { conn });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts this seed's own check of `member` unless one is running or it already voted.
+    fn start_probe(&mut self, member: Member, reporter: Option<SocketAddr>, now: Now, out: &mut Vec<Action>) {
+        if let Some(p) = self.probes.get_mut(&member.addr) {
+            p.reporters.extend(reporter);
+            return;
+        }
+        if self.registry.has_voted_remove(&self.me, &member) {
+            return;
+        }
+        let deadline = now.mono + self.config.liveness.probe_timeout;
+        let mut probe = Probe {
+            member,
+            deadline,
+            request: None,
+            reporters: reporter.into_iter().collect(),
+        };
+        match self.peer_conns.get(&member.addr) {
+            Some(&conn) => {
+                let text = texts::liveness_request(now.unix_ms, &self.me);
+                out.push(Action::send(conn, Msg::LivenessRequest { text: text.clone() }));
+                probe.request = Some(text);
+            }
+            None => out.push(Action::Dial {
+                addr: member.addr,
+                purpose: Purpose::Probe,
+            }),
+        }
+        self.probes.insert(member.addr, probe);
+    }
+
+    fn probe_result(&mut self, addr: SocketAddr, alive: bool, why: &str, now: Now, out: &mut Vec<Action>) {
+        let Some(probe) = self.probes.remove(&addr) else { return };
+        if alive {
+            for r in &probe.reporters {
+                out.push(
+                    Record::rejected(r, format!("false dead report: {addr} answered the seed's probe"))
+                        .line(format!("Dead Node report about {addr} from {r} refused: it is alive"))
+                        .into(),
+                );
+            }
+            log::info!("probe: {addr} is alive ({why})");
+        } else {
+            log::info!("probe: {addr} is dead ({why}); voting to remove it");
+            self.cast_vote(VoteOp::Remove(RemovalReason::Dead), probe.member, now, out);
+        }
+    }
+
+    fn on_connected(&mut self, conn: ConnId, remote: Remote, now: Now, out: &mut Vec<Action>) {
+        match (remote.role, remote.dialed) {
+            (Role::Seed, _) => {
+                if let Some(old) = self.seed_links.insert(remote.addr, conn) {
+                    self.links.remove(&old);
+                    out.push(Action::Close { conn: old });
+                }
+                self.dialing.remove(&remote.addr);
+                if let Some(r) = self.redial.get_mut(&remote.addr) {
+                    r.backoff = SEED_BACKOFF_MIN;
+                }
+                self.links.insert(
+                    conn,
+                    Link {
+                        addr: remote.addr,
+                        kind: LinkKind::Seed,
+                        incarnation: 0,
+                        left: false,
+                    },
+                );
+                log::info!("seed link up: {}", remote.addr);
+                out.push(Action::send(conn, self.sync_msg()));
+                for (op, member) in self.registry.open_votes_of(&self.me) {
+                    out.push(Action::send(conn, Msg::Vote { op, member }));
+                }
+            }
+            (Role::Peer, Some(Purpose::Probe)) => {
+                // It completed a handshake: the process is running and answering.
+                out.push(Action::Close { conn });
+                self.probe_result(remote.addr, true, "handshake completed", now, out);
+            }
+            (Role::Peer, _) => {
+                if let Some(old) = self.peer_conns.insert(remote.addr, conn) {
+                    self.links.remove(&old);
+                    out.push(Action::Close { conn: old });
+                }
+                self.links.insert(
+                    conn,
+                    Link {
+                        addr: remote.addr,
+                        kind: LinkKind::Peer,
+                        incarnation: remote.incarnation,
+                        left: false,
+                    },
+                );
+            }
+        }
+    }
+
+    fn reject(&mut self, conn: ConnId, addr: SocketAddr, reason: String, out: &mut Vec<Action>) {
+        out.push(Record::rejected(addr, reason).into());
+        self.forget(conn);
+        out.push(Action::Close { conn });
+    }
+
+    fn forget(&mut self, conn: ConnId) -> Option<Link> {
+        let link = self.links.remove(&conn)?;
+        match link.kind {
+            LinkKind::Seed => {
+                if self.seed_links.get(&link.addr) == Some(&conn) {
+                    self.seed_links.remove(&link.addr);
+                }
+            }
+            LinkKind::Peer => {
+                if self.peer_conns.get(&link.addr) == Some(&conn) {
+                    self.peer_conns.remove(&link.addr);
+                }
+            }
+        }
+        Some(link)
+    }
+
+    fn on_peer_frame(&mut self, conn: ConnId, addr: SocketAddr, inc: u64, msg: Msg, now: Now, out: &mut Vec<Action>) {
+        let member = Member {
+            addr,
+            incarnation: inc,
+        };
+        match msg {
+            Msg::Register => {
+                if self.registry.contains(&member) {
+                    out.push(Action::send(conn, Msg::Registered));
+                } else {
+                    self.cast_vote(VoteOp::Add, member, now, out);
+                }
+            }
+            Msg::GetPeers => {
+                let peers = self
+                    .registry
+                    .members()
+                    .into_iter()
+                    .filter(|m| m.addr != addr)
+                    .map(|m| PeerEntry {
+                        addr: m.addr,
+                        degree: self.degrees.get(&m.addr).copied().unwrap_or(0),
+                    })
+                    .collect();
+                out.push(Action::send(conn, Msg::PeerList { peers }));
+            }
+            Msg::Degree { neighbours } => {
+                if self.registry.contains(&member) {
+                    self.degrees.insert(addr, neighbours);
+                }
+            }
+            Msg::DeadNode { text } => {
+                let Some(report) = texts::parse_dead_node(&text) else {
+                    return self.reject(conn, addr, format!("malformed dead-node report {text:?}"), out);
+                };
+                if report.reporter != addr {
+                    return self.reject(
+                        conn,
+                        addr,
+                        format!("dead-node report signed {} sent by {addr}", report.reporter),
+                        out,
+                    );
+                }
+                out.push(
+                    Record::new("dead_report")
+                        .field("dead", report.dead.to_string())
+                        .field("reporter", addr.to_string())
+                        .field("text", text.clone())
+                        .line(format!("Received {text}"))
+                        .into(),
+                );
+                match self.registry.incarnation(&report.dead) {
+                    Some(incarnation) => self.start_probe(
+                        Member {
+                            addr: report.dead,
+                            incarnation,
+                        },
+                        Some(addr),
+                        now,
+                        out,
+                    ),
+                    None => log::debug!("report about {} which is not listed: no-op", report.dead),
+                }
+            }
+            Msg::Leave => {
+                if let Some(l) = self.links.get_mut(&conn) {
+                    l.left = true;
+                }
+                if self.registry.contains(&member) {
+                    self.cast_vote(VoteOp::Remove(RemovalReason::Left), member, now, out);
+                }
+            }
+            Msg::LivenessReply { text } => {
+                let answered = self.probes.get(&addr).is_some_and(|p| {
+                    p.request.as_deref().and_then(texts::parse_liveness_request)
+                        == texts::parse_liveness_reply(&text).and_then(|(ts, s, r)| {
+                            (r == addr).then_some((ts, s))
+                        })
+                });
+                if answered {
+                    self.probe_result(addr, true, "answered a liveness request", now, out);
+                }
+            }
+            Msg::LivenessRequest { text } => {
+                // Answer like a peer would; harmless and keeps the protocol symmetric.
+                if let Some((ts, sender)) = texts::parse_liveness_request(&text) {
+                    let text = texts::liveness_reply(ts, &sender, &self.me);
+                    out.push(Action::send(conn, Msg::LivenessReply { text }));
+                }
+            }
+            other => self.reject(conn, addr, format!("unexpected {} from a peer", other.name()), out),
+        }
+    }
+
+    fn on_seed_frame(&mut self, conn: ConnId, from: SocketAddr, msg: Msg, now: Now, out: &mut Vec<Action>) {
+        match msg {
+            Msg::Vote { op, member } => {
+                if op == VoteOp::Remove(RemovalReason::Dead) && self.registry.contains(&member) {
+                    // Do not take another seed's word for it either: check for ourselves.
+                    self.start_probe(member, None, now, out);
+                }
+                if let Some(change) = self.registry.vote(from, op, member, now.mono) {
+                    self.apply(change, out);
+                }
+            }
+            Msg::Sync { members, removed } => {
+                for change in self.registry.merge(&members, &removed) {
+                    self.apply(change, out);
+                }
+            }
+            Msg::LivenessRequest { text } => {
+                if let Some((ts, sender)) = texts::parse_liveness_request(&text) {
+                    let text = texts::liveness_reply(ts, &sender, &self.me);
+                    out.push(Action::send(conn, Msg::LivenessReply { text }));
+                }
+            }
+            Msg::LivenessReply { .. } => {}
+            other => self.reject(conn, from, format!("unexpected {} from a seed", other.name()), out),
+        }
+    }
+
+    fn schedule_redial(&mut self, addr: SocketAddr, now: Now) {
+        let r = self.redial.entry(addr).or_insert(Redial {
+            at: now.mono,
+            backoff: SEED_BACKOFF_MIN,
+        });
+        r.at = now.mono + r.backoff;
+        r.backoff = (r.backoff * 2).min(SEED_BACKOFF_MAX);
+    }
+
+    fn on_tick(&mut self, now: Now, out: &mut Vec<Action>) {
+        let due: Vec<SocketAddr> = self
+            .redial
+            .iter()
+            .filter(|(a, r)| {
+                r.at <= now.mono && !self.seed_links.contains_key(a) && !self.dialing.contains(a)
+            })
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in due {
+            self.dialing.insert(addr);
+            out.push(Action::Dial {
+                addr,
+                purpose: Purpose::SeedLink,
+            });
+        }
+        let expired: Vec<SocketAddr> = self
+            .probes
+            .iter()
+            .filter(|(_, p)| p.deadline <= now.mono)
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in expired {
+            self.probe_result(addr, false, "no answer before the probe timeout", now, out);
+        }
+        if self.next_sync.is_none_or(|t| t <= now.mono) {
+            self.next_sync = Some(now.mono + self.config.seed.sync_interval);
+            let to = self.seed_conns();
+            if !to.is_empty() {
+                out.push(Action::Send {
+                    to,
+                    msg: self.sync_msg(),
+                });
+            }
+            self.registry.expire(now.mono);
+        }
+    }
+}
+
+impl Core for SeedCore {
+    fn handle(&mut self, event: Event, now: Now, out: &mut Vec<Action>) {
+        match event {
+            Event::Started => {
+                out.push(
+                    Record::new("started")
+                        .field("role", "seed")
+                        .line(format!(
+                            "Seed {} listening ({} seeds configured, majority {})",
+                            self.me,
+                            self.config.seeds.len(),
+                            self.registry.majority()
+                        ))
+                        .into(),
+                );
+                let others: Vec<SocketAddr> = self
+                    .config
+                    .seeds
+                    .iter()
+                    .copied()
+                    .filter(|s| *s != self.me && self.dials(s))
+                    .collect();
+                for addr in others {
+                    self.redial.insert(
+                        addr,
+                        Redial {
+                            at: now.mono,
+                            backoff: SEED_BACKOFF_MIN,
+                        },
+                    );
+                }
+                self.on_tick(now, out);
+            }
+            Event::Connected { conn, remote } => self.on_connected(conn, remote, now, out),
+            Event::Frame { conn, msg } => {
+                let Some(link) = self.links.get(&conn) else { return };
+                let (addr, kind, inc) = (link.addr, link.kind, link.incarnation);
+                match kind {
+                    LinkKind::Seed => self.on_seed_frame(conn, addr, msg, now, out),
+                    LinkKind::Peer => self.on_peer_frame(conn, addr, inc, msg, now, out),
+                }
+            }
+            Event::Closed { conn, reason } => {
+                let Some(link) = self.forget(conn) else { return };
+                match link.kind {
+                    LinkKind::Seed => {
+                        log::info!("seed link to {} down: {reason}", link.addr);
+                        if self.dials(&link.addr) {
+                            self.schedule_redial(link.addr, now);
+                        }
+                    }
+                    LinkKind::Peer => {
+                        let member = Member {
+                            addr: link.addr,
+                            incarnation: link.incarnation,
+                        };
+                        if let Some(p) = self.probes.get(&link.addr) {
+                            // The probe's connection is gone; try a fresh one before deciding.
+                            if p.request.is_some() {
+                                let member = p.member;
+                                let deadline = p.deadline;
+                                let reporters = p.reporters.clone();
+                                self.probes.insert(
+                                    link.addr,
+                                    Probe {
+                                        member,
+                                        deadline,
+                                        request: None,
+                                        reporters,
+                                    },
+                                );
+                                out.push(Action::Dial {
+                                    addr: link.addr,
+                                    purpose: Purpose::Probe,
+                                });
+                            }
+                        } else if !link.left && self.registry.contains(&member) {
+                            // A registered peer dropped its connection without a goodbye: find
+                            // out ourselves whether it is still alive.
+                            self.start_probe(member, None, now, out);
+                        }
+                    }
+                }
+            }
+            Event::DialFailed {
+                addr,
+                purpose,
+                reason,
+            } => match purpose {
+                Purpose::SeedLink => {
+                    self.dialing.remove(&addr);
+                    log::debug!("seed {addr} unreachable: {reason}");
+                    self.schedule_redial(addr, now);
+                }
+                Purpose::Probe => self.probe_result(addr, false, &reason, now, out),
+                Purpose::Register | Purpose::Neighbour => {}
+            },
+            Event::Tick => self.on_tick(now, out),
+            Event::Shutdown => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    fn config() -> Config {
+        Config::parse(
+            "seeds: [\"127.0.0.1:9001\", \"127.0.0.1:9002\", \"127.0.0.1:9003\"]\nliveness: { probe_timeout: 1s }\n",
+        )
+        .unwrap()
+    }
+
+    fn peer(addr: SocketAddr, inc: u64) -> Remote {
+        Remote {
+            addr,
+            role: Role::Peer,
+            incarnation: inc,
+            dialed: None,
+        }
+    }
+
+    fn seed(addr: SocketAddr) -> Remote {
+        Remote {
+            addr,
+            role: Role::Seed,
+            incarnation: 0,
+            dialed: None,
+        }
+    }
+
+    fn events(out: &[Action]) -> Vec<&'static str> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Log(r) => Some(r.event),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn sent_to(out: &[Action], conn: ConnId) -> Vec<Msg> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Send { to, msg } if to.contains(&conn) => Some(msg.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_smaller_address_dials() {
+        let now = Now::real();
+        let mut s = SeedCore::new(a(9002), config());
+        let mut out = vec![];
+        s.handle(Event::Started, now, &mut out);
+        let dials: Vec<_> = out
+            .iter()
+            .filter_map(|x| match x {
+                Action::Dial { addr, .. } => Some(*addr),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dials, vec![a(9003)]);
+    }
+
+    #[test]
+    fn registration_commits_only_with_a_second_seed() {
+        let now = Now::real();
+        let mut s = SeedCore::new(a(9001), config());
+        let mut out = vec![];
+        s.handle(Event::Connected { conn: 1, remote: seed(a(9002)) }, now, &mut out);
+        s.handle(Event::Connected { conn: 2, remote: peer(a(9101), 7) }, now, &mut out);
+        out.clear();
+        s.handle(Event::Frame { conn: 2, msg: Msg::Register }, now, &mut out);
+        // Our vote goes to the other seed; nothing is committed yet.
+        assert_eq!(
+            sent_to(&out, 1),
+            vec![Msg::Vote {
+                op: VoteOp::Add,
+                member: Member { addr: a(9101), incarnation: 7 }
+            }]
+        );
+        assert!(events(&out).is_empty());
+        assert!(s.members().is_empty());
+        out.clear();
+        s.handle(
+            Event::Frame {
+                conn: 1,
+                msg: Msg::Vote {
+                    op: VoteOp::Add,
+                    member: Member { addr: a(9101), incarnation: 7 },
+                },
+            },
+            now,
+            &mut out,
+        );
+        assert_eq!(events(&out), vec!["registered"]);
+        assert_eq!(sent_to(&out, 2), vec![Msg::Registered]);
+        assert_eq!(s.members().len(), 1);
+    }
+
+    fn registered_seed() -> (SeedCore, Now) {
+        let now = Now::real();
+        let mut s = SeedCore::new(a(9001), config());
+        let mut out = vec![];
+        s.handle(Event::Connected { conn: 1, remote: seed(a(9002)) }, now, &mut out);
+        for (conn, p) in [(2, 9101), (3, 9102)] {
+            s.handle(Event::Connected { conn, remote: peer(a(p), 1) }, now, &mut out);
+            let member = Member { addr: a(p), incarnation: 1 };
+            s.handle(Event::Frame { conn: 1, msg: Msg::Vote { op: VoteOp::Add, member } }, now, &mut out);
+            s.handle(Event::Frame { conn, msg: Msg::Register }, now, &mut out);
+        }
+        assert_eq!(s.members().len(), 2);
+        (s, now)
+    }
+
+    #[test]
+    fn a_report_about_a_live_peer_is_refused() {
+        let (mut s, now) = registered_seed();
+        let mut out = vec![];
+        let text = texts::dead_node(&a(9102), now.unix_ms, &a(9101));
+        s.handle(Event::Frame { conn: 2, msg: Msg::DeadNode { text } }, now, &mut out);
+        assert_eq!(events(&out), vec!["dead_report"]);
+        // The seed asks the reported peer itself, over its own connection.
+        let probe = sent_to(&out, 3);
+        let Some(Msg::LivenessRequest { text }) = probe.first() else { panic!("{probe:?}") };
+        let (ts, sender) = texts::parse_liveness_request(text).unwrap();
+        out.clear();
+        let reply = texts::liveness_reply(ts, &sender, &a(9102));
+        s.handle(Event::Frame { conn: 3, msg: Msg::LivenessReply { text: reply } }, now, &mut out);
+        assert_eq!(events(&out), vec!["rejected"]);
+        out.clear();
+        // No vote was cast, even after the probe deadline.
+        s.handle(Event::Tick, now.after(Duration::from_secs(5)), &mut out);
+        assert!(!out.iter().any(|x| matches!(x, Action::Send { msg: Msg::Vote { .. }, .. })));
+        assert_eq!(s.members().len(), 2);
+    }
+
+    #[test]
+    fn a_silent_peer_is_voted_out_with_a_second_seed() {
+        let (mut s, now) = registered_seed();
+        let mut out = vec![];
+        let text = texts::dead_node(&a(9102), now.unix_ms, &a(9101));
+        s.handle(Event::Frame { conn: 2, msg: Msg::DeadNode { text } }, now, &mut out);
+        out.clear();
+        s.handle(Event::Tick, now.after(Duration::from_secs(2)), &mut out);
+        let dead = Member { addr: a(9102), incarnation: 1 };
+        let votes: Vec<Msg> = sent_to(&out, 1)
+            .into_iter()
+            .filter(|m| matches!(m, Msg::Vote { .. }))
+            .collect();
+        assert_eq!(votes, vec![Msg::Vote { op: VoteOp::Remove(RemovalReason::Dead), member: dead }]);
+        assert_eq!(s.members().len(), 2, "one seed alone removes nothing");
+        out.clear();
+        s.handle(
+            Event::Frame { conn: 1, msg: Msg::Vote { op: VoteOp::Remove(RemovalReason::Dead), member: dead } },
+            now.after(Duration::from_secs(2)),
+            &mut out,
+        );
+        assert_eq!(events(&out), vec!["removed"]);
+        assert_eq!(s.members().len(), 1);
+        // A later report of the same death is a no-op.
+        out.clear();
+        let text = texts::dead_node(&a(9102), now.unix_ms, &a(9101));
+        s.handle(Event::Frame { conn: 2, msg: Msg::DeadNode { text } }, now, &mut out);
+        assert_eq!(events(&out), vec!["dead_report"]);
+        assert!(!out.iter().any(|x| matches!(x, Action::Dial { .. } | Action::Send { .. })));
+    }
+
+    #[test]
+    fn forged_and_malformed_reports_close_the_connection() {
+        let (mut s, now) = registered_seed();
+        let mut out = vec![];
+        let text = texts::dead_node(&a(9102), now.unix_ms, &a(9999));
+        s.handle(Event::Frame { conn: 2, msg: Msg::DeadNode { text } }, now, &mut out);
+        assert_eq!(events(&out), vec!["rejected"]);
+        assert!(out.contains(&Action::Close { conn: 2 }));
+        out.clear();
+        s.handle(Event::Frame { conn: 3, msg: Msg::DeadNode { text: "Dead Node:junk".into() } }, now, &mut out);
+        assert!(out.contains(&Action::Close { conn: 3 }));
+    }
+
+    #[test]
+    fn a_leave_is_a_vote_with_reason_left() {
+        let (mut s, now) = registered_seed();
+        let mut out = vec![];
+        s.handle(Event::Frame { conn: 2, msg: Msg::Leave }, now, &mut out);
+        let m = Member { addr: a(9101), incarnation: 1 };
+        assert_eq!(sent_to(&out, 1), vec![Msg::Vote { op: VoteOp::Remove(RemovalReason::Left), member: m }]);
+        out.clear();
+        s.handle(Event::Frame { conn: 1, msg: Msg::Vote { op: VoteOp::Remove(RemovalReason::Left), member: m } }, now, &mut out);
+        let Some(Action::Log(r)) = out.iter().find(|x| matches!(x, Action::Log(_))) else { panic!() };
+        assert_eq!(r.event, "removed");
+        assert_eq!(r.fields["reason"], "left");
+        // Its connection closing afterwards starts no probe.
+        out.clear();
+        s.handle(Event::Closed { conn: 2, reason: "eof".into() }, now, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_new_seed_link_gets_the_list_and_open_votes() {
+        let (mut s, now) = registered_seed();
+        let mut out = vec![];
+        s.handle(Event::Connected { conn: 4, remote: peer(a(9103), 1) }, now, &mut out);
+        s.handle(Event::Frame { conn: 4, msg: Msg::Register }, now, &mut out);
+        out.clear();
+        s.handle(Event::Connected { conn: 5, remote: seed(a(9003)) }, now, &mut out);
+        let msgs = sent_to(&out, 5);
+        assert!(matches!(&msgs[0], Msg::Sync { members, .. } if members.len() == 2));
+        assert!(msgs.contains(&Msg::Vote {
+            op: VoteOp::Add,
+            member: Member { addr: a(9103), incarnation: 1 }
+        }));
+    }
+}

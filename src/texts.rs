@@ -1,0 +1,165 @@
+//! The assignment's human-readable texts: gossip messages, liveness request and reply, and
+//! dead-node reports. Formatting and strict parsing, pure.
+//!
+//! Addresses inside the texts are `ip:port` (IPv6 as `[ip]:port`), so a text is split from the
+//! ends, never by counting colons from the left.
+
+use std::net::SocketAddr;
+
+use sha2::{Digest, Sha256};
+
+/// Data type of the assignment's text gossip messages.
+pub const TEXT_DATA_TYPE: u16 = 0;
+
+/// `<timestamp>:<addr>:<n>`.
+pub fn gossip_text(ts_ms: u64, addr: &SocketAddr, n: u32) -> String {
+    format!("{ts_ms}:{addr}:{n}")
+}
+
+/// The message id: SHA-256 hex of the text for the assignment's text type (so
+/// `printf %s TEXT | sha256sum` gives the same id), and of `data_type_be16 ‖ payload` for
+/// every other type, so equal bytes of different types stay distinct items.
+pub fn message_id(data_type: u16, payload: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    if data_type != TEXT_DATA_TYPE {
+        h.update(data_type.to_be_bytes());
+    }
+    h.update(payload);
+    h.finalize().into()
+}
+
+pub fn liveness_request(ts_ms: u64, sender: &SocketAddr) -> String {
+    format!("Liveness Request:{ts_ms}:{sender}")
+}
+
+pub fn liveness_reply(ts_ms: u64, sender: &SocketAddr, replier: &SocketAddr) -> String {
+    format!("Liveness Reply:{ts_ms}:{sender}:{replier}")
+}
+
+/// `Dead Node:<DeadNode.IP>:<DeadNode.Port>:<self.timestamp>:<self.addr>`.
+pub fn dead_node(dead: &SocketAddr, ts_ms: u64, reporter: &SocketAddr) -> String {
+    format!("Dead Node:{}:{}:{ts_ms}:{reporter}", ip_text(dead), dead.port())
+}
+
+fn ip_text(addr: &SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    }
+}
+
+/// Splits `<ts>:<addr>` where addr may itself contain colons.
+fn split_ts_addr(s: &str) -> Option<(u64, SocketAddr)> {
+    let (ts, addr) = s.split_once(':')?;
+    Some((ts.parse().ok()?, addr.parse().ok()?))
+}
+
+/// Parses `Liveness Request:<ts>:<sender>`.
+pub fn parse_liveness_request(text: &str) -> Option<(u64, SocketAddr)> {
+    split_ts_addr(text.strip_prefix("Liveness Request:")?)
+}
+
+/// Parses `Liveness Reply:<ts>:<sender>:<replier>`.
+pub fn parse_liveness_reply(text: &str) -> Option<(u64, SocketAddr, SocketAddr)> {
+    let rest = text.strip_prefix("Liveness Reply:")?;
+    let (ts, addrs) = rest.split_once(':')?;
+    let ts = ts.parse().ok()?;
+    // Try every split point between the two addresses; exactly one parses for valid text.
+    for (i, _) in addrs.match_indices(':') {
+        if let (Ok(a), Ok(b)) = (addrs[..i].parse(), addrs[i + 1..].parse()) {
+            return Some((ts, a, b));
+        }
+    }
+    None
+}
+
+/// A parsed `Dead Node:` report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadNodeReport {
+    pub dead: SocketAddr,
+    pub ts_ms: u64,
+    pub reporter: SocketAddr,
+}
+
+/// Parses `Dead Node:<ip>:<port>:<ts>:<reporter>`.
+pub fn parse_dead_node(text: &str) -> Option<DeadNodeReport> {
+    let rest = text.strip_prefix("Dead Node:")?;
+    // `<ip>:<port>` then `:<ts>:` then the reporter's `ip:port`. The timestamp is the only
+    // all-digit field between two colons that leaves two valid addresses around it.
+    let parts: Vec<(usize, &str)> = rest.match_indices(':').collect();
+    for w in parts.windows(2) {
+        let (i, _) = w[0];
+        let (j, _) = w[1];
+        let (dead, ts, reporter) = (&rest[..i], &rest[i + 1..j], &rest[j + 1..]);
+        if ts.is_empty() || !ts.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let (Ok(dead), Ok(ts_ms), Ok(reporter)) = (dead.parse(), ts.parse(), reporter.parse())
+        {
+            return Some(DeadNodeReport {
+                dead,
+                ts_ms,
+                reporter,
+            });
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn gossip_text_and_id() {
+        let t = gossip_text(1795313883123, &a("127.0.0.1:9101"), 3);
+        assert_eq!(t, "1795313883123:127.0.0.1:9101:3");
+        // printf %s '1795313883123:127.0.0.1:9101:3' | sha256sum
+        let id = hex::encode(message_id(TEXT_DATA_TYPE, t.as_bytes()));
+        let expect = hex::encode(Sha256::digest(t.as_bytes()));
+        assert_eq!(id, expect);
+        assert_ne!(message_id(1, t.as_bytes()), message_id(0, t.as_bytes()));
+    }
+
+    #[test]
+    fn liveness_round_trip() {
+        for (s, r) in [("127.0.0.1:9101", "127.0.0.1:9102"), ("[::1]:9101", "[::1]:9102")] {
+            let (s, r) = (a(s), a(r));
+            let req = liveness_request(17, &s);
+            assert_eq!(parse_liveness_request(&req), Some((17, s)));
+            let rep = liveness_reply(17, &s, &r);
+            assert_eq!(parse_liveness_reply(&rep), Some((17, s, r)));
+        }
+        assert_eq!(
+            liveness_reply(5, &a("127.0.0.1:1"), &a("127.0.0.1:2")),
+            "Liveness Reply:5:127.0.0.1:1:127.0.0.1:2"
+        );
+        assert_eq!(parse_liveness_request("Liveness Request:x:127.0.0.1:1"), None);
+        assert_eq!(parse_liveness_reply("Liveness Reply:1:127.0.0.1:1"), None);
+    }
+
+    #[test]
+    fn dead_node_round_trip() {
+        let t = dead_node(&a("127.0.0.1:9102"), 1795313883123, &a("127.0.0.1:9101"));
+        assert_eq!(t, "Dead Node:127.0.0.1:9102:1795313883123:127.0.0.1:9101");
+        let r = parse_dead_node(&t).unwrap();
+        assert_eq!(r.dead, a("127.0.0.1:9102"));
+        assert_eq!(r.ts_ms, 1795313883123);
+        assert_eq!(r.reporter, a("127.0.0.1:9101"));
+        let t6 = dead_node(&a("[::1]:9102"), 5, &a("[::1]:9101"));
+        assert_eq!(t6, "Dead Node:[::1]:9102:5:[::1]:9101");
+        assert_eq!(parse_dead_node(&t6).unwrap().dead, a("[::1]:9102"));
+        for bad in [
+            "Dead Node:",
+            "Dead Node:127.0.0.1:9102:x:127.0.0.1:9101",
+            "Dead Node:127.0.0.1:9102:5",
+            "Dead:127.0.0.1:9102:5:127.0.0.1:9101",
+        ] {
+            assert_eq!(parse_dead_node(bad), None, "{bad}");
+        }
+    }
+}

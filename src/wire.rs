@@ -1,0 +1,722 @@
+//! Frames and messages of the node-to-node protocol: encoding, decoding and size limits.
+//!
+//! Pure: no sockets, no clocks. A frame is `len: u32` (big-endian, the body's length) and a
+//! body of `tag: u8` and the message's fields. The length is checked against the limit before
+//! anything is allocated, and decoding never panics on any input. `docs/PROTOCOL.md` is the
+//! byte-level description of everything here and must change with it.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Protocol versions this build speaks (negotiated in the handshake).
+pub const PROTOCOL_VERSION: u16 = 1;
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// Bytes of the length prefix.
+pub const LEN_PREFIX: usize = 4;
+/// Bound on entries in one peer list or sync frame, so one frame stays far below the limit.
+pub const MAX_LIST_ENTRIES: usize = 16_384;
+/// Bound on the reason text of a Reject and on assignment texts (liveness, dead node).
+pub const MAX_TEXT: usize = 1024;
+
+/// Who is on the other end of a connection, as the connector declares in `Hello`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Peer = 1,
+    Seed = 2,
+}
+
+/// Why a peer leaves the peer list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RemovalReason {
+    Dead = 1,
+    Left = 2,
+}
+
+impl RemovalReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemovalReason::Dead => "dead",
+            RemovalReason::Left => "left",
+        }
+    }
+}
+
+/// A change to the peer list that seeds vote on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VoteOp {
+    Add,
+    Remove(RemovalReason),
+}
+
+/// One entry of a peer list sent to a peer: the address and how many neighbours it reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerEntry {
+    pub addr: SocketAddr,
+    pub degree: u16,
+}
+
+/// One committed member as seeds exchange it: a peer address and its incarnation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Member {
+    pub addr: SocketAddr,
+    pub incarnation: u64,
+}
+
+/// Every message of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    // --- handshake ---
+    /// Acceptor → connector, first frame on every connection.
+    Challenge {
+        min_version: u16,
+        max_version: u16,
+        difficulty: u8,
+        challenge: [u8; 32],
+        acceptor: SocketAddr,
+    },
+    /// Connector → acceptor: who I am and the proof of work.
+    Hello {
+        version: u16,
+        role: Role,
+        addr: SocketAddr,
+        incarnation: u64,
+        challenge: [u8; 32],
+        nonce: u64,
+    },
+    /// Acceptor → connector: admitted.
+    Welcome,
+    /// Either way: refused, with a reason for the log; the connection closes.
+    Reject { reason: String },
+
+    // --- peer ↔ seed ---
+    Register,
+    Registered,
+    GetPeers,
+    PeerList { peers: Vec<PeerEntry> },
+    /// Peer → seed: how many neighbours I have now (for power-law selection).
+    Degree { neighbours: u16 },
+    /// Peer → seed: `Dead Node:<ip>:<port>:<ts>:<reporter>`.
+    DeadNode { text: String },
+    /// Peer → seed or neighbour: I am shutting down cleanly.
+    Leave,
+
+    // --- peer ↔ peer (and seed → peer probes) ---
+    Gossip { data_type: u16, ttl: u8, payload: Vec<u8> },
+    /// `Liveness Request:<ts>:<sender>`.
+    LivenessRequest { text: String },
+    /// `Liveness Reply:<ts>:<sender>:<replier>`.
+    LivenessReply { text: String },
+
+    // --- seed ↔ seed ---
+    Vote { op: VoteOp, member: Member },
+    Sync { members: Vec<Member>, removed: Vec<(Member, RemovalReason)> },
+}
+
+mod tag {
+    pub const CHALLENGE: u8 = 0x01;
+    pub const HELLO: u8 = 0x02;
+    pub const WELCOME: u8 = 0x03;
+    pub const REJECT: u8 = 0x04;
+    pub const REGISTER: u8 = 0x10;
+    pub const REGISTERED: u8 = 0x11;
+    pub const GET_PEERS: u8 = 0x12;
+    pub const PEER_LIST: u8 = 0x13;
+    pub const DEGREE: u8 = 0x14;
+    pub const DEAD_NODE: u8 = 0x15;
+    pub const LEAVE: u8 = 0x16;
+    pub const GOSSIP: u8 = 0x20;
+    pub const LIVENESS_REQUEST: u8 = 0x21;
+    pub const LIVENESS_REPLY: u8 = 0x22;
+    pub const VOTE: u8 = 0x30;
+    pub const SYNC: u8 = 0x31;
+}
+
+impl Msg {
+    /// A short name for logs and `rejected` events.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Msg::Challenge { .. } => "Challenge",
+            Msg::Hello { .. } => "Hello",
+            Msg::Welcome => "Welcome",
+            Msg::Reject { .. } => "Reject",
+            Msg::Register => "Register",
+            Msg::Registered => "Registered",
+            Msg::GetPeers => "GetPeers",
+            Msg::PeerList { .. } => "PeerList",
+            Msg::Degree { .. } => "Degree",
+            Msg::DeadNode { .. } => "DeadNode",
+            Msg::Leave => "Leave",
+            Msg::Gossip { .. } => "Gossip",
+            Msg::LivenessRequest { .. } => "LivenessRequest",
+            Msg::LivenessReply { .. } => "LivenessReply",
+            Msg::Vote { .. } => "Vote",
+            Msg::Sync { .. } => "Sync",
+        }
+    }
+
+    /// The whole frame: length prefix and body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![0u8; LEN_PREFIX];
+        self.encode_body(&mut out);
+        let len = (out.len() - LEN_PREFIX) as u32;
+        out[..LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+        out
+    }
+
+    fn encode_body(&self, out: &mut Vec<u8>) {
+        match self {
+            Msg::Challenge {
+                min_version,
+                max_version,
+                difficulty,
+                challenge,
+                acceptor,
+            } => {
+                out.push(tag::CHALLENGE);
+                out.extend_from_slice(&min_version.to_be_bytes());
+                out.extend_from_slice(&max_version.to_be_bytes());
+                out.push(*difficulty);
+                out.extend_from_slice(challenge);
+                put_addr(out, acceptor);
+            }
+            Msg::Hello {
+                version,
+                role,
+                addr,
+                incarnation,
+                challenge,
+                nonce,
+            } => {
+                out.push(tag::HELLO);
+                out.extend_from_slice(&version.to_be_bytes());
+                out.push(*role as u8);
+                put_addr(out, addr);
+                out.extend_from_slice(&incarnation.to_be_bytes());
+                out.extend_from_slice(challenge);
+                out.extend_from_slice(&nonce.to_be_bytes());
+            }
+            Msg::Welcome => out.push(tag::WELCOME),
+            Msg::Reject { reason } => {
+                out.push(tag::REJECT);
+                put_str(out, truncate(reason, MAX_TEXT));
+            }
+            Msg::Register => out.push(tag::REGISTER),
+            Msg::Registered => out.push(tag::REGISTERED),
+            Msg::GetPeers => out.push(tag::GET_PEERS),
+            Msg::PeerList { peers } => {
+                out.push(tag::PEER_LIST);
+                let peers = &peers[..peers.len().min(MAX_LIST_ENTRIES)];
+                out.extend_from_slice(&(peers.len() as u32).to_be_bytes());
+                for p in peers {
+                    put_addr(out, &p.addr);
+                    out.extend_from_slice(&p.degree.to_be_bytes());
+                }
+            }
+            Msg::Degree { neighbours } => {
+                out.push(tag::DEGREE);
+                out.extend_from_slice(&neighbours.to_be_bytes());
+            }
+            Msg::DeadNode { text } => {
+                out.push(tag::DEAD_NODE);
+                put_str(out, truncate(text, MAX_TEXT));
+            }
+            Msg::Leave => out.push(tag::LEAVE),
+            Msg::Gossip {
+                data_type,
+                ttl,
+                payload,
+            } => {
+                out.push(tag::GOSSIP);
+                out.extend_from_slice(&data_type.to_be_bytes());
+                out.push(*ttl);
+                out.extend_from_slice(payload);
+            }
+            Msg::LivenessRequest { text } => {
+                out.push(tag::LIVENESS_REQUEST);
+                put_str(out, truncate(text, MAX_TEXT));
+            }
+            Msg::LivenessReply { text } => {
+                out.push(tag::LIVENESS_REPLY);
+                put_str(out, truncate(text, MAX_TEXT));
+            }
+            Msg::Vote { op, member } => {
+                out.push(tag::VOTE);
+                out.push(match op {
+                    VoteOp::Add => 1,
+                    VoteOp::Remove(RemovalReason::Dead) => 2,
+                    VoteOp::Remove(RemovalReason::Left) => 3,
+                });
+                put_member(out, member);
+            }
+            Msg::Sync { members, removed } => {
+                out.push(tag::SYNC);
+                let members = &members[..members.len().min(MAX_LIST_ENTRIES)];
+                out.extend_from_slice(&(members.len() as u32).to_be_bytes());
+                for m in members {
+                    put_member(out, m);
+                }
+                let removed = &removed[..removed.len().min(MAX_LIST_ENTRIES)];
+                out.extend_from_slice(&(removed.len() as u32).to_be_bytes());
+                for (m, reason) in removed {
+                    put_member(out, m);
+                    out.push(*reason as u8);
+                }
+            }
+        }
+    }
+
+    /// Decodes one frame body (without the length prefix).
+    pub fn decode(body: &[u8]) -> Result<Msg, WireError> {
+        let mut r = Reader { buf: body, pos: 0 };
+        let t = r.u8()?;
+        let msg = match t {
+            tag::CHALLENGE => Msg::Challenge {
+                min_version: r.u16()?,
+                max_version: r.u16()?,
+                difficulty: r.u8()?,
+                challenge: r.array32()?,
+                acceptor: r.addr()?,
+            },
+            tag::HELLO => Msg::Hello {
+                version: r.u16()?,
+                role: match r.u8()? {
+                    1 => Role::Peer,
+                    2 => Role::Seed,
+                    other => return Err(WireError::BadValue("role", other as u64)),
+                },
+                addr: r.addr()?,
+                incarnation: r.u64()?,
+                challenge: r.array32()?,
+                nonce: r.u64()?,
+            },
+            tag::WELCOME => Msg::Welcome,
+            tag::REJECT => Msg::Reject { reason: r.text()? },
+            tag::REGISTER => Msg::Register,
+            tag::REGISTERED => Msg::Registered,
+            tag::GET_PEERS => Msg::GetPeers,
+            tag::PEER_LIST => {
+                let n = r.count()?;
+                let mut peers = Vec::with_capacity(n.min(64));
+                for _ in 0..n {
+                    peers.push(PeerEntry {
+                        addr: r.addr()?,
+                        degree: r.u16()?,
+                    });
+                }
+                Msg::PeerList { peers }
+            }
+            tag::DEGREE => Msg::Degree {
+                neighbours: r.u16()?,
+            },
+            tag::DEAD_NODE => Msg::DeadNode { text: r.text()? },
+            tag::LEAVE => Msg::Leave,
+            tag::GOSSIP => Msg::Gossip {
+                data_type: r.u16()?,
+                ttl: r.u8()?,
+                payload: r.rest().to_vec(),
+            },
+            tag::LIVENESS_REQUEST => Msg::LivenessRequest { text: r.text()? },
+            tag::LIVENESS_REPLY => Msg::LivenessReply { text: r.text()? },
+            tag::VOTE => {
+                let op = match r.u8()? {
+                    1 => VoteOp::Add,
+                    2 => VoteOp::Remove(RemovalReason::Dead),
+                    3 => VoteOp::Remove(RemovalReason::Left),
+                    other => return Err(WireError::BadValue("vote op", other as u64)),
+                };
+                Msg::Vote {
+                    op,
+                    member: r.member()?,
+                }
+            }
+            tag::SYNC => {
+                let n = r.count()?;
+                let mut members = Vec::with_capacity(n.min(64));
+                for _ in 0..n {
+                    members.push(r.member()?);
+                }
+                let n = r.count()?;
+                let mut removed = Vec::with_capacity(n.min(64));
+                for _ in 0..n {
+                    let m = r.member()?;
+                    let reason = match r.u8()? {
+                        1 => RemovalReason::Dead,
+                        2 => RemovalReason::Left,
+                        other => return Err(WireError::BadValue("removal reason", other as u64)),
+                    };
+                    removed.push((m, reason));
+                }
+                Msg::Sync { members, removed }
+            }
+            other => return Err(WireError::UnknownTag(other)),
+        };
+        if r.pos != body.len() {
+            return Err(WireError::TrailingBytes(body.len() - r.pos));
+        }
+        Ok(msg)
+    }
+}
+
+/// Why bytes from a remote were refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireError {
+    /// The length prefix announces more than the limit; nothing was allocated.
+    TooLarge { len: usize, max: usize },
+    /// A zero-length frame has no tag.
+    Empty,
+    Truncated,
+    UnknownTag(u8),
+    BadValue(&'static str, u64),
+    BadText,
+    BadAddress,
+    TrailingBytes(usize),
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the limit of {max}")
+            }
+            WireError::Empty => write!(f, "empty frame"),
+            WireError::Truncated => write!(f, "truncated message"),
+            WireError::UnknownTag(t) => write!(f, "unknown message type 0x{t:02x}"),
+            WireError::BadValue(what, v) => write!(f, "bad {what} value {v}"),
+            WireError::BadText => write!(f, "text is not UTF-8 or too long"),
+            WireError::BadAddress => write!(f, "malformed address"),
+            WireError::TrailingBytes(n) => write!(f, "{n} unexpected bytes after the message"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+/// Checks a length prefix against the limit: the only place a frame size is trusted.
+pub fn check_len(prefix: [u8; LEN_PREFIX], max: usize) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len == 0 {
+        return Err(WireError::Empty);
+    }
+    if len > max {
+        return Err(WireError::TooLarge { len, max });
+    }
+    Ok(len)
+}
+
+/// Accumulates bytes from a stream and yields complete frames. The buffer never holds more
+/// than one frame of at most `max` bytes plus one read's worth.
+pub struct FrameReader {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl FrameReader {
+    pub fn new(max: usize) -> Self {
+        FrameReader {
+            buf: Vec::with_capacity(4096),
+            max,
+        }
+    }
+
+    /// Bytes received that do not yet form a whole frame.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame body, `Ok(None)` when more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+        if self.buf.len() < LEN_PREFIX {
+            return Ok(None);
+        }
+        let mut prefix = [0u8; LEN_PREFIX];
+        prefix.copy_from_slice(&self.buf[..LEN_PREFIX]);
+        let len = check_len(prefix, self.max)?;
+        if self.buf.len() < LEN_PREFIX + len {
+            return Ok(None);
+        }
+        let body = self.buf[LEN_PREFIX..LEN_PREFIX + len].to_vec();
+        self.buf.drain(..LEN_PREFIX + len);
+        Ok(Some(body))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
+    let s = addr.to_string();
+    out.push(s.len() as u8);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_member(out: &mut Vec<u8>, m: &Member) {
+    put_addr(out, &m.addr);
+    out.extend_from_slice(&m.incarnation.to_be_bytes());
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        let end = self.pos.checked_add(n).ok_or(WireError::Truncated)?;
+        let s = self.buf.get(self.pos..end).ok_or(WireError::Truncated)?;
+        self.pos = end;
+        Ok(s)
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        let s = &self.buf[self.pos..];
+        self.pos = self.buf.len();
+        s
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_be_bytes(a))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn array32(&mut self) -> Result<[u8; 32], WireError> {
+        let mut a = [0u8; 32];
+        a.copy_from_slice(self.take(32)?);
+        Ok(a)
+    }
+    /// A list length, refused when it exceeds the entry bound or the bytes left.
+    fn count(&mut self) -> Result<usize, WireError> {
+        let n = self.u32()? as usize;
+        if n > MAX_LIST_ENTRIES || n > self.buf.len() - self.pos {
+            return Err(WireError::BadValue("list length", n as u64));
+        }
+        Ok(n)
+    }
+    fn text(&mut self) -> Result<String, WireError> {
+        let n = self.u16()? as usize;
+        if n > MAX_TEXT {
+            return Err(WireError::BadText);
+        }
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| WireError::BadText)
+    }
+    fn addr(&mut self) -> Result<SocketAddr, WireError> {
+        let n = self.u8()? as usize;
+        let b = self.take(n)?;
+        std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(WireError::BadAddress)
+    }
+    fn member(&mut self) -> Result<Member, WireError> {
+        Ok(Member {
+            addr: self.addr()?,
+            incarnation: self.u64()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, RngCore, SeedableRng};
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn samples() -> Vec<Msg> {
+        let m = Member {
+            addr: a("127.0.0.1:9101"),
+            incarnation: 7,
+        };
+        vec![
+            Msg::Challenge {
+                min_version: 1,
+                max_version: 3,
+                difficulty: 20,
+                challenge: [7; 32],
+                acceptor: a("127.0.0.1:9001"),
+            },
+            Msg::Hello {
+                version: 1,
+                role: Role::Peer,
+                addr: a("[::1]:9101"),
+                incarnation: u64::MAX,
+                challenge: [9; 32],
+                nonce: 12345,
+            },
+            Msg::Welcome,
+            Msg::Reject {
+                reason: "bad nonce".into(),
+            },
+            Msg::Register,
+            Msg::Registered,
+            Msg::GetPeers,
+            Msg::PeerList {
+                peers: vec![
+                    PeerEntry {
+                        addr: a("127.0.0.1:1"),
+                        degree: 3,
+                    },
+                    PeerEntry {
+                        addr: a("[::1]:2"),
+                        degree: 0,
+                    },
+                ],
+            },
+            Msg::PeerList { peers: vec![] },
+            Msg::Degree { neighbours: 4 },
+            Msg::DeadNode {
+                text: "Dead Node:127.0.0.1:9102:1795313883123:127.0.0.1:9101".into(),
+            },
+            Msg::Leave,
+            Msg::Gossip {
+                data_type: 0,
+                ttl: 0,
+                payload: b"1795313883123:127.0.0.1:9101:3".to_vec(),
+            },
+            Msg::Gossip {
+                data_type: 1337,
+                ttl: 4,
+                payload: vec![],
+            },
+            Msg::LivenessRequest {
+                text: "Liveness Request:1:127.0.0.1:9101".into(),
+            },
+            Msg::LivenessReply {
+                text: "Liveness Reply:1:127.0.0.1:9101:127.0.0.1:9102".into(),
+            },
+            Msg::Vote {
+                op: VoteOp::Add,
+                member: m,
+            },
+            Msg::Vote {
+                op: VoteOp::Remove(RemovalReason::Left),
+                member: m,
+            },
+            Msg::Sync {
+                members: vec![m, m],
+                removed: vec![(m, RemovalReason::Dead)],
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trips() {
+        for msg in samples() {
+            let frame = msg.encode();
+            let mut fr = FrameReader::new(1 << 20);
+            fr.push(&frame);
+            let body = fr.next_frame().unwrap().unwrap();
+            assert_eq!(Msg::decode(&body).unwrap(), msg);
+            assert_eq!(fr.pending(), 0);
+        }
+    }
+
+    #[test]
+    fn truncated_bodies_are_refused() {
+        for msg in samples() {
+            let frame = msg.encode();
+            let body = &frame[LEN_PREFIX..];
+            for cut in 0..body.len() {
+                // Gossip's payload is "the rest", so a cut inside it is a shorter payload.
+                if matches!(msg, Msg::Gossip { .. }) && cut >= 4 {
+                    continue;
+                }
+                assert!(Msg::decode(&body[..cut]).is_err(), "{msg:?} cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut body = Msg::Register.encode()[LEN_PREFIX..].to_vec();
+        body.push(0);
+        assert_eq!(Msg::decode(&body), Err(WireError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn oversized_prefix_is_refused_before_allocation() {
+        let mut fr = FrameReader::new(1024);
+        fr.push(&u32::MAX.to_be_bytes());
+        assert!(matches!(fr.next_frame(), Err(WireError::TooLarge { .. })));
+        let mut fr = FrameReader::new(1024);
+        fr.push(&[0, 0, 0, 0]);
+        assert_eq!(fr.next_frame(), Err(WireError::Empty));
+    }
+
+    #[test]
+    fn frames_split_and_back_to_back() {
+        let mut all = Vec::new();
+        for msg in samples() {
+            all.extend(msg.encode());
+        }
+        let mut fr = FrameReader::new(1 << 20);
+        let mut got = Vec::new();
+        for chunk in all.chunks(3) {
+            fr.push(chunk);
+            while let Some(body) = fr.next_frame().unwrap() {
+                got.push(Msg::decode(&body).unwrap());
+            }
+        }
+        assert_eq!(got, samples());
+    }
+
+    #[test]
+    fn huge_list_counts_are_refused_without_allocating() {
+        let mut body = vec![tag::PEER_LIST];
+        body.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(Msg::decode(&body).is_err());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for _ in 0..20_000 {
+            let n = rng.gen_range(0..64);
+            let mut b = vec![0u8; n];
+            rng.fill_bytes(&mut b);
+            if !b.is_empty() {
+                b[0] = [0x01, 0x02, 0x04, 0x13, 0x15, 0x20, 0x30, 0x31, 0xff][rng.gen_range(0..9)];
+            }
+            let _ = Msg::decode(&b);
+        }
+        // Mutations of valid frames.
+        for msg in samples() {
+            let body = msg.encode()[LEN_PREFIX..].to_vec();
+            for _ in 0..500 {
+                let mut m = body.clone();
+                let i = rng.gen_range(0..m.len());
+                m[i] = rng.gen();
+                let _ = Msg::decode(&m);
+            }
+        }
+    }
+}
