@@ -118,11 +118,19 @@ fn init_logging(args: &CommonArgs) -> Result<(), Failure> {
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|e| Failure::Runtime(format!("cannot open log file {}: {e}", path.display())))?;
+                .map_err(|e| {
+                    Failure::Runtime(format!("cannot open log file {}: {e}", path.display()))
+                })?;
             let _ = WriteLogger::init(level, config, file);
         }
         None => {
-            let _ = TermLogger::init(level, config, TerminalMode::Stderr, ColorChoice::Auto);
+            use std::io::IsTerminal;
+            let color = if std::io::stderr().is_terminal() {
+                ColorChoice::Auto
+            } else {
+                ColorChoice::Never
+            };
+            let _ = TermLogger::init(level, config, TerminalMode::Stderr, color);
         }
     }
     Ok(())
@@ -142,7 +150,12 @@ pub fn run(role: Role, args: CommonArgs) -> Result<(), Failure> {
             "--addr {} is not one of the seeds in {} ({})",
             args.addr,
             args.config.display(),
-            config.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+            config
+                .seeds
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     if role == Role::Seed && args.addr.port() == 0 {
@@ -155,7 +168,10 @@ pub fn run(role: Role, args: CommonArgs) -> Result<(), Failure> {
         .local_addr()
         .map_err(|e| Failure::Runtime(format!("cannot read the bound address: {e}")))?;
     let output = Output::create(&args.out_dir, role, &addr, true).map_err(|e| {
-        Failure::Runtime(format!("cannot create output files in {}: {e}", args.out_dir.display()))
+        Failure::Runtime(format!(
+            "cannot create output files in {}: {e}",
+            args.out_dir.display()
+        ))
     })?;
     let identity = Identity {
         role,
@@ -167,12 +183,30 @@ pub fn run(role: Role, args: CommonArgs) -> Result<(), Failure> {
         let _ = tx.try_send(());
     })
     .map_err(|e| Failure::Runtime(format!("cannot install the signal handler: {e}")))?;
-    log::info!("{} {addr} starting with {}", role_name(role), args.config.display());
+    log::info!(
+        "{} {addr} starting with {}",
+        role_name(role),
+        args.config.display()
+    );
     match role {
-        Role::Seed => serve(SeedCore::new(addr, config.clone()), listener, identity, config, output, rx),
+        Role::Seed => serve(
+            SeedCore::new(addr, config.clone()),
+            listener,
+            identity,
+            config,
+            output,
+            rx,
+        ),
         Role::Peer => {
             let rng = rand::rngs::StdRng::from_entropy();
-            serve(PeerCore::new(addr, config.clone(), rng), listener, identity, config, output, rx)
+            serve(
+                PeerCore::new(addr, config.clone(), rng),
+                listener,
+                identity,
+                config,
+                output,
+                rx,
+            )
         }
     }
     Ok(())

@@ -120,9 +120,8 @@ impl Config {
 
     /// Reads and validates a file. Errors name the file, the key and the line.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError(format!("cannot read config file {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
         Config::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
     }
 
@@ -312,7 +311,9 @@ impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
         use defaults::*;
         let Some(seed_list) = self.seeds else {
-            return Err(ConfigError("seeds: missing; list at least one seed as IP:PORT".into()));
+            return Err(ConfigError(
+                "seeds: missing; list at least one seed as IP:PORT".into(),
+            ));
         };
         if seed_list.value.is_empty() {
             return Err(ConfigError(format!(
@@ -377,7 +378,13 @@ impl RawConfig {
             },
         };
         let peer = PeerConfig {
-            max_neighbours: number("peer.max_neighbours", &p.max_neighbours, MAX_NEIGHBOURS, 1, 64)?,
+            max_neighbours: number(
+                "peer.max_neighbours",
+                &p.max_neighbours,
+                MAX_NEIGHBOURS,
+                1,
+                64,
+            )?,
             selection,
         };
         let w = self.pow.unwrap_or_default();
@@ -444,8 +451,9 @@ mod tests {
 
     #[test]
     fn defaults_match_the_assignment() {
-        let c = Config::parse("seeds: [\"127.0.0.1:9001\", \"127.0.0.1:9002\", \"127.0.0.1:9003\"]\n")
-            .unwrap();
+        let c =
+            Config::parse("seeds: [\"127.0.0.1:9001\", \"127.0.0.1:9002\", \"127.0.0.1:9003\"]\n")
+                .unwrap();
         assert_eq!(c.seeds.len(), 3);
         assert_eq!(c.majority(), 2);
         assert_eq!(c.gossip.interval, Duration::from_secs(5));
@@ -488,7 +496,10 @@ mod tests {
         let e = err("seeds: [\"127.0.0.1:9001\"]\npow: { difficulty: 99 }\n");
         assert!(e.contains("pow.difficulty") && e.contains("line 2"), "{e}");
         let e = err("seeds: [\"127.0.0.1:9001\", \"nonsense\"]\n");
-        assert!(e.contains("seeds") && e.contains("nonsense") && e.contains("line 1"), "{e}");
+        assert!(
+            e.contains("seeds") && e.contains("nonsense") && e.contains("line 1"),
+            "{e}"
+        );
         let e = err("seeds: [\"127.0.0.1:9001\"]\ngossip:\n  intervall: 5s\n");
         assert!(e.contains("intervall") && e.contains("line 3"), "{e}");
         let e = err("seeds: [\"127.0.0.1:9001\"]\npeer: { selection: best }\n");

@@ -20,7 +20,10 @@ pub enum HandshakeError {
     StaleChallenge,
     WrongNonce,
     DeadlinePassed,
-    NoCommonVersion { ours: (u16, u16), theirs: (u16, u16) },
+    NoCommonVersion {
+        ours: (u16, u16),
+        theirs: (u16, u16),
+    },
     /// A connector claiming to be a seed that is not in the configuration.
     UnknownSeed(SocketAddr),
     /// The remote refused us, with its reason.
@@ -39,7 +42,9 @@ impl fmt::Display for HandshakeError {
                 "no common protocol version (ours {}..={}, theirs {}..={})",
                 ours.0, ours.1, theirs.0, theirs.1
             ),
-            HandshakeError::UnknownSeed(a) => write!(f, "{a} claims to be a seed but is not configured"),
+            HandshakeError::UnknownSeed(a) => {
+                write!(f, "{a} claims to be a seed but is not configured")
+            }
             HandshakeError::Refused(r) => write!(f, "refused by remote: {r}"),
         }
     }
@@ -221,7 +226,12 @@ mod tests {
     fn setup() -> (AcceptorHandshake, ConnectorIdentity, Instant) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let now = Instant::now();
-        let acc = AcceptorHandshake::new(&mut rng, 8, a("127.0.0.1:9001"), now + Duration::from_secs(10));
+        let acc = AcceptorHandshake::new(
+            &mut rng,
+            8,
+            a("127.0.0.1:9001"),
+            now + Duration::from_secs(10),
+        );
         let con = ConnectorIdentity {
             role: Role::Peer,
             addr: a("127.0.0.1:9101"),
@@ -234,7 +244,9 @@ mod tests {
     fn honest_connector_is_admitted() {
         let (acc, con, now) = setup();
         let puzzle = con.on_challenge(acc.challenge_msg()).unwrap();
-        let hello = con.solve(&puzzle, 0, now + Duration::from_secs(10)).unwrap();
+        let hello = con
+            .solve(&puzzle, 0, now + Duration::from_secs(10))
+            .unwrap();
         let adm = acc.on_hello(hello, now, &[]).unwrap();
         assert_eq!(adm.addr, a("127.0.0.1:9101"));
         assert_eq!(adm.role, Role::Peer);
@@ -244,8 +256,12 @@ mod tests {
     fn wrong_nonce_stale_challenge_and_late_answers_are_refused() {
         let (acc, con, now) = setup();
         let puzzle = con.on_challenge(acc.challenge_msg()).unwrap();
-        let hello = con.solve(&puzzle, 0, now + Duration::from_secs(10)).unwrap();
-        let Msg::Hello { nonce, .. } = hello.clone() else { unreachable!() };
+        let hello = con
+            .solve(&puzzle, 0, now + Duration::from_secs(10))
+            .unwrap();
+        let Msg::Hello { nonce, .. } = hello.clone() else {
+            unreachable!()
+        };
         // Find a nonce that does not verify.
         let mut bad = nonce.wrapping_add(1);
         while pow::verify(&puzzle.challenge, &con.addr, &puzzle.acceptor, 8, bad) {
@@ -255,18 +271,29 @@ mod tests {
         if let Msg::Hello { nonce, .. } = &mut wrong {
             *nonce = bad;
         }
-        assert_eq!(acc.on_hello(wrong, now, &[]), Err(HandshakeError::WrongNonce));
+        assert_eq!(
+            acc.on_hello(wrong, now, &[]),
+            Err(HandshakeError::WrongNonce)
+        );
 
         // The same answer replayed to another connection's challenge.
         let (acc2, _, _) = {
             let mut rng = rand::rngs::StdRng::seed_from_u64(4);
             (
-                AcceptorHandshake::new(&mut rng, 8, a("127.0.0.1:9001"), now + Duration::from_secs(10)),
+                AcceptorHandshake::new(
+                    &mut rng,
+                    8,
+                    a("127.0.0.1:9001"),
+                    now + Duration::from_secs(10),
+                ),
                 (),
                 (),
             )
         };
-        assert_eq!(acc2.on_hello(hello.clone(), now, &[]), Err(HandshakeError::StaleChallenge));
+        assert_eq!(
+            acc2.on_hello(hello.clone(), now, &[]),
+            Err(HandshakeError::StaleChallenge)
+        );
 
         assert_eq!(
             acc.on_hello(hello, now + Duration::from_secs(11), &[]),
@@ -287,7 +314,9 @@ mod tests {
             incarnation: 1,
         };
         let puzzle = con.on_challenge(acc.challenge_msg()).unwrap();
-        let hello = con.solve(&puzzle, 0, now + Duration::from_secs(10)).unwrap();
+        let hello = con
+            .solve(&puzzle, 0, now + Duration::from_secs(10))
+            .unwrap();
         assert!(matches!(
             acc.on_hello(hello.clone(), now, &[a("127.0.0.1:9002")]),
             Err(HandshakeError::UnknownSeed(_))

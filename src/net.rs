@@ -158,7 +158,9 @@ impl<C: Core> Runtime<C> {
                     Action::Send { to, msg } => {
                         let frame: Arc<[u8]> = msg.encode().into();
                         for conn in to {
-                            let Some(h) = conns.by_id.get(conn) else { continue };
+                            let Some(h) = conns.by_id.get(conn) else {
+                                continue;
+                            };
                             match h.tx.try_send(frame.clone()) {
                                 Ok(()) => {}
                                 Err(TrySendError::Full(_)) => {
@@ -230,7 +232,9 @@ impl<C: Core> Runtime<C> {
                     continue;
                 }
             };
-            let Ok(remote) = stream.peer_addr() else { continue };
+            let Ok(remote) = stream.peer_addr() else {
+                continue;
+            };
             if let Err(reason) = self.admit(remote.ip()) {
                 self.reject(remote, reason);
                 continue;
@@ -245,7 +249,10 @@ impl<C: Core> Runtime<C> {
         let limits = &self.config.limits;
         let c = &self.counters;
         if c.connections.load(Ordering::Relaxed) >= limits.max_connections {
-            return Err(format!("connection limit ({}) reached", limits.max_connections));
+            return Err(format!(
+                "connection limit ({}) reached",
+                limits.max_connections
+            ));
         }
         if c.pending_handshakes.load(Ordering::Relaxed) >= limits.max_pending_handshakes {
             return Err(format!(
@@ -293,7 +300,12 @@ impl<C: Core> Runtime<C> {
                 self.run_connection(stream, remote, reader);
             }
             Err(reason) => {
-                let _ = write_frame(&stream, &Msg::Reject { reason: reason.clone() });
+                let _ = write_frame(
+                    &stream,
+                    &Msg::Reject {
+                        reason: reason.clone(),
+                    },
+                );
                 let _ = stream.shutdown(Shutdown::Both);
                 self.reject(remote, reason);
             }
@@ -361,7 +373,11 @@ impl<C: Core> Runtime<C> {
         });
     }
 
-    fn connect(&self, addr: SocketAddr, _purpose: Purpose) -> Result<(TcpStream, FrameReader), String> {
+    fn connect(
+        &self,
+        addr: SocketAddr,
+        _purpose: Purpose,
+    ) -> Result<(TcpStream, FrameReader), String> {
         let timeout = self.config.pow.timeout;
         let deadline = Instant::now() + timeout;
         let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
@@ -376,7 +392,10 @@ impl<C: Core> Runtime<C> {
         let msg = read_frame_until(&stream, &mut reader, deadline, &self.counters)?;
         let puzzle = me.on_challenge(msg).map_err(|e| e.to_string())?;
         if puzzle.acceptor != addr {
-            return Err(format!("dialed {addr} but it says it is {}", puzzle.acceptor));
+            return Err(format!(
+                "dialed {addr} but it says it is {}",
+                puzzle.acceptor
+            ));
         }
         let start = self.rng.lock().gen::<u64>();
         let hello = me
@@ -452,7 +471,9 @@ impl<C: Core> Runtime<C> {
             match stream.read(&mut buf) {
                 Ok(0) => return "connection closed by remote".into(),
                 Ok(n) => {
-                    self.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                    self.counters
+                        .bytes_in
+                        .fetch_add(n as u64, Ordering::Relaxed);
                     reader.push(&buf[..n]);
                 }
                 Err(e) if is_timeout(&e) => {

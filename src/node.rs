@@ -99,10 +99,18 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Queue one message (encoded once) to each of these connections.
-    Send { to: Vec<ConnId>, msg: Msg },
+    Send {
+        to: Vec<ConnId>,
+        msg: Msg,
+    },
     /// Close a connection; the core has already done its bookkeeping.
-    Close { conn: ConnId },
-    Dial { addr: SocketAddr, purpose: Purpose },
+    Close {
+        conn: ConnId,
+    },
+    Dial {
+        addr: SocketAddr,
+        purpose: Purpose,
+    },
     /// Write an output record (`.jsonl`, and the `.txt` line if any).
     Log(Record),
 }

@@ -103,10 +103,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let addr: SocketAddr = "127.0.0.1:9101".parse().unwrap();
         let out = Output::create(dir.path(), Role::Peer, &addr, false).unwrap();
-        out.record(&Record::new("started").field("role", "peer").line("listening"));
+        out.record(
+            &Record::new("started")
+                .field("role", "peer")
+                .line("listening"),
+        );
         out.record(&Record::new("stats").field("frames_in", 3));
         let jsonl = std::fs::read_to_string(out.jsonl_path()).unwrap();
-        let lines: Vec<Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Value> = jsonl
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["event"], "started");
         assert_eq!(lines[0]["node"], "127.0.0.1:9101");

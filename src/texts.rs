@@ -38,7 +38,11 @@ pub fn liveness_reply(ts_ms: u64, sender: &SocketAddr, replier: &SocketAddr) -> 
 
 /// `Dead Node:<DeadNode.IP>:<DeadNode.Port>:<self.timestamp>:<self.addr>`.
 pub fn dead_node(dead: &SocketAddr, ts_ms: u64, reporter: &SocketAddr) -> String {
-    format!("Dead Node:{}:{}:{ts_ms}:{reporter}", ip_text(dead), dead.port())
+    format!(
+        "Dead Node:{}:{}:{ts_ms}:{reporter}",
+        ip_text(dead),
+        dead.port()
+    )
 }
 
 fn ip_text(addr: &SocketAddr) -> String {
@@ -94,8 +98,7 @@ pub fn parse_dead_node(text: &str) -> Option<DeadNodeReport> {
         if ts.is_empty() || !ts.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        if let (Ok(dead), Ok(ts_ms), Ok(reporter)) = (dead.parse(), ts.parse(), reporter.parse())
-        {
+        if let (Ok(dead), Ok(ts_ms), Ok(reporter)) = (dead.parse(), ts.parse(), reporter.parse()) {
             return Some(DeadNodeReport {
                 dead,
                 ts_ms,
@@ -127,7 +130,10 @@ mod tests {
 
     #[test]
     fn liveness_round_trip() {
-        for (s, r) in [("127.0.0.1:9101", "127.0.0.1:9102"), ("[::1]:9101", "[::1]:9102")] {
+        for (s, r) in [
+            ("127.0.0.1:9101", "127.0.0.1:9102"),
+            ("[::1]:9101", "[::1]:9102"),
+        ] {
             let (s, r) = (a(s), a(r));
             let req = liveness_request(17, &s);
             assert_eq!(parse_liveness_request(&req), Some((17, s)));
@@ -138,7 +144,10 @@ mod tests {
             liveness_reply(5, &a("127.0.0.1:1"), &a("127.0.0.1:2")),
             "Liveness Reply:5:127.0.0.1:1:127.0.0.1:2"
         );
-        assert_eq!(parse_liveness_request("Liveness Request:x:127.0.0.1:1"), None);
+        assert_eq!(
+            parse_liveness_request("Liveness Request:x:127.0.0.1:1"),
+            None
+        );
         assert_eq!(parse_liveness_reply("Liveness Reply:1:127.0.0.1:1"), None);
     }
 

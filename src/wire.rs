@@ -86,30 +86,52 @@ pub enum Msg {
     /// Acceptor → connector: admitted.
     Welcome,
     /// Either way: refused, with a reason for the log; the connection closes.
-    Reject { reason: String },
+    Reject {
+        reason: String,
+    },
 
     // --- peer ↔ seed ---
     Register,
     Registered,
     GetPeers,
-    PeerList { peers: Vec<PeerEntry> },
+    PeerList {
+        peers: Vec<PeerEntry>,
+    },
     /// Peer → seed: how many neighbours I have now (for power-law selection).
-    Degree { neighbours: u16 },
+    Degree {
+        neighbours: u16,
+    },
     /// Peer → seed: `Dead Node:<ip>:<port>:<ts>:<reporter>`.
-    DeadNode { text: String },
+    DeadNode {
+        text: String,
+    },
     /// Peer → seed or neighbour: I am shutting down cleanly.
     Leave,
 
     // --- peer ↔ peer (and seed → peer probes) ---
-    Gossip { data_type: u16, ttl: u8, payload: Vec<u8> },
+    Gossip {
+        data_type: u16,
+        ttl: u8,
+        payload: Vec<u8>,
+    },
     /// `Liveness Request:<ts>:<sender>`.
-    LivenessRequest { text: String },
+    LivenessRequest {
+        text: String,
+    },
     /// `Liveness Reply:<ts>:<sender>:<replier>`.
-    LivenessReply { text: String },
+    LivenessReply {
+        text: String,
+    },
 
     // --- seed ↔ seed ---
-    Vote { op: VoteOp, member: Member },
-    Sync { members: Vec<Member>, removed: Vec<(Member, RemovalReason)> },
+    Vote {
+        op: VoteOp,
+        member: Member,
+    },
+    Sync {
+        members: Vec<Member>,
+        removed: Vec<(Member, RemovalReason)>,
+    },
 }
 
 mod tag {
@@ -361,7 +383,10 @@ impl Msg {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WireError {
     /// The length prefix announces more than the limit; nothing was allocated.
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        len: usize,
+        max: usize,
+    },
     /// A zero-length frame has no tag.
     Empty,
     Truncated,

@@ -241,7 +241,14 @@ impl PeerCore {
         }
     }
 
-    fn add_neighbour(&mut self, conn: ConnId, addr: SocketAddr, dialed: bool, now: Now, out: &mut Vec<Action>) {
+    fn add_neighbour(
+        &mut self,
+        conn: ConnId,
+        addr: SocketAddr,
+        dialed: bool,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
         if let Some(existing) = self.neighbours.get(&addr) {
             // Both ends dialed each other at once. Both keep the link dialed by the smaller
             // address, so the two ends agree without talking.
@@ -295,8 +302,17 @@ impl PeerCore {
     }
 
     /// Drops a neighbour: close, log, and repair if we are now short of neighbours.
-    fn drop_neighbour(&mut self, addr: SocketAddr, reason: &str, close: bool, now: Now, out: &mut Vec<Action>) {
-        let Some(n) = self.neighbours.remove(&addr) else { return };
+    fn drop_neighbour(
+        &mut self,
+        addr: SocketAddr,
+        reason: &str,
+        close: bool,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(n) = self.neighbours.remove(&addr) else {
+            return;
+        };
         self.links.remove(&n.conn);
         if close {
             out.push(Action::Close { conn: n.conn });
@@ -331,7 +347,8 @@ impl PeerCore {
     fn repair_from(&mut self, list: Vec<PeerEntry>, now: Now, out: &mut Vec<Action>) {
         self.repairing = false;
         let memory = self.lost_memory();
-        self.lost.retain(|_, t| now.mono.saturating_duration_since(*t) < memory);
+        self.lost
+            .retain(|_, t| now.mono.saturating_duration_since(*t) < memory);
         let candidates: Vec<PeerEntry> = list
             .into_iter()
             .filter(|p| {
@@ -346,7 +363,8 @@ impl PeerCore {
             .peer
             .max_neighbours
             .saturating_sub(self.neighbours.len() + self.dialing.len());
-        for addr in selection::select(&candidates, want, self.config.peer.selection, &mut self.rng) {
+        for addr in selection::select(&candidates, want, self.config.peer.selection, &mut self.rng)
+        {
             log::info!("repair: connecting to {addr}");
             self.dialing.insert(addr);
             out.push(Action::Dial {
@@ -394,7 +412,15 @@ impl PeerCore {
     }
 
     /// Sends an item to every neighbour except `from` and records where it went.
-    fn forward(&mut self, id: [u8; 32], data_type: u16, ttl: u8, payload: Vec<u8>, from: Option<SocketAddr>, out: &mut Vec<Action>) {
+    fn forward(
+        &mut self,
+        id: [u8; 32],
+        data_type: u16,
+        ttl: u8,
+        payload: Vec<u8>,
+        from: Option<SocketAddr>,
+        out: &mut Vec<Action>,
+    ) {
         let targets = forward_targets(self.neighbours.keys(), from);
         if targets.is_empty() {
             return;
@@ -411,7 +437,14 @@ impl PeerCore {
         });
     }
 
-    fn on_gossip(&mut self, from: SocketAddr, data_type: u16, ttl: u8, payload: Vec<u8>, out: &mut Vec<Action>) {
+    fn on_gossip(
+        &mut self,
+        from: SocketAddr,
+        data_type: u16,
+        ttl: u8,
+        payload: Vec<u8>,
+        out: &mut Vec<Action>,
+    ) {
         let id = texts::message_id(data_type, &payload);
         if !self.ml.first_receipt(id, Some(from)) {
             return;
@@ -432,7 +465,13 @@ impl PeerCore {
         }
     }
 
-    fn answer_liveness(&self, conn: ConnId, from: SocketAddr, text: &str, out: &mut Vec<Action>) -> bool {
+    fn answer_liveness(
+        &self,
+        conn: ConnId,
+        from: SocketAddr,
+        text: &str,
+        out: &mut Vec<Action>,
+    ) -> bool {
         match texts::parse_liveness_request(text) {
             Some((ts, sender)) if sender == from => {
                 let text = texts::liveness_reply(ts, &sender, &self.me);
@@ -443,7 +482,14 @@ impl PeerCore {
         }
     }
 
-    fn reject(&mut self, conn: ConnId, addr: SocketAddr, reason: String, now: Now, out: &mut Vec<Action>) {
+    fn reject(
+        &mut self,
+        conn: ConnId,
+        addr: SocketAddr,
+        reason: String,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
         out.push(Record::rejected(addr, &reason).into());
         match self.links.get(&conn).map(|l| l.kind) {
             Some(LinkKind::Neighbour) => self.drop_neighbour(addr, &reason, true, now, out),
@@ -455,34 +501,50 @@ impl PeerCore {
     }
 
     fn on_frame(&mut self, conn: ConnId, msg: Msg, now: Now, out: &mut Vec<Action>) {
-        let Some(link) = self.links.get(&conn) else { return };
+        let Some(link) = self.links.get(&conn) else {
+            return;
+        };
         let (addr, kind) = (link.addr, link.kind);
         match (kind, msg) {
-            (LinkKind::Neighbour, Msg::Gossip { data_type, ttl, payload }) => {
-                self.on_gossip(addr, data_type, ttl, payload, out)
-            }
+            (
+                LinkKind::Neighbour,
+                Msg::Gossip {
+                    data_type,
+                    ttl,
+                    payload,
+                },
+            ) => self.on_gossip(addr, data_type, ttl, payload, out),
             (LinkKind::Neighbour, Msg::LivenessRequest { text })
             | (LinkKind::Seed | LinkKind::SeedProbe, Msg::LivenessRequest { text }) => {
                 if !self.answer_liveness(conn, addr, &text, out) {
-                    self.reject(conn, addr, format!("malformed liveness request {text:?}"), now, out);
+                    self.reject(
+                        conn,
+                        addr,
+                        format!("malformed liveness request {text:?}"),
+                        now,
+                        out,
+                    );
                 }
             }
             (LinkKind::Neighbour, Msg::LivenessReply { text }) => {
-                let matched = texts::parse_liveness_reply(&text).is_some_and(|(ts, sender, replier)| {
-                    sender == self.me
-                        && replier == addr
-                        && self
-                            .neighbours
-                            .get_mut(&addr)
-                            .is_some_and(|n| n.liveness.on_reply(ts))
-                });
+                let matched =
+                    texts::parse_liveness_reply(&text).is_some_and(|(ts, sender, replier)| {
+                        sender == self.me
+                            && replier == addr
+                            && self
+                                .neighbours
+                                .get_mut(&addr)
+                                .is_some_and(|n| n.liveness.on_reply(ts))
+                    });
                 if !matched {
                     log::debug!("liveness reply from {addr} does not match a request: {text:?}");
                 }
             }
             (LinkKind::Neighbour, Msg::Leave) => self.drop_neighbour(addr, "left", true, now, out),
             (LinkKind::Seed, Msg::Registered) => {
-                let Some(s) = self.seeds.get_mut(&addr) else { return };
+                let Some(s) = self.seeds.get_mut(&addr) else {
+                    return;
+                };
                 if s.registered {
                     return;
                 }
@@ -506,15 +568,21 @@ impl PeerCore {
                     self.repair_from(peers, now, out);
                 }
             }
-            (_, other) => {
-                self.reject(conn, addr, format!("unexpected {} on a {kind:?} link", other.name()), now, out)
-            }
+            (_, other) => self.reject(
+                conn,
+                addr,
+                format!("unexpected {} on a {kind:?} link", other.name()),
+                now,
+                out,
+            ),
         }
     }
 
     /// Bookkeeping when a non-neighbour link ends.
     fn on_link_gone(&mut self, conn: ConnId, now: Now, out: &mut Vec<Action>) {
-        let Some(link) = self.links.remove(&conn) else { return };
+        let Some(link) = self.links.remove(&conn) else {
+            return;
+        };
         if link.kind == LinkKind::Seed {
             if let Some(s) = self.seeds.get_mut(&link.addr) {
                 if s.conn == Some(conn) {
@@ -545,7 +613,10 @@ impl PeerCore {
                 redial.push(*addr);
             }
             if let Some(conn) = s.conn {
-                if !s.registered && s.last_register.is_some_and(|t| now.mono >= t + REGISTER_RETRY) {
+                if !s.registered
+                    && s.last_register
+                        .is_some_and(|t| now.mono >= t + REGISTER_RETRY)
+                {
                     s.last_register = Some(now.mono);
                     out.push(Action::send(conn, Msg::Register));
                 }
@@ -601,7 +672,9 @@ impl PeerCore {
     }
 
     fn on_closed(&mut self, conn: ConnId, reason: String, now: Now, out: &mut Vec<Action>) {
-        let Some(link) = self.links.get(&conn) else { return };
+        let Some(link) = self.links.get(&conn) else {
+            return;
+        };
         if link.kind == LinkKind::Neighbour {
             let addr = link.addr;
             if self.leaving {
@@ -626,9 +699,16 @@ impl PeerCore {
             .chain(self.neighbours.values().map(|n| n.conn))
             .collect();
         if !to.is_empty() {
-            out.push(Action::Send { to, msg: Msg::Leave });
+            out.push(Action::Send {
+                to,
+                msg: Msg::Leave,
+            });
         }
-        out.push(Record::new("leaving").line("Leaving: told seeds and neighbours").into());
+        out.push(
+            Record::new("leaving")
+                .line("Leaving: told seeds and neighbours")
+                .into(),
+        );
     }
 }
 
@@ -637,7 +717,9 @@ impl Core for PeerCore {
         match event {
             Event::Started => self.start(now, out),
             Event::Connected { conn, remote } => {
-                let Remote { addr, role, dialed, .. } = remote;
+                let Remote {
+                    addr, role, dialed, ..
+                } = remote;
                 let kind = match (role, dialed) {
                     (Role::Seed, Some(_)) => LinkKind::Seed,
                     (Role::Seed, None) => LinkKind::SeedProbe,
@@ -675,7 +757,11 @@ impl Core for PeerCore {
             }
             Event::Frame { conn, msg } => self.on_frame(conn, msg, now, out),
             Event::Closed { conn, reason } => self.on_closed(conn, reason, now, out),
-            Event::DialFailed { addr, purpose, reason } => match purpose {
+            Event::DialFailed {
+                addr,
+                purpose,
+                reason,
+            } => match purpose {
                 Purpose::Register => {
                     log::warn!("seed {addr} unreachable: {reason}");
                     let registering = self.phase == Phase::Joining;
@@ -685,7 +771,11 @@ impl Core for PeerCore {
                         s.retry_at = Some(now.mono + s.backoff);
                     }
                     // Keep a majority: replace an unreachable seed with one not yet used.
-                    let live = self.seeds.values().filter(|s| s.conn.is_some() || s.dialing).count();
+                    let live = self
+                        .seeds
+                        .values()
+                        .filter(|s| s.conn.is_some() || s.dialing)
+                        .count();
                     if registering && live < self.config.majority() {
                         if let Some(spare) = self.spare_seed() {
                             self.dial_seed(spare, out);

@@ -64,7 +64,13 @@ impl MessageList {
                 None => break,
             }
         }
-        self.entries.insert(id, Seen { from, sent_to: Vec::new() });
+        self.entries.insert(
+            id,
+            Seen {
+                from,
+                sent_to: Vec::new(),
+            },
+        );
         self.order.push_back(id);
         true
     }

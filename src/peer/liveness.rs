@@ -41,7 +41,9 @@ impl LivenessTracker {
             self.misses += 1;
         }
         if self.misses >= self.max_misses {
-            return Check::Dead { misses: self.misses };
+            return Check::Dead {
+                misses: self.misses,
+            };
         }
         self.outstanding.push_back(ts_ms);
         while self.outstanding.len() > self.max_misses as usize {

@@ -12,7 +12,10 @@ use crate::wire::PeerEntry;
 
 /// Union of several peer lists without `me`, one entry per address (the highest degree any
 /// seed reported), sorted by address.
-pub fn union<'a>(lists: impl IntoIterator<Item = &'a [PeerEntry]>, me: &SocketAddr) -> Vec<PeerEntry> {
+pub fn union<'a>(
+    lists: impl IntoIterator<Item = &'a [PeerEntry]>,
+    me: &SocketAddr,
+) -> Vec<PeerEntry> {
     let mut all: BTreeMap<SocketAddr, u16> = BTreeMap::new();
     for list in lists {
         for p in list {
@@ -29,12 +32,14 @@ pub fn union<'a>(lists: impl IntoIterator<Item = &'a [PeerEntry]>, me: &SocketAd
 
 /// Picks up to `k` distinct peers. `PowerLaw` draws each pick with probability proportional to
 /// degree + 1 (preferential attachment; the +1 lets peers without neighbours be chosen).
-pub fn select(candidates: &[PeerEntry], k: usize, how: Selection, rng: &mut impl Rng) -> Vec<SocketAddr> {
+pub fn select(
+    candidates: &[PeerEntry],
+    k: usize,
+    how: Selection,
+    rng: &mut impl Rng,
+) -> Vec<SocketAddr> {
     match how {
-        Selection::Random => candidates
-            .choose_multiple(rng, k)
-            .map(|p| p.addr)
-            .collect(),
+        Selection::Random => candidates.choose_multiple(rng, k).map(|p| p.addr).collect(),
         Selection::PowerLaw => {
             let mut pool: Vec<&PeerEntry> = candidates.iter().collect();
             let mut chosen = Vec::with_capacity(k.min(pool.len()));
@@ -63,7 +68,10 @@ mod tests {
     use rand::SeedableRng;
 
     fn e(p: u16, degree: u16) -> PeerEntry {
-        PeerEntry { addr: SocketAddr::from(([127, 0, 0, 1], p)), degree }
+        PeerEntry {
+            addr: SocketAddr::from(([127, 0, 0, 1], p)),
+            degree,
+        }
     }
 
     #[test]

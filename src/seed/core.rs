@@ -124,11 +124,18 @@ impl SeedCore {
                 out.push(
                     Record::new("registered")
                         .field("peer", m.addr.to_string())
-                        .line(format!("Registered peer {} (agreed by a majority of seeds)", m.addr))
+                        .line(format!(
+                            "Registered peer {} (agreed by a majority of seeds)",
+                            m.addr
+                        ))
                         .into(),
                 );
                 if let Some(&conn) = self.peer_conns.get(&m.addr) {
-                    if self.links.get(&conn).is_some_and(|l| l.incarnation == m.incarnation) {
+                    if self
+                        .links
+                        .get(&conn)
+                        .is_some_and(|l| l.incarnation == m.incarnation)
+                    {
                         out.push(Action::send(conn, Msg::Registered));
                     }
                 }
@@ -155,7 +162,13 @@ impl SeedCore {
     }
 
     /// Starts this seed's own check of `member` unless one is running or it already voted.
-    fn start_probe(&mut self, member: Member, reporter: Option<SocketAddr>, now: Now, out: &mut Vec<Action>) {
+    fn start_probe(
+        &mut self,
+        member: Member,
+        reporter: Option<SocketAddr>,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
         if let Some(p) = self.probes.get_mut(&member.addr) {
             p.reporters.extend(reporter);
             return;
@@ -173,7 +186,10 @@ impl SeedCore {
         match self.peer_conns.get(&member.addr) {
             Some(&conn) => {
                 let text = texts::liveness_request(now.unix_ms, &self.me);
-                out.push(Action::send(conn, Msg::LivenessRequest { text: text.clone() }));
+                out.push(Action::send(
+                    conn,
+                    Msg::LivenessRequest { text: text.clone() },
+                ));
                 probe.request = Some(text);
             }
             None => out.push(Action::Dial {
@@ -184,14 +200,28 @@ impl SeedCore {
         self.probes.insert(member.addr, probe);
     }
 
-    fn probe_result(&mut self, addr: SocketAddr, alive: bool, why: &str, now: Now, out: &mut Vec<Action>) {
-        let Some(probe) = self.probes.remove(&addr) else { return };
+    fn probe_result(
+        &mut self,
+        addr: SocketAddr,
+        alive: bool,
+        why: &str,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(probe) = self.probes.remove(&addr) else {
+            return;
+        };
         if alive {
             for r in &probe.reporters {
                 out.push(
-                    Record::rejected(r, format!("false dead report: {addr} answered the seed's probe"))
-                        .line(format!("Dead Node report about {addr} from {r} refused: it is alive"))
-                        .into(),
+                    Record::rejected(
+                        r,
+                        format!("false dead report: {addr} answered the seed's probe"),
+                    )
+                    .line(format!(
+                        "Dead Node report about {addr} from {r} refused: it is alive"
+                    ))
+                    .into(),
                 );
             }
             log::info!("probe: {addr} is alive ({why})");
@@ -273,7 +303,15 @@ impl SeedCore {
         Some(link)
     }
 
-    fn on_peer_frame(&mut self, conn: ConnId, addr: SocketAddr, inc: u64, msg: Msg, now: Now, out: &mut Vec<Action>) {
+    fn on_peer_frame(
+        &mut self,
+        conn: ConnId,
+        addr: SocketAddr,
+        inc: u64,
+        msg: Msg,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
         let member = Member {
             addr,
             incarnation: inc,
@@ -306,7 +344,12 @@ impl SeedCore {
             }
             Msg::DeadNode { text } => {
                 let Some(report) = texts::parse_dead_node(&text) else {
-                    return self.reject(conn, addr, format!("malformed dead-node report {text:?}"), out);
+                    return self.reject(
+                        conn,
+                        addr,
+                        format!("malformed dead-node report {text:?}"),
+                        out,
+                    );
                 };
                 if report.reporter != addr {
                     return self.reject(
@@ -348,9 +391,8 @@ impl SeedCore {
             Msg::LivenessReply { text } => {
                 let answered = self.probes.get(&addr).is_some_and(|p| {
                     p.request.as_deref().and_then(texts::parse_liveness_request)
-                        == texts::parse_liveness_reply(&text).and_then(|(ts, s, r)| {
-                            (r == addr).then_some((ts, s))
-                        })
+                        == texts::parse_liveness_reply(&text)
+                            .and_then(|(ts, s, r)| (r == addr).then_some((ts, s)))
                 });
                 if answered {
                     self.probe_result(addr, true, "answered a liveness request", now, out);
@@ -363,11 +405,23 @@ impl SeedCore {
                     out.push(Action::send(conn, Msg::LivenessReply { text }));
                 }
             }
-            other => self.reject(conn, addr, format!("unexpected {} from a peer", other.name()), out),
+            other => self.reject(
+                conn,
+                addr,
+                format!("unexpected {} from a peer", other.name()),
+                out,
+            ),
         }
     }
 
-    fn on_seed_frame(&mut self, conn: ConnId, from: SocketAddr, msg: Msg, now: Now, out: &mut Vec<Action>) {
+    fn on_seed_frame(
+        &mut self,
+        conn: ConnId,
+        from: SocketAddr,
+        msg: Msg,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
         match msg {
             Msg::Vote { op, member } => {
                 if op == VoteOp::Remove(RemovalReason::Dead) && self.registry.contains(&member) {
@@ -390,7 +444,12 @@ impl SeedCore {
                 }
             }
             Msg::LivenessReply { .. } => {}
-            other => self.reject(conn, from, format!("unexpected {} from a seed", other.name()), out),
+            other => self.reject(
+                conn,
+                from,
+                format!("unexpected {} from a seed", other.name()),
+                out,
+            ),
         }
     }
 
@@ -477,7 +536,9 @@ impl Core for SeedCore {
             }
             Event::Connected { conn, remote } => self.on_connected(conn, remote, now, out),
             Event::Frame { conn, msg } => {
-                let Some(link) = self.links.get(&conn) else { return };
+                let Some(link) = self.links.get(&conn) else {
+                    return;
+                };
                 let (addr, kind, inc) = (link.addr, link.kind, link.incarnation);
                 match kind {
                     LinkKind::Seed => self.on_seed_frame(conn, addr, msg, now, out),
@@ -485,7 +546,9 @@ impl Core for SeedCore {
                 }
             }
             Event::Closed { conn, reason } => {
-                let Some(link) = self.forget(conn) else { return };
+                let Some(link) = self.forget(conn) else {
+                    return;
+                };
                 match link.kind {
                     LinkKind::Seed => {
                         log::info!("seed link to {} down: {reason}", link.addr);
@@ -617,16 +680,40 @@ mod tests {
         let now = Now::real();
         let mut s = SeedCore::new(a(9001), config());
         let mut out = vec![];
-        s.handle(Event::Connected { conn: 1, remote: seed(a(9002)) }, now, &mut out);
-        s.handle(Event::Connected { conn: 2, remote: peer(a(9101), 7) }, now, &mut out);
+        s.handle(
+            Event::Connected {
+                conn: 1,
+                remote: seed(a(9002)),
+            },
+            now,
+            &mut out,
+        );
+        s.handle(
+            Event::Connected {
+                conn: 2,
+                remote: peer(a(9101), 7),
+            },
+            now,
+            &mut out,
+        );
         out.clear();
-        s.handle(Event::Frame { conn: 2, msg: Msg::Register }, now, &mut out);
+        s.handle(
+            Event::Frame {
+                conn: 2,
+                msg: Msg::Register,
+            },
+            now,
+            &mut out,
+        );
         // Our vote goes to the other seed; nothing is committed yet.
         assert_eq!(
             sent_to(&out, 1),
             vec![Msg::Vote {
                 op: VoteOp::Add,
-                member: Member { addr: a(9101), incarnation: 7 }
+                member: Member {
+                    addr: a(9101),
+                    incarnation: 7
+                }
             }]
         );
         assert!(events(&out).is_empty());
@@ -637,7 +724,10 @@ mod tests {
                 conn: 1,
                 msg: Msg::Vote {
                     op: VoteOp::Add,
-                    member: Member { addr: a(9101), incarnation: 7 },
+                    member: Member {
+                        addr: a(9101),
+                        incarnation: 7,
+                    },
                 },
             },
             now,
@@ -652,12 +742,46 @@ mod tests {
         let now = Now::real();
         let mut s = SeedCore::new(a(9001), config());
         let mut out = vec![];
-        s.handle(Event::Connected { conn: 1, remote: seed(a(9002)) }, now, &mut out);
+        s.handle(
+            Event::Connected {
+                conn: 1,
+                remote: seed(a(9002)),
+            },
+            now,
+            &mut out,
+        );
         for (conn, p) in [(2, 9101), (3, 9102)] {
-            s.handle(Event::Connected { conn, remote: peer(a(p), 1) }, now, &mut out);
-            let member = Member { addr: a(p), incarnation: 1 };
-            s.handle(Event::Frame { conn: 1, msg: Msg::Vote { op: VoteOp::Add, member } }, now, &mut out);
-            s.handle(Event::Frame { conn, msg: Msg::Register }, now, &mut out);
+            s.handle(
+                Event::Connected {
+                    conn,
+                    remote: peer(a(p), 1),
+                },
+                now,
+                &mut out,
+            );
+            let member = Member {
+                addr: a(p),
+                incarnation: 1,
+            };
+            s.handle(
+                Event::Frame {
+                    conn: 1,
+                    msg: Msg::Vote {
+                        op: VoteOp::Add,
+                        member,
+                    },
+                },
+                now,
+                &mut out,
+            );
+            s.handle(
+                Event::Frame {
+                    conn,
+                    msg: Msg::Register,
+                },
+                now,
+                &mut out,
+            );
         }
         assert_eq!(s.members().len(), 2);
         (s, now)
@@ -668,20 +792,42 @@ mod tests {
         let (mut s, now) = registered_seed();
         let mut out = vec![];
         let text = texts::dead_node(&a(9102), now.unix_ms, &a(9101));
-        s.handle(Event::Frame { conn: 2, msg: Msg::DeadNode { text } }, now, &mut out);
+        s.handle(
+            Event::Frame {
+                conn: 2,
+                msg: Msg::DeadNode { text },
+            },
+            now,
+            &mut out,
+        );
         assert_eq!(events(&out), vec!["dead_report"]);
         // The seed asks the reported peer itself, over its own connection.
         let probe = sent_to(&out, 3);
-        let Some(Msg::LivenessRequest { text }) = probe.first() else { panic!("{probe:?}") };
+        let Some(Msg::LivenessRequest { text }) = probe.first() else {
+            panic!("{probe:?}")
+        };
         let (ts, sender) = texts::parse_liveness_request(text).unwrap();
         out.clear();
         let reply = texts::liveness_reply(ts, &sender, &a(9102));
-        s.handle(Event::Frame { conn: 3, msg: Msg::LivenessReply { text: reply } }, now, &mut out);
+        s.handle(
+            Event::Frame {
+                conn: 3,
+                msg: Msg::LivenessReply { text: reply },
+            },
+            now,
+            &mut out,
+        );
         assert_eq!(events(&out), vec!["rejected"]);
         out.clear();
         // No vote was cast, even after the probe deadline.
         s.handle(Event::Tick, now.after(Duration::from_secs(5)), &mut out);
-        assert!(!out.iter().any(|x| matches!(x, Action::Send { msg: Msg::Vote { .. }, .. })));
+        assert!(!out.iter().any(|x| matches!(
+            x,
+            Action::Send {
+                msg: Msg::Vote { .. },
+                ..
+            }
+        )));
         assert_eq!(s.members().len(), 2);
     }
 
@@ -690,19 +836,41 @@ mod tests {
         let (mut s, now) = registered_seed();
         let mut out = vec![];
         let text = texts::dead_node(&a(9102), now.unix_ms, &a(9101));
-        s.handle(Event::Frame { conn: 2, msg: Msg::DeadNode { text } }, now, &mut out);
+        s.handle(
+            Event::Frame {
+                conn: 2,
+                msg: Msg::DeadNode { text },
+            },
+            now,
+            &mut out,
+        );
         out.clear();
         s.handle(Event::Tick, now.after(Duration::from_secs(2)), &mut out);
-        let dead = Member { addr: a(9102), incarnation: 1 };
+        let dead = Member {
+            addr: a(9102),
+            incarnation: 1,
+        };
         let votes: Vec<Msg> = sent_to(&out, 1)
             .into_iter()
             .filter(|m| matches!(m, Msg::Vote { .. }))
             .collect();
-        assert_eq!(votes, vec![Msg::Vote { op: VoteOp::Remove(RemovalReason::Dead), member: dead }]);
+        assert_eq!(
+            votes,
+            vec![Msg::Vote {
+                op: VoteOp::Remove(RemovalReason::Dead),
+                member: dead
+            }]
+        );
         assert_eq!(s.members().len(), 2, "one seed alone removes nothing");
         out.clear();
         s.handle(
-            Event::Frame { conn: 1, msg: Msg::Vote { op: VoteOp::Remove(RemovalReason::Dead), member: dead } },
+            Event::Frame {
+                conn: 1,
+                msg: Msg::Vote {
+                    op: VoteOp::Remove(RemovalReason::Dead),
+                    member: dead,
+                },
+            },
             now.after(Duration::from_secs(2)),
             &mut out,
         );
@@ -711,9 +879,18 @@ mod tests {
         // A later report of the same death is a no-op.
         out.clear();
         let text = texts::dead_node(&a(9102), now.unix_ms, &a(9101));
-        s.handle(Event::Frame { conn: 2, msg: Msg::DeadNode { text } }, now, &mut out);
+        s.handle(
+            Event::Frame {
+                conn: 2,
+                msg: Msg::DeadNode { text },
+            },
+            now,
+            &mut out,
+        );
         assert_eq!(events(&out), vec!["dead_report"]);
-        assert!(!out.iter().any(|x| matches!(x, Action::Dial { .. } | Action::Send { .. })));
+        assert!(!out
+            .iter()
+            .any(|x| matches!(x, Action::Dial { .. } | Action::Send { .. })));
     }
 
     #[test]
@@ -721,11 +898,27 @@ mod tests {
         let (mut s, now) = registered_seed();
         let mut out = vec![];
         let text = texts::dead_node(&a(9102), now.unix_ms, &a(9999));
-        s.handle(Event::Frame { conn: 2, msg: Msg::DeadNode { text } }, now, &mut out);
+        s.handle(
+            Event::Frame {
+                conn: 2,
+                msg: Msg::DeadNode { text },
+            },
+            now,
+            &mut out,
+        );
         assert_eq!(events(&out), vec!["rejected"]);
         assert!(out.contains(&Action::Close { conn: 2 }));
         out.clear();
-        s.handle(Event::Frame { conn: 3, msg: Msg::DeadNode { text: "Dead Node:junk".into() } }, now, &mut out);
+        s.handle(
+            Event::Frame {
+                conn: 3,
+                msg: Msg::DeadNode {
+                    text: "Dead Node:junk".into(),
+                },
+            },
+            now,
+            &mut out,
+        );
         assert!(out.contains(&Action::Close { conn: 3 }));
     }
 
@@ -733,17 +926,52 @@ mod tests {
     fn a_leave_is_a_vote_with_reason_left() {
         let (mut s, now) = registered_seed();
         let mut out = vec![];
-        s.handle(Event::Frame { conn: 2, msg: Msg::Leave }, now, &mut out);
-        let m = Member { addr: a(9101), incarnation: 1 };
-        assert_eq!(sent_to(&out, 1), vec![Msg::Vote { op: VoteOp::Remove(RemovalReason::Left), member: m }]);
+        s.handle(
+            Event::Frame {
+                conn: 2,
+                msg: Msg::Leave,
+            },
+            now,
+            &mut out,
+        );
+        let m = Member {
+            addr: a(9101),
+            incarnation: 1,
+        };
+        assert_eq!(
+            sent_to(&out, 1),
+            vec![Msg::Vote {
+                op: VoteOp::Remove(RemovalReason::Left),
+                member: m
+            }]
+        );
         out.clear();
-        s.handle(Event::Frame { conn: 1, msg: Msg::Vote { op: VoteOp::Remove(RemovalReason::Left), member: m } }, now, &mut out);
-        let Some(Action::Log(r)) = out.iter().find(|x| matches!(x, Action::Log(_))) else { panic!() };
+        s.handle(
+            Event::Frame {
+                conn: 1,
+                msg: Msg::Vote {
+                    op: VoteOp::Remove(RemovalReason::Left),
+                    member: m,
+                },
+            },
+            now,
+            &mut out,
+        );
+        let Some(Action::Log(r)) = out.iter().find(|x| matches!(x, Action::Log(_))) else {
+            panic!()
+        };
         assert_eq!(r.event, "removed");
         assert_eq!(r.fields["reason"], "left");
         // Its connection closing afterwards starts no probe.
         out.clear();
-        s.handle(Event::Closed { conn: 2, reason: "eof".into() }, now, &mut out);
+        s.handle(
+            Event::Closed {
+                conn: 2,
+                reason: "eof".into(),
+            },
+            now,
+            &mut out,
+        );
         assert!(out.is_empty());
     }
 
@@ -751,15 +979,39 @@ mod tests {
     fn a_new_seed_link_gets_the_list_and_open_votes() {
         let (mut s, now) = registered_seed();
         let mut out = vec![];
-        s.handle(Event::Connected { conn: 4, remote: peer(a(9103), 1) }, now, &mut out);
-        s.handle(Event::Frame { conn: 4, msg: Msg::Register }, now, &mut out);
+        s.handle(
+            Event::Connected {
+                conn: 4,
+                remote: peer(a(9103), 1),
+            },
+            now,
+            &mut out,
+        );
+        s.handle(
+            Event::Frame {
+                conn: 4,
+                msg: Msg::Register,
+            },
+            now,
+            &mut out,
+        );
         out.clear();
-        s.handle(Event::Connected { conn: 5, remote: seed(a(9003)) }, now, &mut out);
+        s.handle(
+            Event::Connected {
+                conn: 5,
+                remote: seed(a(9003)),
+            },
+            now,
+            &mut out,
+        );
         let msgs = sent_to(&out, 5);
         assert!(matches!(&msgs[0], Msg::Sync { members, .. } if members.len() == 2));
         assert!(msgs.contains(&Msg::Vote {
             op: VoteOp::Add,
-            member: Member { addr: a(9103), incarnation: 1 }
+            member: Member {
+                addr: a(9103),
+                incarnation: 1
+            }
         }));
     }
 }

@@ -141,7 +141,10 @@ impl Registry {
         let (kind, reason) = match op {
             VoteOp::Add => {
                 if self.is_tombstoned(&m)
-                    || self.members.get(&m.addr).is_some_and(|&i| i >= m.incarnation)
+                    || self
+                        .members
+                        .get(&m.addr)
+                        .is_some_and(|&i| i >= m.incarnation)
                 {
                     return None;
                 }
@@ -149,7 +152,10 @@ impl Registry {
             }
             VoteOp::Remove(reason) => {
                 if self.is_tombstoned(&m)
-                    || self.members.get(&m.addr).is_some_and(|&i| i > m.incarnation)
+                    || self
+                        .members
+                        .get(&m.addr)
+                        .is_some_and(|&i| i > m.incarnation)
                 {
                     return None;
                 }
@@ -186,7 +192,11 @@ impl Registry {
 
     /// Adds a committed member (from a majority here or from another seed's list).
     fn apply_add(&mut self, m: Member) -> bool {
-        if self.is_tombstoned(&m) || self.members.get(&m.addr).is_some_and(|&i| i >= m.incarnation)
+        if self.is_tombstoned(&m)
+            || self
+                .members
+                .get(&m.addr)
+                .is_some_and(|&i| i >= m.incarnation)
         {
             return false;
         }
@@ -223,7 +233,11 @@ impl Registry {
     }
 
     /// Merges another seed's committed state.
-    pub fn merge(&mut self, members: &[Member], removed: &[(Member, RemovalReason)]) -> Vec<Change> {
+    pub fn merge(
+        &mut self,
+        members: &[Member],
+        removed: &[(Member, RemovalReason)],
+    ) -> Vec<Change> {
         let mut changes = Vec::new();
         for &(m, reason) in removed {
             if self.apply_remove(m, reason) {
@@ -232,7 +246,15 @@ impl Registry {
         }
         for &m in members {
             if let Some(old) = self.members.get(&m.addr).copied() {
-                if old < m.incarnation && self.apply_remove(Member { addr: m.addr, incarnation: old }, RemovalReason::Left) {
+                if old < m.incarnation
+                    && self.apply_remove(
+                        Member {
+                            addr: m.addr,
+                            incarnation: old,
+                        },
+                        RemovalReason::Left,
+                    )
+                {
                     changes.push(Change::Removed(
                         Member {
                             addr: m.addr,
@@ -290,7 +312,10 @@ mod tests {
         assert!(r.is_empty());
         // The same seed voting again does not count twice.
         assert_eq!(r.vote(a(S1), VoteOp::Add, m(1, 1), now), None);
-        assert_eq!(r.vote(a(S2), VoteOp::Add, m(1, 1), now), Some(Change::Added(m(1, 1))));
+        assert_eq!(
+            r.vote(a(S2), VoteOp::Add, m(1, 1), now),
+            Some(Change::Added(m(1, 1)))
+        );
         assert!(r.contains(&m(1, 1)));
         // The third vote arrives late: a no-op, not an error.
         assert_eq!(r.vote(a(S3), VoteOp::Add, m(1, 1), now), None);
@@ -326,9 +351,15 @@ mod tests {
         assert!(r
             .vote(a(S1), VoteOp::Remove(RemovalReason::Dead), m(1, 1), now)
             .is_some());
-        assert_eq!(r.vote(a(S1), VoteOp::Add, m(1, 2), now), Some(Change::Added(m(1, 2))));
+        assert_eq!(
+            r.vote(a(S1), VoteOp::Add, m(1, 2), now),
+            Some(Change::Added(m(1, 2)))
+        );
         // A stale removal vote about the old incarnation changes nothing.
-        assert_eq!(r.vote(a(S1), VoteOp::Remove(RemovalReason::Dead), m(1, 1), now), None);
+        assert_eq!(
+            r.vote(a(S1), VoteOp::Remove(RemovalReason::Dead), m(1, 1), now),
+            None
+        );
         assert!(r.contains(&m(1, 2)));
     }
 
@@ -365,6 +396,9 @@ mod tests {
         r.expire(now + VOTE_TTL + Duration::from_secs(1));
         assert!(r.open_votes_of(&a(S1)).is_empty());
         // After expiry the vote must be cast again: one more vote is not a majority.
-        assert_eq!(r.vote(a(S2), VoteOp::Add, m(1, 1), now + VOTE_TTL * 2), None);
+        assert_eq!(
+            r.vote(a(S2), VoteOp::Add, m(1, 1), now + VOTE_TTL * 2),
+            None
+        );
     }
 }

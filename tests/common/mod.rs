@@ -1,0 +1,311 @@
+//! Test harness: real `seed` and `peer` binaries on 127.0.0.1, free ports, a temp directory,
+//! fast timers from a generated `seeds.yaml`. Every child is killed when the harness is
+//! dropped, also when a test fails (stopped children are resumed first).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Upper bound for any condition a test waits for. Generous on purpose: tests assert what
+/// happens, not how fast; a busy machine only makes them slower.
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Polls `cond` until it holds; panics with `what` after [`PATIENCE`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > PATIENCE {
+            panic!("timed out waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct Node {
+    pub addr: SocketAddr,
+    pub role: &'static str,
+    pub child: Child,
+    pub stopped: bool,
+}
+
+pub struct Net {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub seeds: Vec<SocketAddr>,
+    pub nodes: Vec<Node>,
+}
+
+/// Fast timers and a low difficulty, so a test network runs in seconds.
+pub fn fast_config(seeds: &[SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "seeds: [{}]\n{}\n",
+        list.join(", "),
+        if extra.is_empty() {
+            "gossip: { interval: 300ms, count: 10 }\nliveness: { interval: 300ms, misses: 3, probe_timeout: 1s }\npow: { difficulty: 8, timeout: 3s }\nstats: { interval: 1s }"
+        } else {
+            extra
+        }
+    )
+}
+
+impl Net {
+    /// A network description with `n_seeds` seeds on free ports and the given config body
+    /// (everything after the `seeds:` line; empty for the fast defaults).
+    pub fn new(n_seeds: usize, extra: &str) -> Net {
+        let dir = tempfile::tempdir().unwrap();
+        let seeds: Vec<SocketAddr> = (0..n_seeds).map(|_| addr(free_port())).collect();
+        let config = dir.path().join("seeds.yaml");
+        std::fs::write(&config, fast_config(&seeds, extra)).unwrap();
+        Net {
+            dir,
+            config,
+            seeds,
+            nodes: Vec::new(),
+        }
+    }
+
+    pub fn out_dir(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    pub fn spawn(&mut self, role: &'static str, a: SocketAddr) -> usize {
+        let bin = match role {
+            "seed" => env!("CARGO_BIN_EXE_seed"),
+            _ => env!("CARGO_BIN_EXE_peer"),
+        };
+        let log = self.dir.path().join(format!("{role}-{}.log", a.port()));
+        let child = Command::new(bin)
+            .arg("--addr")
+            .arg(a.to_string())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--out-dir")
+            .arg(self.out_dir())
+            .arg("-v")
+            .arg("--log-file")
+            .arg(log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.nodes.push(Node {
+            addr: a,
+            role,
+            child,
+            stopped: false,
+        });
+        self.nodes.len() - 1
+    }
+
+    pub fn start_seeds(&mut self) {
+        for s in self.seeds.clone() {
+            self.spawn("seed", s);
+        }
+        for s in self.seeds.clone() {
+            let f = self.jsonl("seed", s);
+            wait_until(&format!("seed {s} started"), || has_event(&f, "started"));
+        }
+    }
+
+    /// Starts a peer on a free port and waits until it has its peer list.
+    pub fn start_peer(&mut self) -> SocketAddr {
+        let a = addr(free_port());
+        self.spawn("peer", a);
+        let f = self.jsonl("peer", a);
+        wait_until(&format!("peer {a} got its peer list"), || {
+            has_event(&f, "peer_list")
+        });
+        a
+    }
+
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role == "peer")
+            .map(|n| n.addr)
+            .collect()
+    }
+
+    pub fn jsonl(&self, role: &str, a: SocketAddr) -> PathBuf {
+        self.out_dir()
+            .join(format!("{role}-{}-{}.jsonl", a.ip(), a.port()))
+    }
+
+    pub fn txt(&self, role: &str, a: SocketAddr) -> PathBuf {
+        self.out_dir()
+            .join(format!("{role}-{}-{}.txt", a.ip(), a.port()))
+    }
+
+    pub fn events(&self, role: &str, a: SocketAddr) -> Vec<Value> {
+        events(&self.jsonl(role, a))
+    }
+
+    fn node(&mut self, a: SocketAddr) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.addr == a).unwrap()
+    }
+
+    pub fn signal(&mut self, a: SocketAddr, sig: &str) {
+        let node = self.node(a);
+        let pid = node.child.id().to_string();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(&pid)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -{sig} {pid}");
+        match sig {
+            "STOP" => node.stopped = true,
+            "CONT" => node.stopped = false,
+            _ => {}
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self, a: SocketAddr) -> ExitStatus {
+        self.signal(a, "TERM");
+        let node = self.node(a);
+        let start = Instant::now();
+        loop {
+            if let Some(st) = node.child.try_wait().unwrap() {
+                return st;
+            }
+            if start.elapsed() > PATIENCE {
+                panic!("{a} did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self, a: SocketAddr) {
+        let node = self.node(a);
+        let _ = node.child.kill();
+        let _ = node.child.wait();
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if n.stopped {
+                let _ = Command::new("kill")
+                    .arg("-CONT")
+                    .arg(n.child.id().to_string())
+                    .status();
+            }
+            let _ = n.child.kill();
+            let _ = n.child.wait();
+        }
+    }
+}
+
+/// Events of one `.jsonl` file (missing file: none). A half-written last line is skipped.
+pub fn events(path: &Path) -> Vec<Value> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+pub fn has_event(path: &Path, event: &str) -> bool {
+    events(path).iter().any(|e| e["event"] == event)
+}
+
+pub fn of<'a>(evs: &'a [Value], event: &str) -> Vec<&'a Value> {
+    evs.iter().filter(|e| e["event"] == event).collect()
+}
+
+pub fn strs(evs: &[Value], event: &str, field: &str) -> BTreeSet<String> {
+    of(evs, event)
+        .iter()
+        .filter_map(|e| e[field].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Registered peers by seed, minus the removed ones.
+pub fn seed_lists(net: &Net) -> BTreeMap<SocketAddr, BTreeSet<String>> {
+    net.seeds
+        .iter()
+        .map(|&s| {
+            let evs = net.events("seed", s);
+            let mut set = BTreeSet::new();
+            for e in &evs {
+                let peer = e["peer"].as_str().unwrap_or_default().to_string();
+                match e["event"].as_str() {
+                    Some("registered") => {
+                        set.insert(peer);
+                    }
+                    Some("removed") => {
+                        set.remove(&peer);
+                    }
+                    _ => {}
+                }
+            }
+            (s, set)
+        })
+        .collect()
+}
+
+/// Current neighbours of a peer according to its own events.
+pub fn neighbours(evs: &[Value]) -> BTreeSet<String> {
+    let mut set = BTreeSet::new();
+    for e in evs {
+        let peer = e["peer"].as_str().unwrap_or_default().to_string();
+        match e["event"].as_str() {
+            Some("neighbour_up") => {
+                set.insert(peer);
+            }
+            Some("neighbour_down") => {
+                set.remove(&peer);
+            }
+            _ => {}
+        }
+    }
+    set
+}
+
+/// A raw TCP client for abuse tests.
+pub fn raw(a: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s
+}
+
+/// Reads until the remote closes (or errors); returns the bytes read.
+pub fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return all,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+pub fn send(s: &mut TcpStream, bytes: &[u8]) {
+    let _ = s.write_all(bytes);
+}
