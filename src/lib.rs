@@ -28,6 +28,7 @@ pub mod node;
 pub mod output;
 pub mod peer;
 pub mod pow;
+pub mod report;
 pub mod seed;
 pub mod texts;
 pub mod wire;

@@ -1,0 +1,61 @@
+//! Measures proof-of-work solving and verifying on this machine.
+//!
+//! `cargo run --release --example pow_bench -- [DIFFICULTY] [SOLVES]` (defaults 20 and 40).
+//! Prints the solve time over fresh random challenges (mean, median, p90, max), hashes per
+//! second while solving, and the cost of one verification.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+use gossipnet::pow;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let difficulty: u8 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
+    let solves: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(40);
+    let connector: SocketAddr = "127.0.0.1:9101".parse().unwrap();
+    let acceptor: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
+
+    let mut times = Vec::with_capacity(solves);
+    let mut hashes: u64 = 0;
+    for _ in 0..solves {
+        let mut challenge = [0u8; 32];
+        rng.fill(&mut challenge);
+        let t = Instant::now();
+        let nonce = pow::solve(&challenge, &connector, &acceptor, difficulty, 0, None).expect("no deadline");
+        times.push(t.elapsed());
+        hashes += nonce + 1;
+        assert!(pow::verify(&challenge, &connector, &acceptor, difficulty, nonce));
+    }
+    let total: Duration = times.iter().sum();
+    times.sort();
+    let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!("difficulty {difficulty}: {solves} solves with fresh random challenges");
+    println!(
+        "  solve time ms: mean {:.1}  median {:.1}  p90 {:.1}  max {:.1}",
+        ms(total) / solves as f64,
+        ms(pct(0.5)),
+        ms(pct(0.9)),
+        ms(pct(1.0))
+    );
+    println!(
+        "  hashes per solve: mean {:.0} (expected 2^{difficulty} = {})",
+        hashes as f64 / solves as f64,
+        1u64 << difficulty
+    );
+    println!("  solving rate: {:.2} M hashes/s on one core", hashes as f64 / total.as_secs_f64() / 1e6);
+
+    let n = 200_000;
+    let challenge = [7u8; 32];
+    let t = Instant::now();
+    let mut ok = 0u32;
+    for i in 0..n {
+        ok += pow::verify(&challenge, &connector, &acceptor, difficulty, i) as u32;
+    }
+    let per = t.elapsed() / n as u32;
+    println!("  verify: {:.2} µs per check ({} of {n} random nonces passed)", per.as_secs_f64() * 1e6, ok);
+}

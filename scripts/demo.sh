@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Runs a local gossipnet network on 127.0.0.1 and shows it working.
+#
+#   scripts/demo.sh [--seeds N] [--peers N] [--kill K] [--fast] [--duration S] [--out DIR]
+#
+# Builds the release binaries, writes the run's seeds.yaml into the run directory, starts the
+# seeds and then the peers, shows live progress on one line, optionally kills K peers mid-run
+# (alternating SIGKILL and SIGSTOP, recorded in DIR/faults.jsonl), stops every process it
+# started (also on Ctrl-C) and prints the report. Every node writes its .txt and .jsonl to DIR.
+set -eu
+
+SEEDS=3
+PEERS=10
+KILL=0
+FAST=0
+DURATION=""
+OUT=""
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+need() { [[ $# -ge 2 && -n "$2" ]] || { echo "demo.sh: $1 needs a value" >&2; exit 2; }; }
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --seeds) need "$@"; SEEDS=$2; shift 2 ;;
+    --peers) need "$@"; PEERS=$2; shift 2 ;;
+    --kill) need "$@"; KILL=$2; shift 2 ;;
+    --fast) FAST=1; shift ;;
+    --duration) need "$@"; DURATION=$2; shift 2 ;;
+    --out) need "$@"; OUT=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "demo.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
+  esac
+done
+for v in SEEDS PEERS KILL; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || { echo "demo.sh: --${v,,} takes a whole number" >&2; exit 2; }
+done
+[[ -z "$DURATION" || $DURATION =~ ^[0-9]+$ ]] || { echo "demo.sh: --duration takes whole seconds" >&2; exit 2; }
+(( SEEDS >= 1 )) || { echo "demo.sh: at least one seed" >&2; exit 2; }
+(( KILL <= PEERS )) || { echo "demo.sh: cannot kill more peers than there are" >&2; exit 2; }
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$ROOT/runs/$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+echo "building release binaries..."
+(cd "$ROOT" && cargo build --release --quiet --bin seed --bin peer --bin report)
+BIN=$ROOT/target/release
+
+if (( FAST )); then
+  GOSSIP="{ interval: 500ms, count: 10 }"; LIVENESS="{ interval: 1s, misses: 3, probe_timeout: 1s }"
+  POW="{ difficulty: 16, timeout: 10s }"; STATS="{ interval: 2s }"
+  GOSSIP_S=5; DETECT_S=5
+else
+  GOSSIP="{ interval: 5s, count: 10 }"; LIVENESS="{ interval: 13s, misses: 3 }"
+  POW="{ difficulty: 20, timeout: 10s }"; STATS="{ interval: 10s }"
+  GOSSIP_S=50; DETECT_S=56
+fi
+# Long enough for every message to spread and for a peer killed mid-gossip to be detected.
+DURATION=${DURATION:-$(( GOSSIP_S + DETECT_S + 8 ))}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+PORT=$(( 20000 + RANDOM % 30000 ))
+next_port() { # sets FREE (not echoed: a subshell would lose the counter)
+  while ! port_free "$PORT"; do PORT=$(( PORT + 1 )); done
+  FREE=$PORT; PORT=$(( PORT + 1 ))
+}
+
+SEED_ADDRS=(); for ((i = 0; i < SEEDS; i++)); do next_port; SEED_ADDRS+=("127.0.0.1:$FREE"); done
+PEER_ADDRS=(); for ((i = 0; i < PEERS; i++)); do next_port; PEER_ADDRS+=("127.0.0.1:$FREE"); done
+{
+  printf 'seeds: ['; printf '"%s", ' "${SEED_ADDRS[@]}" | sed 's/, $//'; printf ']\n'
+  echo "gossip:   $GOSSIP"
+  echo "liveness: $LIVENESS"
+  echo "peer:     { max_neighbours: 4, selection: random }"
+  echo "pow:      $POW"
+  echo "stats:    $STATS"
+} > "$OUT/seeds.yaml"
+
+declare -A PID_OF=()
+STOPPED=()
+ALL_PIDS=()
+cleanup() {
+  trap - INT TERM EXIT
+  printf '\nstopping %d processes...\n' "${#ALL_PIDS[@]}"
+  for pid in "${STOPPED[@]}"; do kill -CONT "$pid" 2>/dev/null || true; kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${ALL_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    alive=0; for pid in "${ALL_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    (( alive )) || break; sleep 0.1
+  done
+  for pid in "${ALL_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+}
+trap 'cleanup; exit 130' INT TERM
+trap cleanup EXIT
+
+start() { # role addr
+  "$BIN/$1" --addr "$2" --config "$OUT/seeds.yaml" --out-dir "$OUT" --log-file "$OUT/$1-${2//:/-}.log" \
+    > /dev/null 2>&1 &
+  PID_OF[$2]=$!; ALL_PIDS+=($!)
+  disown "$!"  # we stop and reap them ourselves; no "Killed" notices from bash
+}
+
+echo "run directory: $OUT"
+echo "starting ${#SEED_ADDRS[@]} seeds: ${SEED_ADDRS[*]}"
+for a in "${SEED_ADDRS[@]}"; do start seed "$a"; done
+sleep 1
+echo "starting $PEERS peers"
+for a in "${PEER_ADDRS[@]}"; do start peer "$a"; sleep 0.2; done
+
+count() { (cat "$OUT"/$1-*.jsonl 2>/dev/null || true) | { grep -c "\"event\":\"$2\"" || true; }; }
+progress() {
+  local joined sent recv dead
+  joined=$( (grep -l '"event":"peer_list"' "$OUT"/peer-*.jsonl 2>/dev/null || true) | wc -l)
+  sent=$(count peer gossip_sent); recv=$(count peer gossip_received)
+  dead=$( (cat "$OUT"/seed-*.jsonl 2>/dev/null || true) | { grep '"event":"removed"' || true; } \
+    | { grep '"reason":"dead"' || true; } | sed 's/.*"peer":"\([^"]*\)".*/\1/' | sort -u | wc -l)
+  printf '\r[%3ds] peers joined %d/%d | messages %d, delivered %d of about %d | dead detected %d/%d   ' \
+    "$1" "$joined" "$PEERS" "$sent" "$recv" $(( sent * (joined > 1 ? joined - 1 : 0) )) "$dead" "$KILL"
+}
+
+# Faults, alternating SIGKILL and SIGSTOP, a third of the way into the gossip.
+KILL_AT=$(( GOSSIP_S / 3 + 1 ))
+: > "$OUT/faults.jsonl"
+killed=0
+for ((t = 0; t < DURATION; t++)); do
+  if (( killed < KILL && t >= KILL_AT )); then
+    victim=${PEER_ADDRS[$(( PEERS - 1 - killed ))]}
+    if (( killed % 2 == 0 )); then sig=KILL; else sig=STOP; fi
+    kill -"$sig" "${PID_OF[$victim]}"
+    [[ $sig == STOP ]] && STOPPED+=("${PID_OF[$victim]}")
+    printf '{"ts_ms":%s,"peer":"%s","signal":"%s"}\n' "$(date +%s%3N)" "$victim" "$sig" >> "$OUT/faults.jsonl"
+    printf '\n%s peer %s with SIG%s\n' "$(date +%T)" "$victim" "$sig"
+    killed=$(( killed + 1 ))
+  fi
+  progress "$t"
+  sleep 1
+done
+progress "$DURATION"
+cleanup
+trap - EXIT
+echo
+"$BIN/report" "$OUT"
+echo
+echo "each node's output: $OUT/<seed|peer>-<ip>-<port>.txt and .jsonl"

@@ -1,0 +1,469 @@
+//! Reads a run directory's `.jsonl` files (and `faults.jsonl`, if the run recorded the faults
+//! it injected) and computes the run's figures. Pure over the parsed events, so every figure
+//! is tested on small hand-written runs with known answers.
+//!
+//! Definitions (also printed by `report --help`):
+//! - **expected deliveries** of a message generated at `t` by `g`: every other peer that had a
+//!   neighbour link at `t` (its first `neighbour_up` is at or before `t`) and had not failed, left
+//!   or been removed by `t`. A failure is the fault time from `faults.jsonl`, or else the first
+//!   `removed` event about the peer at any seed.
+//! - **coverage** = deliveries to expected peers ÷ expected deliveries.
+//! - **time to reach all** of a message = last expected receipt − generation, over messages
+//!   that reached every expected peer; p50 / p99 / max.
+//! - **duplicates per delivery** = the peers' last `gossip_duplicates` counters summed ÷ all
+//!   deliveries.
+//! - **dead**: for each peer removed as dead or faulted by the run: seconds from the fault (when
+//!   recorded) to the first `dead_reported` about it, and to the moment a majority of seeds
+//!   (⌊n/2⌋+1) had logged its removal.
+//! - **false removals**: peers removed as dead that the run did not fault (with a fault record),
+//!   or, without one, that kept logging after their removal.
+//! - **rejected**: `rejected` events at all nodes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// The events of one run, by node address.
+#[derive(Debug, Default)]
+pub struct Run {
+    pub seeds: BTreeMap<String, Vec<Value>>,
+    pub peers: BTreeMap<String, Vec<Value>>,
+    /// Injected faults: peer → (Unix ms, signal name).
+    pub faults: BTreeMap<String, (u64, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Latency {
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Dead {
+    pub peer: String,
+    /// Fault → first report, seconds (None if no fault time or no report).
+    pub reported_after_s: Option<f64>,
+    /// Fault → removal by a majority of seeds, seconds.
+    pub removed_after_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Summary {
+    pub seeds: usize,
+    pub peers: usize,
+    pub messages: usize,
+    pub deliveries: u64,
+    pub expected_deliveries: u64,
+    pub coverage: f64,
+    pub latency_ms: Latency,
+    pub duplicates_per_delivery: f64,
+    pub dead: Vec<Dead>,
+    pub false_removals: Vec<String>,
+    pub rejected: usize,
+}
+
+fn ev<'a>(evs: &'a [Value], name: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    evs.iter().filter(move |e| e["event"] == name)
+}
+
+fn ts(e: &Value) -> u64 {
+    e["ts_ms"].as_u64().unwrap_or(0)
+}
+
+fn s<'a>(e: &'a Value, k: &str) -> &'a str {
+    e[k].as_str().unwrap_or_default()
+}
+
+/// Parses a `.jsonl` text; lines that do not parse (a line cut by a kill) are skipped.
+pub fn parse_jsonl(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+impl Run {
+    /// Loads `seed-*.jsonl`, `peer-*.jsonl` and `faults.jsonl` from a directory.
+    pub fn load(dir: &Path) -> std::io::Result<Run> {
+        let mut run = Run::default();
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+            if !name.ends_with(".jsonl") {
+                continue;
+            }
+            let evs = parse_jsonl(&std::fs::read_to_string(&path)?);
+            if name == "faults.jsonl" {
+                for e in evs {
+                    run.faults
+                        .insert(s(&e, "peer").to_string(), (ts(&e), s(&e, "signal").to_string()));
+                }
+                continue;
+            }
+            let Some(node) = evs.first().map(|e| s(e, "node").to_string()) else { continue };
+            if name.starts_with("seed-") {
+                run.seeds.insert(node, evs);
+            } else if name.starts_with("peer-") {
+                run.peers.insert(node, evs);
+            }
+        }
+        Ok(run)
+    }
+
+    /// When each peer stopped being able to receive: fault, clean leave, or first removal.
+    fn gone_at(&self) -> HashMap<String, u64> {
+        let mut gone: HashMap<String, u64> = HashMap::new();
+        let mut note = |p: &str, t: u64| {
+            let e = gone.entry(p.to_string()).or_insert(t);
+            *e = (*e).min(t);
+        };
+        for (p, (t, _)) in &self.faults {
+            note(p, *t);
+        }
+        for evs in self.seeds.values() {
+            for e in ev(evs, "removed") {
+                note(s(e, "peer"), ts(e));
+            }
+        }
+        for (p, evs) in &self.peers {
+            for e in ev(evs, "stopped") {
+                note(p, ts(e));
+            }
+        }
+        gone
+    }
+
+    fn removal_at_majority(&self) -> BTreeMap<String, (u64, String)> {
+        let majority = self.seeds.len() / 2 + 1;
+        let mut times: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+        for evs in self.seeds.values() {
+            let mut per_seed: BTreeMap<String, (u64, String)> = BTreeMap::new();
+            for e in ev(evs, "removed") {
+                per_seed
+                    .entry(s(e, "peer").to_string())
+                    .or_insert((ts(e), s(e, "reason").to_string()));
+            }
+            for (p, v) in per_seed {
+                times.entry(p).or_default().push(v);
+            }
+        }
+        times
+            .into_iter()
+            .filter_map(|(p, mut v)| {
+                v.sort();
+                v.get(majority.saturating_sub(1)).cloned().map(|x| (p, x))
+            })
+            .collect()
+    }
+
+    pub fn summarize(&self) -> Summary {
+        let gone = self.gone_at();
+        let joined: HashMap<&str, u64> = self
+            .peers
+            .iter()
+            .filter_map(|(p, evs)| ev(evs, "neighbour_up").next().map(|e| (p.as_str(), ts(e))))
+            .collect();
+        // id → receiver → receipt time
+        let mut receipts: HashMap<&str, HashMap<&str, u64>> = HashMap::new();
+        let mut all_deliveries = 0u64;
+        let mut duplicates = 0u64;
+        for (p, evs) in &self.peers {
+            for e in ev(evs, "gossip_received") {
+                receipts.entry(s(e, "id")).or_default().insert(p.as_str(), ts(e));
+                all_deliveries += 1;
+            }
+            duplicates += ev(evs, "stats")
+                .last()
+                .and_then(|e| e["gossip_duplicates"].as_u64())
+                .unwrap_or(0);
+        }
+        let mut messages = 0;
+        let (mut delivered, mut expected) = (0u64, 0u64);
+        let mut latencies = Vec::new();
+        for (g, evs) in &self.peers {
+            for m in ev(evs, "gossip_sent") {
+                messages += 1;
+                let t = ts(m);
+                let got = receipts.get(s(m, "id"));
+                let mut last = t;
+                let mut complete = true;
+                for p in self.peers.keys() {
+                    if p == g || joined.get(p.as_str()).is_none_or(|&j| j > t) {
+                        continue;
+                    }
+                    if gone.get(p).is_some_and(|&x| x <= t) {
+                        continue;
+                    }
+                    expected += 1;
+                    match got.and_then(|r| r.get(p.as_str())) {
+                        Some(&rt) => {
+                            delivered += 1;
+                            last = last.max(rt);
+                        }
+                        None => complete = false,
+                    }
+                }
+                if complete {
+                    latencies.push(last - t);
+                }
+            }
+        }
+        latencies.sort_unstable();
+        let pct = |q: f64| -> u64 {
+            if latencies.is_empty() {
+                0
+            } else {
+                latencies[((latencies.len() as f64 - 1.0) * q).round() as usize]
+            }
+        };
+        let removals = self.removal_at_majority();
+        let mut first_report: HashMap<&str, u64> = HashMap::new();
+        for evs in self.peers.values() {
+            for e in ev(evs, "dead_reported") {
+                let t = first_report.entry(s(e, "dead")).or_insert(ts(e));
+                *t = (*t).min(ts(e));
+            }
+        }
+        let mut dead_peers: BTreeSet<String> = self.faults.keys().cloned().collect();
+        dead_peers.extend(
+            removals
+                .iter()
+                .filter(|(_, (_, r))| r == "dead")
+                .map(|(p, _)| p.clone()),
+        );
+        let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1000.0;
+        let dead = dead_peers
+            .iter()
+            .map(|p| {
+                let fault = self.faults.get(p).map(|f| f.0);
+                Dead {
+                    peer: p.clone(),
+                    reported_after_s: fault.zip(first_report.get(p.as_str()).copied()).map(|(f, r)| secs(f, r)),
+                    removed_after_s: fault
+                        .zip(removals.get(p).filter(|(_, r)| r == "dead").map(|x| x.0))
+                        .map(|(f, r)| secs(f, r)),
+                }
+            })
+            .collect();
+        let false_removals = removals
+            .iter()
+            .filter(|(_, (_, r))| r == "dead")
+            .filter(|(p, (t, _))| {
+                if !self.faults.is_empty() {
+                    !self.faults.contains_key(*p)
+                } else {
+                    // Still logging well after its removal: it was alive.
+                    self.peers
+                        .get(*p)
+                        .and_then(|evs| evs.last())
+                        .is_some_and(|e| ts(e) > t + 2000)
+                }
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        let rejected = self
+            .seeds
+            .values()
+            .chain(self.peers.values())
+            .map(|evs| ev(evs, "rejected").count())
+            .sum();
+        Summary {
+            seeds: self.seeds.len(),
+            peers: self.peers.len(),
+            messages,
+            deliveries: delivered,
+            expected_deliveries: expected,
+            coverage: if expected == 0 { 1.0 } else { delivered as f64 / expected as f64 },
+            latency_ms: Latency {
+                p50: pct(0.5),
+                p99: pct(0.99),
+                max: pct(1.0),
+            },
+            duplicates_per_delivery: if all_deliveries == 0 {
+                0.0
+            } else {
+                duplicates as f64 / all_deliveries as f64
+            },
+            dead,
+            false_removals,
+            rejected,
+        }
+    }
+}
+
+fn opt_s(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.2} s")).unwrap_or_else(|| "-".into())
+}
+
+/// The human table.
+pub fn table(s: &Summary) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "seeds                      {}", s.seeds);
+    let _ = writeln!(o, "peers                      {}", s.peers);
+    let _ = writeln!(o, "messages generated         {}", s.messages);
+    let _ = writeln!(
+        o,
+        "coverage                   {:.4}  ({} of {} expected deliveries)",
+        s.coverage, s.deliveries, s.expected_deliveries
+    );
+    let _ = writeln!(
+        o,
+        "time to reach all (ms)     p50 {}  p99 {}  max {}",
+        s.latency_ms.p50, s.latency_ms.p99, s.latency_ms.max
+    );
+    let _ = writeln!(o, "duplicates per delivery    {:.3}", s.duplicates_per_delivery);
+    if s.dead.is_empty() {
+        let _ = writeln!(o, "dead peers                 none");
+    }
+    for d in &s.dead {
+        let _ = writeln!(
+            o,
+            "dead peer {:<22} first report after {}, removed by a majority after {}",
+            d.peer,
+            opt_s(d.reported_after_s),
+            opt_s(d.removed_after_s)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "false removals             {}",
+        if s.false_removals.is_empty() {
+            "0".to_string()
+        } else {
+            format!("{} ({})", s.false_removals.len(), s.false_removals.join(", "))
+        }
+    );
+    let _ = writeln!(o, "rejected connections       {}", s.rejected);
+    o
+}
+
+/// The `--json` object.
+pub fn json(s: &Summary) -> Value {
+    serde_json::json!({
+        "seeds": s.seeds,
+        "peers": s.peers,
+        "messages": s.messages,
+        "coverage": s.coverage,
+        "latency_ms": s.latency_ms,
+        "duplicates_per_delivery": s.duplicates_per_delivery,
+        "dead": s.dead,
+        "false_removals": s.false_removals.len(),
+        "rejected": s.rejected,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn e(t: u64, node: &str, event: &str, extra: Value) -> Value {
+        let mut v = json!({"ts_ms": t, "node": node, "event": event});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    }
+
+    const A: &str = "127.0.0.1:1";
+    const B: &str = "127.0.0.1:2";
+    const C: &str = "127.0.0.1:3";
+    const S1: &str = "127.0.0.1:9001";
+    const S2: &str = "127.0.0.1:9002";
+    const S3: &str = "127.0.0.1:9003";
+
+    /// Three peers, three seeds. A sends m1 at 1000 (B and C receive) and m2 at 5000 (B only:
+    /// C was killed at 4000 and removed at 4500/4600).
+    fn run() -> Run {
+        let mut r = Run::default();
+        r.peers.insert(
+            A.into(),
+            vec![
+                e(100, A, "neighbour_up", json!({"peer": B})),
+                e(1000, A, "gossip_sent", json!({"id": "m1", "text": "1000:a:1"})),
+                e(3900, A, "dead_reported", json!({"dead": C})),
+                e(5000, A, "gossip_sent", json!({"id": "m2", "text": "5000:a:2"})),
+                e(6000, A, "stats", json!({"gossip_duplicates": 1})),
+            ],
+        );
+        r.peers.insert(
+            B.into(),
+            vec![
+                e(100, B, "neighbour_up", json!({"peer": A})),
+                e(1010, B, "gossip_received", json!({"id": "m1", "from": A})),
+                e(5030, B, "gossip_received", json!({"id": "m2", "from": A})),
+                e(6000, B, "stats", json!({"gossip_duplicates": 2})),
+            ],
+        );
+        r.peers.insert(
+            C.into(),
+            vec![
+                e(200, C, "neighbour_up", json!({"peer": B})),
+                e(1050, C, "gossip_received", json!({"id": "m1", "from": B})),
+            ],
+        );
+        for (s, t) in [(S1, 4500), (S2, 4600), (S3, 9000)] {
+            r.seeds.insert(
+                s.into(),
+                vec![
+                    e(0, s, "started", json!({})),
+                    e(t, s, "removed", json!({"peer": C, "reason": "dead"})),
+                    e(t, s, "rejected", json!({"remote": "x", "reason": "y"})),
+                ],
+            );
+        }
+        r.faults.insert(C.into(), (4000 - 300, "KILL".into()));
+        r
+    }
+
+    #[test]
+    fn figures_of_a_small_run() {
+        let s = run().summarize();
+        assert_eq!((s.seeds, s.peers, s.messages), (3, 3, 2));
+        // m1: B and C expected and delivered; m2: only B expected (C faulted at 3700).
+        assert_eq!((s.deliveries, s.expected_deliveries), (3, 3));
+        assert_eq!(s.coverage, 1.0);
+        // m1 reached all at 1050 (50 ms), m2 at 5030 (30 ms).
+        assert_eq!(s.latency_ms, Latency { p50: 50, p99: 50, max: 50 });
+        assert!((s.duplicates_per_delivery - 1.0).abs() < 1e-9);
+        assert_eq!(
+            s.dead,
+            vec![Dead {
+                peer: C.into(),
+                reported_after_s: Some(0.2),
+                // The second seed to remove it (a majority of 3) did so at 4600.
+                removed_after_s: Some(0.9),
+            }]
+        );
+        assert!(s.false_removals.is_empty());
+        assert_eq!(s.rejected, 3);
+        let j = json(&s);
+        assert_eq!(j["false_removals"], 0);
+        assert_eq!(j["latency_ms"]["p99"], 50);
+        assert!(table(&s).contains("coverage                   1.0000"));
+    }
+
+    #[test]
+    fn a_missed_delivery_lowers_coverage() {
+        let mut r = run();
+        r.peers.get_mut(C).unwrap().retain(|e| e["event"] != "gossip_received");
+        let s = r.summarize();
+        assert_eq!((s.deliveries, s.expected_deliveries), (2, 3));
+        assert!((s.coverage - 2.0 / 3.0).abs() < 1e-9);
+        // Only m2 is complete.
+        assert_eq!(s.latency_ms.max, 30);
+    }
+
+    #[test]
+    fn a_removed_peer_that_was_not_faulted_is_a_false_removal() {
+        let mut r = run();
+        r.faults.clear();
+        r.peers.get_mut(C).unwrap().push(e(9999, C, "stats", json!({})));
+        let s = r.summarize();
+        assert_eq!(s.false_removals, vec![C.to_string()]);
+        assert_eq!(s.dead[0].reported_after_s, None);
+    }
+}
