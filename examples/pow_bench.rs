@@ -25,10 +25,13 @@ fn main() {
         let mut challenge = [0u8; 32];
         rng.fill(&mut challenge);
         let t = Instant::now();
-        let nonce = pow::solve(&challenge, &connector, &acceptor, difficulty, 0, None).expect("no deadline");
+        let nonce = pow::solve(&challenge, &connector, &acceptor, difficulty, 0, None)
+            .expect("no deadline");
         times.push(t.elapsed());
         hashes += nonce + 1;
-        assert!(pow::verify(&challenge, &connector, &acceptor, difficulty, nonce));
+        assert!(pow::verify(
+            &challenge, &connector, &acceptor, difficulty, nonce
+        ));
     }
     let total: Duration = times.iter().sum();
     times.sort();
@@ -47,7 +50,10 @@ fn main() {
         hashes as f64 / solves as f64,
         1u64 << difficulty
     );
-    println!("  solving rate: {:.2} M hashes/s on one core", hashes as f64 / total.as_secs_f64() / 1e6);
+    println!(
+        "  solving rate: {:.2} M hashes/s on one core",
+        hashes as f64 / total.as_secs_f64() / 1e6
+    );
 
     let n = 200_000;
     let challenge = [7u8; 32];
@@ -57,5 +63,9 @@ fn main() {
         ok += pow::verify(&challenge, &connector, &acceptor, difficulty, i) as u32;
     }
     let per = t.elapsed() / n as u32;
-    println!("  verify: {:.2} µs per check ({} of {n} random nonces passed)", per.as_secs_f64() * 1e6, ok);
+    println!(
+        "  verify: {:.2} µs per check ({} of {n} random nonces passed)",
+        per.as_secs_f64() * 1e6,
+        ok
+    );
 }

@@ -42,9 +42,15 @@ OUT=${OUT:-$ROOT/runs/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-echo "building release binaries..."
-(cd "$ROOT" && cargo build --release --quiet --bin seed --bin peer --bin report)
-BIN=$ROOT/target/release
+# GOSSIPNET_BIN: a directory with already-built seed, peer and report binaries (the tests
+# use their own build); otherwise build the release binaries here.
+if [[ -n "${GOSSIPNET_BIN:-}" ]]; then
+  BIN=$GOSSIPNET_BIN
+else
+  echo "building release binaries..."
+  (cd "$ROOT" && cargo build --release --quiet --bin seed --bin peer --bin report)
+  BIN=$ROOT/target/release
+fi
 
 if (( FAST )); then
   GOSSIP="{ interval: 500ms, count: 10 }"; LIVENESS="{ interval: 1s, misses: 3, probe_timeout: 1s }"
@@ -118,6 +124,15 @@ progress() {
     "$1" "$joined" "$PEERS" "$sent" "$recv" $(( sent * (joined > 1 ? joined - 1 : 0) )) "$dead" "$KILL"
 }
 
+# Wait (at most a minute) until every peer has its peer list, so the run's clock and the faults
+# start from a complete network.
+t=0
+while (( t < 600 )); do
+  joined=$( (grep -l '"event":"peer_list"' "$OUT"/peer-*.jsonl 2>/dev/null || true) | wc -l)
+  (( joined >= PEERS )) && break
+  progress 0; sleep 0.1; t=$(( t + 1 ))
+done
+
 # Faults, alternating SIGKILL and SIGSTOP, a third of the way into the gossip.
 KILL_AT=$(( GOSSIP_S / 3 + 1 ))
 : > "$OUT/faults.jsonl"
@@ -126,9 +141,10 @@ for ((t = 0; t < DURATION; t++)); do
   if (( killed < KILL && t >= KILL_AT )); then
     victim=${PEER_ADDRS[$(( PEERS - 1 - killed ))]}
     if (( killed % 2 == 0 )); then sig=KILL; else sig=STOP; fi
+    at=$(date +%s%3N)  # before the signal: the fault is no later than this
     kill -"$sig" "${PID_OF[$victim]}"
     [[ $sig == STOP ]] && STOPPED+=("${PID_OF[$victim]}")
-    printf '{"ts_ms":%s,"peer":"%s","signal":"%s"}\n' "$(date +%s%3N)" "$victim" "$sig" >> "$OUT/faults.jsonl"
+    printf '{"ts_ms":%s,"peer":"%s","signal":"%s"}\n' "$at" "$victim" "$sig" >> "$OUT/faults.jsonl"
     printf '\n%s peer %s with SIG%s\n' "$(date +%T)" "$victim" "$sig"
     killed=$(( killed + 1 ))
   fi

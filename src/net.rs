@@ -297,7 +297,9 @@ impl<C: Core> Runtime<C> {
                     incarnation: admitted.incarnation,
                     dialed: None,
                 };
-                self.run_connection(stream, remote, reader);
+                // `Welcome` goes out as the first queued frame, after the core has taken the
+                // link: by the time the connector sees it, this side already forwards to it.
+                self.run_connection(stream, remote, reader, Some(Msg::Welcome));
             }
             Err(reason) => {
                 let _ = write_frame(
@@ -336,7 +338,6 @@ impl<C: Core> Runtime<C> {
         let admitted = hs
             .on_hello(msg, Instant::now(), &self.config.seeds)
             .map_err(|e| e.to_string())?;
-        write_frame(stream, &Msg::Welcome).map_err(|e| format!("write failed: {e}"))?;
         Ok((admitted, reader))
     }
 
@@ -360,7 +361,7 @@ impl<C: Core> Runtime<C> {
                     incarnation: 0,
                     dialed: Some(purpose),
                 };
-                r.run_connection(stream, remote, reader);
+                r.run_connection(stream, remote, reader, None);
             }
             Err(reason) => {
                 log::debug!("dial {addr} ({purpose:?}) failed: {reason}");
@@ -412,9 +413,19 @@ impl<C: Core> Runtime<C> {
     // ---------------------------------------------------------------- established
 
     /// Registers an admitted connection, starts its writer, and reads frames until it ends.
-    fn run_connection(self: &Arc<Self>, stream: TcpStream, remote: Remote, reader: FrameReader) {
+    /// `first` is queued before anything the core sends.
+    fn run_connection(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        remote: Remote,
+        reader: FrameReader,
+        first: Option<Msg>,
+    ) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = bounded::<Arc<[u8]>>(self.config.limits.outbound_queue);
+        if let Some(msg) = first {
+            let _ = tx.try_send(msg.encode().into());
+        }
         let (Ok(write_half), Ok(table_half)) = (stream.try_clone(), stream.try_clone()) else {
             return;
         };

@@ -238,6 +238,9 @@ impl PeerCore {
         if self.phase == Phase::Connecting && self.dialing.is_empty() {
             self.phase = Phase::Running;
             self.next_gossip = Some(now.mono);
+            // Liveness rounds also top up a peer that has too few neighbours, even none.
+            self.next_liveness
+                .get_or_insert(now.mono + self.config.liveness.interval);
         }
     }
 
@@ -329,7 +332,8 @@ impl PeerCore {
         self.maybe_repair(out);
     }
 
-    /// Asks the seeds for fresh candidates when below the neighbour target.
+    /// Asks a seed for fresh candidates when below the neighbour target (after a loss, and at
+    /// every liveness round).
     fn maybe_repair(&mut self, out: &mut Vec<Action>) {
         if self.leaving || self.phase != Phase::Running || self.repairing {
             return;
@@ -669,6 +673,10 @@ impl PeerCore {
             self.report_dead(addr, &why, now, out);
             self.drop_neighbour(addr, &why, true, now, out);
         }
+        // A peer that joined with a short list (early in the network's life, or while other
+        // registrations were still being committed) tops up to its target, which also joins
+        // overlay pieces that formed apart.
+        self.maybe_repair(out);
     }
 
     fn on_closed(&mut self, conn: ConnId, reason: String, now: Now, out: &mut Vec<Action>) {
