@@ -58,6 +58,11 @@ pub struct SeedArgs {
 pub struct PeerArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// Serve the application API (the VoidPhone gossip API: ANNOUNCE, NOTIFY, NOTIFICATION,
+    /// VALIDATION) to local programs on this address. No proof of work is asked there, so bind
+    /// it to a local address such as 127.0.0.1:7001. Overrides `api.addr` in the config.
+    #[arg(long, value_name = "IP:PORT")]
+    pub api_addr: Option<SocketAddr>,
 }
 
 /// A failure with its exit code.
@@ -136,9 +141,15 @@ fn init_logging(args: &CommonArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Loads the config, binds, writes output, and runs until SIGINT/SIGTERM.
-pub fn run(role: Role, args: CommonArgs) -> Result<(), Failure> {
+/// Loads the config, binds, writes output, and runs until SIGINT/SIGTERM. `api_addr` (peers
+/// only) overrides the config's `api.addr`.
+pub fn run(role: Role, args: CommonArgs, api_addr: Option<SocketAddr>) -> Result<(), Failure> {
     let config = Config::load(&args.config).map_err(|e| Failure::Usage(e.to_string()))?;
+    let api_addr = if role == Role::Peer {
+        api_addr.or(config.api_addr)
+    } else {
+        None
+    };
     if args.addr.ip().is_unspecified() {
         return Err(Failure::Usage(format!(
             "--addr {}: give the specific IP other nodes reach this node at, not an unspecified address",
@@ -167,6 +178,13 @@ pub fn run(role: Role, args: CommonArgs) -> Result<(), Failure> {
     let addr = listener
         .local_addr()
         .map_err(|e| Failure::Runtime(format!("cannot read the bound address: {e}")))?;
+    let api = match api_addr {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .map_err(|e| Failure::Runtime(format!("cannot listen for the API on {a}: {e}")))?,
+        ),
+        None => None,
+    };
     let output = Output::create(&args.out_dir, role, &addr, true).map_err(|e| {
         Failure::Runtime(format!(
             "cannot create output files in {}: {e}",
@@ -189,24 +207,14 @@ pub fn run(role: Role, args: CommonArgs) -> Result<(), Failure> {
         args.config.display()
     );
     match role {
-        Role::Seed => serve(
-            SeedCore::new(addr, config.clone()),
-            listener,
-            identity,
-            config,
-            output,
-            rx,
-        ),
+        Role::Seed => {
+            let core = SeedCore::new(addr, config.clone());
+            serve(core, listener, None, identity, config, output, rx)
+        }
         Role::Peer => {
             let rng = rand::rngs::StdRng::from_entropy();
-            serve(
-                PeerCore::new(addr, config.clone(), rng),
-                listener,
-                identity,
-                config,
-                output,
-                rx,
-            )
+            let core = PeerCore::new(addr, config.clone(), rng);
+            serve(core, listener, api, identity, config, output, rx)
         }
     }
     Ok(())
@@ -215,12 +223,19 @@ pub fn run(role: Role, args: CommonArgs) -> Result<(), Failure> {
 fn serve<C: Core>(
     core: C,
     listener: TcpListener,
+    api: Option<TcpListener>,
     identity: Identity,
     config: Config,
     output: Output,
     stop: crossbeam_channel::Receiver<()>,
 ) {
     let rt = Runtime::start(core, listener, identity, config, output);
+    if let Some(api) = api {
+        if let Ok(a) = api.local_addr() {
+            log::info!("application API listening on {a}");
+        }
+        rt.serve_api(api);
+    }
     let _ = stop.recv();
     log::info!("shutting down");
     rt.shutdown();

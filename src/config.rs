@@ -110,6 +110,9 @@ pub struct Config {
     pub seed: SeedConfig,
     /// How often each node writes a `stats` event.
     pub stats_interval: Duration,
+    /// Where a peer serves the application API (`--api-addr` overrides). Meant for a config
+    /// file used by one peer: two peers on one host cannot share the address.
+    pub api_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -157,6 +160,13 @@ struct RawConfig {
     limits: Option<RawLimits>,
     seed: Option<RawSeed>,
     stats: Option<RawStats>,
+    api: Option<RawApi>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    addr: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -432,6 +442,10 @@ impl RawConfig {
         };
         let st = self.stats.unwrap_or_default();
         let stats_interval = duration("stats.interval", &st.interval, STATS_INTERVAL)?;
+        let api_addr = match self.api.unwrap_or_default().addr {
+            Some(leaf) => Some(socket_addr("api.addr", &leaf)?),
+            None => None,
+        };
         Ok(Config {
             seeds,
             gossip,
@@ -441,6 +455,7 @@ impl RawConfig {
             limits,
             seed,
             stats_interval,
+            api_addr,
         })
     }
 }

@@ -20,6 +20,7 @@
 //! [`cli`] holds what the two binaries share.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod handshake;

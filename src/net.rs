@@ -21,11 +21,12 @@ use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::api::ApiReader;
 use crate::config::Config;
 use crate::handshake::{AcceptorHandshake, ConnectorIdentity, HandshakeError};
 use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote};
 use crate::output::Output;
-use crate::wire::{FrameReader, Msg, Role, WireError};
+use crate::wire::{FrameReader, Msg, Role};
 
 /// Stack size of every thread we spawn: they run small loops, not deep recursion. Keeps
 /// hundreds of peers on one machine cheap.
@@ -173,6 +174,18 @@ impl<C: Core> Runtime<C> {
                             }
                         }
                     }
+                    Action::SendApi { to, msg } => {
+                        let Some(h) = conns.by_id.get(to) else {
+                            continue;
+                        };
+                        let Ok(frame) = msg.encode() else { continue };
+                        if let Err(TrySendError::Full(_)) = h.tx.try_send(frame.into()) {
+                            if let Some(h) = conns.by_id.remove(to) {
+                                let _ = h.stream.shutdown(Shutdown::Both);
+                            }
+                            overflowed.push(*to);
+                        }
+                    }
                     Action::Close { conn } => {
                         if let Some(h) = conns.by_id.remove(conn) {
                             let _ = h.stream.shutdown(Shutdown::Both);
@@ -186,7 +199,7 @@ impl<C: Core> Runtime<C> {
             match action {
                 Action::Dial { addr, purpose } => self.dial(addr, purpose),
                 Action::Log(rec) => self.output.record(&rec),
-                Action::Send { .. } | Action::Close { .. } => {}
+                Action::Send { .. } | Action::SendApi { .. } | Action::Close { .. } => {}
             }
         }
         for conn in overflowed {
@@ -299,7 +312,13 @@ impl<C: Core> Runtime<C> {
                 };
                 // `Welcome` goes out as the first queued frame, after the core has taken the
                 // link: by the time the connector sees it, this side already forwards to it.
-                self.run_connection(stream, remote, reader, Some(Msg::Welcome));
+                self.run_connection(
+                    stream,
+                    reader,
+                    Some(Msg::Welcome),
+                    remote.addr,
+                    move |conn| Event::Connected { conn, remote },
+                );
             }
             Err(reason) => {
                 let _ = write_frame(
@@ -361,7 +380,10 @@ impl<C: Core> Runtime<C> {
                     incarnation: 0,
                     dialed: Some(purpose),
                 };
-                r.run_connection(stream, remote, reader, None);
+                r.run_connection(stream, reader, None, addr, move |conn| Event::Connected {
+                    conn,
+                    remote,
+                });
             }
             Err(reason) => {
                 log::debug!("dial {addr} ({purpose:?}) failed: {reason}");
@@ -413,13 +435,15 @@ impl<C: Core> Runtime<C> {
     // ---------------------------------------------------------------- established
 
     /// Registers an admitted connection, starts its writer, and reads frames until it ends.
-    /// `first` is queued before anything the core sends.
-    fn run_connection(
+    /// `first` is queued before anything the core sends; `connected` is the event that tells
+    /// the core about the new connection.
+    fn run_connection<D: Deframe>(
         self: &Arc<Self>,
         stream: TcpStream,
-        remote: Remote,
-        reader: FrameReader,
+        reader: D,
         first: Option<Msg>,
+        peer: SocketAddr,
+        connected: impl FnOnce(ConnId) -> Event,
     ) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = bounded::<Arc<[u8]>>(self.config.limits.outbound_queue);
@@ -439,19 +463,18 @@ impl<C: Core> Runtime<C> {
         );
         let r = self.clone();
         self.spawn("writer", move || r.write_loop(conn, write_half, rx));
-        let peer = remote.addr;
-        self.dispatch(Event::Connected { conn, remote });
+        self.dispatch(connected(conn));
         let reason = self.read_loop(conn, &stream, reader, peer);
         if self.forget(conn) {
             self.dispatch(Event::Closed { conn, reason });
         }
     }
 
-    fn read_loop(
+    fn read_loop<D: Deframe>(
         self: &Arc<Self>,
         conn: ConnId,
         mut stream: &TcpStream,
-        mut reader: FrameReader,
+        mut reader: D,
         peer: SocketAddr,
     ) -> String {
         let read_timeout = self.config.limits.read_timeout;
@@ -462,16 +485,17 @@ impl<C: Core> Runtime<C> {
         loop {
             // Frames that arrived together with the handshake, or in the last read.
             loop {
-                match reader.next_frame() {
-                    Ok(Some(body)) => {
+                match reader.next_event(conn) {
+                    Ok(Some(event)) => {
                         self.counters.frames_in.fetch_add(1, Ordering::Relaxed);
-                        match Msg::decode(&body) {
-                            Ok(msg) => self.dispatch(Event::Frame { conn, msg }),
-                            Err(e) => return self.malformed(peer, e),
-                        }
+                        self.dispatch(event);
                     }
                     Ok(None) => break,
-                    Err(e) => return self.malformed(peer, e),
+                    Err(e) => {
+                        let reason = format!("malformed frame: {e}");
+                        self.reject(peer, &reason);
+                        return reason;
+                    }
                 }
             }
             partial_since = if reader.pending() == 0 {
@@ -505,10 +529,43 @@ impl<C: Core> Runtime<C> {
         }
     }
 
-    fn malformed(&self, peer: SocketAddr, e: WireError) -> String {
-        let reason = format!("malformed frame: {e}");
-        self.reject(peer, &reason);
-        reason
+    // ---------------------------------------------------------------- application API
+
+    /// Serves local applications on `listener` (no proof of work: bind it to a local address).
+    pub fn serve_api(self: &Arc<Self>, listener: TcpListener) {
+        let r = self.clone();
+        self.spawn("api-accept", move || {
+            for stream in listener.incoming() {
+                if r.is_stopping() {
+                    break;
+                }
+                let stream = match stream {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::warn!("API accept failed: {e}");
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                };
+                let Ok(client) = stream.peer_addr() else {
+                    continue;
+                };
+                let max = r.config.limits.max_connections;
+                if r.counters.connections.load(Ordering::Relaxed) >= max {
+                    r.reject(client, format!("connection limit ({max}) reached"));
+                    continue;
+                }
+                r.counters.connections.fetch_add(1, Ordering::Relaxed);
+                let rr = r.clone();
+                r.spawn("api-client", move || {
+                    let _slot = CountGuard(&rr.counters.connections);
+                    let _ = stream.set_nodelay(true);
+                    rr.run_connection(stream, ApiReader::default(), None, client, |conn| {
+                        Event::ApiConnected { conn }
+                    });
+                });
+            }
+        });
     }
 
     fn write_loop(self: &Arc<Self>, conn: ConnId, stream: TcpStream, rx: Receiver<Arc<[u8]>>) {
@@ -650,5 +707,45 @@ fn read_frame_until(
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("read failed: {e}")),
         }
+    }
+}
+
+/// Turns a byte stream into events: node frames or API messages.
+trait Deframe {
+    fn push(&mut self, bytes: &[u8]);
+    /// Bytes held that do not yet make a whole frame.
+    fn pending(&self) -> usize;
+    fn next_event(&mut self, conn: ConnId) -> Result<Option<Event>, String>;
+}
+
+impl Deframe for FrameReader {
+    fn push(&mut self, bytes: &[u8]) {
+        FrameReader::push(self, bytes)
+    }
+    fn pending(&self) -> usize {
+        FrameReader::pending(self)
+    }
+    fn next_event(&mut self, conn: ConnId) -> Result<Option<Event>, String> {
+        match self.next_frame().map_err(|e| e.to_string())? {
+            Some(body) => Msg::decode(&body)
+                .map(|msg| Some(Event::Frame { conn, msg }))
+                .map_err(|e| e.to_string()),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Deframe for ApiReader {
+    fn push(&mut self, bytes: &[u8]) {
+        ApiReader::push(self, bytes)
+    }
+    fn pending(&self) -> usize {
+        ApiReader::pending(self)
+    }
+    fn next_event(&mut self, conn: ConnId) -> Result<Option<Event>, String> {
+        Ok(self
+            .next_msg()
+            .map_err(|e| e.to_string())?
+            .map(|msg| Event::ApiFrame { conn, msg }))
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
+use crate::api::ApiMsg;
 use crate::wire::{Msg, Role};
 
 /// A connection, numbered by the runtime; never reused within a process.
@@ -89,6 +90,10 @@ pub enum Event {
         purpose: Purpose,
         reason: String,
     },
+    /// A local application connected to the API listener.
+    ApiConnected { conn: ConnId },
+    /// A whole API message from a local application.
+    ApiFrame { conn: ConnId, msg: ApiMsg },
     /// Time passed; check deadlines.
     Tick,
     /// SIGINT/SIGTERM: say goodbye.
@@ -102,6 +107,11 @@ pub enum Action {
     Send {
         to: Vec<ConnId>,
         msg: Msg,
+    },
+    /// Queue one API message to a local application.
+    SendApi {
+        to: ConnId,
+        msg: ApiMsg,
     },
     /// Close a connection; the core has already done its bookkeeping.
     Close {

@@ -1,4 +1,4 @@
-//! `peer --addr IP:PORT [--config seeds.yaml] [--out-dir out] [-v] [--log-file FILE]`
+//! `peer --addr IP:PORT [--config seeds.yaml] [--out-dir out] [-v] [--log-file FILE] [--api-addr IP:PORT]`
 
 use std::process::ExitCode;
 
@@ -10,7 +10,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    match run(Role::Peer, args.common) {
+    match run(Role::Peer, args.common, args.api_addr) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => f.exit("peer"),
     }

@@ -10,7 +10,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    match run(Role::Seed, args.common) {
+    match run(Role::Seed, args.common, None) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => f.exit("seed"),
     }

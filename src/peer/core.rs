@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+use crate::api::ApiMsg;
 use crate::config::Config;
 use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote};
+use crate::peer::apps::{LocalApps, Verdict};
 use crate::peer::gossip::{forward_targets, next_ttl, MessageList};
 use crate::peer::liveness::{Check, LivenessTracker};
 use crate::peer::selection;
@@ -90,6 +92,20 @@ pub struct PeerCore {
     /// A repair asked the seeds for a list and waits for it.
     repairing: bool,
     leaving: bool,
+    /// Local applications on the API.
+    apps: LocalApps,
+    api_clients: HashSet<ConnId>,
+    /// Network items waiting for their local validations before being forwarded.
+    gated: HashMap<[u8; 32], GatedItem>,
+}
+
+#[derive(Debug)]
+struct GatedItem {
+    data_type: u16,
+    /// The TTL to forward with.
+    ttl: u8,
+    payload: Vec<u8>,
+    from: SocketAddr,
 }
 
 impl PeerCore {
@@ -111,6 +127,9 @@ impl PeerCore {
             next_liveness: None,
             repairing: false,
             leaving: false,
+            apps: LocalApps::default(),
+            api_clients: HashSet::new(),
+            gated: HashMap::new(),
         }
     }
 
@@ -447,26 +466,151 @@ impl PeerCore {
         data_type: u16,
         ttl: u8,
         payload: Vec<u8>,
+        now: Now,
         out: &mut Vec<Action>,
     ) {
         let id = texts::message_id(data_type, &payload);
         if !self.ml.first_receipt(id, Some(from)) {
             return;
         }
-        let text = String::from_utf8_lossy(&payload).into_owned();
-        let mut rec = Record::new("gossip_received")
-            .field("id", hex::encode(id))
-            .field("text", text.clone())
-            .field("from", from.to_string());
+        let mut rec = Record::new("gossip_received").field("id", hex::encode(id));
         if data_type == TEXT_DATA_TYPE {
-            rec = rec.line(format!("Received {text} from {from}"));
+            let text = String::from_utf8_lossy(&payload).into_owned();
+            rec = rec
+                .field("text", text.clone())
+                .field("from", from.to_string())
+                .line(format!("Received {text} from {from}"));
         } else {
-            rec = rec.field("data_type", data_type);
+            rec = rec
+                .field("from", from.to_string())
+                .field("data_type", data_type)
+                .field("bytes", payload.len());
         }
         out.push(rec.into());
-        if let Some(ttl) = next_ttl(ttl) {
-            self.forward(id, data_type, ttl, payload, Some(from), out);
+        if data_type == TEXT_DATA_TYPE {
+            // The assignment's messages always spread; local subscribers just hear of them.
+            self.notify_local(id, data_type, &payload, None, false, now, out);
+            if let Some(ttl) = next_ttl(ttl) {
+                self.forward(id, data_type, ttl, payload, Some(from), out);
+            }
+            return;
         }
+        // Application items spread only once every local subscriber has validated them.
+        if !self.notify_local(id, data_type, &payload, None, true, now, out) {
+            log::debug!(
+                "item {} of type {data_type} stops here: no local subscriber",
+                hex::encode(id)
+            );
+            return;
+        }
+        if let Some(ttl) = next_ttl(ttl) {
+            self.gated.insert(
+                id,
+                GatedItem {
+                    data_type,
+                    ttl,
+                    payload,
+                    from,
+                },
+            );
+        }
+    }
+
+    /// Notifies local subscribers; true if anyone was notified.
+    #[allow(clippy::too_many_arguments)]
+    fn notify_local(
+        &mut self,
+        id: [u8; 32],
+        data_type: u16,
+        data: &[u8],
+        exclude: Option<ConnId>,
+        gate: bool,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let notes = self
+            .apps
+            .notify(id, data_type, data, exclude, gate, now.mono);
+        let any = !notes.is_empty();
+        for (to, msg) in notes {
+            out.push(Action::SendApi { to, msg });
+        }
+        any
+    }
+
+    fn apply_verdicts(&mut self, verdicts: Vec<Verdict>, out: &mut Vec<Action>) {
+        for v in verdicts {
+            match v {
+                Verdict::Forward(id) => {
+                    if let Some(item) = self.gated.remove(&id) {
+                        self.forward(
+                            id,
+                            item.data_type,
+                            item.ttl,
+                            item.payload,
+                            Some(item.from),
+                            out,
+                        );
+                    }
+                }
+                Verdict::Drop(id, why) => {
+                    self.gated.remove(&id);
+                    log::debug!("item {} not forwarded: {why}", hex::encode(id));
+                }
+            }
+        }
+    }
+
+    fn on_api(&mut self, conn: ConnId, msg: ApiMsg, now: Now, out: &mut Vec<Action>) {
+        if !self.api_clients.contains(&conn) {
+            return;
+        }
+        match msg {
+            ApiMsg::Announce {
+                ttl,
+                data_type,
+                data,
+            } => {
+                let id = texts::message_id(data_type, &data);
+                if !self.ml.first_receipt(id, None) {
+                    return;
+                }
+                out.push(
+                    Record::new("announced")
+                        .field("id", hex::encode(id))
+                        .field("data_type", data_type)
+                        .field("bytes", data.len())
+                        .into(),
+                );
+                self.notify_local(id, data_type, &data, Some(conn), false, now, out);
+                self.forward(id, data_type, ttl, data, None, out);
+            }
+            ApiMsg::Notify { data_type } => self.apps.subscribe(conn, data_type),
+            ApiMsg::Validation { message_id, valid } => {
+                match self.apps.validation(conn, message_id, valid) {
+                    Ok(Some(v)) => self.apply_verdicts(vec![v], out),
+                    Ok(None) => {}
+                    Err(_) => self.reject_client(
+                        conn,
+                        format!("VALIDATION for unknown message id {message_id}"),
+                        out,
+                    ),
+                }
+            }
+            ApiMsg::Notification { .. } => self.reject_client(
+                conn,
+                "a client may not send GOSSIP NOTIFICATION".into(),
+                out,
+            ),
+        }
+    }
+
+    fn reject_client(&mut self, conn: ConnId, reason: String, out: &mut Vec<Action>) {
+        out.push(Record::rejected(format!("api client {conn}"), reason).into());
+        out.push(Action::Close { conn });
+        self.api_clients.remove(&conn);
+        let verdicts = self.apps.disconnect(conn);
+        self.apply_verdicts(verdicts, out);
     }
 
     fn answer_liveness(
@@ -517,7 +661,7 @@ impl PeerCore {
                     ttl,
                     payload,
                 },
-            ) => self.on_gossip(addr, data_type, ttl, payload, out),
+            ) => self.on_gossip(addr, data_type, ttl, payload, now, out),
             (LinkKind::Neighbour, Msg::LivenessRequest { text })
             | (LinkKind::Seed | LinkKind::SeedProbe, Msg::LivenessRequest { text }) => {
                 if !self.answer_liveness(conn, addr, &text, out) {
@@ -610,6 +754,8 @@ impl PeerCore {
         if self.leaving {
             return;
         }
+        let verdicts = self.apps.expire(now.mono);
+        self.apply_verdicts(verdicts, out);
         // Seeds: reconnect lost ones, re-send unconfirmed registrations.
         let mut redial = Vec::new();
         for (addr, s) in self.seeds.iter_mut() {
@@ -799,6 +945,10 @@ impl Core for PeerCore {
                 }
                 Purpose::SeedLink | Purpose::Probe => {}
             },
+            Event::ApiConnected { conn } => {
+                self.api_clients.insert(conn);
+            }
+            Event::ApiFrame { conn, msg } => self.on_api(conn, msg, now, out),
             Event::Tick => self.on_tick(now, out),
             Event::Shutdown => self.on_shutdown(out),
         }

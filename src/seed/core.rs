@@ -603,7 +603,8 @@ impl Core for SeedCore {
                 Purpose::Register | Purpose::Neighbour => {}
             },
             Event::Tick => self.on_tick(now, out),
-            Event::Shutdown => {}
+            // Seeds offer no application API.
+            Event::ApiConnected { .. } | Event::ApiFrame { .. } | Event::Shutdown => {}
         }
     }
 }

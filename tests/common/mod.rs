@@ -90,6 +90,10 @@ impl Net {
     }
 
     pub fn spawn(&mut self, role: &'static str, a: SocketAddr) -> usize {
+        self.spawn_with(role, a, &[])
+    }
+
+    pub fn spawn_with(&mut self, role: &'static str, a: SocketAddr, extra: &[String]) -> usize {
         let bin = match role {
             "seed" => env!("CARGO_BIN_EXE_seed"),
             _ => env!("CARGO_BIN_EXE_peer"),
@@ -105,6 +109,7 @@ impl Net {
             .arg("-v")
             .arg("--log-file")
             .arg(log)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -138,6 +143,18 @@ impl Net {
             has_event(&f, "peer_list")
         });
         a
+    }
+
+    /// Starts a peer that also serves the application API; returns (peer, API) addresses.
+    pub fn start_api_peer(&mut self) -> (SocketAddr, SocketAddr) {
+        let a = addr(free_port());
+        let api = addr(free_port());
+        self.spawn_with("peer", a, &["--api-addr".to_string(), api.to_string()]);
+        let f = self.jsonl("peer", a);
+        wait_until(&format!("peer {a} got its peer list"), || {
+            has_event(&f, "peer_list")
+        });
+        (a, api)
     }
 
     pub fn peers(&self) -> Vec<SocketAddr> {

@@ -1,0 +1,103 @@
+//! A terminal chat over a gossipnet network, through any peer's application API.
+//!
+//! ```sh
+//! target/release/peer --addr 127.0.0.1:9101 --api-addr 127.0.0.1:7001      # shell 1
+//! target/release/peer --addr 127.0.0.1:9102 --api-addr 127.0.0.1:7002      # shell 2
+//! cargo run --release --example chat -- 127.0.0.1:7001 alice              # shell 3
+//! cargo run --release --example chat -- 127.0.0.1:7002 bob                # shell 4
+//! ```
+//!
+//! Each line typed is announced on data type 4242 as `<unix ms>\t<name>\t<text>` (the time
+//! keeps two equal lines distinct items); every line from others is printed with its sender.
+//! Notifications are validated: well-formed chat lines are valid, anything else is not (and
+//! so stops at this peer).
+
+use std::io::{BufRead, Read, Write};
+use std::net::TcpStream;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gossipnet::api::{ApiMsg, ApiReader};
+
+/// The data type chat lines travel on.
+const CHAT: u16 = 4242;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some(api), Some(name)) = (args.first(), args.get(1)) else {
+        eprintln!("usage: chat API_ADDR NAME   (API_ADDR is a peer's --api-addr)");
+        std::process::exit(2);
+    };
+    let mut stream = match TcpStream::connect(api) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("chat: cannot connect to {api}: {e}");
+            std::process::exit(1);
+        }
+    };
+    let send = |s: &mut TcpStream, m: ApiMsg| -> std::io::Result<()> {
+        let bytes = m
+            .encode()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        s.write_all(&bytes)
+    };
+    send(&mut stream, ApiMsg::Notify { data_type: CHAT }).expect("subscribe");
+    println!("connected to {api} as {name}; type a line and press Enter (Ctrl-D to quit)");
+
+    let mut reader_stream = stream.try_clone().expect("clone the socket");
+    std::thread::spawn(move || {
+        let mut reader = ApiReader::default();
+        let mut buf = [0u8; 4096];
+        let mut out = reader_stream.try_clone().expect("clone the socket");
+        loop {
+            let n = match reader_stream.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    eprintln!("chat: the peer closed the connection");
+                    std::process::exit(1);
+                }
+                Ok(n) => n,
+            };
+            reader.push(&buf[..n]);
+            while let Ok(Some(msg)) = reader.next_msg() {
+                let ApiMsg::Notification {
+                    message_id, data, ..
+                } = msg
+                else {
+                    continue;
+                };
+                let line = std::str::from_utf8(&data).ok().and_then(|t| {
+                    let mut f = t.splitn(3, '\t');
+                    let (_ts, who, text) = (f.next()?, f.next()?, f.next()?);
+                    Some((who.to_string(), text.to_string()))
+                });
+                let valid = line.is_some();
+                if let Some((who, text)) = line {
+                    println!("[{who}] {text}");
+                }
+                let _ = send(&mut out, ApiMsg::Validation { message_id, valid });
+            }
+        }
+    });
+
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let data = format!("{ts}\t{name}\t{line}").into_bytes();
+        if let Err(e) = send(
+            &mut stream,
+            ApiMsg::Announce {
+                ttl: 0,
+                data_type: CHAT,
+                data,
+            },
+        ) {
+            eprintln!("chat: cannot send: {e}");
+            break;
+        }
+    }
+}
