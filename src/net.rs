@@ -35,7 +35,9 @@ const THREAD_STACK: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// How often a reader blocked on an idle socket wakes to check for shutdown.
 const IDLE_WAKE: Duration = Duration::from_millis(500);
-/// Longest wait for queued goodbyes to leave at shutdown.
+/// Longest wait at shutdown for queued goodbyes to be written, and then again for the remotes
+/// to close their side (so no unread data turns our close into a reset that could discard
+/// the goodbye at the other end).
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 
 /// Counters for the `stats` event.
@@ -53,6 +55,8 @@ pub struct Counters {
 struct ConnHandle {
     tx: Sender<Arc<[u8]>>,
     stream: TcpStream,
+    /// Frames queued or taken by the writer but not yet written to the socket.
+    unflushed: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -179,6 +183,7 @@ impl<C: Core> Runtime<C> {
                             continue;
                         };
                         let Ok(frame) = msg.encode() else { continue };
+                        h.unflushed.fetch_add(1, Ordering::Relaxed);
                         if let Err(TrySendError::Full(_)) = h.tx.try_send(frame.into()) {
                             if let Some(h) = conns.by_id.remove(to) {
                                 let _ = h.stream.shutdown(Shutdown::Both);
@@ -447,8 +452,11 @@ impl<C: Core> Runtime<C> {
     ) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = bounded::<Arc<[u8]>>(self.config.limits.outbound_queue);
+        let unflushed = Arc::new(AtomicUsize::new(0));
         if let Some(msg) = first {
-            let _ = tx.try_send(msg.encode().into());
+            if tx.try_send(msg.encode().into()).is_ok() {
+                unflushed.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let (Ok(write_half), Ok(table_half)) = (stream.try_clone(), stream.try_clone()) else {
             return;
@@ -459,10 +467,13 @@ impl<C: Core> Runtime<C> {
             ConnHandle {
                 tx,
                 stream: table_half,
+                unflushed: unflushed.clone(),
             },
         );
         let r = self.clone();
-        self.spawn("writer", move || r.write_loop(conn, write_half, rx));
+        self.spawn("writer", move || {
+            r.write_loop(conn, write_half, rx, unflushed)
+        });
         self.dispatch(connected(conn));
         let reason = self.read_loop(conn, &stream, reader, peer);
         if self.forget(conn) {
@@ -568,7 +579,13 @@ impl<C: Core> Runtime<C> {
         });
     }
 
-    fn write_loop(self: &Arc<Self>, conn: ConnId, stream: TcpStream, rx: Receiver<Arc<[u8]>>) {
+    fn write_loop(
+        self: &Arc<Self>,
+        conn: ConnId,
+        stream: TcpStream,
+        rx: Receiver<Arc<[u8]>>,
+        unflushed: Arc<AtomicUsize>,
+    ) {
         let mut w = BufWriter::with_capacity(64 * 1024, &stream);
         let result = (|| -> io::Result<()> {
             while let Ok(frame) = rx.recv() {
@@ -582,6 +599,7 @@ impl<C: Core> Runtime<C> {
                     bytes += more.len() as u64;
                 }
                 w.flush()?;
+                unflushed.fetch_sub(n as usize, Ordering::Relaxed);
                 self.counters.frames_out.fetch_add(n, Ordering::Relaxed);
                 self.counters.bytes_out.fetch_add(bytes, Ordering::Relaxed);
             }
@@ -630,21 +648,28 @@ impl<C: Core> Runtime<C> {
         );
     }
 
-    /// Clean shutdown: stop accepting work, let the core say goodbye, give the goodbyes a
-    /// moment to leave, close every socket, write the last stats and `stopped`.
+    /// Clean shutdown: stop accepting work, let the core say goodbye, wait until the goodbyes
+    /// are written, half-close every connection and give the remotes a moment to close theirs,
+    /// then close everything and write the last stats and `stopped`.
     pub fn shutdown(self: &Arc<Self>) {
         self.stopping.store(true, Ordering::Relaxed);
         self.dispatch(Event::Shutdown);
-        let until = Instant::now() + SHUTDOWN_FLUSH;
-        while Instant::now() < until {
-            let busy = self.conns.lock().by_id.values().any(|h| !h.tx.is_empty());
-            if !busy {
-                break;
+        let wait = |done: &dyn Fn(&ConnTable) -> bool| {
+            let until = Instant::now() + SHUTDOWN_FLUSH;
+            while Instant::now() < until && !done(&self.conns.lock()) {
+                std::thread::sleep(Duration::from_millis(5));
             }
-            std::thread::sleep(Duration::from_millis(10));
+        };
+        wait(&|t| {
+            t.by_id
+                .values()
+                .all(|h| h.unflushed.load(Ordering::Relaxed) == 0)
+        });
+        for h in self.conns.lock().by_id.values() {
+            let _ = h.stream.shutdown(Shutdown::Write);
         }
-        // The writers may hold the last frame they took; a short grace lets it out.
-        std::thread::sleep(Duration::from_millis(50));
+        // Readers remove their connection when the remote closes its side.
+        wait(&|t| t.by_id.is_empty());
         let handles: Vec<ConnHandle> = self.conns.lock().by_id.drain().map(|(_, h)| h).collect();
         for h in handles {
             let _ = h.stream.shutdown(Shutdown::Both);

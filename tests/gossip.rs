@@ -240,7 +240,11 @@ fn overlay_connected(net: &Net, peers: &[SocketAddr]) -> bool {
 
 #[test]
 fn a_clean_leave_is_not_a_death() {
-    let mut net = Net::new(3, "");
+    // Calm liveness: this test is about the goodbye, not about detection under load.
+    let mut net = Net::new(
+        3,
+        "gossip: { interval: 300ms, count: 10 }\nliveness: { interval: 2s, misses: 3 }\npow: { difficulty: 8, timeout: 3s }",
+    );
     net.start_seeds();
     for _ in 0..4 {
         net.start_peer();
