@@ -64,10 +64,15 @@ pub struct PeerConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PowConfig {
-    /// Leading zero bits the connector's hash must have.
+    /// Leading zero bits the connector's hash must have (when calm).
     pub difficulty: u8,
     /// Deadline for the whole handshake, solving included.
     pub timeout: Duration,
+    /// The difficulty rises one step per second in which more than this many handshakes
+    /// started, and falls one step per calm second.
+    pub flood_threshold: u32,
+    /// Highest difficulty a flood can drive it to.
+    pub max_difficulty: u8,
 }
 
 /// Bounds on what a remote can make a node hold.
@@ -89,6 +94,17 @@ pub struct Limits {
     pub read_timeout: Duration,
     /// A blocked write fails after this time and closes the connection.
     pub write_timeout: Duration,
+    /// Gossip frames one neighbour may send per second (bursts of twice that); a neighbour
+    /// flooding faster is disconnected.
+    pub gossip_per_second: u32,
+    /// Other frames (liveness, reports, list requests) one connection may send per second
+    /// (bursts of twice that).
+    pub control_per_second: u32,
+    /// Stack of every thread a node starts, in KiB.
+    pub thread_stack_kib: usize,
+    /// Whether loopback addresses are exempt from `max_connections_per_ip` and from the check
+    /// that a node's claimed address is on the IP it connects from.
+    pub loopback_exempt: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +213,8 @@ struct RawPeer {
 struct RawPow {
     difficulty: Leaf,
     timeout: Leaf,
+    flood_threshold: Leaf,
+    max_difficulty: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -209,6 +227,10 @@ struct RawLimits {
     outbound_queue: Leaf,
     read_timeout: Leaf,
     write_timeout: Leaf,
+    gossip_per_second: Leaf,
+    control_per_second: Leaf,
+    thread_stack_kib: Leaf,
+    loopback_exempt: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -254,6 +276,18 @@ pub mod defaults {
     pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
     pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
     pub const SEED_SYNC_INTERVAL: Duration = Duration::from_secs(2);
+    /// Far above what default traffic needs (a message every 5 s per peer) and above the
+    /// 1,000 messages per second a 100-peer network is benchmarked at.
+    pub const GOSSIP_PER_SECOND: u32 = 2000;
+    /// An honest connection sends a liveness request every interval and rare reports.
+    pub const CONTROL_PER_SECOND: u32 = 50;
+    /// Threads run small loops; 256 KiB keeps hundreds of local peers cheap.
+    pub const THREAD_STACK_KIB: usize = 256;
+    /// 500 local peers joining in ten seconds make about 100 handshakes per second in all,
+    /// spread over the seeds; a flood is well above that.
+    pub const POW_FLOOD_THRESHOLD: u32 = 100;
+    /// 2^6 = 64 times the default cost: seconds per connection for a flooder.
+    pub const POW_MAX_DIFFICULTY: u8 = 26;
     pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
 }
 
@@ -398,9 +432,24 @@ impl RawConfig {
             selection,
         };
         let w = self.pow.unwrap_or_default();
+        let difficulty = number("pow.difficulty", &w.difficulty, POW_DIFFICULTY, 0, 32)?;
         let pow = PowConfig {
-            difficulty: number("pow.difficulty", &w.difficulty, POW_DIFFICULTY, 0, 32)?,
+            difficulty,
             timeout: duration("pow.timeout", &w.timeout, POW_TIMEOUT)?,
+            flood_threshold: number(
+                "pow.flood_threshold",
+                &w.flood_threshold,
+                POW_FLOOD_THRESHOLD,
+                1,
+                1_000_000,
+            )?,
+            max_difficulty: number(
+                "pow.max_difficulty",
+                &w.max_difficulty,
+                POW_MAX_DIFFICULTY.max(difficulty),
+                difficulty,
+                32,
+            )?,
         };
         let m = self.limits.unwrap_or_default();
         let limits = Limits {
@@ -435,6 +484,40 @@ impl RawConfig {
             )?,
             read_timeout: duration("limits.read_timeout", &m.read_timeout, READ_TIMEOUT)?,
             write_timeout: duration("limits.write_timeout", &m.write_timeout, WRITE_TIMEOUT)?,
+            gossip_per_second: number(
+                "limits.gossip_per_second",
+                &m.gossip_per_second,
+                GOSSIP_PER_SECOND,
+                1,
+                10_000_000,
+            )?,
+            control_per_second: number(
+                "limits.control_per_second",
+                &m.control_per_second,
+                CONTROL_PER_SECOND,
+                1,
+                1_000_000,
+            )?,
+            thread_stack_kib: number(
+                "limits.thread_stack_kib",
+                &m.thread_stack_kib,
+                THREAD_STACK_KIB,
+                64,
+                65_536,
+            )?,
+            loopback_exempt: match &m.loopback_exempt {
+                None => true,
+                Some(leaf) => match leaf.value.trim() {
+                    "true" => true,
+                    "false" => false,
+                    other => {
+                        return Err(ConfigError(format!(
+                            "limits.loopback_exempt: expected true or false, got \"{other}\" {}",
+                            at(leaf)
+                        )))
+                    }
+                },
+            },
         };
         let s = self.seed.unwrap_or_default();
         let seed = SeedConfig {

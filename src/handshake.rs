@@ -26,6 +26,11 @@ pub enum HandshakeError {
     },
     /// A connector claiming to be a seed that is not in the configuration.
     UnknownSeed(SocketAddr),
+    /// The claimed listen address is on another IP than the connection comes from.
+    AddressMismatch {
+        claimed: SocketAddr,
+        from: std::net::IpAddr,
+    },
     /// The remote refused us, with its reason.
     Refused(String),
 }
@@ -44,6 +49,9 @@ impl fmt::Display for HandshakeError {
             ),
             HandshakeError::UnknownSeed(a) => {
                 write!(f, "{a} claims to be a seed but is not configured")
+            }
+            HandshakeError::AddressMismatch { claimed, from } => {
+                write!(f, "claims address {claimed} but connects from {from}")
             }
             HandshakeError::Refused(r) => write!(f, "refused by remote: {r}"),
         }
@@ -101,12 +109,16 @@ impl AcceptorHandshake {
         }
     }
 
-    /// Checks the connector's answer: deadline, version, echoed challenge, then one hash.
+    /// Checks the connector's answer: deadline, version, echoed challenge, one hash, then its
+    /// identity: a claimed seed must be configured, and the claimed address must be on the IP
+    /// the connection comes from (`from`), unless both are loopback and `loopback_exempt`.
     pub fn on_hello(
         &self,
         msg: Msg,
         now: Instant,
         known_seeds: &[SocketAddr],
+        from: std::net::IpAddr,
+        loopback_exempt: bool,
     ) -> Result<Admitted, HandshakeError> {
         if now > self.deadline {
             return Err(HandshakeError::DeadlinePassed);
@@ -136,6 +148,13 @@ impl AcceptorHandshake {
         }
         if role == Role::Seed && !known_seeds.contains(&addr) {
             return Err(HandshakeError::UnknownSeed(addr));
+        }
+        let both_loopback = addr.ip().is_loopback() && from.is_loopback();
+        if addr.ip() != from && !(both_loopback && loopback_exempt) {
+            return Err(HandshakeError::AddressMismatch {
+                claimed: addr,
+                from,
+            });
         }
         Ok(Admitted {
             role,
@@ -223,6 +242,8 @@ mod tests {
         s.parse().unwrap()
     }
 
+    const LO: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn setup() -> (AcceptorHandshake, ConnectorIdentity, Instant) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let now = Instant::now();
@@ -247,7 +268,7 @@ mod tests {
         let hello = con
             .solve(&puzzle, 0, now + Duration::from_secs(10))
             .unwrap();
-        let adm = acc.on_hello(hello, now, &[]).unwrap();
+        let adm = acc.on_hello(hello, now, &[], LO, true).unwrap();
         assert_eq!(adm.addr, a("127.0.0.1:9101"));
         assert_eq!(adm.role, Role::Peer);
     }
@@ -272,7 +293,7 @@ mod tests {
             *nonce = bad;
         }
         assert_eq!(
-            acc.on_hello(wrong, now, &[]),
+            acc.on_hello(wrong, now, &[], LO, true),
             Err(HandshakeError::WrongNonce)
         );
 
@@ -291,16 +312,16 @@ mod tests {
             )
         };
         assert_eq!(
-            acc2.on_hello(hello.clone(), now, &[]),
+            acc2.on_hello(hello.clone(), now, &[], LO, true),
             Err(HandshakeError::StaleChallenge)
         );
 
         assert_eq!(
-            acc.on_hello(hello, now + Duration::from_secs(11), &[]),
+            acc.on_hello(hello, now + Duration::from_secs(11), &[], LO, true),
             Err(HandshakeError::DeadlinePassed)
         );
         assert_eq!(
-            acc.on_hello(Msg::Register, now, &[]),
+            acc.on_hello(Msg::Register, now, &[], LO, true),
             Err(HandshakeError::Unexpected("Register"))
         );
     }
@@ -318,10 +339,32 @@ mod tests {
             .solve(&puzzle, 0, now + Duration::from_secs(10))
             .unwrap();
         assert!(matches!(
-            acc.on_hello(hello.clone(), now, &[a("127.0.0.1:9002")]),
+            acc.on_hello(hello.clone(), now, &[a("127.0.0.1:9002")], LO, true),
             Err(HandshakeError::UnknownSeed(_))
         ));
-        assert!(acc.on_hello(hello, now, &[a("127.0.0.1:9009")]).is_ok());
+        assert!(acc
+            .on_hello(hello, now, &[a("127.0.0.1:9009")], LO, true)
+            .is_ok());
+    }
+
+    #[test]
+    fn the_claimed_address_must_be_on_the_connecting_ip() {
+        let (acc, con, now) = setup();
+        let puzzle = con.on_challenge(acc.challenge_msg()).unwrap();
+        let hello = con
+            .solve(&puzzle, 0, now + Duration::from_secs(10))
+            .unwrap();
+        let elsewhere: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(matches!(
+            acc.on_hello(hello.clone(), now, &[], elsewhere, true),
+            Err(HandshakeError::AddressMismatch { .. })
+        ));
+        // Another loopback address counts as the same host only when loopback is exempt.
+        let other_lo: std::net::IpAddr = "127.0.0.7".parse().unwrap();
+        assert!(acc
+            .on_hello(hello.clone(), now, &[], other_lo, true)
+            .is_ok());
+        assert!(acc.on_hello(hello, now, &[], other_lo, false).is_err());
     }
 
     #[test]

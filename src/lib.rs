@@ -24,6 +24,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod handshake;
+pub mod limits;
 pub mod net;
 pub mod node;
 pub mod output;

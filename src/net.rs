@@ -24,13 +24,11 @@ use rand::{Rng, SeedableRng};
 use crate::api::ApiReader;
 use crate::config::Config;
 use crate::handshake::{AcceptorHandshake, ConnectorIdentity, HandshakeError};
+use crate::limits::{DifficultyChange, DifficultyController};
 use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote};
 use crate::output::Output;
 use crate::wire::{FrameReader, Msg, Role};
 
-/// Stack size of every thread we spawn: they run small loops, not deep recursion. Keeps
-/// hundreds of peers on one machine cheap.
-const THREAD_STACK: usize = 256 * 1024;
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 16 * 1024;
 /// How often a reader blocked on an idle socket wakes to check for shutdown.
@@ -84,6 +82,8 @@ pub struct Runtime<C: Core> {
     next_conn: AtomicU64,
     stopping: AtomicBool,
     rng: Mutex<StdRng>,
+    /// Admission difficulty, raised while flooded with handshakes.
+    difficulty: Mutex<DifficultyController>,
 }
 
 /// Decrements a counter when dropped, so every exit path releases its slot.
@@ -109,12 +109,19 @@ impl<C: Core> Runtime<C> {
             conns: Mutex::new(ConnTable::default()),
             per_ip: Mutex::new(HashMap::new()),
             output,
-            config,
             identity,
             counters: Counters::default(),
             next_conn: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
             rng: Mutex::new(StdRng::from_entropy()),
+            difficulty: Mutex::new(DifficultyController::new(
+                config.pow.difficulty,
+                config.pow.max_difficulty,
+                config.pow.flood_threshold,
+                Duration::from_secs(1),
+                Instant::now(),
+            )),
+            config,
         });
         // The main thread counts too.
         rt.counters.threads.store(1, Ordering::Relaxed);
@@ -131,7 +138,7 @@ impl<C: Core> Runtime<C> {
         threads.counters.threads.fetch_add(1, Ordering::Relaxed);
         let res = std::thread::Builder::new()
             .name(name.to_string())
-            .stack_size(THREAD_STACK)
+            .stack_size(self.config.limits.thread_stack_kib * 1024)
             .spawn(move || {
                 let _g = CountGuard(&threads.counters.threads);
                 f();
@@ -280,7 +287,8 @@ impl<C: Core> Runtime<C> {
         }
         let mut per_ip = self.per_ip.lock();
         let n = per_ip.entry(ip).or_insert(0);
-        if !ip.is_loopback() && *n >= limits.max_connections_per_ip {
+        let exempt = ip.is_loopback() && limits.loopback_exempt;
+        if !exempt && *n >= limits.max_connections_per_ip {
             return Err(format!(
                 "per-IP connection limit ({}) reached",
                 limits.max_connections_per_ip
@@ -305,7 +313,7 @@ impl<C: Core> Runtime<C> {
     fn serve_inbound(self: &Arc<Self>, stream: TcpStream, remote: SocketAddr) {
         let _conn_slot = CountGuard(&self.counters.connections);
         let mut pending = Some(CountGuard(&self.counters.pending_handshakes));
-        let result = self.accept_handshake(&stream);
+        let result = self.accept_handshake(&stream, remote.ip());
         drop(pending.take());
         match result {
             Ok((admitted, reader)) => {
@@ -342,25 +350,31 @@ impl<C: Core> Runtime<C> {
     fn accept_handshake(
         &self,
         stream: &TcpStream,
+        from: IpAddr,
     ) -> Result<(crate::handshake::Admitted, FrameReader), String> {
         let _ = stream.set_nodelay(true);
         let timeout = self.config.pow.timeout;
         let _ = stream.set_write_timeout(Some(timeout));
         let deadline = Instant::now() + timeout;
+        let (difficulty, change) = self.difficulty.lock().on_handshake(Instant::now());
+        if let Some(change) = change {
+            self.log_difficulty(change);
+        }
         let hs = {
             let mut rng = self.rng.lock();
-            AcceptorHandshake::new(
-                &mut *rng,
-                self.config.pow.difficulty,
-                self.identity.addr,
-                deadline,
-            )
+            AcceptorHandshake::new(&mut *rng, difficulty, self.identity.addr, deadline)
         };
         write_frame(stream, &hs.challenge_msg()).map_err(|e| format!("write failed: {e}"))?;
         let mut reader = FrameReader::new(self.config.limits.max_frame);
         let msg = read_frame_until(stream, &mut reader, deadline, &self.counters)?;
         let admitted = hs
-            .on_hello(msg, Instant::now(), &self.config.seeds)
+            .on_hello(
+                msg,
+                Instant::now(),
+                &self.config.seeds,
+                from,
+                self.config.limits.loopback_exempt,
+            )
             .map_err(|e| e.to_string())?;
         Ok((admitted, reader))
     }
@@ -626,11 +640,34 @@ impl<C: Core> Runtime<C> {
                 break;
             }
             self.dispatch(Event::Tick);
+            let calmer = self.difficulty.lock().roll(Instant::now());
+            if let Some(change) = calmer {
+                self.log_difficulty(change);
+            }
             if Instant::now() >= next_stats {
                 next_stats += self.config.stats_interval;
                 self.write_stats();
             }
         }
+    }
+
+    fn log_difficulty(&self, c: DifficultyChange) {
+        let why = if c.to > c.from {
+            format!("{} handshakes in the last second", c.rate)
+        } else {
+            "calm again".to_string()
+        };
+        log::warn!("proof-of-work difficulty {} -> {} ({why})", c.from, c.to);
+        self.output.record(
+            &Record::new("difficulty")
+                .field("from", c.from)
+                .field("to", c.to)
+                .field("handshakes_per_s", c.rate)
+                .line(format!(
+                    "Proof-of-work difficulty {} -> {} ({why})",
+                    c.from, c.to
+                )),
+        );
     }
 
     pub fn write_stats(&self) {

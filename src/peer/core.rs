@@ -11,6 +11,7 @@ use rand::seq::SliceRandom;
 
 use crate::api::ApiMsg;
 use crate::config::Config;
+use crate::limits::RateLimiter;
 use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote};
 use crate::peer::apps::{LocalApps, Verdict};
 use crate::peer::gossip::{forward_targets, next_ttl, MessageList};
@@ -41,6 +42,9 @@ struct Link {
     kind: LinkKind,
     /// Whether we dialed this connection (used to pick one of two simultaneous links).
     dialed: bool,
+    /// What this remote may send: gossip items, and everything else.
+    gossip_rate: RateLimiter,
+    control_rate: RateLimiter,
 }
 
 #[derive(Debug)]
@@ -649,10 +653,21 @@ impl PeerCore {
     }
 
     fn on_frame(&mut self, conn: ConnId, msg: Msg, now: Now, out: &mut Vec<Action>) {
-        let Some(link) = self.links.get(&conn) else {
+        let Some(link) = self.links.get_mut(&conn) else {
             return;
         };
         let (addr, kind) = (link.addr, link.kind);
+        let gossip = matches!(msg, Msg::Gossip { .. });
+        let allowed = if gossip {
+            link.gossip_rate.allow(now.mono)
+        } else {
+            link.control_rate.allow(now.mono)
+        };
+        if !allowed {
+            let what = if gossip { "gossip" } else { "control" };
+            let reason = format!("{what} frames faster than the rate limit");
+            return self.reject(conn, addr, reason, now, out);
+        }
         match (kind, msg) {
             (
                 LinkKind::Neighbour,
@@ -883,12 +898,23 @@ impl Core for PeerCore {
                     out.push(Action::Close { conn });
                     return;
                 }
+                let l = &self.config.limits;
                 self.links.insert(
                     conn,
                     Link {
                         addr,
                         kind,
                         dialed: dialed.is_some(),
+                        gossip_rate: RateLimiter::new(
+                            l.gossip_per_second,
+                            l.gossip_per_second * 2,
+                            now.mono,
+                        ),
+                        control_rate: RateLimiter::new(
+                            l.control_per_second,
+                            l.control_per_second * 2,
+                            now.mono,
+                        ),
                     },
                 );
                 match kind {
@@ -956,5 +982,304 @@ impl Core for PeerCore {
 
     fn gossip_duplicates(&self) -> u64 {
         self.ml.duplicates()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn a(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    const ME: u16 = 9100;
+    const SEED_CONN: ConnId = 1;
+
+    fn config(extra: &str) -> Config {
+        Config::parse(&format!(
+            "seeds: [\"127.0.0.1:9001\"]\nliveness: {{ interval: 1s, misses: 3 }}\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    fn sends(out: &[Action]) -> Vec<(Vec<ConnId>, Msg)> {
+        out.iter()
+            .filter_map(|x| match x {
+                Action::Send { to, msg } => Some((to.clone(), msg.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn events(out: &[Action]) -> Vec<&'static str> {
+        out.iter()
+            .filter_map(|x| match x {
+                Action::Log(r) => Some(r.event),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A peer that has joined through one seed and has neighbours on conns 10, 11, 12
+    /// (ports 9101..9103).
+    fn joined(extra: &str) -> (PeerCore, Now) {
+        let now = Now::real();
+        let mut p = PeerCore::new(a(ME), config(extra), StdRng::seed_from_u64(1));
+        let mut out = vec![];
+        p.handle(Event::Started, now, &mut out);
+        let seed = Remote {
+            addr: a(9001),
+            role: Role::Seed,
+            incarnation: 0,
+            dialed: Some(Purpose::Register),
+        };
+        p.handle(
+            Event::Connected {
+                conn: SEED_CONN,
+                remote: seed,
+            },
+            now,
+            &mut out,
+        );
+        p.handle(
+            Event::Frame {
+                conn: SEED_CONN,
+                msg: Msg::Registered,
+            },
+            now,
+            &mut out,
+        );
+        p.handle(
+            Event::Frame {
+                conn: SEED_CONN,
+                msg: Msg::PeerList { peers: vec![] },
+            },
+            now,
+            &mut out,
+        );
+        for (conn, port) in [(10, 9101), (11, 9102), (12, 9103)] {
+            let r = Remote {
+                addr: a(port),
+                role: Role::Peer,
+                incarnation: 1,
+                dialed: None,
+            };
+            p.handle(Event::Connected { conn, remote: r }, now, &mut out);
+        }
+        assert_eq!(p.neighbours().len(), 3);
+        (p, now)
+    }
+
+    fn gossip(text: &str, ttl: u8) -> Msg {
+        Msg::Gossip {
+            data_type: 0,
+            ttl,
+            payload: text.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn first_receipt_goes_to_every_other_neighbour_and_repeats_are_dropped() {
+        let (mut p, now) = joined("");
+        let mut out = vec![];
+        p.handle(
+            Event::Frame {
+                conn: 11,
+                msg: gossip("1:127.0.0.1:9102:1", 0),
+            },
+            now,
+            &mut out,
+        );
+        assert_eq!(events(&out), vec!["gossip_received"]);
+        let s = sends(&out);
+        assert_eq!(s.len(), 1);
+        let mut to = s[0].0.clone();
+        to.sort();
+        assert_eq!(to, vec![10, 12], "never back to the sender");
+        out.clear();
+        p.handle(
+            Event::Frame {
+                conn: 12,
+                msg: gossip("1:127.0.0.1:9102:1", 0),
+            },
+            now,
+            &mut out,
+        );
+        assert!(out.is_empty());
+        assert_eq!(p.gossip_duplicates(), 1);
+        // TTL 1: delivered here, forwarded nowhere.
+        out.clear();
+        p.handle(
+            Event::Frame {
+                conn: 10,
+                msg: gossip("2:127.0.0.1:9101:1", 1),
+            },
+            now,
+            &mut out,
+        );
+        assert_eq!(events(&out), vec!["gossip_received"]);
+        assert!(sends(&out).is_empty());
+    }
+
+    #[test]
+    fn a_broken_link_is_reported_at_once_with_the_exact_text() {
+        let (mut p, now) = joined("");
+        let mut out = vec![];
+        p.handle(
+            Event::Closed {
+                conn: 11,
+                reason: "reset".into(),
+            },
+            now,
+            &mut out,
+        );
+        let s = sends(&out);
+        let (to, Msg::DeadNode { text }) = &s[0] else {
+            panic!("{s:?}")
+        };
+        assert_eq!(to, &vec![SEED_CONN]);
+        assert_eq!(
+            *text,
+            format!("Dead Node:127.0.0.1:9102:{}:127.0.0.1:{ME}", now.unix_ms)
+        );
+        assert!(events(&out).contains(&"dead_reported"));
+        assert!(events(&out).contains(&"neighbour_down"));
+        assert_eq!(p.neighbours().len(), 2);
+    }
+
+    #[test]
+    fn three_unanswered_liveness_rounds_report_the_neighbour() {
+        let (mut p, now) = joined("");
+        let mut reported = vec![];
+        for k in 1..=5u64 {
+            let mut out = vec![];
+            let t = now.after(Duration::from_millis(1000 * k + 10));
+            p.handle(Event::Tick, t, &mut out);
+            // Neighbours on 10 and 12 answer; 11 never does.
+            for (to, msg) in sends(&out) {
+                if let Msg::LivenessRequest { text } = msg {
+                    let (ts, sender) = texts::parse_liveness_request(&text).unwrap();
+                    for conn in to.into_iter().filter(|c| *c != 11) {
+                        let replier = a(9101 + (conn - 10) as u16);
+                        let text = texts::liveness_reply(ts, &sender, &replier);
+                        p.handle(
+                            Event::Frame {
+                                conn,
+                                msg: Msg::LivenessReply { text },
+                            },
+                            t,
+                            &mut vec![],
+                        );
+                    }
+                }
+            }
+            if events(&out).contains(&"dead_reported") {
+                reported.push(k);
+            }
+        }
+        assert_eq!(
+            reported,
+            vec![4],
+            "requests at 1, 2, 3 unanswered: dead at the 4th round"
+        );
+        assert_eq!(p.neighbours(), vec![a(9101), a(9103)]);
+    }
+
+    #[test]
+    fn a_gossip_flood_from_one_neighbour_is_cut_off() {
+        let (mut p, now) = joined("limits: { gossip_per_second: 10 }");
+        let mut out = vec![];
+        for i in 0..100 {
+            p.handle(
+                Event::Frame {
+                    conn: 10,
+                    msg: gossip(&format!("{i}:127.0.0.1:9101:1"), 0),
+                },
+                now,
+                &mut out,
+            );
+        }
+        assert!(events(&out).contains(&"rejected"));
+        assert!(out.contains(&Action::Close { conn: 10 }));
+        assert!(!p.neighbours().contains(&a(9101)));
+        // Bursts up to twice the rate were accepted before the cut.
+        assert_eq!(
+            events(&out)
+                .iter()
+                .filter(|e| **e == "gossip_received")
+                .count(),
+            20
+        );
+    }
+
+    #[test]
+    fn application_items_wait_for_local_validation() {
+        let (mut p, now) = joined("");
+        let mut out = vec![];
+        p.handle(Event::ApiConnected { conn: 50 }, now, &mut out);
+        p.handle(
+            Event::ApiFrame {
+                conn: 50,
+                msg: ApiMsg::Notify { data_type: 7 },
+            },
+            now,
+            &mut out,
+        );
+        let item = Msg::Gossip {
+            data_type: 7,
+            ttl: 0,
+            payload: b"x".to_vec(),
+        };
+        // No subscriber of type 8: stops here.
+        p.handle(
+            Event::Frame {
+                conn: 10,
+                msg: Msg::Gossip {
+                    data_type: 8,
+                    ttl: 0,
+                    payload: b"y".to_vec(),
+                },
+            },
+            now,
+            &mut out,
+        );
+        assert!(sends(&out).is_empty());
+        out.clear();
+        p.handle(
+            Event::Frame {
+                conn: 10,
+                msg: item,
+            },
+            now,
+            &mut out,
+        );
+        assert!(sends(&out).is_empty(), "not forwarded before validation");
+        let Some(Action::SendApi {
+            to: 50,
+            msg: ApiMsg::Notification { message_id, .. },
+        }) = out
+            .iter()
+            .find(|x| matches!(x, Action::SendApi { .. }))
+            .cloned()
+        else {
+            panic!("{out:?}")
+        };
+        out.clear();
+        p.handle(
+            Event::ApiFrame {
+                conn: 50,
+                msg: ApiMsg::Validation {
+                    message_id,
+                    valid: true,
+                },
+            },
+            now,
+            &mut out,
+        );
+        let s = sends(&out);
+        assert_eq!(s.len(), 1);
+        assert!(!s[0].0.contains(&10));
     }
 }

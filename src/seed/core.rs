@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::limits::RateLimiter;
 use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote};
 use crate::seed::registry::{Change, Registry};
 use crate::texts;
@@ -30,6 +31,8 @@ struct Link {
     incarnation: u64,
     /// A peer that said goodbye: its connection ending is not a failure.
     left: bool,
+    /// What a peer may send (seeds, configured and few, are not limited).
+    rate: RateLimiter,
 }
 
 /// A check, by this seed itself, that a reported peer is alive.
@@ -249,6 +252,7 @@ impl SeedCore {
                         kind: LinkKind::Seed,
                         incarnation: 0,
                         left: false,
+                        rate: self.control_limiter(now),
                     },
                 );
                 log::info!("seed link up: {}", remote.addr);
@@ -267,6 +271,7 @@ impl SeedCore {
                     self.links.remove(&old);
                     out.push(Action::Close { conn: old });
                 }
+                let rate = self.control_limiter(now);
                 self.links.insert(
                     conn,
                     Link {
@@ -274,10 +279,16 @@ impl SeedCore {
                         kind: LinkKind::Peer,
                         incarnation: remote.incarnation,
                         left: false,
+                        rate,
                     },
                 );
             }
         }
+    }
+
+    fn control_limiter(&self, now: Now) -> RateLimiter {
+        let per_s = self.config.limits.control_per_second;
+        RateLimiter::new(per_s, per_s * 2, now.mono)
     }
 
     fn reject(&mut self, conn: ConnId, addr: SocketAddr, reason: String, out: &mut Vec<Action>) {
@@ -536,10 +547,14 @@ impl Core for SeedCore {
             }
             Event::Connected { conn, remote } => self.on_connected(conn, remote, now, out),
             Event::Frame { conn, msg } => {
-                let Some(link) = self.links.get(&conn) else {
+                let Some(link) = self.links.get_mut(&conn) else {
                     return;
                 };
                 let (addr, kind, inc) = (link.addr, link.kind, link.incarnation);
+                if kind == LinkKind::Peer && !link.rate.allow(now.mono) {
+                    let reason = "frames faster than the rate limit".to_string();
+                    return self.reject(conn, addr, reason, out);
+                }
                 match kind {
                     LinkKind::Seed => self.on_seed_frame(conn, addr, msg, now, out),
                     LinkKind::Peer => self.on_peer_frame(conn, addr, inc, msg, now, out),
