@@ -430,6 +430,7 @@ pub fn check_len(prefix: [u8; LEN_PREFIX], max: usize) -> Result<usize, WireErro
 
 /// Accumulates bytes from a stream and yields complete frames. The buffer never holds more
 /// than one frame of at most `max` bytes plus one read's worth.
+#[derive(Debug)]
 pub struct FrameReader {
     buf: Vec<u8>,
     max: usize,

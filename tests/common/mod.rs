@@ -99,6 +99,9 @@ impl Net {
             _ => env!("CARGO_BIN_EXE_peer"),
         };
         let log = self.dir.path().join(format!("{role}-{}.log", a.port()));
+        let stderr =
+            std::fs::File::create(self.dir.path().join(format!("{role}-{}.stderr", a.port())))
+                .unwrap();
         let child = Command::new(bin)
             .arg("--addr")
             .arg(a.to_string())
@@ -112,7 +115,7 @@ impl Net {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         self.nodes.push(Node {
@@ -129,8 +132,24 @@ impl Net {
             self.spawn("seed", s);
         }
         for s in self.seeds.clone() {
-            let f = self.jsonl("seed", s);
-            wait_until(&format!("seed {s} started"), || has_event(&f, "started"));
+            self.wait_for_event("seed", s, "started");
+        }
+    }
+
+    /// Waits for a node's event; fails at once, with its stderr, if the node exits first.
+    pub fn wait_for_event(&mut self, role: &str, a: SocketAddr, event: &str) {
+        let f = self.jsonl(role, a);
+        let stderr = self.dir.path().join(format!("{role}-{}.stderr", a.port()));
+        let start = Instant::now();
+        while !has_event(&f, event) {
+            if let Some(st) = self.node(a).child.try_wait().unwrap() {
+                let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+                panic!("{role} {a} exited ({st}) before `{event}`: {err}");
+            }
+            if start.elapsed() > PATIENCE {
+                panic!("timed out waiting for {role} {a} to log `{event}`");
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -325,4 +344,68 @@ pub fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
 
 pub fn send(s: &mut TcpStream, bytes: &[u8]) {
     let _ = s.write_all(bytes);
+}
+
+/// A field of /proc/PID/status as a number (`Threads`, `VmRSS` in KiB).
+pub fn proc_status(pid: u32, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Net {
+    pub fn pid(&self, a: SocketAddr) -> u32 {
+        self.nodes.iter().find(|n| n.addr == a).unwrap().child.id()
+    }
+
+    /// The node has not exited.
+    pub fn alive(&mut self, a: SocketAddr) -> bool {
+        let node = self.node(a);
+        node.child.try_wait().unwrap().is_none()
+    }
+}
+
+/// Connects and completes the proof-of-work handshake claiming `claimed` as our address.
+/// Returns the stream and any bytes read past the Welcome.
+pub fn handshake_as(
+    role: gossipnet::wire::Role,
+    claimed: SocketAddr,
+    target: SocketAddr,
+) -> Result<(TcpStream, gossipnet::wire::FrameReader), String> {
+    use gossipnet::wire::{FrameReader, Msg};
+    let mut s = TcpStream::connect(target).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut fr = FrameReader::new(1 << 20);
+    let me = gossipnet::handshake::ConnectorIdentity {
+        role,
+        addr: claimed,
+        incarnation: gossipnet::node::unix_ms(),
+    };
+    let next = |s: &mut TcpStream, fr: &mut FrameReader| -> Result<Msg, String> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(b) = fr.next_frame().map_err(|e| e.to_string())? {
+                return Msg::decode(&b).map_err(|e| e.to_string());
+            }
+            let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed".into());
+            }
+            fr.push(&buf[..n]);
+        }
+    };
+    let puzzle = me
+        .on_challenge(next(&mut s, &mut fr)?)
+        .map_err(|e| e.to_string())?;
+    let hello = me
+        .solve(&puzzle, 0, Instant::now() + PATIENCE)
+        .ok_or("no solution")?;
+    s.write_all(&hello.encode()).map_err(|e| e.to_string())?;
+    match next(&mut s, &mut fr)? {
+        Msg::Welcome => Ok((s, fr)),
+        other => Err(format!("{other:?}")),
+    }
 }

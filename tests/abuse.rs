@@ -1,0 +1,326 @@
+//! A stranger's worst: every attack is bounded in count and time and aimed at loopback only.
+//! After each, the node is still up, its threads and memory are back near their baseline, and
+//! honest peers keep gossiping.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+use gossipnet::wire::{Msg, Role};
+use rand::RngCore;
+
+/// The test network's config; each argument is the inside of one section's braces, added to
+/// that section's defaults here.
+fn config(gossip: &str, pow: &str, limits: &str) -> String {
+    let join = |base: &str, more: &str| {
+        if more.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}, {more}")
+        }
+    };
+    format!(
+        "gossip: {{ {} }}\nliveness: {{ interval: 1s, misses: 3 }}\npow: {{ {} }}\nlimits: {{ {} }}",
+        join("interval: 300ms, count: 100000", gossip),
+        if pow.is_empty() { "difficulty: 8, timeout: 1s" } else { pow },
+        join("read_timeout: 1s", limits),
+    )
+}
+
+/// One seed and two honest peers that gossip with each other.
+fn honest_network(config: String) -> (Net, SocketAddr, SocketAddr) {
+    let mut net = Net::new(1, &config);
+    net.start_seeds();
+    let p = net.start_peer();
+    let q = net.start_peer();
+    wait_until("the honest peers are linked", || {
+        neighbours(&net.events("peer", q)).contains(&p.to_string())
+            && neighbours(&net.events("peer", p)).contains(&q.to_string())
+    });
+    (net, p, q)
+}
+
+struct Baseline {
+    threads: u64,
+    rss_kib: u64,
+}
+
+fn baseline(pid: u32) -> Baseline {
+    // Let connection threads of the joins finish first.
+    std::thread::sleep(Duration::from_millis(300));
+    Baseline {
+        threads: proc_status(pid, "Threads"),
+        rss_kib: proc_status(pid, "VmRSS"),
+    }
+}
+
+/// The node survived: alive, threads back near the baseline, memory within a bound, and a
+/// message generated now by `p` still reaches `q`.
+fn still_healthy(net: &mut Net, node: SocketAddr, base: &Baseline, p: SocketAddr, q: SocketAddr) {
+    assert!(net.alive(node), "{node} died");
+    let pid = net.pid(node);
+    wait_until("threads back near the baseline", || {
+        proc_status(pid, "Threads") <= base.threads + 2
+    });
+    let rss = proc_status(pid, "VmRSS");
+    assert!(
+        rss <= base.rss_kib + 32 * 1024,
+        "memory grew from {} KiB to {rss} KiB",
+        base.rss_kib
+    );
+    let since = gossipnet::node::unix_ms();
+    wait_until("honest gossip goes on", || {
+        let fresh: Vec<String> = of(&net.events("peer", p), "gossip_sent")
+            .iter()
+            .filter(|e| e["ts_ms"].as_u64().unwrap() > since)
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect();
+        let got = strs(&net.events("peer", q), "gossip_received", "id");
+        fresh.iter().any(|id| got.contains(id))
+    });
+}
+
+fn rejected_reasons(net: &Net, role: &str, a: SocketAddr) -> Vec<String> {
+    of(&net.events(role, a), "rejected")
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn garbage_oversized_truncated_and_megabytes_of_noise() {
+    let (mut net, p, q) = honest_network(config("", "", ""));
+    let seed = net.seeds[0];
+    let base = baseline(net.pid(seed));
+    let mut rng = rand::thread_rng();
+
+    // 20 connections of garbage, one oversized length prefix, one truncated frame then silence.
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        let mut s = raw(seed);
+        let mut junk = [0u8; 64];
+        rng.fill_bytes(&mut junk);
+        send(&mut s, &junk);
+        conns.push(s);
+    }
+    let mut big = raw(seed);
+    send(&mut big, &[0x7f, 0xff, 0xff, 0xff]);
+    conns.push(big);
+    let mut cut = raw(seed);
+    send(&mut cut, &[0, 0, 0, 100, 0x02, 0, 1]);
+    conns.push(cut);
+    // A truncated frame after a completed handshake: closed after limits.read_timeout.
+    let (mut admitted, _) = handshake_as(Role::Peer, addr(free_port()), seed).unwrap();
+    send(&mut admitted, &[0, 0, 0, 50, 0x12]);
+    conns.push(admitted);
+    // 1 MiB of random bytes on each of 8 connections at once.
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(seed).unwrap();
+                let mut mib = vec![0u8; 1 << 20];
+                rand::thread_rng().fill_bytes(&mut mib);
+                let _ = s.write_all(&mib);
+                let _ = s.set_read_timeout(Some(PATIENCE));
+                read_to_close(&mut s);
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    for mut c in conns {
+        read_to_close(&mut c);
+    }
+    let reasons = rejected_reasons(&net, "seed", seed);
+    for needle in [
+        "malformed",
+        "exceeds the limit",
+        "deadline",
+        "incomplete frame",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(needle)),
+            "no rejection for {needle}: {reasons:?}"
+        );
+    }
+    still_healthy(&mut net, seed, &base, p, q);
+}
+
+#[test]
+fn slowloris_and_a_connection_flood() {
+    let (mut net, p, q) = honest_network(config("", "", ""));
+    let seed = net.seeds[0];
+    let base = baseline(net.pid(seed));
+    // 30 silent connections and 10 that send one byte every 100 ms, for at most 3 s.
+    let mut silent: Vec<TcpStream> = (0..30).map(|_| raw(seed)).collect();
+    let mut dribblers: Vec<TcpStream> = (0..10).map(|_| raw(seed)).collect();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        for d in &mut dribblers {
+            let _ = d.write_all(&[0]);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for s in silent.iter_mut().chain(dribblers.iter_mut()) {
+        read_to_close(s);
+    }
+    // 2,000 connect-and-close, bounded to 30 s.
+    let start = Instant::now();
+    let mut n = 0;
+    while n < 2000 && start.elapsed() < Duration::from_secs(30) {
+        if let Ok(s) = TcpStream::connect(seed) {
+            drop(s);
+        }
+        n += 1;
+    }
+    still_healthy(&mut net, seed, &base, p, q);
+    // And a newcomer still gets in.
+    let late = net.start_peer();
+    wait_until("the newcomer is registered", || {
+        strs(&net.events("seed", seed), "registered", "peer").contains(&late.to_string())
+    });
+}
+
+#[test]
+fn a_neighbour_flooding_gossip_or_liveness_requests_is_cut_off() {
+    let (mut net, p, q) = honest_network(config(
+        "message_list_capacity: 1000",
+        "",
+        "gossip_per_second: 200",
+    ));
+    let base = baseline(net.pid(p));
+    // A stranger links to p as a neighbour and floods unique gossip items, bounded to 20,000.
+    let (mut s, _) = handshake_as(Role::Peer, addr(free_port()), p).unwrap();
+    let mut batch = Vec::new();
+    for i in 0..20_000u32 {
+        let msg = Msg::Gossip {
+            data_type: 0,
+            ttl: 0,
+            payload: format!("{i}:flood").into_bytes(),
+        };
+        batch.extend(msg.encode());
+    }
+    let _ = s.write_all(&batch);
+    read_to_close(&mut s);
+    // Another floods liveness requests.
+    let liar = addr(free_port());
+    let (mut s, _) = handshake_as(Role::Peer, liar, p).unwrap();
+    let mut batch = Vec::new();
+    for i in 0..5_000u64 {
+        let text = gossipnet::texts::liveness_request(i, &liar);
+        batch.extend(Msg::LivenessRequest { text }.encode());
+    }
+    let _ = s.write_all(&batch);
+    read_to_close(&mut s);
+    let reasons = rejected_reasons(&net, "peer", p);
+    assert!(
+        reasons.iter().any(|r| r.contains("gossip frames faster")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("control frames faster")),
+        "{reasons:?}"
+    );
+    // Only the burst (400) plus the rate (200/s) over the seconds p took to read the flood got
+    // through to the honest neighbour: a small part of the 20,000 sent.
+    let flooded = of(&net.events("peer", q), "gossip_received")
+        .iter()
+        .filter(|e| e["text"].as_str().unwrap_or_default().ends_with(":flood"))
+        .count();
+    assert!(flooded <= 5000, "{flooded} flood items passed");
+    still_healthy(&mut net, p, &base, p, q);
+}
+
+#[test]
+fn one_host_cannot_hold_more_connections_than_its_cap() {
+    let (mut net, p, q) = honest_network(config(
+        "",
+        "",
+        "loopback_exempt: false, max_connections_per_ip: 6",
+    ));
+    let seed = net.seeds[0];
+    let base = baseline(net.pid(seed));
+    // Claiming an address on another host is refused outright.
+    let err = handshake_as(Role::Peer, "10.9.8.7:9000".parse().unwrap(), seed).unwrap_err();
+    assert!(err.contains("Reject"), "{err}");
+    // The two honest peers hold two connections to the seed; a host trying to register ten
+    // more addresses gets at most four of them in, each paid for with a proof of work.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        match handshake_as(Role::Peer, addr(free_port()), seed) {
+            Ok((mut s, _)) => {
+                send(&mut s, &Msg::Register.encode());
+                held.push(s);
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(held.len() <= 4, "{} connections admitted", held.len());
+    assert!(refused >= 6);
+    assert!(rejected_reasons(&net, "seed", seed)
+        .iter()
+        .any(|r| r.contains("per-IP connection limit")));
+    drop(held);
+    // Their registrations do not outlive them: nobody answers at those addresses.
+    wait_until("the fake registrations are removed", || {
+        let lists = seed_lists(&net);
+        lists[&seed].len() == 2
+    });
+    still_healthy(&mut net, seed, &base, p, q);
+}
+
+#[test]
+fn a_handshake_flood_raises_the_difficulty_and_honest_peers_still_join() {
+    let (mut net, p, q) = honest_network(config(
+        "",
+        "difficulty: 8, timeout: 2s, flood_threshold: 20, max_difficulty: 14",
+        "",
+    ));
+    let seed = net.seeds[0];
+    let base = baseline(net.pid(seed));
+    // Open connections as fast as we can for 3 s (at most 3,000), reading each challenge.
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < Duration::from_secs(3) && n < 3000 {
+        n += 1;
+        let Ok(mut s) = TcpStream::connect(seed) else {
+            continue;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut fr = gossipnet::wire::FrameReader::new(1 << 16);
+        let mut buf = [0u8; 512];
+        if let Ok(k) = std::io::Read::read(&mut s, &mut buf) {
+            fr.push(&buf[..k]);
+            if let Ok(Some(body)) = fr.next_frame() {
+                if let Ok(Msg::Challenge { difficulty, .. }) = Msg::decode(&body) {
+                    seen.push(difficulty);
+                }
+            }
+        }
+    }
+    assert_eq!(seen.first(), Some(&8));
+    let top = *seen.iter().max().unwrap();
+    assert!(top > 8, "the difficulty never rose: {seen:?}");
+    assert!(top <= 14);
+    // An honest peer still gets in while the difficulty is up.
+    let late = net.start_peer();
+    wait_until("the newcomer is registered", || {
+        strs(&net.events("seed", seed), "registered", "peer").contains(&late.to_string())
+    });
+    // Calm again: the difficulty comes back down, and both changes are logged.
+    wait_until("the difficulty comes back down", || {
+        let evs = net.events("seed", seed);
+        let changes = of(&evs, "difficulty");
+        changes
+            .iter()
+            .any(|e| e["to"].as_u64() > e["from"].as_u64())
+            && changes.last().is_some_and(|e| e["to"] == 8)
+    });
+    still_healthy(&mut net, seed, &base, p, q);
+}
