@@ -10,7 +10,14 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 
-use crate::node::{unix_ms, Record};
+use crate::node::Record;
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
 use crate::wire::Role;
 
 pub struct Output {
@@ -64,14 +71,16 @@ impl Output {
     /// Writes one record. I/O errors are logged, never fatal: losing a line of output must not
     /// stop a node.
     pub fn record(&self, rec: &Record) {
-        let ts_ms = unix_ms();
+        let ts_us = unix_us();
         let mut obj = Map::new();
-        obj.insert("ts_ms".into(), Value::from(ts_ms));
+        obj.insert("ts_ms".into(), Value::from(ts_us / 1000));
         obj.insert("node".into(), Value::from(self.node.clone()));
         obj.insert("event".into(), Value::from(rec.event));
         for (k, v) in &rec.fields {
             obj.insert(k.clone(), v.clone());
         }
+        // Microseconds too: one loopback hop takes tens of them, so latency figures need it.
+        obj.insert("ts_us".into(), Value::from(ts_us));
         let mut json = Value::Object(obj).to_string();
         json.push('\n');
         let line = rec.line.as_ref().map(|l| {

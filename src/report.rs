@@ -36,11 +36,12 @@ pub struct Run {
     pub faults: BTreeMap<String, (u64, String)>,
 }
 
+/// Milliseconds (with microsecond precision when the nodes logged `ts_us`).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Latency {
-    pub p50: u64,
-    pub p99: u64,
-    pub max: u64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -73,6 +74,11 @@ fn ev<'a>(evs: &'a [Value], name: &'a str) -> impl Iterator<Item = &'a Value> + 
 
 fn ts(e: &Value) -> u64 {
     e["ts_ms"].as_u64().unwrap_or(0)
+}
+
+/// Microseconds: `ts_us` when the node wrote it, else `ts_ms` × 1000.
+fn us(e: &Value) -> u64 {
+    e["ts_us"].as_u64().unwrap_or_else(|| ts(e) * 1000)
 }
 
 fn s<'a>(e: &'a Value, k: &str) -> &'a str {
@@ -251,7 +257,7 @@ impl Run {
                 receipts
                     .entry(s(e, "id"))
                     .or_default()
-                    .insert(p.as_str(), ts(e));
+                    .insert(p.as_str(), us(e));
                 all_deliveries += 1;
             }
             duplicates += ev(evs, "stats")
@@ -265,11 +271,11 @@ impl Run {
         for (g, evs) in &self.peers {
             for m in ev(evs, "gossip_sent") {
                 messages += 1;
-                let t = ts(m);
+                let t = us(m);
                 let got = receipts.get(s(m, "id"));
                 let mut last = t;
                 let mut complete = true;
-                for p in overlay.expected(g, t) {
+                for p in overlay.expected(g, ts(m)) {
                     expected += 1;
                     match got.and_then(|r| r.get(p)) {
                         Some(&rt) => {
@@ -280,16 +286,16 @@ impl Run {
                     }
                 }
                 if complete {
-                    latencies.push(last - t);
+                    latencies.push(last.saturating_sub(t));
                 }
             }
         }
         latencies.sort_unstable();
-        let pct = |q: f64| -> u64 {
+        let pct = |q: f64| -> f64 {
             if latencies.is_empty() {
-                0
+                0.0
             } else {
-                latencies[((latencies.len() as f64 - 1.0) * q).round() as usize]
+                latencies[((latencies.len() as f64 - 1.0) * q).round() as usize] as f64 / 1000.0
             }
         };
         let removals = self.removal_at_majority();
@@ -390,7 +396,7 @@ pub fn table(s: &Summary) -> String {
     );
     let _ = writeln!(
         o,
-        "time to reach all (ms)     p50 {}  p99 {}  max {}",
+        "time to reach all (ms)     p50 {:.2}  p99 {:.2}  max {:.2}",
         s.latency_ms.p50, s.latency_ms.p99, s.latency_ms.max
     );
     let _ = writeln!(
@@ -528,9 +534,9 @@ mod tests {
         assert_eq!(
             s.latency_ms,
             Latency {
-                p50: 50,
-                p99: 50,
-                max: 50
+                p50: 50.0,
+                p99: 50.0,
+                max: 50.0
             }
         );
         assert!((s.duplicates_per_delivery - 1.0).abs() < 1e-9);
@@ -547,7 +553,7 @@ mod tests {
         assert_eq!(s.rejected, 3);
         let j = json(&s);
         assert_eq!(j["false_removals"], 0);
-        assert_eq!(j["latency_ms"]["p99"], 50);
+        assert_eq!(j["latency_ms"]["p99"], 50.0);
         assert!(table(&s).contains("coverage                   1.0000"));
     }
 
@@ -562,7 +568,7 @@ mod tests {
         assert_eq!((s.deliveries, s.expected_deliveries), (2, 3));
         assert!((s.coverage - 2.0 / 3.0).abs() < 1e-9);
         // Only m2 is complete.
-        assert_eq!(s.latency_ms.max, 30);
+        assert_eq!(s.latency_ms.max, 30.0);
     }
 
     #[test]
@@ -680,7 +686,7 @@ pub fn propagation_curves(run: &Run) -> Vec<Vec<(f64, f64)>> {
             receipts
                 .entry(s(e, "id"))
                 .or_default()
-                .insert(p.as_str(), ts(e));
+                .insert(p.as_str(), us(e));
         }
     }
     let mut curves = Vec::new();
@@ -692,16 +698,21 @@ pub fn propagation_curves(run: &Run) -> Vec<Vec<(f64, f64)>> {
                 continue;
             }
             let got = receipts.get(s(m, "id"));
+            let sent = us(m);
             let mut times: Vec<u64> = expected
                 .iter()
-                .filter_map(|p| got.and_then(|r| r.get(p)).map(|&rt| rt.saturating_sub(t)))
+                .filter_map(|p| {
+                    got.and_then(|r| r.get(p))
+                        .map(|&rt| rt.saturating_sub(sent))
+                })
                 .collect();
             times.sort_unstable();
             let n = expected.len() as f64;
             let mut pts = vec![(0.0, 0.0)];
             for (i, dt) in times.iter().enumerate() {
-                pts.push((*dt as f64, i as f64 / n));
-                pts.push((*dt as f64, (i + 1) as f64 / n));
+                let ms = *dt as f64 / 1000.0;
+                pts.push((ms, i as f64 / n));
+                pts.push((ms, (i + 1) as f64 / n));
             }
             curves.push(pts);
         }

@@ -1,0 +1,517 @@
+//! Benchmarks a local gossipnet network of real processes on 127.0.0.1 and prints its figures
+//! beside the targets. `scripts/bench.sh` runs it at the sizes BENCHMARKS.md reports.
+//!
+//! ```sh
+//! cargo build --release
+//! cargo run --release --example bench -- latency 200          # N peers, 10 messages each
+//! cargo run --release --example bench -- throughput 100 500   # N peers, R new messages/s for 30 s
+//! cargo run --release --example bench -- detection 20         # kill one, stop one; 13 s × 3
+//! cargo run --release --example bench -- floor                # loopback TCP ping-pong
+//! ```
+//!
+//! Every run starts its own seeds and peers (binaries from `GOSSIPNET_BIN` or
+//! `target/release`), stops every process it started, and keeps the run directory (printed)
+//! for `report`. Loops are bounded in count and time.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gossipnet::report::{parse_jsonl, Run};
+
+/// Upper bound on any wait, so a broken run ends.
+const PATIENCE: Duration = Duration::from_secs(600);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn bin_dir() -> PathBuf {
+    std::env::var_os("GOSSIPNET_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release"))
+}
+
+struct Network {
+    dir: PathBuf,
+    seeds: Vec<(SocketAddr, Child)>,
+    peers: Vec<(SocketAddr, Child)>,
+    stopped: Vec<u32>,
+}
+
+impl Network {
+    fn start(n_peers: usize, body: &str) -> Network {
+        let dir = std::env::temp_dir().join(format!(
+            "gossipnet-bench-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let seeds: Vec<SocketAddr> = (0..3)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .collect();
+        let list: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+        std::fs::write(
+            dir.join("seeds.yaml"),
+            format!("seeds: [{}]\n{body}\n", list.join(", ")),
+        )
+        .unwrap();
+        let mut net = Network {
+            dir,
+            seeds: Vec::new(),
+            peers: Vec::new(),
+            stopped: Vec::new(),
+        };
+        for s in seeds {
+            let child = net.spawn("seed", s);
+            net.seeds.push((s, child));
+        }
+        for (s, _) in &net.seeds {
+            net.wait_event("seed", *s, "started");
+        }
+        // Peers join in batches, so a few hundred joins do not all solve their proofs at once.
+        let mut pending = Vec::new();
+        for i in 0..n_peers {
+            let a = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let child = net.spawn("peer", a);
+            net.peers.push((a, child));
+            pending.push(a);
+            if pending.len() == 25 || i + 1 == n_peers {
+                for a in pending.drain(..) {
+                    net.wait_event("peer", a, "peer_list");
+                }
+            }
+        }
+        net
+    }
+
+    fn spawn(&self, role: &str, a: SocketAddr) -> Child {
+        Command::new(bin_dir().join(role))
+            .arg("--addr")
+            .arg(a.to_string())
+            .arg("--config")
+            .arg(self.dir.join("seeds.yaml"))
+            .arg("--out-dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {role} (build with cargo build --release): {e}")
+            })
+    }
+
+    fn jsonl(&self, role: &str, a: SocketAddr) -> PathBuf {
+        self.dir
+            .join(format!("{role}-{}-{}.jsonl", a.ip(), a.port()))
+    }
+
+    fn count(&self, role: &str, a: SocketAddr, event: &str) -> usize {
+        let text = std::fs::read_to_string(self.jsonl(role, a)).unwrap_or_default();
+        let needle = format!("\"event\":\"{event}\"");
+        text.lines().filter(|l| l.contains(&needle)).count()
+    }
+
+    fn wait_event(&self, role: &str, a: SocketAddr, event: &str) {
+        let start = Instant::now();
+        while self.count(role, a, event) == 0 {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "{role} {a} never logged {event}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.peers.iter().map(|(_, c)| c.id()).collect()
+    }
+
+    fn stop(&mut self) {
+        if self.peers.is_empty() && self.seeds.is_empty() {
+            return;
+        }
+        for pid in &self.stopped {
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+        for (_, c) in self.peers.iter_mut().chain(self.seeds.iter_mut()) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+        let until = Instant::now() + Duration::from_secs(10);
+        for (_, c) in self.peers.iter_mut().chain(self.seeds.iter_mut()) {
+            while Instant::now() < until && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.peers.clear();
+        self.seeds.clear();
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn status(pid: u32, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Open sockets (distinct socket inodes: one connection's descriptors are duplicated for its
+/// reader and writer).
+fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|l| l.to_string_lossy().to_string())
+                .filter(|l| l.starts_with("socket:"))
+                .collect::<BTreeSet<String>>()
+                .len()
+        })
+        .unwrap_or(0)
+}
+
+/// Proportional set size in KiB: resident pages, shared ones divided among their sharers.
+fn pss_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// One-way loopback latency: a TCP ping-pong between two threads, half the median round trip.
+fn floor_us() -> f64 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut b = [0u8; 64];
+        while s.read_exact(&mut b).is_ok() {
+            if s.write_all(&b).is_err() {
+                break;
+            }
+        }
+    });
+    let mut c = TcpStream::connect(a).unwrap();
+    c.set_nodelay(true).unwrap();
+    let mut b = [7u8; 64];
+    let mut rtts = Vec::with_capacity(20_000);
+    for _ in 0..20_000 {
+        let t = Instant::now();
+        c.write_all(&b).unwrap();
+        c.read_exact(&mut b).unwrap();
+        rtts.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(c);
+    let _ = echo.join();
+    median(rtts) / 2.0
+}
+
+/// Diameter of the overlay from the peers' own link events (links up at both ends at the end).
+fn diameter(dir: &Path) -> usize {
+    let mut links: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !(name.starts_with("peer-") && name.ends_with(".jsonl")) {
+            continue;
+        }
+        let evs = parse_jsonl(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+        let Some(me) = evs
+            .first()
+            .and_then(|e| e["node"].as_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let set = links.entry(me).or_default();
+        for e in &evs {
+            let p = e["peer"].as_str().unwrap_or_default().to_string();
+            match e["event"].as_str() {
+                Some("neighbour_up") => {
+                    set.insert(p);
+                }
+                Some("neighbour_down") => {
+                    set.remove(&p);
+                }
+                _ => {}
+            }
+        }
+    }
+    let both = |a: &String, b: &String| links.get(b).is_some_and(|s| s.contains(a));
+    let mut best = 0;
+    for start in links.keys() {
+        let mut dist: BTreeMap<&String, usize> = BTreeMap::from([(start, 0)]);
+        let mut q = VecDeque::from([start]);
+        while let Some(p) = q.pop_front() {
+            let d = dist[p];
+            for n in links[p].iter().filter(|n| both(p, n)) {
+                if !dist.contains_key(n) {
+                    dist.insert(n, d + 1);
+                    q.push_back(n);
+                }
+            }
+        }
+        best = best.max(dist.values().copied().max().unwrap_or(0));
+    }
+    best
+}
+
+fn wait_gossip_done(net: &Network, per_peer: usize) {
+    let start = Instant::now();
+    loop {
+        let done = net
+            .peers
+            .iter()
+            .all(|(a, _)| net.count("peer", *a, "gossip_sent") >= per_peer);
+        if done || start.elapsed() > PATIENCE {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Let the last messages spread: until no peer logs a new receipt for two seconds.
+    let total = |net: &Network| -> usize {
+        net.peers
+            .iter()
+            .map(|(a, _)| net.count("peer", *a, "gossip_received"))
+            .sum()
+    };
+    let mut last = total(net);
+    let start = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = total(net);
+        if now == last || start.elapsed() > PATIENCE {
+            break;
+        }
+        last = now;
+    }
+}
+
+fn latency(n: usize) {
+    let floor = floor_us();
+    let body = "gossip: { interval: 1s, count: 10 }\nliveness: { interval: 13s, misses: 3 }\npow: { difficulty: 12 }\nlimits: { max_connections: 4096 }\nstats: { interval: 5s }";
+    let t0 = Instant::now();
+    let mut net = Network::start(n, body);
+    let joined_s = t0.elapsed().as_secs_f64();
+    let pids = net.pids();
+    let cpu0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let g0 = Instant::now();
+    wait_gossip_done(&net, 10);
+    let gossip_cpu = (pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0)
+        / g0.elapsed().as_secs_f64()
+        * 60.0
+        / n as f64;
+    let diam = diameter(&net.dir);
+    // Idle: gossip is over; liveness and stats go on.
+    let idle_window = Duration::from_secs(30);
+    let cpu1: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    std::thread::sleep(idle_window);
+    let idle_cpu = (pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu1)
+        / idle_window.as_secs_f64()
+        * 60.0
+        / n as f64;
+    let rss = median(
+        pids.iter()
+            .map(|p| status(*p, "VmRSS") as f64 / 1024.0)
+            .collect(),
+    );
+    let anon = median(
+        pids.iter()
+            .map(|p| status(*p, "RssAnon") as f64 / 1024.0)
+            .collect(),
+    );
+    let pss = median(pids.iter().map(|p| pss_kib(*p) as f64 / 1024.0).collect());
+    let threads: Vec<u64> = pids.iter().map(|p| status(*p, "Threads")).collect();
+    let socks: Vec<usize> = pids.iter().map(|p| sockets(*p)).collect();
+    let worst_ratio = threads
+        .iter()
+        .zip(&socks)
+        .map(|(t, s)| *t as f64 - 2.0 * *s as f64)
+        .fold(f64::MIN, f64::max);
+    net.stop();
+    let s = Run::load(&net.dir).unwrap().summarize();
+    let floor_ms = floor * diam as f64 / 1000.0;
+    println!("== latency: {n} peers + 3 seeds, 10 messages each (interval 1 s), difficulty 12");
+    println!("   run directory: {}", net.dir.display());
+    println!("   all joined in {joined_s:.1} s");
+    println!(
+        "   messages {}  coverage {:.4} ({} of {})   target: 100% delivery",
+        s.messages, s.coverage, s.deliveries, s.expected_deliveries
+    );
+    println!(
+        "   time to reach all: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        s.latency_ms.p50, s.latency_ms.p99, s.latency_ms.max
+    );
+    println!(
+        "   floor: one loopback hop {floor:.1} µs × diameter {diam} = {floor_ms:.3} ms;  p99 / floor = {:.1}   target: ≤ 3 at N = 200",
+        s.latency_ms.p99 / floor_ms.max(1e-9)
+    );
+    println!(
+        "   duplicates per delivery {:.2}",
+        s.duplicates_per_delivery
+    );
+    println!(
+        "   memory per peer (median): RSS {rss:.1} MiB, of it private (anonymous) {anon:.1} MiB; PSS {pss:.1} MiB   target: ≤ 4 MiB"
+    );
+    println!(
+        "   threads per peer: median {:.0}, sockets median {:.0}; worst threads − 2 × sockets = {worst_ratio:.0}   target: ≤ 4",
+        median(threads.iter().map(|t| *t as f64).collect()),
+        median(socks.iter().map(|s| *s as f64).collect())
+    );
+    println!(
+        "   CPU per peer: idle {:.3} s/min ({:.3}% of a core), gossiping {:.3} s/min   target idle: ≤ 0.1% of a core",
+        idle_cpu,
+        idle_cpu / 60.0 * 100.0,
+        gossip_cpu
+    );
+}
+
+fn throughput(n: usize, rate: usize) {
+    let duration_s = 30;
+    // Each peer generates its share of the network-wide rate.
+    let interval_ms = (1000 * n / rate).max(1);
+    let count = rate * duration_s / n;
+    let body = format!(
+        "gossip: {{ interval: {interval_ms}ms, count: {count}, message_list_capacity: 100000 }}\nliveness: {{ interval: 13s, misses: 3 }}\npow: {{ difficulty: 12 }}\nlimits: {{ max_connections: 4096 }}\nstats: {{ interval: 5s }}"
+    );
+    let mut net = Network::start(n, &body);
+    let pids = net.pids();
+    let cpu0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let t = Instant::now();
+    wait_gossip_done(&net, count);
+    let cores =
+        (pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0) / t.elapsed().as_secs_f64();
+    net.stop();
+    let s = Run::load(&net.dir).unwrap().summarize();
+    println!("== throughput: {n} peers, {rate} new messages/s network-wide for {duration_s} s (each peer every {interval_ms} ms)");
+    println!("   run directory: {}", net.dir.display());
+    println!(
+        "   messages {}  coverage {:.4} ({} of {})  time to reach all p50 {:.2} ms p99 {:.2} ms  duplicates/delivery {:.2}  CPU {:.2} cores",
+        s.messages, s.coverage, s.deliveries, s.expected_deliveries, s.latency_ms.p50, s.latency_ms.p99, s.duplicates_per_delivery, cores
+    );
+    println!("   target: ≥ 1000 messages/s at N = 100 with 100% delivery");
+}
+
+fn detection(n: usize) {
+    let body = "gossip: { interval: 5s, count: 0 }\nliveness: { interval: 13s, misses: 3 }\npow: { difficulty: 12 }\nstats: { interval: 5s }";
+    let mut net = Network::start(n, body);
+    // Let every link settle, then crash one peer and freeze another.
+    std::thread::sleep(Duration::from_secs(3));
+    let faults_path = net.dir.join("faults.jsonl");
+    let mut faults = std::fs::File::create(&faults_path).unwrap();
+    let victims = [
+        (net.peers[n - 1].0, net.peers[n - 1].1.id(), "KILL"),
+        (net.peers[n - 2].0, net.peers[n - 2].1.id(), "STOP"),
+    ];
+    for (a, pid, sig) in victims {
+        let at = gossipnet::node::unix_ms();
+        Command::new("kill")
+            .args([format!("-{sig}"), pid.to_string()])
+            .status()
+            .unwrap();
+        if sig == "STOP" {
+            net.stopped.push(pid);
+        }
+        writeln!(
+            faults,
+            "{{\"ts_ms\":{at},\"peer\":\"{a}\",\"signal\":\"{sig}\"}}"
+        )
+        .unwrap();
+    }
+    let dead: Vec<String> = victims.iter().map(|v| v.0.to_string()).collect();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(120) {
+        let s = Run::load(&net.dir).unwrap().summarize();
+        if s.dead
+            .iter()
+            .filter(|d| d.removed_after_s.is_some())
+            .count()
+            == dead.len()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    net.stop();
+    let s = Run::load(&net.dir).unwrap().summarize();
+    println!("== failure detection: {n} peers, liveness every 13 s, 3 misses, probe timeout 3 s");
+    println!("   run directory: {}", net.dir.display());
+    for d in &s.dead {
+        let how = if victims
+            .iter()
+            .any(|v| v.0.to_string() == d.peer && v.2 == "KILL")
+        {
+            "SIGKILL"
+        } else {
+            "SIGSTOP"
+        };
+        println!(
+            "   {how} {}: first report after {:.2} s, removed by a majority after {:.2} s   target: ≤ 3 × 13 + 13 = 52 s",
+            d.peer,
+            d.reported_after_s.unwrap_or(f64::NAN),
+            d.removed_after_s.unwrap_or(f64::NAN)
+        );
+    }
+    println!("   false removals {}", s.false_removals.len());
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize, d: usize| args.get(i).and_then(|x| x.parse().ok()).unwrap_or(d);
+    match args.first().map(String::as_str) {
+        Some("latency") => latency(num(1, 50)),
+        Some("throughput") => throughput(num(1, 100), num(2, 1000)),
+        Some("detection") => detection(num(1, 20)),
+        Some("floor") => println!(
+            "one loopback TCP hop (half the median ping-pong round trip): {:.1} µs",
+            floor_us()
+        ),
+        _ => {
+            eprintln!("usage: bench latency N | throughput N RATE | detection N | floor");
+            std::process::exit(2);
+        }
+    }
+}

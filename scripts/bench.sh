@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs the benchmarks that BENCHMARKS.md reports, on 127.0.0.1 only, and prints the figures
+# beside the targets. Takes about 15 minutes on a 2-core machine.
+#
+#   scripts/bench.sh            # everything
+#   scripts/bench.sh quick      # N = 50 only, and the proof of work
+set -eu
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+cargo build --release --quiet --examples
+B=target/release/examples
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "date: $(date -u +%Y-%m-%d)"
+echo
+$B/bench floor
+echo
+echo "== proof of work (cargo run --release --example pow_bench -- 20 40)"
+$B/pow_bench 20 40
+if command -v openssl >/dev/null; then
+  echo "   single-core SHA-256 ceiling (openssl speed -evp sha256, 64-byte blocks):"
+  openssl speed -seconds 3 -bytes 64 -evp sha256 2>/dev/null | tail -1
+fi
+echo
+$B/bench latency 50
+[ "${1:-}" = quick ] && exit 0
+echo
+$B/bench latency 200
+echo
+$B/bench latency 500
+echo
+for rate in 250 500 1000; do
+  $B/bench throughput 100 "$rate"
+  echo
+done
+$B/bench detection 20
