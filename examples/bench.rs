@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo build --release
-//! cargo run --release --example bench -- latency 200          # N peers, 10 messages each
+//! cargo run --release --example bench -- latency 200          # N peers, 3 messages each, light load
 //! cargo run --release --example bench -- throughput 100 500   # N peers, R new messages/s for 30 s
 //! cargo run --release --example bench -- detection 20         # kill one, stop one; 13 s × 3
 //! cargo run --release --example bench -- floor                # loopback TCP ping-pong
@@ -26,11 +26,20 @@ use gossipnet::report::{parse_jsonl, Run};
 const PATIENCE: Duration = Duration::from_secs(600);
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // The kernel may hand a released port out again; never give the same one twice.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn bin_dir() -> PathBuf {
@@ -73,8 +82,8 @@ impl Network {
             let child = net.spawn("seed", s);
             net.seeds.push((s, child));
         }
-        for (s, _) in &net.seeds {
-            net.wait_event("seed", *s, "started");
+        for s in net.seeds.iter().map(|x| x.0).collect::<Vec<_>>() {
+            net.wait_event("seed", s, "started");
         }
         // Peers join in batches, so a few hundred joins do not all solve their proofs at once.
         let mut pending = Vec::new();
@@ -120,13 +129,23 @@ impl Network {
         text.lines().filter(|l| l.contains(&needle)).count()
     }
 
-    fn wait_event(&self, role: &str, a: SocketAddr, event: &str) {
+    fn wait_event(&mut self, role: &str, a: SocketAddr, event: &str) {
         let start = Instant::now();
         while self.count(role, a, event) == 0 {
             assert!(
                 start.elapsed() < PATIENCE,
                 "{role} {a} never logged {event}"
             );
+            let child = self
+                .peers
+                .iter_mut()
+                .chain(self.seeds.iter_mut())
+                .find(|(x, _)| *x == a);
+            if let Some((_, c)) = child {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("{role} {a} exited ({st}) before logging {event}");
+                }
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -299,47 +318,89 @@ fn diameter(dir: &Path) -> usize {
     best
 }
 
-fn wait_gossip_done(net: &Network, per_peer: usize) {
+/// Counts events in the peers' files, reading only what was appended since the last look, so
+/// the benchmark itself takes little CPU from the network it measures.
+struct Tail {
+    offsets: BTreeMap<PathBuf, u64>,
+    sent: usize,
+    received: usize,
+}
+
+impl Tail {
+    fn new() -> Tail {
+        Tail {
+            offsets: BTreeMap::new(),
+            sent: 0,
+            received: 0,
+        }
+    }
+
+    fn update(&mut self, net: &Network) {
+        use std::io::{Seek, SeekFrom};
+        for (a, _) in &net.peers {
+            let path = net.jsonl("peer", *a);
+            let Ok(mut f) = std::fs::File::open(&path) else {
+                continue;
+            };
+            let off = self.offsets.entry(path).or_insert(0);
+            if f.seek(SeekFrom::Start(*off)).is_err() {
+                continue;
+            }
+            let mut buf = Vec::new();
+            if f.read_to_end(&mut buf).is_err() {
+                continue;
+            }
+            // Only whole lines; a half-written last line is read next time.
+            let whole = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let text = String::from_utf8_lossy(&buf[..whole]);
+            self.sent += text.matches("\"event\":\"gossip_sent\"").count();
+            self.received += text.matches("\"event\":\"gossip_received\"").count();
+            *off += whole as u64;
+        }
+    }
+}
+
+/// Waits until every peer generated `per_peer` messages and no new receipt appeared for two
+/// seconds. `expected` is how long generation takes; nothing is read before that.
+fn wait_gossip_done(net: &Network, per_peer: usize, expected: Duration) {
+    std::thread::sleep(expected);
+    let mut tail = Tail::new();
     let start = Instant::now();
     loop {
-        let done = net
-            .peers
-            .iter()
-            .all(|(a, _)| net.count("peer", *a, "gossip_sent") >= per_peer);
-        if done || start.elapsed() > PATIENCE {
+        tail.update(net);
+        if tail.sent >= per_peer * net.peers.len() || start.elapsed() > PATIENCE {
             break;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_secs(2));
     }
-    // Let the last messages spread: until no peer logs a new receipt for two seconds.
-    let total = |net: &Network| -> usize {
-        net.peers
-            .iter()
-            .map(|(a, _)| net.count("peer", *a, "gossip_received"))
-            .sum()
-    };
-    let mut last = total(net);
+    let mut last = tail.received;
     let start = Instant::now();
     loop {
         std::thread::sleep(Duration::from_secs(2));
-        let now = total(net);
-        if now == last || start.elapsed() > PATIENCE {
+        tail.update(net);
+        if tail.received == last || start.elapsed() > PATIENCE {
             break;
         }
-        last = now;
+        last = tail.received;
     }
 }
 
 fn latency(n: usize) {
     let floor = floor_us();
-    let body = "gossip: { interval: 1s, count: 10 }\nliveness: { interval: 13s, misses: 3 }\npow: { difficulty: 12 }\nlimits: { max_connections: 4096 }\nstats: { interval: 5s }";
+    // A light load, the same at every size: 20 new messages per second network-wide, three
+    // from each peer. Throughput is measured separately.
+    let interval_ms = n * 50;
+    let body = format!(
+        "gossip: {{ interval: {interval_ms}ms, count: 3 }}\nliveness: {{ interval: 13s, misses: 3 }}\npow: {{ difficulty: 12 }}\nlimits: {{ max_connections: 4096 }}\nstats: {{ interval: 5s }}"
+    );
+    let body = body.as_str();
     let t0 = Instant::now();
     let mut net = Network::start(n, body);
     let joined_s = t0.elapsed().as_secs_f64();
     let pids = net.pids();
     let cpu0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
     let g0 = Instant::now();
-    wait_gossip_done(&net, 10);
+    wait_gossip_done(&net, 3, Duration::from_millis(2 * interval_ms as u64));
     let gossip_cpu = (pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0)
         / g0.elapsed().as_secs_f64()
         * 60.0
@@ -374,7 +435,9 @@ fn latency(n: usize) {
     net.stop();
     let s = Run::load(&net.dir).unwrap().summarize();
     let floor_ms = floor * diam as f64 / 1000.0;
-    println!("== latency: {n} peers + 3 seeds, 10 messages each (interval 1 s), difficulty 12");
+    println!(
+        "== latency: {n} peers + 3 seeds, 3 messages each (every {interval_ms} ms: 20 per second network-wide), difficulty 12"
+    );
     println!("   run directory: {}", net.dir.display());
     println!("   all joined in {joined_s:.1} s");
     println!(
@@ -421,7 +484,11 @@ fn throughput(n: usize, rate: usize) {
     let pids = net.pids();
     let cpu0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
     let t = Instant::now();
-    wait_gossip_done(&net, count);
+    wait_gossip_done(
+        &net,
+        count,
+        Duration::from_millis((interval_ms * count) as u64),
+    );
     let cores =
         (pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0) / t.elapsed().as_secs_f64();
     net.stop();

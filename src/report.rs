@@ -558,6 +558,46 @@ mod tests {
     }
 
     #[test]
+    fn a_run_directory_is_read_from_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = |name: &str, lines: &[&str]| {
+            std::fs::write(dir.path().join(name), lines.join("\n") + "\n").unwrap()
+        };
+        w(
+            "peer-127.0.0.1-1.jsonl",
+            &[
+                r#"{"ts_ms":10,"node":"127.0.0.1:1","event":"neighbour_up","peer":"127.0.0.1:2"}"#,
+                r#"{"ts_ms":20,"node":"127.0.0.1:1","event":"gossip_sent","id":"m","text":"20:127.0.0.1:1:1"}"#,
+            ],
+        );
+        w(
+            "peer-127.0.0.1-2.jsonl",
+            &[
+                r#"{"ts_ms":10,"node":"127.0.0.1:2","event":"neighbour_up","peer":"127.0.0.1:1"}"#,
+                r#"{"ts_ms":25,"node":"127.0.0.1:2","event":"gossip_received","id":"m","from":"127.0.0.1:1","ts_us":25400}"#,
+                // A line cut short by a kill is skipped.
+                r#"{"ts_ms":30,"node":"127.0.0.1:2","ev"#,
+            ],
+        );
+        w(
+            "seed-127.0.0.1-9.jsonl",
+            &[r#"{"ts_ms":1,"node":"127.0.0.1:9","event":"started","role":"seed"}"#],
+        );
+        w(
+            "faults.jsonl",
+            &[r#"{"ts_ms":40,"peer":"127.0.0.1:2","signal":"KILL"}"#],
+        );
+        let run = Run::load(dir.path()).unwrap();
+        let s = run.summarize();
+        assert_eq!((s.seeds, s.peers, s.messages), (1, 2, 1));
+        assert_eq!(s.coverage, 1.0);
+        // Sent at 20 ms (no ts_us: 20,000 µs), received at 25,400 µs.
+        assert_eq!(s.latency_ms.max, 5.4);
+        assert_eq!(s.dead.len(), 1);
+        assert_eq!(s.dead[0].reported_after_s, None);
+    }
+
+    #[test]
     fn a_missed_delivery_lowers_coverage() {
         let mut r = run();
         r.peers
