@@ -153,8 +153,11 @@ impl<C: Core> Runtime<C> {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    /// Feeds one event to the core and carries out its actions.
+    /// Feeds one event to the core and carries out its actions. The records it produces are
+    /// stamped with the moment the event was taken in (a frame's arrival, a message's
+    /// creation), not the later moment they are written after the frames went out.
     pub fn dispatch(self: &Arc<Self>, event: Event) {
+        let at_us = crate::output::unix_us();
         let now = Now::real();
         let mut actions = Vec::new();
         let mut overflowed = Vec::new();
@@ -210,7 +213,7 @@ impl<C: Core> Runtime<C> {
         for action in actions {
             match action {
                 Action::Dial { addr, purpose } => self.dial(addr, purpose),
-                Action::Log(rec) => self.output.record(&rec),
+                Action::Log(rec) => self.output.record_at(&rec, at_us),
                 Action::Send { .. } | Action::SendApi { .. } | Action::Close { .. } => {}
             }
         }

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::node::Record;
 
-fn unix_us() -> u64 {
+pub fn unix_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -68,10 +68,15 @@ impl Output {
         &self.jsonl_path
     }
 
-    /// Writes one record. I/O errors are logged, never fatal: losing a line of output must not
-    /// stop a node.
+    /// Writes one record stamped now. I/O errors are logged, never fatal: losing a line of
+    /// output must not stop a node.
     pub fn record(&self, rec: &Record) {
-        let ts_us = unix_us();
+        self.record_at(rec, unix_us());
+    }
+
+    /// Writes one record stamped with `ts_us` (Unix microseconds): the moment the event
+    /// happened, which can be a little before the record is written.
+    pub fn record_at(&self, rec: &Record, ts_us: u64) {
         let mut obj = Map::new();
         obj.insert("ts_ms".into(), Value::from(ts_us / 1000));
         obj.insert("node".into(), Value::from(self.node.clone()));
