@@ -12,6 +12,7 @@
 //! Every run starts its own seeds and peers (binaries from `GOSSIPNET_BIN` or
 //! `target/release`), stops every process it started, and keeps the run directory (printed)
 //! for `report`. Loops are bounded in count and time.
+#![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{Read, Write};

@@ -11,6 +11,7 @@
 //! keeps two equal lines distinct items); every line from others is printed with its sender.
 //! Notifications are validated: well-formed chat lines are valid, anything else is not (and
 //! so stops at this peer).
+#![forbid(unsafe_code)]
 
 use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;

@@ -3,6 +3,7 @@
 //! `cargo run --release --example pow_bench -- [DIFFICULTY] [SOLVES]` (defaults 20 and 40).
 //! Prints the solve time over fresh random challenges (mean, median, p90, max), hashes per
 //! second while solving, and the cost of one verification.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -73,7 +73,7 @@ pub fn solve(
         }
         nonce = nonce.wrapping_add(1);
         tried += 1;
-        if tried % DEADLINE_CHECK_EVERY == 0 {
+        if tried.is_multiple_of(DEADLINE_CHECK_EVERY) {
             if let Some(d) = deadline {
                 if Instant::now() >= d {
                     return None;

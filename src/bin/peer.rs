@@ -1,4 +1,5 @@
 //! `peer --addr IP:PORT [--config seeds.yaml] [--out-dir out] [-v] [--log-file FILE] [--api-addr IP:PORT]`
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

@@ -1,4 +1,5 @@
 //! `report RUN_DIR [--json]`: the figures of a run from its nodes' `.jsonl` files.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,4 +1,5 @@
 //! `seed --addr IP:PORT [--config seeds.yaml] [--out-dir out] [-v] [--log-file FILE]`
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
