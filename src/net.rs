@@ -386,7 +386,7 @@ impl<C: Core> Runtime<C> {
 
     fn dial(self: &Arc<Self>, addr: SocketAddr, purpose: Purpose) {
         let r = self.clone();
-        self.spawn("dial", move || match r.connect(addr, purpose) {
+        self.spawn("dial", move || match r.connect(addr) {
             Ok((stream, reader)) => {
                 let _slot = {
                     r.counters.connections.fetch_add(1, Ordering::Relaxed);
@@ -418,11 +418,8 @@ impl<C: Core> Runtime<C> {
         });
     }
 
-    fn connect(
-        &self,
-        addr: SocketAddr,
-        _purpose: Purpose,
-    ) -> Result<(TcpStream, FrameReader), String> {
+    /// Dials `addr` and completes the handshake as the connector (solving on this thread).
+    fn connect(&self, addr: SocketAddr) -> Result<(TcpStream, FrameReader), String> {
         let timeout = self.config.pow.timeout;
         let deadline = Instant::now() + timeout;
         let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
