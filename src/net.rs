@@ -246,30 +246,32 @@ impl<C: Core> Runtime<C> {
 
     // ---------------------------------------------------------------- accepting
 
-    fn accept_loop(self: &Arc<Self>, listener: TcpListener) {
+    /// Accepts until shutdown, handing each connection and its remote address to `serve`.
+    fn accept_each(&self, listener: TcpListener, mut serve: impl FnMut(TcpStream, SocketAddr)) {
         for stream in listener.incoming() {
             if self.is_stopping() {
                 break;
             }
-            let stream = match stream {
-                Ok(s) => s,
+            match stream.and_then(|s| s.peer_addr().map(|a| (s, a))) {
+                Ok((stream, remote)) => serve(stream, remote),
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     log::warn!("accept failed: {e}");
                     std::thread::sleep(Duration::from_millis(50));
-                    continue;
                 }
-            };
-            let Ok(remote) = stream.peer_addr() else {
-                continue;
-            };
+            }
+        }
+    }
+
+    fn accept_loop(self: &Arc<Self>, listener: TcpListener) {
+        self.accept_each(listener, |stream, remote| {
             if let Err(reason) = self.admit(remote.ip()) {
                 self.reject(remote, reason);
-                continue;
+                return;
             }
             let r = self.clone();
             self.spawn("conn", move || r.serve_inbound(stream, remote));
-        }
+        });
     }
 
     /// Checks the connection limits and takes a slot (released in `serve_inbound`).
@@ -560,25 +562,11 @@ impl<C: Core> Runtime<C> {
     pub fn serve_api(self: &Arc<Self>, listener: TcpListener) {
         let r = self.clone();
         self.spawn("api-accept", move || {
-            for stream in listener.incoming() {
-                if r.is_stopping() {
-                    break;
-                }
-                let stream = match stream {
-                    Ok(s) => s,
-                    Err(e) => {
-                        log::warn!("API accept failed: {e}");
-                        std::thread::sleep(Duration::from_millis(50));
-                        continue;
-                    }
-                };
-                let Ok(client) = stream.peer_addr() else {
-                    continue;
-                };
+            r.accept_each(listener, |stream, client| {
                 let max = r.config.limits.max_connections;
                 if r.counters.connections.load(Ordering::Relaxed) >= max {
                     r.reject(client, format!("connection limit ({max}) reached"));
-                    continue;
+                    return;
                 }
                 r.counters.connections.fetch_add(1, Ordering::Relaxed);
                 let rr = r.clone();
@@ -589,7 +577,7 @@ impl<C: Core> Runtime<C> {
                         Event::ApiConnected { conn }
                     });
                 });
-            }
+            })
         });
     }
 

@@ -135,18 +135,19 @@ fn garbage_oversized_truncated_and_megabytes_of_noise() {
     for mut c in conns {
         read_to_close(&mut c);
     }
-    let reasons = rejected_reasons(&net, "seed", seed);
-    for needle in [
+    // A handshake refusal is logged just after the connection closes: wait for the records.
+    let needles = [
         "malformed",
         "exceeds the limit",
         "deadline",
         "incomplete frame",
-    ] {
-        assert!(
-            reasons.iter().any(|r| r.contains(needle)),
-            "no rejection for {needle}: {reasons:?}"
-        );
-    }
+    ];
+    wait_until("every kind of bad input is logged as rejected", || {
+        let reasons = rejected_reasons(&net, "seed", seed);
+        needles
+            .iter()
+            .all(|n| reasons.iter().any(|r| r.contains(n)))
+    });
     still_healthy(&mut net, seed, &base, p, q);
 }
 
@@ -216,15 +217,12 @@ fn a_neighbour_flooding_gossip_or_liveness_requests_is_cut_off() {
     }
     let _ = s.write_all(&batch);
     read_to_close(&mut s);
-    let reasons = rejected_reasons(&net, "peer", p);
-    assert!(
-        reasons.iter().any(|r| r.contains("gossip frames faster")),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons.iter().any(|r| r.contains("control frames faster")),
-        "{reasons:?}"
-    );
+    // The close reaches the attacker a moment before the node writes its record.
+    wait_until("both floods are logged as rejected", || {
+        let reasons = rejected_reasons(&net, "peer", p);
+        reasons.iter().any(|r| r.contains("gossip frames faster"))
+            && reasons.iter().any(|r| r.contains("control frames faster"))
+    });
     // Only the burst (400) plus the rate (200/s) over the seconds p took to read the flood got
     // through to the honest neighbour: a small part of the 20,000 sent.
     let flooded = of(&net.events("peer", q), "gossip_received")
