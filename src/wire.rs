@@ -429,10 +429,14 @@ pub fn check_len(prefix: [u8; LEN_PREFIX], max: usize) -> Result<usize, WireErro
 }
 
 /// Accumulates bytes from a stream and yields complete frames. The buffer never holds more
-/// than one frame of at most `max` bytes plus one read's worth.
+/// than one frame of at most `max` bytes plus one read's worth. Consumed frames only advance
+/// an offset; the buffer is compacted once per `push`, not once per frame (a read can carry
+/// hundreds of small frames).
 #[derive(Debug)]
 pub struct FrameReader {
     buf: Vec<u8>,
+    /// Where the unconsumed bytes start.
+    start: usize,
     max: usize,
 }
 
@@ -440,32 +444,42 @@ impl FrameReader {
     pub fn new(max: usize) -> Self {
         FrameReader {
             buf: Vec::with_capacity(4096),
+            start: 0,
             max,
         }
     }
 
     /// Bytes received that do not yet form a whole frame.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
     /// The next complete frame body, `Ok(None)` when more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, WireError> {
-        if self.buf.len() < LEN_PREFIX {
+        let avail = &self.buf[self.start..];
+        if avail.len() < LEN_PREFIX {
             return Ok(None);
         }
         let mut prefix = [0u8; LEN_PREFIX];
-        prefix.copy_from_slice(&self.buf[..LEN_PREFIX]);
+        prefix.copy_from_slice(&avail[..LEN_PREFIX]);
         let len = check_len(prefix, self.max)?;
-        if self.buf.len() < LEN_PREFIX + len {
+        if avail.len() < LEN_PREFIX + len {
             return Ok(None);
         }
-        let body = self.buf[LEN_PREFIX..LEN_PREFIX + len].to_vec();
-        self.buf.drain(..LEN_PREFIX + len);
+        let body = avail[LEN_PREFIX..LEN_PREFIX + len].to_vec();
+        self.start += LEN_PREFIX + len;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
         Ok(Some(body))
     }
 }
