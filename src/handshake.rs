@@ -95,10 +95,6 @@ impl AcceptorHandshake {
         }
     }
 
-    pub fn deadline(&self) -> Instant {
-        self.deadline
-    }
-
     pub fn challenge_msg(&self) -> Msg {
         Msg::Challenge {
             min_version: MIN_PROTOCOL_VERSION,

@@ -213,7 +213,7 @@ impl<C: Core> Runtime<C> {
         for action in actions {
             match action {
                 Action::Dial { addr, purpose } => self.dial(addr, purpose),
-                Action::Log(rec) => self.output.record_at(&rec, at_us),
+                Action::Log(rec) => self.output.record_at(rec, at_us),
                 Action::Send { .. } | Action::SendApi { .. } | Action::Close { .. } => {}
             }
         }
@@ -241,7 +241,7 @@ impl<C: Core> Runtime<C> {
         let reason = reason.to_string();
         let remote = remote.to_string();
         log::info!("rejected {remote}: {reason}");
-        self.output.record(&Record::rejected(remote, reason));
+        self.output.record(Record::rejected(remote, reason));
     }
 
     // ---------------------------------------------------------------- accepting
@@ -339,14 +339,10 @@ impl<C: Core> Runtime<C> {
                 );
             }
             Err(reason) => {
-                let _ = write_frame(
-                    &stream,
-                    &Msg::Reject {
-                        reason: reason.clone(),
-                    },
-                );
+                // Logged before the close, so whoever sees the close can find the reason.
+                self.reject(remote, &reason);
+                let _ = write_frame(&stream, &Msg::Reject { reason });
                 let _ = stream.shutdown(Shutdown::Both);
-                self.reject(remote, reason);
             }
         }
         self.release_ip(remote.ip());
@@ -647,7 +643,7 @@ impl<C: Core> Runtime<C> {
         };
         log::warn!("proof-of-work difficulty {} -> {} ({why})", c.from, c.to);
         self.output.record(
-            &Record::new("difficulty")
+            Record::new("difficulty")
                 .field("from", c.from)
                 .field("to", c.to)
                 .field("handshakes_per_s", c.rate)
@@ -662,7 +658,7 @@ impl<C: Core> Runtime<C> {
         let c = &self.counters;
         let dups = self.core.lock().gossip_duplicates();
         self.output.record(
-            &Record::new("stats")
+            Record::new("stats")
                 .field("frames_in", c.frames_in.load(Ordering::Relaxed))
                 .field("frames_out", c.frames_out.load(Ordering::Relaxed))
                 .field("bytes_in", c.bytes_in.load(Ordering::Relaxed))
@@ -700,7 +696,7 @@ impl<C: Core> Runtime<C> {
             let _ = h.stream.shutdown(Shutdown::Both);
         }
         self.write_stats();
-        self.output.record(&Record::new("stopped").line("stopped"));
+        self.output.record(Record::new("stopped").line("stopped"));
     }
 }
 

@@ -70,27 +70,28 @@ impl Output {
 
     /// Writes one record stamped now. I/O errors are logged, never fatal: losing a line of
     /// output must not stop a node.
-    pub fn record(&self, rec: &Record) {
+    pub fn record(&self, rec: Record) {
         self.record_at(rec, unix_us());
     }
 
     /// Writes one record stamped with `ts_us` (Unix microseconds): the moment the event
     /// happened, which can be a little before the record is written.
-    pub fn record_at(&self, rec: &Record, ts_us: u64) {
+    pub fn record_at(&self, rec: Record, ts_us: u64) {
         let mut obj = Map::new();
         obj.insert("ts_ms".into(), Value::from(ts_us / 1000));
-        obj.insert("node".into(), Value::from(self.node.clone()));
+        obj.insert("node".into(), Value::from(self.node.as_str()));
         obj.insert("event".into(), Value::from(rec.event));
-        for (k, v) in &rec.fields {
-            obj.insert(k.clone(), v.clone());
-        }
+        obj.extend(rec.fields);
         // Microseconds too: one loopback hop takes tens of them, so latency figures need it.
         obj.insert("ts_us".into(), Value::from(ts_us));
         let mut json = Value::Object(obj).to_string();
         json.push('\n');
-        let line = rec.line.as_ref().map(|l| {
-            let local = chrono::Local::now().format("%Y-%m-%d %H:%M:%S%.3f");
-            format!("{local}  {l}\n")
+        // The same moment as the .jsonl line, in local time.
+        let line = rec.line.map(|l| {
+            let at = chrono::DateTime::from_timestamp_micros(ts_us as i64)
+                .map(|t| t.with_timezone(&chrono::Local))
+                .unwrap_or_else(chrono::Local::now);
+            format!("{}  {l}\n", at.format("%Y-%m-%d %H:%M:%S%.3f"))
         });
         let mut files = self.files.lock();
         if let Err(e) = files.1.write_all(json.as_bytes()) {
@@ -118,11 +119,11 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:9101".parse().unwrap();
         let out = Output::create(dir.path(), Role::Peer, &addr, false).unwrap();
         out.record(
-            &Record::new("started")
+            Record::new("started")
                 .field("role", "peer")
                 .line("listening"),
         );
-        out.record(&Record::new("stats").field("frames_in", 3));
+        out.record(Record::new("stats").field("frames_in", 3));
         let jsonl = std::fs::read_to_string(out.jsonl_path()).unwrap();
         let lines: Vec<Value> = jsonl
             .lines()

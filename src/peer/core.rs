@@ -143,10 +143,6 @@ impl PeerCore {
         v
     }
 
-    pub fn message_list(&self) -> &MessageList {
-        &self.ml
-    }
-
     /// How long a lost neighbour stays excluded from repair: long enough for the seeds to
     /// confirm and remove it.
     fn lost_memory(&self) -> Duration {
