@@ -43,6 +43,10 @@ pub struct GossipConfig {
     pub count: u32,
     /// Bound on the message list (ids remembered for de-duplication); oldest forgotten first.
     pub message_list_capacity: usize,
+    /// Frames for a connection that sent less than this long ago wait and go out together
+    /// when the window ends: a busy link sends one segment per window instead of one per
+    /// frame, an idle one sends at once. Zero sends every frame at once.
+    pub batch_window: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +57,8 @@ pub struct LivenessConfig {
     pub misses: u32,
     /// How long a seed waits for a reported peer to answer its own probe.
     pub probe_timeout: Duration,
+    /// A liveness request still unanswered this long after it was sent is a miss.
+    pub reply_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,6 +197,7 @@ struct RawGossip {
     interval: Leaf,
     count: Leaf,
     message_list_capacity: Leaf,
+    batch_window: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -199,6 +206,7 @@ struct RawLiveness {
     interval: Leaf,
     misses: Leaf,
     probe_timeout: Leaf,
+    reply_timeout: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -255,12 +263,17 @@ pub mod defaults {
     /// Ten minutes of default traffic from 1,000 peers is 10 × 1,000 = 10,000 ids; twice that
     /// leaves room for application items. About 100 bytes an entry: ~2 MiB at most.
     pub const MESSAGE_LIST_CAPACITY: usize = 20_000;
+    /// See BENCHMARKS.md: long enough to gather a busy link's frames into one segment, short
+    /// next to the scheduling delays of a loaded machine.
+    pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
     /// The assignment's 13 s.
     pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(13);
     /// The assignment's three misses.
     pub const LIVENESS_MISSES: u32 = 3;
     /// A live peer answers a seed's probe in milliseconds; 3 s tolerates a busy machine.
     pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+    /// Same reasoning as the probe: a live neighbour answers in milliseconds.
+    pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
     pub const MAX_NEIGHBOURS: usize = 4;
     /// About a million hashes: a fraction of a second for an honest joiner, a real cost for
     /// someone opening thousands of connections (see README for the measured time).
@@ -296,14 +309,21 @@ fn at(leaf: &Spanned<String>) -> String {
 }
 
 fn duration(key: &str, leaf: &Leaf, default: Duration) -> Result<Duration, ConfigError> {
-    let Some(leaf) = leaf else { return Ok(default) };
-    match parse_duration(leaf.value.trim()) {
-        Some(d) if !d.is_zero() => Ok(d),
-        Some(_) => Err(ConfigError(format!(
+    let d = duration_or_zero(key, leaf, default)?;
+    match leaf {
+        Some(leaf) if d.is_zero() => Err(ConfigError(format!(
             "{key}: must be greater than zero, got \"{}\" {}",
             leaf.value,
             at(leaf)
         ))),
+        _ => Ok(d),
+    }
+}
+
+fn duration_or_zero(key: &str, leaf: &Leaf, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(leaf) = leaf else { return Ok(default) };
+    match parse_duration(leaf.value.trim()) {
+        Some(d) => Ok(d),
         None => Err(ConfigError(format!(
             "{key}: bad duration \"{}\", expected a number with a unit such as 5s, 200ms, 2m {}",
             leaf.value,
@@ -400,12 +420,14 @@ impl RawConfig {
                 16,
                 10_000_000,
             )?,
+            batch_window: duration_or_zero("gossip.batch_window", &g.batch_window, BATCH_WINDOW)?,
         };
         let l = self.liveness.unwrap_or_default();
         let liveness = LivenessConfig {
             interval: duration("liveness.interval", &l.interval, LIVENESS_INTERVAL)?,
             misses: number("liveness.misses", &l.misses, LIVENESS_MISSES, 1, 1000)?,
             probe_timeout: duration("liveness.probe_timeout", &l.probe_timeout, PROBE_TIMEOUT)?,
+            reply_timeout: duration("liveness.reply_timeout", &l.reply_timeout, REPLY_TIMEOUT)?,
         };
         let p = self.peer.unwrap_or_default();
         let selection = match &p.selection {

@@ -27,6 +27,7 @@ pub mod handshake;
 pub mod limits;
 pub mod net;
 pub mod node;
+pub mod outbox;
 pub mod output;
 pub mod peer;
 pub mod pow;

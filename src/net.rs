@@ -4,20 +4,23 @@
 //! [`Action`]s the core returns.
 //!
 //! Threads: one accept thread, one ticker, and per connection one reader (which also ran the
-//! handshake) and one writer draining a bounded queue. The core lock is held only while the
-//! core decides and frames are queued with `try_send`; no lock is ever held across a blocking
-//! read or write, so a remote that stops reading cannot stall anyone else: when its queue is
-//! full it is dropped.
+//! handshake) and one writer. A reader hands every frame of one `read` to the core in one go
+//! (one lock, one timestamp); the frames the core decides are appended to each connection's
+//! [`Outbox`] under the core lock, then sent by the reader itself with non-blocking sends, one
+//! per connection. A connection's writer thread wakes only when its socket is full. No lock is
+//! ever held across a blocking read or write, so a remote that stops reading cannot stall
+//! anyone else: when its bounded outbox is full it is dropped.
 
 use std::collections::HashMap;
-use std::io::{self, BufWriter, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use parking_lot::Mutex;
+use nix::sys::socket::MsgFlags;
+use parking_lot::{Condvar, Mutex};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -26,6 +29,7 @@ use crate::config::Config;
 use crate::handshake::{AcceptorHandshake, ConnectorIdentity, HandshakeError};
 use crate::limits::{DifficultyChange, DifficultyController};
 use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote};
+use crate::outbox::{Flushed, Outbox, When};
 use crate::output::Output;
 use crate::wire::{FrameReader, Msg, Role};
 
@@ -51,10 +55,26 @@ pub struct Counters {
 }
 
 struct ConnHandle {
-    tx: Sender<Arc<[u8]>>,
-    stream: TcpStream,
-    /// Frames queued or taken by the writer but not yet written to the socket.
-    unflushed: Arc<AtomicUsize>,
+    outbox: Arc<Outbox>,
+    stream: Arc<TcpStream>,
+}
+
+impl ConnHandle {
+    /// Stops the writer and closes the socket both ways (queued bytes are dropped).
+    fn close(&self) {
+        self.outbox.close();
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// A connection's queued bytes and the socket they go to.
+type Conn = (Arc<Outbox>, Arc<TcpStream>);
+
+/// Flushes due at the end of their connection's batch window.
+#[derive(Default)]
+struct Flusher {
+    due: Mutex<Vec<(Instant, Conn)>>,
+    wake: Condvar,
 }
 
 #[derive(Default)]
@@ -84,6 +104,7 @@ pub struct Runtime<C: Core> {
     rng: Mutex<StdRng>,
     /// Admission difficulty, raised while flooded with handshakes.
     difficulty: Mutex<DifficultyController>,
+    flusher: Flusher,
 }
 
 /// Decrements a counter when dropped, so every exit path releases its slot.
@@ -121,6 +142,7 @@ impl<C: Core> Runtime<C> {
                 Duration::from_secs(1),
                 Instant::now(),
             )),
+            flusher: Flusher::default(),
             config,
         });
         // The main thread counts too.
@@ -129,6 +151,8 @@ impl<C: Core> Runtime<C> {
         rt.spawn("accept", move || r.accept_loop(listener));
         let r = rt.clone();
         rt.spawn("ticker", move || r.tick_loop());
+        let r = rt.clone();
+        rt.spawn("flusher", move || r.flush_loop());
         rt.dispatch(Event::Started);
         rt
     }
@@ -153,70 +177,85 @@ impl<C: Core> Runtime<C> {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    /// Feeds one event to the core and carries out its actions. The records it produces are
-    /// stamped with the moment the event was taken in (a frame's arrival, a message's
-    /// creation), not the later moment they are written after the frames went out.
+    /// Feeds one event to the core and carries out its actions.
     pub fn dispatch(self: &Arc<Self>, event: Event) {
-        let at_us = crate::output::unix_us();
+        self.dispatch_all(vec![event], crate::output::unix_us());
+    }
+
+    /// Feeds events to the core under one lock and carries out their actions. The records
+    /// they produce are stamped `at_us`, the moment the events were taken in (a read's
+    /// arrival, a message's creation), not the later moment they are written after the frames
+    /// went out.
+    fn dispatch_all(self: &Arc<Self>, events: Vec<Event>, at_us: u64) {
         let now = Now::real();
         let mut actions = Vec::new();
         let mut overflowed = Vec::new();
+        // Connections with newly queued bytes, to flush once the core lock is released.
+        let mut touched: Vec<Conn> = Vec::new();
         {
             let mut core = self.core.lock();
-            core.handle(event, now, &mut actions);
+            for event in events {
+                core.handle(event, now, &mut actions);
+            }
             // Queue frames and close connections while still holding the core lock, so each
-            // connection sees frames in the order the core decided them. `try_send` never
+            // connection sees frames in the order the core decided them. Queuing never
             // blocks.
             let mut conns = self.conns.lock();
+            let mut queue = |conns: &mut ConnTable, conn: ConnId, frame: &[u8]| {
+                let Some(h) = conns.by_id.get(&conn) else {
+                    return;
+                };
+                if h.outbox.push(frame) {
+                    if !touched.iter().any(|(o, _)| Arc::ptr_eq(o, &h.outbox)) {
+                        touched.push((h.outbox.clone(), h.stream.clone()));
+                    }
+                } else if let Some(h) = conns.by_id.remove(&conn) {
+                    h.close();
+                    overflowed.push(conn);
+                }
+            };
             for action in &actions {
                 match action {
                     Action::Send { to, msg } => {
-                        let frame: Arc<[u8]> = msg.encode().into();
+                        let frame = msg.encode();
                         for conn in to {
-                            let Some(h) = conns.by_id.get(conn) else {
-                                continue;
-                            };
-                            match h.tx.try_send(frame.clone()) {
-                                Ok(()) => {}
-                                Err(TrySendError::Full(_)) => {
-                                    if let Some(h) = conns.by_id.remove(conn) {
-                                        let _ = h.stream.shutdown(Shutdown::Both);
-                                    }
-                                    overflowed.push(*conn);
-                                }
-                                Err(TrySendError::Disconnected(_)) => {}
-                            }
+                            queue(&mut conns, *conn, &frame);
                         }
                     }
                     Action::SendApi { to, msg } => {
-                        let Some(h) = conns.by_id.get(to) else {
-                            continue;
-                        };
-                        let Ok(frame) = msg.encode() else { continue };
-                        h.unflushed.fetch_add(1, Ordering::Relaxed);
-                        if let Err(TrySendError::Full(_)) = h.tx.try_send(frame.into()) {
-                            if let Some(h) = conns.by_id.remove(to) {
-                                let _ = h.stream.shutdown(Shutdown::Both);
-                            }
-                            overflowed.push(*to);
+                        if let Ok(frame) = msg.encode() {
+                            queue(&mut conns, *to, &frame);
                         }
                     }
                     Action::Close { conn } => {
                         if let Some(h) = conns.by_id.remove(conn) {
-                            let _ = h.stream.shutdown(Shutdown::Both);
+                            // What the core queued before deciding to close (a reason, a
+                            // goodbye) goes out if the socket has room.
+                            self.flush(&h.outbox, &h.stream);
+                            h.close();
                         }
                     }
                     _ => {}
                 }
             }
         }
+        let window = self.config.gossip.batch_window;
+        for (outbox, stream) in touched {
+            match outbox.when(now.mono, window) {
+                When::Now => self.flush(&outbox, &stream),
+                When::At(t) => self.schedule(t, outbox, stream),
+                When::Scheduled => {}
+            }
+        }
+        let mut records = Vec::new();
         for action in actions {
             match action {
                 Action::Dial { addr, purpose } => self.dial(addr, purpose),
-                Action::Log(rec) => self.output.record_at(rec, at_us),
+                Action::Log(rec) => records.push(rec),
                 Action::Send { .. } | Action::SendApi { .. } | Action::Close { .. } => {}
             }
         }
+        self.output.record_all(records, at_us);
         for conn in overflowed {
             self.dispatch(Event::Closed {
                 conn,
@@ -225,12 +264,79 @@ impl<C: Core> Runtime<C> {
         }
     }
 
+    /// Hands a connection's queued bytes to its socket without blocking; the writer thread
+    /// takes over whatever does not fit.
+    fn flush(&self, outbox: &Outbox, stream: &TcpStream) {
+        let fd = stream.as_raw_fd();
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        let done = outbox.flush(Instant::now(), |bytes| {
+            nix::sys::socket::send(fd, bytes, flags).map_err(io::Error::from)
+        });
+        self.count_out(done);
+    }
+
+    fn schedule(&self, at: Instant, outbox: Arc<Outbox>, stream: Arc<TcpStream>) {
+        let mut due = self.flusher.due.lock();
+        // The flusher sleeps until the earliest flush due; wake it only if this one is earlier.
+        let earliest = due.iter().map(|d| d.0).min();
+        due.push((at, (outbox, stream)));
+        if earliest.is_none_or(|e| at < e) {
+            self.flusher.wake.notify_one();
+        }
+    }
+
+    /// Sends held frames when their batch window ends. Flushes due within half a window of
+    /// the earliest go out together, so the flusher wakes at most about twice per window
+    /// however many connections are busy.
+    fn flush_loop(self: &Arc<Self>) {
+        let slack = self.config.gossip.batch_window / 2;
+        let mut now_due = Vec::new();
+        loop {
+            {
+                let mut due = self.flusher.due.lock();
+                let Some(earliest) = due.iter().map(|d| d.0).min() else {
+                    self.flusher.wake.wait(&mut due);
+                    continue;
+                };
+                let now = Instant::now();
+                if earliest > now {
+                    self.flusher.wake.wait_until(&mut due, earliest);
+                    continue;
+                }
+                let mut i = 0;
+                while i < due.len() {
+                    if due[i].0 <= now + slack {
+                        now_due.push(due.swap_remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            for (_, (outbox, stream)) in now_due.drain(..) {
+                self.flush(&outbox, &stream);
+            }
+        }
+    }
+
+    fn count_out(&self, done: Flushed) {
+        if done.frames > 0 {
+            self.counters
+                .frames_out
+                .fetch_add(done.frames, Ordering::Relaxed);
+        }
+        if done.bytes > 0 {
+            self.counters
+                .bytes_out
+                .fetch_add(done.bytes, Ordering::Relaxed);
+        }
+    }
+
     /// Removes a connection; true if it was still registered (the caller then reports it).
     fn forget(&self, conn: ConnId) -> bool {
         let mut conns = self.conns.lock();
         match conns.by_id.remove(&conn) {
             Some(h) => {
-                let _ = h.stream.shutdown(Shutdown::Both);
+                h.close();
                 true
             }
             None => false,
@@ -463,30 +569,28 @@ impl<C: Core> Runtime<C> {
         connected: impl FnOnce(ConnId) -> Event,
     ) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = bounded::<Arc<[u8]>>(self.config.limits.outbound_queue);
-        let unflushed = Arc::new(AtomicUsize::new(0));
+        let outbox = Arc::new(Outbox::new(self.config.limits.outbound_queue));
         if let Some(msg) = first {
-            if tx.try_send(msg.encode().into()).is_ok() {
-                unflushed.fetch_add(1, Ordering::Relaxed);
-            }
+            outbox.push(&msg.encode());
         }
         let (Ok(write_half), Ok(table_half)) = (stream.try_clone(), stream.try_clone()) else {
             return;
         };
         let _ = write_half.set_write_timeout(Some(self.config.limits.write_timeout));
+        let table_half = Arc::new(table_half);
         self.conns.lock().by_id.insert(
             conn,
             ConnHandle {
-                tx,
-                stream: table_half,
-                unflushed: unflushed.clone(),
+                outbox: outbox.clone(),
+                stream: table_half.clone(),
             },
         );
         let r = self.clone();
-        self.spawn("writer", move || {
-            r.write_loop(conn, write_half, rx, unflushed)
-        });
+        let w = outbox.clone();
+        self.spawn("writer", move || r.write_loop(conn, write_half, &w));
         self.dispatch(connected(conn));
+        // `first` goes out now even if the core queued nothing more.
+        self.flush(&outbox, &table_half);
         let reason = self.read_loop(conn, &stream, reader, peer);
         if self.forget(conn) {
             self.dispatch(Event::Closed { conn, reason });
@@ -505,21 +609,27 @@ impl<C: Core> Runtime<C> {
         let mut buf = vec![0u8; READ_CHUNK];
         // When the oldest incomplete frame started arriving.
         let mut partial_since: Option<Instant> = None;
+        let mut events = Vec::new();
+        let mut arrived_us = crate::output::unix_us();
         loop {
-            // Frames that arrived together with the handshake, or in the last read.
-            loop {
+            // Frames that arrived together with the handshake, or in the last read: all of
+            // them go to the core in one dispatch.
+            let malformed = loop {
                 match reader.next_event(conn) {
-                    Ok(Some(event)) => {
-                        self.counters.frames_in.fetch_add(1, Ordering::Relaxed);
-                        self.dispatch(event);
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let reason = format!("malformed frame: {e}");
-                        self.reject(peer, &reason);
-                        return reason;
-                    }
+                    Ok(Some(event)) => events.push(event),
+                    Ok(None) => break None,
+                    Err(e) => break Some(format!("malformed frame: {e}")),
                 }
+            };
+            if !events.is_empty() {
+                self.counters
+                    .frames_in
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                self.dispatch_all(std::mem::take(&mut events), arrived_us);
+            }
+            if let Some(reason) = malformed {
+                self.reject(peer, &reason);
+                return reason;
             }
             partial_since = if reader.pending() == 0 {
                 None
@@ -529,6 +639,7 @@ impl<C: Core> Runtime<C> {
             match stream.read(&mut buf) {
                 Ok(0) => return "connection closed by remote".into(),
                 Ok(n) => {
+                    arrived_us = crate::output::unix_us();
                     self.counters
                         .bytes_in
                         .fetch_add(n as u64, Ordering::Relaxed);
@@ -577,38 +688,27 @@ impl<C: Core> Runtime<C> {
         });
     }
 
-    fn write_loop(
-        self: &Arc<Self>,
-        conn: ConnId,
-        stream: TcpStream,
-        rx: Receiver<Arc<[u8]>>,
-        unflushed: Arc<AtomicUsize>,
-    ) {
-        let mut w = BufWriter::with_capacity(64 * 1024, &stream);
-        let result = (|| -> io::Result<()> {
-            while let Ok(frame) = rx.recv() {
-                w.write_all(&frame)?;
-                let mut n = 1u64;
-                let mut bytes = frame.len() as u64;
-                // Batch whatever else is queued into the same write.
-                while let Ok(more) = rx.try_recv() {
-                    w.write_all(&more)?;
-                    n += 1;
-                    bytes += more.len() as u64;
+    /// Writes what the dispatching threads could not hand to a full socket, blocking (up to
+    /// `limits.write_timeout`) until the remote reads it. Asleep otherwise.
+    fn write_loop(self: &Arc<Self>, conn: ConnId, mut stream: TcpStream, outbox: &Outbox) {
+        let mut bytes = Vec::new();
+        while let Some(frames) = outbox.take_for_writer(&mut bytes) {
+            let result = stream.write_all(&bytes);
+            outbox.written();
+            match result {
+                Ok(()) => self.count_out(Flushed {
+                    frames: frames as u64,
+                    bytes: bytes.len() as u64,
+                }),
+                Err(e) => {
+                    if self.forget(conn) {
+                        self.dispatch(Event::Closed {
+                            conn,
+                            reason: format!("write failed: {e}"),
+                        });
+                    }
+                    return;
                 }
-                w.flush()?;
-                unflushed.fetch_sub(n as usize, Ordering::Relaxed);
-                self.counters.frames_out.fetch_add(n, Ordering::Relaxed);
-                self.counters.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            if self.forget(conn) {
-                self.dispatch(Event::Closed {
-                    conn,
-                    reason: format!("write failed: {e}"),
-                });
             }
         }
     }
@@ -681,11 +781,7 @@ impl<C: Core> Runtime<C> {
                 std::thread::sleep(Duration::from_millis(5));
             }
         };
-        wait(&|t| {
-            t.by_id
-                .values()
-                .all(|h| h.unflushed.load(Ordering::Relaxed) == 0)
-        });
+        wait(&|t| t.by_id.values().all(|h| h.outbox.is_idle()));
         for h in self.conns.lock().by_id.values() {
             let _ = h.stream.shutdown(Shutdown::Write);
         }
@@ -693,22 +789,23 @@ impl<C: Core> Runtime<C> {
         wait(&|t| t.by_id.is_empty());
         let handles: Vec<ConnHandle> = self.conns.lock().by_id.drain().map(|(_, h)| h).collect();
         for h in handles {
-            let _ = h.stream.shutdown(Shutdown::Both);
+            h.close();
         }
         self.write_stats();
         self.output.record(Record::new("stopped").line("stopped"));
     }
 }
 
-/// Timers are checked on every tick: fine enough for the shortest configured interval, coarse
-/// enough to cost nothing when idle.
+/// Timers are checked on every tick: a fifth of the shortest configured interval, coarse
+/// enough to cost nothing when idle (each tick wakes every node once).
 pub fn tick_period(config: &Config) -> Duration {
     let shortest = config
         .gossip
         .interval
         .min(config.liveness.interval)
-        .min(config.liveness.probe_timeout);
-    (shortest / 10).clamp(Duration::from_millis(10), Duration::from_millis(100))
+        .min(config.liveness.probe_timeout)
+        .min(config.liveness.reply_timeout);
+    (shortest / 5).clamp(Duration::from_millis(10), Duration::from_millis(100))
 }
 
 fn is_timeout(e: &io::Error) -> bool {

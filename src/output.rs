@@ -1,6 +1,7 @@
 //! The per-node output files: `<role>-<ip>-<port>.txt` for people (also echoed to the screen)
-//! and `<role>-<ip>-<port>.jsonl` for tools. Every record is written through at once with one
-//! `write` call per file, so a killed process loses nothing it had logged.
+//! and `<role>-<ip>-<port>.jsonl` for tools. Every record is written through at once (records
+//! of events handled together share one `write` call per file), so a killed process loses
+//! nothing it had logged.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -77,33 +78,53 @@ impl Output {
     /// Writes one record stamped with `ts_us` (Unix microseconds): the moment the event
     /// happened, which can be a little before the record is written.
     pub fn record_at(&self, rec: Record, ts_us: u64) {
-        let mut obj = Map::new();
-        obj.insert("ts_ms".into(), Value::from(ts_us / 1000));
-        obj.insert("node".into(), Value::from(self.node.as_str()));
-        obj.insert("event".into(), Value::from(rec.event));
-        obj.extend(rec.fields);
-        // Microseconds too: one loopback hop takes tens of them, so latency figures need it.
-        obj.insert("ts_us".into(), Value::from(ts_us));
-        let mut json = Value::Object(obj).to_string();
-        json.push('\n');
-        // The same moment as the .jsonl line, in local time.
-        let line = rec.line.map(|l| {
-            let at = chrono::DateTime::from_timestamp_micros(ts_us as i64)
-                .map(|t| t.with_timezone(&chrono::Local))
-                .unwrap_or_else(chrono::Local::now);
-            format!("{}  {l}\n", at.format("%Y-%m-%d %H:%M:%S%.3f"))
-        });
+        self.record_all(vec![rec], ts_us);
+    }
+
+    /// Writes records that share one moment with one `write` per file, so a burst of events
+    /// handled together costs two system calls, not two per record.
+    pub fn record_all(&self, recs: Vec<Record>, ts_us: u64) {
+        if recs.is_empty() {
+            return;
+        }
+        let mut json = String::new();
+        let mut lines = String::new();
+        // The same moment as the .jsonl lines, in local time.
+        let mut stamp = None;
+        for rec in recs {
+            let mut obj = Map::new();
+            obj.insert("ts_ms".into(), Value::from(ts_us / 1000));
+            obj.insert("node".into(), Value::from(self.node.as_str()));
+            obj.insert("event".into(), Value::from(rec.event));
+            obj.extend(rec.fields);
+            // Microseconds too: one loopback hop takes tens of them, so latency figures need it.
+            obj.insert("ts_us".into(), Value::from(ts_us));
+            json.push_str(&Value::Object(obj).to_string());
+            json.push('\n');
+            if let Some(l) = rec.line {
+                let stamp = stamp.get_or_insert_with(|| {
+                    let at = chrono::DateTime::from_timestamp_micros(ts_us as i64)
+                        .map(|t| t.with_timezone(&chrono::Local))
+                        .unwrap_or_else(chrono::Local::now);
+                    at.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+                });
+                lines.push_str(stamp);
+                lines.push_str("  ");
+                lines.push_str(&l);
+                lines.push('\n');
+            }
+        }
         let mut files = self.files.lock();
         if let Err(e) = files.1.write_all(json.as_bytes()) {
             log::warn!("cannot write {}: {e}", self.jsonl_path.display());
         }
-        if let Some(line) = line {
-            if let Err(e) = files.0.write_all(line.as_bytes()) {
+        if !lines.is_empty() {
+            if let Err(e) = files.0.write_all(lines.as_bytes()) {
                 log::warn!("cannot write {}: {e}", self.txt_path.display());
             }
             if self.echo {
                 // A closed stdout must not kill the node: ignore errors instead of println!.
-                let _ = io::stdout().lock().write_all(line.as_bytes());
+                let _ = io::stdout().lock().write_all(lines.as_bytes());
             }
         }
     }

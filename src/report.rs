@@ -62,6 +62,10 @@ pub struct Summary {
     pub expected_deliveries: u64,
     pub coverage: f64,
     pub latency_ms: Latency,
+    /// Per message that reached everyone: when it was generated (Unix µs) and its time to
+    /// reach all (µs), in generation order. For benchmarks that look at a trend.
+    #[serde(skip)]
+    pub completions: Vec<(u64, u64)>,
     pub duplicates_per_delivery: f64,
     pub dead: Vec<Dead>,
     pub false_removals: Vec<String>,
@@ -268,6 +272,7 @@ impl Run {
         let mut messages = 0;
         let (mut delivered, mut expected) = (0u64, 0u64);
         let mut latencies = Vec::new();
+        let mut completions = Vec::new();
         for (g, evs) in &self.peers {
             for m in ev(evs, "gossip_sent") {
                 messages += 1;
@@ -287,10 +292,12 @@ impl Run {
                 }
                 if complete {
                     latencies.push(last.saturating_sub(t));
+                    completions.push((t, last.saturating_sub(t)));
                 }
             }
         }
         latencies.sort_unstable();
+        completions.sort_unstable();
         let pct = |q: f64| -> f64 {
             if latencies.is_empty() {
                 0.0
@@ -367,6 +374,7 @@ impl Run {
                 p99: pct(0.99),
                 max: pct(1.0),
             },
+            completions,
             duplicates_per_delivery: if all_deliveries == 0 {
                 0.0
             } else {

@@ -15,7 +15,7 @@ use crate::limits::RateLimiter;
 use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote};
 use crate::peer::apps::{LocalApps, Verdict};
 use crate::peer::gossip::{forward_targets, next_ttl, MessageList};
-use crate::peer::liveness::{Check, LivenessTracker};
+use crate::peer::liveness::LivenessTracker;
 use crate::peer::selection;
 use crate::texts::{self, TEXT_DATA_TYPE};
 use crate::wire::{Msg, PeerEntry, Role};
@@ -287,7 +287,10 @@ impl PeerCore {
                 addr,
                 Neighbour {
                     conn,
-                    liveness: LivenessTracker::new(self.config.liveness.misses),
+                    liveness: LivenessTracker::new(
+                        self.config.liveness.misses,
+                        self.config.liveness.reply_timeout,
+                    ),
                 },
             );
             return;
@@ -296,7 +299,10 @@ impl PeerCore {
             addr,
             Neighbour {
                 conn,
-                liveness: LivenessTracker::new(self.config.liveness.misses),
+                liveness: LivenessTracker::new(
+                    self.config.liveness.misses,
+                    self.config.liveness.reply_timeout,
+                ),
             },
         );
         out.push(
@@ -803,19 +809,33 @@ impl PeerCore {
                 self.liveness_round(now, out);
             }
         }
+        self.liveness_deadlines(now, out);
+    }
+
+    /// Every tick: a neighbour whose last `misses` requests passed their reply deadline
+    /// unanswered is reported and dropped.
+    fn liveness_deadlines(&mut self, now: Now, out: &mut Vec<Action>) {
+        let mut dead: Vec<(SocketAddr, u32)> = self
+            .neighbours
+            .iter_mut()
+            .filter_map(|(addr, n)| n.liveness.check(now.mono).map(|m| (*addr, m)))
+            .collect();
+        dead.sort();
+        for (addr, misses) in dead {
+            let why = format!("{misses} liveness requests unanswered");
+            self.report_dead(addr, &why, now, out);
+            self.drop_neighbour(addr, &why, true, now, out);
+        }
     }
 
     fn liveness_round(&mut self, now: Now, out: &mut Vec<Action>) {
-        let mut dead = Vec::new();
         let mut requests = Vec::new();
         let mut addrs: Vec<SocketAddr> = self.neighbours.keys().copied().collect();
         addrs.sort();
         for addr in addrs {
             let n = self.neighbours.get_mut(&addr).expect("listed above");
-            match n.liveness.on_interval(now.unix_ms) {
-                Check::Request(_) => requests.push(n.conn),
-                Check::Dead { misses } => dead.push((addr, misses)),
-            }
+            n.liveness.on_request(now.unix_ms, now.mono);
+            requests.push(n.conn);
         }
         if !requests.is_empty() {
             out.push(Action::Send {
@@ -824,11 +844,6 @@ impl PeerCore {
                     text: texts::liveness_request(now.unix_ms, &self.me),
                 },
             });
-        }
-        for (addr, misses) in dead {
-            let why = format!("{misses} liveness requests unanswered");
-            self.report_dead(addr, &why, now, out);
-            self.drop_neighbour(addr, &why, true, now, out);
         }
         // A peer that joined with a short list (early in the network's life, or while other
         // registrations were still being committed) tops up to its target, which also joins
@@ -995,7 +1010,7 @@ mod tests {
 
     fn config(extra: &str) -> Config {
         Config::parse(&format!(
-            "seeds: [\"127.0.0.1:9001\"]\nliveness: {{ interval: 1s, misses: 3 }}\n{extra}"
+            "seeds: [\"127.0.0.1:9001\"]\nliveness: {{ interval: 1s, misses: 3, reply_timeout: 500ms }}\n{extra}"
         ))
         .unwrap()
     }
@@ -1149,9 +1164,9 @@ mod tests {
     fn three_unanswered_liveness_rounds_report_the_neighbour() {
         let (mut p, now) = joined("");
         let mut reported = vec![];
-        for k in 1..=5u64 {
+        for ms in [1010, 2010, 3010, 3400, 3520, 4010, 5010] {
             let mut out = vec![];
-            let t = now.after(Duration::from_millis(1000 * k + 10));
+            let t = now.after(Duration::from_millis(ms));
             p.handle(Event::Tick, t, &mut out);
             // Neighbours on 10 and 12 answer; 11 never does.
             for (to, msg) in sends(&out) {
@@ -1172,13 +1187,13 @@ mod tests {
                 }
             }
             if events(&out).contains(&"dead_reported") {
-                reported.push(k);
+                reported.push(ms);
             }
         }
         assert_eq!(
             reported,
-            vec![4],
-            "requests at 1, 2, 3 unanswered: dead at the 4th round"
+            vec![3520],
+            "requests at 1, 2, 3 s unanswered: dead at the third one's reply deadline (3.01 + 0.5 s)"
         );
         assert_eq!(p.neighbours(), vec![a(9101), a(9103)]);
     }

@@ -1,32 +1,37 @@
 //! The liveness rule for one neighbour: a request every interval, a reply counts only if it
-//! echoes one of our outstanding requests, and `misses` consecutive unanswered requests make
-//! the neighbour dead. Pure; the caller passes the request timestamps.
+//! echoes one of our outstanding requests, and a request still unanswered `reply_timeout` after
+//! it was sent is a miss; `misses` consecutive misses make the neighbour dead. Pure; the caller
+//! passes the request timestamps and the time.
+//!
+//! Counting a miss at its reply deadline, not at the next interval, bounds detection by
+//! `misses × interval + reply_timeout` after the last answered request.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
-/// What to do for a neighbour at a liveness interval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Check {
-    /// Send a request with this timestamp.
-    Request(u64),
-    /// `misses` requests in a row went unanswered.
-    Dead { misses: u32 },
+#[derive(Debug, Clone, Copy)]
+struct Request {
+    ts_ms: u64,
+    deadline: Instant,
+    counted: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct LivenessTracker {
-    /// Timestamps of requests not yet answered, oldest first (at most `max_misses`).
-    outstanding: VecDeque<u64>,
+    /// Requests not yet answered, oldest first (at most `max_misses`).
+    outstanding: VecDeque<Request>,
     misses: u32,
     max_misses: u32,
+    reply_timeout: Duration,
 }
 
 impl LivenessTracker {
-    pub fn new(max_misses: u32) -> Self {
+    pub fn new(max_misses: u32, reply_timeout: Duration) -> Self {
         LivenessTracker {
             outstanding: VecDeque::new(),
             misses: 0,
             max_misses: max_misses.max(1),
+            reply_timeout,
         }
     }
 
@@ -34,28 +39,38 @@ impl LivenessTracker {
         self.misses
     }
 
-    /// Called every interval with the new request's timestamp. The previous request, if still
-    /// unanswered, counts as a miss.
-    pub fn on_interval(&mut self, ts_ms: u64) -> Check {
-        if !self.outstanding.is_empty() {
-            self.misses += 1;
-        }
-        if self.misses >= self.max_misses {
-            return Check::Dead {
-                misses: self.misses,
-            };
-        }
-        self.outstanding.push_back(ts_ms);
+    /// A request with timestamp `ts_ms` is sent now.
+    pub fn on_request(&mut self, ts_ms: u64, now: Instant) {
+        self.outstanding.push_back(Request {
+            ts_ms,
+            deadline: now + self.reply_timeout,
+            counted: false,
+        });
+        // Only the last `misses` requests matter; one that leaves the window unanswered before
+        // its deadline (a reply timeout longer than the window) is a miss all the same.
         while self.outstanding.len() > self.max_misses as usize {
-            self.outstanding.pop_front();
+            if self.outstanding.pop_front().is_some_and(|r| !r.counted) {
+                self.misses += 1;
+            }
         }
-        Check::Request(ts_ms)
+    }
+
+    /// Counts requests whose reply deadline has passed. `Some(misses)` once `misses` requests
+    /// in a row went unanswered: the neighbour is dead.
+    pub fn check(&mut self, now: Instant) -> Option<u32> {
+        for r in self.outstanding.iter_mut() {
+            if !r.counted && now >= r.deadline {
+                r.counted = true;
+                self.misses += 1;
+            }
+        }
+        (self.misses >= self.max_misses).then_some(self.misses)
     }
 
     /// A reply echoing `ts_ms`. A reply to any outstanding request, even a late one, proves the
     /// neighbour alive and clears the count; anything else is ignored.
     pub fn on_reply(&mut self, ts_ms: u64) -> bool {
-        if self.outstanding.contains(&ts_ms) {
+        if self.outstanding.iter().any(|r| r.ts_ms == ts_ms) {
             self.outstanding.clear();
             self.misses = 0;
             true
@@ -69,51 +84,81 @@ impl LivenessTracker {
 mod tests {
     use super::*;
 
+    const I: Duration = Duration::from_secs(13);
+    const T: Duration = Duration::from_secs(3);
+
+    /// Sends a request at `at` (timestamp = seconds since t0) and checks at `at`.
+    fn round(t: &mut LivenessTracker, t0: Instant, k: u64) -> Option<u32> {
+        let at = t0 + I * k as u32;
+        let dead = t.check(at);
+        t.on_request(k, at);
+        dead
+    }
+
     #[test]
-    fn three_misses_in_a_row_are_dead() {
-        let mut t = LivenessTracker::new(3);
-        assert_eq!(t.on_interval(1), Check::Request(1));
-        assert_eq!(t.on_interval(2), Check::Request(2)); // 1 missed
-        assert_eq!(t.on_interval(3), Check::Request(3)); // 2 missed
-        assert_eq!(t.on_interval(4), Check::Dead { misses: 3 });
+    fn three_misses_in_a_row_are_dead_at_the_third_reply_deadline() {
+        let t0 = Instant::now();
+        let mut t = LivenessTracker::new(3, T);
+        assert_eq!(round(&mut t, t0, 1), None);
+        assert_eq!(round(&mut t, t0, 2), None); // 1 missed
+        assert_eq!(round(&mut t, t0, 3), None); // 2 missed
+        assert_eq!(t.misses(), 2);
+        // Not yet at the third deadline, then at it: 3 × 13 + 3 s after t0.
+        assert_eq!(t.check(t0 + 3 * I + T - Duration::from_millis(1)), None);
+        assert_eq!(t.check(t0 + 3 * I + T), Some(3));
     }
 
     #[test]
     fn answered_requests_never_count() {
-        let mut t = LivenessTracker::new(3);
-        for ts in 1..100 {
-            assert_eq!(t.on_interval(ts), Check::Request(ts));
-            assert!(t.on_reply(ts));
+        let t0 = Instant::now();
+        let mut t = LivenessTracker::new(3, T);
+        for k in 1..100 {
+            assert_eq!(round(&mut t, t0, k), None);
+            assert!(t.on_reply(k));
         }
         assert_eq!(t.misses(), 0);
     }
 
     #[test]
     fn a_late_reply_within_the_window_resets_the_count() {
-        let mut t = LivenessTracker::new(3);
-        t.on_interval(1);
-        t.on_interval(2);
-        t.on_interval(3);
+        let t0 = Instant::now();
+        let mut t = LivenessTracker::new(3, T);
+        round(&mut t, t0, 1);
+        round(&mut t, t0, 2);
+        round(&mut t, t0, 3);
         assert_eq!(t.misses(), 2);
         // The answer to the first request arrives late, before the third miss.
         assert!(t.on_reply(1));
         assert_eq!(t.misses(), 0);
-        assert_eq!(t.on_interval(4), Check::Request(4));
-        assert_eq!(t.on_interval(5), Check::Request(5));
+        round(&mut t, t0, 4);
+        assert_eq!(round(&mut t, t0, 5), None);
         assert_eq!(t.misses(), 1);
     }
 
     #[test]
     fn replies_that_do_not_match_are_ignored() {
-        let mut t = LivenessTracker::new(2);
-        t.on_interval(10);
+        let t0 = Instant::now();
+        let mut t = LivenessTracker::new(2, T);
+        round(&mut t, t0, 10);
         assert!(!t.on_reply(11));
         assert!(!t.on_reply(9));
-        t.on_interval(20);
-        assert_eq!(t.on_interval(30), Check::Dead { misses: 2 });
+        round(&mut t, t0, 20);
+        assert_eq!(t.check(t0 + I * 20 + T), Some(2));
         // A reply to a request older than the window does not help either.
-        let mut t = LivenessTracker::new(1);
-        t.on_interval(1);
-        assert_eq!(t.on_interval(2), Check::Dead { misses: 1 });
+        let mut t = LivenessTracker::new(1, T);
+        round(&mut t, t0, 1);
+        round(&mut t, t0, 2);
+        assert!(!t.on_reply(1));
+    }
+
+    #[test]
+    fn a_reply_timeout_longer_than_the_interval_still_counts_each_request_once() {
+        let t0 = Instant::now();
+        let mut t = LivenessTracker::new(3, I * 2);
+        for k in 1..=3 {
+            assert_eq!(round(&mut t, t0, k), None);
+        }
+        assert_eq!(t.check(t0 + I * 4), None);
+        assert_eq!(t.check(t0 + I * 5), Some(3));
     }
 }

@@ -1,0 +1,319 @@
+//! One connection's outbound bytes, and who writes them.
+//!
+//! Frames are appended under the core lock, in the order the core decided them. Whoever
+//! dispatched them then hands the queued bytes to the socket at once with a non-blocking send,
+//! on its own thread: in the common case (the remote keeps up) no other thread is woken and a
+//! burst of frames for one connection goes out in one system call. Only when the socket will
+//! not take everything does the connection's writer thread take over the rest and block on it;
+//! until it has written everything, nobody else writes, so the bytes stay in order.
+//!
+//! Batching: a connection that sent less than a batch window ago holds new frames until the
+//! window ends, and a flusher sends them together. An idle link therefore sends a frame at once;
+//! a busy one sends one segment per window, however many frames it carries.
+//!
+//! The queue is bounded in frames: a remote that stops reading fills it and is dropped
+//! instead of growing this node's memory.
+
+use std::io::{self, ErrorKind};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+#[derive(Debug, Default)]
+struct State {
+    buf: Vec<u8>,
+    /// Whole frames that `buf` holds or that the writer is writing.
+    frames: usize,
+    /// The writer thread owns the write side until it has written everything queued.
+    writer_owns: bool,
+    /// The writer is in the middle of a blocking write of bytes it took out of `buf`.
+    writing: bool,
+    closed: bool,
+    /// When bytes last went to the socket.
+    last_send: Option<Instant>,
+    /// A flush is scheduled for the end of the batch window.
+    scheduled: bool,
+}
+
+/// Whether queued bytes go out now or at the end of the batch window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Now,
+    /// The caller schedules a flush at this moment.
+    At(Instant),
+    /// A flush is already scheduled.
+    Scheduled,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    wake: Condvar,
+    max_frames: usize,
+}
+
+/// What a non-blocking flush did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Flushed {
+    /// Frames whose last byte was handed to the socket.
+    pub frames: u64,
+    pub bytes: u64,
+}
+
+impl Outbox {
+    pub fn new(max_frames: usize) -> Outbox {
+        Outbox {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            max_frames: max_frames.max(1),
+        }
+    }
+
+    /// Queues one encoded frame. False if the queue is full (or closed): the caller drops the
+    /// connection.
+    pub fn push(&self, frame: &[u8]) -> bool {
+        let mut s = self.state.lock();
+        if s.closed || s.frames >= self.max_frames {
+            return false;
+        }
+        s.buf.extend_from_slice(frame);
+        s.frames += 1;
+        true
+    }
+
+    /// Decides when the bytes just queued go out: now if nothing was sent within `window`,
+    /// else at the end of the window (the first caller to be told `At` schedules it).
+    pub fn when(&self, now: Instant, window: Duration) -> When {
+        let mut s = self.state.lock();
+        if s.scheduled {
+            return When::Scheduled;
+        }
+        match s.last_send {
+            Some(t) if now < t + window => {
+                s.scheduled = true;
+                When::At(t + window)
+            }
+            _ => When::Now,
+        }
+    }
+
+    /// Hands queued bytes to `send`, which must not block (it returns `WouldBlock` or a short
+    /// count when the socket is full). Whatever it does not take goes to the writer thread,
+    /// and so does an error, which the writer's own write then reports.
+    pub fn flush(&self, now: Instant, mut send: impl FnMut(&[u8]) -> io::Result<usize>) -> Flushed {
+        let mut s = self.state.lock();
+        s.scheduled = false;
+        s.last_send = Some(now);
+        if s.writer_owns || s.closed || s.buf.is_empty() {
+            return Flushed::default();
+        }
+        let mut sent = 0;
+        while sent < s.buf.len() {
+            match send(&s.buf[sent..]) {
+                Ok(0) => break,
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if sent == s.buf.len() {
+            let done = Flushed {
+                frames: s.frames as u64,
+                bytes: sent as u64,
+            };
+            s.buf.clear();
+            s.frames = 0;
+            return done;
+        }
+        // Frames are counted when the writer finishes them.
+        s.buf.drain(..sent);
+        s.writer_owns = true;
+        self.wake.notify_one();
+        Flushed {
+            frames: 0,
+            bytes: sent as u64,
+        }
+    }
+
+    /// The writer thread's wait: returns the bytes it must write (swapped with `spare`, so no
+    /// buffer is allocated per write) and how many frames they finish, or `None` once closed.
+    pub fn take_for_writer(&self, spare: &mut Vec<u8>) -> Option<usize> {
+        let mut s = self.state.lock();
+        loop {
+            if s.closed {
+                return None;
+            }
+            if s.writer_owns {
+                if s.buf.is_empty() {
+                    s.writer_owns = false;
+                } else {
+                    spare.clear();
+                    std::mem::swap(spare, &mut s.buf);
+                    s.writing = true;
+                    return Some(std::mem::take(&mut s.frames));
+                }
+            }
+            self.wake.wait(&mut s);
+        }
+    }
+
+    /// The writer finished the bytes `take_for_writer` gave it.
+    pub fn written(&self) {
+        self.state.lock().writing = false;
+    }
+
+    /// Nothing queued and nothing being written.
+    pub fn is_idle(&self) -> bool {
+        let s = self.state.lock();
+        s.buf.is_empty() && !s.writing && !s.writer_owns
+    }
+
+    /// Stops the writer thread; queued bytes are dropped.
+    pub fn close(&self) {
+        let mut s = self.state.lock();
+        s.closed = true;
+        s.buf = Vec::new();
+        s.frames = 0;
+        self.wake.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn would_block() -> io::Error {
+        io::Error::from(ErrorKind::WouldBlock)
+    }
+
+    #[test]
+    fn a_burst_goes_out_in_one_send_when_the_socket_takes_it() {
+        let ob = Outbox::new(10);
+        assert!(ob.push(b"aa"));
+        assert!(ob.push(b"bbb"));
+        let mut calls = Vec::new();
+        let done = ob.flush(Instant::now(), |b| {
+            calls.push(b.to_vec());
+            Ok(b.len())
+        });
+        assert_eq!(calls, vec![b"aabbb".to_vec()]);
+        assert_eq!(
+            done,
+            Flushed {
+                frames: 2,
+                bytes: 5
+            }
+        );
+        assert!(ob.is_idle());
+    }
+
+    #[test]
+    fn what_the_socket_does_not_take_goes_to_the_writer_in_order() {
+        let ob = Arc::new(Outbox::new(10));
+        ob.push(b"hello");
+        // Short sends are retried until the socket says it is full.
+        let done = ob.flush(Instant::now(), |b| Ok(b.len().min(2)));
+        assert_eq!(done.bytes, 5);
+        ob.push(b"hello");
+        let mut first = true;
+        let done = ob.flush(Instant::now(), |_| {
+            if first {
+                first = false;
+                Ok(2)
+            } else {
+                Err(would_block())
+            }
+        });
+        assert_eq!(
+            done,
+            Flushed {
+                frames: 0,
+                bytes: 2
+            }
+        );
+        assert!(!ob.is_idle());
+        // While the writer owns the write side, a later frame queues behind and no flush
+        // writes it out of order.
+        ob.push(b"!");
+        let done = ob.flush(Instant::now(), |_| {
+            panic!("must not write while the writer owns the socket")
+        });
+        assert_eq!(done, Flushed::default());
+        let mut spare = Vec::new();
+        assert_eq!(ob.take_for_writer(&mut spare), Some(2));
+        assert_eq!(spare, b"llo!");
+        assert!(!ob.is_idle());
+        ob.written();
+        // Nothing more queued: the writer gives the write side back and waits.
+        let w = ob.clone();
+        let writer = std::thread::spawn(move || {
+            let mut spare = Vec::new();
+            let got = w.take_for_writer(&mut spare);
+            (got, spare)
+        });
+        while !ob.is_idle() {
+            std::thread::yield_now();
+        }
+        ob.push(b"x");
+        let mut sent = Vec::new();
+        ob.flush(Instant::now(), |b| {
+            sent.extend_from_slice(b);
+            Ok(b.len())
+        });
+        assert_eq!(sent, b"x");
+        ob.close();
+        assert_eq!(writer.join().unwrap().0, None);
+    }
+
+    #[test]
+    fn an_error_hands_the_bytes_to_the_writer_which_reports_it() {
+        let ob = Outbox::new(10);
+        ob.push(b"abc");
+        let done = ob.flush(Instant::now(), |_| {
+            Err(io::Error::from(ErrorKind::BrokenPipe))
+        });
+        assert_eq!(done.bytes, 0);
+        let mut spare = Vec::new();
+        assert_eq!(ob.take_for_writer(&mut spare), Some(1));
+        assert_eq!(spare, b"abc");
+    }
+
+    #[test]
+    fn a_link_that_just_sent_holds_new_frames_until_its_window_ends() {
+        let ob = Outbox::new(10);
+        let t0 = Instant::now();
+        let w = Duration::from_millis(2);
+        ob.push(b"a");
+        assert_eq!(ob.when(t0, w), When::Now);
+        ob.flush(t0, |b| Ok(b.len()));
+        ob.push(b"b");
+        let t1 = t0 + Duration::from_millis(1);
+        assert_eq!(ob.when(t1, w), When::At(t0 + w));
+        ob.push(b"c");
+        assert_eq!(ob.when(t1, w), When::Scheduled);
+        let mut sent = Vec::new();
+        ob.flush(t0 + w, |b| {
+            sent.extend_from_slice(b);
+            Ok(b.len())
+        });
+        assert_eq!(sent, b"bc");
+        // After a quiet window the next frame goes at once; a zero window never holds.
+        ob.push(b"d");
+        assert_eq!(ob.when(t0 + 3 * w, w), When::Now);
+        assert_eq!(ob.when(t0 + w, Duration::ZERO), When::Now);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_frames_and_closing_drops_it() {
+        let ob = Outbox::new(2);
+        assert!(ob.push(b"1"));
+        assert!(ob.push(b"2"));
+        assert!(!ob.push(b"3"));
+        ob.close();
+        assert!(!ob.push(b"4"));
+        assert!(ob.is_idle());
+        let mut spare = Vec::new();
+        assert_eq!(ob.take_for_writer(&mut spare), None);
+    }
+}
