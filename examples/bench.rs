@@ -3,8 +3,8 @@
 //!
 //! ```sh
 //! cargo build --release
-//! cargo run --release --example bench -- latency 200          # N peers, 3 messages each, light load
-//! cargo run --release --example bench -- throughput 100 500   # N peers, R new messages/s for 30 s
+//! cargo run --release --example bench -- latency 200          # N peers, 3 messages each, light load [batch window]
+//! cargo run --release --example bench -- throughput 100 500   # N peers, R new messages/s for 30 s [batch window]
 //! cargo run --release --example bench -- detection 20         # kill one, stop one; 13 s × 3
 //! cargo run --release --example bench -- floor                # loopback TCP ping-pong
 //! ```
@@ -386,13 +386,15 @@ fn wait_gossip_done(net: &Network, per_peer: usize, expected: Duration) {
     }
 }
 
-fn latency(n: usize) {
+/// `window`: `gossip.batch_window` to run with (default: the node's default).
+fn latency(n: usize, window: Option<&str>) {
     let floor = floor_us();
     // A light load, the same at every size: 20 new messages per second network-wide, three
     // from each peer. Throughput is measured separately.
     let interval_ms = n * 50;
     let body = format!(
-        "gossip: {{ interval: {interval_ms}ms, count: 3 }}\nliveness: {{ interval: 13s, misses: 3 }}\npow: {{ difficulty: 12 }}\nlimits: {{ max_connections: 4096 }}\nstats: {{ interval: 5s }}"
+        "gossip: {{ interval: {interval_ms}ms, count: 3{} }}\nliveness: {{ interval: 13s, misses: 3 }}\npow: {{ difficulty: 12 }}\nlimits: {{ max_connections: 4096 }}\nstats: {{ interval: 5s }}",
+        window.map(|w| format!(", batch_window: {w}")).unwrap_or_default()
     );
     let body = body.as_str();
     let t0 = Instant::now();
@@ -604,7 +606,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, d: usize| args.get(i).and_then(|x| x.parse().ok()).unwrap_or(d);
     match args.first().map(String::as_str) {
-        Some("latency") => latency(num(1, 50)),
+        Some("latency") => latency(num(1, 50), args.get(2).map(String::as_str)),
         Some("throughput") => {
             throughput(num(1, 100), num(2, 1000), args.get(3).map(String::as_str))
         }

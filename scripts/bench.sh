@@ -28,7 +28,7 @@ $B/bench latency 200
 echo
 $B/bench latency 500
 echo
-for rate in 250 500 1000; do
+for rate in 250 500 750 1000; do
   $B/bench throughput 100 "$rate"
   echo
 done

@@ -53,7 +53,7 @@ else
 fi
 
 if (( FAST )); then
-  GOSSIP="{ interval: 500ms, count: 10 }"; LIVENESS="{ interval: 1s, misses: 3, probe_timeout: 1s }"
+  GOSSIP="{ interval: 500ms, count: 10 }"; LIVENESS="{ interval: 1s, misses: 3, probe_timeout: 1s, reply_timeout: 500ms }"
   POW="{ difficulty: 16, timeout: 10s }"; STATS="{ interval: 2s }"
   GOSSIP_S=5; DETECT_S=5
 else
@@ -65,7 +65,8 @@ fi
 DURATION=${DURATION:-$(( GOSSIP_S + DETECT_S + 8 ))}
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-PORT=$(( 20000 + RANDOM % 30000 ))
+# Below the kernel's ephemeral range (32768+), so no outgoing connection holds the port.
+PORT=$(( 20000 + RANDOM % 12000 ))
 next_port() { # sets FREE (not echoed: a subshell would lose the counter)
   while ! port_free "$PORT"; do PORT=$(( PORT + 1 )); done
   FREE=$PORT; PORT=$(( PORT + 1 ))

@@ -240,8 +240,12 @@ impl<C: Core> Runtime<C> {
             }
         }
         let window = self.config.gossip.batch_window;
+        let fan_out = touched.len() > 1;
         for (outbox, stream) in touched {
             match outbox.when(now.mono, window) {
+                // One connection (a reply): send it from here, no thread to wake. Several (a
+                // gossip forward): their writers send in parallel (see `Outbox::wake_writer`).
+                When::Now if fan_out => outbox.wake_writer(now.mono),
                 When::Now => self.flush(&outbox, &stream),
                 When::At(t) => self.schedule(t, outbox, stream),
                 When::Scheduled => {}
@@ -796,8 +800,8 @@ impl<C: Core> Runtime<C> {
     }
 }
 
-/// Timers are checked on every tick: a fifth of the shortest configured interval, coarse
-/// enough to cost nothing when idle (each tick wakes every node once).
+/// Timers are checked on every tick: fine enough for the shortest configured interval, coarse
+/// enough to cost nothing when idle.
 pub fn tick_period(config: &Config) -> Duration {
     let shortest = config
         .gossip
@@ -805,7 +809,7 @@ pub fn tick_period(config: &Config) -> Duration {
         .min(config.liveness.interval)
         .min(config.liveness.probe_timeout)
         .min(config.liveness.reply_timeout);
-    (shortest / 5).clamp(Duration::from_millis(10), Duration::from_millis(100))
+    (shortest / 10).clamp(Duration::from_millis(10), Duration::from_millis(100))
 }
 
 fn is_timeout(e: &io::Error) -> bool {
