@@ -7,7 +7,8 @@
 //! handshake) and one writer. A reader hands every frame of one `read` to the core in one go
 //! (one lock, one timestamp); the frames the core decides are appended to each connection's
 //! [`Outbox`] under the core lock, then sent by the reader itself with non-blocking sends, one
-//! per connection. A connection's writer thread wakes only when its socket is full. No lock is
+//! per connection (or, on a link that sent within `gossip.batch_window`, by the flusher thread
+//! when the window ends). A connection's writer thread wakes only when its socket is full. No lock is
 //! ever held across a blocking read or write, so a remote that stops reading cannot stall
 //! anyone else: when its bounded outbox is full it is dropped.
 
@@ -240,12 +241,8 @@ impl<C: Core> Runtime<C> {
             }
         }
         let window = self.config.gossip.batch_window;
-        let fan_out = touched.len() > 1;
         for (outbox, stream) in touched {
             match outbox.when(now.mono, window) {
-                // One connection (a reply): send it from here, no thread to wake. Several (a
-                // gossip forward): their writers send in parallel (see `Outbox::wake_writer`).
-                When::Now if fan_out => outbox.wake_writer(now.mono),
                 When::Now => self.flush(&outbox, &stream),
                 When::At(t) => self.schedule(t, outbox, stream),
                 When::Scheduled => {}
@@ -800,8 +797,8 @@ impl<C: Core> Runtime<C> {
     }
 }
 
-/// Timers are checked on every tick: fine enough for the shortest configured interval, coarse
-/// enough to cost nothing when idle.
+/// Timers are checked on every tick: a fifth of the shortest configured interval, coarse
+/// enough to cost nothing when idle (each tick wakes every node once).
 pub fn tick_period(config: &Config) -> Duration {
     let shortest = config
         .gossip
@@ -809,7 +806,7 @@ pub fn tick_period(config: &Config) -> Duration {
         .min(config.liveness.interval)
         .min(config.liveness.probe_timeout)
         .min(config.liveness.reply_timeout);
-    (shortest / 10).clamp(Duration::from_millis(10), Duration::from_millis(100))
+    (shortest / 5).clamp(Duration::from_millis(10), Duration::from_millis(100))
 }
 
 fn is_timeout(e: &io::Error) -> bool {

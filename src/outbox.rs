@@ -135,20 +135,6 @@ impl Outbox {
         }
     }
 
-    /// Hands the queued bytes to the writer thread instead of sending them on this thread.
-    /// Used for a fan-out: one thread sending to many sockets in turn is preempted by the
-    /// receivers it wakes on loopback, delaying the sends after the first; woken writers send
-    /// in parallel.
-    pub fn wake_writer(&self, now: Instant) {
-        let mut s = self.state.lock();
-        s.scheduled = false;
-        s.last_send = Some(now);
-        if !s.writer_owns && !s.closed && !s.buf.is_empty() {
-            s.writer_owns = true;
-            self.wake.notify_one();
-        }
-    }
-
     /// The writer thread's wait: returns the bytes it must write (swapped with `spare`, so no
     /// buffer is allocated per write) and how many frames they finish, or `None` once closed.
     pub fn take_for_writer(&self, spare: &mut Vec<u8>) -> Option<usize> {
@@ -291,22 +277,6 @@ mod tests {
         let mut spare = Vec::new();
         assert_eq!(ob.take_for_writer(&mut spare), Some(1));
         assert_eq!(spare, b"abc");
-    }
-
-    #[test]
-    fn a_woken_writer_takes_everything_queued_and_others_wait_for_it() {
-        let ob = Outbox::new(10);
-        ob.push(b"ab");
-        ob.wake_writer(Instant::now());
-        ob.push(b"c");
-        assert_eq!(
-            ob.flush(Instant::now(), |_| panic!("the writer owns the socket")),
-            Flushed::default()
-        );
-        let mut spare = Vec::new();
-        assert_eq!(ob.take_for_writer(&mut spare), Some(2));
-        assert_eq!(spare, b"abc");
-        ob.written();
     }
 
     #[test]
