@@ -17,7 +17,7 @@
 use std::io::{self, ErrorKind};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 #[derive(Debug, Default)]
 struct State {
@@ -33,6 +33,10 @@ struct State {
     last_send: Option<Instant>,
     /// A flush is scheduled for the end of the batch window.
     scheduled: bool,
+    /// A `flush` is handing bytes it took out of `buf` to the socket.
+    sending: bool,
+    /// An empty buffer kept for the next `flush` to swap in, so none is allocated per send.
+    spare: Vec<u8>,
 }
 
 /// Whether queued bytes go out now or at the end of the batch window.
@@ -100,38 +104,60 @@ impl Outbox {
     /// Hands queued bytes to `send`, which must not block (it returns `WouldBlock` or a short
     /// count when the socket is full). Whatever it does not take goes to the writer thread,
     /// and so does an error, which the writer's own write then reports.
+    ///
+    /// The lock is not held across `send`: a send on loopback runs the receiver's side of TCP
+    /// and can be preempted, and the threads queuing frames hold the node's core lock while
+    /// they wait for this one. Frames queued meanwhile are sent by this same call, after the
+    /// bytes in flight, so a concurrent flush finds the socket taken and leaves them to it.
     pub fn flush(&self, now: Instant, mut send: impl FnMut(&[u8]) -> io::Result<usize>) -> Flushed {
         let mut s = self.state.lock();
         s.scheduled = false;
         s.last_send = Some(now);
-        if s.writer_owns || s.closed || s.buf.is_empty() {
+        if s.sending || s.writer_owns || s.closed || s.buf.is_empty() {
             return Flushed::default();
         }
-        let mut sent = 0;
-        while sent < s.buf.len() {
-            match send(&s.buf[sent..]) {
-                Ok(0) => break,
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => break,
+        s.sending = true;
+        let mut done = Flushed::default();
+        loop {
+            let mut bytes = std::mem::take(&mut s.spare);
+            std::mem::swap(&mut bytes, &mut s.buf);
+            let frames = std::mem::take(&mut s.frames);
+            let sent = MutexGuard::unlocked(&mut s, || {
+                let mut sent = 0;
+                while sent < bytes.len() {
+                    match send(&bytes[sent..]) {
+                        Ok(0) => break,
+                        Ok(n) => sent += n,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+                sent
+            });
+            done.bytes += sent as u64;
+            if s.closed {
+                s.sending = false;
+                return done;
             }
-        }
-        if sent == s.buf.len() {
-            let done = Flushed {
-                frames: s.frames as u64,
-                bytes: sent as u64,
-            };
-            s.buf.clear();
-            s.frames = 0;
-            return done;
-        }
-        // Frames are counted when the writer finishes them.
-        s.buf.drain(..sent);
-        s.writer_owns = true;
-        self.wake.notify_one();
-        Flushed {
-            frames: 0,
-            bytes: sent as u64,
+            if sent < bytes.len() {
+                // The rest, then whatever was queued meanwhile, goes to the writer. Frames
+                // are counted when the writer finishes them.
+                bytes.drain(..sent);
+                bytes.extend_from_slice(&s.buf);
+                s.buf = bytes;
+                s.frames += frames;
+                s.sending = false;
+                s.writer_owns = true;
+                self.wake.notify_one();
+                return done;
+            }
+            done.frames += frames as u64;
+            bytes.clear();
+            s.spare = bytes;
+            if s.buf.is_empty() {
+                s.sending = false;
+                return done;
+            }
         }
     }
 
@@ -165,7 +191,7 @@ impl Outbox {
     /// Nothing queued and nothing being written.
     pub fn is_idle(&self) -> bool {
         let s = self.state.lock();
-        s.buf.is_empty() && !s.writing && !s.writer_owns
+        s.buf.is_empty() && !s.writing && !s.writer_owns && !s.sending
     }
 
     /// Stops the writer thread; queued bytes are dropped.
@@ -264,6 +290,34 @@ mod tests {
         assert_eq!(sent, b"x");
         ob.close();
         assert_eq!(writer.join().unwrap().0, None);
+    }
+
+    #[test]
+    fn frames_queued_during_a_send_follow_it_from_the_same_flush() {
+        let ob = Outbox::new(10);
+        ob.push(b"a");
+        let mut calls = Vec::new();
+        let done = ob.flush(Instant::now(), |b| {
+            if calls.is_empty() {
+                // The lock is free during the send: another thread queues and flushes, and
+                // its flush leaves the socket to the one in progress.
+                assert!(ob.push(b"bc"));
+                let inner = ob.flush(Instant::now(), |_| panic!("two senders on one socket"));
+                assert_eq!(inner, Flushed::default());
+                assert!(!ob.is_idle());
+            }
+            calls.push(b.to_vec());
+            Ok(b.len())
+        });
+        assert_eq!(calls, vec![b"a".to_vec(), b"bc".to_vec()]);
+        assert_eq!(
+            done,
+            Flushed {
+                frames: 2,
+                bytes: 3
+            }
+        );
+        assert!(ob.is_idle());
     }
 
     #[test]
