@@ -58,6 +58,13 @@ struct Network {
 
 impl Network {
     fn start(n_peers: usize, body: &str) -> Network {
+        Network::start_paced(n_peers, body, Duration::ZERO)
+    }
+
+    /// Starts peer `i` no earlier than `i × pace` after the first: peers generate messages on
+    /// their own clock from the moment they join, so pacing the joins over one gossip interval
+    /// spreads the messages evenly instead of in bursts.
+    fn start_paced(n_peers: usize, body: &str, pace: Duration) -> Network {
         let dir = std::env::temp_dir().join(format!(
             "gossipnet-bench-{}-{}",
             std::process::id(),
@@ -88,7 +95,10 @@ impl Network {
         }
         // Peers join in batches, so a few hundred joins do not all solve their proofs at once.
         let mut pending = Vec::new();
+        let t0 = Instant::now();
         for i in 0..n_peers {
+            let at = t0 + pace * i as u32;
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
             let a = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let child = net.spawn("peer", a);
             net.peers.push((a, child));
@@ -390,7 +400,9 @@ fn wait_gossip_done(net: &Network, per_peer: usize, expected: Duration) {
 fn latency(n: usize, window: Option<&str>) {
     let floor = floor_us();
     // A light load, the same at every size: 20 new messages per second network-wide, three
-    // from each peer. Throughput is measured separately.
+    // from each peer, evenly spread (joins 50 ms apart: one interval / n). Throughput is
+    // measured separately.
+    let pace = Duration::from_millis(50);
     let interval_ms = n * 50;
     let body = format!(
         "gossip: {{ interval: {interval_ms}ms, count: 3{} }}\nliveness: {{ interval: 13s, misses: 3 }}\npow: {{ difficulty: 12 }}\nlimits: {{ max_connections: 4096 }}\nstats: {{ interval: 5s }}",
@@ -398,7 +410,7 @@ fn latency(n: usize, window: Option<&str>) {
     );
     let body = body.as_str();
     let t0 = Instant::now();
-    let mut net = Network::start(n, body);
+    let mut net = Network::start_paced(n, body, pace);
     let joined_s = t0.elapsed().as_secs_f64();
     let pids = net.pids();
     let cpu0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
@@ -442,7 +454,10 @@ fn latency(n: usize, window: Option<&str>) {
         "== latency: {n} peers + 3 seeds, 3 messages each (every {interval_ms} ms: 20 per second network-wide), difficulty 12"
     );
     println!("   run directory: {}", net.dir.display());
-    println!("   all joined in {joined_s:.1} s");
+    println!(
+        "   all joined in {joined_s:.1} s (joins paced {} ms apart)",
+        pace.as_millis()
+    );
     println!(
         "   messages {}  coverage {:.4} ({} of {})   target: 100% delivery",
         s.messages, s.coverage, s.deliveries, s.expected_deliveries

@@ -266,6 +266,7 @@ pub mod defaults {
     /// See BENCHMARKS.md: long enough to gather a busy link's frames into one segment, short
     /// next to the scheduling delays of a loaded machine.
     pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
+    pub const MAX_BATCH_WINDOW: Duration = Duration::from_secs(1);
     /// The assignment's 13 s.
     pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(13);
     /// The assignment's three misses.
@@ -313,6 +314,19 @@ fn duration(key: &str, leaf: &Leaf, default: Duration) -> Result<Duration, Confi
     match leaf {
         Some(leaf) if d.is_zero() => Err(ConfigError(format!(
             "{key}: must be greater than zero, got \"{}\" {}",
+            leaf.value,
+            at(leaf)
+        ))),
+        _ => Ok(d),
+    }
+}
+
+/// Refuses a duration above `max` (a window that long would hold every frame, liveness
+/// replies included, for ages).
+fn at_most(key: &str, leaf: &Leaf, d: Duration, max: Duration) -> Result<Duration, ConfigError> {
+    match leaf {
+        Some(leaf) if d > max => Err(ConfigError(format!(
+            "{key}: at most {max:?}, got \"{}\" {}",
             leaf.value,
             at(leaf)
         ))),
@@ -420,7 +434,12 @@ impl RawConfig {
                 16,
                 10_000_000,
             )?,
-            batch_window: duration_or_zero("gossip.batch_window", &g.batch_window, BATCH_WINDOW)?,
+            batch_window: at_most(
+                "gossip.batch_window",
+                &g.batch_window,
+                duration_or_zero("gossip.batch_window", &g.batch_window, BATCH_WINDOW)?,
+                MAX_BATCH_WINDOW,
+            )?,
         };
         let l = self.liveness.unwrap_or_default();
         let liveness = LivenessConfig {
@@ -636,6 +655,30 @@ mod tests {
             let e = err(text);
             assert!(!e.contains('\n'), "one line: {e}");
         }
+    }
+
+    #[test]
+    fn batch_window_may_be_zero_but_not_long_and_reply_timeout_must_be_positive() {
+        let seeds = "seeds: [\"127.0.0.1:9001\"]\n";
+        let c = Config::parse(seeds).unwrap();
+        assert_eq!(c.gossip.batch_window, Duration::from_millis(2));
+        assert_eq!(c.liveness.reply_timeout, Duration::from_secs(3));
+        let c = Config::parse(&format!("{seeds}gossip: {{ batch_window: 0ms }}\n")).unwrap();
+        assert_eq!(c.gossip.batch_window, Duration::ZERO);
+        let c = Config::parse(&format!("{seeds}liveness: {{ reply_timeout: 500ms }}\n")).unwrap();
+        assert_eq!(c.liveness.reply_timeout, Duration::from_millis(500));
+        let e = err(&format!("{seeds}gossip: {{ batch_window: 5s }}\n"));
+        assert!(
+            e.contains("gossip.batch_window") && e.contains("line 2"),
+            "{e}"
+        );
+        let e = err(&format!("{seeds}gossip: {{ batch_window: soon }}\n"));
+        assert!(e.contains("gossip.batch_window"), "{e}");
+        let e = err(&format!("{seeds}liveness: {{ reply_timeout: 0s }}\n"));
+        assert!(
+            e.contains("liveness.reply_timeout") && e.contains("line 2"),
+            "{e}"
+        );
     }
 
     #[test]
