@@ -26,6 +26,10 @@ const REGISTER_RETRY: Duration = Duration::from_secs(2);
 /// First wait before reconnecting to a seed we lost; doubles up to the cap.
 const SEED_BACKOFF_MIN: Duration = Duration::from_millis(200);
 const SEED_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Why the losing one of two simultaneous links is closed (sent in a `Reject`).
+const DUPLICATE_LINK: &str = "duplicate link: keeping the one dialed by the smaller address";
+/// How much of a remote's reason for closing a link goes into the log.
+const MAX_REMOTE_REASON: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LinkKind {
@@ -274,15 +278,21 @@ impl PeerCore {
         if let Some(existing) = self.neighbours.get(&addr) {
             // Both ends dialed each other at once. Both keep the link dialed by the smaller
             // address, so the two ends agree without talking.
+            // The other end may not have seen the link we keep yet: tell it why this one
+            // closes, so it does not take the close for a crash.
             let keep_new = (self.me < addr) == dialed;
+            let loser = if keep_new { existing.conn } else { conn };
+            self.links.remove(&loser);
+            out.push(Action::send(
+                loser,
+                Msg::Reject {
+                    reason: DUPLICATE_LINK.into(),
+                },
+            ));
+            out.push(Action::Close { conn: loser });
             if !keep_new {
-                self.links.remove(&conn);
-                out.push(Action::Close { conn });
                 return;
             }
-            let old = existing.conn;
-            self.links.remove(&old);
-            out.push(Action::Close { conn: old });
             self.neighbours.insert(
                 addr,
                 Neighbour {
@@ -330,6 +340,24 @@ impl PeerCore {
     }
 
     /// Drops a neighbour: close, log, and repair if we are now short of neighbours.
+    /// Closes one neighbour link. If it is the link the neighbour is known by, the neighbour
+    /// is lost; if it is a second, simultaneous link, only that link goes.
+    fn drop_link(
+        &mut self,
+        conn: ConnId,
+        addr: SocketAddr,
+        reason: &str,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        if self.neighbours.get(&addr).is_some_and(|n| n.conn == conn) {
+            self.drop_neighbour(addr, reason, true, now, out);
+        } else {
+            self.links.remove(&conn);
+            out.push(Action::Close { conn });
+        }
+    }
+
     fn drop_neighbour(
         &mut self,
         addr: SocketAddr,
@@ -646,7 +674,7 @@ impl PeerCore {
     ) {
         out.push(Record::rejected(addr, &reason).into());
         match self.links.get(&conn).map(|l| l.kind) {
-            Some(LinkKind::Neighbour) => self.drop_neighbour(addr, &reason, true, now, out),
+            Some(LinkKind::Neighbour) => self.drop_link(conn, addr, &reason, now, out),
             _ => {
                 self.on_link_gone(conn, now, out);
                 out.push(Action::Close { conn });
@@ -705,7 +733,14 @@ impl PeerCore {
                     log::debug!("liveness reply from {addr} does not match a request: {text:?}");
                 }
             }
-            (LinkKind::Neighbour, Msg::Leave) => self.drop_neighbour(addr, "left", true, now, out),
+            (LinkKind::Neighbour, Msg::Leave) => self.drop_link(conn, addr, "left", now, out),
+            (LinkKind::Neighbour, Msg::Reject { reason }) => {
+                // The remote closes this link on purpose (most often the losing one of two
+                // simultaneous links): not a crash, so no dead report.
+                let reason: String = reason.chars().take(MAX_REMOTE_REASON).collect();
+                let why = format!("closed by the remote: {reason}");
+                self.drop_link(conn, addr, &why, now, out);
+            }
             (LinkKind::Seed, Msg::Registered) => {
                 let Some(s) = self.seeds.get_mut(&addr) else {
                     return;
@@ -1089,6 +1124,77 @@ mod tests {
             ttl,
             payload: text.as_bytes().to_vec(),
         }
+    }
+
+    #[test]
+    fn of_two_simultaneous_links_one_closes_with_a_reason_and_neither_end_reports_a_crash() {
+        // 9101 (conn 10, accepted) is larger than ME: both ends keep the link ME dialed.
+        let (mut p, now) = joined("");
+        let mut out = vec![];
+        let dialed = Remote {
+            addr: a(9101),
+            role: Role::Peer,
+            incarnation: 1,
+            dialed: Some(Purpose::Neighbour),
+        };
+        p.handle(
+            Event::Connected {
+                conn: 20,
+                remote: dialed,
+            },
+            now,
+            &mut out,
+        );
+        let s = sends(&out);
+        assert!(
+            s.iter()
+                .any(|(to, m)| to == &vec![10] && matches!(m, Msg::Reject { .. })),
+            "the losing link is told why: {s:?}"
+        );
+        assert!(out.contains(&Action::Close { conn: 10 }));
+        assert!(events(&out).is_empty(), "still the same neighbour");
+        assert_eq!(p.neighbours().len(), 3);
+        // Its close is not a crash.
+        out.clear();
+        p.handle(
+            Event::Closed {
+                conn: 10,
+                reason: "connection closed by remote".into(),
+            },
+            now,
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(p.neighbours().len(), 3);
+
+        // The other end: the remote closes our only link to it with a reason before we have
+        // seen the link it keeps. We lose the neighbour for now, without a dead report.
+        out.clear();
+        p.handle(
+            Event::Frame {
+                conn: 11,
+                msg: Msg::Reject {
+                    reason: "duplicate link: keeping the one dialed by the smaller address".into(),
+                },
+            },
+            now,
+            &mut out,
+        );
+        assert_eq!(events(&out), vec!["neighbour_down"]);
+        assert!(!sends(&out)
+            .iter()
+            .any(|(_, m)| matches!(m, Msg::DeadNode { .. })));
+        assert!(out.contains(&Action::Close { conn: 11 }));
+        out.clear();
+        p.handle(
+            Event::Closed {
+                conn: 11,
+                reason: "connection closed by remote".into(),
+            },
+            now,
+            &mut out,
+        );
+        assert!(!events(&out).contains(&"dead_reported"), "{out:?}");
     }
 
     #[test]
