@@ -471,8 +471,8 @@ fn latency(n: usize, window: Option<&str>) {
         s.latency_ms.p99 / floor_ms.max(1e-9)
     );
     println!(
-        "   duplicates per delivery {:.2}",
-        s.duplicates_per_delivery
+        "   duplicates per delivery {:.2} (and {:.2} withdrawn before sending)",
+        s.duplicates_per_delivery, s.withdrawn_per_delivery
     );
     println!(
         "   memory per peer (median): RSS {rss:.1} MiB, of it private (anonymous) {anon:.1} MiB; PSS {pss:.1} MiB   target: ≤ 4 MiB"
@@ -516,8 +516,8 @@ fn throughput(n: usize, rate: usize, window: Option<&str>) {
     println!("== throughput: {n} peers, {rate} new messages/s network-wide for {duration_s} s (each peer every {interval_ms} ms){}", window.map(|w| format!(", batch window {w}")).unwrap_or_default());
     println!("   run directory: {}", net.dir.display());
     println!(
-        "   messages {}  coverage {:.4} ({} of {})  time to reach all p50 {:.2} ms p99 {:.2} ms  duplicates/delivery {:.2}  CPU {:.2} cores",
-        s.messages, s.coverage, s.deliveries, s.expected_deliveries, s.latency_ms.p50, s.latency_ms.p99, s.duplicates_per_delivery, cores
+        "   messages {}  coverage {:.4} ({} of {})  time to reach all p50 {:.2} ms p99 {:.2} ms  duplicates/delivery {:.2} (+{:.2} withdrawn)  CPU {:.2} cores",
+        s.messages, s.coverage, s.deliveries, s.expected_deliveries, s.latency_ms.p50, s.latency_ms.p99, s.duplicates_per_delivery, s.withdrawn_per_delivery, cores
     );
     // Sustained means the queues do not grow: time to reach all stays flat through the run
     // instead of climbing as a backlog builds.

@@ -53,6 +53,8 @@ pub struct Counters {
     pub connections: AtomicUsize,
     pub threads: AtomicUsize,
     pub pending_handshakes: AtomicUsize,
+    /// Gossip frames taken back before they were sent: the remote had sent us the message.
+    pub withdrawn: AtomicU64,
 }
 
 struct ConnHandle {
@@ -202,30 +204,48 @@ impl<C: Core> Runtime<C> {
             // connection sees frames in the order the core decided them. Queuing never
             // blocks.
             let mut conns = self.conns.lock();
-            let mut queue = |conns: &mut ConnTable, conn: ConnId, frame: &[u8]| {
-                let Some(h) = conns.by_id.get(&conn) else {
-                    return;
-                };
-                if h.outbox.push(frame) {
-                    if !touched.iter().any(|(o, _)| Arc::ptr_eq(o, &h.outbox)) {
-                        touched.push((h.outbox.clone(), h.stream.clone()));
+            let mut queue =
+                |conns: &mut ConnTable, conn: ConnId, frame: &[u8], id: Option<[u8; 32]>| {
+                    let Some(h) = conns.by_id.get(&conn) else {
+                        return;
+                    };
+                    let queued = match id {
+                        Some(id) => h.outbox.push_gossip(frame, id),
+                        None => h.outbox.push(frame),
+                    };
+                    if queued {
+                        if !touched.iter().any(|(o, _)| Arc::ptr_eq(o, &h.outbox)) {
+                            touched.push((h.outbox.clone(), h.stream.clone()));
+                        }
+                    } else if let Some(h) = conns.by_id.remove(&conn) {
+                        h.close();
+                        overflowed.push(conn);
                     }
-                } else if let Some(h) = conns.by_id.remove(&conn) {
-                    h.close();
-                    overflowed.push(conn);
-                }
-            };
+                };
             for action in &actions {
                 match action {
                     Action::Send { to, msg } => {
                         let frame = msg.encode();
                         for conn in to {
-                            queue(&mut conns, *conn, &frame);
+                            queue(&mut conns, *conn, &frame, None);
+                        }
+                    }
+                    Action::Forward { to, msg, id } => {
+                        let frame = msg.encode();
+                        for conn in to {
+                            queue(&mut conns, *conn, &frame, Some(*id));
+                        }
+                    }
+                    Action::Withdraw { conn, id } => {
+                        if let Some(h) = conns.by_id.get(conn) {
+                            if h.outbox.withdraw(id) {
+                                self.counters.withdrawn.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
                     Action::SendApi { to, msg } => {
                         if let Ok(frame) = msg.encode() {
-                            queue(&mut conns, *to, &frame);
+                            queue(&mut conns, *to, &frame, None);
                         }
                     }
                     Action::Close { conn } => {
@@ -253,7 +273,11 @@ impl<C: Core> Runtime<C> {
             match action {
                 Action::Dial { addr, purpose } => self.dial(addr, purpose),
                 Action::Log(rec) => records.push(rec),
-                Action::Send { .. } | Action::SendApi { .. } | Action::Close { .. } => {}
+                Action::Send { .. }
+                | Action::Forward { .. }
+                | Action::Withdraw { .. }
+                | Action::SendApi { .. }
+                | Action::Close { .. } => {}
             }
         }
         self.output.record_all(records, at_us);
@@ -765,6 +789,7 @@ impl<C: Core> Runtime<C> {
                 .field("bytes_in", c.bytes_in.load(Ordering::Relaxed))
                 .field("bytes_out", c.bytes_out.load(Ordering::Relaxed))
                 .field("gossip_duplicates", dups)
+                .field("gossip_withdrawn", c.withdrawn.load(Ordering::Relaxed))
                 .field("connections", c.connections.load(Ordering::Relaxed) as u64)
                 .field("threads", c.threads.load(Ordering::Relaxed) as u64),
         );

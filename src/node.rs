@@ -108,6 +108,19 @@ pub enum Action {
         to: Vec<ConnId>,
         msg: Msg,
     },
+    /// Like `Send`, for a gossip item with this message id: while the frame is still held in
+    /// a connection's queue (the batch window), a `Withdraw` can take it back.
+    Forward {
+        to: Vec<ConnId>,
+        msg: Msg,
+        id: [u8; 32],
+    },
+    /// The remote on `conn` has sent us message `id` itself: if our frame of it to that
+    /// connection is still queued and unsent, drop it (it would only be a duplicate there).
+    Withdraw {
+        conn: ConnId,
+        id: [u8; 32],
+    },
     /// Queue one API message to a local application.
     SendApi {
         to: ConnId,

@@ -37,6 +37,8 @@ struct State {
     sending: bool,
     /// An empty buffer kept for the next `flush` to swap in, so none is allocated per send.
     spare: Vec<u8>,
+    /// Gossip frames in `buf` that may still be withdrawn: message id, offset, length.
+    held: Vec<([u8; 32], usize, usize)>,
 }
 
 /// Whether queued bytes go out now or at the end of the batch window.
@@ -85,6 +87,35 @@ impl Outbox {
         true
     }
 
+    /// Queues the frame of gossip message `id`, which `withdraw` can take back until it is
+    /// handed to the socket.
+    pub fn push_gossip(&self, frame: &[u8], id: [u8; 32]) -> bool {
+        let mut s = self.state.lock();
+        if s.closed || s.frames >= self.max_frames {
+            return false;
+        }
+        let at = s.buf.len();
+        s.held.push((id, at, frame.len()));
+        s.buf.extend_from_slice(frame);
+        s.frames += 1;
+        true
+    }
+
+    /// Drops the queued, unsent frame of message `id`, if there is one. True if it did.
+    pub fn withdraw(&self, id: &[u8; 32]) -> bool {
+        let mut s = self.state.lock();
+        let Some(i) = s.held.iter().position(|h| &h.0 == id) else {
+            return false;
+        };
+        let (_, at, len) = s.held.remove(i);
+        s.buf.drain(at..at + len);
+        s.frames -= 1;
+        for h in &mut s.held[i..] {
+            h.1 -= len;
+        }
+        true
+    }
+
     /// Decides when the bytes just queued go out: now if nothing was sent within `window`,
     /// else at the end of the window (the first caller to be told `At` schedules it).
     pub fn when(&self, now: Instant, window: Duration) -> When {
@@ -121,6 +152,7 @@ impl Outbox {
         loop {
             let mut bytes = std::mem::take(&mut s.spare);
             std::mem::swap(&mut bytes, &mut s.buf);
+            s.held.clear();
             let frames = std::mem::take(&mut s.frames);
             let sent = MutexGuard::unlocked(&mut s, || {
                 let mut sent = 0;
@@ -145,6 +177,7 @@ impl Outbox {
                 bytes.drain(..sent);
                 bytes.extend_from_slice(&s.buf);
                 s.buf = bytes;
+                s.held.clear();
                 s.frames += frames;
                 s.sending = false;
                 s.writer_owns = true;
@@ -175,6 +208,7 @@ impl Outbox {
                 } else {
                     spare.clear();
                     std::mem::swap(spare, &mut s.buf);
+                    s.held.clear();
                     s.writing = true;
                     return Some(std::mem::take(&mut s.frames));
                 }
@@ -199,6 +233,7 @@ impl Outbox {
         let mut s = self.state.lock();
         s.closed = true;
         s.buf = Vec::new();
+        s.held = Vec::new();
         s.frames = 0;
         self.wake.notify_all();
     }
@@ -317,6 +352,31 @@ mod tests {
                 bytes: 3
             }
         );
+        assert!(ob.is_idle());
+    }
+
+    #[test]
+    fn a_held_gossip_frame_can_be_withdrawn_until_it_is_sent() {
+        let ob = Outbox::new(10);
+        let (x, y, z) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        assert!(ob.push(b"<hello>"));
+        assert!(ob.push_gossip(b"<x>", x));
+        assert!(ob.push_gossip(b"<yy>", y));
+        assert!(ob.push_gossip(b"<zzz>", z));
+        assert!(ob.withdraw(&y));
+        assert!(!ob.withdraw(&y), "only once");
+        assert!(!ob.withdraw(&[9u8; 32]), "never queued");
+        // Offsets behind the withdrawn frame moved with it.
+        assert!(ob.withdraw(&z));
+        let mut sent = Vec::new();
+        let done = ob.flush(Instant::now(), |b| {
+            sent.extend_from_slice(b);
+            Ok(b.len())
+        });
+        assert_eq!(sent, b"<hello><x>");
+        assert_eq!(done.frames, 2);
+        // Sent: too late to withdraw.
+        assert!(!ob.withdraw(&x));
         assert!(ob.is_idle());
     }
 

@@ -67,6 +67,8 @@ pub struct Summary {
     #[serde(skip)]
     pub completions: Vec<(u64, u64)>,
     pub duplicates_per_delivery: f64,
+    /// Gossip frames taken back before sending (the remote had sent the message first).
+    pub withdrawn_per_delivery: f64,
     pub dead: Vec<Dead>,
     pub false_removals: Vec<String>,
     pub rejected: usize,
@@ -256,6 +258,7 @@ impl Run {
         let mut receipts: HashMap<&str, HashMap<&str, u64>> = HashMap::new();
         let mut all_deliveries = 0u64;
         let mut duplicates = 0u64;
+        let mut withdrawn = 0u64;
         for (p, evs) in &self.peers {
             for e in ev(evs, "gossip_received") {
                 receipts
@@ -264,9 +267,12 @@ impl Run {
                     .insert(p.as_str(), us(e));
                 all_deliveries += 1;
             }
-            duplicates += ev(evs, "stats")
-                .last()
+            let last_stats = ev(evs, "stats").last();
+            duplicates += last_stats
                 .and_then(|e| e["gossip_duplicates"].as_u64())
+                .unwrap_or(0);
+            withdrawn += last_stats
+                .and_then(|e| e["gossip_withdrawn"].as_u64())
                 .unwrap_or(0);
         }
         let mut messages = 0;
@@ -380,6 +386,11 @@ impl Run {
             } else {
                 duplicates as f64 / all_deliveries as f64
             },
+            withdrawn_per_delivery: if all_deliveries == 0 {
+                0.0
+            } else {
+                withdrawn as f64 / all_deliveries as f64
+            },
             dead,
             false_removals,
             rejected,
@@ -409,8 +420,8 @@ pub fn table(s: &Summary) -> String {
     );
     let _ = writeln!(
         o,
-        "duplicates per delivery    {:.3}",
-        s.duplicates_per_delivery
+        "duplicates per delivery    {:.3} (and {:.3} withdrawn before sending)",
+        s.duplicates_per_delivery, s.withdrawn_per_delivery
     );
     if s.dead.is_empty() {
         let _ = writeln!(o, "dead peers                 none");
@@ -450,6 +461,7 @@ pub fn json(s: &Summary) -> Value {
         "coverage": s.coverage,
         "latency_ms": s.latency_ms,
         "duplicates_per_delivery": s.duplicates_per_delivery,
+        "withdrawn_per_delivery": s.withdrawn_per_delivery,
         "dead": s.dead,
         "false_removals": s.false_removals.len(),
         "rejected": s.rejected,

@@ -484,13 +484,14 @@ impl PeerCore {
         }
         let to = targets.iter().map(|a| self.neighbours[a].conn).collect();
         self.ml.record_sent(&id, &targets);
-        out.push(Action::Send {
+        out.push(Action::Forward {
             to,
             msg: Msg::Gossip {
                 data_type,
                 ttl,
                 payload,
             },
+            id,
         });
     }
 
@@ -505,6 +506,11 @@ impl PeerCore {
     ) {
         let id = texts::message_id(data_type, &payload);
         if !self.ml.first_receipt(id, Some(from)) {
+            // The sender has it: if our copy to it is still held in the batch window, it need
+            // not go (the flooding rule is unchanged: it only saves a duplicate).
+            if let Some(n) = self.neighbours.get(&from) {
+                out.push(Action::Withdraw { conn: n.conn, id });
+            }
             return;
         }
         let mut rec = Record::new("gossip_received").field("id", hex::encode(id));
@@ -1053,7 +1059,9 @@ mod tests {
     fn sends(out: &[Action]) -> Vec<(Vec<ConnId>, Msg)> {
         out.iter()
             .filter_map(|x| match x {
-                Action::Send { to, msg } => Some((to.clone(), msg.clone())),
+                Action::Send { to, msg } | Action::Forward { to, msg, .. } => {
+                    Some((to.clone(), msg.clone()))
+                }
                 _ => None,
             })
             .collect()
@@ -1224,7 +1232,9 @@ mod tests {
             now,
             &mut out,
         );
-        assert!(out.is_empty());
+        // A repeat only takes back our copy to its sender, if that is still held.
+        let id = texts::message_id(TEXT_DATA_TYPE, b"1:127.0.0.1:9102:1");
+        assert_eq!(out, vec![Action::Withdraw { conn: 12, id }]);
         assert_eq!(p.gossip_duplicates(), 1);
         // TTL 1: delivered here, forwarded nowhere.
         out.clear();
