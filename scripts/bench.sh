@@ -32,4 +32,7 @@ for rate in 250 500 750 1000; do
   $B/bench throughput 100 "$rate"
   echo
 done
+# N = 200 near its capacity: where the tail of time-to-all is longest.
+$B/bench throughput 200 100
+echo
 $B/bench detection 20
