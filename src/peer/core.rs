@@ -680,7 +680,17 @@ impl PeerCore {
     ) {
         out.push(Record::rejected(addr, &reason).into());
         match self.links.get(&conn).map(|l| l.kind) {
-            Some(LinkKind::Neighbour) => self.drop_link(conn, addr, &reason, now, out),
+            Some(LinkKind::Neighbour) => {
+                // Said before the close, so the neighbour knows it was cut off on purpose and
+                // does not report us as dead.
+                out.push(Action::send(
+                    conn,
+                    Msg::Reject {
+                        reason: reason.clone(),
+                    },
+                ));
+                self.drop_link(conn, addr, &reason, now, out)
+            }
             _ => {
                 self.on_link_gone(conn, now, out);
                 out.push(Action::Close { conn });
@@ -1329,7 +1339,13 @@ mod tests {
             );
         }
         assert!(events(&out).contains(&"rejected"));
-        assert!(out.contains(&Action::Close { conn: 10 }));
+        // Told why, then closed: the neighbour does not take it for our crash.
+        let told = out.iter().position(|x| {
+            matches!(x, Action::Send { to, msg: Msg::Reject { reason } }
+                if to == &vec![10] && reason.contains("rate limit"))
+        });
+        let closed = out.iter().position(|x| x == &Action::Close { conn: 10 });
+        assert!(told.is_some() && told < closed, "{out:?}");
         assert!(!p.neighbours().contains(&a(9101)));
         // Bursts up to twice the rate were accepted before the cut.
         assert_eq!(
