@@ -725,6 +725,16 @@ impl<C: Core> Runtime<C> {
                     frames: frames as u64,
                     bytes: bytes.len() as u64,
                 }),
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) =>
+                {
+                    // The remote closed. What it said before closing (a `Reject` with its
+                    // reason, say) may still wait unread in our receive buffer: leave the
+                    // connection to the reader, which reads that and then the end of stream.
+                    // Nobody writes any more: the write side stays the writer's.
+                    log::debug!("connection {conn}: write failed: {e}; the reader closes it");
+                    return;
+                }
                 Err(e) => {
                     if self.forget(conn) {
                         self.dispatch(Event::Closed {

@@ -206,7 +206,15 @@ fn a_neighbour_flooding_gossip_or_liveness_requests_is_cut_off() {
         batch.extend(msg.encode());
     }
     let _ = s.write_all(&batch);
-    read_to_close(&mut s);
+    // Cut off, it is told why before the close (even though its flood was still being written),
+    // so an honest neighbour in this position would not report p as dead.
+    let said = frames_in(&read_to_close(&mut s));
+    assert!(
+        said.iter().any(
+            |m| matches!(m, Msg::Reject { reason } if reason.contains("gossip frames faster"))
+        ),
+        "no Reject before the close: {said:?}"
+    );
     // Another floods liveness requests.
     let liar = addr(free_port());
     let (mut s, _) = handshake_as(Role::Peer, liar, p).unwrap();
@@ -321,4 +329,17 @@ fn a_handshake_flood_raises_the_difficulty_and_honest_peers_still_join() {
             && changes.last().is_some_and(|e| e["to"] == 8)
     });
     still_healthy(&mut net, seed, &base, p, q);
+}
+
+/// The whole frames in `bytes`, decoded (what a remote sent before closing).
+fn frames_in(bytes: &[u8]) -> Vec<Msg> {
+    let mut fr = gossipnet::wire::FrameReader::new(1 << 16);
+    fr.push(bytes);
+    let mut out = Vec::new();
+    while let Ok(Some(body)) = fr.next_frame() {
+        if let Ok(m) = Msg::decode(&body) {
+            out.push(m);
+        }
+    }
+    out
 }
