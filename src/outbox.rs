@@ -134,7 +134,7 @@ impl Outbox {
 
     /// Hands queued bytes to `send`, which must not block (it returns `WouldBlock` or a short
     /// count when the socket is full). Whatever it does not take goes to the writer thread,
-    /// and so does an error, which the writer's own write then reports.
+    /// and so does an error, which the writer's own write then meets (see `Runtime::write_loop`).
     ///
     /// The lock is not held across `send`: a send on loopback runs the receiver's side of TCP
     /// and can be preempted, and the threads queuing frames hold the node's core lock while
@@ -381,7 +381,7 @@ mod tests {
     }
 
     #[test]
-    fn an_error_hands_the_bytes_to_the_writer_which_reports_it() {
+    fn an_error_hands_the_bytes_to_the_writer() {
         let ob = Outbox::new(10);
         ob.push(b"abc");
         let done = ob.flush(Instant::now(), |_| {
