@@ -339,7 +339,6 @@ impl PeerCore {
         }
     }
 
-    /// Drops a neighbour: close, log, and repair if we are now short of neighbours.
     /// Closes one neighbour link. If it is the link the neighbour is known by, the neighbour
     /// is lost; if it is a second, simultaneous link, only that link goes.
     fn drop_link(
@@ -358,6 +357,7 @@ impl PeerCore {
         }
     }
 
+    /// Drops a neighbour: close, log, and repair if we are now short of neighbours.
     fn drop_neighbour(
         &mut self,
         addr: SocketAddr,
@@ -753,7 +753,12 @@ impl PeerCore {
             (LinkKind::Neighbour, Msg::Reject { reason }) => {
                 // The remote closes this link on purpose (most often the losing one of two
                 // simultaneous links): not a crash, so no dead report.
-                let reason: String = reason.chars().take(MAX_REMOTE_REASON).collect();
+                // The remote's words, cut short and kept on one line for the log.
+                let reason: String = reason
+                    .chars()
+                    .take(MAX_REMOTE_REASON)
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
                 let why = format!("closed by the remote: {reason}");
                 self.drop_link(conn, addr, &why, now, out);
             }
@@ -1192,13 +1197,22 @@ mod tests {
             Event::Frame {
                 conn: 11,
                 msg: Msg::Reject {
-                    reason: "duplicate link: keeping the one dialed by the smaller address".into(),
+                    reason: "duplicate link:\nkeeping the one dialed by the smaller address".into(),
                 },
             },
             now,
             &mut out,
         );
         assert_eq!(events(&out), vec!["neighbour_down"]);
+        let logged = out.iter().find_map(|x| match x {
+            Action::Log(r) => r.fields["reason"].as_str().map(str::to_string),
+            _ => None,
+        });
+        assert_eq!(
+            logged.as_deref(),
+            Some("closed by the remote: duplicate link: keeping the one dialed by the smaller address"),
+            "the remote's words on one line"
+        );
         assert!(!sends(&out)
             .iter()
             .any(|(_, m)| matches!(m, Msg::DeadNode { .. })));
