@@ -100,8 +100,9 @@ pub struct Limits {
     pub read_timeout: Duration,
     /// A blocked write fails after this time and closes the connection.
     pub write_timeout: Duration,
-    /// Gossip frames one neighbour may send per second (bursts of twice that); a neighbour
-    /// flooding faster is disconnected.
+    /// New gossip items one neighbour may send per second (bursts of twice that); repeats of
+    /// items already seen may come four times faster. A neighbour flooding faster is
+    /// disconnected.
     pub gossip_per_second: u32,
     /// Other frames (liveness, reports, list requests) one connection may send per second
     /// (bursts of twice that).

@@ -211,7 +211,7 @@ fn a_neighbour_flooding_gossip_or_liveness_requests_is_cut_off() {
     let said = frames_in(&read_to_close(&mut s));
     assert!(
         said.iter().any(
-            |m| matches!(m, Msg::Reject { reason } if reason.contains("gossip frames faster"))
+            |m| matches!(m, Msg::Reject { reason } if reason.contains("new gossip items faster"))
         ),
         "no Reject before the close: {said:?}"
     );
@@ -228,7 +228,9 @@ fn a_neighbour_flooding_gossip_or_liveness_requests_is_cut_off() {
     // The close reaches the attacker a moment before the node writes its record.
     wait_until("both floods are logged as rejected", || {
         let reasons = rejected_reasons(&net, "peer", p);
-        reasons.iter().any(|r| r.contains("gossip frames faster"))
+        reasons
+            .iter()
+            .any(|r| r.contains("new gossip items faster"))
             && reasons.iter().any(|r| r.contains("control frames faster"))
     });
     // Only the burst (400) plus the rate (200/s) over the seconds p took to read the flood got

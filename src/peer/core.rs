@@ -28,6 +28,8 @@ const SEED_BACKOFF_MIN: Duration = Duration::from_millis(200);
 const SEED_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Why the losing one of two simultaneous links is closed (sent in a `Reject`).
 const DUPLICATE_LINK: &str = "duplicate link: keeping the one dialed by the smaller address";
+/// Repeats of known gossip items may come this many times faster than new ones.
+const REPEAT_RATE_FACTOR: u32 = 4;
 /// How much of a remote's reason for closing a link goes into the log.
 const MAX_REMOTE_REASON: usize = 200;
 
@@ -47,7 +49,10 @@ struct Link {
     /// Whether we dialed this connection (used to pick one of two simultaneous links).
     dialed: bool,
     /// What this remote may send: gossip items, and everything else.
+    /// New gossip items (first receipts) this remote may send.
     gossip_rate: RateLimiter,
+    /// Repeats (items we already have): cheap to drop, so a looser bound.
+    repeat_rate: RateLimiter,
     control_rate: RateLimiter,
 }
 
@@ -495,8 +500,10 @@ impl PeerCore {
         });
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_gossip(
         &mut self,
+        conn: ConnId,
         from: SocketAddr,
         data_type: u16,
         ttl: u8,
@@ -505,6 +512,27 @@ impl PeerCore {
         out: &mut Vec<Action>,
     ) {
         let id = texts::message_id(data_type, &payload);
+        // The rate limit counts new items: a neighbour forwards each item at most once, so a
+        // receiver that fell behind and reads a backlog at once mostly reads repeats, which
+        // have their own, looser bound. Checked before the item is recorded, so an item
+        // refused here can still arrive from an honest neighbour.
+        let new = self.ml.get(&id).is_none();
+        let allowed = self.links.get_mut(&conn).is_some_and(|l| {
+            if new {
+                l.gossip_rate.allow(now.mono)
+            } else {
+                l.repeat_rate.allow(now.mono)
+            }
+        });
+        if !allowed {
+            let what = if new {
+                "new gossip items"
+            } else {
+                "repeated gossip items"
+            };
+            let reason = format!("{what} faster than the rate limit");
+            return self.reject(conn, from, reason, now, out);
+        }
         if !self.ml.first_receipt(id, Some(from)) {
             // The sender has it: if our copy to it is still held in the batch window, it need
             // not go (the flooding rule is unchanged: it only saves a duplicate).
@@ -703,15 +731,10 @@ impl PeerCore {
             return;
         };
         let (addr, kind) = (link.addr, link.kind);
+        // Gossip is metered in `on_gossip`, once it is known whether the item is new.
         let gossip = matches!(msg, Msg::Gossip { .. });
-        let allowed = if gossip {
-            link.gossip_rate.allow(now.mono)
-        } else {
-            link.control_rate.allow(now.mono)
-        };
-        if !allowed {
-            let what = if gossip { "gossip" } else { "control" };
-            let reason = format!("{what} frames faster than the rate limit");
+        if !gossip && !link.control_rate.allow(now.mono) {
+            let reason = "control frames faster than the rate limit".to_string();
             return self.reject(conn, addr, reason, now, out);
         }
         match (kind, msg) {
@@ -722,7 +745,7 @@ impl PeerCore {
                     ttl,
                     payload,
                 },
-            ) => self.on_gossip(addr, data_type, ttl, payload, now, out),
+            ) => self.on_gossip(conn, addr, data_type, ttl, payload, now, out),
             (LinkKind::Neighbour, Msg::LivenessRequest { text })
             | (LinkKind::Seed | LinkKind::SeedProbe, Msg::LivenessRequest { text }) => {
                 if !self.answer_liveness(conn, addr, &text, out) {
@@ -974,7 +997,12 @@ impl Core for PeerCore {
                         dialed: dialed.is_some(),
                         gossip_rate: RateLimiter::new(
                             l.gossip_per_second,
-                            l.gossip_per_second * 2,
+                            l.gossip_per_second.saturating_mul(2),
+                            now.mono,
+                        ),
+                        repeat_rate: RateLimiter::new(
+                            l.gossip_per_second.saturating_mul(REPEAT_RATE_FACTOR),
+                            l.gossip_per_second.saturating_mul(2 * REPEAT_RATE_FACTOR),
                             now.mono,
                         ),
                         control_rate: RateLimiter::new(
@@ -1369,6 +1397,49 @@ mod tests {
                 .count(),
             20
         );
+    }
+
+    #[test]
+    fn repeats_are_metered_apart_from_new_items_and_more_loosely() {
+        // A receiver reading a backlog at once sees mostly repeats: 70 at once, over three
+        // times the burst of new items (20), still pass; only past their own burst (80) is a
+        // neighbour cut off.
+        let (mut p, now) = joined("limits: { gossip_per_second: 10 }");
+        let mut out = vec![];
+        let item = gossip("1:127.0.0.1:9102:1", 0);
+        p.handle(
+            Event::Frame {
+                conn: 11,
+                msg: item.clone(),
+            },
+            now,
+            &mut out,
+        );
+        for _ in 0..70 {
+            p.handle(
+                Event::Frame {
+                    conn: 10,
+                    msg: item.clone(),
+                },
+                now,
+                &mut out,
+            );
+        }
+        assert!(!events(&out).contains(&"rejected"), "{out:?}");
+        assert!(p.neighbours().contains(&a(9101)));
+        // Bursts of repeats: 2 × 4 × the rate.
+        for _ in 0..20 {
+            p.handle(
+                Event::Frame {
+                    conn: 10,
+                    msg: item.clone(),
+                },
+                now,
+                &mut out,
+            );
+        }
+        assert!(events(&out).contains(&"rejected"));
+        assert!(!p.neighbours().contains(&a(9101)));
     }
 
     #[test]
