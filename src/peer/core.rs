@@ -48,10 +48,9 @@ struct Link {
     kind: LinkKind,
     /// Whether we dialed this connection (used to pick one of two simultaneous links).
     dialed: bool,
-    /// What this remote may send: gossip items, and everything else.
-    /// New gossip items (first receipts) this remote may send.
+    /// What this remote may send: new gossip items (first receipts), repeats, everything else.
     gossip_rate: RateLimiter,
-    /// Repeats (items we already have): cheap to drop, so a looser bound.
+    /// Repeats are cheap to drop, so they have a looser bound.
     repeat_rate: RateLimiter,
     control_rate: RateLimiter,
 }
@@ -302,10 +301,7 @@ impl PeerCore {
                 addr,
                 Neighbour {
                     conn,
-                    liveness: LivenessTracker::new(
-                        self.config.liveness.misses,
-                        self.config.liveness.reply_timeout,
-                    ),
+                    liveness: self.new_tracker(),
                 },
             );
             return;
@@ -314,10 +310,7 @@ impl PeerCore {
             addr,
             Neighbour {
                 conn,
-                liveness: LivenessTracker::new(
-                    self.config.liveness.misses,
-                    self.config.liveness.reply_timeout,
-                ),
+                liveness: self.new_tracker(),
             },
         );
         out.push(
@@ -342,6 +335,13 @@ impl PeerCore {
                 },
             });
         }
+    }
+
+    fn new_tracker(&self) -> LivenessTracker {
+        LivenessTracker::new(
+            self.config.liveness.misses,
+            self.config.liveness.reply_timeout,
+        )
     }
 
     /// Closes one neighbour link. If it is the link the neighbour is known by, the neighbour
@@ -533,14 +533,14 @@ impl PeerCore {
             let reason = format!("{what} faster than the rate limit");
             return self.reject(conn, from, reason, now, out);
         }
-        if !self.ml.first_receipt(id, Some(from)) {
+        if !new {
+            self.ml.count_repeat();
             // The sender has it: if our copy to it is still held in the batch window, it need
             // not go (the flooding rule is unchanged: it only saves a duplicate).
-            if let Some(n) = self.neighbours.get(&from) {
-                out.push(Action::Withdraw { conn: n.conn, id });
-            }
+            out.push(Action::Withdraw { conn, id });
             return;
         }
+        self.ml.first_receipt(id, Some(from));
         let mut rec = Record::new("gossip_received").field("id", hex::encode(id));
         if data_type == TEXT_DATA_TYPE {
             let text = String::from_utf8_lossy(&payload).into_owned();
@@ -775,8 +775,8 @@ impl PeerCore {
             (LinkKind::Neighbour, Msg::Leave) => self.drop_link(conn, addr, "left", now, out),
             (LinkKind::Neighbour, Msg::Reject { reason }) => {
                 // The remote closes this link on purpose (most often the losing one of two
-                // simultaneous links): not a crash, so no dead report.
-                // The remote's words, cut short and kept on one line for the log.
+                // simultaneous links): not a crash, so no dead report. Its words are cut
+                // short and kept on one line for the log.
                 let reason: String = reason
                     .chars()
                     .take(MAX_REMOTE_REASON)
@@ -1407,37 +1407,18 @@ mod tests {
         let (mut p, now) = joined("limits: { gossip_per_second: 10 }");
         let mut out = vec![];
         let item = gossip("1:127.0.0.1:9102:1", 0);
-        p.handle(
-            Event::Frame {
-                conn: 11,
-                msg: item.clone(),
-            },
-            now,
-            &mut out,
-        );
-        for _ in 0..70 {
-            p.handle(
-                Event::Frame {
-                    conn: 10,
-                    msg: item.clone(),
-                },
-                now,
-                &mut out,
-            );
-        }
+        let receive = |p: &mut PeerCore, conn: ConnId, times: usize, out: &mut Vec<Action>| {
+            for _ in 0..times {
+                let msg = item.clone();
+                p.handle(Event::Frame { conn, msg }, now, out);
+            }
+        };
+        receive(&mut p, 11, 1, &mut out);
+        receive(&mut p, 10, 70, &mut out);
         assert!(!events(&out).contains(&"rejected"), "{out:?}");
         assert!(p.neighbours().contains(&a(9101)));
         // Bursts of repeats: 2 × 4 × the rate.
-        for _ in 0..20 {
-            p.handle(
-                Event::Frame {
-                    conn: 10,
-                    msg: item.clone(),
-                },
-                now,
-                &mut out,
-            );
-        }
+        receive(&mut p, 10, 20, &mut out);
         assert!(events(&out).contains(&"rejected"));
         assert!(!p.neighbours().contains(&a(9101)));
     }

@@ -50,6 +50,11 @@ impl MessageList {
         self.entries.get(id)
     }
 
+    /// Counts a repeat the caller already found in the list (`get`).
+    pub fn count_repeat(&mut self) {
+        self.duplicates += 1;
+    }
+
     /// Records a receipt. True on first receipt; a repeat is counted and returns false.
     pub fn first_receipt(&mut self, id: [u8; 32], from: Option<SocketAddr>) -> bool {
         if self.entries.contains_key(&id) {
