@@ -7,6 +7,7 @@
 //! cargo run --release --example bench -- throughput 100 500   # N peers, R new messages/s for 30 s [batch window]
 //! cargo run --release --example bench -- detection 20         # kill one, stop one; 13 s × 3
 //! cargo run --release --example bench -- floor                # loopback TCP ping-pong
+//! cargo run --release --example bench -- node 60000           # one peer's CPU per frame
 //! ```
 //!
 //! Every run starts its own seeds and peers (binaries from `GOSSIPNET_BIN` or
@@ -516,8 +517,8 @@ fn throughput(n: usize, rate: usize, window: Option<&str>) {
     println!("== throughput: {n} peers, {rate} new messages/s network-wide for {duration_s} s (each peer every {interval_ms} ms){}", window.map(|w| format!(", batch window {w}")).unwrap_or_default());
     println!("   run directory: {}", net.dir.display());
     println!(
-        "   messages {}  coverage {:.4} ({} of {})  time to reach all p50 {:.2} ms p99 {:.2} ms  duplicates/delivery {:.2} (+{:.2} withdrawn)  CPU {:.2} cores",
-        s.messages, s.coverage, s.deliveries, s.expected_deliveries, s.latency_ms.p50, s.latency_ms.p99, s.duplicates_per_delivery, s.withdrawn_per_delivery, cores
+        "   messages {}  coverage {:.4} ({} of {})  time to reach all p50 {:.2} ms p99 {:.2} ms  duplicates/delivery {:.2} (+{:.2} withdrawn)  frames per read {:.1}, per send {:.1}  CPU {:.2} cores",
+        s.messages, s.coverage, s.deliveries, s.expected_deliveries, s.latency_ms.p50, s.latency_ms.p99, s.duplicates_per_delivery, s.withdrawn_per_delivery, s.frames_per_read, s.frames_per_write, cores
     );
     // Sustained means the queues do not grow: time to reach all stays flat through the run
     // instead of climbing as a backlog builds.
@@ -617,6 +618,180 @@ fn detection(n: usize) {
     println!("   false removals {}", s.false_removals.len());
 }
 
+/// Completes the proof-of-work handshake with `target` as a peer claiming `claimed`.
+fn handshake_as(claimed: SocketAddr, target: SocketAddr) -> TcpStream {
+    use gossipnet::wire::{FrameReader, Msg, Role};
+    let mut s = TcpStream::connect(target).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut fr = FrameReader::new(1 << 20);
+    let me = gossipnet::handshake::ConnectorIdentity {
+        role: Role::Peer,
+        addr: claimed,
+        incarnation: gossipnet::node::unix_ms(),
+    };
+    let mut next = |s: &mut TcpStream| -> Msg {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(b) = fr.next_frame().unwrap() {
+                return Msg::decode(&b).unwrap();
+            }
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "{target} closed the handshake");
+            fr.push(&buf[..n]);
+        }
+    };
+    let puzzle = me.on_challenge(next(&mut s)).unwrap();
+    let hello = me.solve(&puzzle, 0, Instant::now() + PATIENCE).unwrap();
+    s.write_all(&hello.encode()).unwrap();
+    assert!(matches!(next(&mut s), Msg::Welcome), "not admitted");
+    s
+}
+
+/// utime and stime of a process, in seconds.
+fn cpu_split(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    (
+        f.get(11).copied().unwrap_or(0.0) / 100.0,
+        f.get(12).copied().unwrap_or(0.0) / 100.0,
+    )
+}
+
+/// One real peer process and eight neighbours played by this benchmark, which send it
+/// `messages` gossip items, each from six of them (one first receipt and five repeats, about
+/// what a peer of the 100-peer network gets) as fast as it reads them, and read whatever it
+/// forwards. Prints the peer's CPU per frame received: the cost of the hot path (read,
+/// decode, hash, look up, forward, withdraw, log) without the scheduling of hundreds of
+/// processes that the network benchmarks add to it.
+fn node(messages: usize) {
+    const LINKS: usize = 8;
+    const COPIES: usize = 6;
+    // Frames per write: each neighbour hands the peer's reader a few kilobytes at a time.
+    const CHUNK: usize = 64;
+    let body = format!(
+        "gossip: {{ interval: 5s, count: 0, message_list_capacity: {} }}\nliveness: {{ interval: 60s, misses: 3 }}\npow: {{ difficulty: 8 }}\nlimits: {{ gossip_per_second: 10000000 }}\nstats: {{ interval: 5s }}",
+        messages.max(1)
+    );
+    let mut net = Network::start(1, &body);
+    let (peer, pid) = (net.peers[0].0, net.peers[0].1.id());
+    let mut streams = Vec::new();
+    for _ in 0..LINKS {
+        streams.push(handshake_as(
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+            peer,
+        ));
+    }
+    // Everything the peer sends back is read (and counted) so it never blocks on a full socket.
+    let drains: Vec<_> = streams
+        .iter()
+        .map(|s| {
+            let mut r = s.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                let mut total = 0u64;
+                while let Ok(n) = r.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                total
+            })
+        })
+        .collect();
+    let frames: Vec<Vec<u8>> = (0..messages)
+        .map(|i| {
+            gossipnet::wire::Msg::Gossip {
+                data_type: 0,
+                ttl: 0,
+                payload: format!("1795313883123:127.0.0.1:40000:{i}").into_bytes(),
+            }
+            .encode()
+        })
+        .collect();
+    let frames = std::sync::Arc::new(frames);
+    let (user0, sys0) = cpu_split(pid);
+    let t = Instant::now();
+    let writers: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(k, mut s)| {
+            let frames = frames.clone();
+            std::thread::spawn(move || {
+                // Message i comes from links i, i+1, … i+5 (mod 8), in order on each link.
+                let mine: Vec<usize> = (0..frames.len())
+                    .filter(|i| (k + LINKS - i % LINKS) % LINKS < COPIES)
+                    .collect();
+                for chunk in mine.chunks(CHUNK) {
+                    let bytes: Vec<u8> = chunk.iter().flat_map(|i| frames[*i].clone()).collect();
+                    if s.write_all(&bytes).is_err() {
+                        break;
+                    }
+                }
+                s
+            })
+        })
+        .collect();
+    let streams: Vec<TcpStream> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    // Done when the peer has logged every first receipt.
+    let path = net.jsonl("peer", peer);
+    let (mut offset, mut received) = (0u64, 0usize);
+    let needle = b"\"event\":\"gossip_received\"";
+    while received < messages && t.elapsed() < PATIENCE {
+        std::thread::sleep(Duration::from_millis(200));
+        let Ok(mut f) = std::fs::File::open(&path) else {
+            continue;
+        };
+        let mut new = Vec::new();
+        use std::io::Seek;
+        f.seek(std::io::SeekFrom::Start(offset)).unwrap();
+        f.read_to_end(&mut new).unwrap();
+        // Whole lines only.
+        let end = new.iter().rposition(|b| *b == b'\n').map_or(0, |e| e + 1);
+        received += new[..end]
+            .windows(needle.len())
+            .filter(|w| w == needle)
+            .count();
+        offset += end as u64;
+    }
+    let elapsed = t.elapsed().as_secs_f64();
+    // The forwards of the last items are sent within a batch window; let them go.
+    std::thread::sleep(Duration::from_millis(500));
+    let (user1, sys1) = cpu_split(pid);
+    for s in &streams {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+    let back: u64 = drains.into_iter().map(|d| d.join().unwrap()).sum();
+    net.stop();
+    let stats = parse_jsonl(&std::fs::read_to_string(&path).unwrap_or_default())
+        .into_iter()
+        .rfind(|e| e["event"] == "stats")
+        .unwrap_or_default();
+    let (user, sys) = (user1 - user0, sys1 - sys0);
+    let frames_in = messages * COPIES;
+    println!("== node: one peer, {LINKS} neighbours, {messages} messages, each from {COPIES} of them ({frames_in} frames, {CHUNK} per write)");
+    println!("   run directory: {}", net.dir.display());
+    println!(
+        "   first receipts logged {received} of {messages} in {elapsed:.2} s: {:.0} messages/s, {:.0} frames/s",
+        received as f64 / elapsed,
+        frames_in as f64 / elapsed
+    );
+    println!(
+        "   peer CPU {:.2} s (user {user:.2}, system {sys:.2}): {:.2} µs per frame received, {:.1} µs per message",
+        user + sys,
+        (user + sys) * 1e6 / frames_in as f64,
+        (user + sys) * 1e6 / messages.max(1) as f64
+    );
+    println!(
+        "   sent back {back} bytes; peer stats: frames_in {} in {} reads, frames_out {} in {} sends, gossip_withdrawn {}",
+        stats["frames_in"], stats["reads"], stats["frames_out"], stats["writes"], stats["gossip_withdrawn"]
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, d: usize| args.get(i).and_then(|x| x.parse().ok()).unwrap_or(d);
@@ -626,12 +801,15 @@ fn main() {
             throughput(num(1, 100), num(2, 1000), args.get(3).map(String::as_str))
         }
         Some("detection") => detection(num(1, 20)),
+        Some("node") => node(num(1, 60_000)),
         Some("floor") => println!(
             "one loopback TCP hop (half the median ping-pong round trip): {:.1} µs",
             floor_us()
         ),
         _ => {
-            eprintln!("usage: bench latency N | throughput N RATE | detection N | floor");
+            eprintln!(
+                "usage: bench latency N | throughput N RATE | detection N | floor | node MESSAGES"
+            );
             std::process::exit(2);
         }
     }

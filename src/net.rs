@@ -55,6 +55,10 @@ pub struct Counters {
     pub pending_handshakes: AtomicUsize,
     /// Gossip frames taken back before they were sent: the remote had sent us the message.
     pub withdrawn: AtomicU64,
+    /// `read` calls that returned bytes, and `send`/`write` calls that took bytes: with
+    /// `frames_in`/`frames_out`, how many frames each system call carries.
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
 }
 
 struct ConnHandle {
@@ -182,22 +186,23 @@ impl<C: Core> Runtime<C> {
 
     /// Feeds one event to the core and carries out its actions.
     pub fn dispatch(self: &Arc<Self>, event: Event) {
-        self.dispatch_all(vec![event], crate::output::unix_us());
+        self.dispatch_all(&mut vec![event], crate::output::unix_us());
     }
 
     /// Feeds events to the core under one lock and carries out their actions. The records
     /// they produce are stamped `at_us`, the moment the events were taken in (a read's
     /// arrival, a message's creation), not the later moment they are written after the frames
     /// went out.
-    fn dispatch_all(self: &Arc<Self>, events: Vec<Event>, at_us: u64) {
+    /// `events` is left empty, its buffer kept for the caller's next read.
+    fn dispatch_all(self: &Arc<Self>, events: &mut Vec<Event>, at_us: u64) {
         let now = Now::real();
-        let mut actions = Vec::new();
+        let mut actions = Vec::with_capacity(events.len() + 4);
         let mut overflowed = Vec::new();
         // Connections with newly queued bytes, to flush once the core lock is released.
         let mut touched: Vec<Conn> = Vec::new();
         {
             let mut core = self.core.lock();
-            for event in events {
+            for event in events.drain(..) {
                 core.handle(event, now, &mut actions);
             }
             // Queue frames and close connections while still holding the core lock, so each
@@ -294,9 +299,17 @@ impl<C: Core> Runtime<C> {
     fn flush(&self, outbox: &Outbox, stream: &TcpStream) {
         let fd = stream.as_raw_fd();
         let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        let mut writes = 0;
         let done = outbox.flush(Instant::now(), |bytes| {
-            nix::sys::socket::send(fd, bytes, flags).map_err(io::Error::from)
+            let sent = nix::sys::socket::send(fd, bytes, flags).map_err(io::Error::from);
+            if matches!(sent, Ok(n) if n > 0) {
+                writes += 1;
+            }
+            sent
         });
+        if writes > 0 {
+            self.counters.writes.fetch_add(writes, Ordering::Relaxed);
+        }
         self.count_out(done);
     }
 
@@ -650,7 +663,7 @@ impl<C: Core> Runtime<C> {
                 self.counters
                     .frames_in
                     .fetch_add(events.len() as u64, Ordering::Relaxed);
-                self.dispatch_all(std::mem::take(&mut events), arrived_us);
+                self.dispatch_all(&mut events, arrived_us);
             }
             if let Some(reason) = malformed {
                 self.reject(peer, &reason);
@@ -668,6 +681,7 @@ impl<C: Core> Runtime<C> {
                     self.counters
                         .bytes_in
                         .fetch_add(n as u64, Ordering::Relaxed);
+                    self.counters.reads.fetch_add(1, Ordering::Relaxed);
                     reader.push(&buf[..n]);
                 }
                 Err(e) if is_timeout(&e) => {
@@ -720,6 +734,7 @@ impl<C: Core> Runtime<C> {
         while let Some(frames) = outbox.take_for_writer(&mut bytes) {
             let result = stream.write_all(&bytes);
             outbox.written();
+            self.counters.writes.fetch_add(1, Ordering::Relaxed);
             match result {
                 Ok(()) => self.count_out(Flushed {
                     frames: frames as u64,
@@ -800,6 +815,8 @@ impl<C: Core> Runtime<C> {
                 .field("bytes_out", c.bytes_out.load(Ordering::Relaxed))
                 .field("gossip_duplicates", dups)
                 .field("gossip_withdrawn", c.withdrawn.load(Ordering::Relaxed))
+                .field("reads", c.reads.load(Ordering::Relaxed))
+                .field("writes", c.writes.load(Ordering::Relaxed))
                 .field("connections", c.connections.load(Ordering::Relaxed) as u64)
                 .field("threads", c.threads.load(Ordering::Relaxed) as u64),
         );
@@ -905,12 +922,10 @@ impl Deframe for FrameReader {
         FrameReader::pending(self)
     }
     fn next_event(&mut self, conn: ConnId) -> Result<Option<Event>, String> {
-        match self.next_frame().map_err(|e| e.to_string())? {
-            Some(body) => Msg::decode(&body)
-                .map(|msg| Some(Event::Frame { conn, msg }))
-                .map_err(|e| e.to_string()),
-            None => Ok(None),
-        }
+        Ok(self
+            .next_msg()
+            .map_err(|e| e.to_string())?
+            .map(|msg| Event::Frame { conn, msg }))
     }
 }
 

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::api::ApiMsg;
 use crate::wire::{Msg, Role};
@@ -151,7 +151,8 @@ impl Action {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     pub event: &'static str,
-    pub fields: Map<String, Value>,
+    /// In the order they were added; written after `ts_ms`, `node` and `event`.
+    pub fields: Vec<(&'static str, Value)>,
     /// Written to the `.txt` file and the screen, after the local time.
     pub line: Option<String>,
 }
@@ -160,14 +161,24 @@ impl Record {
     pub fn new(event: &'static str) -> Record {
         Record {
             event,
-            fields: Map::new(),
+            fields: Vec::new(),
             line: None,
         }
     }
 
-    pub fn field(mut self, key: &str, value: impl Into<Value>) -> Record {
-        self.fields.insert(key.to_string(), value.into());
+    /// Adds a field; a key given twice keeps the last value.
+    pub fn field(mut self, key: &'static str, value: impl Into<Value>) -> Record {
+        let value = value.into();
+        match self.fields.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.fields.push((key, value)),
+        }
         self
+    }
+
+    /// The value of field `key`, if set.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.fields.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     pub fn line(mut self, line: impl Into<String>) -> Record {

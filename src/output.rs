@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
-use serde_json::{Map, Value};
 
 use crate::node::Record;
 
@@ -21,8 +20,12 @@ pub fn unix_us() -> u64 {
 }
 use crate::wire::Role;
 
+/// Keys every record has; a field of the same name is not written twice.
+const RESERVED: [&str; 4] = ["ts_ms", "node", "event", "ts_us"];
+
 pub struct Output {
-    node: String,
+    /// The node's address as a JSON string, quoted and escaped once.
+    node_json: String,
     files: Mutex<(File, File)>,
     echo: bool,
     txt_path: PathBuf,
@@ -53,7 +56,7 @@ impl Output {
                 .open(p)
         };
         Ok(Output {
-            node: addr.to_string(),
+            node_json: serde_json::to_string(&addr.to_string()).unwrap_or_default(),
             files: Mutex::new((open(&txt_path)?, open(&jsonl_path)?)),
             echo,
             txt_path,
@@ -87,20 +90,28 @@ impl Output {
         if recs.is_empty() {
             return;
         }
-        let mut json = String::new();
+        // Written by hand rather than through a `serde_json::Map` per record: one buffer for
+        // the whole burst, no per-key allocations (this runs for every message received).
+        let mut json = Vec::with_capacity(200 * recs.len());
         let mut lines = String::new();
         // The same moment as the .jsonl lines, in local time.
         let mut stamp = None;
         for rec in recs {
-            let mut obj = Map::new();
-            obj.insert("ts_ms".into(), Value::from(ts_us / 1000));
-            obj.insert("node".into(), Value::from(self.node.as_str()));
-            obj.insert("event".into(), Value::from(rec.event));
-            obj.extend(rec.fields);
+            let _ = write!(json, "{{\"ts_ms\":{},\"node\":", ts_us / 1000);
+            json.extend_from_slice(self.node_json.as_bytes());
+            json.extend_from_slice(b",\"event\":");
+            let _ = serde_json::to_writer(&mut json, rec.event);
+            for (key, value) in &rec.fields {
+                if RESERVED.contains(key) {
+                    continue;
+                }
+                json.push(b',');
+                let _ = serde_json::to_writer(&mut json, key);
+                json.push(b':');
+                let _ = serde_json::to_writer(&mut json, value);
+            }
             // Microseconds too: one loopback hop takes tens of them, so latency figures need it.
-            obj.insert("ts_us".into(), Value::from(ts_us));
-            json.push_str(&Value::Object(obj).to_string());
-            json.push('\n');
+            let _ = writeln!(json, ",\"ts_us\":{ts_us}}}");
             if let Some(l) = rec.line {
                 let stamp = stamp.get_or_insert_with(|| {
                     let at = chrono::DateTime::from_timestamp_micros(ts_us as i64)
@@ -115,7 +126,7 @@ impl Output {
             }
         }
         let mut files = self.files.lock();
-        if let Err(e) = files.1.write_all(json.as_bytes()) {
+        if let Err(e) = files.1.write_all(&json) {
             log::warn!("cannot write {}: {e}", self.jsonl_path.display());
         }
         if !lines.is_empty() {
@@ -133,6 +144,7 @@ impl Output {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn records_are_written_through() {
@@ -159,5 +171,44 @@ mod tests {
         assert_eq!(txt.lines().count(), 1);
         assert!(txt.ends_with("  listening\n"));
         assert!(out.txt_path().ends_with("peer-127.0.0.1-9101.txt"));
+    }
+
+    #[test]
+    fn fields_keep_their_order_are_escaped_and_cannot_replace_the_fixed_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = "[::1]:9101".parse().unwrap();
+        let out = Output::create(dir.path(), Role::Peer, &addr, false).unwrap();
+        out.record_all(
+            vec![
+                Record::new("gossip_received")
+                    .field("text", "a \"quoted\"\nline\u{1}")
+                    .field("from", "127.0.0.1:1")
+                    .field("text", "replaced")
+                    .field("event", "spoofed")
+                    .field("n", 3),
+                Record::new("stats"),
+            ],
+            1_795_313_883_123_456,
+        );
+        let jsonl = std::fs::read_to_string(out.jsonl_path()).unwrap();
+        let lines: Vec<&str> = jsonl.lines().collect();
+        assert_eq!(
+            lines[0],
+            r#"{"ts_ms":1795313883123,"node":"[::1]:9101","event":"gossip_received","text":"replaced","from":"127.0.0.1:1","n":3,"ts_us":1795313883123456}"#
+        );
+        let v: Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(v["event"], "stats");
+        let r = Record::new("x").field("text", "a \"q\"\n\u{1}");
+        let mut one = String::new();
+        out.record_all(vec![r], 1);
+        one.push_str(
+            std::fs::read_to_string(out.jsonl_path())
+                .unwrap()
+                .lines()
+                .last()
+                .unwrap(),
+        );
+        let v: Value = serde_json::from_str(&one).unwrap();
+        assert_eq!(v["text"], "a \"q\"\n\u{1}");
     }
 }

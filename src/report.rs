@@ -69,6 +69,9 @@ pub struct Summary {
     pub duplicates_per_delivery: f64,
     /// Gossip frames taken back before sending (the remote had sent the message first).
     pub withdrawn_per_delivery: f64,
+    /// Peers' frames per `read` and per `send`/`write` system call (0 when not counted).
+    pub frames_per_read: f64,
+    pub frames_per_write: f64,
     pub dead: Vec<Dead>,
     pub false_removals: Vec<String>,
     pub rejected: usize,
@@ -259,6 +262,8 @@ impl Run {
         let mut all_deliveries = 0u64;
         let mut duplicates = 0u64;
         let mut withdrawn = 0u64;
+        // frames in, reads, frames out, writes
+        let mut calls = [0u64; 4];
         for (p, evs) in &self.peers {
             for e in ev(evs, "gossip_received") {
                 receipts
@@ -274,7 +279,20 @@ impl Run {
             withdrawn += last_stats
                 .and_then(|e| e["gossip_withdrawn"].as_u64())
                 .unwrap_or(0);
+            for (sum, key) in calls
+                .iter_mut()
+                .zip(["frames_in", "reads", "frames_out", "writes"])
+            {
+                *sum += last_stats.and_then(|e| e[key].as_u64()).unwrap_or(0);
+            }
         }
+        let per = |frames: u64, n: u64| {
+            if n == 0 {
+                0.0
+            } else {
+                frames as f64 / n as f64
+            }
+        };
         let mut messages = 0;
         let (mut delivered, mut expected) = (0u64, 0u64);
         let mut latencies = Vec::new();
@@ -391,6 +409,8 @@ impl Run {
             } else {
                 withdrawn as f64 / all_deliveries as f64
             },
+            frames_per_read: per(calls[0], calls[1]),
+            frames_per_write: per(calls[2], calls[3]),
             dead,
             false_removals,
             rejected,
@@ -423,6 +443,13 @@ pub fn table(s: &Summary) -> String {
         "duplicates per delivery    {:.3} (and {:.3} withdrawn before sending)",
         s.duplicates_per_delivery, s.withdrawn_per_delivery
     );
+    if s.frames_per_read > 0.0 {
+        let _ = writeln!(
+            o,
+            "frames per system call     {:.1} per read, {:.1} per send",
+            s.frames_per_read, s.frames_per_write
+        );
+    }
     if s.dead.is_empty() {
         let _ = writeln!(o, "dead peers                 none");
     }
@@ -462,6 +489,8 @@ pub fn json(s: &Summary) -> Value {
         "latency_ms": s.latency_ms,
         "duplicates_per_delivery": s.duplicates_per_delivery,
         "withdrawn_per_delivery": s.withdrawn_per_delivery,
+        "frames_per_read": s.frames_per_read,
+        "frames_per_write": s.frames_per_write,
         "dead": s.dead,
         "false_removals": s.false_removals.len(),
         "rejected": s.rejected,

@@ -464,6 +464,29 @@ impl FrameReader {
 
     /// The next complete frame body, `Ok(None)` when more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+        let Some(len) = self.next_len()? else {
+            return Ok(None);
+        };
+        let at = self.start + LEN_PREFIX;
+        let body = self.buf[at..at + len].to_vec();
+        self.consume(LEN_PREFIX + len);
+        Ok(Some(body))
+    }
+
+    /// The next complete frame, decoded where it lies in the buffer (no copy of its body),
+    /// `Ok(None)` when more bytes are needed.
+    pub fn next_msg(&mut self) -> Result<Option<Msg>, WireError> {
+        let Some(len) = self.next_len()? else {
+            return Ok(None);
+        };
+        let at = self.start + LEN_PREFIX;
+        let msg = Msg::decode(&self.buf[at..at + len])?;
+        self.consume(LEN_PREFIX + len);
+        Ok(Some(msg))
+    }
+
+    /// The body length of the next frame if all of it has arrived.
+    fn next_len(&self) -> Result<Option<usize>, WireError> {
         let avail = &self.buf[self.start..];
         if avail.len() < LEN_PREFIX {
             return Ok(None);
@@ -471,16 +494,15 @@ impl FrameReader {
         let mut prefix = [0u8; LEN_PREFIX];
         prefix.copy_from_slice(&avail[..LEN_PREFIX]);
         let len = check_len(prefix, self.max)?;
-        if avail.len() < LEN_PREFIX + len {
-            return Ok(None);
-        }
-        let body = avail[LEN_PREFIX..LEN_PREFIX + len].to_vec();
-        self.start += LEN_PREFIX + len;
+        Ok((avail.len() >= LEN_PREFIX + len).then_some(len))
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
         if self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
         }
-        Ok(Some(body))
     }
 }
 
@@ -727,6 +749,32 @@ mod tests {
             }
         }
         assert_eq!(got, samples());
+        // The same stream decoded in place, in chunks of every size up to a few frames.
+        for size in 1..64 {
+            let mut fr = FrameReader::new(1 << 20);
+            let mut got = Vec::new();
+            for chunk in all.chunks(size) {
+                fr.push(chunk);
+                while let Some(msg) = fr.next_msg().unwrap() {
+                    got.push(msg);
+                }
+            }
+            assert_eq!(got, samples(), "chunks of {size}");
+            assert_eq!(fr.pending(), 0);
+        }
+    }
+
+    #[test]
+    fn next_msg_refuses_what_next_frame_and_decode_refuse() {
+        let mut fr = FrameReader::new(1024);
+        fr.push(&u32::MAX.to_be_bytes());
+        assert!(matches!(fr.next_msg(), Err(WireError::TooLarge { .. })));
+        let mut body = Msg::Register.encode();
+        body[3] += 1;
+        body.push(0);
+        let mut fr = FrameReader::new(1024);
+        fr.push(&body);
+        assert_eq!(fr.next_msg(), Err(WireError::TrailingBytes(1)));
     }
 
     #[test]

@@ -543,11 +543,12 @@ impl PeerCore {
         self.ml.first_receipt(id, Some(from));
         let mut rec = Record::new("gossip_received").field("id", hex::encode(id));
         if data_type == TEXT_DATA_TYPE {
-            let text = String::from_utf8_lossy(&payload).into_owned();
+            let text = String::from_utf8_lossy(&payload);
+            let from = from.to_string();
             rec = rec
-                .field("text", text.clone())
-                .field("from", from.to_string())
-                .line(format!("Received {text} from {from}"));
+                .line(format!("Received {text} from {from}"))
+                .field("text", text.into_owned())
+                .field("from", from);
         } else {
             rec = rec
                 .field("from", from.to_string())
@@ -1233,7 +1234,10 @@ mod tests {
         );
         assert_eq!(events(&out), vec!["neighbour_down"]);
         let logged = out.iter().find_map(|x| match x {
-            Action::Log(r) => r.fields["reason"].as_str().map(str::to_string),
+            Action::Log(r) => r
+                .get("reason")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string),
             _ => None,
         });
         assert_eq!(

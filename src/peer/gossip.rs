@@ -5,7 +5,22 @@
 //! is ignored and counted. So an item crosses each link at most once in each direction.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+
+/// A message id as a map key. Ids are SHA-256 digests, so their first eight bytes, hashed with
+/// the map's random SipHash key, spread as well as all 32 at a quarter of the hashing (this
+/// lookup runs for every frame received). Equality still compares all 32 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key([u8; 32]);
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(head));
+    }
+}
 
 /// What the ML remembers of one item: where it came from and where it went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +34,7 @@ pub struct Seen {
 #[derive(Debug)]
 pub struct MessageList {
     capacity: usize,
-    entries: HashMap<[u8; 32], Seen>,
+    entries: HashMap<Key, Seen>,
     order: VecDeque<[u8; 32]>,
     duplicates: u64,
 }
@@ -47,7 +62,7 @@ impl MessageList {
     }
 
     pub fn get(&self, id: &[u8; 32]) -> Option<&Seen> {
-        self.entries.get(id)
+        self.entries.get(&Key(*id))
     }
 
     /// Counts a repeat the caller already found in the list (`get`).
@@ -57,20 +72,20 @@ impl MessageList {
 
     /// Records a receipt. True on first receipt; a repeat is counted and returns false.
     pub fn first_receipt(&mut self, id: [u8; 32], from: Option<SocketAddr>) -> bool {
-        if self.entries.contains_key(&id) {
+        if self.entries.contains_key(&Key(id)) {
             self.duplicates += 1;
             return false;
         }
         while self.entries.len() >= self.capacity {
             match self.order.pop_front() {
                 Some(old) => {
-                    self.entries.remove(&old);
+                    self.entries.remove(&Key(old));
                 }
                 None => break,
             }
         }
         self.entries.insert(
-            id,
+            Key(id),
             Seen {
                 from,
                 sent_to: Vec::new(),
@@ -81,7 +96,7 @@ impl MessageList {
     }
 
     pub fn record_sent(&mut self, id: &[u8; 32], to: &[SocketAddr]) {
-        if let Some(seen) = self.entries.get_mut(id) {
+        if let Some(seen) = self.entries.get_mut(&Key(*id)) {
             seen.sent_to.extend_from_slice(to);
         }
     }

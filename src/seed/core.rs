@@ -977,7 +977,7 @@ mod tests {
             panic!()
         };
         assert_eq!(r.event, "removed");
-        assert_eq!(r.fields["reason"], "left");
+        assert_eq!(r.get("reason").unwrap(), "left");
         // Its connection closing afterwards starts no probe.
         out.clear();
         s.handle(
