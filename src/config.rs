@@ -43,10 +43,13 @@ pub struct GossipConfig {
     pub count: u32,
     /// Bound on the message list (ids remembered for de-duplication); oldest forgotten first.
     pub message_list_capacity: usize,
-    /// Frames for a connection that sent less than this long ago wait and go out together
+    /// Frames for a connection that sent less than a window ago wait and go out together
     /// when the window ends: a busy link sends one segment per window instead of one per
-    /// frame, an idle one sends at once. Zero sends every frame at once.
+    /// frame, an idle one sends at once. The window is this long on a quiet link and grows
+    /// with the link's frame rate (see `outbox::Batching`) up to `max_batch_window`. Zero
+    /// (both) sends every frame at once.
     pub batch_window: Duration,
+    pub max_batch_window: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,6 +202,7 @@ struct RawGossip {
     count: Leaf,
     message_list_capacity: Leaf,
     batch_window: Leaf,
+    max_batch_window: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -267,6 +271,11 @@ pub mod defaults {
     /// See BENCHMARKS.md: long enough to gather a busy link's frames into one segment, short
     /// next to the scheduling delays of a loaded machine.
     pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
+    /// The window a busy link grows to (see `outbox::Batching` and BENCHMARKS.md, section
+    /// 4): at 1,000 messages/s in a 100-peer network a link carries about 550 frames/s, a
+    /// hundred per window.
+    pub const BUSY_BATCH_WINDOW: Duration = Duration::from_millis(200);
+    /// Upper bound on either window key.
     pub const MAX_BATCH_WINDOW: Duration = Duration::from_secs(1);
     /// The assignment's 13 s.
     pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(13);
@@ -425,6 +434,32 @@ impl RawConfig {
         }
 
         let g = self.gossip.unwrap_or_default();
+        let batch_window = at_most(
+            "gossip.batch_window",
+            &g.batch_window,
+            duration_or_zero("gossip.batch_window", &g.batch_window, BATCH_WINDOW)?,
+            MAX_BATCH_WINDOW,
+        )?;
+        // Unset, it is at least the quiet window; set below it, it is an error.
+        let max_batch_window = at_most(
+            "gossip.max_batch_window",
+            &g.max_batch_window,
+            duration_or_zero(
+                "gossip.max_batch_window",
+                &g.max_batch_window,
+                BUSY_BATCH_WINDOW.max(batch_window),
+            )?,
+            MAX_BATCH_WINDOW,
+        )?;
+        if let Some(leaf) = &g.max_batch_window {
+            if max_batch_window < batch_window {
+                return Err(ConfigError(format!(
+                    "gossip.max_batch_window: at least gossip.batch_window ({batch_window:?}), got \"{}\" {}",
+                    leaf.value,
+                    at(leaf)
+                )));
+            }
+        }
         let gossip = GossipConfig {
             interval: duration("gossip.interval", &g.interval, GOSSIP_INTERVAL)?,
             count: number("gossip.count", &g.count, GOSSIP_COUNT, 0, 1_000_000)?,
@@ -435,12 +470,8 @@ impl RawConfig {
                 16,
                 10_000_000,
             )?,
-            batch_window: at_most(
-                "gossip.batch_window",
-                &g.batch_window,
-                duration_or_zero("gossip.batch_window", &g.batch_window, BATCH_WINDOW)?,
-                MAX_BATCH_WINDOW,
-            )?,
+            batch_window,
+            max_batch_window,
         };
         let l = self.liveness.unwrap_or_default();
         let liveness = LivenessConfig {
@@ -675,6 +706,24 @@ mod tests {
         );
         let e = err(&format!("{seeds}gossip: {{ batch_window: soon }}\n"));
         assert!(e.contains("gossip.batch_window"), "{e}");
+        // The busy window: 200 ms unless set; never below the quiet one.
+        assert_eq!(c.gossip.max_batch_window, Duration::from_millis(200));
+        let c = Config::parse(&format!("{seeds}gossip: {{ batch_window: 300ms }}\n")).unwrap();
+        assert_eq!(c.gossip.max_batch_window, Duration::from_millis(300));
+        let c = Config::parse(&format!(
+            "{seeds}gossip: {{ batch_window: 0ms, max_batch_window: 0ms }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.gossip.max_batch_window, Duration::ZERO);
+        let e = err(&format!(
+            "{seeds}gossip: {{ batch_window: 5ms, max_batch_window: 1ms }}\n"
+        ));
+        assert!(
+            e.contains("gossip.max_batch_window") && e.contains("line 2"),
+            "{e}"
+        );
+        let e = err(&format!("{seeds}gossip: {{ max_batch_window: 2s }}\n"));
+        assert!(e.contains("gossip.max_batch_window"), "{e}");
         let e = err(&format!("{seeds}liveness: {{ reply_timeout: 0s }}\n"));
         assert!(
             e.contains("liveness.reply_timeout") && e.contains("line 2"),

@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::handshake::{AcceptorHandshake, ConnectorIdentity, HandshakeError};
 use crate::limits::{DifficultyChange, DifficultyController};
 use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote};
-use crate::outbox::{Flushed, Outbox, When};
+use crate::outbox::{Batching, Flushed, Outbox, When};
 use crate::output::Output;
 use crate::wire::{FrameReader, Msg, Role};
 
@@ -265,9 +265,12 @@ impl<C: Core> Runtime<C> {
                 }
             }
         }
-        let window = self.config.gossip.batch_window;
+        let batching = Batching {
+            min: self.config.gossip.batch_window,
+            max: self.config.gossip.max_batch_window,
+        };
         for (outbox, stream) in touched {
-            match outbox.when(now.mono, window) {
+            match outbox.when(now.mono, batching) {
                 When::Now => self.flush(&outbox, &stream),
                 When::At(t) => self.schedule(t, outbox, stream),
                 When::Scheduled => {}

@@ -9,7 +9,9 @@
 //!
 //! Batching: a connection that sent less than a batch window ago holds new frames until the
 //! window ends, and a flusher sends them together. An idle link therefore sends a frame at once;
-//! a busy one sends one segment per window, however many frames it carries.
+//! a busy one sends one segment per window, however many frames it carries. The window grows
+//! with the link's frame rate ([`Batching`]): on a loaded machine the system calls and thread
+//! wake-ups per segment, not the frames, are what a node spends its CPU on.
 //!
 //! The queue is bounded in frames: a remote that stops reading fills it and is dropped
 //! instead of growing this node's memory.
@@ -39,6 +41,58 @@ struct State {
     spare: Vec<u8>,
     /// Gossip frames in `buf` that may still be withdrawn: message id, offset, length.
     held: Vec<([u8; 32], usize, usize)>,
+    /// Frames queued per second, smoothed over about `RATE_TAU`.
+    rate: f64,
+    /// Frames queued since `rate` was last updated, and when that was.
+    counted: u32,
+    rate_at: Option<Instant>,
+}
+
+/// The rate is updated at most this often (seconds) ...
+const RATE_SAMPLE: f64 = 0.01;
+/// ... and smoothed over about this long (seconds).
+const RATE_TAU: f64 = 0.25;
+
+impl State {
+    fn update_rate(&mut self, now: Instant) {
+        let Some(since) = self.rate_at else {
+            self.rate_at = Some(now);
+            return;
+        };
+        let dt = now.saturating_duration_since(since).as_secs_f64();
+        if dt < RATE_SAMPLE {
+            return;
+        }
+        let sample = f64::from(self.counted) / dt;
+        self.rate += (1.0 - (-dt / RATE_TAU).exp()) * (sample - self.rate);
+        self.counted = 0;
+        self.rate_at = Some(now);
+    }
+}
+
+/// Frames a second from which a link holds its frames for the whole `max` window. Below it
+/// the window shrinks with the square of the rate: a link carrying `r` frames a second holds
+/// them for `max × (r / 500)²` (at least `min`). With the defaults (2 ms, 200 ms) a link under
+/// 50 frames a second is not held beyond the quiet window, so a light load keeps its latency,
+/// while a link at 500 frames a second sends five segments of a hundred frames a second. No
+/// link sends more than about `(BUSY_RATE² / max)^⅓` times a second (about 100).
+pub const BUSY_RATE: f64 = 500.0;
+
+/// The batch window's bounds (`gossip.batch_window`, `gossip.max_batch_window`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Batching {
+    /// The window for a link carrying `rate` frames a second.
+    pub fn window(&self, rate: f64) -> Duration {
+        let share = (rate / BUSY_RATE).powi(2);
+        // `as` saturates (and maps NaN to 0).
+        let grown = Duration::from_micros((share * self.max.as_micros() as f64) as u64);
+        grown.clamp(self.min, self.max.max(self.min))
+    }
 }
 
 /// Whether queued bytes go out now or at the end of the batch window.
@@ -84,6 +138,7 @@ impl Outbox {
         }
         s.buf.extend_from_slice(frame);
         s.frames += 1;
+        s.counted += 1;
         true
     }
 
@@ -98,6 +153,7 @@ impl Outbox {
         s.held.push((id, at, frame.len()));
         s.buf.extend_from_slice(frame);
         s.frames += 1;
+        s.counted += 1;
         true
     }
 
@@ -116,13 +172,16 @@ impl Outbox {
         true
     }
 
-    /// Decides when the bytes just queued go out: now if nothing was sent within `window`,
-    /// else at the end of the window (the first caller to be told `At` schedules it).
-    pub fn when(&self, now: Instant, window: Duration) -> When {
+    /// Decides when the bytes just queued go out: now if nothing was sent within the link's
+    /// window (see [`Batching`]), else at the end of the window (the first caller to be told
+    /// `At` schedules it).
+    pub fn when(&self, now: Instant, batching: Batching) -> When {
         let mut s = self.state.lock();
+        s.update_rate(now);
         if s.scheduled {
             return When::Scheduled;
         }
+        let window = batching.window(s.rate);
         match s.last_send {
             Some(t) if now < t + window => {
                 s.scheduled = true;
@@ -220,6 +279,11 @@ impl Outbox {
     /// The writer finished the bytes `take_for_writer` gave it.
     pub fn written(&self) {
         self.state.lock().writing = false;
+    }
+
+    /// Frames queued per second, smoothed (as of the last `when`).
+    pub fn rate(&self) -> f64 {
+        self.state.lock().rate
     }
 
     /// Nothing queued and nothing being written.
@@ -393,19 +457,23 @@ mod tests {
         assert_eq!(spare, b"abc");
     }
 
+    fn fixed(w: Duration) -> Batching {
+        Batching { min: w, max: w }
+    }
+
     #[test]
     fn a_link_that_just_sent_holds_new_frames_until_its_window_ends() {
         let ob = Outbox::new(10);
         let t0 = Instant::now();
         let w = Duration::from_millis(2);
         ob.push(b"a");
-        assert_eq!(ob.when(t0, w), When::Now);
+        assert_eq!(ob.when(t0, fixed(w)), When::Now);
         ob.flush(t0, |b| Ok(b.len()));
         ob.push(b"b");
         let t1 = t0 + Duration::from_millis(1);
-        assert_eq!(ob.when(t1, w), When::At(t0 + w));
+        assert_eq!(ob.when(t1, fixed(w)), When::At(t0 + w));
         ob.push(b"c");
-        assert_eq!(ob.when(t1, w), When::Scheduled);
+        assert_eq!(ob.when(t1, fixed(w)), When::Scheduled);
         let mut sent = Vec::new();
         ob.flush(t0 + w, |b| {
             sent.extend_from_slice(b);
@@ -414,8 +482,76 @@ mod tests {
         assert_eq!(sent, b"bc");
         // After a quiet window the next frame goes at once; a zero window never holds.
         ob.push(b"d");
-        assert_eq!(ob.when(t0 + 3 * w, w), When::Now);
-        assert_eq!(ob.when(t0 + w, Duration::ZERO), When::Now);
+        assert_eq!(ob.when(t0 + 3 * w, fixed(w)), When::Now);
+        assert_eq!(ob.when(t0 + w, fixed(Duration::ZERO)), When::Now);
+    }
+
+    #[test]
+    fn the_window_grows_with_the_links_rate_within_its_bounds() {
+        let b = Batching {
+            min: Duration::from_millis(2),
+            max: Duration::from_millis(200),
+        };
+        assert_eq!(b.window(0.0), Duration::from_millis(2));
+        assert_eq!(b.window(50.0), Duration::from_millis(2));
+        assert_eq!(b.window(100.0), Duration::from_millis(8));
+        assert_eq!(b.window(250.0), Duration::from_millis(50));
+        assert_eq!(b.window(500.0), Duration::from_millis(200));
+        assert_eq!(b.window(1e9), Duration::from_millis(200));
+        assert_eq!(b.window(f64::NAN), Duration::from_millis(2));
+        assert_eq!(fixed(Duration::ZERO).window(1e6), Duration::ZERO);
+    }
+
+    /// Feeds `per_second` frames a second for `secs` seconds, flushing whenever `when` says
+    /// so (at once, or when the window it named ends); returns the sends of the last second.
+    fn sends_in_last_second(per_second: u32, secs: u32) -> (u32, u32) {
+        let b = Batching {
+            min: Duration::from_millis(2),
+            max: Duration::from_millis(200),
+        };
+        let ob = Outbox::new(1 << 20);
+        let t0 = Instant::now();
+        let gap = Duration::from_secs(1) / per_second;
+        let (mut sends, mut frames, mut due) = (0, 0, None);
+        let last = t0 + Duration::from_secs(u64::from(secs - 1));
+        for i in 0..per_second * secs {
+            let now = t0 + gap * i;
+            if let Some(at) = due.filter(|at| *at <= now) {
+                let done = ob.flush(at, |b| Ok(b.len()));
+                if at >= last {
+                    sends += 1;
+                    frames += done.frames as u32;
+                }
+                due = None;
+            }
+            ob.push(b"x");
+            match ob.when(now, b) {
+                When::Now => {
+                    let done = ob.flush(now, |b| Ok(b.len()));
+                    if now >= last {
+                        sends += 1;
+                        frames += done.frames as u32;
+                    }
+                }
+                When::At(at) => due = Some(at),
+                When::Scheduled => {}
+            }
+        }
+        (sends, frames)
+    }
+
+    #[test]
+    fn a_quiet_link_sends_each_frame_at_once_a_busy_one_a_few_segments() {
+        // 40 frames a second: each alone, at once.
+        let (sends, frames) = sends_in_last_second(40, 3);
+        assert_eq!((sends, frames), (40, 40));
+        // 1,000 a second: the window grows to its 200 ms bound, about five sends a second.
+        let (sends, frames) = sends_in_last_second(1000, 3);
+        assert!((4..=7).contains(&sends), "{sends} sends");
+        assert!(frames >= 800, "{frames} frames");
+        // 250 a second: a 50 ms window, about 20 sends.
+        let (sends, _) = sends_in_last_second(250, 3);
+        assert!((15..=25).contains(&sends), "{sends} sends");
     }
 
     #[test]
