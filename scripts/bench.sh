@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks that BENCHMARKS.md reports, on 127.0.0.1 only, and prints the figures
-# beside the targets. Takes about 15 minutes on a 2-core machine.
+# beside the targets. Takes about 30 minutes on a 2-core machine.
 #
 #   scripts/bench.sh            # everything
 #   scripts/bench.sh quick      # N = 50 only, and the proof of work
@@ -24,11 +24,14 @@ echo
 $B/bench latency 50
 [ "${1:-}" = quick ] && exit 0
 echo
+# One peer's CPU per frame, without the scheduling of a whole network.
+$B/bench node 200000
+echo
 $B/bench latency 200
 echo
 $B/bench latency 500
 echo
-for rate in 250 500 750 1000; do
+for rate in 250 500 1000 1500; do
   $B/bench throughput 100 "$rate"
   echo
 done

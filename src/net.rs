@@ -265,10 +265,7 @@ impl<C: Core> Runtime<C> {
                 }
             }
         }
-        let batching = Batching {
-            min: self.config.gossip.batch_window,
-            max: self.config.gossip.max_batch_window,
-        };
+        let batching = self.batching();
         for (outbox, stream) in touched {
             match outbox.when(now.mono, batching) {
                 When::Now => self.flush(&outbox, &stream),
@@ -294,6 +291,13 @@ impl<C: Core> Runtime<C> {
                 conn,
                 reason: "outbound queue full (remote not reading)".into(),
             });
+        }
+    }
+
+    fn batching(&self) -> Batching {
+        Batching {
+            min: self.config.gossip.batch_window,
+            max: self.config.gossip.max_batch_window,
         }
     }
 
@@ -734,7 +738,8 @@ impl<C: Core> Runtime<C> {
     /// `limits.write_timeout`) until the remote reads it. Asleep otherwise.
     fn write_loop(self: &Arc<Self>, conn: ConnId, mut stream: TcpStream, outbox: &Outbox) {
         let mut bytes = Vec::new();
-        while let Some(frames) = outbox.take_for_writer(&mut bytes) {
+        let batching = self.batching();
+        while let Some(frames) = outbox.take_for_writer(&mut bytes, batching) {
             let result = stream.write_all(&bytes);
             outbox.written();
             self.counters.writes.fetch_add(1, Ordering::Relaxed);

@@ -255,7 +255,13 @@ impl Outbox {
 
     /// The writer thread's wait: returns the bytes it must write (swapped with `spare`, so no
     /// buffer is allocated per write) and how many frames they finish, or `None` once closed.
-    pub fn take_for_writer(&self, spare: &mut Vec<u8>) -> Option<usize> {
+    ///
+    /// The writer keeps the link's batch window too: it takes what has queued only once the
+    /// window since the last write has ended. It owns the link when the remote reads slower
+    /// than we send, which is when the machine is busiest; writing every frame the moment
+    /// the last write finished would then multiply the system calls and wake-ups on both ends
+    /// just when there is least CPU for them.
+    pub fn take_for_writer(&self, spare: &mut Vec<u8>, batching: Batching) -> Option<usize> {
         let mut s = self.state.lock();
         loop {
             if s.closed {
@@ -265,10 +271,18 @@ impl Outbox {
                 if s.buf.is_empty() {
                     s.writer_owns = false;
                 } else {
+                    let now = Instant::now();
+                    s.update_rate(now);
+                    let window = batching.window(s.rate);
+                    if let Some(ends) = s.last_send.map(|t| t + window).filter(|e| *e > now) {
+                        self.wake.wait_until(&mut s, ends);
+                        continue;
+                    }
                     spare.clear();
                     std::mem::swap(spare, &mut s.buf);
                     s.held.clear();
                     s.writing = true;
+                    s.last_send = Some(now);
                     return Some(std::mem::take(&mut s.frames));
                 }
             }
@@ -366,7 +380,10 @@ mod tests {
         });
         assert_eq!(done, Flushed::default());
         let mut spare = Vec::new();
-        assert_eq!(ob.take_for_writer(&mut spare), Some(2));
+        assert_eq!(
+            ob.take_for_writer(&mut spare, fixed(Duration::ZERO)),
+            Some(2)
+        );
         assert_eq!(spare, b"llo!");
         assert!(!ob.is_idle());
         ob.written();
@@ -374,7 +391,7 @@ mod tests {
         let w = ob.clone();
         let writer = std::thread::spawn(move || {
             let mut spare = Vec::new();
-            let got = w.take_for_writer(&mut spare);
+            let got = w.take_for_writer(&mut spare, fixed(Duration::ZERO));
             (got, spare)
         });
         while !ob.is_idle() {
@@ -453,7 +470,10 @@ mod tests {
         });
         assert_eq!(done.bytes, 0);
         let mut spare = Vec::new();
-        assert_eq!(ob.take_for_writer(&mut spare), Some(1));
+        assert_eq!(
+            ob.take_for_writer(&mut spare, fixed(Duration::ZERO)),
+            Some(1)
+        );
         assert_eq!(spare, b"abc");
     }
 
@@ -484,6 +504,28 @@ mod tests {
         ob.push(b"d");
         assert_eq!(ob.when(t0 + 3 * w, fixed(w)), When::Now);
         assert_eq!(ob.when(t0 + w, fixed(Duration::ZERO)), When::Now);
+    }
+
+    #[test]
+    fn the_writer_keeps_the_window_too() {
+        let ob = Outbox::new(10);
+        ob.push(b"a");
+        // The socket takes nothing: the writer owns the link from now on.
+        let sent_at = Instant::now();
+        ob.flush(sent_at, |_| Err(would_block()));
+        let w = Duration::from_millis(50);
+        let mut spare = Vec::new();
+        assert_eq!(ob.take_for_writer(&mut spare, fixed(w)), Some(1));
+        assert!(sent_at.elapsed() >= w, "took the bytes inside the window");
+        ob.written();
+        ob.push(b"b");
+        let t = Instant::now();
+        assert_eq!(ob.take_for_writer(&mut spare, fixed(w)), Some(1));
+        assert_eq!(spare, b"b");
+        assert!(
+            t.elapsed() >= w - Duration::from_millis(1),
+            "no window after a write"
+        );
     }
 
     #[test]
@@ -564,6 +606,6 @@ mod tests {
         assert!(!ob.push(b"4"));
         assert!(ob.is_idle());
         let mut spare = Vec::new();
-        assert_eq!(ob.take_for_writer(&mut spare), None);
+        assert_eq!(ob.take_for_writer(&mut spare, fixed(Duration::ZERO)), None);
     }
 }
