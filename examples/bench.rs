@@ -790,6 +790,11 @@ fn node(messages: usize) {
     let (mut offset, mut received) = (0u64, 0usize);
     let needle = b"\"event\":\"gossip_received\"";
     while received < messages && t.elapsed() < PATIENCE {
+        assert!(
+            !drains.iter().all(|d| d.is_finished()),
+            "the peer closed every link before it logged all {messages} messages ({received}); see {}",
+            net.dir.display()
+        );
         std::thread::sleep(Duration::from_millis(200));
         let Ok(mut f) = std::fs::File::open(&path) else {
             continue;

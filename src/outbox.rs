@@ -16,6 +16,7 @@
 //! The queue is bounded in frames: a remote that stops reading fills it and is dropped
 //! instead of growing this node's memory.
 
+use std::collections::HashMap;
 use std::io::{self, ErrorKind};
 use std::time::{Duration, Instant};
 
@@ -39,13 +40,34 @@ struct State {
     sending: bool,
     /// An empty buffer kept for the next `flush` to swap in, so none is allocated per send.
     spare: Vec<u8>,
-    /// Gossip frames in `buf` that may still be withdrawn: message id, offset, length.
-    held: Vec<([u8; 32], usize, usize)>,
+    /// Gossip frames in `buf` that may still be withdrawn, in the order queued.
+    held: Vec<Held>,
+    /// `held` by the first eight bytes of the id (ids are SHA-256 digests).
+    held_by_id: HashMap<u64, usize>,
+    /// Withdrawn frames whose bytes are still in `buf`: cut out (all in one pass) just
+    /// before the bytes go to the socket, so a withdrawal costs a lookup, not a copy of the
+    /// queue behind it.
+    gone: usize,
     /// Frames queued per second, smoothed over about `RATE_TAU`.
     rate: f64,
     /// Frames queued since `rate` was last updated, and when that was.
     counted: u32,
     rate_at: Option<Instant>,
+}
+
+/// A gossip frame in `buf` that may still be withdrawn.
+#[derive(Debug)]
+struct Held {
+    id: [u8; 32],
+    at: usize,
+    len: usize,
+    gone: bool,
+}
+
+fn id_key(id: &[u8; 32]) -> u64 {
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&id[..8]);
+    u64::from_le_bytes(head)
 }
 
 /// The rate is updated at most this often (seconds) ...
@@ -54,6 +76,25 @@ const RATE_SAMPLE: f64 = 0.01;
 const RATE_TAU: f64 = 0.25;
 
 impl State {
+    /// Cuts withdrawn frames out of `buf` and forgets which frames could be withdrawn: the
+    /// bytes are about to go to the socket (or to the writer).
+    fn seal(&mut self) {
+        if self.gone > 0 {
+            let (mut write, mut read) = (0, 0);
+            for h in self.held.iter().filter(|h| h.gone) {
+                self.buf.copy_within(read..h.at, write);
+                write += h.at - read;
+                read = h.at + h.len;
+            }
+            let end = self.buf.len();
+            self.buf.copy_within(read..end, write);
+            self.buf.truncate(write + end - read);
+            self.gone = 0;
+        }
+        self.held.clear();
+        self.held_by_id.clear();
+    }
+
     fn update_rate(&mut self, now: Instant) {
         let Some(since) = self.rate_at else {
             self.rate_at = Some(now);
@@ -139,6 +180,7 @@ impl Outbox {
         s.buf.extend_from_slice(frame);
         s.frames += 1;
         s.counted += 1;
+        self.wake_if_half_full(&s);
         true
     }
 
@@ -150,25 +192,46 @@ impl Outbox {
             return false;
         }
         let at = s.buf.len();
-        s.held.push((id, at, frame.len()));
+        let i = s.held.len();
+        s.held_by_id.insert(id_key(&id), i);
+        s.held.push(Held {
+            id,
+            at,
+            len: frame.len(),
+            gone: false,
+        });
         s.buf.extend_from_slice(frame);
         s.frames += 1;
         s.counted += 1;
+        self.wake_if_half_full(&s);
         true
+    }
+
+    fn half_full(&self, s: &State) -> bool {
+        s.frames * 2 >= self.max_frames
+    }
+
+    /// A writer waiting out its window stops waiting once the queue is half full.
+    fn wake_if_half_full(&self, s: &State) {
+        if s.writer_owns && s.frames * 2 == self.max_frames {
+            self.wake.notify_one();
+        }
     }
 
     /// Drops the queued, unsent frame of message `id`, if there is one. True if it did.
     pub fn withdraw(&self, id: &[u8; 32]) -> bool {
         let mut s = self.state.lock();
-        let Some(i) = s.held.iter().position(|h| &h.0 == id) else {
+        let Some(&i) = s.held_by_id.get(&id_key(id)) else {
             return false;
         };
-        let (_, at, len) = s.held.remove(i);
-        s.buf.drain(at..at + len);
-        s.frames -= 1;
-        for h in &mut s.held[i..] {
-            h.1 -= len;
+        let h = &mut s.held[i];
+        // (Another id with the same first eight bytes: not ours to withdraw.)
+        if h.gone || h.id != *id {
+            return false;
         }
+        h.gone = true;
+        s.frames -= 1;
+        s.gone += 1;
         true
     }
 
@@ -178,6 +241,12 @@ impl Outbox {
     pub fn when(&self, now: Instant, batching: Batching) -> When {
         let mut s = self.state.lock();
         s.update_rate(now);
+        // A window never holds more than half the queue: at rates where it would, the frames
+        // go now, so a fast link is never dropped for a full queue while waiting for its
+        // own window.
+        if self.half_full(&s) {
+            return When::Now;
+        }
         if s.scheduled {
             return When::Scheduled;
         }
@@ -203,15 +272,15 @@ impl Outbox {
         let mut s = self.state.lock();
         s.scheduled = false;
         s.last_send = Some(now);
-        if s.sending || s.writer_owns || s.closed || s.buf.is_empty() {
+        if s.sending || s.writer_owns || s.closed || s.frames == 0 {
             return Flushed::default();
         }
         s.sending = true;
         let mut done = Flushed::default();
         loop {
+            s.seal();
             let mut bytes = std::mem::take(&mut s.spare);
             std::mem::swap(&mut bytes, &mut s.buf);
-            s.held.clear();
             let frames = std::mem::take(&mut s.frames);
             let sent = MutexGuard::unlocked(&mut s, || {
                 let mut sent = 0;
@@ -234,9 +303,9 @@ impl Outbox {
                 // The rest, then whatever was queued meanwhile, goes to the writer. Frames
                 // are counted when the writer finishes them.
                 bytes.drain(..sent);
+                s.seal();
                 bytes.extend_from_slice(&s.buf);
                 s.buf = bytes;
-                s.held.clear();
                 s.frames += frames;
                 s.sending = false;
                 s.writer_owns = true;
@@ -246,7 +315,7 @@ impl Outbox {
             done.frames += frames as u64;
             bytes.clear();
             s.spare = bytes;
-            if s.buf.is_empty() {
+            if s.frames == 0 {
                 s.sending = false;
                 return done;
             }
@@ -268,19 +337,20 @@ impl Outbox {
                 return None;
             }
             if s.writer_owns {
-                if s.buf.is_empty() {
+                if s.frames == 0 {
                     s.writer_owns = false;
                 } else {
                     let now = Instant::now();
                     s.update_rate(now);
                     let window = batching.window(s.rate);
-                    if let Some(ends) = s.last_send.map(|t| t + window).filter(|e| *e > now) {
+                    let ends = s.last_send.map(|t| t + window).filter(|e| *e > now);
+                    if let Some(ends) = ends.filter(|_| !self.half_full(&s)) {
                         self.wake.wait_until(&mut s, ends);
                         continue;
                     }
+                    s.seal();
                     spare.clear();
                     std::mem::swap(spare, &mut s.buf);
-                    s.held.clear();
                     s.writing = true;
                     s.last_send = Some(now);
                     return Some(std::mem::take(&mut s.frames));
@@ -303,7 +373,7 @@ impl Outbox {
     /// Nothing queued and nothing being written.
     pub fn is_idle(&self) -> bool {
         let s = self.state.lock();
-        s.buf.is_empty() && !s.writing && !s.writer_owns && !s.sending
+        s.frames == 0 && !s.writing && !s.writer_owns && !s.sending
     }
 
     /// Stops the writer thread; queued bytes are dropped.
@@ -312,6 +382,8 @@ impl Outbox {
         s.closed = true;
         s.buf = Vec::new();
         s.held = Vec::new();
+        s.held_by_id = HashMap::new();
+        s.gone = 0;
         s.frames = 0;
         self.wake.notify_all();
     }
@@ -447,7 +519,10 @@ mod tests {
         assert!(ob.withdraw(&y));
         assert!(!ob.withdraw(&y), "only once");
         assert!(!ob.withdraw(&[9u8; 32]), "never queued");
-        // Offsets behind the withdrawn frame moved with it.
+        // Same first eight bytes as y, another id: not withdrawn.
+        let mut y2 = y;
+        y2[31] = 7;
+        assert!(!ob.withdraw(&y2));
         assert!(ob.withdraw(&z));
         let mut sent = Vec::new();
         let done = ob.flush(Instant::now(), |b| {
@@ -459,6 +534,43 @@ mod tests {
         // Sent: too late to withdraw.
         assert!(!ob.withdraw(&x));
         assert!(ob.is_idle());
+    }
+
+    #[test]
+    fn withdrawn_frames_are_cut_out_wherever_they_are() {
+        // Every subset of five queued gossip frames (between two plain frames), withdrawn
+        // in any order: what goes out is exactly the rest, in order.
+        let ids: Vec<[u8; 32]> = (0..5u8).map(|i| [i + 1; 32]).collect();
+        for mask in 0..32u32 {
+            for reversed in [false, true] {
+                let ob = Outbox::new(100);
+                ob.push(b"[");
+                for (i, id) in ids.iter().enumerate() {
+                    ob.push_gossip(format!("<{}>", "x".repeat(i + 1)).as_bytes(), *id);
+                }
+                ob.push(b"]");
+                let mut order: Vec<usize> = (0..5).filter(|i| mask & (1 << i) != 0).collect();
+                if reversed {
+                    order.reverse();
+                }
+                for i in &order {
+                    assert!(ob.withdraw(&ids[*i]));
+                }
+                let mut sent = Vec::new();
+                let done = ob.flush(Instant::now(), |b| {
+                    sent.extend_from_slice(b);
+                    Ok(b.len())
+                });
+                let mut expect = b"[".to_vec();
+                for i in (0..5).filter(|i| mask & (1 << i) == 0) {
+                    expect.extend_from_slice(format!("<{}>", "x".repeat(i + 1)).as_bytes());
+                }
+                expect.extend_from_slice(b"]");
+                assert_eq!(sent, expect, "mask {mask:05b}");
+                assert_eq!(done.frames as usize, 2 + 5 - order.len());
+                assert!(ob.is_idle());
+            }
+        }
     }
 
     #[test]
@@ -525,6 +637,55 @@ mod tests {
         assert!(
             t.elapsed() >= w - Duration::from_millis(1),
             "no window after a write"
+        );
+    }
+
+    #[test]
+    fn a_window_never_holds_more_than_half_the_queue() {
+        let ob = Arc::new(Outbox::new(8));
+        let t0 = Instant::now();
+        let w = fixed(Duration::from_millis(200));
+        ob.push(b"a");
+        assert_eq!(ob.when(t0, w), When::Now);
+        ob.flush(t0, |b| Ok(b.len()));
+        let t1 = t0 + Duration::from_millis(1);
+        for (i, f) in [b"b", b"c", b"d"].iter().enumerate() {
+            ob.push(*f);
+            let expect = if i == 0 {
+                When::At(t0 + Duration::from_millis(200))
+            } else {
+                When::Scheduled
+            };
+            assert_eq!(ob.when(t1, w), expect);
+        }
+        // The fourth frame makes the queue half full: out now, inside the window.
+        ob.push(b"e");
+        assert_eq!(ob.when(t1, w), When::Now);
+        let mut sent = Vec::new();
+        ob.flush(t1, |b| {
+            sent.extend_from_slice(b);
+            Ok(b.len())
+        });
+        assert_eq!(sent, b"bcde");
+        // The writer, waiting out its window, is woken when the queue reaches half.
+        ob.push(b"f");
+        ob.flush(t1, |_| Err(would_block()));
+        let w2 = ob.clone();
+        let started = Instant::now();
+        let writer = std::thread::spawn(move || {
+            let mut spare = Vec::new();
+            let got = w2.take_for_writer(&mut spare, w);
+            (got, spare)
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        for f in [b"g", b"h", b"i"] {
+            ob.push(f);
+        }
+        let (got, bytes) = writer.join().unwrap();
+        assert_eq!((got, bytes.as_slice()), (Some(4), &b"fghi"[..]));
+        assert!(
+            started.elapsed() < Duration::from_millis(150),
+            "waited out the window"
         );
     }
 
