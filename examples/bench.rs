@@ -373,28 +373,42 @@ impl Tail {
     }
 }
 
-/// Waits until every peer generated `per_peer` messages and no new receipt appeared for two
-/// seconds. `expected` is how long generation takes. The logs are read as they grow, every
-/// two seconds (a few megabytes each time): reading them whole at the end, hundreds of
-/// megabytes at 1,000 messages/s, stalled the network being measured for a second or more.
+/// Waits until every peer generated `per_peer` messages and the network is quiet. While
+/// messages flow it only looks at the sizes of the logs: reading them costs the network
+/// being measured (hundreds of megabytes at 1,000 messages/s: read all at once near the end
+/// it stalled every peer for a second; read as they grew, every 2 s, it took some 5–10% of the
+/// CPU in bursts). Quiet means no peer's log grew for two seconds (the benchmarks set
+/// `stats.interval` long, so an idle peer writes nothing); then the logs are read once, and
+/// if not every message was generated yet, it waits again. `expected` is how long
+/// generation takes.
 fn wait_gossip_done(net: &Network, per_peer: usize, expected: Duration) {
-    let mut tail = Tail::new();
     let until = Instant::now() + expected + PATIENCE;
+    std::thread::sleep(expected);
+    let sizes = || -> Vec<u64> {
+        net.peers
+            .iter()
+            .map(|(a, _)| {
+                std::fs::metadata(net.jsonl("peer", *a))
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            })
+            .collect()
+    };
     loop {
-        std::thread::sleep(Duration::from_secs(2));
+        let mut last = sizes();
+        loop {
+            std::thread::sleep(Duration::from_secs(2));
+            let now = sizes();
+            if now == last || Instant::now() > until {
+                break;
+            }
+            last = now;
+        }
+        let mut tail = Tail::new();
         tail.update(net);
         if tail.sent >= per_peer * net.peers.len() || Instant::now() > until {
-            break;
+            return;
         }
-    }
-    let mut last = tail.received;
-    loop {
-        std::thread::sleep(Duration::from_secs(2));
-        tail.update(net);
-        if tail.received == last || Instant::now() > until {
-            break;
-        }
-        last = tail.received;
     }
 }
 
@@ -408,7 +422,7 @@ fn latency(n: usize, window: Option<&str>) {
     let pace = Duration::from_millis(50);
     let interval_ms = n * 50;
     let body = format!(
-        "gossip: {{ interval: {interval_ms}ms, count: 3{} }}\nliveness: {{ interval: 13s, misses: 3 }}\npow: {{ difficulty: 12 }}\nlimits: {{ max_connections: 4096 }}\nstats: {{ interval: 5s }}",
+        "gossip: {{ interval: {interval_ms}ms, count: 3{} }}\nliveness: {{ interval: 13s, misses: 3 }}\npow: {{ difficulty: 12 }}\nlimits: {{ max_connections: 4096 }}\nstats: {{ interval: 1h }}",
         window.map(window_keys).unwrap_or_default()
     );
     let body = body.as_str();
@@ -501,7 +515,7 @@ fn throughput(n: usize, rate: usize, window: Option<&str>) {
     let interval_ms = (1000 * n / rate).max(1);
     let count = rate * duration_s / n;
     let body = format!(
-        "gossip: {{ interval: {interval_ms}ms, count: {count}, message_list_capacity: 100000{} }}\nliveness: {{ interval: 13s, misses: 3 }}\npow: {{ difficulty: 12 }}\nlimits: {{ max_connections: 4096 }}\nstats: {{ interval: 5s }}",
+        "gossip: {{ interval: {interval_ms}ms, count: {count}, message_list_capacity: 100000{} }}\nliveness: {{ interval: 13s, misses: 3 }}\npow: {{ difficulty: 12 }}\nlimits: {{ max_connections: 4096 }}\nstats: {{ interval: 1h }}",
         window.map(window_keys).unwrap_or_default()
     );
     let mut net = Network::start(n, &body);
