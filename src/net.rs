@@ -193,6 +193,7 @@ impl<C: Core> Runtime<C> {
     /// they produce are stamped `at_us`, the moment the events were taken in (a read's
     /// arrival, a message's creation), not the later moment they are written after the frames
     /// went out.
+    ///
     /// `events` is left empty, its buffer kept for the caller's next read.
     fn dispatch_all(self: &Arc<Self>, events: &mut Vec<Event>, at_us: u64) {
         let now = Now::real();
@@ -742,12 +743,14 @@ impl<C: Core> Runtime<C> {
         while let Some(frames) = outbox.take_for_writer(&mut bytes, batching) {
             let result = stream.write_all(&bytes);
             outbox.written();
-            self.counters.writes.fetch_add(1, Ordering::Relaxed);
             match result {
-                Ok(()) => self.count_out(Flushed {
-                    frames: frames as u64,
-                    bytes: bytes.len() as u64,
-                }),
+                Ok(()) => {
+                    self.counters.writes.fetch_add(1, Ordering::Relaxed);
+                    self.count_out(Flushed {
+                        frames: frames as u64,
+                        bytes: bytes.len() as u64,
+                    })
+                }
                 Err(e)
                     if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) =>
                 {
