@@ -28,6 +28,12 @@ const SEED_BACKOFF_MIN: Duration = Duration::from_millis(200);
 const SEED_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Why the losing one of two simultaneous links is closed (sent in a `Reject`).
 const DUPLICATE_LINK: &str = "duplicate link: keeping the one dialed by the smaller address";
+/// A new neighbour link remembers the items forwarded on it for this long (and at most
+/// `YOUNG_LINK_ITEMS` of them): if it turns out to be the losing one of two simultaneous
+/// links, they are sent again on the link kept, since the remote may have closed its end
+/// before reading them. Two simultaneous links meet within a handshake (`pow.timeout`).
+const YOUNG_LINK: Duration = Duration::from_secs(10);
+const YOUNG_LINK_ITEMS: usize = 1024;
 /// Repeats of known gossip items may come this many times faster than new ones.
 const REPEAT_RATE_FACTOR: u32 = 4;
 /// How much of a remote's reason for closing a link goes into the log.
@@ -53,6 +59,17 @@ struct Link {
     /// Repeats are cheap to drop, so they have a looser bound.
     repeat_rate: RateLimiter,
     control_rate: RateLimiter,
+    /// While the link is young: the items forwarded on it (see `YOUNG_LINK`).
+    young: Option<(Instant, Vec<Forwarded>)>,
+}
+
+/// An item as it was forwarded: enough to forward it again.
+#[derive(Debug, Clone)]
+struct Forwarded {
+    id: [u8; 32],
+    data_type: u16,
+    ttl: u8,
+    payload: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -285,8 +302,17 @@ impl PeerCore {
             // The other end may not have seen the link we keep yet: tell it why this one
             // closes, so it does not take the close for a crash.
             let keep_new = (self.me < addr) == dialed;
-            let loser = if keep_new { existing.conn } else { conn };
-            self.links.remove(&loser);
+            let (loser, kept) = if keep_new {
+                (existing.conn, conn)
+            } else {
+                (conn, existing.conn)
+            };
+            let sent = self
+                .links
+                .remove(&loser)
+                .and_then(|l| l.young)
+                .map(|(_, items)| items)
+                .unwrap_or_default();
             out.push(Action::send(
                 loser,
                 Msg::Reject {
@@ -294,16 +320,33 @@ impl PeerCore {
                 },
             ));
             out.push(Action::Close { conn: loser });
-            if !keep_new {
-                return;
+            if keep_new {
+                self.neighbours.insert(
+                    addr,
+                    Neighbour {
+                        conn,
+                        liveness: self.new_tracker(),
+                    },
+                );
             }
-            self.neighbours.insert(
-                addr,
-                Neighbour {
-                    conn,
-                    liveness: self.new_tracker(),
-                },
-            );
+            // What went out on the losing link may never have been read: send it again on
+            // the link kept (the remote ignores what it already has).
+            for item in sent {
+                if let Some((_, items)) = self.links.get_mut(&kept).and_then(|l| l.young.as_mut()) {
+                    if items.len() < YOUNG_LINK_ITEMS {
+                        items.push(item.clone());
+                    }
+                }
+                out.push(Action::Forward {
+                    to: vec![kept],
+                    msg: Msg::Gossip {
+                        data_type: item.data_type,
+                        ttl: item.ttl,
+                        payload: item.payload,
+                    },
+                    id: item.id,
+                });
+            }
             return;
         }
         self.neighbours.insert(
@@ -487,7 +530,19 @@ impl PeerCore {
         if targets.is_empty() {
             return;
         }
-        let to = targets.iter().map(|a| self.neighbours[a].conn).collect();
+        let to: Vec<ConnId> = targets.iter().map(|a| self.neighbours[a].conn).collect();
+        for conn in &to {
+            if let Some((_, items)) = self.links.get_mut(conn).and_then(|l| l.young.as_mut()) {
+                if items.len() < YOUNG_LINK_ITEMS {
+                    items.push(Forwarded {
+                        id,
+                        data_type,
+                        ttl,
+                        payload: payload.clone(),
+                    });
+                }
+            }
+        }
         self.ml.record_sent(&id, &targets);
         out.push(Action::Forward {
             to,
@@ -848,6 +903,15 @@ impl PeerCore {
     }
 
     fn on_tick(&mut self, now: Now, out: &mut Vec<Action>) {
+        for link in self.links.values_mut() {
+            if link
+                .young
+                .as_ref()
+                .is_some_and(|(until, _)| now.mono >= *until)
+            {
+                link.young = None;
+            }
+        }
         if self.leaving {
             return;
         }
@@ -1011,6 +1075,8 @@ impl Core for PeerCore {
                             l.control_per_second * 2,
                             now.mono,
                         ),
+                        young: (kind == LinkKind::Neighbour)
+                            .then(|| (now.mono + YOUNG_LINK, Vec::new())),
                     },
                 );
                 match kind {
@@ -1176,6 +1242,79 @@ mod tests {
             ttl,
             payload: text.as_bytes().to_vec(),
         }
+    }
+
+    #[test]
+    fn items_sent_on_the_losing_one_of_two_simultaneous_links_are_sent_again_on_the_other() {
+        let (mut p, now) = joined("");
+        let mut out = vec![];
+        // An item from 9102 goes out on every other link, 9101's accepted conn 10 included.
+        p.handle(
+            Event::Frame {
+                conn: 11,
+                msg: gossip("1795313883123:127.0.0.1:9102:1", 0),
+            },
+            now,
+            &mut out,
+        );
+        assert!(sends(&out).iter().any(|(to, _)| to.contains(&10)));
+        // Then the link ME dialed to 9101 arrives: it is kept (ME is the smaller address) and
+        // conn 10 closes, so the item goes again on conn 20.
+        out.clear();
+        let dialed = Remote {
+            addr: a(9101),
+            role: Role::Peer,
+            incarnation: 1,
+            dialed: Some(Purpose::Neighbour),
+        };
+        p.handle(
+            Event::Connected {
+                conn: 20,
+                remote: dialed.clone(),
+            },
+            now,
+            &mut out,
+        );
+        assert!(out.contains(&Action::Close { conn: 10 }));
+        let again: Vec<_> = sends(&out)
+            .into_iter()
+            .filter(|(to, _)| to == &vec![20])
+            .collect();
+        assert_eq!(
+            again,
+            vec![(vec![20], gossip("1795313883123:127.0.0.1:9102:1", 0))]
+        );
+        // A link past its first seconds no longer keeps what it sent: the same race later,
+        // on 9102's accepted conn 11, sends nothing again (and the list is gone from memory).
+        let later = now.after(YOUNG_LINK);
+        p.handle(Event::Tick, later, &mut out);
+        p.handle(
+            Event::Frame {
+                conn: 12,
+                msg: gossip("1795313883123:127.0.0.1:9103:1", 0),
+            },
+            later,
+            &mut out,
+        );
+        out.clear();
+        p.handle(
+            Event::Connected {
+                conn: 40,
+                remote: Remote {
+                    addr: a(9102),
+                    ..dialed
+                },
+            },
+            later,
+            &mut out,
+        );
+        assert!(out.contains(&Action::Close { conn: 11 }));
+        assert!(
+            !sends(&out)
+                .iter()
+                .any(|(_, m)| matches!(m, Msg::Gossip { .. })),
+            "{out:?}"
+        );
     }
 
     #[test]
