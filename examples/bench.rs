@@ -330,49 +330,6 @@ fn diameter(dir: &Path) -> usize {
     best
 }
 
-/// Counts events in the peers' files, reading only what was appended since the last look, so
-/// the benchmark itself takes little CPU from the network it measures.
-struct Tail {
-    offsets: BTreeMap<PathBuf, u64>,
-    sent: usize,
-    received: usize,
-}
-
-impl Tail {
-    fn new() -> Tail {
-        Tail {
-            offsets: BTreeMap::new(),
-            sent: 0,
-            received: 0,
-        }
-    }
-
-    fn update(&mut self, net: &Network) {
-        use std::io::{Seek, SeekFrom};
-        for (a, _) in &net.peers {
-            let path = net.jsonl("peer", *a);
-            let Ok(mut f) = std::fs::File::open(&path) else {
-                continue;
-            };
-            let off = self.offsets.entry(path).or_insert(0);
-            if f.seek(SeekFrom::Start(*off)).is_err() {
-                continue;
-            }
-            let mut buf = Vec::new();
-            if f.read_to_end(&mut buf).is_err() {
-                continue;
-            }
-            // Only whole lines; a half-written last line is read next time.
-            let whole = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-            let text = String::from_utf8_lossy(&buf[..whole]);
-            // (Valid UTF-8, as the nodes write it, is borrowed, not copied.)
-            self.sent += text.matches("\"event\":\"gossip_sent\"").count();
-            self.received += text.matches("\"event\":\"gossip_received\"").count();
-            *off += whole as u64;
-        }
-    }
-}
-
 /// Waits until every peer generated `per_peer` messages and the network is quiet. While
 /// messages flow it only looks at the sizes of the logs: reading them costs the network
 /// being measured (hundreds of megabytes at 1,000 messages/s: read all at once near the end
@@ -404,9 +361,12 @@ fn wait_gossip_done(net: &Network, per_peer: usize, expected: Duration) {
             }
             last = now;
         }
-        let mut tail = Tail::new();
-        tail.update(net);
-        if tail.sent >= per_peer * net.peers.len() || Instant::now() > until {
+        let sent: usize = net
+            .peers
+            .iter()
+            .map(|(a, _)| net.count("peer", *a, "gossip_sent"))
+            .sum();
+        if sent >= per_peer * net.peers.len() || Instant::now() > until {
             return;
         }
     }

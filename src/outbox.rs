@@ -365,11 +365,6 @@ impl Outbox {
         self.state.lock().writing = false;
     }
 
-    /// Frames queued per second, smoothed (as of the last `when`).
-    pub fn rate(&self) -> f64 {
-        self.state.lock().rate
-    }
-
     /// Nothing queued and nothing being written.
     pub fn is_idle(&self) -> bool {
         let s = self.state.lock();
