@@ -3,7 +3,8 @@
 //! handshake), reads frames and hands them to the core as [`Event`]s, and carries out the
 //! [`Action`]s the core returns.
 //!
-//! Threads: one accept thread, one ticker, and per connection one reader (which also ran the
+//! Threads: one accept thread, one timer thread (it sleeps until the earliest deadline the core
+//! asked for with `SetTimer`, or the next `stats` record), and per connection one reader (which also ran the
 //! handshake) and one writer. A reader hands every frame of one `read` to the core in one go
 //! (one lock, one timestamp); the frames the core decides are appended to each connection's
 //! [`Outbox`] under the core lock, then sent by the reader itself with non-blocking sends, one
@@ -29,7 +30,9 @@ use crate::api::ApiReader;
 use crate::config::Config;
 use crate::handshake::{AcceptorHandshake, ConnectorIdentity, HandshakeError};
 use crate::limits::{DifficultyChange, DifficultyController};
-use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote};
+use crate::node::{
+    Action, CloseReason, ConnId, Core, DialError, Event, Now, Purpose, Record, Remote, TimerQueue,
+};
 use crate::outbox::{Batching, Flushed, Outbox, When};
 use crate::output::Output;
 use crate::wire::{FrameReader, Msg, Role};
@@ -112,6 +115,10 @@ pub struct Runtime<C: Core> {
     /// Admission difficulty, raised while flooded with handshakes.
     difficulty: Mutex<DifficultyController>,
     flusher: Flusher,
+    /// The core's timers, and a condition variable that wakes the timer thread when one is set
+    /// earlier than it sleeps.
+    timers: Mutex<TimerQueue>,
+    timers_changed: Condvar,
 }
 
 /// Decrements a counter when dropped, so every exit path releases its slot.
@@ -150,6 +157,8 @@ impl<C: Core> Runtime<C> {
                 Instant::now(),
             )),
             flusher: Flusher::default(),
+            timers: Mutex::new(TimerQueue::default()),
+            timers_changed: Condvar::new(),
             config,
         });
         // The main thread counts too.
@@ -157,7 +166,7 @@ impl<C: Core> Runtime<C> {
         let r = rt.clone();
         rt.spawn("accept", move || r.accept_loop(listener));
         let r = rt.clone();
-        rt.spawn("ticker", move || r.tick_loop());
+        rt.spawn("timers", move || r.timer_loop());
         let r = rt.clone();
         rt.spawn("flusher", move || r.flush_loop());
         rt.dispatch(Event::Started);
@@ -279,6 +288,14 @@ impl<C: Core> Runtime<C> {
             match action {
                 Action::Dial { addr, purpose } => self.dial(addr, purpose),
                 Action::Log(rec) => records.push(rec),
+                Action::SetTimer { after, timer } => {
+                    let at = now.mono + after;
+                    let mut timers = self.timers.lock();
+                    if timers.next().is_none_or(|t| at < t) {
+                        self.timers_changed.notify_one();
+                    }
+                    timers.set(at, timer);
+                }
                 Action::Send { .. }
                 | Action::Forward { .. }
                 | Action::Withdraw { .. }
@@ -290,7 +307,7 @@ impl<C: Core> Runtime<C> {
         for conn in overflowed {
             self.dispatch(Event::Closed {
                 conn,
-                reason: "outbound queue full (remote not reading)".into(),
+                reason: CloseReason::QueueFull,
             });
         }
     }
@@ -404,13 +421,26 @@ impl<C: Core> Runtime<C> {
             if self.is_stopping() {
                 break;
             }
-            match stream.and_then(|s| s.peer_addr().map(|a| (s, a))) {
-                Ok((stream, remote)) => serve(stream, remote),
+            let stream = match stream {
+                Ok(stream) => stream,
+                // A connection reset or aborted before we took it is that connection's
+                // problem: go straight on to the next one.
+                Err(e) if is_per_connection(&e) => {
+                    log::debug!("accept: {e}");
+                    continue;
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     log::warn!("accept failed: {e}");
                     std::thread::sleep(Duration::from_millis(50));
+                    continue;
                 }
+            };
+            match stream.peer_addr() {
+                Ok(remote) => serve(stream, remote),
+                // Reset between accept and here (ENOTCONN): nothing to serve, nothing to wait
+                // for. Sleeping here let a reset flood stall every honest connector.
+                Err(e) => log::debug!("accepted a connection already gone: {e}"),
             }
         }
     }
@@ -519,7 +549,14 @@ impl<C: Core> Runtime<C> {
         };
         write_frame(stream, &hs.challenge_msg()).map_err(|e| format!("write failed: {e}"))?;
         let mut reader = FrameReader::new(self.config.limits.max_frame);
-        let msg = read_frame_until(stream, &mut reader, deadline, &self.counters)?;
+        let msg =
+            read_frame_until(stream, &mut reader, deadline, &self.counters).map_err(
+                |e| match e {
+                    DialError::TimedOut => HandshakeError::DeadlinePassed.to_string(),
+                    DialError::Handshake(e) => e,
+                    e => e.to_string(),
+                },
+            )?;
         let admitted = hs
             .on_hello(
                 msg,
@@ -569,10 +606,14 @@ impl<C: Core> Runtime<C> {
     }
 
     /// Dials `addr` and completes the handshake as the connector (solving on this thread).
-    fn connect(&self, addr: SocketAddr) -> Result<(TcpStream, FrameReader), String> {
+    fn connect(&self, addr: SocketAddr) -> Result<(TcpStream, FrameReader), DialError> {
         let timeout = self.config.pow.timeout;
         let deadline = Instant::now() + timeout;
-        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| match e.kind() {
+            ErrorKind::ConnectionRefused => DialError::Refused,
+            ErrorKind::TimedOut | ErrorKind::WouldBlock => DialError::TimedOut,
+            kind => DialError::Connect(kind),
+        })?;
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(timeout));
         let mut reader = FrameReader::new(self.config.limits.max_frame);
@@ -582,22 +623,27 @@ impl<C: Core> Runtime<C> {
             incarnation: self.identity.incarnation,
         };
         let msg = read_frame_until(&stream, &mut reader, deadline, &self.counters)?;
-        let puzzle = me.on_challenge(msg).map_err(|e| e.to_string())?;
+        let puzzle = me
+            .on_challenge(msg)
+            .map_err(|e| DialError::Handshake(e.to_string()))?;
         if puzzle.acceptor != addr {
-            return Err(format!(
+            return Err(DialError::Handshake(format!(
                 "dialed {addr} but it says it is {}",
                 puzzle.acceptor
-            ));
+            )));
         }
         let start = self.rng.lock().gen::<u64>();
         let hello = me
             .solve(&puzzle, start, deadline)
-            .ok_or_else(|| HandshakeError::DeadlinePassed.to_string())?;
-        write_frame(&stream, &hello).map_err(|e| format!("write failed: {e}"))?;
+            .ok_or(DialError::TimedOut)?;
+        write_frame(&stream, &hello)
+            .map_err(|e| DialError::Handshake(format!("write failed: {e}")))?;
         match read_frame_until(&stream, &mut reader, deadline, &self.counters)? {
             Msg::Welcome => Ok((stream, reader)),
-            Msg::Reject { reason } => Err(HandshakeError::Refused(reason).to_string()),
-            other => Err(HandshakeError::Unexpected(other.name()).to_string()),
+            Msg::Reject { reason } => Err(DialError::Rejected(reason)),
+            other => Err(DialError::Handshake(
+                HandshakeError::Unexpected(other.name()).to_string(),
+            )),
         }
     }
 
@@ -649,7 +695,7 @@ impl<C: Core> Runtime<C> {
         mut stream: &TcpStream,
         mut reader: D,
         peer: SocketAddr,
-    ) -> String {
+    ) -> CloseReason {
         let read_timeout = self.config.limits.read_timeout;
         let _ = stream.set_read_timeout(Some(IDLE_WAKE));
         let mut buf = vec![0u8; READ_CHUNK];
@@ -664,7 +710,7 @@ impl<C: Core> Runtime<C> {
                 match reader.next_event(conn) {
                     Ok(Some(event)) => events.push(event),
                     Ok(None) => break None,
-                    Err(e) => break Some(format!("malformed frame: {e}")),
+                    Err(e) => break Some(e),
                 }
             };
             if !events.is_empty() {
@@ -673,7 +719,8 @@ impl<C: Core> Runtime<C> {
                     .fetch_add(events.len() as u64, Ordering::Relaxed);
                 self.dispatch_all(&mut events, arrived_us);
             }
-            if let Some(reason) = malformed {
+            if let Some(e) = malformed {
+                let reason = CloseReason::Malformed(e);
                 self.reject(peer, &reason);
                 return reason;
             }
@@ -683,7 +730,7 @@ impl<C: Core> Runtime<C> {
                 partial_since.or(Some(Instant::now()))
             };
             match stream.read(&mut buf) {
-                Ok(0) => return "connection closed by remote".into(),
+                Ok(0) => return CloseReason::EndOfStream,
                 Ok(n) => {
                     arrived_us = crate::output::unix_us();
                     self.counters
@@ -694,18 +741,19 @@ impl<C: Core> Runtime<C> {
                 }
                 Err(e) if is_timeout(&e) => {
                     if !self.conns.lock().by_id.contains_key(&conn) {
-                        return "closed".into();
+                        // Closed by the core: nobody is told.
+                        return CloseReason::EndOfStream;
                     }
                     if let Some(t) = partial_since {
                         if t.elapsed() > read_timeout {
-                            let reason = format!("incomplete frame for more than {read_timeout:?}");
+                            let reason = CloseReason::Stalled(read_timeout);
                             self.reject(peer, &reason);
                             return reason;
                         }
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return format!("read failed: {e}"),
+                Err(e) => return CloseReason::read(e.kind()),
             }
         }
     }
@@ -765,7 +813,7 @@ impl<C: Core> Runtime<C> {
                     if self.forget(conn) {
                         self.dispatch(Event::Closed {
                             conn,
-                            reason: format!("write failed: {e}"),
+                            reason: CloseReason::WriteFailed(e.kind()),
                         });
                     }
                     return;
@@ -776,18 +824,45 @@ impl<C: Core> Runtime<C> {
 
     // ---------------------------------------------------------------- time and shutdown
 
-    fn tick_loop(self: &Arc<Self>) {
-        let tick = tick_period(&self.config);
+    /// Sleeps until the earliest of: a core timer, the next `stats` record, and (while the
+    /// admission difficulty is raised) the next second, when it may come down. Idle, a node
+    /// wakes only for its own timers.
+    fn timer_loop(self: &Arc<Self>) {
         let mut next_stats = Instant::now() + self.config.stats_interval;
+        let mut due = Vec::new();
         while !self.is_stopping() {
-            std::thread::sleep(tick);
+            {
+                let mut timers = self.timers.lock();
+                let now = Instant::now();
+                while let Some(t) = timers.pop_due(now) {
+                    due.push(Event::Timer(t));
+                }
+                if due.is_empty() && now < next_stats {
+                    let raised = {
+                        let d = self.difficulty.lock();
+                        d.current() > self.config.pow.difficulty
+                    };
+                    let mut until = timers.next().map_or(next_stats, |t| t.min(next_stats));
+                    if raised {
+                        until = until.min(now + Duration::from_secs(1));
+                    }
+                    // Woken early when a timer is set before `until`; shutdown is noticed
+                    // within IDLE_WAKE.
+                    let until = until.min(now + IDLE_WAKE);
+                    self.timers_changed.wait_until(&mut timers, until);
+                    drop(timers);
+                    let calmer = self.difficulty.lock().roll(Instant::now());
+                    if let Some(change) = calmer {
+                        self.log_difficulty(change);
+                    }
+                    continue;
+                }
+            }
             if self.is_stopping() {
                 break;
             }
-            self.dispatch(Event::Tick);
-            let calmer = self.difficulty.lock().roll(Instant::now());
-            if let Some(change) = calmer {
-                self.log_difficulty(change);
+            if !due.is_empty() {
+                self.dispatch_all(&mut due, crate::output::unix_us());
             }
             if Instant::now() >= next_stats {
                 next_stats += self.config.stats_interval;
@@ -860,22 +935,18 @@ impl<C: Core> Runtime<C> {
     }
 }
 
-/// Timers are checked on every tick: a fifth of the shortest configured interval, coarse
-/// enough to cost nothing when idle (each tick wakes every node once).
-pub fn tick_period(config: &Config) -> Duration {
-    let shortest = config
-        .gossip
-        .interval
-        .min(config.liveness.interval)
-        .min(config.liveness.probe_timeout)
-        .min(config.liveness.reply_timeout);
-    (shortest / 5).clamp(Duration::from_millis(10), Duration::from_millis(100))
-}
-
 fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
 
+/// An `accept` error that concerns only the connection being accepted (it was reset or aborted
+/// before we took it), not the listener.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::NotConnected
+    )
+}
 fn write_frame(mut stream: &TcpStream, msg: &Msg) -> io::Result<()> {
     stream.write_all(&msg.encode())
 }
@@ -886,33 +957,36 @@ fn read_frame_until(
     reader: &mut FrameReader,
     deadline: Instant,
     counters: &Counters,
-) -> Result<Msg, String> {
+) -> Result<Msg, DialError> {
     let mut buf = [0u8; 1024];
     loop {
         match reader.next_frame() {
             Ok(Some(body)) => {
                 counters.frames_in.fetch_add(1, Ordering::Relaxed);
-                return Msg::decode(&body).map_err(|e| format!("malformed frame: {e}"));
+                return Msg::decode(&body)
+                    .map_err(|e| DialError::Handshake(format!("malformed frame: {e}")));
             }
             Ok(None) => {}
-            Err(e) => return Err(format!("malformed frame: {e}")),
+            Err(e) => return Err(DialError::Handshake(format!("malformed frame: {e}"))),
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(HandshakeError::DeadlinePassed.to_string());
+            return Err(DialError::TimedOut);
         }
         let _ = stream.set_read_timeout(Some(left));
         match stream.read(&mut buf) {
-            Ok(0) => return Err("connection closed during handshake".into()),
+            Ok(0) => {
+                return Err(DialError::Handshake(
+                    "connection closed during handshake".into(),
+                ))
+            }
             Ok(n) => {
                 counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                 reader.push(&buf[..n]);
             }
-            Err(e) if is_timeout(&e) => {
-                return Err(HandshakeError::DeadlinePassed.to_string());
-            }
+            Err(e) if is_timeout(&e) => return Err(DialError::TimedOut),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("read failed: {e}")),
+            Err(e) => return Err(DialError::Handshake(format!("read failed: {e}"))),
         }
     }
 }

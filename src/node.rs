@@ -1,13 +1,41 @@
 //! The contract between a protocol core and the runtime that drives it: events in, actions out,
 //! time passed in.
 //!
-//! A core (`SeedCore`, `PeerCore`) is a plain struct. The runtime (`net.rs`) turns socket
-//! activity and timer ticks into [`Event`]s, calls [`Core::handle`] under a lock, and carries out
-//! the [`Action`]s it returns: queue a frame, close a connection, dial an address, write an output
-//! record. A core never touches a socket, a clock or a file, so its tests drive it by hand.
+//! A core (`SeedCore`, `PeerCore`) is a plain struct. A runtime turns socket activity and expired
+//! timers into [`Event`]s, calls [`Core::handle`] with the time, and carries out the [`Action`]s
+//! it returns: queue a frame, close a connection, dial an address, wake the core later, write an
+//! output record. A core never touches a socket, a clock or a file, so its tests drive it by
+//! hand. Two runtimes honour this contract: the TCP runtime (`net.rs`, real sockets and threads)
+//! and the simulator (`sim`, many cores on virtual time).
+//!
+//! ## The runtime's contract
+//!
+//! - **Order.** Actions are carried out in the order returned. Frames queued to one connection
+//!   reach the remote in that order; frames to different connections have no order.
+//! - **Send, then Close.** Frames queued to a connection before a `Close` of it are handed to
+//!   the socket first if it has room (a `Reject` with a reason, a goodbye), then the connection
+//!   closes. The core hears nothing more of a connection it closed: no `Closed` event.
+//! - **Closed.** A connection that ends without the core asking (end of stream, reset, a read or
+//!   write error, a malformed frame, a full queue) produces exactly one [`Event::Closed`] with a
+//!   typed [`CloseReason`], after every frame that arrived before the end.
+//! - **Full queue.** Queuing never blocks. A connection whose outbound queue is full (the remote
+//!   does not read) is closed by the runtime with [`CloseReason::QueueFull`]; the others go on.
+//! - **Dial.** A `Dial` ends in exactly one of [`Event::Connected`] (with `dialed: Some(purpose)`)
+//!   or [`Event::DialFailed`] with a typed [`DialError`].
+//! - **Welcome first.** On an accepted connection the core hears `Connected` before the
+//!   connector does: by the time the connector's core sees the link, the acceptor's core has
+//!   taken it, so frames either side sends after its `Connected` are read in order by the other.
+//! - **Timers.** `SetTimer { after, timer }` delivers `Event::Timer(timer)` once, `after` from
+//!   the time of the event that asked for it. Timers are not deduplicated or cancelled: a core
+//!   checks its own state when one fires, so a stale or repeated timer is harmless.
+//! - **Time.** `Now` is taken once per batch of events; nothing in a core reads a clock.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -73,6 +101,103 @@ pub struct Remote {
     pub dialed: Option<Purpose>,
 }
 
+/// A wake-up a core asked for with [`Action::SetTimer`]. One-shot; when it fires the core
+/// checks which of its deadlines are due, so one timer kind serves many deadlines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timer {
+    /// Peer: the join waited long enough for the seeds' lists.
+    JoinDeadline,
+    /// Peer: reconnect lost seeds and re-send unconfirmed registrations.
+    SeedRetry,
+    /// Peer: generate the next message.
+    Gossip,
+    /// Peer: send the next round of liveness requests.
+    LivenessRound,
+    /// Peer: a liveness request's reply deadline.
+    ReplyDeadline,
+    /// Peer: new links stop remembering what was forwarded on them.
+    YoungLinks,
+    /// Peer: local applications' validations that are overdue.
+    Validations,
+    /// Seed: redial seeds that are down.
+    SeedRedial,
+    /// Seed: a probe of a reported peer is out of time.
+    ProbeDeadline,
+    /// Seed: send the peer list to the other seeds, expire old votes.
+    Sync,
+}
+
+/// Why a connection ended without the core asking for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The remote closed its side.
+    EndOfStream,
+    /// The connection was reset (the remote's process died, or it aborted the connection).
+    Reset,
+    /// Reading failed for another reason.
+    ReadFailed(ErrorKind),
+    /// Writing failed (or did not complete within `limits.write_timeout`).
+    WriteFailed(ErrorKind),
+    /// A frame started arriving and did not complete within `limits.read_timeout`.
+    Stalled(Duration),
+    /// A frame that does not decode.
+    Malformed(String),
+    /// The outbound queue filled up: the remote does not read.
+    QueueFull,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::EndOfStream => write!(f, "connection closed by remote"),
+            CloseReason::Reset => write!(f, "connection reset"),
+            CloseReason::ReadFailed(k) => write!(f, "read failed: {k}"),
+            CloseReason::WriteFailed(k) => write!(f, "write failed: {k}"),
+            CloseReason::Stalled(t) => write!(f, "incomplete frame for more than {t:?}"),
+            CloseReason::Malformed(e) => write!(f, "malformed frame: {e}"),
+            CloseReason::QueueFull => write!(f, "outbound queue full (remote not reading)"),
+        }
+    }
+}
+
+impl CloseReason {
+    /// The reason for a failed read.
+    pub fn read(kind: ErrorKind) -> CloseReason {
+        match kind {
+            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => CloseReason::Reset,
+            kind => CloseReason::ReadFailed(kind),
+        }
+    }
+}
+
+/// Why a dial did not reach an admitted connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialError {
+    /// Nothing listens there (connection refused).
+    Refused,
+    /// The TCP connection or the handshake did not complete in time (`pow.timeout`).
+    TimedOut,
+    /// Connecting failed for another reason (no route, …).
+    Connect(ErrorKind),
+    /// The remote refused us in the handshake, with its reason.
+    Rejected(String),
+    /// The handshake went wrong: a malformed or unexpected frame, the wrong identity, a
+    /// challenge harder than we accept.
+    Handshake(String),
+}
+
+impl fmt::Display for DialError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DialError::Refused => write!(f, "connection refused"),
+            DialError::TimedOut => write!(f, "timed out"),
+            DialError::Connect(k) => write!(f, "connect failed: {k}"),
+            DialError::Rejected(r) => write!(f, "refused by the remote: {r}"),
+            DialError::Handshake(e) => write!(f, "handshake failed: {e}"),
+        }
+    }
+}
+
 /// What happens to a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -83,19 +208,19 @@ pub enum Event {
     /// A frame arrived on an established connection.
     Frame { conn: ConnId, msg: Msg },
     /// A connection ended without the core asking for it.
-    Closed { conn: ConnId, reason: String },
+    Closed { conn: ConnId, reason: CloseReason },
     /// A dial did not reach an admitted connection.
     DialFailed {
         addr: SocketAddr,
         purpose: Purpose,
-        reason: String,
+        reason: DialError,
     },
     /// A local application connected to the API listener.
     ApiConnected { conn: ConnId },
     /// A whole API message from a local application.
     ApiFrame { conn: ConnId, msg: ApiMsg },
-    /// Time passed; check deadlines.
-    Tick,
+    /// A timer the core set is due.
+    Timer(Timer),
     /// SIGINT/SIGTERM: say goodbye.
     Shutdown,
 }
@@ -134,6 +259,11 @@ pub enum Action {
         addr: SocketAddr,
         purpose: Purpose,
     },
+    /// Deliver `Event::Timer(timer)` once, `after` from now.
+    SetTimer {
+        after: Duration,
+        timer: Timer,
+    },
     /// Write an output record (`.jsonl`, and the `.txt` line if any).
     Log(Record),
 }
@@ -144,6 +274,10 @@ impl Action {
             to: vec![conn],
             msg,
         }
+    }
+
+    pub fn timer(after: Duration, timer: Timer) -> Action {
+        Action::SetTimer { after, timer }
     }
 }
 
@@ -207,5 +341,78 @@ pub trait Core: Send + 'static {
     /// Repeated gossip items ignored so far (for `stats`).
     fn gossip_duplicates(&self) -> u64 {
         0
+    }
+}
+
+/// Timers a core asked for, earliest first: the TCP runtime keeps one, and so can a test that
+/// drives a core by hand.
+#[derive(Debug, Default)]
+pub struct TimerQueue {
+    heap: BinaryHeap<Reverse<(Instant, u64, Timer)>>,
+    /// Breaks ties between equal deadlines in the order they were set.
+    seq: u64,
+}
+
+impl TimerQueue {
+    pub fn set(&mut self, at: Instant, timer: Timer) {
+        self.seq += 1;
+        self.heap.push(Reverse((at, self.seq, timer)));
+    }
+
+    /// Takes every `SetTimer` in `actions`, asked for at `now`.
+    pub fn take_from(&mut self, actions: &[Action], now: Instant) {
+        for a in actions {
+            if let Action::SetTimer { after, timer } = a {
+                self.set(now + *after, *timer);
+            }
+        }
+    }
+
+    /// The earliest deadline.
+    pub fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// The earliest timer due at `now`, if any.
+    pub fn pop_due(&mut self, now: Instant) -> Option<Timer> {
+        match self.heap.peek() {
+            Some(Reverse((at, _, _))) if *at <= now => self.heap.pop().map(|Reverse(t)| t.2),
+            _ => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_fire_in_deadline_order_and_ties_in_the_order_set() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::default();
+        q.take_from(
+            &[
+                Action::timer(Duration::from_secs(2), Timer::Gossip),
+                Action::timer(Duration::from_secs(1), Timer::Sync),
+                Action::timer(Duration::from_secs(1), Timer::SeedRetry),
+            ],
+            t0,
+        );
+        assert_eq!(q.next(), Some(t0 + Duration::from_secs(1)));
+        assert_eq!(q.pop_due(t0), None);
+        let t = t0 + Duration::from_secs(1);
+        assert_eq!(q.pop_due(t), Some(Timer::Sync));
+        assert_eq!(q.pop_due(t), Some(Timer::SeedRetry));
+        assert_eq!(q.pop_due(t), None);
+        assert_eq!(q.pop_due(t0 + Duration::from_secs(5)), Some(Timer::Gossip));
+        assert!(q.is_empty());
     }
 }

@@ -19,14 +19,14 @@ pub const MAX_LIST_ENTRIES: usize = 16_384;
 pub const MAX_TEXT: usize = 1024;
 
 /// Who is on the other end of a connection, as the connector declares in `Hello`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
     Peer = 1,
     Seed = 2,
 }
 
 /// Why a peer leaves the peer list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RemovalReason {
     Dead = 1,
     Left = 2,
@@ -42,7 +42,7 @@ impl RemovalReason {
 }
 
 /// A change to the peer list that seeds vote on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum VoteOp {
     Add,
     Remove(RemovalReason),
@@ -56,7 +56,7 @@ pub struct PeerEntry {
 }
 
 /// One committed member as seeds exchange it: a peer address and its incarnation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Member {
     pub addr: SocketAddr,
     pub incarnation: u64,

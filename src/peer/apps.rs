@@ -6,7 +6,7 @@
 //! "invalid" stops it here. Items a local client announced, and the assignment's text messages
 //! (data type 0), are not gated: subscribers are notified, and the item spreads regardless.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::api::ApiMsg;
@@ -47,11 +47,11 @@ pub struct UnknownMessageId(pub u16);
 
 #[derive(Debug, Default)]
 pub struct LocalApps {
-    subscribers: HashMap<u16, BTreeSet<ConnId>>,
-    outstanding: HashMap<u16, Outstanding>,
+    subscribers: BTreeMap<u16, BTreeSet<ConnId>>,
+    outstanding: BTreeMap<u16, Outstanding>,
     /// Message ids in the order they were issued, for expiry.
     issued: VecDeque<u16>,
-    gates: HashMap<[u8; 32], Gate>,
+    gates: BTreeMap<[u8; 32], Gate>,
     next_id: u16,
 }
 

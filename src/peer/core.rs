@@ -2,7 +2,7 @@
 //! forwarding gossip, checking liveness, reporting the dead and repairing the overlay.
 //! Events in, actions out; the rules themselves live in `gossip`, `liveness` and `selection`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -12,8 +12,8 @@ use rand::seq::SliceRandom;
 use crate::api::ApiMsg;
 use crate::config::Config;
 use crate::limits::RateLimiter;
-use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote};
-use crate::peer::apps::{LocalApps, Verdict};
+use crate::node::{Action, CloseReason, ConnId, Core, Event, Now, Purpose, Record, Remote, Timer};
+use crate::peer::apps::{LocalApps, Verdict, VALIDATION_TIMEOUT};
 use crate::peer::gossip::{forward_targets, next_ttl, MessageList};
 use crate::peer::liveness::LivenessTracker;
 use crate::peer::selection;
@@ -107,13 +107,13 @@ pub struct PeerCore {
     rng: StdRng,
     phase: Phase,
     join_deadline: Option<Instant>,
-    links: HashMap<ConnId, Link>,
+    links: BTreeMap<ConnId, Link>,
     /// The seeds we registered with (a random majority, topped up when one is unreachable).
-    seeds: HashMap<SocketAddr, SeedState>,
-    neighbours: HashMap<SocketAddr, Neighbour>,
-    dialing: HashSet<SocketAddr>,
+    seeds: BTreeMap<SocketAddr, SeedState>,
+    neighbours: BTreeMap<SocketAddr, Neighbour>,
+    dialing: BTreeSet<SocketAddr>,
     /// Neighbours lost recently, not to be picked again while the seeds may still list them.
-    lost: HashMap<SocketAddr, Instant>,
+    lost: BTreeMap<SocketAddr, Instant>,
     ml: MessageList,
     generated: u32,
     next_gossip: Option<Instant>,
@@ -123,9 +123,9 @@ pub struct PeerCore {
     leaving: bool,
     /// Local applications on the API.
     apps: LocalApps,
-    api_clients: HashSet<ConnId>,
+    api_clients: BTreeSet<ConnId>,
     /// Network items waiting for their local validations before being forwarded.
-    gated: HashMap<[u8; 32], GatedItem>,
+    gated: BTreeMap<[u8; 32], GatedItem>,
 }
 
 #[derive(Debug)]
@@ -146,20 +146,31 @@ impl PeerCore {
             rng,
             phase: Phase::Joining,
             join_deadline: None,
-            links: HashMap::new(),
-            seeds: HashMap::new(),
-            neighbours: HashMap::new(),
-            dialing: HashSet::new(),
-            lost: HashMap::new(),
+            links: BTreeMap::new(),
+            seeds: BTreeMap::new(),
+            neighbours: BTreeMap::new(),
+            dialing: BTreeSet::new(),
+            lost: BTreeMap::new(),
             generated: 0,
             next_gossip: None,
             next_liveness: None,
             repairing: false,
             leaving: false,
             apps: LocalApps::default(),
-            api_clients: HashSet::new(),
-            gated: HashMap::new(),
+            api_clients: BTreeSet::new(),
+            gated: BTreeMap::new(),
         }
+    }
+
+    /// How many neighbour links this peer has.
+    pub fn neighbour_count(&self) -> usize {
+        self.neighbours.len()
+    }
+
+    /// Generates one of the assignment's messages now, outside the `gossip.interval` schedule
+    /// (the simulator decides who speaks when).
+    pub fn publish(&mut self, now: Now, out: &mut Vec<Action>) {
+        self.generate(now, out);
     }
 
     pub fn neighbours(&self) -> Vec<SocketAddr> {
@@ -226,7 +237,9 @@ impl PeerCore {
         for s in chosen {
             self.dial_seed(s, out);
         }
-        self.join_deadline = Some(now.mono + self.config.pow.timeout * 2);
+        let wait = self.config.pow.timeout * 2;
+        self.join_deadline = Some(now.mono + wait);
+        out.push(Action::timer(wait, Timer::JoinDeadline));
     }
 
     /// All seeds we are connected to have confirmed and sent their list, or time is up.
@@ -275,16 +288,25 @@ impl PeerCore {
                 });
             }
         }
-        self.maybe_start_gossip(now);
+        self.maybe_start_gossip(now, out);
     }
 
-    fn maybe_start_gossip(&mut self, now: Now) {
+    fn maybe_start_gossip(&mut self, now: Now, out: &mut Vec<Action>) {
         if self.phase == Phase::Connecting && self.dialing.is_empty() {
             self.phase = Phase::Running;
             self.next_gossip = Some(now.mono);
+            out.push(Action::timer(Duration::ZERO, Timer::Gossip));
             // Liveness rounds also top up a peer that has too few neighbours, even none.
-            self.next_liveness
-                .get_or_insert(now.mono + self.config.liveness.interval);
+            self.arm_liveness(now, out);
+        }
+    }
+
+    /// Schedules the first liveness round, unless rounds are already running.
+    fn arm_liveness(&mut self, now: Now, out: &mut Vec<Action>) {
+        if self.next_liveness.is_none() {
+            let every = self.config.liveness.interval;
+            self.next_liveness = Some(now.mono + every);
+            out.push(Action::timer(every, Timer::LivenessRound));
         }
     }
 
@@ -362,9 +384,7 @@ impl PeerCore {
                 .line(format!("Connected to neighbour {addr}"))
                 .into(),
         );
-        if self.next_liveness.is_none() {
-            self.next_liveness = Some(now.mono + self.config.liveness.interval);
-        }
+        self.arm_liveness(now, out);
         self.tell_degree(out);
     }
 
@@ -656,6 +676,9 @@ impl PeerCore {
             .apps
             .notify(id, data_type, data, exclude, gate, now.mono);
         let any = !notes.is_empty();
+        if any {
+            out.push(Action::timer(VALIDATION_TIMEOUT, Timer::Validations));
+        }
         for (to, msg) in notes {
             out.push(Action::SendApi { to, msg });
         }
@@ -895,6 +918,7 @@ impl PeerCore {
                         (s.backoff * 2).min(SEED_BACKOFF_MAX)
                     };
                     s.retry_at = Some(now.mono + s.backoff);
+                    out.push(Action::timer(s.backoff, Timer::SeedRetry));
                 }
             }
             self.repairing = false;
@@ -902,22 +926,60 @@ impl PeerCore {
         }
     }
 
-    fn on_tick(&mut self, now: Now, out: &mut Vec<Action>) {
-        for link in self.links.values_mut() {
-            if link
-                .young
-                .as_ref()
-                .is_some_and(|(until, _)| now.mono >= *until)
-            {
-                link.young = None;
+    fn on_timer(&mut self, timer: Timer, now: Now, out: &mut Vec<Action>) {
+        if timer == Timer::YoungLinks {
+            for link in self.links.values_mut() {
+                if link
+                    .young
+                    .as_ref()
+                    .is_some_and(|(until, _)| now.mono >= *until)
+                {
+                    link.young = None;
+                }
             }
+            return;
         }
         if self.leaving {
             return;
         }
-        let verdicts = self.apps.expire(now.mono);
-        self.apply_verdicts(verdicts, out);
-        // Seeds: reconnect lost ones, re-send unconfirmed registrations.
+        match timer {
+            Timer::Validations => {
+                let verdicts = self.apps.expire(now.mono);
+                self.apply_verdicts(verdicts, out);
+            }
+            Timer::SeedRetry => self.retry_seeds(now, out),
+            Timer::JoinDeadline => self.maybe_finish_join(now, out),
+            Timer::Gossip => {
+                let Some(at) = self.next_gossip else { return };
+                if now.mono < at || self.generated >= self.config.gossip.count {
+                    return;
+                }
+                self.generate(now, out);
+                // On the schedule set at the start; slots missed while the process was not
+                // running (frozen, overloaded) are skipped, not made up in a burst.
+                let every = self.config.gossip.interval.max(Duration::from_millis(1));
+                let mut next = at + every;
+                while next <= now.mono {
+                    next += every;
+                }
+                self.next_gossip = Some(next);
+                out.push(Action::timer(next - now.mono, Timer::Gossip));
+            }
+            Timer::LivenessRound => {
+                if self.next_liveness.is_some_and(|at| now.mono >= at) {
+                    let every = self.config.liveness.interval;
+                    self.next_liveness = Some(now.mono + every);
+                    out.push(Action::timer(every, Timer::LivenessRound));
+                    self.liveness_round(now, out);
+                }
+            }
+            Timer::ReplyDeadline => self.liveness_deadlines(now, out),
+            Timer::YoungLinks | Timer::SeedRedial | Timer::ProbeDeadline | Timer::Sync => {}
+        }
+    }
+
+    /// Reconnects lost seeds whose backoff is over and re-sends unconfirmed registrations.
+    fn retry_seeds(&mut self, now: Now, out: &mut Vec<Action>) {
         let mut redial = Vec::new();
         for (addr, s) in self.seeds.iter_mut() {
             if s.conn.is_none() && !s.dialing && s.retry_at.is_some_and(|t| t <= now.mono) {
@@ -930,33 +992,16 @@ impl PeerCore {
                 {
                     s.last_register = Some(now.mono);
                     out.push(Action::send(conn, Msg::Register));
+                    out.push(Action::timer(REGISTER_RETRY, Timer::SeedRetry));
                 }
             }
         }
         for addr in redial {
             self.dial_seed(addr, out);
         }
-        if self.phase == Phase::Joining {
-            self.maybe_finish_join(now, out);
-        }
-        // Gossip generation.
-        if let Some(at) = self.next_gossip {
-            if now.mono >= at && self.generated < self.config.gossip.count {
-                self.generate(now, out);
-                self.next_gossip = Some(at + self.config.gossip.interval);
-            }
-        }
-        // Liveness.
-        if let Some(at) = self.next_liveness {
-            if now.mono >= at {
-                self.next_liveness = Some(now.mono + self.config.liveness.interval);
-                self.liveness_round(now, out);
-            }
-        }
-        self.liveness_deadlines(now, out);
     }
 
-    /// Every tick: a neighbour whose last `misses` requests passed their reply deadline
+    /// At a reply deadline: a neighbour whose last `misses` requests passed their reply deadline
     /// unanswered is reported and dropped.
     fn liveness_deadlines(&mut self, now: Now, out: &mut Vec<Action>) {
         let mut dead: Vec<(SocketAddr, u32)> = self
@@ -982,6 +1027,10 @@ impl PeerCore {
             requests.push(n.conn);
         }
         if !requests.is_empty() {
+            out.push(Action::timer(
+                self.config.liveness.reply_timeout,
+                Timer::ReplyDeadline,
+            ));
             out.push(Action::Send {
                 to: requests,
                 msg: Msg::LivenessRequest {
@@ -995,7 +1044,7 @@ impl PeerCore {
         self.maybe_repair(out);
     }
 
-    fn on_closed(&mut self, conn: ConnId, reason: String, now: Now, out: &mut Vec<Action>) {
+    fn on_closed(&mut self, conn: ConnId, reason: CloseReason, now: Now, out: &mut Vec<Action>) {
         let Some(link) = self.links.get(&conn) else {
             return;
         };
@@ -1079,6 +1128,9 @@ impl Core for PeerCore {
                             .then(|| (now.mono + YOUNG_LINK, Vec::new())),
                     },
                 );
+                if kind == LinkKind::Neighbour {
+                    out.push(Action::timer(YOUNG_LINK, Timer::YoungLinks));
+                }
                 match kind {
                     LinkKind::Seed => {
                         let s = self.seeds.entry(addr).or_default();
@@ -1087,12 +1139,13 @@ impl Core for PeerCore {
                         s.backoff = Duration::ZERO;
                         s.last_register = Some(now.mono);
                         out.push(Action::send(conn, Msg::Register));
+                        out.push(Action::timer(REGISTER_RETRY, Timer::SeedRetry));
                     }
                     LinkKind::Neighbour => {
                         self.dialing.remove(&addr);
                         let dialed = self.links[&conn].dialed;
                         self.add_neighbour(conn, addr, dialed, now, out);
-                        self.maybe_start_gossip(now);
+                        self.maybe_start_gossip(now, out);
                     }
                     LinkKind::SeedProbe => {}
                 }
@@ -1111,6 +1164,7 @@ impl Core for PeerCore {
                         s.dialing = false;
                         s.backoff = (s.backoff * 2).clamp(SEED_BACKOFF_MIN, SEED_BACKOFF_MAX);
                         s.retry_at = Some(now.mono + s.backoff);
+                        out.push(Action::timer(s.backoff, Timer::SeedRetry));
                     }
                     // Keep a majority: replace an unreachable seed with one not yet used.
                     let live = self
@@ -1128,7 +1182,7 @@ impl Core for PeerCore {
                     log::info!("neighbour {addr} unreachable: {reason}");
                     self.dialing.remove(&addr);
                     self.lost.insert(addr, now.mono);
-                    self.maybe_start_gossip(now);
+                    self.maybe_start_gossip(now, out);
                     self.maybe_repair(out);
                 }
                 Purpose::SeedLink | Purpose::Probe => {}
@@ -1137,7 +1191,7 @@ impl Core for PeerCore {
                 self.api_clients.insert(conn);
             }
             Event::ApiFrame { conn, msg } => self.on_api(conn, msg, now, out),
-            Event::Tick => self.on_tick(now, out),
+            Event::Timer(timer) => self.on_timer(timer, now, out),
             Event::Shutdown => self.on_shutdown(out),
         }
     }
@@ -1287,7 +1341,7 @@ mod tests {
         // A link past its first seconds no longer keeps what it sent: the same race later,
         // on 9102's accepted conn 11, sends nothing again (and the list is gone from memory).
         let later = now.after(YOUNG_LINK);
-        p.handle(Event::Tick, later, &mut out);
+        p.handle(Event::Timer(Timer::YoungLinks), later, &mut out);
         p.handle(
             Event::Frame {
                 conn: 12,
@@ -1350,7 +1404,7 @@ mod tests {
         p.handle(
             Event::Closed {
                 conn: 10,
-                reason: "connection closed by remote".into(),
+                reason: CloseReason::EndOfStream,
             },
             now,
             &mut out,
@@ -1392,7 +1446,7 @@ mod tests {
         p.handle(
             Event::Closed {
                 conn: 11,
-                reason: "connection closed by remote".into(),
+                reason: CloseReason::EndOfStream,
             },
             now,
             &mut out,
@@ -1452,7 +1506,7 @@ mod tests {
         p.handle(
             Event::Closed {
                 conn: 11,
-                reason: "reset".into(),
+                reason: CloseReason::Reset,
             },
             now,
             &mut out,
@@ -1478,7 +1532,9 @@ mod tests {
         for ms in [1010, 2010, 3010, 3400, 3520, 4010, 5010] {
             let mut out = vec![];
             let t = now.after(Duration::from_millis(ms));
-            p.handle(Event::Tick, t, &mut out);
+            // Both timers fire at every step: one that is not due yet changes nothing.
+            p.handle(Event::Timer(Timer::LivenessRound), t, &mut out);
+            p.handle(Event::Timer(Timer::ReplyDeadline), t, &mut out);
             // Neighbours on 10 and 12 answer; 11 never does.
             for (to, msg) in sends(&out) {
                 if let Msg::LivenessRequest { text } = msg {

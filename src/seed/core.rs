@@ -1,13 +1,13 @@
 //! The seed's decisions: registrations, peer lists, dead-node reports and their probes, votes
 //! and the links to the other seeds. Events in, actions out; no sockets, no clock.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::limits::RateLimiter;
-use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote};
+use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote, Timer};
 use crate::seed::registry::{Change, Registry};
 use crate::texts;
 use crate::wire::{Member, Msg, PeerEntry, RemovalReason, Role, VoteOp};
@@ -55,16 +55,16 @@ pub struct SeedCore {
     me: SocketAddr,
     config: Config,
     registry: Registry,
-    links: HashMap<ConnId, Link>,
+    links: BTreeMap<ConnId, Link>,
     /// Live links to other seeds.
-    seed_links: HashMap<SocketAddr, ConnId>,
+    seed_links: BTreeMap<SocketAddr, ConnId>,
     /// Seeds this one dials (those with a larger address) and when to try next.
-    redial: HashMap<SocketAddr, Redial>,
-    dialing: HashSet<SocketAddr>,
+    redial: BTreeMap<SocketAddr, Redial>,
+    dialing: BTreeSet<SocketAddr>,
     /// Each registered peer's own connection.
-    peer_conns: HashMap<SocketAddr, ConnId>,
-    degrees: HashMap<SocketAddr, u16>,
-    probes: HashMap<SocketAddr, Probe>,
+    peer_conns: BTreeMap<SocketAddr, ConnId>,
+    degrees: BTreeMap<SocketAddr, u16>,
+    probes: BTreeMap<SocketAddr, Probe>,
     next_sync: Option<Instant>,
 }
 
@@ -74,13 +74,13 @@ impl SeedCore {
             me,
             registry: Registry::new(config.seeds.len()),
             config,
-            links: HashMap::new(),
-            seed_links: HashMap::new(),
-            redial: HashMap::new(),
-            dialing: HashSet::new(),
-            peer_conns: HashMap::new(),
-            degrees: HashMap::new(),
-            probes: HashMap::new(),
+            links: BTreeMap::new(),
+            seed_links: BTreeMap::new(),
+            redial: BTreeMap::new(),
+            dialing: BTreeSet::new(),
+            peer_conns: BTreeMap::new(),
+            degrees: BTreeMap::new(),
+            probes: BTreeMap::new(),
             next_sync: None,
         }
     }
@@ -180,6 +180,10 @@ impl SeedCore {
             return;
         }
         let deadline = now.mono + self.config.liveness.probe_timeout;
+        out.push(Action::timer(
+            self.config.liveness.probe_timeout,
+            Timer::ProbeDeadline,
+        ));
         let mut probe = Probe {
             member,
             deadline,
@@ -464,16 +468,18 @@ impl SeedCore {
         }
     }
 
-    fn schedule_redial(&mut self, addr: SocketAddr, now: Now) {
+    fn schedule_redial(&mut self, addr: SocketAddr, now: Now, out: &mut Vec<Action>) {
         let r = self.redial.entry(addr).or_insert(Redial {
             at: now.mono,
             backoff: SEED_BACKOFF_MIN,
         });
         r.at = now.mono + r.backoff;
+        out.push(Action::timer(r.backoff, Timer::SeedRedial));
         r.backoff = (r.backoff * 2).min(SEED_BACKOFF_MAX);
     }
 
-    fn on_tick(&mut self, now: Now, out: &mut Vec<Action>) {
+    /// Dials the seeds that are down and due for another try.
+    fn redial_due(&mut self, now: Now, out: &mut Vec<Action>) {
         let due: Vec<SocketAddr> = self
             .redial
             .iter()
@@ -489,6 +495,10 @@ impl SeedCore {
                 purpose: Purpose::SeedLink,
             });
         }
+    }
+
+    /// Probes whose time is up find their peer dead.
+    fn expire_probes(&mut self, now: Now, out: &mut Vec<Action>) {
         let expired: Vec<SocketAddr> = self
             .probes
             .iter()
@@ -498,17 +508,24 @@ impl SeedCore {
         for addr in expired {
             self.probe_result(addr, false, "no answer before the probe timeout", now, out);
         }
-        if self.next_sync.is_none_or(|t| t <= now.mono) {
-            self.next_sync = Some(now.mono + self.config.seed.sync_interval);
-            let to = self.seed_conns();
-            if !to.is_empty() {
-                out.push(Action::Send {
-                    to,
-                    msg: self.sync_msg(),
-                });
-            }
-            self.registry.expire(now.mono);
+    }
+
+    /// Sends the peer list to the other seeds and expires old votes, every `seed.sync_interval`.
+    fn sync(&mut self, now: Now, out: &mut Vec<Action>) {
+        if self.next_sync.is_some_and(|t| t > now.mono) {
+            return;
         }
+        let every = self.config.seed.sync_interval;
+        self.next_sync = Some(now.mono + every);
+        out.push(Action::timer(every, Timer::Sync));
+        let to = self.seed_conns();
+        if !to.is_empty() {
+            out.push(Action::Send {
+                to,
+                msg: self.sync_msg(),
+            });
+        }
+        self.registry.expire(now.mono);
     }
 }
 
@@ -543,7 +560,8 @@ impl Core for SeedCore {
                         },
                     );
                 }
-                self.on_tick(now, out);
+                self.redial_due(now, out);
+                self.sync(now, out);
             }
             Event::Connected { conn, remote } => self.on_connected(conn, remote, now, out),
             Event::Frame { conn, msg } => {
@@ -568,7 +586,7 @@ impl Core for SeedCore {
                     LinkKind::Seed => {
                         log::info!("seed link to {} down: {reason}", link.addr);
                         if self.dials(&link.addr) {
-                            self.schedule_redial(link.addr, now);
+                            self.schedule_redial(link.addr, now, out);
                         }
                     }
                     LinkKind::Peer => {
@@ -612,12 +630,15 @@ impl Core for SeedCore {
                 Purpose::SeedLink => {
                     self.dialing.remove(&addr);
                     log::debug!("seed {addr} unreachable: {reason}");
-                    self.schedule_redial(addr, now);
+                    self.schedule_redial(addr, now, out);
                 }
-                Purpose::Probe => self.probe_result(addr, false, &reason, now, out),
+                Purpose::Probe => self.probe_result(addr, false, &reason.to_string(), now, out),
                 Purpose::Register | Purpose::Neighbour => {}
             },
-            Event::Tick => self.on_tick(now, out),
+            Event::Timer(Timer::SeedRedial) => self.redial_due(now, out),
+            Event::Timer(Timer::ProbeDeadline) => self.expire_probes(now, out),
+            Event::Timer(Timer::Sync) => self.sync(now, out),
+            Event::Timer(_) => {}
             // Seeds offer no application API.
             Event::ApiConnected { .. } | Event::ApiFrame { .. } | Event::Shutdown => {}
         }
@@ -836,7 +857,11 @@ mod tests {
         assert_eq!(events(&out), vec!["rejected"]);
         out.clear();
         // No vote was cast, even after the probe deadline.
-        s.handle(Event::Tick, now.after(Duration::from_secs(5)), &mut out);
+        s.handle(
+            Event::Timer(Timer::ProbeDeadline),
+            now.after(Duration::from_secs(5)),
+            &mut out,
+        );
         assert!(!out.iter().any(|x| matches!(
             x,
             Action::Send {
@@ -861,7 +886,11 @@ mod tests {
             &mut out,
         );
         out.clear();
-        s.handle(Event::Tick, now.after(Duration::from_secs(2)), &mut out);
+        s.handle(
+            Event::Timer(Timer::ProbeDeadline),
+            now.after(Duration::from_secs(2)),
+            &mut out,
+        );
         let dead = Member {
             addr: a(9102),
             incarnation: 1,
@@ -983,7 +1012,7 @@ mod tests {
         s.handle(
             Event::Closed {
                 conn: 2,
-                reason: "eof".into(),
+                reason: crate::node::CloseReason::EndOfStream,
             },
             now,
             &mut out,

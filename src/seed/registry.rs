@@ -7,7 +7,7 @@
 //! tombstones of removed members), which is how a seed that missed votes or was down catches
 //! up: merging is idempotent, commutative and never resurrects a removed member.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ pub const VOTE_TTL: Duration = Duration::from_secs(120);
 /// Bound on open tallies, so a stream of registrations that never complete cannot grow memory.
 pub const MAX_TALLIES: usize = 65_536;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Kind {
     Add,
     Remove,
@@ -30,7 +30,7 @@ enum Kind {
 
 #[derive(Debug)]
 struct Tally {
-    voters: HashSet<SocketAddr>,
+    voters: BTreeSet<SocketAddr>,
     reason: RemovalReason,
     opened: Instant,
 }
@@ -45,11 +45,11 @@ pub enum Change {
 #[derive(Debug)]
 pub struct Registry {
     majority: usize,
-    members: HashMap<SocketAddr, u64>,
+    members: BTreeMap<SocketAddr, u64>,
     tombstones: VecDeque<(Member, RemovalReason)>,
     /// Highest removed incarnation per address, mirroring `tombstones`.
-    removed_inc: HashMap<SocketAddr, u64>,
-    tallies: HashMap<(Member, Kind), Tally>,
+    removed_inc: BTreeMap<SocketAddr, u64>,
+    tallies: BTreeMap<(Member, Kind), Tally>,
 }
 
 impl Registry {
@@ -57,10 +57,10 @@ impl Registry {
     pub fn new(n_seeds: usize) -> Self {
         Registry {
             majority: n_seeds / 2 + 1,
-            members: HashMap::new(),
+            members: BTreeMap::new(),
             tombstones: VecDeque::new(),
-            removed_inc: HashMap::new(),
-            tallies: HashMap::new(),
+            removed_inc: BTreeMap::new(),
+            tallies: BTreeMap::new(),
         }
     }
 
@@ -169,7 +169,7 @@ impl Registry {
             }
         }
         let tally = self.tallies.entry((m, kind)).or_insert_with(|| Tally {
-            voters: HashSet::new(),
+            voters: BTreeSet::new(),
             reason,
             opened: now,
         });
