@@ -33,5 +33,6 @@ pub mod peer;
 pub mod pow;
 pub mod report;
 pub mod seed;
+pub mod sim;
 pub mod texts;
 pub mod wire;

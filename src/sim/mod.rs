@@ -1,0 +1,587 @@
+//! The simulator: the real [`SeedCore`] and [`PeerCore`] of many nodes in one process, on
+//! virtual time, with seeded randomness, so a network of ten thousand peers can be studied on a
+//! laptop. It is the second runtime of the contract in [`crate::node`]: it carries out the same
+//! actions as the TCP runtime, with a discrete-event queue instead of sockets and threads.
+//!
+//! What it models: one-way latency drawn per frame from a range, frames on one connection in
+//! order, a dial that takes two round trips (TCP, then the handshake) and fails at once on a
+//! crashed node or after `pow.timeout` on a hung one, a crash (every link of the node resets), a
+//! hang (the node stops reading and answering, its links stay open), and a cut between two sets
+//! of peers (frames across it are lost, dials across it time out). What it does not model:
+//! proof of work (admission is free), bandwidth and queues (no batching: `Withdraw` is a no-op,
+//! no queue fills up), the API.
+//!
+//! Everything is deterministic: one RNG seeded from `--rng` draws latencies and the scenario,
+//! each core gets its own RNG seeded from it, every map whose order reaches an action is
+//! ordered, and virtual time starts at a fixed Unix time. Same flags, same run.
+
+pub mod scenario;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::config::Config;
+use crate::node::{
+    Action, CloseReason, ConnId, Core, DialError, Event, Now, Purpose, Remote, Timer,
+};
+use crate::peer::PeerCore;
+use crate::seed::SeedCore;
+use crate::wire::{Msg, Role};
+
+/// Virtual time in microseconds since the start of the run.
+pub type Micros = u64;
+/// A node, numbered in the order it was created; never reused.
+pub type NodeId = usize;
+
+/// The Unix time at which every run starts (texts and message ids depend on it).
+const EPOCH_UNIX_MS: u64 = 1_800_000_000_000;
+
+pub fn micros(d: Duration) -> Micros {
+    d.as_micros() as Micros
+}
+
+/// A node's core.
+pub enum NodeCore {
+    Seed(Box<SeedCore>),
+    Peer(Box<PeerCore>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    /// Created, not started yet.
+    Waiting,
+    Running,
+    /// Crashed: gone, its links reset.
+    Crashed,
+    /// Hung: its process stopped; its links stay open but nothing is read or answered.
+    Hung,
+}
+
+pub struct Node {
+    pub addr: SocketAddr,
+    pub role: Role,
+    pub core: NodeCore,
+    pub state: NodeState,
+    /// Which side of a cut the node is on (peers only; seeds are reachable from both).
+    pub side: u8,
+    /// When the node crashed or hung.
+    pub fault_at: Option<Micros>,
+    /// Its connection ends, open or not.
+    conns: Vec<ConnId>,
+}
+
+/// One end of a connection.
+struct ConnEnd {
+    node: NodeId,
+    /// The other end.
+    other: ConnId,
+    open: bool,
+    /// The latest delivery scheduled to this end: later ones are scheduled after it, so a
+    /// connection delivers in order.
+    last_at: Micros,
+}
+
+/// What the event queue holds.
+enum Pending {
+    /// An event for a node's core.
+    Deliver {
+        node: NodeId,
+        event: Event,
+    },
+    /// An event arriving on a connection end (a frame, or the remote's close); dropped if that
+    /// end was closed meanwhile.
+    OnConn {
+        conn: ConnId,
+        event: Event,
+    },
+    /// A dial reaches the acceptor.
+    Accept {
+        from: NodeId,
+        to: NodeId,
+        purpose: Purpose,
+    },
+    Timer {
+        node: NodeId,
+        timer: Timer,
+    },
+    /// A step of the scenario.
+    Step(scenario::Step),
+}
+
+struct Scheduled {
+    at: Micros,
+    seq: u64,
+    what: Pending,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// Something a core wrote to its output, as the simulator's observers see it.
+pub struct Observed<'a> {
+    pub at: Micros,
+    pub node: NodeId,
+    pub record: &'a crate::node::Record,
+}
+
+/// The simulated network.
+pub struct World {
+    pub config: Config,
+    pub now: Micros,
+    base: Instant,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    seq: u64,
+    pub rng: StdRng,
+    rng_seed: u64,
+    pub nodes: Vec<Node>,
+    by_addr: BTreeMap<SocketAddr, NodeId>,
+    conns: Vec<ConnEnd>,
+    latency: (Micros, Micros),
+    /// Frames across the cut are lost while it holds.
+    pub cut: bool,
+    /// Events handed to cores, and frames among them.
+    pub events: u64,
+    pub frames: u64,
+    actions: Vec<Action>,
+}
+
+impl World {
+    /// A world with the seeds of `config` (addresses replaced by `seeds` simulated ones).
+    pub fn new(mut config: Config, seeds: usize, latency: (Duration, Duration), rng: u64) -> World {
+        config.seeds = (0..seeds)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 9001 + i as u16)))
+            .collect();
+        let mut w = World {
+            config,
+            now: 0,
+            base: Instant::now(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            rng: StdRng::seed_from_u64(rng),
+            rng_seed: rng,
+            nodes: Vec::new(),
+            by_addr: BTreeMap::new(),
+            conns: vec![ConnEnd {
+                node: usize::MAX,
+                other: 0,
+                open: false,
+                last_at: 0,
+            }],
+            latency: (micros(latency.0), micros(latency.1.max(latency.0))),
+            cut: false,
+            events: 0,
+            frames: 0,
+            actions: Vec::new(),
+        };
+        for addr in w.config.seeds.clone() {
+            let core = SeedCore::new(addr, w.config.clone());
+            w.add(addr, Role::Seed, NodeCore::Seed(Box::new(core)));
+        }
+        w
+    }
+
+    fn add(&mut self, addr: SocketAddr, role: Role, core: NodeCore) -> NodeId {
+        let id = self.nodes.len();
+        self.nodes.push(Node {
+            addr,
+            role,
+            core,
+            state: NodeState::Waiting,
+            side: 0,
+            fault_at: None,
+            conns: Vec::new(),
+        });
+        self.by_addr.insert(addr, id);
+        id
+    }
+
+    /// Creates a peer, not yet started. Its address is derived from its node id
+    /// ([`peer_addr`]), so records name nodes without a lookup.
+    pub fn add_peer(&mut self) -> NodeId {
+        let i = self.nodes.len();
+        let addr = peer_addr(i);
+        let rng = StdRng::seed_from_u64(
+            self.rng_seed ^ 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1),
+        );
+        let core = PeerCore::new(addr, self.config.clone(), rng);
+        self.add(addr, Role::Peer, NodeCore::Peer(Box::new(core)))
+    }
+
+    fn at_now(&self) -> Now {
+        Now {
+            mono: self.base + Duration::from_micros(self.now),
+            unix_ms: EPOCH_UNIX_MS + self.now / 1000,
+        }
+    }
+
+    fn push(&mut self, at: Micros, what: Pending) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            what,
+        }));
+    }
+
+    pub fn schedule(&mut self, at: Micros, step: scenario::Step) {
+        self.push(at, Pending::Step(step));
+    }
+
+    /// Starts node `id` at `at`.
+    pub fn start_at(&mut self, at: Micros, id: NodeId) {
+        self.push(
+            at,
+            Pending::Deliver {
+                node: id,
+                event: Event::Started,
+            },
+        );
+    }
+
+    fn latency(&mut self) -> Micros {
+        let (lo, hi) = self.latency;
+        if hi > lo {
+            self.rng.gen_range(lo..=hi)
+        } else {
+            lo
+        }
+    }
+
+    /// Schedules `event` to arrive at connection end `conn`, in order after what is already on
+    /// its way there.
+    fn send_on(&mut self, conn: ConnId, event: Event) {
+        let at = (self.now + self.latency()).max(self.conns[conn as usize].last_at);
+        self.conns[conn as usize].last_at = at;
+        self.push(at, Pending::OnConn { conn, event });
+    }
+
+    /// Is the path between two nodes cut?
+    fn blocked(&self, a: NodeId, b: NodeId) -> bool {
+        self.cut
+            && self.nodes[a].role == Role::Peer
+            && self.nodes[b].role == Role::Peer
+            && self.nodes[a].side != self.nodes[b].side
+    }
+
+    /// Runs events until virtual time `until` (inclusive), calling `observe` for every record a
+    /// core writes. Returns early with the next scenario step that comes due, for the caller to
+    /// carry out (the clock stands at its time); `None` once `until` is reached.
+    pub fn run_until(
+        &mut self,
+        until: Micros,
+        observe: &mut dyn FnMut(&Observed),
+    ) -> Option<scenario::Step> {
+        while let Some(Reverse(next)) = self.queue.peek() {
+            if next.at > until {
+                break;
+            }
+            let Reverse(s) = self.queue.pop().expect("peeked");
+            self.now = s.at;
+            match s.what {
+                Pending::Deliver { node, event } => self.deliver(node, event, observe),
+                Pending::Timer { node, timer } => {
+                    if self.nodes[node].state == NodeState::Running {
+                        self.deliver(node, Event::Timer(timer), observe);
+                    }
+                }
+                Pending::OnConn { conn, event } => {
+                    let end = &self.conns[conn as usize];
+                    if !end.open {
+                        continue;
+                    }
+                    let node = end.node;
+                    if matches!(event, Event::Closed { .. }) {
+                        self.conns[conn as usize].open = false;
+                    }
+                    if matches!(event, Event::Frame { .. }) {
+                        self.frames += 1;
+                        if self.blocked(
+                            node,
+                            self.conns[self.conns[conn as usize].other as usize].node,
+                        ) {
+                            continue;
+                        }
+                    }
+                    self.deliver(node, event, observe);
+                }
+                Pending::Accept { from, to, purpose } => self.accept(from, to, purpose, observe),
+                Pending::Step(st) => return Some(st),
+            }
+        }
+        self.now = self.now.max(until);
+        None
+    }
+
+    /// Hands one event to a node's core and carries out its actions.
+    fn deliver(&mut self, node: NodeId, event: Event, observe: &mut dyn FnMut(&Observed)) {
+        match self.nodes[node].state {
+            NodeState::Running => {}
+            NodeState::Waiting if event == Event::Started => {
+                self.nodes[node].state = NodeState::Running;
+            }
+            // A crashed node's links were reset when it crashed; a hung one reads nothing.
+            _ => return,
+        }
+        self.events += 1;
+        let now = self.at_now();
+        let mut actions = std::mem::take(&mut self.actions);
+        match &mut self.nodes[node].core {
+            NodeCore::Seed(c) => c.handle(event, now, &mut actions),
+            NodeCore::Peer(c) => c.handle(event, now, &mut actions),
+        }
+        self.execute(node, &mut actions, observe);
+        self.actions = actions;
+    }
+
+    fn execute(
+        &mut self,
+        node: NodeId,
+        actions: &mut Vec<Action>,
+        observe: &mut dyn FnMut(&Observed),
+    ) {
+        for action in actions.drain(..) {
+            match action {
+                Action::Send { to, msg } | Action::Forward { to, msg, .. } => {
+                    for conn in to {
+                        self.send_frame(node, conn, msg.clone());
+                    }
+                }
+                Action::Withdraw { .. } | Action::SendApi { .. } => {}
+                Action::Close { conn } => self.close(node, conn, CloseReason::EndOfStream),
+                Action::Dial { addr, purpose } => self.dial(node, addr, purpose),
+                Action::SetTimer { after, timer } => {
+                    let at = self.now + micros(after);
+                    self.push(at, Pending::Timer { node, timer });
+                }
+                Action::Log(record) => observe(&Observed {
+                    at: self.now,
+                    node,
+                    record: &record,
+                }),
+            }
+        }
+    }
+
+    fn send_frame(&mut self, node: NodeId, conn: ConnId, msg: Msg) {
+        let Some(end) = self.conns.get(conn as usize) else {
+            return;
+        };
+        if !end.open || end.node != node {
+            return;
+        }
+        let other = end.other;
+        self.send_on(other, Event::Frame { conn: other, msg });
+    }
+
+    /// Closes one end; the other end hears `reason` after the frames already on their way.
+    fn close(&mut self, node: NodeId, conn: ConnId, reason: CloseReason) {
+        let Some(end) = self.conns.get_mut(conn as usize) else {
+            return;
+        };
+        if !end.open || end.node != node {
+            return;
+        }
+        end.open = false;
+        let other = end.other;
+        self.send_on(
+            other,
+            Event::Closed {
+                conn: other,
+                reason,
+            },
+        );
+    }
+
+    fn dial(&mut self, from: NodeId, addr: SocketAddr, purpose: Purpose) {
+        let rtt = 2 * self.latency();
+        let target = self.by_addr.get(&addr).copied();
+        let fail = |w: &mut World, after: Micros, reason: DialError| {
+            let at = w.now + after;
+            w.push(
+                at,
+                Pending::Deliver {
+                    node: from,
+                    event: Event::DialFailed {
+                        addr,
+                        purpose,
+                        reason,
+                    },
+                },
+            );
+        };
+        match target.map(|t| (t, self.nodes[t].state)) {
+            Some((to, NodeState::Running)) if !self.blocked(from, to) => {
+                // TCP's round trip, then the challenge: the acceptor takes the link when the
+                // connector's answer arrives, a round trip and a half after the dial.
+                let at = self.now + rtt + rtt / 2;
+                self.push(at, Pending::Accept { from, to, purpose });
+            }
+            Some((_, NodeState::Hung)) | Some((_, NodeState::Running)) => {
+                let timeout = micros(self.config.pow.timeout);
+                fail(self, timeout, DialError::TimedOut)
+            }
+            _ => fail(self, rtt, DialError::Refused),
+        }
+    }
+
+    /// The acceptor takes the link; the connector hears of it (the `Welcome`) one hop later.
+    fn accept(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        purpose: Purpose,
+        observe: &mut dyn FnMut(&Observed),
+    ) {
+        let addr = self.nodes[to].addr;
+        if self.nodes[to].state != NodeState::Running
+            || self.nodes[from].state != NodeState::Running
+        {
+            let reason = if self.nodes[to].state == NodeState::Hung {
+                DialError::TimedOut
+            } else {
+                DialError::Refused
+            };
+            let at = self.now + self.latency();
+            self.push(
+                at,
+                Pending::Deliver {
+                    node: from,
+                    event: Event::DialFailed {
+                        addr,
+                        purpose,
+                        reason,
+                    },
+                },
+            );
+            return;
+        }
+        let a = self.conns.len() as ConnId;
+        let b = a + 1;
+        self.nodes[from].conns.push(a);
+        self.nodes[to].conns.push(b);
+        let now = self.now;
+        self.conns.push(ConnEnd {
+            node: from,
+            other: b,
+            open: true,
+            last_at: now,
+        });
+        self.conns.push(ConnEnd {
+            node: to,
+            other: a,
+            open: true,
+            last_at: now,
+        });
+        let incarnation = 1;
+        let connector = Remote {
+            addr: self.nodes[from].addr,
+            role: self.nodes[from].role,
+            incarnation,
+            dialed: None,
+        };
+        self.deliver(
+            to,
+            Event::Connected {
+                conn: b,
+                remote: connector,
+            },
+            observe,
+        );
+        let acceptor = Remote {
+            addr,
+            role: self.nodes[to].role,
+            incarnation: 0,
+            dialed: Some(purpose),
+        };
+        self.send_on(
+            a,
+            Event::Connected {
+                conn: a,
+                remote: acceptor,
+            },
+        );
+    }
+
+    /// The node's process dies: every link it has resets at the other end.
+    pub fn crash(&mut self, node: NodeId) {
+        if !matches!(self.nodes[node].state, NodeState::Running | NodeState::Hung) {
+            return;
+        }
+        self.nodes[node].state = NodeState::Crashed;
+        self.nodes[node].fault_at.get_or_insert(self.now);
+        for conn in std::mem::take(&mut self.nodes[node].conns) {
+            self.close(node, conn, CloseReason::Reset);
+        }
+    }
+
+    /// The node's process stops: it reads and answers nothing, its links stay open.
+    pub fn hang(&mut self, node: NodeId) {
+        if self.nodes[node].state == NodeState::Running {
+            self.nodes[node].state = NodeState::Hung;
+            self.nodes[node].fault_at = Some(self.now);
+        }
+    }
+
+    pub fn peer(&self, node: NodeId) -> Option<&PeerCore> {
+        match &self.nodes[node].core {
+            NodeCore::Peer(p) => Some(p),
+            NodeCore::Seed(_) => None,
+        }
+    }
+
+    /// Lets a peer generate a message now.
+    pub fn publish(&mut self, node: NodeId, observe: &mut dyn FnMut(&Observed)) {
+        if self.nodes[node].state != NodeState::Running {
+            return;
+        }
+        let now = self.at_now();
+        let mut actions = std::mem::take(&mut self.actions);
+        if let NodeCore::Peer(p) = &mut self.nodes[node].core {
+            p.publish(now, &mut actions);
+        }
+        self.events += 1;
+        self.execute(node, &mut actions, observe);
+        self.actions = actions;
+    }
+
+    pub fn node_of(&self, addr: &SocketAddr) -> Option<NodeId> {
+        self.by_addr.get(addr).copied()
+    }
+}
+
+/// The address of simulated node `id`: distinct hosts in 127.0.0.0/8 (a simulated peer is its
+/// own host), port 9000. Seeds are 127.0.0.1:9001 and up.
+pub fn peer_addr(id: NodeId) -> SocketAddr {
+    let ip = Ipv4Addr::new(127, 1 + (id >> 16) as u8, (id >> 8) as u8, id as u8);
+    SocketAddr::from((ip, 9000))
+}
+
+/// The node id behind a peer address made by [`peer_addr`].
+pub fn peer_id(addr: &SocketAddr) -> Option<NodeId> {
+    match addr {
+        SocketAddr::V4(a) if a.port() == 9000 => {
+            let [_, b, c, d] = a.ip().octets();
+            Some(((b as usize).checked_sub(1)? << 16) | (c as usize) << 8 | d as usize)
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,414 @@
+//! Scenarios for the simulator and the summary they print.
+//!
+//! Every scenario starts the seeds, then the peers 2 ms apart, lets the overlay settle, and has
+//! `messages` items generated 20 ms apart by peers drawn at random among those that have a
+//! neighbour. What happens meanwhile is the scenario's:
+//! - `steady`: nothing.
+//! - `churn`: 20% of the peers crash at random moments of the message window, and as many new
+//!   peers join at random moments of it.
+//! - `crash` / `hang`: 1% of the peers (at least one) crash, or hang, a quarter into the window.
+//! - `partition`: the peers are split in two halves at random; a quarter into the window the
+//!   overlay between the halves is cut (seeds stay reachable from both), at three quarters it
+//!   heals.
+//! - `late-join`: 10% more peers (at least one) join after the last item was generated.
+//!
+//! An item must reach every peer that had a neighbour when it was generated and is still
+//! running at the end (`deliveries_expected`); `missed` counts those it did not reach. Late
+//! joiners are not expected to receive what was sent before they joined: `history_missed`
+//! counts what they lack of it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::node::Core;
+use crate::sim::{micros, peer_id, Micros, NodeCore, NodeId, NodeState, Observed, World};
+
+/// Peers start this far apart.
+const JOIN_GAP: Micros = 2_000;
+/// Items are generated this far apart.
+const MESSAGE_GAP: Micros = 20_000;
+/// Quiet time after the joins, and after the last item.
+const SETTLE: Micros = 5_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Steady,
+    Churn,
+    Crash,
+    Hang,
+    Partition,
+    LateJoin,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "steady" => Kind::Steady,
+            "churn" => Kind::Churn,
+            "crash" => Kind::Crash,
+            "hang" => Kind::Hang,
+            "partition" => Kind::Partition,
+            "late-join" => Kind::LateJoin,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Steady => "steady",
+            Kind::Churn => "churn",
+            Kind::Crash => "crash",
+            Kind::Hang => "hang",
+            Kind::Partition => "partition",
+            Kind::LateJoin => "late-join",
+        }
+    }
+}
+
+/// What a run is asked to do.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub peers: usize,
+    pub seeds: usize,
+    pub messages: usize,
+    pub rng: u64,
+    pub kind: Kind,
+    pub latency: (Duration, Duration),
+    pub config: Config,
+    /// Print a progress line on stderr every few seconds of wall time.
+    pub progress: bool,
+}
+
+/// A step of a scenario, scheduled on the world's clock.
+#[derive(Debug, Clone, Copy)]
+pub enum Step {
+    Publish,
+    Join(NodeId),
+    Crash(NodeId),
+    Hang(NodeId),
+    Cut,
+    Heal,
+}
+
+/// One generated item, as the run follows it.
+struct Item {
+    at: Micros,
+    /// Hops from the origin to each node that has it (`u8::MAX`: not received).
+    hops: Vec<u8>,
+    /// Who must receive it (had a neighbour when it was generated).
+    expected: Vec<NodeId>,
+    /// The latest first receipt among `expected`.
+    last: Micros,
+}
+
+#[derive(Default)]
+struct Tally {
+    items: Vec<Item>,
+    by_id: HashMap<String, usize>,
+    deliveries: u64,
+    hop_max: u8,
+    /// First removal of each peer: when, and the reason.
+    removed: HashMap<NodeId, (Micros, bool)>,
+}
+
+impl Tally {
+    fn observe(&mut self, o: &Observed) {
+        match o.record.event {
+            "gossip_received" => {
+                let (Some(id), Some(from)) = (o.record.get("id"), o.record.get("from")) else {
+                    return;
+                };
+                let (Some(&idx), Some(from)) = (
+                    id.as_str().and_then(|i| self.by_id.get(i)),
+                    from.as_str()
+                        .and_then(|f| f.parse::<SocketAddr>().ok())
+                        .and_then(|a| peer_id(&a)),
+                ) else {
+                    return;
+                };
+                let item = &mut self.items[idx];
+                if item.hops.len() <= o.node.max(from) {
+                    item.hops.resize(o.node.max(from) + 1, u8::MAX);
+                }
+                let hop = item.hops[from].saturating_add(1);
+                item.hops[o.node] = hop;
+                item.last = item.last.max(o.at);
+                self.hop_max = self.hop_max.max(hop);
+                self.deliveries += 1;
+            }
+            "gossip_sent" => {
+                if let Some(id) = o.record.get("id").and_then(|v| v.as_str()) {
+                    let idx = self.items.len().wrapping_sub(1);
+                    if let Some(item) = self.items.last_mut() {
+                        if item.at == o.at && !self.by_id.contains_key(id) {
+                            self.by_id.insert(id.to_string(), idx);
+                            if item.hops.len() <= o.node {
+                                item.hops.resize(o.node + 1, u8::MAX);
+                            }
+                            item.hops[o.node] = 0;
+                        }
+                    }
+                }
+            }
+            "removed" => {
+                let peer = o
+                    .record
+                    .get("peer")
+                    .and_then(|v| v.as_str())
+                    .and_then(|p| p.parse::<SocketAddr>().ok())
+                    .and_then(|a| peer_id(&a));
+                let dead = o.record.get("reason").and_then(|v| v.as_str()) == Some("dead");
+                if let Some(p) = peer {
+                    self.removed.entry(p).or_insert((o.at, dead));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Runs one scenario and returns its summary (a JSON object; `wall_s` is the only field that
+/// differs between two runs with the same parameters).
+pub fn run(p: &Params) -> Value {
+    let wall = Instant::now();
+    let mut config = p.config.clone();
+    // The simulator decides who generates when.
+    config.gossip.count = 0;
+    let mut w = World::new(config, p.seeds.max(1), p.latency, p.rng);
+    let seeds = w.nodes.len();
+    for id in 0..seeds {
+        w.start_at(0, id);
+    }
+    let mut initial = Vec::with_capacity(p.peers);
+    for i in 0..p.peers {
+        let id = w.add_peer();
+        w.start_at(100_000 + i as Micros * JOIN_GAP, id);
+        initial.push(id);
+    }
+    let window_start = 100_000 + p.peers as Micros * JOIN_GAP + SETTLE;
+    let window = p.messages as Micros * MESSAGE_GAP;
+    let window_end = window_start + window;
+    for k in 0..p.messages {
+        w.schedule(window_start + k as Micros * MESSAGE_GAP, Step::Publish);
+    }
+    let lv = &w.config.liveness;
+    let detection_bound =
+        micros(lv.interval * (lv.misses + 1) + lv.probe_timeout * 2 + lv.reply_timeout);
+    let mut faults = false;
+    let mut late = Vec::new();
+    match p.kind {
+        Kind::Steady => {}
+        Kind::Churn => {
+            faults = true;
+            let n = p.peers / 5;
+            let mut victims = initial.clone();
+            victims.shuffle(&mut w.rng);
+            for &v in victims.iter().take(n) {
+                let at = window_start + w.rng.gen_range(0..window.max(1));
+                w.schedule(at, Step::Crash(v));
+            }
+            for _ in 0..n {
+                let id = w.add_peer();
+                let at = window_start + w.rng.gen_range(0..window.max(1));
+                w.schedule(at, Step::Join(id));
+            }
+        }
+        Kind::Crash | Kind::Hang => {
+            faults = true;
+            let n = (p.peers / 100).max(1).min(p.peers);
+            let mut victims = initial.clone();
+            victims.shuffle(&mut w.rng);
+            for &v in victims.iter().take(n) {
+                let step = if p.kind == Kind::Crash {
+                    Step::Crash(v)
+                } else {
+                    Step::Hang(v)
+                };
+                w.schedule(window_start + window / 4, step);
+            }
+        }
+        Kind::Partition => {
+            for &id in &initial {
+                w.nodes[id].side = w.rng.gen_range(0..2);
+            }
+            w.schedule(window_start + window / 4, Step::Cut);
+            w.schedule(window_start + window * 3 / 4, Step::Heal);
+        }
+        Kind::LateJoin => {
+            let n = (p.peers / 10).max(1);
+            for k in 0..n {
+                let id = w.add_peer();
+                w.schedule(
+                    window_end + 1_000_000 + k as Micros * JOIN_GAP,
+                    Step::Join(id),
+                );
+                late.push(id);
+            }
+        }
+    }
+    let mut end = window_end + SETTLE;
+    if faults {
+        end += detection_bound;
+    }
+    if !late.is_empty() {
+        end += late.len() as Micros * JOIN_GAP + 1_000_000;
+    }
+
+    let mut tally = Tally::default();
+    let mut generated = 0usize;
+    let mut last_progress = Instant::now();
+    // Run in slices of virtual time so progress can be printed.
+    let slice: Micros = 1_000_000;
+    let mut t = 0;
+    while t < end {
+        t = (t + slice).min(end);
+        while let Some(step) = w.run_until(t, &mut |o| tally.observe(o)) {
+            match step {
+                Step::Publish => {
+                    if publish(&mut w, &mut tally) {
+                        generated += 1;
+                    }
+                }
+                Step::Join(id) => w.start_at(w.now, id),
+                Step::Crash(id) => w.crash(id),
+                Step::Hang(id) => w.hang(id),
+                Step::Cut => w.cut = true,
+                Step::Heal => w.cut = false,
+            }
+        }
+        if p.progress && last_progress.elapsed() >= Duration::from_secs(2) {
+            last_progress = Instant::now();
+            eprintln!(
+                "sim: {:.0} of {:.0} virtual s, {generated} of {} items, {} events, {:.0} s wall",
+                t as f64 / 1e6,
+                end as f64 / 1e6,
+                p.messages,
+                w.events,
+                wall.elapsed().as_secs_f64()
+            );
+        }
+    }
+    summarize(p, &w, &tally, generated, &late, wall)
+}
+
+/// A peer drawn at random among those with a neighbour generates an item; every other such
+/// peer must receive it.
+fn publish(w: &mut World, tally: &mut Tally) -> bool {
+    let linked: Vec<NodeId> = (0..w.nodes.len())
+        .filter(|&id| {
+            w.nodes[id].state == NodeState::Running
+                && w.peer(id).is_some_and(|p| p.neighbour_count() > 0)
+        })
+        .collect();
+    let Some(&origin) = linked.get(w.rng.gen_range(0..linked.len().max(1))) else {
+        return false;
+    };
+    let expected = linked.into_iter().filter(|&id| id != origin).collect();
+    tally.items.push(Item {
+        at: w.now,
+        hops: vec![u8::MAX; w.nodes.len()],
+        expected,
+        last: w.now,
+    });
+    w.publish(origin, &mut |o| tally.observe(o));
+    true
+}
+
+fn summarize(
+    p: &Params,
+    w: &World,
+    tally: &Tally,
+    generated: usize,
+    late: &[NodeId],
+    wall: Instant,
+) -> Value {
+    let running = |id: NodeId| w.nodes[id].state == NodeState::Running;
+    let mut expected = 0u64;
+    let mut got = 0u64;
+    let mut times = Vec::new();
+    let mut history_missed = 0u64;
+    for item in &tally.items {
+        let mut all = true;
+        for &n in &item.expected {
+            if !running(n) {
+                continue;
+            }
+            expected += 1;
+            if item.hops.get(n).is_some_and(|&h| h != u8::MAX) {
+                got += 1;
+            } else {
+                all = false;
+            }
+        }
+        if all {
+            times.push((item.last.saturating_sub(item.at)) as f64 / 1000.0);
+        }
+        for &n in late {
+            if running(n) && item.hops.get(n).is_none_or(|&h| h == u8::MAX) {
+                history_missed += 1;
+            }
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let mut duplicates = 0u64;
+    for n in &w.nodes {
+        if let NodeCore::Peer(c) = &n.core {
+            duplicates += c.gossip_duplicates();
+        }
+    }
+    let mut false_removals = 0u64;
+    let mut detection = Vec::new();
+    for (&node, &(at, dead)) in &tally.removed {
+        match w.nodes.get(node).and_then(|n| n.fault_at) {
+            Some(f) if f <= at => detection.push((at - f) as f64 / 1e6),
+            _ => {
+                if dead {
+                    false_removals += 1;
+                }
+            }
+        }
+    }
+    detection.sort_by(f64::total_cmp);
+    let pct = |v: &[f64], q: f64| -> Value {
+        if v.is_empty() {
+            return Value::Null;
+        }
+        let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+        json!(round3(v[i]))
+    };
+    let mut out = json!({
+        "scenario": p.kind.name(),
+        "peers": p.peers,
+        "seeds": p.seeds,
+        "messages": generated,
+        "rng": p.rng,
+        "deliveries_expected": expected,
+        "deliveries": tally.deliveries,
+        "missed": expected - got,
+        "duplicates_per_delivery": round3(duplicates as f64 / tally.deliveries.max(1) as f64),
+        "last_delivery_hop_max": tally.hop_max,
+        "time_to_all_ms": { "p50": pct(&times, 0.5), "p99": pct(&times, 0.99), "max": pct(&times, 1.0) },
+        "removals": tally.removed.len(),
+        "false_removals": false_removals,
+        "detection_s": { "p50": pct(&detection, 0.5), "max": pct(&detection, 1.0) },
+        "virtual_s": round3(w.now as f64 / 1e6),
+        "events": w.events,
+        "frames": w.frames,
+    });
+    if !late.is_empty() {
+        out["late_joiners"] = json!(late.len());
+        out["history_missed"] = json!(history_missed);
+    }
+    out["wall_s"] = json!(round3(wall.elapsed().as_secs_f64()));
+    out
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
