@@ -208,7 +208,7 @@ pub fn run(role: Role, args: CommonArgs, api_addr: Option<SocketAddr>) -> Result
     );
     match role {
         Role::Seed => {
-            let core = SeedCore::new(addr, config.clone());
+            let core = SeedCore::new(addr, config.clone(), rand::rngs::StdRng::from_entropy());
             serve(core, listener, None, identity, config, output, rx)
         }
         Role::Peer => {

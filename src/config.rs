@@ -122,6 +122,8 @@ pub struct SeedConfig {
     /// How often seeds exchange their full peer lists (anti-entropy), so a seed that
     /// missed a vote or was down catches up.
     pub sync_interval: Duration,
+    /// Most entries in one peer list sent to a peer: a random sample when more are registered.
+    pub max_peer_list: usize,
 }
 
 /// The validated configuration.
@@ -250,6 +252,7 @@ struct RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawSeed {
     sync_interval: Leaf,
+    max_peer_list: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -300,6 +303,10 @@ pub mod defaults {
     pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
     pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
     pub const SEED_SYNC_INTERVAL: Duration = Duration::from_secs(2);
+    /// A joining peer picks 4 neighbours: a sample of 256 gives it a wide choice, keeps the
+    /// list frame near 6 KiB however large the network, and keeps the seeds' work per join
+    /// from growing with the network (a full list made joining quadratic).
+    pub const SEED_MAX_PEER_LIST: usize = 256;
     /// Far above what default traffic needs (a message every 5 s per peer) and above the
     /// 1,000 messages per second a 100-peer network is benchmarked at.
     pub const GOSSIP_PER_SECOND: u32 = 2000;
@@ -595,6 +602,13 @@ impl RawConfig {
         let s = self.seed.unwrap_or_default();
         let seed = SeedConfig {
             sync_interval: duration("seed.sync_interval", &s.sync_interval, SEED_SYNC_INTERVAL)?,
+            max_peer_list: number(
+                "seed.max_peer_list",
+                &s.max_peer_list,
+                SEED_MAX_PEER_LIST,
+                1,
+                10_000,
+            )?,
         };
         let st = self.stats.unwrap_or_default();
         let stats_interval = duration("stats.interval", &st.interval, STATS_INTERVAL)?;

@@ -18,6 +18,10 @@ pub const MAX_LIST_ENTRIES: usize = 16_384;
 /// Bound on the reason text of a Reject and on assignment texts (liveness, dead node).
 pub const MAX_TEXT: usize = 1024;
 
+/// A gossip item's payload: one allocation, shared by reference wherever the item goes (every
+/// neighbour's frame, the young-link memory, an item waiting for validation).
+pub type Payload = std::sync::Arc<[u8]>;
+
 /// Who is on the other end of a connection, as the connector declares in `Hello`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
@@ -112,7 +116,8 @@ pub enum Msg {
     Gossip {
         data_type: u16,
         ttl: u8,
-        payload: Vec<u8>,
+        /// Shared, not copied, by every queue and record that holds the item.
+        payload: Payload,
     },
     /// `Liveness Request:<ts>:<sender>`.
     LivenessRequest {
@@ -335,7 +340,7 @@ impl Msg {
             tag::GOSSIP => Msg::Gossip {
                 data_type: r.u16()?,
                 ttl: r.u8()?,
-                payload: r.rest().to_vec(),
+                payload: r.rest().into(),
             },
             tag::LIVENESS_REQUEST => Msg::LivenessRequest { text: r.text()? },
             tag::LIVENESS_REPLY => Msg::LivenessReply { text: r.text()? },
@@ -662,12 +667,12 @@ mod tests {
             Msg::Gossip {
                 data_type: 0,
                 ttl: 0,
-                payload: b"1795313883123:127.0.0.1:9101:3".to_vec(),
+                payload: b"1795313883123:127.0.0.1:9101:3".as_slice().into(),
             },
             Msg::Gossip {
                 data_type: 1337,
                 ttl: 4,
-                payload: vec![],
+                payload: Payload::from([]),
             },
             Msg::LivenessRequest {
                 text: "Liveness Request:1:127.0.0.1:9101".into(),

@@ -201,7 +201,7 @@ fn a_neighbour_flooding_gossip_or_liveness_requests_is_cut_off() {
         let msg = Msg::Gossip {
             data_type: 0,
             ttl: 0,
-            payload: format!("{i}:flood").into_bytes(),
+            payload: format!("{i}:flood").into_bytes().into(),
         };
         batch.extend(msg.encode());
     }

@@ -87,7 +87,7 @@ fn msg() -> impl Strategy<Value = Msg> {
             .prop_map(|(data_type, ttl, payload)| Msg::Gossip {
                 data_type,
                 ttl,
-                payload
+                payload: payload.into()
             }),
         text().prop_map(|text| Msg::LivenessRequest { text }),
         text().prop_map(|text| Msg::LivenessReply { text }),

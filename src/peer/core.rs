@@ -18,7 +18,7 @@ use crate::peer::gossip::{forward_targets, next_ttl, MessageList};
 use crate::peer::liveness::LivenessTracker;
 use crate::peer::selection;
 use crate::texts::{self, TEXT_DATA_TYPE};
-use crate::wire::{Msg, PeerEntry, Role};
+use crate::wire::{Msg, Payload, PeerEntry, Role};
 
 /// Resend `Register` to a seed that has not confirmed within this time (its vote may have been
 /// lost while the seeds were still linking up).
@@ -69,7 +69,7 @@ struct Forwarded {
     id: [u8; 32],
     data_type: u16,
     ttl: u8,
-    payload: Vec<u8>,
+    payload: Payload,
 }
 
 #[derive(Debug)]
@@ -133,7 +133,7 @@ struct GatedItem {
     data_type: u16,
     /// The TTL to forward with.
     ttl: u8,
-    payload: Vec<u8>,
+    payload: Payload,
     from: SocketAddr,
 }
 
@@ -523,7 +523,7 @@ impl PeerCore {
     fn generate(&mut self, now: Now, out: &mut Vec<Action>) {
         self.generated += 1;
         let text = texts::gossip_text(now.unix_ms, &self.me, self.generated);
-        let payload = text.clone().into_bytes();
+        let payload: Payload = text.as_bytes().into();
         let id = texts::message_id(TEXT_DATA_TYPE, &payload);
         self.ml.first_receipt(id, None);
         out.push(
@@ -542,7 +542,7 @@ impl PeerCore {
         id: [u8; 32],
         data_type: u16,
         ttl: u8,
-        payload: Vec<u8>,
+        payload: Payload,
         from: Option<SocketAddr>,
         out: &mut Vec<Action>,
     ) {
@@ -582,7 +582,7 @@ impl PeerCore {
         from: SocketAddr,
         data_type: u16,
         ttl: u8,
-        payload: Vec<u8>,
+        payload: Payload,
         now: Now,
         out: &mut Vec<Action>,
     ) {
@@ -730,7 +730,7 @@ impl PeerCore {
                         .into(),
                 );
                 self.notify_local(id, data_type, &data, Some(conn), false, now, out);
-                self.forward(id, data_type, ttl, data, None, out);
+                self.forward(id, data_type, ttl, data.into(), None, out);
             }
             ApiMsg::Notify { data_type } => self.apps.subscribe(conn, data_type),
             ApiMsg::Validation { message_id, valid } => {
@@ -1294,7 +1294,7 @@ mod tests {
         Msg::Gossip {
             data_type: 0,
             ttl,
-            payload: text.as_bytes().to_vec(),
+            payload: text.as_bytes().into(),
         }
     }
 
@@ -1638,7 +1638,7 @@ mod tests {
         let item = Msg::Gossip {
             data_type: 7,
             ttl: 0,
-            payload: b"x".to_vec(),
+            payload: b"x".as_slice().into(),
         };
         // No subscriber of type 8: stops here.
         p.handle(
@@ -1647,7 +1647,7 @@ mod tests {
                 msg: Msg::Gossip {
                     data_type: 8,
                     ttl: 0,
-                    payload: b"y".to_vec(),
+                    payload: b"y".as_slice().into(),
                 },
             },
             now,

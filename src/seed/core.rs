@@ -5,6 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::seq::IteratorRandom;
+
 use crate::config::Config;
 use crate::limits::RateLimiter;
 use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote, Timer};
@@ -54,6 +57,8 @@ struct Redial {
 pub struct SeedCore {
     me: SocketAddr,
     config: Config,
+    /// Draws the sample of the peer list a peer is sent.
+    rng: StdRng,
     registry: Registry,
     links: BTreeMap<ConnId, Link>,
     /// Live links to other seeds.
@@ -69,9 +74,10 @@ pub struct SeedCore {
 }
 
 impl SeedCore {
-    pub fn new(me: SocketAddr, config: Config) -> Self {
+    pub fn new(me: SocketAddr, config: Config, rng: StdRng) -> Self {
         SeedCore {
             me,
+            rng,
             registry: Registry::new(config.seeds.len()),
             config,
             links: BTreeMap::new(),
@@ -340,14 +346,18 @@ impl SeedCore {
                 }
             }
             Msg::GetPeers => {
-                let peers = self
+                // All of it while it is small; beyond that a uniform sample, in address order.
+                let mut sample = self
                     .registry
-                    .members()
+                    .addrs()
+                    .filter(|a| *a != addr)
+                    .choose_multiple(&mut self.rng, self.config.seed.max_peer_list);
+                sample.sort();
+                let peers = sample
                     .into_iter()
-                    .filter(|m| m.addr != addr)
-                    .map(|m| PeerEntry {
-                        addr: m.addr,
-                        degree: self.degrees.get(&m.addr).copied().unwrap_or(0),
+                    .map(|a| PeerEntry {
+                        addr: a,
+                        degree: self.degrees.get(&a).copied().unwrap_or(0),
                     })
                     .collect();
                 out.push(Action::send(conn, Msg::PeerList { peers }));
@@ -699,7 +709,7 @@ mod tests {
     #[test]
     fn the_smaller_address_dials() {
         let now = Now::real();
-        let mut s = SeedCore::new(a(9002), config());
+        let mut s = SeedCore::new(a(9002), config(), rand::SeedableRng::seed_from_u64(1));
         let mut out = vec![];
         s.handle(Event::Started, now, &mut out);
         let dials: Vec<_> = out
@@ -715,7 +725,7 @@ mod tests {
     #[test]
     fn registration_commits_only_with_a_second_seed() {
         let now = Now::real();
-        let mut s = SeedCore::new(a(9001), config());
+        let mut s = SeedCore::new(a(9001), config(), rand::SeedableRng::seed_from_u64(1));
         let mut out = vec![];
         s.handle(
             Event::Connected {
@@ -777,7 +787,7 @@ mod tests {
 
     fn registered_seed() -> (SeedCore, Now) {
         let now = Now::real();
-        let mut s = SeedCore::new(a(9001), config());
+        let mut s = SeedCore::new(a(9001), config(), rand::SeedableRng::seed_from_u64(1));
         let mut out = vec![];
         s.handle(
             Event::Connected {

@@ -85,6 +85,11 @@ impl Registry {
         self.members.is_empty()
     }
 
+    /// Member addresses in address order, without copying the list.
+    pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.members.keys().copied()
+    }
+
     /// Members sorted by address (stable output for logs and tests).
     pub fn members(&self) -> Vec<Member> {
         let mut v: Vec<Member> = self

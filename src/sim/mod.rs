@@ -113,29 +113,6 @@ enum Pending {
     Step(scenario::Step),
 }
 
-struct Scheduled {
-    at: Micros,
-    seq: u64,
-    what: Pending,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
-}
-
 /// Something a core wrote to its output, as the simulator's observers see it.
 pub struct Observed<'a> {
     pub at: Micros,
@@ -148,7 +125,11 @@ pub struct World {
     pub config: Config,
     pub now: Micros,
     base: Instant,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    /// Deadlines with a tie-breaking sequence number and the slot of what is due; the events
+    /// themselves wait in `slots` so the heap moves 24-byte entries.
+    queue: BinaryHeap<Reverse<(Micros, u64, u32)>>,
+    slots: Vec<Option<Pending>>,
+    free: Vec<u32>,
     seq: u64,
     pub rng: StdRng,
     rng_seed: u64,
@@ -162,6 +143,9 @@ pub struct World {
     pub events: u64,
     pub frames: u64,
     actions: Vec<Action>,
+    /// When set, every action every core returns, in order, with its time and node: two runs
+    /// with the same parameters must produce the same trace.
+    pub trace: Option<Vec<String>>,
 }
 
 impl World {
@@ -175,6 +159,8 @@ impl World {
             now: 0,
             base: Instant::now(),
             queue: BinaryHeap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
             seq: 0,
             rng: StdRng::seed_from_u64(rng),
             rng_seed: rng,
@@ -191,9 +177,11 @@ impl World {
             events: 0,
             frames: 0,
             actions: Vec::new(),
+            trace: None,
         };
-        for addr in w.config.seeds.clone() {
-            let core = SeedCore::new(addr, w.config.clone());
+        for (i, addr) in w.config.seeds.clone().into_iter().enumerate() {
+            let rng = StdRng::seed_from_u64(rng ^ 0x5eed_0000_0000_0000 ^ i as u64);
+            let core = SeedCore::new(addr, w.config.clone(), rng);
             w.add(addr, Role::Seed, NodeCore::Seed(Box::new(core)));
         }
         w
@@ -235,11 +223,17 @@ impl World {
 
     fn push(&mut self, at: Micros, what: Pending) {
         self.seq += 1;
-        self.queue.push(Reverse(Scheduled {
-            at,
-            seq: self.seq,
-            what,
-        }));
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(what);
+                i
+            }
+            None => {
+                self.slots.push(Some(what));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.queue.push(Reverse((at, self.seq, slot)));
     }
 
     pub fn schedule(&mut self, at: Micros, step: scenario::Step) {
@@ -290,13 +284,17 @@ impl World {
         until: Micros,
         observe: &mut dyn FnMut(&Observed),
     ) -> Option<scenario::Step> {
-        while let Some(Reverse(next)) = self.queue.peek() {
-            if next.at > until {
+        while let Some(&Reverse((at, _, slot))) = self.queue.peek() {
+            if at > until {
                 break;
             }
-            let Reverse(s) = self.queue.pop().expect("peeked");
-            self.now = s.at;
-            match s.what {
+            self.queue.pop();
+            self.now = at;
+            let what = self.slots[slot as usize]
+                .take()
+                .expect("a queued slot holds its event");
+            self.free.push(slot);
+            match what {
                 Pending::Deliver { node, event } => self.deliver(node, event, observe),
                 Pending::Timer { node, timer } => {
                     if self.nodes[node].state == NodeState::Running {
@@ -358,6 +356,11 @@ impl World {
         actions: &mut Vec<Action>,
         observe: &mut dyn FnMut(&Observed),
     ) {
+        if let Some(trace) = &mut self.trace {
+            for a in actions.iter() {
+                trace.push(format!("{} {node} {a:?}", self.now));
+            }
+        }
         for action in actions.drain(..) {
             match action {
                 Action::Send { to, msg } | Action::Forward { to, msg, .. } => {

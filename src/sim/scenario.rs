@@ -176,11 +176,19 @@ impl Tally {
 /// Runs one scenario and returns its summary (a JSON object; `wall_s` is the only field that
 /// differs between two runs with the same parameters).
 pub fn run(p: &Params) -> Value {
+    run_traced(p, false).0
+}
+
+/// [`run`], and with `trace` every action of every core in order (see [`World::trace`]).
+pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
     let wall = Instant::now();
     let mut config = p.config.clone();
     // The simulator decides who generates when.
     config.gossip.count = 0;
     let mut w = World::new(config, p.seeds.max(1), p.latency, p.rng);
+    if trace {
+        w.trace = Some(Vec::new());
+    }
     let seeds = w.nodes.len();
     for id in 0..seeds {
         w.start_at(0, id);
@@ -294,7 +302,8 @@ pub fn run(p: &Params) -> Value {
             );
         }
     }
-    summarize(p, &w, &tally, generated, &late, wall)
+    let summary = summarize(p, &w, &tally, generated, &late, wall);
+    (summary, w.trace.take().unwrap_or_default())
 }
 
 /// A peer drawn at random among those with a neighbour generates an item; every other such

@@ -1,0 +1,77 @@
+//! The simulator runs the real cores of a whole network: these tests hold the network's
+//! delivery and removal rules at a scale no process test reaches, and show runs repeat exactly.
+
+use std::time::Duration;
+
+use gossipnet::config::Config;
+use gossipnet::sim::scenario::{run, run_traced, Kind, Params};
+use serde_json::Value;
+
+fn params(kind: Kind, peers: usize, messages: usize, rng: u64) -> Params {
+    Params {
+        peers,
+        seeds: 3,
+        messages,
+        rng,
+        kind,
+        latency: (Duration::from_millis(1), Duration::from_millis(5)),
+        config: Config::parse("seeds: [\"127.0.0.1:9001\"]\n").unwrap(),
+        progress: false,
+    }
+}
+
+fn num(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+#[test]
+fn a_thousand_peers_steady_every_item_reaches_every_peer() {
+    let s = run(&params(Kind::Steady, 1000, 100, 7));
+    assert_eq!(num(&s, "messages"), 100, "{s}");
+    assert_eq!(num(&s, "deliveries_expected"), 100 * 999, "{s}");
+    assert_eq!(num(&s, "missed"), 0, "{s}");
+    assert_eq!(num(&s, "false_removals"), 0, "{s}");
+    assert_eq!(num(&s, "removals"), 0, "{s}");
+}
+
+#[test]
+fn a_thousand_peers_under_churn_miss_nothing_and_lose_no_live_peer() {
+    let s = run(&params(Kind::Churn, 1000, 100, 7));
+    assert_eq!(num(&s, "missed"), 0, "{s}");
+    assert_eq!(num(&s, "false_removals"), 0, "{s}");
+    // The 200 crashed peers are found and removed.
+    assert_eq!(num(&s, "removals"), 200, "{s}");
+    assert!(s["detection_s"]["max"].as_f64().is_some(), "{s}");
+}
+
+#[test]
+fn crashed_and_hung_peers_are_removed_and_no_live_one_is() {
+    for kind in [Kind::Crash, Kind::Hang] {
+        let s = run(&params(kind, 200, 50, 3));
+        assert_eq!(num(&s, "removals"), 2, "{s}");
+        assert_eq!(num(&s, "false_removals"), 0, "{s}");
+        assert_eq!(num(&s, "missed"), 0, "{s}");
+    }
+}
+
+#[test]
+fn the_same_rng_gives_the_same_run_action_for_action() {
+    let p = params(Kind::Churn, 100, 30, 42);
+    let (a, trace_a) = run_traced(&p, true);
+    let (b, trace_b) = run_traced(&p, true);
+    assert!(trace_a.len() > 10_000, "{} actions", trace_a.len());
+    if let Some(i) = (0..trace_a.len().min(trace_b.len())).find(|&i| trace_a[i] != trace_b[i]) {
+        panic!("runs differ at action {i}:\n{}\n{}", trace_a[i], trace_b[i]);
+    }
+    assert_eq!(trace_a.len(), trace_b.len());
+    let strip = |mut v: Value| {
+        v.as_object_mut().unwrap().remove("wall_s");
+        v
+    };
+    assert_eq!(strip(a.clone()), strip(b));
+    // And another seed gives another run.
+    let c = run(&params(Kind::Churn, 100, 30, 43));
+    assert_ne!(strip(a), strip(c));
+}
