@@ -1,82 +1,25 @@
-//! The peer's decisions: joining through the seeds, keeping neighbours, generating and
-//! forwarding gossip, checking liveness, reporting the dead and repairing the overlay.
-//! Events in, actions out; the rules themselves live in `gossip`, `liveness` and `selection`.
+//! `PeerCore`: the peer's decisions, routed. Events come in, go to the part they concern —
+//! joining and the seed sessions (`seeds`), the overlay (`overlay`), gossip (`gossip`),
+//! liveness (`liveness`), local applications (`apps`) — and the parts' answers become actions;
+//! every line and record written comes from `records`. The rules live in those parts: this
+//! file only says which part hears what, and in what order.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 
 use crate::api::ApiMsg;
 use crate::config::Config;
-use crate::limits::RateLimiter;
 use crate::node::{Action, CloseReason, ConnId, Core, Event, Now, Purpose, Record, Remote, Timer};
 use crate::peer::apps::{LocalApps, Verdict, VALIDATION_TIMEOUT};
-use crate::peer::gossip::{forward_targets, next_ttl, MessageList};
-use crate::peer::liveness::LivenessTracker;
-use crate::peer::selection;
+use crate::peer::gossip::{next_ttl, Gate, Generator, Item, MessageList};
+use crate::peer::liveness::Liveness;
+use crate::peer::overlay::{Joined, LinkKind, Overlay, DUPLICATE_LINK, YOUNG_LINK};
+use crate::peer::records;
+use crate::peer::seeds::{SeedSessions, REGISTER_RETRY};
 use crate::texts::{self, TEXT_DATA_TYPE};
 use crate::wire::{Msg, Payload, PeerEntry, Role};
-
-/// Resend `Register` to a seed that has not confirmed within this time (its vote may have been
-/// lost while the seeds were still linking up).
-const REGISTER_RETRY: Duration = Duration::from_secs(2);
-/// First wait before reconnecting to a seed we lost; doubles up to the cap.
-const SEED_BACKOFF_MIN: Duration = Duration::from_millis(200);
-const SEED_BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Why the losing one of two simultaneous links is closed (sent in a `Reject`).
-const DUPLICATE_LINK: &str = "duplicate link: keeping the one dialed by the smaller address";
-/// A new neighbour link remembers the items forwarded on it for this long (and at most
-/// `YOUNG_LINK_ITEMS` of them): if it turns out to be the losing one of two simultaneous
-/// links, they are sent again on the link kept, since the remote may have closed its end
-/// before reading them. Two simultaneous links meet within a handshake (`pow.timeout`).
-const YOUNG_LINK: Duration = Duration::from_secs(10);
-const YOUNG_LINK_ITEMS: usize = 1024;
-/// Repeats of known gossip items may come this many times faster than new ones.
-const REPEAT_RATE_FACTOR: u32 = 4;
-/// How much of a remote's reason for closing a link goes into the log.
-const MAX_REMOTE_REASON: usize = 200;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LinkKind {
-    /// Our connection to a seed.
-    Seed,
-    Neighbour,
-    /// A seed's one-off probe connection to us.
-    SeedProbe,
-}
-
-#[derive(Debug)]
-struct Link {
-    addr: SocketAddr,
-    kind: LinkKind,
-    /// Whether we dialed this connection (used to pick one of two simultaneous links).
-    dialed: bool,
-    /// What this remote may send: new gossip items (first receipts), repeats, everything else.
-    gossip_rate: RateLimiter,
-    /// Repeats are cheap to drop, so they have a looser bound.
-    repeat_rate: RateLimiter,
-    control_rate: RateLimiter,
-    /// While the link is young: the items forwarded on it (see `YOUNG_LINK`).
-    young: Option<(Instant, Vec<Forwarded>)>,
-}
-
-/// An item as it was forwarded: enough to forward it again.
-#[derive(Debug, Clone)]
-struct Forwarded {
-    id: [u8; 32],
-    data_type: u16,
-    ttl: u8,
-    payload: Payload,
-}
-
-#[derive(Debug)]
-struct Neighbour {
-    conn: ConnId,
-    liveness: LivenessTracker,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -88,229 +31,156 @@ enum Phase {
     Running,
 }
 
-#[derive(Debug, Default)]
-struct SeedState {
-    conn: Option<ConnId>,
-    dialing: bool,
-    registered: bool,
-    last_register: Option<Instant>,
-    /// When to reconnect after losing it.
-    retry_at: Option<Instant>,
-    backoff: Duration,
-    /// The list it sent during the join.
-    list: Option<Vec<PeerEntry>>,
-}
-
 pub struct PeerCore {
     me: SocketAddr,
     config: Config,
     rng: StdRng,
     phase: Phase,
-    join_deadline: Option<Instant>,
-    links: BTreeMap<ConnId, Link>,
-    /// The seeds we registered with (a random majority, topped up when one is unreachable).
-    seeds: BTreeMap<SocketAddr, SeedState>,
-    neighbours: BTreeMap<SocketAddr, Neighbour>,
-    dialing: BTreeSet<SocketAddr>,
-    /// Neighbours lost recently, not to be picked again while the seeds may still list them.
-    lost: BTreeMap<SocketAddr, Instant>,
-    ml: MessageList,
-    generated: u32,
-    next_gossip: Option<Instant>,
-    next_liveness: Option<Instant>,
-    /// A repair asked the seeds for a list and waits for it.
-    repairing: bool,
     leaving: bool,
+    seeds: SeedSessions,
+    overlay: Overlay,
+    liveness: Liveness,
+    ml: MessageList,
+    generator: Generator,
+    gate: Gate,
     /// Local applications on the API.
     apps: LocalApps,
-    api_clients: BTreeSet<ConnId>,
-    /// Network items waiting for their local validations before being forwarded.
-    gated: BTreeMap<[u8; 32], GatedItem>,
-}
-
-#[derive(Debug)]
-struct GatedItem {
-    data_type: u16,
-    /// The TTL to forward with.
-    ttl: u8,
-    payload: Payload,
-    from: SocketAddr,
+    api_clients: std::collections::BTreeSet<ConnId>,
 }
 
 impl PeerCore {
     pub fn new(me: SocketAddr, config: Config, rng: StdRng) -> Self {
         PeerCore {
             me,
-            ml: MessageList::new(config.gossip.message_list_capacity),
-            config,
             rng,
             phase: Phase::Joining,
-            join_deadline: None,
-            links: BTreeMap::new(),
-            seeds: BTreeMap::new(),
-            neighbours: BTreeMap::new(),
-            dialing: BTreeSet::new(),
-            lost: BTreeMap::new(),
-            generated: 0,
-            next_gossip: None,
-            next_liveness: None,
-            repairing: false,
             leaving: false,
+            seeds: SeedSessions::new(config.seeds.clone(), config.majority()),
+            overlay: Overlay::new(me, &config),
+            liveness: Liveness::new(&config.liveness),
+            ml: MessageList::new(config.gossip.message_list_capacity),
+            generator: Generator::new(config.gossip.count, config.gossip.interval),
+            gate: Gate::default(),
             apps: LocalApps::default(),
-            api_clients: BTreeSet::new(),
-            gated: BTreeMap::new(),
+            api_clients: Default::default(),
+            config,
         }
     }
 
     /// How many neighbour links this peer has.
     pub fn neighbour_count(&self) -> usize {
-        self.neighbours.len()
+        self.overlay.neighbour_count()
     }
 
     /// Generates one of the assignment's messages now, outside the `gossip.interval` schedule
     /// (the simulator decides who speaks when).
     pub fn publish(&mut self, now: Now, out: &mut Vec<Action>) {
-        self.generate(now, out);
+        let n = self.generator.take_number();
+        self.generate(n, now, out);
     }
 
     pub fn neighbours(&self) -> Vec<SocketAddr> {
-        let mut v: Vec<_> = self.neighbours.keys().copied().collect();
-        v.sort();
-        v
+        self.overlay.neighbours().map(|(a, _)| a).collect()
     }
 
-    /// How long a lost neighbour stays excluded from repair: long enough for the seeds to
-    /// confirm and remove it.
-    fn lost_memory(&self) -> Duration {
-        self.config.liveness.interval * (self.config.liveness.misses + 1)
-            + self.config.liveness.probe_timeout * 2
-    }
+    // ------------------------------------------------------------ joining and the seeds
 
-    fn seed_conns(&self) -> Vec<ConnId> {
-        self.seeds.values().filter_map(|s| s.conn).collect()
-    }
-
-    fn seed_addrs_connected(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .seeds
-            .iter()
-            .filter(|(_, s)| s.conn.is_some())
-            .map(|(a, _)| a.to_string())
-            .collect();
-        v.sort();
-        v
+    fn start(&mut self, now: Now, out: &mut Vec<Action>) {
+        out.push(records::started(&self.me).into());
+        let wait = self.config.pow.timeout * 2;
+        for addr in self.seeds.start(&mut self.rng, now.mono, wait) {
+            out.push(Action::Dial {
+                addr,
+                purpose: Purpose::Register,
+            });
+        }
+        out.push(Action::timer(wait, Timer::JoinDeadline));
     }
 
     fn dial_seed(&mut self, addr: SocketAddr, out: &mut Vec<Action>) {
-        let s = self.seeds.entry(addr).or_default();
-        s.dialing = true;
-        s.retry_at = None;
+        self.seeds.dialing(addr);
         out.push(Action::Dial {
             addr,
             purpose: Purpose::Register,
         });
     }
 
-    /// A seed we have not used yet, to replace one that is unreachable.
-    fn spare_seed(&mut self) -> Option<SocketAddr> {
-        let mut spare: Vec<SocketAddr> = self
-            .config
-            .seeds
-            .iter()
-            .copied()
-            .filter(|s| !self.seeds.contains_key(s))
-            .collect();
-        spare.shuffle(&mut self.rng);
-        spare.pop()
-    }
-
-    fn start(&mut self, now: Now, out: &mut Vec<Action>) {
-        out.push(
-            Record::new("started")
-                .field("role", "peer")
-                .line(format!("Peer {} listening", self.me))
-                .into(),
-        );
-        let mut chosen = self.config.seeds.clone();
-        chosen.shuffle(&mut self.rng);
-        chosen.truncate(self.config.majority());
-        for s in chosen {
-            self.dial_seed(s, out);
-        }
-        let wait = self.config.pow.timeout * 2;
-        self.join_deadline = Some(now.mono + wait);
-        out.push(Action::timer(wait, Timer::JoinDeadline));
-    }
-
-    /// All seeds we are connected to have confirmed and sent their list, or time is up.
+    /// Once the seeds' lists are in: the peer list, and dials to the chosen neighbours.
     fn maybe_finish_join(&mut self, now: Now, out: &mut Vec<Action>) {
         if self.phase != Phase::Joining {
             return;
         }
-        let connected: Vec<&SeedState> = self.seeds.values().filter(|s| s.conn.is_some()).collect();
-        let lists = connected.iter().filter(|s| s.list.is_some()).count();
-        let all_in = connected.len() >= self.config.majority() && lists == connected.len();
-        let timed_out = self.join_deadline.is_some_and(|d| now.mono >= d) && lists > 0;
-        if !(all_in || timed_out) {
+        let Some(union) = self.seeds.join_result(now.mono, &self.me) else {
             return;
-        }
-        let union = selection::union(
-            self.seeds.values().filter_map(|s| s.list.as_deref()),
-            &self.me,
-        );
-        let peers: Vec<String> = union.iter().map(|p| p.addr.to_string()).collect();
-        out.push(
-            Record::new("peer_list")
-                .field("peers", peers.clone())
-                .line(if peers.is_empty() {
-                    "Peer list from the seeds: (empty, this is the first peer)".to_string()
-                } else {
-                    format!("Peer list from the seeds: {}", peers.join(", "))
-                })
-                .into(),
-        );
-        for s in self.seeds.values_mut() {
-            s.list = None;
-        }
+        };
+        out.push(records::peer_list(&union).into());
         self.phase = Phase::Connecting;
-        let chosen = selection::select(
-            &union,
-            self.config.peer.max_neighbours,
-            self.config.peer.selection,
-            &mut self.rng,
-        );
-        for addr in chosen {
-            if !self.neighbours.contains_key(&addr) {
-                self.dialing.insert(addr);
-                out.push(Action::Dial {
-                    addr,
-                    purpose: Purpose::Neighbour,
-                });
-            }
+        for addr in self.overlay.pick_initial(&union, &mut self.rng) {
+            out.push(Action::Dial {
+                addr,
+                purpose: Purpose::Neighbour,
+            });
         }
         self.maybe_start_gossip(now, out);
     }
 
+    /// Reconnects lost seeds whose backoff is over and re-sends unconfirmed registrations.
+    fn retry_seeds(&mut self, now: Now, out: &mut Vec<Action>) {
+        let (redial, register) = self.seeds.due(now.mono);
+        for conn in register {
+            out.push(Action::send(conn, Msg::Register));
+            out.push(Action::timer(REGISTER_RETRY, Timer::SeedRetry));
+        }
+        for addr in redial {
+            self.dial_seed(addr, out);
+        }
+    }
+
+    fn tell_degree(&self, out: &mut Vec<Action>) {
+        let to = self.seeds.conns();
+        if !to.is_empty() {
+            out.push(Action::Send {
+                to,
+                msg: Msg::Degree {
+                    neighbours: self.overlay.neighbour_count().min(u16::MAX as usize) as u16,
+                },
+            });
+        }
+    }
+
+    /// Reports a dead neighbour to every seed we are connected to.
+    fn report_dead(&mut self, dead: SocketAddr, why: &str, now: Now, out: &mut Vec<Action>) {
+        let text = texts::dead_node(&dead, now.unix_ms, &self.me);
+        let to = self.seeds.conns();
+        if !to.is_empty() {
+            out.push(Action::Send {
+                to,
+                msg: Msg::DeadNode { text: text.clone() },
+            });
+        }
+        log::info!("reporting {dead} dead: {why}");
+        out.push(records::dead_reported(&dead, &text, self.seeds.connected_addrs()).into());
+    }
+
+    // ------------------------------------------------------------ the overlay
+
     fn maybe_start_gossip(&mut self, now: Now, out: &mut Vec<Action>) {
-        if self.phase == Phase::Connecting && self.dialing.is_empty() {
+        if self.phase == Phase::Connecting && !self.overlay.dials_pending() {
             self.phase = Phase::Running;
-            self.next_gossip = Some(now.mono);
+            self.generator.start(now.mono);
             out.push(Action::timer(Duration::ZERO, Timer::Gossip));
             // Liveness rounds also top up a peer that has too few neighbours, even none.
             self.arm_liveness(now, out);
         }
     }
 
-    /// Schedules the first liveness round, unless rounds are already running.
     fn arm_liveness(&mut self, now: Now, out: &mut Vec<Action>) {
-        if self.next_liveness.is_none() {
-            let every = self.config.liveness.interval;
-            self.next_liveness = Some(now.mono + every);
-            out.push(Action::timer(every, Timer::LivenessRound));
+        if let Some(wait) = self.liveness.arm(now.mono) {
+            out.push(Action::timer(wait, Timer::LivenessRound));
         }
     }
 
-    fn add_neighbour(
+    fn on_neighbour_link(
         &mut self,
         conn: ConnId,
         addr: SocketAddr,
@@ -318,93 +188,44 @@ impl PeerCore {
         now: Now,
         out: &mut Vec<Action>,
     ) {
-        if let Some(existing) = self.neighbours.get(&addr) {
-            // Both ends dialed each other at once. Both keep the link dialed by the smaller
-            // address, so the two ends agree without talking.
-            // The other end may not have seen the link we keep yet: tell it why this one
-            // closes, so it does not take the close for a crash.
-            let keep_new = (self.me < addr) == dialed;
-            let (loser, kept) = if keep_new {
-                (existing.conn, conn)
-            } else {
-                (conn, existing.conn)
-            };
-            let sent = self
-                .links
-                .remove(&loser)
-                .and_then(|l| l.young)
-                .map(|(_, items)| items)
-                .unwrap_or_default();
-            out.push(Action::send(
+        match self.overlay.join(conn, addr, dialed) {
+            Joined::New => {
+                self.liveness.watch(addr);
+                out.push(records::neighbour_up(&addr).into());
+                self.arm_liveness(now, out);
+                self.tell_degree(out);
+            }
+            Joined::Duplicate {
                 loser,
-                Msg::Reject {
-                    reason: DUPLICATE_LINK.into(),
-                },
-            ));
-            out.push(Action::Close { conn: loser });
-            if keep_new {
-                self.neighbours.insert(
-                    addr,
-                    Neighbour {
-                        conn,
-                        liveness: self.new_tracker(),
+                kept,
+                replaced,
+                resend,
+            } => {
+                // The other end may not have seen the link we keep yet: tell it why this one
+                // closes, so it does not take the close for a crash.
+                out.push(Action::send(
+                    loser,
+                    Msg::Reject {
+                        reason: DUPLICATE_LINK.into(),
                     },
-                );
-            }
-            // What went out on the losing link may never have been read: send it again on
-            // the link kept (the remote ignores what it already has).
-            for item in sent {
-                if let Some((_, items)) = self.links.get_mut(&kept).and_then(|l| l.young.as_mut()) {
-                    if items.len() < YOUNG_LINK_ITEMS {
-                        items.push(item.clone());
-                    }
+                ));
+                out.push(Action::Close { conn: loser });
+                if replaced {
+                    self.liveness.watch(addr);
                 }
-                out.push(Action::Forward {
-                    to: vec![kept],
-                    msg: Msg::Gossip {
-                        data_type: item.data_type,
-                        ttl: item.ttl,
-                        payload: item.payload,
-                    },
-                    id: item.id,
-                });
+                // What went out on the losing link may never have been read: send it again on
+                // the link kept (the remote ignores what it already has).
+                for item in resend {
+                    self.overlay.remember(&[kept], &item);
+                    out.push(Action::Forward {
+                        to: vec![kept],
+                        msg: item.msg(),
+                        id: item.id,
+                    });
+                }
             }
-            return;
         }
-        self.neighbours.insert(
-            addr,
-            Neighbour {
-                conn,
-                liveness: self.new_tracker(),
-            },
-        );
-        out.push(
-            Record::new("neighbour_up")
-                .field("peer", addr.to_string())
-                .line(format!("Connected to neighbour {addr}"))
-                .into(),
-        );
-        self.arm_liveness(now, out);
-        self.tell_degree(out);
-    }
-
-    fn tell_degree(&self, out: &mut Vec<Action>) {
-        let to = self.seed_conns();
-        if !to.is_empty() {
-            out.push(Action::Send {
-                to,
-                msg: Msg::Degree {
-                    neighbours: self.neighbours.len().min(u16::MAX as usize) as u16,
-                },
-            });
-        }
-    }
-
-    fn new_tracker(&self) -> LivenessTracker {
-        LivenessTracker::new(
-            self.config.liveness.misses,
-            self.config.liveness.reply_timeout,
-        )
+        self.maybe_start_gossip(now, out);
     }
 
     /// Closes one neighbour link. If it is the link the neighbour is known by, the neighbour
@@ -417,10 +238,10 @@ impl PeerCore {
         now: Now,
         out: &mut Vec<Action>,
     ) {
-        if self.neighbours.get(&addr).is_some_and(|n| n.conn == conn) {
+        if self.overlay.is_neighbour_link(conn, &addr) {
             self.drop_neighbour(addr, reason, true, now, out);
         } else {
-            self.links.remove(&conn);
+            self.overlay.remove_link(conn);
             out.push(Action::Close { conn });
         }
     }
@@ -434,21 +255,14 @@ impl PeerCore {
         now: Now,
         out: &mut Vec<Action>,
     ) {
-        let Some(n) = self.neighbours.remove(&addr) else {
+        let Some(conn) = self.overlay.drop_neighbour(&addr, now.mono) else {
             return;
         };
-        self.links.remove(&n.conn);
+        self.liveness.unwatch(&addr);
         if close {
-            out.push(Action::Close { conn: n.conn });
+            out.push(Action::Close { conn });
         }
-        out.push(
-            Record::new("neighbour_down")
-                .field("peer", addr.to_string())
-                .field("reason", reason)
-                .line(format!("Lost neighbour {addr}: {reason}"))
-                .into(),
-        );
-        self.lost.insert(addr, now.mono);
+        out.push(records::neighbour_down(&addr, reason).into());
         self.tell_degree(out);
         self.maybe_repair(out);
     }
@@ -456,42 +270,18 @@ impl PeerCore {
     /// Asks a seed for fresh candidates when below the neighbour target (after a loss, and at
     /// every liveness round).
     fn maybe_repair(&mut self, out: &mut Vec<Action>) {
-        if self.leaving || self.phase != Phase::Running || self.repairing {
+        if self.leaving || self.phase != Phase::Running || !self.overlay.wants_repair() {
             return;
         }
-        if self.neighbours.len() + self.dialing.len() >= self.config.peer.max_neighbours {
-            return;
-        }
-        let to = self.seed_conns();
-        if let Some(&conn) = to.first() {
-            self.repairing = true;
+        if let Some(&conn) = self.seeds.conns().first() {
+            self.overlay.set_repairing(true);
             out.push(Action::send(conn, Msg::GetPeers));
         }
     }
 
     fn repair_from(&mut self, list: Vec<PeerEntry>, now: Now, out: &mut Vec<Action>) {
-        self.repairing = false;
-        let memory = self.lost_memory();
-        self.lost
-            .retain(|_, t| now.mono.saturating_duration_since(*t) < memory);
-        let candidates: Vec<PeerEntry> = list
-            .into_iter()
-            .filter(|p| {
-                p.addr != self.me
-                    && !self.neighbours.contains_key(&p.addr)
-                    && !self.dialing.contains(&p.addr)
-                    && !self.lost.contains_key(&p.addr)
-            })
-            .collect();
-        let want = self
-            .config
-            .peer
-            .max_neighbours
-            .saturating_sub(self.neighbours.len() + self.dialing.len());
-        for addr in selection::select(&candidates, want, self.config.peer.selection, &mut self.rng)
-        {
+        for addr in self.overlay.pick_repair(list, now.mono, &mut self.rng) {
             log::info!("repair: connecting to {addr}");
-            self.dialing.insert(addr);
             out.push(Action::Dial {
                 addr,
                 purpose: Purpose::Neighbour,
@@ -499,79 +289,28 @@ impl PeerCore {
         }
     }
 
-    /// Reports a dead neighbour to every seed we are connected to.
-    fn report_dead(&mut self, dead: SocketAddr, why: &str, now: Now, out: &mut Vec<Action>) {
-        let text = texts::dead_node(&dead, now.unix_ms, &self.me);
-        let to = self.seed_conns();
-        if !to.is_empty() {
-            out.push(Action::Send {
-                to,
-                msg: Msg::DeadNode { text: text.clone() },
-            });
-        }
-        log::info!("reporting {dead} dead: {why}");
-        out.push(
-            Record::new("dead_reported")
-                .field("dead", dead.to_string())
-                .field("text", text.clone())
-                .field("seeds", self.seed_addrs_connected())
-                .line(text)
-                .into(),
-        );
-    }
+    // ------------------------------------------------------------ gossip
 
-    fn generate(&mut self, now: Now, out: &mut Vec<Action>) {
-        self.generated += 1;
-        let text = texts::gossip_text(now.unix_ms, &self.me, self.generated);
-        let payload: Payload = text.as_bytes().into();
-        let id = texts::message_id(TEXT_DATA_TYPE, &payload);
-        self.ml.first_receipt(id, None);
-        out.push(
-            Record::new("gossip_sent")
-                .field("id", hex::encode(id))
-                .field("text", text.clone())
-                .line(format!("Generated {text}"))
-                .into(),
-        );
-        self.forward(id, TEXT_DATA_TYPE, 0, payload, None, out);
+    fn generate(&mut self, n: u32, now: Now, out: &mut Vec<Action>) {
+        let text = texts::gossip_text(now.unix_ms, &self.me, n);
+        let item = Item::new(TEXT_DATA_TYPE, 0, text.as_bytes().into());
+        self.ml.first_receipt(item.id, None);
+        out.push(records::gossip_sent(&item.id, &text).into());
+        self.forward(item, None, out);
     }
 
     /// Sends an item to every neighbour except `from` and records where it went.
-    fn forward(
-        &mut self,
-        id: [u8; 32],
-        data_type: u16,
-        ttl: u8,
-        payload: Payload,
-        from: Option<SocketAddr>,
-        out: &mut Vec<Action>,
-    ) {
-        let targets = forward_targets(self.neighbours.keys(), from);
-        if targets.is_empty() {
+    fn forward(&mut self, item: Item, from: Option<SocketAddr>, out: &mut Vec<Action>) {
+        let (to, neighbours) = self.overlay.targets(from);
+        if to.is_empty() {
             return;
         }
-        let to: Vec<ConnId> = targets.iter().map(|a| self.neighbours[a].conn).collect();
-        for conn in &to {
-            if let Some((_, items)) = self.links.get_mut(conn).and_then(|l| l.young.as_mut()) {
-                if items.len() < YOUNG_LINK_ITEMS {
-                    items.push(Forwarded {
-                        id,
-                        data_type,
-                        ttl,
-                        payload: payload.clone(),
-                    });
-                }
-            }
-        }
-        self.ml.record_sent(&id, &targets);
+        self.ml.record_sent(&item.id, neighbours);
+        self.overlay.remember(&to, &item);
         out.push(Action::Forward {
             to,
-            msg: Msg::Gossip {
-                data_type,
-                ttl,
-                payload,
-            },
-            id,
+            msg: item.msg(),
+            id: item.id,
         });
     }
 
@@ -592,13 +331,10 @@ impl PeerCore {
         // have their own, looser bound. Checked before the item is recorded, so an item
         // refused here can still arrive from an honest neighbour.
         let new = self.ml.get(&id).is_none();
-        let allowed = self.links.get_mut(&conn).is_some_and(|l| {
-            if new {
-                l.gossip_rate.allow(now.mono)
-            } else {
-                l.repeat_rate.allow(now.mono)
-            }
-        });
+        let allowed = self
+            .overlay
+            .link_mut(conn)
+            .is_some_and(|l| l.allow_gossip(new, now.mono));
         if !allowed {
             let what = if new {
                 "new gossip items"
@@ -616,65 +352,52 @@ impl PeerCore {
             return;
         }
         self.ml.first_receipt(id, Some(from));
-        let mut rec = Record::new("gossip_received").field("id", hex::encode(id));
-        if data_type == TEXT_DATA_TYPE {
-            let text = String::from_utf8_lossy(&payload);
-            let from = from.to_string();
-            rec = rec
-                .line(format!("Received {text} from {from}"))
-                .field("text", text.into_owned())
-                .field("from", from);
-        } else {
-            rec = rec
-                .field("from", from.to_string())
-                .field("data_type", data_type)
-                .field("bytes", payload.len());
-        }
-        out.push(rec.into());
+        out.push(records::gossip_received(&id, data_type, &payload, &from).into());
+        let item = Item {
+            id,
+            data_type,
+            ttl,
+            payload,
+        };
+        let onward = next_ttl(ttl);
         if data_type == TEXT_DATA_TYPE {
             // The assignment's messages always spread; local subscribers just hear of them.
-            self.notify_local(id, data_type, &payload, None, false, now, out);
-            if let Some(ttl) = next_ttl(ttl) {
-                self.forward(id, data_type, ttl, payload, Some(from), out);
+            self.notify_local(&item, None, false, now, out);
+            if let Some(ttl) = onward {
+                self.forward(Item { ttl, ..item }, Some(from), out);
             }
             return;
         }
         // Application items spread only once every local subscriber has validated them.
-        if !self.notify_local(id, data_type, &payload, None, true, now, out) {
+        if !self.notify_local(&item, None, true, now, out) {
             log::debug!(
                 "item {} of type {data_type} stops here: no local subscriber",
                 hex::encode(id)
             );
             return;
         }
-        if let Some(ttl) = next_ttl(ttl) {
-            self.gated.insert(
-                id,
-                GatedItem {
-                    data_type,
-                    ttl,
-                    payload,
-                    from,
-                },
-            );
+        if let Some(ttl) = onward {
+            self.gate.hold(Item { ttl, ..item }, from);
         }
     }
 
     /// Notifies local subscribers; true if anyone was notified.
-    #[allow(clippy::too_many_arguments)]
     fn notify_local(
         &mut self,
-        id: [u8; 32],
-        data_type: u16,
-        data: &[u8],
+        item: &Item,
         exclude: Option<ConnId>,
         gate: bool,
         now: Now,
         out: &mut Vec<Action>,
     ) -> bool {
-        let notes = self
-            .apps
-            .notify(id, data_type, data, exclude, gate, now.mono);
+        let notes = self.apps.notify(
+            item.id,
+            item.data_type,
+            &item.payload,
+            exclude,
+            gate,
+            now.mono,
+        );
         let any = !notes.is_empty();
         if any {
             out.push(Action::timer(VALIDATION_TIMEOUT, Timer::Validations));
@@ -689,19 +412,12 @@ impl PeerCore {
         for v in verdicts {
             match v {
                 Verdict::Forward(id) => {
-                    if let Some(item) = self.gated.remove(&id) {
-                        self.forward(
-                            id,
-                            item.data_type,
-                            item.ttl,
-                            item.payload,
-                            Some(item.from),
-                            out,
-                        );
+                    if let Some((item, from)) = self.gate.release(&id) {
+                        self.forward(item, Some(from), out);
                     }
                 }
                 Verdict::Drop(id, why) => {
-                    self.gated.remove(&id);
+                    self.gate.release(&id);
                     log::debug!("item {} not forwarded: {why}", hex::encode(id));
                 }
             }
@@ -718,19 +434,13 @@ impl PeerCore {
                 data_type,
                 data,
             } => {
-                let id = texts::message_id(data_type, &data);
-                if !self.ml.first_receipt(id, None) {
+                let item = Item::new(data_type, ttl, data.into());
+                if !self.ml.first_receipt(item.id, None) {
                     return;
                 }
-                out.push(
-                    Record::new("announced")
-                        .field("id", hex::encode(id))
-                        .field("data_type", data_type)
-                        .field("bytes", data.len())
-                        .into(),
-                );
-                self.notify_local(id, data_type, &data, Some(conn), false, now, out);
-                self.forward(id, data_type, ttl, data.into(), None, out);
+                out.push(records::announced(&item.id, data_type, item.payload.len()).into());
+                self.notify_local(&item, Some(conn), false, now, out);
+                self.forward(item, None, out);
             }
             ApiMsg::Notify { data_type } => self.apps.subscribe(conn, data_type),
             ApiMsg::Validation { message_id, valid } => {
@@ -760,6 +470,8 @@ impl PeerCore {
         self.apply_verdicts(verdicts, out);
     }
 
+    // ------------------------------------------------------------ liveness
+
     fn answer_liveness(
         &self,
         conn: ConnId,
@@ -777,6 +489,50 @@ impl PeerCore {
         }
     }
 
+    fn liveness_round(&mut self, now: Now, out: &mut Vec<Action>) {
+        let Some(asked) = self.liveness.round(now.mono, now.unix_ms) else {
+            return;
+        };
+        out.push(Action::timer(
+            self.liveness.interval(),
+            Timer::LivenessRound,
+        ));
+        let requests: Vec<ConnId> = self
+            .overlay
+            .neighbours()
+            .filter(|(a, _)| asked.binary_search(a).is_ok())
+            .map(|(_, c)| c)
+            .collect();
+        if !requests.is_empty() {
+            out.push(Action::timer(
+                self.liveness.reply_timeout(),
+                Timer::ReplyDeadline,
+            ));
+            out.push(Action::Send {
+                to: requests,
+                msg: Msg::LivenessRequest {
+                    text: texts::liveness_request(now.unix_ms, &self.me),
+                },
+            });
+        }
+        // A peer that joined with a short list (early in the network's life, or while other
+        // registrations were still being committed) tops up to its target, which also joins
+        // overlay pieces that formed apart.
+        self.maybe_repair(out);
+    }
+
+    /// At a reply deadline: a neighbour whose last `misses` requests went unanswered is
+    /// reported and dropped.
+    fn liveness_deadlines(&mut self, now: Now, out: &mut Vec<Action>) {
+        for (addr, misses) in self.liveness.dead(now.mono) {
+            let why = format!("{misses} liveness requests unanswered");
+            self.report_dead(addr, &why, now, out);
+            self.drop_neighbour(addr, &why, true, now, out);
+        }
+    }
+
+    // ------------------------------------------------------------ frames and links
+
     fn reject(
         &mut self,
         conn: ConnId,
@@ -786,7 +542,7 @@ impl PeerCore {
         out: &mut Vec<Action>,
     ) {
         out.push(Record::rejected(addr, &reason).into());
-        match self.links.get(&conn).map(|l| l.kind) {
+        match self.overlay.link(conn).map(|l| l.kind) {
             Some(LinkKind::Neighbour) => {
                 // Said before the close, so the neighbour knows it was cut off on purpose and
                 // does not report us as dead.
@@ -806,13 +562,13 @@ impl PeerCore {
     }
 
     fn on_frame(&mut self, conn: ConnId, msg: Msg, now: Now, out: &mut Vec<Action>) {
-        let Some(link) = self.links.get_mut(&conn) else {
+        let Some(link) = self.overlay.link_mut(conn) else {
             return;
         };
         let (addr, kind) = (link.addr, link.kind);
         // Gossip is metered in `on_gossip`, once it is known whether the item is new.
         let gossip = matches!(msg, Msg::Gossip { .. });
-        if !gossip && !link.control_rate.allow(now.mono) {
+        if !gossip && !link.allow_control(now.mono) {
             let reason = "control frames faster than the rate limit".to_string();
             return self.reject(conn, addr, reason, now, out);
         }
@@ -825,27 +581,16 @@ impl PeerCore {
                     payload,
                 },
             ) => self.on_gossip(conn, addr, data_type, ttl, payload, now, out),
-            (LinkKind::Neighbour, Msg::LivenessRequest { text })
-            | (LinkKind::Seed | LinkKind::SeedProbe, Msg::LivenessRequest { text }) => {
+            (_, Msg::LivenessRequest { text }) => {
                 if !self.answer_liveness(conn, addr, &text, out) {
-                    self.reject(
-                        conn,
-                        addr,
-                        format!("malformed liveness request {text:?}"),
-                        now,
-                        out,
-                    );
+                    let reason = format!("malformed liveness request {text:?}");
+                    self.reject(conn, addr, reason, now, out);
                 }
             }
             (LinkKind::Neighbour, Msg::LivenessReply { text }) => {
                 let matched =
                     texts::parse_liveness_reply(&text).is_some_and(|(ts, sender, replier)| {
-                        sender == self.me
-                            && replier == addr
-                            && self
-                                .neighbours
-                                .get_mut(&addr)
-                                .is_some_and(|n| n.liveness.on_reply(ts))
+                        sender == self.me && replier == addr && self.liveness.on_reply(&addr, ts)
                     });
                 if !matched {
                     log::debug!("liveness reply from {addr} does not match a request: {text:?}");
@@ -854,90 +599,130 @@ impl PeerCore {
             (LinkKind::Neighbour, Msg::Leave) => self.drop_link(conn, addr, "left", now, out),
             (LinkKind::Neighbour, Msg::Reject { reason }) => {
                 // The remote closes this link on purpose (most often the losing one of two
-                // simultaneous links): not a crash, so no dead report. Its words are cut
-                // short and kept on one line for the log.
-                let reason: String = reason
-                    .chars()
-                    .take(MAX_REMOTE_REASON)
-                    .map(|c| if c.is_control() { ' ' } else { c })
-                    .collect();
-                let why = format!("closed by the remote: {reason}");
+                // simultaneous links): not a crash, so no dead report.
+                let why = format!("closed by the remote: {}", records::remote_reason(&reason));
                 self.drop_link(conn, addr, &why, now, out);
             }
             (LinkKind::Seed, Msg::Registered) => {
-                let Some(s) = self.seeds.get_mut(&addr) else {
-                    return;
-                };
-                if s.registered {
-                    return;
+                if self.seeds.registered(&addr) {
+                    out.push(records::registered_with(&addr).into());
+                    out.push(Action::send(conn, Msg::GetPeers));
+                    self.tell_degree(out);
                 }
-                s.registered = true;
-                out.push(
-                    Record::new("registered_with")
-                        .field("seed", addr.to_string())
-                        .line(format!("Registered with seed {addr}"))
-                        .into(),
-                );
-                out.push(Action::send(conn, Msg::GetPeers));
-                self.tell_degree(out);
             }
             (LinkKind::Seed, Msg::PeerList { peers }) => {
                 if self.phase == Phase::Joining {
-                    if let Some(s) = self.seeds.get_mut(&addr) {
-                        s.list = Some(peers);
-                    }
+                    self.seeds.list(&addr, peers);
                     self.maybe_finish_join(now, out);
-                } else if self.repairing {
+                } else if self.overlay.is_repairing() {
                     self.repair_from(peers, now, out);
                 }
             }
-            (_, other) => self.reject(
-                conn,
-                addr,
-                format!("unexpected {} on a {kind:?} link", other.name()),
-                now,
-                out,
-            ),
+            (_, other) => {
+                let reason = format!("unexpected {} on a {kind:?} link", other.name());
+                self.reject(conn, addr, reason, now, out)
+            }
+        }
+    }
+
+    fn on_connected(&mut self, conn: ConnId, remote: Remote, now: Now, out: &mut Vec<Action>) {
+        let Remote {
+            addr, role, dialed, ..
+        } = remote;
+        let kind = match (role, dialed) {
+            (Role::Seed, Some(_)) => LinkKind::Seed,
+            (Role::Seed, None) => LinkKind::SeedProbe,
+            (Role::Peer, _) => LinkKind::Neighbour,
+        };
+        if self.leaving {
+            out.push(Action::Close { conn });
+            return;
+        }
+        self.overlay
+            .add_link(conn, addr, kind, dialed.is_some(), now.mono);
+        match kind {
+            LinkKind::Seed => {
+                self.seeds.connected(addr, conn, now.mono);
+                out.push(Action::send(conn, Msg::Register));
+                out.push(Action::timer(REGISTER_RETRY, Timer::SeedRetry));
+            }
+            LinkKind::Neighbour => {
+                out.push(Action::timer(YOUNG_LINK, Timer::YoungLinks));
+                self.on_neighbour_link(conn, addr, dialed.is_some(), now, out);
+            }
+            LinkKind::SeedProbe => {}
         }
     }
 
     /// Bookkeeping when a non-neighbour link ends.
     fn on_link_gone(&mut self, conn: ConnId, now: Now, out: &mut Vec<Action>) {
-        let Some(link) = self.links.remove(&conn) else {
+        let Some(link) = self.overlay.remove_link(conn) else {
             return;
         };
         if link.kind == LinkKind::Seed {
-            if let Some(s) = self.seeds.get_mut(&link.addr) {
-                if s.conn == Some(conn) {
-                    s.conn = None;
-                    s.registered = false;
-                    s.list = None;
-                    s.backoff = if s.backoff.is_zero() {
-                        SEED_BACKOFF_MIN
-                    } else {
-                        (s.backoff * 2).min(SEED_BACKOFF_MAX)
-                    };
-                    s.retry_at = Some(now.mono + s.backoff);
-                    out.push(Action::timer(s.backoff, Timer::SeedRetry));
+            if let Some(wait) = self.seeds.lost(conn, now.mono) {
+                out.push(Action::timer(wait, Timer::SeedRetry));
+            }
+            self.overlay.set_repairing(false);
+            self.maybe_finish_join(now, out);
+        }
+    }
+
+    fn on_closed(&mut self, conn: ConnId, reason: CloseReason, now: Now, out: &mut Vec<Action>) {
+        let Some(link) = self.overlay.link(conn) else {
+            return;
+        };
+        if link.kind != LinkKind::Neighbour {
+            return self.on_link_gone(conn, now, out);
+        }
+        let addr = link.addr;
+        if self.leaving {
+            self.overlay.forget_neighbour(&addr, conn);
+            self.liveness.unwatch(&addr);
+            return;
+        }
+        // No goodbye: a crash. Report at once; the seeds confirm before removing.
+        let why = format!("connection lost without a goodbye ({reason})");
+        self.report_dead(addr, &why, now, out);
+        self.drop_neighbour(addr, &why, false, now, out);
+    }
+
+    fn on_dial_failed(
+        &mut self,
+        addr: SocketAddr,
+        purpose: Purpose,
+        reason: crate::node::DialError,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        match purpose {
+            Purpose::Register => {
+                log::warn!("seed {addr} unreachable: {reason}");
+                let joining = self.phase == Phase::Joining;
+                let (wait, spare) = self
+                    .seeds
+                    .dial_failed(&addr, now.mono, joining, &mut self.rng);
+                if let Some(wait) = wait {
+                    out.push(Action::timer(wait, Timer::SeedRetry));
+                }
+                // Keep a majority: replace an unreachable seed with one not yet used.
+                if let Some(spare) = spare {
+                    self.dial_seed(spare, out);
                 }
             }
-            self.repairing = false;
-            self.maybe_finish_join(now, out);
+            Purpose::Neighbour => {
+                log::info!("neighbour {addr} unreachable: {reason}");
+                self.overlay.dial_failed(addr, now.mono);
+                self.maybe_start_gossip(now, out);
+                self.maybe_repair(out);
+            }
+            Purpose::SeedLink | Purpose::Probe => {}
         }
     }
 
     fn on_timer(&mut self, timer: Timer, now: Now, out: &mut Vec<Action>) {
         if timer == Timer::YoungLinks {
-            for link in self.links.values_mut() {
-                if link
-                    .young
-                    .as_ref()
-                    .is_some_and(|(until, _)| now.mono >= *until)
-                {
-                    link.young = None;
-                }
-            }
-            return;
+            return self.overlay.expire_young(now.mono);
         }
         if self.leaving {
             return;
@@ -950,126 +735,26 @@ impl PeerCore {
             Timer::SeedRetry => self.retry_seeds(now, out),
             Timer::JoinDeadline => self.maybe_finish_join(now, out),
             Timer::Gossip => {
-                let Some(at) = self.next_gossip else { return };
-                if now.mono < at || self.generated >= self.config.gossip.count {
-                    return;
-                }
-                self.generate(now, out);
-                // On the schedule set at the start; slots missed while the process was not
-                // running (frozen, overloaded) are skipped, not made up in a burst.
-                let every = self.config.gossip.interval.max(Duration::from_millis(1));
-                let mut next = at + every;
-                while next <= now.mono {
-                    next += every;
-                }
-                self.next_gossip = Some(next);
-                out.push(Action::timer(next - now.mono, Timer::Gossip));
-            }
-            Timer::LivenessRound => {
-                if self.next_liveness.is_some_and(|at| now.mono >= at) {
-                    let every = self.config.liveness.interval;
-                    self.next_liveness = Some(now.mono + every);
-                    out.push(Action::timer(every, Timer::LivenessRound));
-                    self.liveness_round(now, out);
+                if let Some((n, next)) = self.generator.due(now.mono) {
+                    self.generate(n, now, out);
+                    if let Some(wait) = next {
+                        out.push(Action::timer(wait, Timer::Gossip));
+                    }
                 }
             }
+            Timer::LivenessRound => self.liveness_round(now, out),
             Timer::ReplyDeadline => self.liveness_deadlines(now, out),
             Timer::YoungLinks | Timer::SeedRedial | Timer::ProbeDeadline | Timer::Sync => {}
-        }
-    }
-
-    /// Reconnects lost seeds whose backoff is over and re-sends unconfirmed registrations.
-    fn retry_seeds(&mut self, now: Now, out: &mut Vec<Action>) {
-        let mut redial = Vec::new();
-        for (addr, s) in self.seeds.iter_mut() {
-            if s.conn.is_none() && !s.dialing && s.retry_at.is_some_and(|t| t <= now.mono) {
-                redial.push(*addr);
-            }
-            if let Some(conn) = s.conn {
-                if !s.registered
-                    && s.last_register
-                        .is_some_and(|t| now.mono >= t + REGISTER_RETRY)
-                {
-                    s.last_register = Some(now.mono);
-                    out.push(Action::send(conn, Msg::Register));
-                    out.push(Action::timer(REGISTER_RETRY, Timer::SeedRetry));
-                }
-            }
-        }
-        for addr in redial {
-            self.dial_seed(addr, out);
-        }
-    }
-
-    /// At a reply deadline: a neighbour whose last `misses` requests passed their reply deadline
-    /// unanswered is reported and dropped.
-    fn liveness_deadlines(&mut self, now: Now, out: &mut Vec<Action>) {
-        let mut dead: Vec<(SocketAddr, u32)> = self
-            .neighbours
-            .iter_mut()
-            .filter_map(|(addr, n)| n.liveness.check(now.mono).map(|m| (*addr, m)))
-            .collect();
-        dead.sort();
-        for (addr, misses) in dead {
-            let why = format!("{misses} liveness requests unanswered");
-            self.report_dead(addr, &why, now, out);
-            self.drop_neighbour(addr, &why, true, now, out);
-        }
-    }
-
-    fn liveness_round(&mut self, now: Now, out: &mut Vec<Action>) {
-        let mut requests = Vec::new();
-        let mut addrs: Vec<SocketAddr> = self.neighbours.keys().copied().collect();
-        addrs.sort();
-        for addr in addrs {
-            let n = self.neighbours.get_mut(&addr).expect("listed above");
-            n.liveness.on_request(now.unix_ms, now.mono);
-            requests.push(n.conn);
-        }
-        if !requests.is_empty() {
-            out.push(Action::timer(
-                self.config.liveness.reply_timeout,
-                Timer::ReplyDeadline,
-            ));
-            out.push(Action::Send {
-                to: requests,
-                msg: Msg::LivenessRequest {
-                    text: texts::liveness_request(now.unix_ms, &self.me),
-                },
-            });
-        }
-        // A peer that joined with a short list (early in the network's life, or while other
-        // registrations were still being committed) tops up to its target, which also joins
-        // overlay pieces that formed apart.
-        self.maybe_repair(out);
-    }
-
-    fn on_closed(&mut self, conn: ConnId, reason: CloseReason, now: Now, out: &mut Vec<Action>) {
-        let Some(link) = self.links.get(&conn) else {
-            return;
-        };
-        if link.kind == LinkKind::Neighbour {
-            let addr = link.addr;
-            if self.leaving {
-                self.neighbours.remove(&addr);
-                self.links.remove(&conn);
-                return;
-            }
-            // No goodbye: a crash. Report at once; the seeds confirm before removing.
-            let why = format!("connection lost without a goodbye ({reason})");
-            self.report_dead(addr, &why, now, out);
-            self.drop_neighbour(addr, &why, false, now, out);
-        } else {
-            self.on_link_gone(conn, now, out);
         }
     }
 
     fn on_shutdown(&mut self, out: &mut Vec<Action>) {
         self.leaving = true;
         let to: Vec<ConnId> = self
-            .seed_conns()
+            .seeds
+            .conns()
             .into_iter()
-            .chain(self.neighbours.values().map(|n| n.conn))
+            .chain(self.overlay.neighbours().map(|(_, c)| c))
             .collect();
         if !to.is_empty() {
             out.push(Action::Send {
@@ -1077,11 +762,7 @@ impl PeerCore {
                 msg: Msg::Leave,
             });
         }
-        out.push(
-            Record::new("leaving")
-                .line("Leaving: told seeds and neighbours")
-                .into(),
-        );
+        out.push(records::leaving().into());
     }
 }
 
@@ -1089,104 +770,14 @@ impl Core for PeerCore {
     fn handle(&mut self, event: Event, now: Now, out: &mut Vec<Action>) {
         match event {
             Event::Started => self.start(now, out),
-            Event::Connected { conn, remote } => {
-                let Remote {
-                    addr, role, dialed, ..
-                } = remote;
-                let kind = match (role, dialed) {
-                    (Role::Seed, Some(_)) => LinkKind::Seed,
-                    (Role::Seed, None) => LinkKind::SeedProbe,
-                    (Role::Peer, _) => LinkKind::Neighbour,
-                };
-                if self.leaving {
-                    out.push(Action::Close { conn });
-                    return;
-                }
-                let l = &self.config.limits;
-                self.links.insert(
-                    conn,
-                    Link {
-                        addr,
-                        kind,
-                        dialed: dialed.is_some(),
-                        gossip_rate: RateLimiter::new(
-                            l.gossip_per_second,
-                            l.gossip_per_second.saturating_mul(2),
-                            now.mono,
-                        ),
-                        repeat_rate: RateLimiter::new(
-                            l.gossip_per_second.saturating_mul(REPEAT_RATE_FACTOR),
-                            l.gossip_per_second.saturating_mul(2 * REPEAT_RATE_FACTOR),
-                            now.mono,
-                        ),
-                        control_rate: RateLimiter::new(
-                            l.control_per_second,
-                            l.control_per_second * 2,
-                            now.mono,
-                        ),
-                        young: (kind == LinkKind::Neighbour)
-                            .then(|| (now.mono + YOUNG_LINK, Vec::new())),
-                    },
-                );
-                if kind == LinkKind::Neighbour {
-                    out.push(Action::timer(YOUNG_LINK, Timer::YoungLinks));
-                }
-                match kind {
-                    LinkKind::Seed => {
-                        let s = self.seeds.entry(addr).or_default();
-                        s.conn = Some(conn);
-                        s.dialing = false;
-                        s.backoff = Duration::ZERO;
-                        s.last_register = Some(now.mono);
-                        out.push(Action::send(conn, Msg::Register));
-                        out.push(Action::timer(REGISTER_RETRY, Timer::SeedRetry));
-                    }
-                    LinkKind::Neighbour => {
-                        self.dialing.remove(&addr);
-                        let dialed = self.links[&conn].dialed;
-                        self.add_neighbour(conn, addr, dialed, now, out);
-                        self.maybe_start_gossip(now, out);
-                    }
-                    LinkKind::SeedProbe => {}
-                }
-            }
+            Event::Connected { conn, remote } => self.on_connected(conn, remote, now, out),
             Event::Frame { conn, msg } => self.on_frame(conn, msg, now, out),
             Event::Closed { conn, reason } => self.on_closed(conn, reason, now, out),
             Event::DialFailed {
                 addr,
                 purpose,
                 reason,
-            } => match purpose {
-                Purpose::Register => {
-                    log::warn!("seed {addr} unreachable: {reason}");
-                    let registering = self.phase == Phase::Joining;
-                    if let Some(s) = self.seeds.get_mut(&addr) {
-                        s.dialing = false;
-                        s.backoff = (s.backoff * 2).clamp(SEED_BACKOFF_MIN, SEED_BACKOFF_MAX);
-                        s.retry_at = Some(now.mono + s.backoff);
-                        out.push(Action::timer(s.backoff, Timer::SeedRetry));
-                    }
-                    // Keep a majority: replace an unreachable seed with one not yet used.
-                    let live = self
-                        .seeds
-                        .values()
-                        .filter(|s| s.conn.is_some() || s.dialing)
-                        .count();
-                    if registering && live < self.config.majority() {
-                        if let Some(spare) = self.spare_seed() {
-                            self.dial_seed(spare, out);
-                        }
-                    }
-                }
-                Purpose::Neighbour => {
-                    log::info!("neighbour {addr} unreachable: {reason}");
-                    self.dialing.remove(&addr);
-                    self.lost.insert(addr, now.mono);
-                    self.maybe_start_gossip(now, out);
-                    self.maybe_repair(out);
-                }
-                Purpose::SeedLink | Purpose::Probe => {}
-            },
+            } => self.on_dial_failed(addr, purpose, reason, now, out),
             Event::ApiConnected { conn } => {
                 self.api_clients.insert(conn);
             }

@@ -1,12 +1,118 @@
-//! The gossip rule and the bounded message list (ML).
+//! The gossip rule, the items it moves, the bounded message list (ML), the schedule of this
+//! peer's own messages, and the items held back for local validation (the API gate).
 //!
 //! Rule: an item seen for the first time is recorded, delivered, and forwarded to every
 //! neighbour except the one it came from (if its TTL allows another hop); an item seen before
 //! is ignored and counted. So an item crosses each link at most once in each direction.
+//! Application items (types other than the assignment's text) are forwarded only once every
+//! local subscriber has validated them (`apps`); until then they wait here.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::texts;
+use crate::wire::{Msg, Payload};
+
+/// One gossip item, as this peer holds it. Its payload is shared, so the copies held for each
+/// neighbour, the young-link memory and the gate cost a reference each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub id: [u8; 32],
+    pub data_type: u16,
+    /// The TTL it travels with from here (0 = unlimited).
+    pub ttl: u8,
+    pub payload: Payload,
+}
+
+impl Item {
+    pub fn new(data_type: u16, ttl: u8, payload: Payload) -> Item {
+        Item {
+            id: texts::message_id(data_type, &payload),
+            data_type,
+            ttl,
+            payload,
+        }
+    }
+
+    /// The frame that carries it.
+    pub fn msg(&self) -> Msg {
+        Msg::Gossip {
+            data_type: self.data_type,
+            ttl: self.ttl,
+            payload: self.payload.clone(),
+        }
+    }
+}
+
+/// This peer's own messages: `gossip.count` of them, one every `gossip.interval`, from the
+/// moment it has its neighbours.
+#[derive(Debug)]
+pub struct Generator {
+    count: u32,
+    interval: Duration,
+    generated: u32,
+    next: Option<Instant>,
+}
+
+impl Generator {
+    pub fn new(count: u32, interval: Duration) -> Self {
+        Generator {
+            count,
+            interval: interval.max(Duration::from_millis(1)),
+            generated: 0,
+            next: None,
+        }
+    }
+
+    /// The schedule starts now (the first message is due at once).
+    pub fn start(&mut self, now: Instant) {
+        self.next = Some(now);
+    }
+
+    /// At the gossip timer: the number of the message to generate now, and the wait until the
+    /// next one (`None` when that was the last). Slots missed while the process was not running
+    /// (frozen, overloaded) are skipped, not made up in a burst.
+    pub fn due(&mut self, now: Instant) -> Option<(u32, Option<Duration>)> {
+        let at = self.next?;
+        if now < at || self.generated >= self.count {
+            return None;
+        }
+        let n = self.take_number();
+        let mut next = at + self.interval;
+        while next <= now {
+            next += self.interval;
+        }
+        self.next = Some(next);
+        Some((n, (self.generated < self.count).then(|| next - now)))
+    }
+
+    /// The number of the next message generated outside the schedule.
+    pub fn take_number(&mut self) -> u32 {
+        self.generated += 1;
+        self.generated
+    }
+}
+
+/// Network items waiting for their local validations before being forwarded, with the
+/// neighbour each came from.
+#[derive(Debug, Default)]
+pub struct Gate {
+    held: BTreeMap<[u8; 32], (Item, SocketAddr)>,
+}
+
+impl Gate {
+    pub fn hold(&mut self, item: Item, from: SocketAddr) {
+        self.held.insert(item.id, (item, from));
+    }
+
+    /// Takes the item out, validated or not.
+    pub fn release(&mut self, id: &[u8; 32]) -> Option<(Item, SocketAddr)> {
+        self.held.remove(id)
+    }
+}
 
 /// A message id as a map key. Ids are SHA-256 digests, so their first eight bytes, hashed with
 /// the map's random SipHash key, spread as well as all 32 at a quarter of the hashing (this
@@ -27,7 +133,21 @@ impl Hash for Key {
 pub struct Seen {
     /// `None` for items this peer generated or a local client announced.
     pub from: Option<SocketAddr>,
-    pub sent_to: Vec<SocketAddr>,
+    /// The neighbours this peer had when it forwarded the item (it went to each of them but
+    /// `from`). The overlay shares one list among all items forwarded while its neighbours did
+    /// not change, so an entry costs a reference, not a list.
+    pub neighbours: Option<Arc<[SocketAddr]>>,
+}
+
+impl Seen {
+    /// The neighbours the item was sent to.
+    pub fn sent_to(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        let from = self.from;
+        self.neighbours
+            .iter()
+            .flat_map(|n| n.iter().copied())
+            .filter(move |a| Some(*a) != from)
+    }
 }
 
 /// Message ids seen, with a fixed capacity; the oldest is forgotten first.
@@ -88,16 +208,17 @@ impl MessageList {
             Key(id),
             Seen {
                 from,
-                sent_to: Vec::new(),
+                neighbours: None,
             },
         );
         self.order.push_back(id);
         true
     }
 
-    pub fn record_sent(&mut self, id: &[u8; 32], to: &[SocketAddr]) {
+    /// The item went to every one of `neighbours` except the one it came from.
+    pub fn record_sent(&mut self, id: &[u8; 32], neighbours: &Arc<[SocketAddr]>) {
         if let Some(seen) = self.entries.get_mut(&Key(*id)) {
-            seen.sent_to.extend_from_slice(to);
+            seen.neighbours = Some(neighbours.clone());
         }
     }
 }
@@ -111,15 +232,16 @@ pub fn next_ttl(ttl: u8) -> Option<u8> {
     }
 }
 
-/// Every neighbour except the one the item came from.
-pub fn forward_targets<'a>(
-    neighbours: impl IntoIterator<Item = &'a SocketAddr>,
+/// Where an item goes: every neighbour except the one it came from (`T`: however the caller
+/// reaches a neighbour, its link say).
+pub fn forward_targets<T>(
+    neighbours: impl IntoIterator<Item = (SocketAddr, T)>,
     from: Option<SocketAddr>,
-) -> Vec<SocketAddr> {
+) -> Vec<T> {
     neighbours
         .into_iter()
-        .copied()
-        .filter(|n| Some(*n) != from)
+        .filter(|(n, _)| Some(*n) != from)
+        .map(|(_, t)| t)
         .collect()
 }
 
@@ -139,6 +261,10 @@ mod tests {
         assert!(!ml.first_receipt([1; 32], None));
         assert_eq!(ml.duplicates(), 2);
         assert_eq!(ml.get(&[1; 32]).unwrap().from, Some(a(1)));
+        let ns: Arc<[SocketAddr]> = vec![a(1), a(2), a(3)].into();
+        ml.record_sent(&[1; 32], &ns);
+        let sent: Vec<_> = ml.get(&[1; 32]).unwrap().sent_to().collect();
+        assert_eq!(sent, vec![a(2), a(3)], "every neighbour but the sender");
     }
 
     #[test]
@@ -155,9 +281,9 @@ mod tests {
 
     #[test]
     fn never_back_to_the_sender() {
-        let ns = [a(1), a(2), a(3)];
-        assert_eq!(forward_targets(&ns, Some(a(2))), vec![a(1), a(3)]);
-        assert_eq!(forward_targets(&ns, None), ns.to_vec());
+        let ns = [(a(1), 1), (a(2), 2), (a(3), 3)];
+        assert_eq!(forward_targets(ns, Some(a(2))), vec![1, 3]);
+        assert_eq!(forward_targets(ns, None), vec![1, 2, 3]);
     }
 
     #[test]

@@ -6,8 +6,93 @@
 //! Counting a miss at its reply deadline, not at the next interval, bounds detection by
 //! `misses × interval + reply_timeout` after the last answered request.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use crate::config::LivenessConfig;
+
+/// Liveness for all neighbours: one tracker each and the round timer (every
+/// `liveness.interval`, from the moment the peer has a neighbour or finished joining).
+#[derive(Debug)]
+pub struct Liveness {
+    interval: Duration,
+    misses: u32,
+    reply_timeout: Duration,
+    trackers: BTreeMap<SocketAddr, LivenessTracker>,
+    next_round: Option<Instant>,
+}
+
+impl Liveness {
+    pub fn new(config: &LivenessConfig) -> Self {
+        Liveness {
+            interval: config.interval,
+            misses: config.misses,
+            reply_timeout: config.reply_timeout,
+            trackers: BTreeMap::new(),
+            next_round: None,
+        }
+    }
+
+    /// Starts the rounds unless they run: the wait until the first one, for its timer.
+    pub fn arm(&mut self, now: Instant) -> Option<Duration> {
+        if self.next_round.is_some() {
+            return None;
+        }
+        self.next_round = Some(now + self.interval);
+        Some(self.interval)
+    }
+
+    /// A new neighbour, or a new link to one: its count starts afresh.
+    pub fn watch(&mut self, addr: SocketAddr) {
+        self.trackers
+            .insert(addr, LivenessTracker::new(self.misses, self.reply_timeout));
+    }
+
+    pub fn unwatch(&mut self, addr: &SocketAddr) {
+        self.trackers.remove(addr);
+    }
+
+    /// At the round timer: if a round is due, the neighbours to send a request with timestamp
+    /// `ts_ms` to (in address order; the next round is then `interval` away, the replies due
+    /// within `reply_timeout`).
+    pub fn round(&mut self, now: Instant, ts_ms: u64) -> Option<Vec<SocketAddr>> {
+        if self.next_round.is_none_or(|at| now < at) {
+            return None;
+        }
+        self.next_round = Some(now + self.interval);
+        let mut asked = Vec::with_capacity(self.trackers.len());
+        for (addr, t) in self.trackers.iter_mut() {
+            t.on_request(ts_ms, now);
+            asked.push(*addr);
+        }
+        Some(asked)
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    pub fn reply_timeout(&self) -> Duration {
+        self.reply_timeout
+    }
+
+    /// A reply from `addr` echoing `ts_ms`; true if it answered one of our requests.
+    pub fn on_reply(&mut self, addr: &SocketAddr, ts_ms: u64) -> bool {
+        self.trackers
+            .get_mut(addr)
+            .is_some_and(|t| t.on_reply(ts_ms))
+    }
+
+    /// The neighbours whose last `misses` requests went unanswered, with the count, in
+    /// address order.
+    pub fn dead(&mut self, now: Instant) -> Vec<(SocketAddr, u32)> {
+        self.trackers
+            .iter_mut()
+            .filter_map(|(addr, t)| t.check(now).map(|m| (*addr, m)))
+            .collect()
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Request {

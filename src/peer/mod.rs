@@ -1,10 +1,20 @@
-//! The peer: the gossip rule and message list (`gossip`), the liveness rule (`liveness`),
-//! neighbour selection (`selection`), and the peer's decisions around them (`core`).
+//! The peer, in parts, each a plain struct with its own tests:
+//! - `seeds`: joining and the sessions with the seeds (registration, retries, backoff, the
+//!   union of their lists);
+//! - `overlay`: links, neighbours, dialing, the duplicate-link rule, repair (`selection` picks);
+//! - `gossip`: the gossip rule, items, the message list, generation, the API gate (`apps` holds
+//!   the local applications and their validations);
+//! - `liveness`: the liveness rule and its round timer;
+//! - `records`: the lines and records written for people and tools;
+//! - `core`: `PeerCore`, which routes events between them and turns their answers into actions.
 
 pub mod apps;
 pub mod core;
 pub mod gossip;
 pub mod liveness;
+pub mod overlay;
+pub mod records;
+pub mod seeds;
 pub mod selection;
 
 pub use self::core::PeerCore;

@@ -3,21 +3,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::seq::IteratorRandom;
 
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::limits::RateLimiter;
 use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote, Timer};
 use crate::seed::registry::{Change, Registry};
 use crate::texts;
 use crate::wire::{Member, Msg, PeerEntry, RemovalReason, Role, VoteOp};
-
-/// First wait before redialing a seed that is down; doubles up to the cap.
-const SEED_BACKOFF_MIN: Duration = Duration::from_millis(200);
-const SEED_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LinkKind {
@@ -51,7 +48,7 @@ struct Probe {
 #[derive(Debug)]
 struct Redial {
     at: Instant,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 pub struct SeedCore {
@@ -253,7 +250,7 @@ impl SeedCore {
                 }
                 self.dialing.remove(&remote.addr);
                 if let Some(r) = self.redial.get_mut(&remote.addr) {
-                    r.backoff = SEED_BACKOFF_MIN;
+                    r.backoff.reset();
                 }
                 self.links.insert(
                     conn,
@@ -481,11 +478,11 @@ impl SeedCore {
     fn schedule_redial(&mut self, addr: SocketAddr, now: Now, out: &mut Vec<Action>) {
         let r = self.redial.entry(addr).or_insert(Redial {
             at: now.mono,
-            backoff: SEED_BACKOFF_MIN,
+            backoff: Backoff::default(),
         });
-        r.at = now.mono + r.backoff;
-        out.push(Action::timer(r.backoff, Timer::SeedRedial));
-        r.backoff = (r.backoff * 2).min(SEED_BACKOFF_MAX);
+        let wait = r.backoff.next_wait();
+        r.at = now.mono + wait;
+        out.push(Action::timer(wait, Timer::SeedRedial));
     }
 
     /// Dials the seeds that are down and due for another try.
@@ -566,7 +563,7 @@ impl Core for SeedCore {
                         addr,
                         Redial {
                             at: now.mono,
-                            backoff: SEED_BACKOFF_MIN,
+                            backoff: Backoff::default(),
                         },
                     );
                 }
@@ -658,6 +655,7 @@ impl Core for SeedCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn a(p: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], p))

@@ -1,0 +1,406 @@
+//! The overlay: this peer's links (to seeds, from seed probes, to neighbours), which of them
+//! are its neighbours, the dials under way, the rule that keeps one of two simultaneous links,
+//! and the choice of neighbours at the join and when repairing after a loss.
+//!
+//! The rules:
+//! - A peer dials up to `peer.max_neighbours` peers picked from the seeds' lists (randomly, or
+//!   by preferential attachment); links are symmetric, so it also keeps those that dial it.
+//! - Below the target (a loss, a short list at the join), it asks a seed for a fresh list and
+//!   dials the difference, leaving out peers it lost recently (the seeds may still list them).
+//! - Of two links between the same pair (both dialed at once), both ends keep the one dialed
+//!   by the smaller address, so they agree without talking.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+
+use crate::config::{Config, Selection};
+use crate::limits::RateLimiter;
+use crate::node::ConnId;
+use crate::peer::gossip::{forward_targets, Item};
+use crate::peer::selection;
+use crate::wire::PeerEntry;
+
+/// Why the losing one of two simultaneous links is closed (sent in a `Reject`).
+pub const DUPLICATE_LINK: &str = "duplicate link: keeping the one dialed by the smaller address";
+/// A new neighbour link remembers the items forwarded on it for this long (and at most
+/// `YOUNG_LINK_ITEMS` of them): if it turns out to be the losing one of two simultaneous
+/// links, they are sent again on the link kept, since the remote may have closed its end
+/// before reading them. Two simultaneous links meet within a handshake (`pow.timeout`).
+pub const YOUNG_LINK: Duration = Duration::from_secs(10);
+pub const YOUNG_LINK_ITEMS: usize = 1024;
+/// Repeats of known gossip items may come this many times faster than new ones.
+const REPEAT_RATE_FACTOR: u32 = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// Our connection to a seed.
+    Seed,
+    Neighbour,
+    /// A seed's one-off probe connection to us.
+    SeedProbe,
+}
+
+#[derive(Debug)]
+pub struct Link {
+    pub addr: SocketAddr,
+    pub kind: LinkKind,
+    /// Whether we dialed this connection (used to pick one of two simultaneous links).
+    pub dialed: bool,
+    /// What this remote may send: new gossip items (first receipts), repeats, everything else.
+    gossip_rate: RateLimiter,
+    /// Repeats are cheap to drop, so they have a looser bound.
+    repeat_rate: RateLimiter,
+    control_rate: RateLimiter,
+    /// While the link is young: the items forwarded on it (see `YOUNG_LINK`).
+    young: Option<(Instant, Vec<Item>)>,
+}
+
+impl Link {
+    /// May the remote send this control frame now?
+    pub fn allow_control(&mut self, now: Instant) -> bool {
+        self.control_rate.allow(now)
+    }
+
+    /// May the remote send this gossip item now? New items and repeats are metered apart.
+    pub fn allow_gossip(&mut self, new: bool, now: Instant) -> bool {
+        if new {
+            self.gossip_rate.allow(now)
+        } else {
+            self.repeat_rate.allow(now)
+        }
+    }
+}
+
+/// What taking a new neighbour link did.
+#[derive(Debug)]
+pub enum Joined {
+    /// A new neighbour.
+    New,
+    /// A second link to a neighbour: `loser` is to be closed (it is already forgotten), `kept`
+    /// stays; `replaced` says the new link is the one kept. `resend` is what went out on the
+    /// loser while it was young, to forward again on `kept`.
+    Duplicate {
+        loser: ConnId,
+        kept: ConnId,
+        replaced: bool,
+        resend: Vec<Item>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Overlay {
+    me: SocketAddr,
+    max_neighbours: usize,
+    selection: Selection,
+    gossip_per_second: u32,
+    control_per_second: u32,
+    links: BTreeMap<ConnId, Link>,
+    neighbours: BTreeMap<SocketAddr, ConnId>,
+    /// The neighbours' addresses, rebuilt when they change: the message list keeps a reference
+    /// to it for each item forwarded (where the item went).
+    current: Arc<[SocketAddr]>,
+    dialing: BTreeSet<SocketAddr>,
+    /// Neighbours lost recently, not to be picked again while the seeds may still list them.
+    lost: BTreeMap<SocketAddr, Instant>,
+    lost_memory: Duration,
+    /// A repair asked a seed for a list and waits for it.
+    repairing: bool,
+}
+
+impl Overlay {
+    pub fn new(me: SocketAddr, config: &Config) -> Self {
+        let lv = &config.liveness;
+        Overlay {
+            me,
+            max_neighbours: config.peer.max_neighbours,
+            selection: config.peer.selection,
+            gossip_per_second: config.limits.gossip_per_second,
+            control_per_second: config.limits.control_per_second,
+            links: BTreeMap::new(),
+            neighbours: BTreeMap::new(),
+            current: Arc::from([]),
+            dialing: BTreeSet::new(),
+            lost: BTreeMap::new(),
+            // Long enough for the seeds to confirm a death and remove the peer.
+            lost_memory: lv.interval * (lv.misses + 1) + lv.probe_timeout * 2,
+            repairing: false,
+        }
+    }
+
+    /// Takes an admitted connection into the link table.
+    pub fn add_link(
+        &mut self,
+        conn: ConnId,
+        addr: SocketAddr,
+        kind: LinkKind,
+        dialed: bool,
+        now: Instant,
+    ) {
+        let g = self.gossip_per_second;
+        let c = self.control_per_second;
+        self.links.insert(
+            conn,
+            Link {
+                addr,
+                kind,
+                dialed,
+                gossip_rate: RateLimiter::new(g, g.saturating_mul(2), now),
+                repeat_rate: RateLimiter::new(
+                    g.saturating_mul(REPEAT_RATE_FACTOR),
+                    g.saturating_mul(2 * REPEAT_RATE_FACTOR),
+                    now,
+                ),
+                control_rate: RateLimiter::new(c, c.saturating_mul(2), now),
+                young: (kind == LinkKind::Neighbour).then(|| (now + YOUNG_LINK, Vec::new())),
+            },
+        );
+    }
+
+    pub fn link(&self, conn: ConnId) -> Option<&Link> {
+        self.links.get(&conn)
+    }
+
+    pub fn link_mut(&mut self, conn: ConnId) -> Option<&mut Link> {
+        self.links.get_mut(&conn)
+    }
+
+    pub fn remove_link(&mut self, conn: ConnId) -> Option<Link> {
+        self.links.remove(&conn)
+    }
+
+    /// Is `conn` the link neighbour `addr` is known by?
+    pub fn is_neighbour_link(&self, conn: ConnId, addr: &SocketAddr) -> bool {
+        self.neighbours.get(addr) == Some(&conn)
+    }
+
+    /// Neighbours and their links, in address order.
+    pub fn neighbours(&self) -> impl Iterator<Item = (SocketAddr, ConnId)> + '_ {
+        self.neighbours.iter().map(|(a, c)| (*a, *c))
+    }
+
+    pub fn neighbour_count(&self) -> usize {
+        self.neighbours.len()
+    }
+
+    pub fn dials_pending(&self) -> bool {
+        !self.dialing.is_empty()
+    }
+
+    /// A neighbour link (`conn`, just added with `add_link`) is up. Applies the duplicate-link
+    /// rule if `addr` is a neighbour already.
+    pub fn join(&mut self, conn: ConnId, addr: SocketAddr, dialed: bool) -> Joined {
+        self.dialing.remove(&addr);
+        let Some(&existing) = self.neighbours.get(&addr) else {
+            self.neighbours.insert(addr, conn);
+            self.changed();
+            return Joined::New;
+        };
+        let replaced = (self.me < addr) == dialed;
+        let (loser, kept) = if replaced {
+            (existing, conn)
+        } else {
+            (conn, existing)
+        };
+        let resend = self
+            .links
+            .remove(&loser)
+            .and_then(|l| l.young)
+            .map(|(_, items)| items)
+            .unwrap_or_default();
+        if replaced {
+            self.neighbours.insert(addr, conn);
+        }
+        Joined::Duplicate {
+            loser,
+            kept,
+            replaced,
+            resend,
+        }
+    }
+
+    /// Neighbour `addr` is lost: forgets it and its link and keeps it out of repairs for a
+    /// while. Its link, if it was a neighbour.
+    pub fn drop_neighbour(&mut self, addr: &SocketAddr, now: Instant) -> Option<ConnId> {
+        let conn = self.neighbours.remove(addr)?;
+        self.changed();
+        self.links.remove(&conn);
+        self.lost.insert(*addr, now);
+        Some(conn)
+    }
+
+    fn changed(&mut self) {
+        self.current = self.neighbours.keys().copied().collect();
+    }
+
+    /// Forgets a neighbour without holding it against anyone (we are leaving).
+    pub fn forget_neighbour(&mut self, addr: &SocketAddr, conn: ConnId) {
+        self.neighbours.remove(addr);
+        self.changed();
+        self.links.remove(&conn);
+    }
+
+    /// A dial to a would-be neighbour failed.
+    pub fn dial_failed(&mut self, addr: SocketAddr, now: Instant) {
+        self.dialing.remove(&addr);
+        self.lost.insert(addr, now);
+    }
+
+    /// The join's choice of neighbours from the seeds' union: the peers to dial.
+    pub fn pick_initial(&mut self, union: &[PeerEntry], rng: &mut StdRng) -> Vec<SocketAddr> {
+        let chosen = selection::select(union, self.max_neighbours, self.selection, rng);
+        let dial: Vec<SocketAddr> = chosen
+            .into_iter()
+            .filter(|a| !self.neighbours.contains_key(a))
+            .collect();
+        self.dialing.extend(dial.iter().copied());
+        dial
+    }
+
+    /// Short of neighbours, counting dials under way, and no repair waiting for a list?
+    pub fn wants_repair(&self) -> bool {
+        !self.repairing && self.neighbours.len() + self.dialing.len() < self.max_neighbours
+    }
+
+    pub fn set_repairing(&mut self, on: bool) {
+        self.repairing = on;
+    }
+
+    pub fn is_repairing(&self) -> bool {
+        self.repairing
+    }
+
+    /// A repair's list arrived: the peers to dial to get back to the target.
+    pub fn pick_repair(
+        &mut self,
+        list: Vec<PeerEntry>,
+        now: Instant,
+        rng: &mut StdRng,
+    ) -> Vec<SocketAddr> {
+        self.repairing = false;
+        let memory = self.lost_memory;
+        self.lost
+            .retain(|_, t| now.saturating_duration_since(*t) < memory);
+        let candidates: Vec<PeerEntry> = list
+            .into_iter()
+            .filter(|p| {
+                p.addr != self.me
+                    && !self.neighbours.contains_key(&p.addr)
+                    && !self.dialing.contains(&p.addr)
+                    && !self.lost.contains_key(&p.addr)
+            })
+            .collect();
+        let want = self
+            .max_neighbours
+            .saturating_sub(self.neighbours.len() + self.dialing.len());
+        let dial = selection::select(&candidates, want, self.selection, rng);
+        self.dialing.extend(dial.iter().copied());
+        dial
+    }
+
+    /// Where an item goes: the links of every neighbour except the one it came from (the
+    /// gossip rule), and the neighbours it was chosen from.
+    pub fn targets(&self, from: Option<SocketAddr>) -> (Vec<ConnId>, &Arc<[SocketAddr]>) {
+        let conns = forward_targets(self.neighbours(), from);
+        (conns, &self.current)
+    }
+
+    /// Links still young remember `item` as forwarded on them.
+    pub fn remember(&mut self, conns: &[ConnId], item: &Item) {
+        for conn in conns {
+            if let Some((_, items)) = self.links.get_mut(conn).and_then(|l| l.young.as_mut()) {
+                if items.len() < YOUNG_LINK_ITEMS {
+                    items.push(item.clone());
+                }
+            }
+        }
+    }
+
+    /// Links past their first seconds stop remembering what they forwarded.
+    pub fn expire_young(&mut self, now: Instant) {
+        for link in self.links.values_mut() {
+            if link.young.as_ref().is_some_and(|(until, _)| now >= *until) {
+                link.young = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn a(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    fn overlay(me: u16) -> Overlay {
+        let c = Config::parse("seeds: [\"127.0.0.1:9001\"]\n").unwrap();
+        Overlay::new(a(me), &c)
+    }
+
+    #[test]
+    fn of_two_links_both_ends_keep_the_one_the_smaller_address_dialed() {
+        let now = Instant::now();
+        // 9100 < 9200. At 9100: the link it dialed (conn 2) wins over the accepted one (1).
+        let mut small = overlay(9100);
+        small.add_link(1, a(9200), LinkKind::Neighbour, false, now);
+        assert!(matches!(small.join(1, a(9200), false), Joined::New));
+        small.add_link(2, a(9200), LinkKind::Neighbour, true, now);
+        let Joined::Duplicate {
+            loser,
+            kept,
+            replaced,
+            ..
+        } = small.join(2, a(9200), true)
+        else {
+            panic!("a duplicate")
+        };
+        assert_eq!((loser, kept, replaced), (1, 2, true));
+        // At 9200 the same pair of links: the one it accepted (from 9100) wins.
+        let mut big = overlay(9200);
+        big.add_link(5, a(9100), LinkKind::Neighbour, true, now);
+        big.join(5, a(9100), true);
+        big.add_link(6, a(9100), LinkKind::Neighbour, false, now);
+        let Joined::Duplicate {
+            loser,
+            kept,
+            replaced,
+            ..
+        } = big.join(6, a(9100), false)
+        else {
+            panic!("a duplicate")
+        };
+        assert_eq!((loser, kept, replaced), (5, 6, true));
+        assert!(big.link(5).is_none() && big.is_neighbour_link(6, &a(9100)));
+    }
+
+    #[test]
+    fn a_repair_skips_neighbours_dials_and_peers_lost_recently() {
+        let now = Instant::now();
+        let mut o = overlay(9100);
+        o.add_link(1, a(9101), LinkKind::Neighbour, true, now);
+        o.join(1, a(9101), true);
+        o.add_link(2, a(9102), LinkKind::Neighbour, true, now);
+        o.join(2, a(9102), true);
+        assert_eq!(o.drop_neighbour(&a(9102), now), Some(2));
+        assert!(o.wants_repair());
+        o.set_repairing(true);
+        assert!(!o.wants_repair(), "one repair at a time");
+        let list = (9100..9106)
+            .map(|p| PeerEntry {
+                addr: a(p),
+                degree: 0,
+            })
+            .collect();
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut dial = o.pick_repair(list, now, &mut rng);
+        dial.sort();
+        assert_eq!(dial, vec![a(9103), a(9104), a(9105)]);
+        assert!(!o.wants_repair(), "at the target, counting dials");
+    }
+}

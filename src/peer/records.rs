@@ -1,0 +1,119 @@
+//! The peer's words for people and tools: every `.txt` line and `.jsonl` record a peer writes is
+//! made here, so the wording of the output files lives in one place. No decisions.
+
+use std::net::SocketAddr;
+
+use crate::node::Record;
+use crate::texts::TEXT_DATA_TYPE;
+use crate::wire::PeerEntry;
+
+/// How much of a remote's reason for closing a link goes into the log.
+const MAX_REMOTE_REASON: usize = 200;
+
+pub fn started(me: &SocketAddr) -> Record {
+    Record::new("started")
+        .field("role", "peer")
+        .line(format!("Peer {me} listening"))
+}
+
+pub fn peer_list(union: &[PeerEntry]) -> Record {
+    let peers: Vec<String> = union.iter().map(|p| p.addr.to_string()).collect();
+    let line = if peers.is_empty() {
+        "Peer list from the seeds: (empty, this is the first peer)".to_string()
+    } else {
+        format!("Peer list from the seeds: {}", peers.join(", "))
+    };
+    Record::new("peer_list").field("peers", peers).line(line)
+}
+
+pub fn registered_with(seed: &SocketAddr) -> Record {
+    Record::new("registered_with")
+        .field("seed", seed.to_string())
+        .line(format!("Registered with seed {seed}"))
+}
+
+pub fn neighbour_up(peer: &SocketAddr) -> Record {
+    Record::new("neighbour_up")
+        .field("peer", peer.to_string())
+        .line(format!("Connected to neighbour {peer}"))
+}
+
+pub fn neighbour_down(peer: &SocketAddr, reason: &str) -> Record {
+    Record::new("neighbour_down")
+        .field("peer", peer.to_string())
+        .field("reason", reason)
+        .line(format!("Lost neighbour {peer}: {reason}"))
+}
+
+pub fn gossip_sent(id: &[u8; 32], text: &str) -> Record {
+    Record::new("gossip_sent")
+        .field("id", hex::encode(id))
+        .field("text", text)
+        .line(format!("Generated {text}"))
+}
+
+/// First receipt of an item: the assignment's messages with their text, other types by size.
+pub fn gossip_received(id: &[u8; 32], data_type: u16, payload: &[u8], from: &SocketAddr) -> Record {
+    let rec = Record::new("gossip_received").field("id", hex::encode(id));
+    let from = from.to_string();
+    if data_type == TEXT_DATA_TYPE {
+        let text = String::from_utf8_lossy(payload);
+        rec.line(format!("Received {text} from {from}"))
+            .field("text", text.into_owned())
+            .field("from", from)
+    } else {
+        rec.field("from", from)
+            .field("data_type", data_type)
+            .field("bytes", payload.len())
+    }
+}
+
+pub fn announced(id: &[u8; 32], data_type: u16, bytes: usize) -> Record {
+    Record::new("announced")
+        .field("id", hex::encode(id))
+        .field("data_type", data_type)
+        .field("bytes", bytes)
+}
+
+pub fn dead_reported(dead: &SocketAddr, text: &str, seeds: Vec<String>) -> Record {
+    Record::new("dead_reported")
+        .field("dead", dead.to_string())
+        .field("text", text)
+        .field("seeds", seeds)
+        .line(text)
+}
+
+pub fn leaving() -> Record {
+    Record::new("leaving").line("Leaving: told seeds and neighbours")
+}
+
+/// A remote's reason for closing a link, as it may appear in our log: cut short and on one
+/// line.
+pub fn remote_reason(reason: &str) -> String {
+    reason
+        .chars()
+        .take(MAX_REMOTE_REASON)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_reason_is_one_short_line() {
+        let long = format!("a\nb\r{}", "x".repeat(500));
+        let r = remote_reason(&long);
+        assert_eq!(r.chars().count(), MAX_REMOTE_REASON);
+        assert!(r.starts_with("a b x"));
+    }
+
+    #[test]
+    fn items_of_other_types_are_logged_by_size() {
+        let from = SocketAddr::from(([127, 0, 0, 1], 9101));
+        let r = gossip_received(&[7; 32], 1337, b"\x00\x01secret", &from);
+        assert_eq!(r.get("bytes").unwrap(), 8);
+        assert!(r.get("text").is_none() && r.line.is_none());
+    }
+}

@@ -1,0 +1,274 @@
+//! Joining, and the peer's sessions with its seeds: which seeds it registers with (a random
+//! majority, topped up with an unused seed when one is unreachable), registration and its
+//! retries, reconnecting with backoff, and the peer lists the seeds send during the join, whose
+//! union the peer picks its neighbours from. Pure: the caller passes time in and turns the
+//! answers into actions.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use crate::backoff::Backoff;
+use crate::node::ConnId;
+use crate::peer::selection;
+use crate::wire::PeerEntry;
+
+/// Resend `Register` to a seed that has not confirmed within this time (its vote may have been
+/// lost while the seeds were still linking up).
+pub const REGISTER_RETRY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Default)]
+struct Session {
+    conn: Option<ConnId>,
+    dialing: bool,
+    registered: bool,
+    last_register: Option<Instant>,
+    /// When to reconnect after losing it.
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    /// The list it sent during the join.
+    list: Option<Vec<PeerEntry>>,
+}
+
+/// The seeds this peer uses and where it stands with each.
+#[derive(Debug)]
+pub struct SeedSessions {
+    configured: Vec<SocketAddr>,
+    majority: usize,
+    sessions: BTreeMap<SocketAddr, Session>,
+    join_deadline: Option<Instant>,
+}
+
+impl SeedSessions {
+    pub fn new(configured: Vec<SocketAddr>, majority: usize) -> Self {
+        SeedSessions {
+            configured,
+            majority,
+            sessions: BTreeMap::new(),
+            join_deadline: None,
+        }
+    }
+
+    /// The join starts: a random majority of the seeds to dial. The join waits for their lists
+    /// until `wait` has passed (then takes what it has).
+    pub fn start(&mut self, rng: &mut StdRng, now: Instant, wait: Duration) -> Vec<SocketAddr> {
+        let mut chosen = self.configured.clone();
+        chosen.shuffle(rng);
+        chosen.truncate(self.majority);
+        for s in &chosen {
+            self.dialing(*s);
+        }
+        self.join_deadline = Some(now + wait);
+        chosen
+    }
+
+    /// A dial to `addr` starts.
+    pub fn dialing(&mut self, addr: SocketAddr) {
+        let s = self.sessions.entry(addr).or_default();
+        s.dialing = true;
+        s.retry_at = None;
+    }
+
+    /// A seed we have not used yet, to replace one that is unreachable.
+    fn spare(&self, rng: &mut StdRng) -> Option<SocketAddr> {
+        let spare: Vec<SocketAddr> = self
+            .configured
+            .iter()
+            .copied()
+            .filter(|s| !self.sessions.contains_key(s))
+            .collect();
+        spare.choose(rng).copied()
+    }
+
+    /// Our connection to seed `addr` is up; we send `Register` on it now.
+    pub fn connected(&mut self, addr: SocketAddr, conn: ConnId, now: Instant) {
+        let s = self.sessions.entry(addr).or_default();
+        s.conn = Some(conn);
+        s.dialing = false;
+        s.backoff.reset();
+        s.last_register = Some(now);
+    }
+
+    /// The seed confirmed our registration; true the first time.
+    pub fn registered(&mut self, addr: &SocketAddr) -> bool {
+        match self.sessions.get_mut(addr) {
+            Some(s) if !s.registered => {
+                s.registered = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The seed sent its peer list during the join.
+    pub fn list(&mut self, addr: &SocketAddr, peers: Vec<PeerEntry>) {
+        if let Some(s) = self.sessions.get_mut(addr) {
+            s.list = Some(peers);
+        }
+    }
+
+    /// The union of the seeds' lists once every connected seed (a majority) has sent its list,
+    /// or once the join has waited long enough and at least one list is in.
+    pub fn join_result(&mut self, now: Instant, me: &SocketAddr) -> Option<Vec<PeerEntry>> {
+        let connected = self.sessions.values().filter(|s| s.conn.is_some()).count();
+        let lists = self
+            .sessions
+            .values()
+            .filter(|s| s.conn.is_some() && s.list.is_some())
+            .count();
+        let all_in = connected >= self.majority && lists == connected;
+        let timed_out = self.join_deadline.is_some_and(|d| now >= d) && lists > 0;
+        if !(all_in || timed_out) {
+            return None;
+        }
+        let union = selection::union(self.sessions.values().filter_map(|s| s.list.as_deref()), me);
+        for s in self.sessions.values_mut() {
+            s.list = None;
+        }
+        Some(union)
+    }
+
+    /// Connection `conn` ended. If it was a seed session's, the wait before reconnecting.
+    pub fn lost(&mut self, conn: ConnId, now: Instant) -> Option<Duration> {
+        let s = self.sessions.values_mut().find(|s| s.conn == Some(conn))?;
+        s.conn = None;
+        s.registered = false;
+        s.list = None;
+        let wait = s.backoff.next_wait();
+        s.retry_at = Some(now + wait);
+        Some(wait)
+    }
+
+    /// A dial to seed `addr` failed: the wait before trying it again, and (while joining with
+    /// fewer than a majority of seeds connected or being dialed) an unused seed to dial instead.
+    pub fn dial_failed(
+        &mut self,
+        addr: &SocketAddr,
+        now: Instant,
+        joining: bool,
+        rng: &mut StdRng,
+    ) -> (Option<Duration>, Option<SocketAddr>) {
+        let wait = self.sessions.get_mut(addr).map(|s| {
+            s.dialing = false;
+            let wait = s.backoff.next_wait();
+            s.retry_at = Some(now + wait);
+            wait
+        });
+        let live = self
+            .sessions
+            .values()
+            .filter(|s| s.conn.is_some() || s.dialing)
+            .count();
+        let spare = if joining && live < self.majority {
+            self.spare(rng)
+        } else {
+            None
+        };
+        (wait, spare)
+    }
+
+    /// What is due at `now`: seeds to reconnect to, and connections to send `Register` on
+    /// again (their registration is unconfirmed after `REGISTER_RETRY`).
+    pub fn due(&mut self, now: Instant) -> (Vec<SocketAddr>, Vec<ConnId>) {
+        let mut redial = Vec::new();
+        let mut register = Vec::new();
+        for (addr, s) in self.sessions.iter_mut() {
+            if s.conn.is_none() && !s.dialing && s.retry_at.is_some_and(|t| t <= now) {
+                redial.push(*addr);
+            }
+            if let Some(conn) = s.conn {
+                if !s.registered && s.last_register.is_some_and(|t| now >= t + REGISTER_RETRY) {
+                    s.last_register = Some(now);
+                    register.push(conn);
+                }
+            }
+        }
+        (redial, register)
+    }
+
+    /// Our connections to seeds, in seed address order.
+    pub fn conns(&self) -> Vec<ConnId> {
+        self.sessions.values().filter_map(|s| s.conn).collect()
+    }
+
+    /// The seeds we are connected to, in address order.
+    pub fn connected_addrs(&self) -> Vec<String> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| s.conn.is_some())
+            .map(|(a, _)| a.to_string())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn a(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    fn entry(p: u16) -> PeerEntry {
+        PeerEntry {
+            addr: a(p),
+            degree: 0,
+        }
+    }
+
+    #[test]
+    fn the_join_takes_the_union_once_every_connected_seed_answered() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let t0 = Instant::now();
+        let mut s = SeedSessions::new(vec![a(9001), a(9002), a(9003)], 2);
+        let chosen = s.start(&mut rng, t0, Duration::from_secs(20));
+        assert_eq!(chosen.len(), 2);
+        s.connected(chosen[0], 1, t0);
+        s.connected(chosen[1], 2, t0);
+        s.list(&chosen[0], vec![entry(9101), entry(9102)]);
+        assert_eq!(s.join_result(t0, &a(9100)), None, "one list of two");
+        s.list(&chosen[1], vec![entry(9102), entry(9103), entry(9100)]);
+        let union = s.join_result(t0, &a(9100)).unwrap();
+        let addrs: Vec<_> = union.iter().map(|p| p.addr).collect();
+        assert_eq!(
+            addrs,
+            vec![a(9101), a(9102), a(9103)],
+            "no duplicates, not me"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_seed_is_replaced_while_joining_and_retried_with_backoff() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let t0 = Instant::now();
+        let mut s = SeedSessions::new(vec![a(9001), a(9002), a(9003)], 2);
+        let chosen = s.start(&mut rng, t0, Duration::from_secs(20));
+        let (wait, spare) = s.dial_failed(&chosen[0], t0, true, &mut rng);
+        assert_eq!(wait, Some(Duration::from_millis(200)));
+        let spare = spare.expect("a third seed to try");
+        assert!(!chosen.contains(&spare));
+        s.dialing(spare);
+        assert!(s.due(t0).0.is_empty());
+        assert_eq!(s.due(t0 + Duration::from_millis(200)).0, vec![chosen[0]]);
+    }
+
+    #[test]
+    fn an_unconfirmed_registration_is_sent_again() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let t0 = Instant::now();
+        let mut s = SeedSessions::new(vec![a(9001)], 1);
+        s.start(&mut rng, t0, Duration::from_secs(20));
+        s.connected(a(9001), 7, t0);
+        assert_eq!(s.due(t0 + Duration::from_secs(1)).1, Vec::<ConnId>::new());
+        assert_eq!(s.due(t0 + REGISTER_RETRY).1, vec![7]);
+        assert!(s.registered(&a(9001)));
+        assert!(!s.registered(&a(9001)));
+        assert_eq!(s.due(t0 + REGISTER_RETRY * 3).1, Vec::<ConnId>::new());
+        assert_eq!(s.lost(7, t0), Some(Duration::from_millis(200)));
+        assert!(s.conns().is_empty());
+    }
+}
