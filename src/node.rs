@@ -119,6 +119,8 @@ pub enum Timer {
     YoungLinks,
     /// Peer: local applications' validations that are overdue.
     Validations,
+    /// Peer or seed: say what it still waits for (seeds to register with, other seeds).
+    Waiting,
     /// Seed: redial seeds that are down.
     SeedRedial,
     /// Seed: a probe of a reported peer is out of time.

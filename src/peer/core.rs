@@ -21,6 +21,10 @@ use crate::peer::seeds::{SeedSessions, REGISTER_RETRY};
 use crate::texts::{self, TEXT_DATA_TYPE};
 use crate::wire::{Msg, Payload, PeerEntry, Role};
 
+/// How often a peer that cannot register yet says what it waits for: calm enough not to fill
+/// the screen, soon enough that nobody stares at a silent terminal.
+const WAITING_NOTE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Registering with the seeds and collecting their lists.
@@ -95,6 +99,7 @@ impl PeerCore {
             });
         }
         out.push(Action::timer(wait, Timer::JoinDeadline));
+        out.push(Action::timer(WAITING_NOTE, Timer::Waiting));
     }
 
     fn dial_seed(&mut self, addr: SocketAddr, out: &mut Vec<Action>) {
@@ -697,7 +702,11 @@ impl PeerCore {
     ) {
         match purpose {
             Purpose::Register => {
-                log::warn!("seed {addr} unreachable: {reason}");
+                if self.seeds.first_failure(&addr) {
+                    log::warn!("seed {addr} unreachable: {reason} (retrying with backoff)");
+                } else {
+                    log::debug!("seed {addr} still unreachable: {reason}");
+                }
                 let joining = self.phase == Phase::Joining;
                 let (wait, spare) = self
                     .seeds
@@ -743,6 +752,12 @@ impl PeerCore {
                 }
             }
             Timer::LivenessRound => self.liveness_round(now, out),
+            Timer::Waiting => {
+                if let Some(line) = self.seeds.waiting() {
+                    out.push(Record::new("waiting").line(line).into());
+                    out.push(Action::timer(WAITING_NOTE, Timer::Waiting));
+                }
+            }
             Timer::ReplyDeadline => self.liveness_deadlines(now, out),
             Timer::YoungLinks | Timer::SeedRedial | Timer::ProbeDeadline | Timer::Sync => {}
         }

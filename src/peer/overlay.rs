@@ -109,6 +109,8 @@ pub struct Overlay {
     lost_memory: Duration,
     /// A repair asked a seed for a list and waits for it.
     repairing: bool,
+    /// Links that are young (may hold forwarded items), so forwarding looks only at them.
+    young: BTreeSet<ConnId>,
 }
 
 impl Overlay {
@@ -128,6 +130,7 @@ impl Overlay {
             // Long enough for the seeds to confirm a death and remove the peer.
             lost_memory: lv.interval * (lv.misses + 1) + lv.probe_timeout * 2,
             repairing: false,
+            young: BTreeSet::new(),
         }
     }
 
@@ -158,6 +161,9 @@ impl Overlay {
                 young: (kind == LinkKind::Neighbour).then(|| (now + YOUNG_LINK, Vec::new())),
             },
         );
+        if kind == LinkKind::Neighbour {
+            self.young.insert(conn);
+        }
     }
 
     pub fn link(&self, conn: ConnId) -> Option<&Link> {
@@ -310,7 +316,10 @@ impl Overlay {
 
     /// Links still young remember `item` as forwarded on them.
     pub fn remember(&mut self, conns: &[ConnId], item: &Item) {
-        for conn in conns {
+        if self.young.is_empty() {
+            return;
+        }
+        for conn in conns.iter().filter(|c| self.young.contains(c)) {
             if let Some((_, items)) = self.links.get_mut(conn).and_then(|l| l.young.as_mut()) {
                 if items.len() < YOUNG_LINK_ITEMS {
                     items.push(item.clone());
@@ -321,11 +330,16 @@ impl Overlay {
 
     /// Links past their first seconds stop remembering what they forwarded.
     pub fn expire_young(&mut self, now: Instant) {
-        for link in self.links.values_mut() {
+        let links = &mut self.links;
+        self.young.retain(|conn| {
+            let Some(link) = links.get_mut(conn) else {
+                return false;
+            };
             if link.young.as_ref().is_some_and(|(until, _)| now >= *until) {
                 link.young = None;
             }
-        }
+            link.young.is_some()
+        });
     }
 }
 

@@ -31,6 +31,8 @@ struct Session {
     backoff: Backoff,
     /// The list it sent during the join.
     list: Option<Vec<PeerEntry>>,
+    /// Its being unreachable was said once at warning level; retries are quieter.
+    warned: bool,
 }
 
 /// The seeds this peer uses and where it stands with each.
@@ -153,6 +155,7 @@ impl SeedSessions {
     ) -> (Option<Duration>, Option<SocketAddr>) {
         let wait = self.sessions.get_mut(addr).map(|s| {
             s.dialing = false;
+            s.warned = true;
             let wait = s.backoff.next_wait();
             s.retry_at = Some(now + wait);
             wait
@@ -187,6 +190,39 @@ impl SeedSessions {
             }
         }
         (redial, register)
+    }
+
+    /// Whether a failed dial to `addr` is the first one (worth a warning) or a retry.
+    pub fn first_failure(&self, addr: &SocketAddr) -> bool {
+        self.sessions.get(addr).is_none_or(|s| !s.warned)
+    }
+
+    /// What the join still waits for, in words for people, or `None` once a majority of the
+    /// seeds has confirmed the registration.
+    pub fn waiting(&self) -> Option<String> {
+        let registered = self.sessions.values().filter(|s| s.registered).count();
+        if registered >= self.majority {
+            return None;
+        }
+        let reachable = self.sessions.values().filter(|s| s.conn.is_some()).count();
+        let n = self.configured.len();
+        let need = self.majority;
+        Some(if reachable < need {
+            let down: Vec<String> = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.conn.is_none())
+                .map(|(a, _)| a.to_string())
+                .collect();
+            format!(
+                "Waiting for seeds: {reachable} of {n} reachable, {need} needed (retrying {})",
+                down.join(", ")
+            )
+        } else {
+            format!(
+                "Waiting for seeds: registered with {registered} of {need} needed ({reachable} reachable); the seeds are agreeing on it"
+            )
+        })
     }
 
     /// Our connections to seeds, in seed address order.

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use rand::rngs::StdRng;
-use rand::seq::IteratorRandom;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
@@ -15,6 +14,9 @@ use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote, Tim
 use crate::seed::registry::{Change, Registry};
 use crate::texts;
 use crate::wire::{Member, Msg, PeerEntry, RemovalReason, Role, VoteOp};
+
+/// How often a seed without enough other seeds to commit anything says so.
+const WAITING_NOTE: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LinkKind {
@@ -86,6 +88,19 @@ impl SeedCore {
             probes: BTreeMap::new(),
             next_sync: None,
         }
+    }
+
+    /// What this seed waits for before it can commit anything, in words for people: a
+    /// majority of the configured seeds must be up and linked.
+    fn waiting(&self) -> Option<String> {
+        let up = self.seed_links.len() + 1;
+        let need = self.registry.majority();
+        (up < need).then(|| {
+            let n = self.config.seeds.len();
+            format!(
+                "Waiting for seeds: {up} of {n} up (this one included), {need} needed before registrations and removals can be agreed"
+            )
+        })
     }
 
     /// The committed peer list.
@@ -344,13 +359,10 @@ impl SeedCore {
             }
             Msg::GetPeers => {
                 // All of it while it is small; beyond that a uniform sample, in address order.
-                let mut sample = self
+                let k = self.config.seed.max_peer_list;
+                let peers = self
                     .registry
-                    .addrs()
-                    .filter(|a| *a != addr)
-                    .choose_multiple(&mut self.rng, self.config.seed.max_peer_list);
-                sample.sort();
-                let peers = sample
+                    .sample(&mut self.rng, k, &addr)
                     .into_iter()
                     .map(|a| PeerEntry {
                         addr: a,
@@ -569,6 +581,7 @@ impl Core for SeedCore {
                 }
                 self.redial_due(now, out);
                 self.sync(now, out);
+                out.push(Action::timer(WAITING_NOTE, Timer::Waiting));
             }
             Event::Connected { conn, remote } => self.on_connected(conn, remote, now, out),
             Event::Frame { conn, msg } => {
@@ -645,6 +658,12 @@ impl Core for SeedCore {
             Event::Timer(Timer::SeedRedial) => self.redial_due(now, out),
             Event::Timer(Timer::ProbeDeadline) => self.expire_probes(now, out),
             Event::Timer(Timer::Sync) => self.sync(now, out),
+            Event::Timer(Timer::Waiting) => {
+                if let Some(line) = self.waiting() {
+                    out.push(Record::new("waiting").line(line).into());
+                    out.push(Action::timer(WAITING_NOTE, Timer::Waiting));
+                }
+            }
             Event::Timer(_) => {}
             // Seeds offer no application API.
             Event::ApiConnected { .. } | Event::ApiFrame { .. } | Event::Shutdown => {}

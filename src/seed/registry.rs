@@ -7,9 +7,11 @@
 //! tombstones of removed members), which is how a seed that missed votes or was down catches
 //! up: merging is idempotent, commutative and never resurrects a removed member.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
 
 use crate::wire::{Member, RemovalReason, VoteOp};
 
@@ -46,6 +48,10 @@ pub enum Change {
 pub struct Registry {
     majority: usize,
     members: BTreeMap<SocketAddr, u64>,
+    /// The members' addresses in no particular order, and where each is in it: a random sample
+    /// of the list costs its size, not the list's.
+    dense: Vec<SocketAddr>,
+    position: HashMap<SocketAddr, usize>,
     tombstones: VecDeque<(Member, RemovalReason)>,
     /// Highest removed incarnation per address, mirroring `tombstones`.
     removed_inc: BTreeMap<SocketAddr, u64>,
@@ -58,6 +64,8 @@ impl Registry {
         Registry {
             majority: n_seeds / 2 + 1,
             members: BTreeMap::new(),
+            dense: Vec::new(),
+            position: HashMap::new(),
             tombstones: VecDeque::new(),
             removed_inc: BTreeMap::new(),
             tallies: BTreeMap::new(),
@@ -85,9 +93,22 @@ impl Registry {
         self.members.is_empty()
     }
 
-    /// Member addresses in address order, without copying the list.
-    pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.members.keys().copied()
+    /// Up to `k` member addresses drawn uniformly at random, `exclude` left out, in address
+    /// order. Costs about `k`, however many members there are.
+    pub fn sample(&self, rng: &mut StdRng, k: usize, exclude: &SocketAddr) -> Vec<SocketAddr> {
+        let n = self.dense.len();
+        let mut picked: Vec<SocketAddr> = if n <= k + 1 {
+            self.dense.clone()
+        } else {
+            rand::seq::index::sample(rng, n, k + 1)
+                .into_iter()
+                .map(|i| self.dense[i])
+                .collect()
+        };
+        picked.retain(|a| a != exclude);
+        picked.sort();
+        picked.truncate(k);
+        picked
     }
 
     /// Members sorted by address (stable output for logs and tests).
@@ -205,7 +226,10 @@ impl Registry {
         {
             return false;
         }
-        self.members.insert(m.addr, m.incarnation);
+        if self.members.insert(m.addr, m.incarnation).is_none() {
+            self.position.insert(m.addr, self.dense.len());
+            self.dense.push(m.addr);
+        }
         self.tallies.remove(&(m, Kind::Add));
         true
     }
@@ -222,6 +246,12 @@ impl Registry {
         if present || self.members.get(&m.addr).is_none_or(|&i| i < m.incarnation) {
             if present {
                 self.members.remove(&m.addr);
+                if let Some(i) = self.position.remove(&m.addr) {
+                    self.dense.swap_remove(i);
+                    if let Some(moved) = self.dense.get(i) {
+                        self.position.insert(*moved, i);
+                    }
+                }
             }
             self.tombstones.push_back((m, reason));
             let inc = self.removed_inc.entry(m.addr).or_insert(m.incarnation);
@@ -366,6 +396,26 @@ mod tests {
             None
         );
         assert!(r.contains(&m(1, 2)));
+    }
+
+    #[test]
+    fn a_sample_is_distinct_current_members_without_the_asker() {
+        use rand::SeedableRng;
+        let mut r = Registry::new(1);
+        for p in 0..50u16 {
+            r.apply_add(m(9100 + p, 1));
+        }
+        for p in 0..10u16 {
+            r.apply_remove(m(9100 + p, 1), RemovalReason::Dead);
+        }
+        let mut rng = StdRng::seed_from_u64(3);
+        let asker = a(9120);
+        for k in [5, 39, 40, 100] {
+            let s = r.sample(&mut rng, k, &asker);
+            assert_eq!(s.len(), k.min(39), "k = {k}");
+            assert!(s.windows(2).all(|w| w[0] < w[1]), "sorted and distinct");
+            assert!(s.iter().all(|x| *x != asker && r.incarnation(x) == Some(1)));
+        }
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub type Micros = u64;
 /// A node, numbered in the order it was created; never reused.
 pub type NodeId = usize;
 
+/// Events due within this much of the present go to the small, busy heap.
+const NEAR: Micros = 100_000;
+
 /// The Unix time at which every run starts (texts and message ids depend on it).
 const EPOCH_UNIX_MS: u64 = 1_800_000_000_000;
 
@@ -126,8 +129,11 @@ pub struct World {
     pub now: Micros,
     base: Instant,
     /// Deadlines with a tie-breaking sequence number and the slot of what is due; the events
-    /// themselves wait in `slots` so the heap moves 24-byte entries.
+    /// themselves wait in `slots` so the heap moves 24-byte entries. `queue` holds what is
+    /// due within `NEAR` (frames in flight, mostly); `far` the rest (timers, seconds away), so
+    /// the busy heap stays small.
     queue: BinaryHeap<Reverse<(Micros, u64, u32)>>,
+    far: BinaryHeap<Reverse<(Micros, u64, u32)>>,
     slots: Vec<Option<Pending>>,
     free: Vec<u32>,
     seq: u64,
@@ -159,6 +165,7 @@ impl World {
             now: 0,
             base: Instant::now(),
             queue: BinaryHeap::new(),
+            far: BinaryHeap::new(),
             slots: Vec::new(),
             free: Vec::new(),
             seq: 0,
@@ -233,7 +240,28 @@ impl World {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.queue.push(Reverse((at, self.seq, slot)));
+        let entry = Reverse((at, self.seq, slot));
+        if at <= self.now + NEAR {
+            self.queue.push(entry);
+        } else {
+            self.far.push(entry);
+        }
+    }
+
+    /// The next entry due, from either heap: far entries move to the near heap once they are
+    /// within `NEAR` or earlier than everything there.
+    fn peek_next(&mut self) -> Option<(Micros, u32)> {
+        let horizon = self.now + NEAR;
+        while let Some(&Reverse((at, _, _))) = self.far.peek() {
+            let near_first = self.queue.peek().map(|Reverse(e)| e.0);
+            if at <= horizon || near_first.is_none_or(|n| at <= n) {
+                let e = self.far.pop().expect("peeked");
+                self.queue.push(e);
+            } else {
+                break;
+            }
+        }
+        self.queue.peek().map(|&Reverse((at, _, slot))| (at, slot))
     }
 
     pub fn schedule(&mut self, at: Micros, step: scenario::Step) {
@@ -284,7 +312,7 @@ impl World {
         until: Micros,
         observe: &mut dyn FnMut(&Observed),
     ) -> Option<scenario::Step> {
-        while let Some(&Reverse((at, _, slot))) = self.queue.peek() {
+        while let Some((at, slot)) = self.peek_next() {
             if at > until {
                 break;
             }
