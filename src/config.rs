@@ -141,6 +141,18 @@ pub struct Config {
     /// Where a peer serves the application API (`--api-addr` overrides). Meant for a config
     /// file used by one peer: two peers on one host cannot share the address.
     pub api_addr: Option<SocketAddr>,
+    pub api: ApiLimits,
+}
+
+/// The application API's own budget: it never takes from the P2P connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Local clients connected at once.
+    pub max_clients: usize,
+    /// Notifications one client may leave unanswered; past that it is sent no more.
+    pub max_pending: usize,
+    /// A client that leaves a notification unanswered this long is disconnected.
+    pub validation_timeout: Duration,
 }
 
 impl Config {
@@ -195,6 +207,9 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawApi {
     addr: Leaf,
+    max_clients: Leaf,
+    max_pending: Leaf,
+    validation_timeout: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -263,6 +278,13 @@ struct RawStats {
 
 /// Defaults, each with the reason for its value.
 pub mod defaults {
+    /// Local API clients at once: a handful of applications per peer is the use; 64 leaves
+    /// room and keeps their threads (two each) far below the P2P budget.
+    pub const API_MAX_CLIENTS: usize = 64;
+    /// A client that answers promptly never holds more than a few; 256 absorbs a burst.
+    pub const API_MAX_PENDING: usize = 256;
+    /// A validation is a local check: seconds are plenty, and an item waits no longer.
+    pub const API_VALIDATION_TIMEOUT: Duration = Duration::from_secs(5);
     use std::time::Duration;
     /// The assignment's 5 s between generated messages.
     pub const GOSSIP_INTERVAL: Duration = Duration::from_secs(5);
@@ -612,10 +634,33 @@ impl RawConfig {
         };
         let st = self.stats.unwrap_or_default();
         let stats_interval = duration("stats.interval", &st.interval, STATS_INTERVAL)?;
-        let api_addr = match self.api.unwrap_or_default().addr {
+        let raw_api = self.api.unwrap_or_default();
+        let api_addr = match raw_api.addr {
             Some(leaf) => Some(socket_addr("api.addr", &leaf)?),
             None => None,
         };
+        let api = ApiLimits {
+            max_clients: number(
+                "api.max_clients",
+                &raw_api.max_clients,
+                API_MAX_CLIENTS,
+                1,
+                4096,
+            )?,
+            max_pending: number(
+                "api.max_pending",
+                &raw_api.max_pending,
+                API_MAX_PENDING,
+                1,
+                16_384,
+            )?,
+            validation_timeout: duration(
+                "api.validation_timeout",
+                &raw_api.validation_timeout,
+                API_VALIDATION_TIMEOUT,
+            )?,
+        };
+
         Ok(Config {
             seeds,
             gossip,
@@ -626,6 +671,7 @@ impl RawConfig {
             seed,
             stats_interval,
             api_addr,
+            api,
         })
     }
 }
@@ -701,6 +747,29 @@ mod tests {
             let e = err(text);
             assert!(!e.contains('\n'), "one line: {e}");
         }
+    }
+
+    #[test]
+    fn the_api_has_its_own_budget() {
+        let seeds = "seeds: [\"127.0.0.1:9001\"]\n";
+        let c = Config::parse(seeds).unwrap();
+        assert_eq!(c.api.max_clients, 64);
+        assert_eq!(c.api.max_pending, 256);
+        assert_eq!(c.api.validation_timeout, Duration::from_secs(5));
+        let c = Config::parse(&format!(
+            "{seeds}api: {{ max_clients: 2, max_pending: 8, validation_timeout: 500ms }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.api.max_clients, c.api.max_pending),
+            (2, 8),
+            "{:?}",
+            c.api
+        );
+        let e = err(&format!("{seeds}api: {{ max_clients: 0 }}\n"));
+        assert!(e.contains("api.max_clients") && e.contains("line 2"), "{e}");
+        let e = err(&format!("{seeds}api: {{ validation_timeout: 0s }}\n"));
+        assert!(e.contains("api.validation_timeout"), "{e}");
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct Counters {
     pub connections: AtomicUsize,
     pub threads: AtomicUsize,
     pub pending_handshakes: AtomicUsize,
+    /// Local API clients connected (their own budget, `api.max_clients`).
+    pub api_clients: AtomicUsize,
     /// Gossip frames taken back before they were sent: the remote had sent us the message.
     pub withdrawn: AtomicU64,
     /// `read` calls that returned bytes, and `send`/`write` calls that took bytes: with
@@ -765,15 +767,17 @@ impl<C: Core> Runtime<C> {
         let r = self.clone();
         self.spawn("api-accept", move || {
             r.accept_each(listener, |stream, client| {
-                let max = r.config.limits.max_connections;
-                if r.counters.connections.load(Ordering::Relaxed) >= max {
-                    r.reject(client, format!("connection limit ({max}) reached"));
+                // The API's own budget: local clients never take the P2P connections' room.
+                let max = r.config.api.max_clients;
+                if r.counters.api_clients.load(Ordering::Relaxed) >= max {
+                    r.reject(client, format!("api.max_clients ({max}) reached"));
+                    let _ = stream.shutdown(Shutdown::Both);
                     return;
                 }
-                r.counters.connections.fetch_add(1, Ordering::Relaxed);
+                r.counters.api_clients.fetch_add(1, Ordering::Relaxed);
                 let rr = r.clone();
                 r.spawn("api-client", move || {
-                    let _slot = CountGuard(&rr.counters.connections);
+                    let _slot = CountGuard(&rr.counters.api_clients);
                     let _ = stream.set_nodelay(true);
                     rr.run_connection(stream, ApiReader::default(), None, client, |conn| {
                         Event::ApiConnected { conn }

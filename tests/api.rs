@@ -199,10 +199,13 @@ fn split_frames_unsubscribed_types_and_the_largest_payload() {
     assert!(n.data == big);
 }
 
-#[test]
-fn an_invalid_validation_stops_the_item_at_that_peer() {
-    // With one neighbour each, three peers form a line; find its middle.
-    let mut net = Net::new(1, "peer: { max_neighbours: 1 }\nliveness: { interval: 300ms }\npow: { difficulty: 8, timeout: 3s }");
+/// Three API peers in a line (one neighbour wanted each): the API addresses of the first, the
+/// middle and the last.
+fn line_of_three(extra: &str) -> (Net, SocketAddr, SocketAddr, SocketAddr) {
+    let mut net = Net::new(
+        1,
+        &format!("peer: {{ max_neighbours: 1 }}\nliveness: {{ interval: 300ms }}\npow: {{ difficulty: 8, timeout: 3s }}\n{extra}"),
+    );
     net.start_seeds();
     let (a, api_a) = net.start_api_peer();
     let (b, api_b) = net.start_api_peer();
@@ -225,12 +228,18 @@ fn an_invalid_validation_stops_the_item_at_that_peer() {
     wait_until("the line is linked at both ends", || {
         neighbours(&net.events("peer", middle)).len() == 2
     });
+    let (f, m, l) = (api_of(first), api_of(middle), api_of(last));
+    (net, f, m, l)
+}
 
-    let mut mid = Client::connect(api_of(middle));
-    mid.subscribe(api_of(middle), 99);
-    let mut far = Client::connect(api_of(last));
-    far.subscribe(api_of(last), 99);
-    let mut src = Client::connect(api_of(first));
+#[test]
+fn an_invalid_validation_stops_the_item_at_that_peer() {
+    let (_net, first, middle, last) = line_of_three("");
+    let mut mid = Client::connect(middle);
+    mid.subscribe(middle, 99);
+    let mut far = Client::connect(last);
+    far.subscribe(last, 99);
+    let mut src = Client::connect(first);
     src.send(&announce(0, 99, b"rejected in the middle"));
     assert_eq!(mid.next_validated(false).data, b"rejected in the middle");
     src.send(&announce(0, 99, b"accepted in the middle"));
@@ -260,4 +269,62 @@ fn a_misbehaving_client_is_closed_alone() {
     let mut on_a = Client::connect(api_a);
     on_a.send(&announce(0, 5, b"still here"));
     assert_eq!(good.next_validated(true).data, b"still here");
+}
+
+#[test]
+fn a_client_that_disconnects_loses_its_subscriptions_and_holds_no_item_back() {
+    let (net, first, middle, last) = line_of_three("");
+    // A client subscribes in the middle and goes away without a word.
+    let mut ghost = Client::connect(middle);
+    ghost.subscribe(middle, 77);
+    drop(ghost);
+    // Another subscribes on the same peer, and one at the far end.
+    let mut mid = Client::connect(middle);
+    mid.subscribe(middle, 77);
+    let mut far = Client::connect(last);
+    far.subscribe(last, 77);
+    let mut src = Client::connect(first);
+    src.send(&announce(0, 77, b"past the ghost"));
+    assert_eq!(mid.next_validated(true).data, b"past the ghost");
+    // The middle forwarded it on its new client's word alone: the ghost held nothing back.
+    assert_eq!(far.next_validated(true).data, b"past the ghost");
+    drop(net);
+}
+
+#[test]
+fn a_client_that_never_validates_is_disconnected_and_other_clients_are_served() {
+    let body = "gossip: { interval: 300ms, count: 10 }\nliveness: { interval: 300ms, misses: 3, probe_timeout: 1s }\npow: { difficulty: 8, timeout: 3s }\napi: { validation_timeout: 1s, max_clients: 4 }";
+    let mut net = Net::new(1, body);
+    net.start_seeds();
+    let (a, api_a) = net.start_api_peer();
+    let (b, api_b) = net.start_api_peer();
+    wait_until("the two peers are linked", || {
+        neighbours(&net.events("peer", a)).contains(&b.to_string())
+    });
+    let mut silent = Client::connect(api_b);
+    silent.subscribe(api_b, 5);
+    let mut other = Client::connect(api_b);
+    other.subscribe(api_b, 6);
+    let mut src = Client::connect(api_a);
+    src.send(&announce(0, 5, b"never answered"));
+    src.send(&announce(0, 6, b"answered"));
+    assert_eq!(other.next_validated(true).data, b"answered");
+    // The silent client got its notification, left it unanswered, and was cut off for it.
+    assert_eq!(
+        silent.next().map(|n| n.data),
+        Some(b"never answered".to_vec())
+    );
+    assert!(silent.closed(), "the silent client is still connected");
+    let rejected = of(&net.events("peer", b), "rejected")
+        .iter()
+        .any(|r| r["reason"].as_str().unwrap_or("").contains("unanswered"));
+    assert!(rejected, "no rejected record says why");
+
+    // The API has its own budget (4 clients here: `other`, `src` is on a): past it a client
+    // is refused at once, and a peer can still join.
+    let mut held: Vec<Client> = (0..3).map(|_| Client::connect(api_b)).collect();
+    let mut refused = Client::connect(api_b);
+    assert!(refused.closed(), "a client past api.max_clients was served");
+    held.clear();
+    net.start_peer();
 }

@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 use crate::api::ApiMsg;
 use crate::node::ConnId;
 
-/// How long a network item waits for its validations before it is dropped unforwarded.
-pub const VALIDATION_TIMEOUT: Duration = Duration::from_secs(30);
-/// Notifications awaiting a validation, at most. A client that never answers cannot make the
-/// peer hold more; once full, new gated items are dropped unforwarded.
+/// Notifications awaiting a validation, at most, over all clients (message ids are 16 bits:
+/// this keeps a fresh id quick to find). Each client also has its own bound (`api.max_pending`),
+/// so one client that never answers cannot use up the others' share.
 pub const MAX_OUTSTANDING: usize = 16_384;
 
 /// What became of a gated item.
@@ -45,8 +44,14 @@ struct Gate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownMessageId(pub u16);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LocalApps {
+    /// Notifications one client may leave unanswered; past that it is sent no more.
+    max_pending: usize,
+    /// How long a notification may stay unanswered before its client is disconnected.
+    timeout: Duration,
+    /// Unanswered notifications per client.
+    pending: BTreeMap<ConnId, usize>,
     subscribers: BTreeMap<u16, BTreeSet<ConnId>>,
     outstanding: BTreeMap<u16, Outstanding>,
     /// Message ids in the order they were issued, for expiry.
@@ -55,7 +60,51 @@ pub struct LocalApps {
     next_id: u16,
 }
 
+impl Default for LocalApps {
+    fn default() -> Self {
+        LocalApps::new(
+            crate::config::defaults::API_MAX_PENDING,
+            crate::config::defaults::API_VALIDATION_TIMEOUT,
+        )
+    }
+}
+
+/// What an item's notifications came to.
+#[derive(Debug, Default)]
+pub struct Notified {
+    pub notes: Vec<(ConnId, ApiMsg)>,
+    /// Subscribers not notified: they already hold `api.max_pending` unanswered notifications.
+    pub skipped: Vec<ConnId>,
+}
+
 impl LocalApps {
+    pub fn new(max_pending: usize, timeout: Duration) -> Self {
+        LocalApps {
+            max_pending: max_pending.max(1),
+            timeout,
+            pending: BTreeMap::new(),
+            subscribers: BTreeMap::new(),
+            outstanding: BTreeMap::new(),
+            issued: VecDeque::new(),
+            gates: BTreeMap::new(),
+            next_id: 0,
+        }
+    }
+
+    /// How long a notification may stay unanswered.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn answered(&mut self, client: ConnId) {
+        if let Some(n) = self.pending.get_mut(&client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.pending.remove(&client);
+            }
+        }
+    }
+
     pub fn subscribe(&mut self, client: ConnId, data_type: u16) {
         self.subscribers
             .entry(data_type)
@@ -93,29 +142,39 @@ impl LocalApps {
         exclude: Option<ConnId>,
         gate: bool,
         now: Instant,
-    ) -> Vec<(ConnId, ApiMsg)> {
+    ) -> Notified {
         let clients: Vec<ConnId> = self
             .subscribers
             .get(&data_type)
             .map(|s| s.iter().copied().filter(|c| Some(*c) != exclude).collect())
             .unwrap_or_default();
-        let mut out = Vec::with_capacity(clients.len());
+        let mut out = Notified::default();
         let mut waiting = BTreeSet::new();
         for client in clients {
+            if self
+                .pending
+                .get(&client)
+                .is_some_and(|&n| n >= self.max_pending)
+            {
+                out.skipped.push(client);
+                continue;
+            }
             let Some(message_id) = self.fresh_id() else {
-                break;
+                out.skipped.push(client);
+                continue;
             };
+            *self.pending.entry(client).or_insert(0) += 1;
             self.outstanding.insert(
                 message_id,
                 Outstanding {
                     client,
                     item: gate.then_some(item),
-                    deadline: now + VALIDATION_TIMEOUT,
+                    deadline: now + self.timeout,
                 },
             );
             self.issued.push_back(message_id);
             waiting.insert(message_id);
-            out.push((
+            out.notes.push((
                 client,
                 ApiMsg::Notification {
                     message_id,
@@ -143,6 +202,7 @@ impl LocalApps {
             _ => return Err(UnknownMessageId(message_id)),
         }
         let o = self.outstanding.remove(&message_id).expect("checked above");
+        self.answered(client);
         let Some(item) = o.item else { return Ok(None) };
         Ok(self.settle(item, message_id, valid))
     }
@@ -180,6 +240,7 @@ impl LocalApps {
             subs.remove(&client);
         }
         self.subscribers.retain(|_, s| !s.is_empty());
+        self.pending.remove(&client);
         let mine: Vec<u16> = self
             .outstanding
             .iter()
@@ -209,14 +270,20 @@ impl LocalApps {
         verdicts
     }
 
-    /// Drops notifications whose answer is overdue; gated items among them are not forwarded.
-    pub fn expire(&mut self, now: Instant) -> Vec<Verdict> {
+    /// Drops notifications whose answer is overdue: gated items among them are not forwarded,
+    /// and the clients that left them unanswered are returned (to be disconnected).
+    pub fn expire(&mut self, now: Instant) -> (Vec<Verdict>, Vec<ConnId>) {
         let mut verdicts = Vec::new();
+        let mut overdue = Vec::new();
         while let Some(&id) = self.issued.front() {
             match self.outstanding.get(&id) {
                 Some(o) if o.deadline > now => break,
                 Some(_) => {
                     let o = self.outstanding.remove(&id).expect("present");
+                    self.answered(o.client);
+                    if !overdue.contains(&o.client) {
+                        overdue.push(o.client);
+                    }
                     if let Some(item) = o.item {
                         if self.gates.contains_key(&item) {
                             self.drop_gate(item);
@@ -228,7 +295,7 @@ impl LocalApps {
             }
             self.issued.pop_front();
         }
-        verdicts
+        (verdicts, overdue)
     }
 }
 
@@ -254,15 +321,15 @@ mod tests {
         a.subscribe(1, 7);
         a.subscribe(2, 7);
         a.subscribe(3, 8);
-        let n = a.notify(ITEM, 7, b"x", Some(1), false, now);
+        let n = a.notify(ITEM, 7, b"x", Some(1), false, now).notes;
         assert_eq!(n.len(), 1);
         assert_eq!(n[0].0, 2);
         // Fresh ids per notification.
-        let m = a.notify([2; 32], 7, b"y", None, false, now);
+        let m = a.notify([2; 32], 7, b"y", None, false, now).notes;
         let got = ids(&m);
         assert_eq!(got.len(), 2);
         assert_ne!(got[0].1, got[1].1);
-        assert!(a.notify([3; 32], 9, b"z", None, true, now).is_empty());
+        assert!(a.notify([3; 32], 9, b"z", None, true, now).notes.is_empty());
     }
 
     #[test]
@@ -271,7 +338,7 @@ mod tests {
         let mut a = LocalApps::default();
         a.subscribe(1, 7);
         a.subscribe(2, 7);
-        let n = ids(&a.notify(ITEM, 7, b"x", None, true, now));
+        let n = ids(&a.notify(ITEM, 7, b"x", None, true, now).notes);
         assert_eq!(a.validation(n[0].0, n[0].1, true), Ok(None));
         assert_eq!(
             a.validation(n[1].0, n[1].1, true),
@@ -285,7 +352,7 @@ mod tests {
         let mut a = LocalApps::default();
         a.subscribe(1, 7);
         a.subscribe(2, 7);
-        let n = ids(&a.notify(ITEM, 7, b"x", None, true, now));
+        let n = ids(&a.notify(ITEM, 7, b"x", None, true, now).notes);
         assert!(matches!(
             a.validation(n[0].0, n[0].1, false),
             Ok(Some(Verdict::Drop(..)))
@@ -299,7 +366,7 @@ mod tests {
         let now = Instant::now();
         let mut a = LocalApps::default();
         a.subscribe(1, 7);
-        let n = ids(&a.notify(ITEM, 7, b"x", None, true, now));
+        let n = ids(&a.notify(ITEM, 7, b"x", None, true, now).notes);
         assert_eq!(a.validation(2, n[0].1, true), Err(UnknownMessageId(n[0].1)));
         assert_eq!(
             a.validation(1, n[0].1.wrapping_add(1), true),
@@ -316,16 +383,43 @@ mod tests {
         let mut a = LocalApps::default();
         a.subscribe(1, 7);
         a.subscribe(2, 7);
-        let n = ids(&a.notify(ITEM, 7, b"x", None, true, now));
+        let n = ids(&a.notify(ITEM, 7, b"x", None, true, now).notes);
         assert_eq!(a.validation(n[0].0, n[0].1, true), Ok(None));
         assert_eq!(a.disconnect(2), vec![Verdict::Forward(ITEM)]);
         assert!(!a.has_subscribers(8));
         a.subscribe(3, 7);
         let _ = a.notify([5; 32], 7, b"y", None, true, now);
-        assert!(a.expire(now + VALIDATION_TIMEOUT / 2).is_empty());
+        let timeout = a.timeout();
+        assert!(a.expire(now + timeout / 2).0.is_empty());
+        let (verdicts, overdue) = a.expire(now + timeout + Duration::from_secs(1));
         assert!(matches!(
-            a.expire(now + VALIDATION_TIMEOUT + Duration::from_secs(1)).as_slice(),
+            verdicts.as_slice(),
             [Verdict::Drop(item, _)] if *item == [5; 32]
         ));
+        assert_eq!(
+            overdue,
+            vec![1, 3],
+            "the silent clients are to be disconnected"
+        );
+    }
+
+    #[test]
+    fn a_client_that_does_not_answer_is_not_notified_past_its_bound_and_others_are() {
+        let now = Instant::now();
+        let mut a = LocalApps::new(2, Duration::from_secs(5));
+        a.subscribe(1, 7);
+        a.subscribe(2, 8);
+        for i in 0..5u8 {
+            let n = a.notify([i; 32], 7, b"x", None, true, now);
+            assert_eq!(n.notes.len(), usize::from(i < 2), "item {i}");
+            assert_eq!(n.skipped, if i < 2 { vec![] } else { vec![1] });
+        }
+        // Another client, of another type, is served as usual.
+        let n = a.notify([9; 32], 8, b"y", None, true, now);
+        assert_eq!(ids(&n.notes).len(), 1);
+        assert_eq!(
+            a.validation(2, ids(&n.notes)[0].1, true),
+            Ok(Some(Verdict::Forward([9; 32])))
+        );
     }
 }

@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use crate::api::ApiMsg;
 use crate::config::Config;
 use crate::node::{Action, CloseReason, ConnId, Core, Event, Now, Purpose, Record, Remote, Timer};
-use crate::peer::apps::{LocalApps, Verdict, VALIDATION_TIMEOUT};
+use crate::peer::apps::{LocalApps, Verdict};
 use crate::peer::gossip::{next_ttl, Gate, Generator, Item, MessageList};
 use crate::peer::liveness::Liveness;
 use crate::peer::overlay::{Joined, LinkKind, Overlay, DUPLICATE_LINK, YOUNG_LINK};
@@ -65,7 +65,7 @@ impl PeerCore {
             ml: MessageList::new(config.gossip.message_list_capacity),
             generator: Generator::new(config.gossip.count, config.gossip.interval),
             gate: Gate::default(),
-            apps: LocalApps::default(),
+            apps: LocalApps::new(config.api.max_pending, config.api.validation_timeout),
             api_clients: Default::default(),
             config,
         }
@@ -395,7 +395,7 @@ impl PeerCore {
         now: Now,
         out: &mut Vec<Action>,
     ) -> bool {
-        let notes = self.apps.notify(
+        let notified = self.apps.notify(
             item.id,
             item.data_type,
             &item.payload,
@@ -403,11 +403,25 @@ impl PeerCore {
             gate,
             now.mono,
         );
-        let any = !notes.is_empty();
-        if any {
-            out.push(Action::timer(VALIDATION_TIMEOUT, Timer::Validations));
+        for client in notified.skipped {
+            log::info!(
+                "api client {client} not notified of item {}: it has {} notifications unanswered",
+                hex::encode(item.id),
+                self.config.api.max_pending
+            );
         }
-        for (to, msg) in notes {
+        let any = !notified.notes.is_empty();
+        if any {
+            out.push(Action::timer(self.apps.timeout(), Timer::Validations));
+            if gate {
+                log::info!(
+                    "item {} of type {} held back until local subscribers validate it",
+                    hex::encode(item.id),
+                    item.data_type
+                );
+            }
+        }
+        for (to, msg) in notified.notes {
             out.push(Action::SendApi { to, msg });
         }
         any
@@ -423,7 +437,7 @@ impl PeerCore {
                 }
                 Verdict::Drop(id, why) => {
                     self.gate.release(&id);
-                    log::debug!("item {} not forwarded: {why}", hex::encode(id));
+                    log::info!("item {} not forwarded: {why}", hex::encode(id));
                 }
             }
         }
@@ -674,6 +688,12 @@ impl PeerCore {
     }
 
     fn on_closed(&mut self, conn: ConnId, reason: CloseReason, now: Now, out: &mut Vec<Action>) {
+        if self.api_clients.remove(&conn) {
+            // Its subscriptions end now, and what it had yet to validate no longer waits on it.
+            log::info!("api client {conn} disconnected ({reason})");
+            let verdicts = self.apps.disconnect(conn);
+            return self.apply_verdicts(verdicts, out);
+        }
         let Some(link) = self.overlay.link(conn) else {
             return;
         };
@@ -738,8 +758,15 @@ impl PeerCore {
         }
         match timer {
             Timer::Validations => {
-                let verdicts = self.apps.expire(now.mono);
+                let (verdicts, overdue) = self.apps.expire(now.mono);
                 self.apply_verdicts(verdicts, out);
+                let timeout = self.apps.timeout();
+                for client in overdue {
+                    if self.api_clients.contains(&client) {
+                        let why = format!("left a notification unanswered for {timeout:?}");
+                        self.reject_client(client, why, out);
+                    }
+                }
             }
             Timer::SeedRetry => self.retry_seeds(now, out),
             Timer::JoinDeadline => self.maybe_finish_join(now, out),
