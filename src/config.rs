@@ -43,6 +43,9 @@ pub struct GossipConfig {
     pub count: u32,
     /// Bound on the message list (ids remembered for de-duplication); oldest forgotten first.
     pub message_list_capacity: usize,
+    /// Largest payload of a gossip item, in bytes: a neighbour that sends a larger one is cut
+    /// off, a local client that announces one is closed.
+    pub max_item: usize,
     /// Frames for a connection that sent less than a window ago wait and go out together
     /// when the window ends: a busy link sends one segment per window instead of one per
     /// frame, an idle one sends at once. The window is this long on a quiet link and grows
@@ -99,6 +102,9 @@ pub struct Limits {
     /// Frames queued for one connection's writer; a remote that does not read is dropped
     /// when its queue is full instead of stalling everyone else.
     pub outbound_queue: usize,
+    /// Bytes queued for one connection, at most: with large items a frame count alone would
+    /// let a few remotes that do not read hold gigabytes.
+    pub max_queue_bytes: usize,
     /// A frame that has started must be complete within this time.
     pub read_timeout: Duration,
     /// A blocked write fails after this time and closes the connection.
@@ -218,6 +224,7 @@ struct RawGossip {
     interval: Leaf,
     count: Leaf,
     message_list_capacity: Leaf,
+    max_item: Leaf,
     batch_window: Leaf,
     max_batch_window: Leaf,
 }
@@ -255,6 +262,7 @@ struct RawLimits {
     max_connections_per_ip: Leaf,
     max_pending_handshakes: Leaf,
     outbound_queue: Leaf,
+    max_queue_bytes: Leaf,
     read_timeout: Leaf,
     write_timeout: Leaf,
     gossip_per_second: Leaf,
@@ -293,6 +301,9 @@ pub mod defaults {
     /// Ten minutes of default traffic from 1,000 peers is 10 × 1,000 = 10,000 ids; twice that
     /// leaves room for application items. About 100 bytes an entry: ~2 MiB at most.
     pub const MESSAGE_LIST_CAPACITY: usize = 20_000;
+    /// The largest item an API client can announce (a 16-bit message size) fits; a megabyte
+    /// item would cost every peer a megabyte per neighbour.
+    pub const GOSSIP_MAX_ITEM: usize = 64 * 1024;
     /// See BENCHMARKS.md: long enough to gather a busy link's frames into one segment, short
     /// next to the scheduling delays of a loaded machine.
     pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
@@ -322,6 +333,8 @@ pub mod defaults {
     pub const MAX_PENDING_HANDSHAKES: usize = 64;
     /// Enough to absorb a burst of gossip; a neighbour that falls this far behind is dropped.
     pub const OUTBOUND_QUEUE: usize = 4096;
+    /// Room for 64 of the largest items, or the frame bound's worth of small ones.
+    pub const MAX_QUEUE_BYTES: usize = 4 << 20;
     pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
     pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
     pub const SEED_SYNC_INTERVAL: Duration = Duration::from_secs(2);
@@ -499,6 +512,7 @@ impl RawConfig {
                 16,
                 10_000_000,
             )?,
+            max_item: number("gossip.max_item", &g.max_item, GOSSIP_MAX_ITEM, 1, 1 << 20)?,
             batch_window,
             max_batch_window,
         };
@@ -583,6 +597,13 @@ impl RawConfig {
                 OUTBOUND_QUEUE,
                 8,
                 1_000_000,
+            )?,
+            max_queue_bytes: number(
+                "limits.max_queue_bytes",
+                &m.max_queue_bytes,
+                MAX_QUEUE_BYTES,
+                64 * 1024,
+                1 << 30,
             )?,
             read_timeout: duration("limits.read_timeout", &m.read_timeout, READ_TIMEOUT)?,
             write_timeout: duration("limits.write_timeout", &m.write_timeout, WRITE_TIMEOUT)?,

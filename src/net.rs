@@ -663,7 +663,8 @@ impl<C: Core> Runtime<C> {
         connected: impl FnOnce(ConnId) -> Event,
     ) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let outbox = Arc::new(Outbox::new(self.config.limits.outbound_queue));
+        let limits = &self.config.limits;
+        let outbox = Arc::new(Outbox::new(limits.outbound_queue, limits.max_queue_bytes));
         if let Some(msg) = first {
             outbox.push(&msg.encode());
         }

@@ -322,11 +322,13 @@ impl Record {
         self
     }
 
-    /// A `rejected` record: who, and why.
+    /// A `rejected` record: who, and why (which may quote what the remote sent: it is kept to
+    /// one line and cut short).
     pub fn rejected(remote: impl ToString, reason: impl ToString) -> Record {
+        let reason = crate::texts::printable(&reason.to_string(), 2 * crate::texts::MAX_SHOWN);
         Record::new("rejected")
             .field("remote", remote.to_string())
-            .field("reason", reason.to_string())
+            .field("reason", reason)
     }
 }
 

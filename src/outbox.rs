@@ -13,8 +13,8 @@
 //! with the link's frame rate ([`Batching`]): on a loaded machine the system calls and thread
 //! wake-ups per segment, not the frames, are what a node spends its CPU on.
 //!
-//! The queue is bounded in frames: a remote that stops reading fills it and is dropped
-//! instead of growing this node's memory.
+//! The queue is bounded in frames and in bytes: a remote that stops reading fills it and is
+//! dropped instead of growing this node's memory.
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind};
@@ -151,6 +151,7 @@ pub struct Outbox {
     state: Mutex<State>,
     wake: Condvar,
     max_frames: usize,
+    max_bytes: usize,
 }
 
 /// What a non-blocking flush did.
@@ -162,19 +163,25 @@ pub struct Flushed {
 }
 
 impl Outbox {
-    pub fn new(max_frames: usize) -> Outbox {
+    pub fn new(max_frames: usize, max_bytes: usize) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             max_frames: max_frames.max(1),
+            max_bytes: max_bytes.max(1),
         }
+    }
+
+    /// No room for `len` more bytes (or closed).
+    fn full(&self, s: &State, len: usize) -> bool {
+        s.closed || s.frames >= self.max_frames || s.buf.len() + len > self.max_bytes
     }
 
     /// Queues one encoded frame. False if the queue is full (or closed): the caller drops the
     /// connection.
     pub fn push(&self, frame: &[u8]) -> bool {
         let mut s = self.state.lock();
-        if s.closed || s.frames >= self.max_frames {
+        if self.full(&s, frame.len()) {
             return false;
         }
         s.buf.extend_from_slice(frame);
@@ -188,7 +195,7 @@ impl Outbox {
     /// handed to the socket.
     pub fn push_gossip(&self, frame: &[u8], id: [u8; 32]) -> bool {
         let mut s = self.state.lock();
-        if s.closed || s.frames >= self.max_frames {
+        if self.full(&s, frame.len()) {
             return false;
         }
         let at = s.buf.len();
@@ -208,7 +215,7 @@ impl Outbox {
     }
 
     fn half_full(&self, s: &State) -> bool {
-        s.frames * 2 >= self.max_frames
+        s.frames * 2 >= self.max_frames || s.buf.len() * 2 >= self.max_bytes
     }
 
     /// A writer waiting out its window stops waiting once the queue is half full.
@@ -395,7 +402,7 @@ mod tests {
 
     #[test]
     fn a_burst_goes_out_in_one_send_when_the_socket_takes_it() {
-        let ob = Outbox::new(10);
+        let ob = Outbox::new(10, 1 << 20);
         assert!(ob.push(b"aa"));
         assert!(ob.push(b"bbb"));
         let mut calls = Vec::new();
@@ -416,7 +423,7 @@ mod tests {
 
     #[test]
     fn what_the_socket_does_not_take_goes_to_the_writer_in_order() {
-        let ob = Arc::new(Outbox::new(10));
+        let ob = Arc::new(Outbox::new(10, 1 << 20));
         ob.push(b"hello");
         // Short sends are retried until the socket says it is full.
         let done = ob.flush(Instant::now(), |b| Ok(b.len().min(2)));
@@ -477,7 +484,7 @@ mod tests {
 
     #[test]
     fn frames_queued_during_a_send_follow_it_from_the_same_flush() {
-        let ob = Outbox::new(10);
+        let ob = Outbox::new(10, 1 << 20);
         ob.push(b"a");
         let mut calls = Vec::new();
         let done = ob.flush(Instant::now(), |b| {
@@ -505,7 +512,7 @@ mod tests {
 
     #[test]
     fn a_held_gossip_frame_can_be_withdrawn_until_it_is_sent() {
-        let ob = Outbox::new(10);
+        let ob = Outbox::new(10, 1 << 20);
         let (x, y, z) = ([1u8; 32], [2u8; 32], [3u8; 32]);
         assert!(ob.push(b"<hello>"));
         assert!(ob.push_gossip(b"<x>", x));
@@ -538,7 +545,7 @@ mod tests {
         let ids: Vec<[u8; 32]> = (0..5u8).map(|i| [i + 1; 32]).collect();
         for mask in 0..32u32 {
             for reversed in [false, true] {
-                let ob = Outbox::new(100);
+                let ob = Outbox::new(100, 1 << 20);
                 ob.push(b"[");
                 for (i, id) in ids.iter().enumerate() {
                     ob.push_gossip(format!("<{}>", "x".repeat(i + 1)).as_bytes(), *id);
@@ -570,7 +577,7 @@ mod tests {
 
     #[test]
     fn an_error_hands_the_bytes_to_the_writer() {
-        let ob = Outbox::new(10);
+        let ob = Outbox::new(10, 1 << 20);
         ob.push(b"abc");
         let done = ob.flush(Instant::now(), |_| {
             Err(io::Error::from(ErrorKind::BrokenPipe))
@@ -590,7 +597,7 @@ mod tests {
 
     #[test]
     fn a_link_that_just_sent_holds_new_frames_until_its_window_ends() {
-        let ob = Outbox::new(10);
+        let ob = Outbox::new(10, 1 << 20);
         let t0 = Instant::now();
         let w = Duration::from_millis(2);
         ob.push(b"a");
@@ -615,7 +622,7 @@ mod tests {
 
     #[test]
     fn the_writer_keeps_the_window_too() {
-        let ob = Outbox::new(10);
+        let ob = Outbox::new(10, 1 << 20);
         ob.push(b"a");
         // The socket takes nothing: the writer owns the link from now on.
         let sent_at = Instant::now();
@@ -637,7 +644,7 @@ mod tests {
 
     #[test]
     fn a_window_never_holds_more_than_half_the_queue() {
-        let ob = Arc::new(Outbox::new(8));
+        let ob = Arc::new(Outbox::new(8, 1 << 20));
         let t0 = Instant::now();
         let w = fixed(Duration::from_millis(200));
         ob.push(b"a");
@@ -707,7 +714,7 @@ mod tests {
             min: Duration::from_millis(2),
             max: Duration::from_millis(200),
         };
-        let ob = Outbox::new(1 << 20);
+        let ob = Outbox::new(1 << 20, 1 << 30);
         let t0 = Instant::now();
         let gap = Duration::from_secs(1) / per_second;
         let (mut sends, mut frames, mut due) = (0, 0, None);
@@ -754,7 +761,7 @@ mod tests {
 
     #[test]
     fn the_queue_is_bounded_in_frames_and_closing_drops_it() {
-        let ob = Outbox::new(2);
+        let ob = Outbox::new(2, 1 << 20);
         assert!(ob.push(b"1"));
         assert!(ob.push(b"2"));
         assert!(!ob.push(b"3"));
@@ -763,5 +770,14 @@ mod tests {
         assert!(ob.is_idle());
         let mut spare = Vec::new();
         assert_eq!(ob.take_for_writer(&mut spare, fixed(Duration::ZERO)), None);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_too() {
+        let ob = Outbox::new(1000, 1000);
+        assert!(ob.push(&[0u8; 600]));
+        assert!(!ob.push(&[0u8; 401]), "1,001 bytes queued");
+        assert!(ob.push(&[0u8; 400]));
+        assert!(!ob.push_gossip(&[0u8; 1], [3; 32]));
     }
 }

@@ -109,9 +109,46 @@ pub fn parse_dead_node(text: &str) -> Option<DeadNodeReport> {
     None
 }
 
+/// How much of a remote's text the output files show.
+pub const MAX_SHOWN: usize = 200;
+
+/// A remote's text as it may appear in an output file: on one line, with control characters
+/// escaped (`\n`, `\u{1b}`, …) so no remote can write a line of its own or drive a terminal,
+/// and cut to `max` characters (an ellipsis says it was cut).
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max + 8));
+    for (n, c) in text.chars().enumerate() {
+        if n == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_text_is_one_short_line_without_control_characters() {
+        let evil = "hi\n2026-12-01 20:39:16.617  Removed peer 1.2.3.4:5 (dead)\u{1b}[31m\u{7}";
+        let p = printable(evil, MAX_SHOWN);
+        assert!(!p.chars().any(|c| c.is_control()), "{p}");
+        assert!(p.starts_with("hi\\n2026"), "{p}");
+        assert!(p.contains("\\u{1b}[31m"), "{p}");
+        let long = "x".repeat(1000);
+        assert_eq!(printable(&long, 200).chars().count(), 201);
+        assert_eq!(
+            printable("1795313883123:127.0.0.1:9101:3", 200),
+            "1795313883123:127.0.0.1:9101:3"
+        );
+    }
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()

@@ -345,3 +345,135 @@ fn frames_in(bytes: &[u8]) -> Vec<Msg> {
     }
     out
 }
+
+#[test]
+fn an_item_over_gossip_max_item_cuts_the_sender_off_and_goes_no_further() {
+    let (mut net, p, q) = honest_network(config("max_item: 4096", "", ""));
+    let base = baseline(net.pid(p));
+    let (mut s, _) = handshake_as(Role::Peer, addr(free_port()), p).unwrap();
+    let big = Msg::Gossip {
+        data_type: 0,
+        ttl: 0,
+        payload: vec![b'x'; 4097].into(),
+    };
+    let _ = s.write_all(&big.encode());
+    let said = frames_in(&read_to_close(&mut s));
+    assert!(
+        said.iter()
+            .any(|m| matches!(m, Msg::Reject { reason } if reason.contains("gossip.max_item"))),
+        "no Reject naming the limit: {said:?}"
+    );
+    wait_until("the oversized item is logged as rejected", || {
+        rejected_reasons(&net, "peer", p)
+            .iter()
+            .any(|r| r.contains("over gossip.max_item"))
+    });
+    assert!(
+        of(&net.events("peer", q), "gossip_received")
+            .iter()
+            .all(|e| !e["text"].as_str().unwrap_or_default().starts_with("xxxx")),
+        "the oversized item went on"
+    );
+    still_healthy(&mut net, p, &base, p, q);
+}
+
+#[test]
+fn a_flood_of_connections_reset_before_they_are_read_does_not_stall_the_listener() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let (mut net, p, q) = honest_network(config("", "", ""));
+    let seed = net.seeds[0];
+    let base = baseline(net.pid(seed));
+    // Connect and reset at once (SO_LINGER 0): the listener meets sockets already gone. Bounded
+    // to 200,000 resets and 60 s; it stops early once the honest peer has joined.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut resets = 0u32;
+            while !stop.load(Ordering::Relaxed)
+                && resets < 200_000
+                && start.elapsed() < Duration::from_secs(60)
+            {
+                if let Ok(s) = TcpStream::connect(seed) {
+                    let zero = nix::libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    };
+                    let _ =
+                        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &zero);
+                    drop(s);
+                    resets += 1;
+                }
+            }
+            (resets, stop.load(Ordering::Relaxed))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // An honest peer joins through the flooded seed while the flood goes on.
+    net.start_peer();
+    stop.store(true, Ordering::Relaxed);
+    let (resets, stopped_by_us) = flood.join().unwrap();
+    assert!(resets > 100, "the flood hardly ran: {resets} resets");
+    assert!(
+        stopped_by_us,
+        "the peer joined only after the flood ended ({resets} resets)"
+    );
+    still_healthy(&mut net, seed, &base, p, q);
+}
+
+#[test]
+fn neighbours_that_never_read_large_items_are_dropped_and_memory_stays_bounded() {
+    let mut net = Net::new(1, &config("", "", ""));
+    net.start_seeds();
+    let (p, api) = net.start_api_peer();
+    let q = net.start_peer();
+    wait_until("the honest peers are linked", || {
+        neighbours(&net.events("peer", p)).contains(&q.to_string())
+    });
+    let base = baseline(net.pid(p));
+    // Four strangers link to p as neighbours and never read a byte.
+    let sinks: Vec<(TcpStream, SocketAddr)> = (0..4)
+        .map(|_| {
+            let me = addr(free_port());
+            (handshake_as(Role::Peer, me, p).unwrap().0, me)
+        })
+        .collect();
+    wait_until("p took the four links", || {
+        let up = neighbours(&net.events("peer", p));
+        sinks.iter().all(|(_, a)| up.contains(&a.to_string()))
+    });
+    // A local client announces 200 items of 60,000 bytes (12 MB for each neighbour), written
+    // in the API's layout: size, type 500, ttl, reserved, data type, data.
+    let mut client = TcpStream::connect(api).unwrap();
+    for i in 0..200u32 {
+        let mut data = vec![b'.'; 60_000];
+        data[..4].copy_from_slice(&i.to_be_bytes());
+        let size = (8 + data.len()) as u16;
+        let mut msg = size.to_be_bytes().to_vec();
+        msg.extend_from_slice(&500u16.to_be_bytes());
+        msg.extend_from_slice(&[0, 0]);
+        msg.extend_from_slice(&9u16.to_be_bytes());
+        msg.extend_from_slice(&data);
+        client.write_all(&msg).unwrap();
+    }
+    wait_until("the four sinks are dropped for not reading", || {
+        let evs = net.events("peer", p);
+        let downs = of(&evs, "neighbour_down");
+        sinks.iter().all(|(_, a)| {
+            downs.iter().any(|d| {
+                d["peer"].as_str() == Some(&a.to_string())
+                    && d["reason"].as_str().unwrap_or("").contains("not reading")
+            })
+        })
+    });
+    let peak = proc_status(net.pid(p), "VmHWM");
+    assert!(
+        peak <= base.rss_kib + 64 * 1024,
+        "peak memory {peak} KiB against a baseline of {} KiB",
+        base.rss_kib
+    );
+    drop(sinks);
+    still_healthy(&mut net, p, &base, p, q);
+}

@@ -328,3 +328,45 @@ fn a_client_that_never_validates_is_disconnected_and_other_clients_are_served() 
     held.clear();
     net.start_peer();
 }
+
+#[test]
+fn an_item_with_newlines_and_control_bytes_writes_no_line_of_its_own() {
+    let (net, api_a, _api_b) = two_peers();
+    let mut c = Client::connect(api_a);
+    // Data type 0 is the assignment's text, shown in every peer's .txt.
+    let evil = b"1:x\n2026-12-01 20:39:16.617  Removed peer 127.0.0.1:1 (dead)\r\x1b[2J\x07end";
+    c.send(&announce(0, 0, evil));
+    let peers = net.peers();
+    wait_until("the other peer received the item", || {
+        peers
+            .iter()
+            .any(|p| of(&net.events("peer", *p), "gossip_received").len() == 1)
+    });
+    let mut txts = 0;
+    for entry in std::fs::read_dir(net.out_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "txt") {
+            continue;
+        }
+        txts += 1;
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes.iter().any(|&b| b < 0x20 && b != b'\n'),
+            "{} holds a raw control byte",
+            path.display()
+        );
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            assert!(
+                line.starts_with(|c: char| c.is_ascii_digit()),
+                "{}: a line that is not the node's own: {line:?}",
+                path.display()
+            );
+            assert!(
+                !line.starts_with("2026-12-01 20:39:16.617"),
+                "{}: the item wrote a line of its own: {line:?}",
+                path.display()
+            );
+        }
+    }
+    assert!(txts >= 3, "{txts} .txt files");
+}

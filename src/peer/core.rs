@@ -330,6 +330,14 @@ impl PeerCore {
         now: Now,
         out: &mut Vec<Action>,
     ) {
+        if payload.len() > self.config.gossip.max_item {
+            let reason = format!(
+                "gossip item of {} bytes, over gossip.max_item ({})",
+                payload.len(),
+                self.config.gossip.max_item
+            );
+            return self.reject(conn, from, reason, now, out);
+        }
         let id = texts::message_id(data_type, &payload);
         // The rate limit counts new items: a neighbour forwards each item at most once, so a
         // receiver that fell behind and reads a backlog at once mostly reads repeats, which
@@ -453,6 +461,14 @@ impl PeerCore {
                 data_type,
                 data,
             } => {
+                let max = self.config.gossip.max_item;
+                if data.len() > max {
+                    let why = format!(
+                        "ANNOUNCE of {} bytes, over gossip.max_item ({max})",
+                        data.len()
+                    );
+                    return self.reject_client(conn, why, out);
+                }
                 let item = Item::new(data_type, ttl, data.into());
                 if !self.ml.first_receipt(item.id, None) {
                     return;
@@ -1068,8 +1084,10 @@ mod tests {
         });
         assert_eq!(
             logged.as_deref(),
-            Some("closed by the remote: duplicate link: keeping the one dialed by the smaller address"),
-            "the remote's words on one line"
+            Some(
+                "closed by the remote: duplicate link:\\nkeeping the one dialed by the smaller address"
+            ),
+            "the remote's words on one line, its newline escaped"
         );
         assert!(!sends(&out)
             .iter()

@@ -4,11 +4,8 @@
 use std::net::SocketAddr;
 
 use crate::node::Record;
-use crate::texts::TEXT_DATA_TYPE;
+use crate::texts::{printable, MAX_SHOWN, TEXT_DATA_TYPE};
 use crate::wire::PeerEntry;
-
-/// How much of a remote's reason for closing a link goes into the log.
-const MAX_REMOTE_REASON: usize = 200;
 
 pub fn started(me: &SocketAddr) -> Record {
     Record::new("started")
@@ -52,15 +49,23 @@ pub fn gossip_sent(id: &[u8; 32], text: &str) -> Record {
         .line(format!("Generated {text}"))
 }
 
-/// First receipt of an item: the assignment's messages with their text, other types by size.
+/// First receipt of an item: the assignment's messages with their text (one line, control
+/// characters escaped, at most `MAX_SHOWN` characters, with its size when cut), other types by
+/// size and id only. No remote byte reaches the files raw.
 pub fn gossip_received(id: &[u8; 32], data_type: u16, payload: &[u8], from: &SocketAddr) -> Record {
     let rec = Record::new("gossip_received").field("id", hex::encode(id));
     let from = from.to_string();
     if data_type == TEXT_DATA_TYPE {
-        let text = String::from_utf8_lossy(payload);
-        rec.line(format!("Received {text} from {from}"))
-            .field("text", text.into_owned())
-            .field("from", from)
+        let text = printable(&String::from_utf8_lossy(payload), MAX_SHOWN);
+        let rec = rec
+            .line(format!("Received {text} from {from}"))
+            .field("text", text)
+            .field("from", from);
+        if payload.len() > MAX_SHOWN {
+            rec.field("bytes", payload.len())
+        } else {
+            rec
+        }
     } else {
         rec.field("from", from)
             .field("data_type", data_type)
@@ -90,11 +95,7 @@ pub fn leaving() -> Record {
 /// A remote's reason for closing a link, as it may appear in our log: cut short and on one
 /// line.
 pub fn remote_reason(reason: &str) -> String {
-    reason
-        .chars()
-        .take(MAX_REMOTE_REASON)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    printable(reason, MAX_SHOWN)
 }
 
 #[cfg(test)]
@@ -105,8 +106,22 @@ mod tests {
     fn a_remote_reason_is_one_short_line() {
         let long = format!("a\nb\r{}", "x".repeat(500));
         let r = remote_reason(&long);
-        assert_eq!(r.chars().count(), MAX_REMOTE_REASON);
-        assert!(r.starts_with("a b x"));
+        assert_eq!(r.chars().count(), MAX_SHOWN + 1 + 2, "cut, and two escapes");
+        assert!(r.starts_with("a\\nb\\rx"), "{r}");
+    }
+
+    #[test]
+    fn a_text_item_with_newlines_is_one_escaped_line() {
+        let from = SocketAddr::from(([127, 0, 0, 1], 9101));
+        let r = gossip_received(
+            &[7; 32],
+            0,
+            b"1:a\n00:00 Removed peer x (dead)\x1b[2J",
+            &from,
+        );
+        let line = r.line.clone().unwrap();
+        assert!(!line.chars().any(|c| c.is_control()), "{line}");
+        assert!(r.get("bytes").is_none(), "short texts are whole");
     }
 
     #[test]
