@@ -897,7 +897,10 @@ impl<C: Core> Runtime<C> {
 
     pub fn write_stats(&self) {
         let c = &self.counters;
-        let dups = self.core.lock().gossip_duplicates();
+        let (dups, dropped) = {
+            let core = self.core.lock();
+            (core.gossip_duplicates(), core.gossip_dropped())
+        };
         self.output.record(
             Record::new("stats")
                 .field("frames_in", c.frames_in.load(Ordering::Relaxed))
@@ -906,6 +909,7 @@ impl<C: Core> Runtime<C> {
                 .field("bytes_out", c.bytes_out.load(Ordering::Relaxed))
                 .field("gossip_duplicates", dups)
                 .field("gossip_withdrawn", c.withdrawn.load(Ordering::Relaxed))
+                .field("gossip_dropped", dropped)
                 .field("reads", c.reads.load(Ordering::Relaxed))
                 .field("writes", c.writes.load(Ordering::Relaxed))
                 .field("connections", c.connections.load(Ordering::Relaxed) as u64)

@@ -346,6 +346,11 @@ pub trait Core: Send + 'static {
     fn gossip_duplicates(&self) -> u64 {
         0
     }
+
+    /// Gossip items dropped for a link's rate so far (for `stats`).
+    fn gossip_dropped(&self) -> u64 {
+        0
+    }
 }
 
 /// Timers a core asked for, earliest first: the TCP runtime keeps one, and so can a test that

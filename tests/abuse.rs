@@ -477,3 +477,99 @@ fn neighbours_that_never_read_large_items_are_dropped_and_memory_stays_bounded()
     drop(sinks);
     still_healthy(&mut net, p, &base, p, q);
 }
+
+#[test]
+fn several_flooding_links_are_throttled_at_the_first_hop_and_honest_peers_keep_their_links() {
+    // The victim p and two honest peers; four strangers link to p and each push new items at
+    // 90% of the per-link rate (200/s here), for 3 s: 2,160 items, four times what p may
+    // forward on any one link.
+    let (mut net, p, q) = honest_network(
+        config(
+            "message_list_capacity: 100000",
+            "",
+            "gossip_per_second: 200",
+        ) + "\nstats: { interval: 1s }",
+    );
+    let r = net.start_peer();
+    wait_until("r is linked", || {
+        !neighbours(&net.events("peer", r)).is_empty()
+    });
+    let base = baseline(net.pid(p));
+    let floods: Vec<_> = (0..4u32)
+        .map(|k| {
+            let (mut s, _) = handshake_as(Role::Peer, addr(free_port()), p).unwrap();
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                for i in 0..540u32 {
+                    let msg = Msg::Gossip {
+                        data_type: 0,
+                        ttl: 0,
+                        payload: format!("{k}-{i}:flood").into_bytes().into(),
+                    };
+                    if s.write_all(&msg.encode()).is_err() {
+                        return false;
+                    }
+                    // 180 a second.
+                    let due = start + Duration::from_micros(u64::from(i) * 5_556);
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                true
+            })
+        })
+        .collect();
+    for f in floods {
+        f.join().unwrap();
+    }
+    // No honest peer cut another off: nobody logged a rate-limit rejection of an honest peer,
+    // and p is still everyone's neighbour it was.
+    for h in [p, q, r] {
+        let evs = net.events("peer", h);
+        for rej in of(&evs, "rejected") {
+            let remote = rej["remote"].as_str().unwrap_or("");
+            assert!(
+                !net.peers().iter().any(|x| x.to_string() == remote),
+                "{h} rejected honest {remote}: {}",
+                rej["reason"]
+            );
+        }
+        for d in of(&evs, "neighbour_down") {
+            let peer = d["peer"].as_str().unwrap_or("");
+            assert!(
+                !net.peers().iter().any(|x| x.to_string() == peer),
+                "{h} lost honest neighbour {peer}: {}",
+                d["reason"]
+            );
+        }
+    }
+    // The excess was dropped at p and counted.
+    wait_until("p's stats count the dropped items", || {
+        of(&net.events("peer", p), "stats")
+            .last()
+            .and_then(|s| s["gossip_dropped"].as_u64())
+            .is_some_and(|n| n > 500)
+    });
+    // Mostly there: a relay drops at most a few of what p forwarded (its own budget is p's,
+    // and the items reach it with some jitter), never the bulk, and never cuts p off.
+    let after = gossipnet::node::unix_ms();
+    let dropped_after = |net: &Net, h: SocketAddr| {
+        let mut dropped = None;
+        wait_until("a stats record after the flood", || {
+            dropped = of(&net.events("peer", h), "stats")
+                .iter()
+                .rfind(|s| s["ts_ms"].as_u64().is_some_and(|t| t > after))
+                .and_then(|s| s["gossip_dropped"].as_u64());
+            dropped.is_some()
+        });
+        dropped.unwrap()
+    };
+    let at_p = dropped_after(&net, p);
+    for h in [q, r] {
+        let at_h = dropped_after(&net, h);
+        assert!(
+            at_h * 10 <= at_p,
+            "{h} dropped {at_h} items p forwarded; p itself dropped {at_p}"
+        );
+    }
+    still_healthy(&mut net, p, &base, p, q);
+}

@@ -15,7 +15,7 @@ use crate::node::{Action, CloseReason, ConnId, Core, Event, Now, Purpose, Record
 use crate::peer::apps::{LocalApps, Verdict};
 use crate::peer::gossip::{next_ttl, Gate, Generator, Item, MessageList};
 use crate::peer::liveness::Liveness;
-use crate::peer::overlay::{Joined, LinkKind, Overlay, DUPLICATE_LINK, YOUNG_LINK};
+use crate::peer::overlay::{Admit, Joined, LinkKind, Overlay, DUPLICATE_LINK, YOUNG_LINK};
 use crate::peer::records;
 use crate::peer::seeds::{SeedSessions, REGISTER_RETRY};
 use crate::texts::{self, TEXT_DATA_TYPE};
@@ -47,6 +47,9 @@ pub struct PeerCore {
     ml: MessageList,
     generator: Generator,
     gate: Gate,
+    /// Gossip items dropped for a link's rate: over what a neighbour may send us, or over
+    /// what we may forward to one (`stats` field `gossip_dropped`).
+    dropped: u64,
     /// Local applications on the API.
     apps: LocalApps,
     api_clients: std::collections::BTreeSet<ConnId>,
@@ -65,6 +68,7 @@ impl PeerCore {
             ml: MessageList::new(config.gossip.message_list_capacity),
             generator: Generator::new(config.gossip.count, config.gossip.interval),
             gate: Gate::default(),
+            dropped: 0,
             apps: LocalApps::new(config.api.max_pending, config.api.validation_timeout),
             api_clients: Default::default(),
             config,
@@ -301,12 +305,19 @@ impl PeerCore {
         let item = Item::new(TEXT_DATA_TYPE, 0, text.as_bytes().into());
         self.ml.first_receipt(item.id, None);
         out.push(records::gossip_sent(&item.id, &text).into());
-        self.forward(item, None, out);
+        self.forward(item, None, now, out);
     }
 
     /// Sends an item to every neighbour except `from` and records where it went.
-    fn forward(&mut self, item: Item, from: Option<SocketAddr>, out: &mut Vec<Action>) {
-        let (to, neighbours) = self.overlay.targets(from);
+    fn forward(&mut self, item: Item, from: Option<SocketAddr>, now: Now, out: &mut Vec<Action>) {
+        let (to, neighbours, held) = self.overlay.targets(from, now.mono);
+        if held > 0 {
+            self.dropped += held;
+            log::info!(
+                "item {} not forwarded to {held} neighbour(s): over their gossip rate",
+                hex::encode(item.id)
+            );
+        }
         if to.is_empty() {
             return;
         }
@@ -344,18 +355,33 @@ impl PeerCore {
         // have their own, looser bound. Checked before the item is recorded, so an item
         // refused here can still arrive from an honest neighbour.
         let new = self.ml.get(&id).is_none();
-        let allowed = self
-            .overlay
-            .link_mut(conn)
-            .is_some_and(|l| l.allow_gossip(new, now.mono));
-        if !allowed {
-            let what = if new {
-                "new gossip items"
-            } else {
-                "repeated gossip items"
-            };
-            let reason = format!("{what} faster than the rate limit");
-            return self.reject(conn, from, reason, now, out);
+        let Some(link) = self.overlay.link_mut(conn) else {
+            return;
+        };
+        match link.admit_gossip(new, now.mono) {
+            Admit::Take => {}
+            Admit::Drop => {
+                // Dropped at the first honest hop, counted; the item can still come from an
+                // honest neighbour (it was not recorded).
+                link.dropped += 1;
+                self.dropped += 1;
+                if link.dropped.is_power_of_two() && link.dropped.trailing_zeros() % 10 == 0 {
+                    log::info!(
+                        "dropping new gossip items from {from} over the rate limit ({} so far)",
+                        link.dropped
+                    );
+                }
+                return;
+            }
+            Admit::Cut => {
+                let what = if new {
+                    "new gossip items"
+                } else {
+                    "repeated gossip items"
+                };
+                let reason = format!("{what} faster than the rate limit");
+                return self.reject(conn, from, reason, now, out);
+            }
         }
         if !new {
             self.ml.count_repeat();
@@ -377,7 +403,7 @@ impl PeerCore {
             // The assignment's messages always spread; local subscribers just hear of them.
             self.notify_local(&item, None, false, now, out);
             if let Some(ttl) = onward {
-                self.forward(Item { ttl, ..item }, Some(from), out);
+                self.forward(Item { ttl, ..item }, Some(from), now, out);
             }
             return;
         }
@@ -435,12 +461,12 @@ impl PeerCore {
         any
     }
 
-    fn apply_verdicts(&mut self, verdicts: Vec<Verdict>, out: &mut Vec<Action>) {
+    fn apply_verdicts(&mut self, verdicts: Vec<Verdict>, now: Now, out: &mut Vec<Action>) {
         for v in verdicts {
             match v {
                 Verdict::Forward(id) => {
                     if let Some((item, from)) = self.gate.release(&id) {
-                        self.forward(item, Some(from), out);
+                        self.forward(item, Some(from), now, out);
                     }
                 }
                 Verdict::Drop(id, why) => {
@@ -467,7 +493,7 @@ impl PeerCore {
                         "ANNOUNCE of {} bytes, over gossip.max_item ({max})",
                         data.len()
                     );
-                    return self.reject_client(conn, why, out);
+                    return self.reject_client(conn, why, now, out);
                 }
                 let item = Item::new(data_type, ttl, data.into());
                 if !self.ml.first_receipt(item.id, None) {
@@ -475,16 +501,17 @@ impl PeerCore {
                 }
                 out.push(records::announced(&item.id, data_type, item.payload.len()).into());
                 self.notify_local(&item, Some(conn), false, now, out);
-                self.forward(item, None, out);
+                self.forward(item, None, now, out);
             }
             ApiMsg::Notify { data_type } => self.apps.subscribe(conn, data_type),
             ApiMsg::Validation { message_id, valid } => {
                 match self.apps.validation(conn, message_id, valid) {
-                    Ok(Some(v)) => self.apply_verdicts(vec![v], out),
+                    Ok(Some(v)) => self.apply_verdicts(vec![v], now, out),
                     Ok(None) => {}
                     Err(_) => self.reject_client(
                         conn,
                         format!("VALIDATION for unknown message id {message_id}"),
+                        now,
                         out,
                     ),
                 }
@@ -492,17 +519,18 @@ impl PeerCore {
             ApiMsg::Notification { .. } => self.reject_client(
                 conn,
                 "a client may not send GOSSIP NOTIFICATION".into(),
+                now,
                 out,
             ),
         }
     }
 
-    fn reject_client(&mut self, conn: ConnId, reason: String, out: &mut Vec<Action>) {
+    fn reject_client(&mut self, conn: ConnId, reason: String, now: Now, out: &mut Vec<Action>) {
         out.push(Record::rejected(format!("api client {conn}"), reason).into());
         out.push(Action::Close { conn });
         self.api_clients.remove(&conn);
         let verdicts = self.apps.disconnect(conn);
-        self.apply_verdicts(verdicts, out);
+        self.apply_verdicts(verdicts, now, out);
     }
 
     // ------------------------------------------------------------ liveness
@@ -708,7 +736,7 @@ impl PeerCore {
             // Its subscriptions end now, and what it had yet to validate no longer waits on it.
             log::info!("api client {conn} disconnected ({reason})");
             let verdicts = self.apps.disconnect(conn);
-            return self.apply_verdicts(verdicts, out);
+            return self.apply_verdicts(verdicts, now, out);
         }
         let Some(link) = self.overlay.link(conn) else {
             return;
@@ -775,12 +803,12 @@ impl PeerCore {
         match timer {
             Timer::Validations => {
                 let (verdicts, overdue) = self.apps.expire(now.mono);
-                self.apply_verdicts(verdicts, out);
+                self.apply_verdicts(verdicts, now, out);
                 let timeout = self.apps.timeout();
                 for client in overdue {
                     if self.api_clients.contains(&client) {
                         let why = format!("left a notification unanswered for {timeout:?}");
-                        self.reject_client(client, why, out);
+                        self.reject_client(client, why, now, out);
                     }
                 }
             }
@@ -847,6 +875,10 @@ impl Core for PeerCore {
 
     fn gossip_duplicates(&self) -> u64 {
         self.ml.duplicates()
+    }
+
+    fn gossip_dropped(&self) -> u64 {
+        self.dropped
     }
 }
 
@@ -1214,6 +1246,34 @@ mod tests {
             "requests at 1, 2, 3 s unanswered: dead at the third one's reply deadline (3.01 + 0.5 s)"
         );
         assert_eq!(p.neighbours(), vec![a(9101), a(9103)]);
+    }
+
+    #[test]
+    fn a_peer_forwards_no_more_than_a_neighbour_accepts_however_much_it_is_sent() {
+        // Two neighbours each send 15 new items at once, within their own limit (10/s, bursts
+        // of 20): the third neighbour is forwarded only what its limit takes (a burst of 20 at
+        // 90% of the rate); the rest is dropped here and counted, and nobody is cut off.
+        let (mut p, now) = joined("limits: { gossip_per_second: 10 }");
+        let mut out = vec![];
+        for i in 0..30 {
+            p.handle(
+                Event::Frame {
+                    conn: 10 + (i % 2),
+                    msg: gossip(&format!("{i}:127.0.0.1:9101:1"), 0),
+                },
+                now,
+                &mut out,
+            );
+        }
+        assert!(!events(&out).contains(&"rejected"), "{out:?}");
+        assert_eq!(p.neighbours().len(), 3);
+        let to_12 = sends(&out)
+            .iter()
+            .filter(|(to, m)| to.contains(&12) && matches!(m, Msg::Gossip { .. }))
+            .count();
+        assert_eq!(to_12, 20);
+        // Held back from 12: the other 10 (10 and 11 were forwarded each other's 15).
+        assert_eq!(p.gossip_dropped(), 10);
     }
 
     #[test]

@@ -32,8 +32,21 @@ pub const DUPLICATE_LINK: &str = "duplicate link: keeping the one dialed by the 
 /// before reading them. Two simultaneous links meet within a handshake (`pow.timeout`).
 pub const YOUNG_LINK: Duration = Duration::from_secs(10);
 pub const YOUNG_LINK_ITEMS: usize = 1024;
-/// Repeats of known gossip items may come this many times faster than new ones.
+/// Repeats of known gossip items may come this many times faster than new ones; and a link
+/// sending new items this many times faster than `limits.gossip_per_second` is cut off (below
+/// that, its excess is dropped).
 const REPEAT_RATE_FACTOR: u32 = 4;
+const ABUSE_RATE_FACTOR: u32 = 4;
+
+/// What becomes of a gossip item a link sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Take,
+    /// Over the link's rate: dropped here and counted, the link stays.
+    Drop,
+    /// Far over it: only a flooder sends this much; the link is cut.
+    Cut,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkKind {
@@ -55,6 +68,13 @@ pub struct Link {
     /// Repeats are cheap to drop, so they have a looser bound.
     repeat_rate: RateLimiter,
     control_rate: RateLimiter,
+    /// New items past this are cut off (see `ABUSE_RATE_FACTOR`).
+    abuse_rate: RateLimiter,
+    /// What we may forward on this link: a little under what the remote accepts, so an honest
+    /// peer's forwarding never trips its neighbour's limit, however much it was sent.
+    egress_rate: RateLimiter,
+    /// Items this link sent over its rate and we dropped (for the log's sake).
+    pub dropped: u64,
     /// While the link is young: the items forwarded on it (see `YOUNG_LINK`).
     young: Option<(Instant, Vec<Item>)>,
 }
@@ -65,13 +85,29 @@ impl Link {
         self.control_rate.allow(now)
     }
 
-    /// May the remote send this gossip item now? New items and repeats are metered apart.
-    pub fn allow_gossip(&mut self, new: bool, now: Instant) -> bool {
-        if new {
-            self.gossip_rate.allow(now)
-        } else {
-            self.repeat_rate.allow(now)
+    /// What to do with a gossip item the remote sends now. New items and repeats are metered
+    /// apart; an honest neighbour forwards each item once and within our rate (its egress
+    /// limit), so only a flooder is dropped, and only a gross one is cut.
+    pub fn admit_gossip(&mut self, new: bool, now: Instant) -> Admit {
+        if !new {
+            return if self.repeat_rate.allow(now) {
+                Admit::Take
+            } else {
+                Admit::Cut
+            };
         }
+        if !self.abuse_rate.allow(now) {
+            Admit::Cut
+        } else if !self.gossip_rate.allow(now) {
+            Admit::Drop
+        } else {
+            Admit::Take
+        }
+    }
+
+    /// May we forward one more new item on this link now?
+    pub fn allow_send(&mut self, now: Instant) -> bool {
+        self.egress_rate.allow(now)
     }
 }
 
@@ -158,6 +194,17 @@ impl Overlay {
                     now,
                 ),
                 control_rate: RateLimiter::new(c, c.saturating_mul(2), now),
+                abuse_rate: RateLimiter::new(
+                    g.saturating_mul(ABUSE_RATE_FACTOR),
+                    g.saturating_mul(2 * ABUSE_RATE_FACTOR),
+                    now,
+                ),
+                // 90% of the rate the remote takes, with the same bursts: the remote's bucket
+                // refills faster than ours empties, so it always has room for what we send,
+                // and a peer relaying a neighbour's items (itself shaped by this budget, with
+                // some jitter on the way) has the burst to absorb the jitter.
+                egress_rate: RateLimiter::new(g - g / 10, g.saturating_mul(2), now),
+                dropped: 0,
                 young: (kind == LinkKind::Neighbour).then(|| (now + YOUNG_LINK, Vec::new())),
             },
         );
@@ -308,10 +355,19 @@ impl Overlay {
     }
 
     /// Where an item goes: the links of every neighbour except the one it came from (the
-    /// gossip rule), and the neighbours it was chosen from.
-    pub fn targets(&self, from: Option<SocketAddr>) -> (Vec<ConnId>, &Arc<[SocketAddr]>) {
-        let conns = forward_targets(self.neighbours(), from);
-        (conns, &self.current)
+    /// gossip rule) that have room in their egress rate, the neighbours it was chosen from,
+    /// and how many links it was held back from for their rate.
+    pub fn targets(
+        &mut self,
+        from: Option<SocketAddr>,
+        now: Instant,
+    ) -> (Vec<ConnId>, &Arc<[SocketAddr]>, u64) {
+        let mut conns = forward_targets(self.neighbours(), from);
+        let before = conns.len();
+        let links = &mut self.links;
+        conns.retain(|c| links.get_mut(c).is_none_or(|l| l.allow_send(now)));
+        let held = (before - conns.len()) as u64;
+        (conns, &self.current, held)
     }
 
     /// Links still young remember `item` as forwarded on them.
