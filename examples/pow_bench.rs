@@ -12,10 +12,24 @@ use rand::{Rng, SeedableRng};
 
 use gossipnet::pow;
 
-fn main() {
-    let mut args = std::env::args().skip(1);
-    let difficulty: u8 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
-    let solves: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(40);
+/// Measures proof-of-work solving and verifying on this machine.
+#[derive(clap::Parser, Debug)]
+#[command(name = "pow_bench")]
+struct Args {
+    /// Leading zero bits to solve for (the config's pow.difficulty).
+    #[arg(default_value_t = 20, value_parser = clap::value_parser!(u8).range(0..=32))]
+    difficulty: u8,
+    /// How many challenges to solve.
+    #[arg(default_value_t = 40, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    solves: usize,
+}
+
+fn main() -> std::process::ExitCode {
+    let args: Args = match gossipnet::cli::parse_args() {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let (difficulty, solves) = (args.difficulty, args.solves);
     let connector: SocketAddr = "127.0.0.1:9101".parse().unwrap();
     let acceptor: SocketAddr = "127.0.0.1:9001".parse().unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
@@ -86,4 +100,5 @@ fn main() {
         texts[0].len(),
         t.elapsed().as_nanos() as f64 / 1e6
     );
+    std::process::ExitCode::SUCCESS
 }

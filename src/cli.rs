@@ -44,7 +44,7 @@ pub struct CommonArgs {
 /// `seed`: an entry point of a gossipnet network. It registers peers when a majority of the
 /// seeds agree, hands out the peer list, and removes dead peers after checking them itself.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(name = "seed", version)]
 pub struct SeedArgs {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -54,7 +54,7 @@ pub struct SeedArgs {
 /// connects to a few neighbours, gossips messages, checks its neighbours' liveness and reports
 /// the dead ones.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(name = "peer", version)]
 pub struct PeerArgs {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -92,19 +92,20 @@ impl Failure {
     }
 }
 
-/// Parses flags; usage errors become one line and exit 2, `--help` and `--version` exit 0.
-pub fn parse_args<T: Parser>(program: &str) -> Result<T, ExitCode> {
+/// Parses flags. A usage error prints clap's whole message (what is wrong, which required
+/// arguments are missing, the "similar argument" tip, the usage line) and exits 2; `--help`
+/// and `--version` exit 0. Configuration errors, found later, stay one line (see [`Failure`]).
+pub fn parse_args<T: Parser>() -> Result<T, ExitCode> {
     T::try_parse().map_err(|e| {
         use clap::error::ErrorKind;
+        // Cutting the message to its first line loses the list of missing arguments and the
+        // tip, which is the part that says how to fix the command.
+        let _ = e.print();
         if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
         }
-        let text = e.render().to_string();
-        let first = text.lines().next().unwrap_or("invalid arguments");
-        eprintln!("{program}: {}", first.trim());
-        eprintln!("{program}: try '{program} --help'");
-        ExitCode::from(2)
     })
 }
 

@@ -25,7 +25,7 @@ use gossipnet::report::{json, plot_svg, table, topology_dot, Run};
 ///     record, that kept logging after their removal).
 ///   rejected = rejected events at all nodes (handshake, proof of work, malformed input, limits).
 #[derive(Parser, Debug)]
-#[command(version, verbatim_doc_comment)]
+#[command(name = "report", version, verbatim_doc_comment)]
 struct Args {
     /// The run directory (the --out-dir of its nodes).
     run_dir: PathBuf,
@@ -43,7 +43,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args: Args = match gossipnet::cli::parse_args("report") {
+    let args: Args = match gossipnet::cli::parse_args() {
         Ok(a) => a,
         Err(code) => return code,
     };
