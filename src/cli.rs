@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use log::{Level, LevelFilter};
 use rand::SeedableRng;
-use simplelog::{ColorChoice, LevelFilter, TermLogger, TerminalMode, WriteLogger};
 
 use crate::config::Config;
 use crate::net::{Identity, Runtime};
@@ -109,35 +109,79 @@ pub fn parse_args<T: Parser>() -> Result<T, ExitCode> {
     })
 }
 
+/// Where log lines go: stderr, or the `--log-file`.
+enum Sink {
+    Stderr,
+    File(parking_lot::Mutex<std::fs::File>),
+}
+
+/// The node's notes for people who watch it (warnings, progress, with `-v` debug detail) in
+/// the format of the `.txt` lines, so the screen shows one format whichever stream a line
+/// came from: `<local stamp>  <text>`, with `warning:` / `error:` / `debug:` before the text
+/// of lines that are not plain information.
+struct Logger {
+    level: LevelFilter,
+    sink: Sink,
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        // Our crate's lines only: dependencies' chatter is not the node's story.
+        m.level() <= self.level && m.target().starts_with("gossipnet")
+    }
+
+    fn log(&self, r: &log::Record) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let tag = match r.level() {
+            Level::Error => "error: ",
+            Level::Warn => "warning: ",
+            Level::Info => "",
+            Level::Debug => "debug: ",
+            Level::Trace => "trace: ",
+        };
+        let line = format!(
+            "{}  {tag}{}\n",
+            crate::output::local_stamp(crate::output::unix_us()),
+            r.args()
+        );
+        // One write per line, errors ignored: a closed stderr must not stop the node.
+        use std::io::Write;
+        match &self.sink {
+            Sink::Stderr => {
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            }
+            Sink::File(f) => {
+                let _ = f.lock().write_all(line.as_bytes());
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
 fn init_logging(args: &CommonArgs) -> Result<(), Failure> {
     let level = if args.verbose {
         LevelFilter::Debug
     } else {
         LevelFilter::Info
     };
-    let config = simplelog::ConfigBuilder::new()
-        .add_filter_allow_str("gossipnet")
-        .build();
-    match &args.log_file {
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
+    let sink = match &args.log_file {
+        Some(path) => Sink::File(parking_lot::Mutex::new(
+            std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|e| {
                     Failure::Runtime(format!("cannot open log file {}: {e}", path.display()))
-                })?;
-            let _ = WriteLogger::init(level, config, file);
-        }
-        None => {
-            use std::io::IsTerminal;
-            let color = if std::io::stderr().is_terminal() {
-                ColorChoice::Auto
-            } else {
-                ColorChoice::Never
-            };
-            let _ = TermLogger::init(level, config, TerminalMode::Stderr, color);
-        }
+                })?,
+        )),
+        None => Sink::Stderr,
+    };
+    // Leaked once per process: the logger lives as long as the node.
+    if log::set_logger(Box::leak(Box::new(Logger { level, sink }))).is_ok() {
+        log::set_max_level(level);
     }
     Ok(())
 }

@@ -20,6 +20,15 @@ pub fn unix_us() -> u64 {
 }
 use crate::wire::Role;
 
+/// The stamp that starts every line for people, in the `.txt` files and on the screen (log
+/// lines too): local time to the millisecond, `2026-12-01 20:39:16.617`.
+pub fn local_stamp(ts_us: u64) -> String {
+    let at = chrono::DateTime::from_timestamp_micros(ts_us as i64)
+        .map(|t| t.with_timezone(&chrono::Local))
+        .unwrap_or_else(chrono::Local::now);
+    at.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+}
+
 /// Keys every record has; a field of the same name is not written twice.
 const RESERVED: [&str; 4] = ["ts_ms", "node", "event", "ts_us"];
 
@@ -113,12 +122,7 @@ impl Output {
             // Microseconds too: one loopback hop takes tens of them, so latency figures need it.
             let _ = writeln!(json, ",\"ts_us\":{ts_us}}}");
             if let Some(l) = rec.line {
-                let stamp = stamp.get_or_insert_with(|| {
-                    let at = chrono::DateTime::from_timestamp_micros(ts_us as i64)
-                        .map(|t| t.with_timezone(&chrono::Local))
-                        .unwrap_or_else(chrono::Local::now);
-                    at.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
-                });
+                let stamp = stamp.get_or_insert_with(|| local_stamp(ts_us));
                 lines.push_str(stamp);
                 lines.push_str("  ");
                 lines.push_str(&l);

@@ -121,3 +121,90 @@ fn the_examples_print_clap_errors_too() {
         assert!(err.contains("40 is not in 0..=32"), "{err}");
     }
 }
+
+/// Kills the child on drop, so a failing assertion leaves no process behind.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `2026-12-01 20:39:16.617  ` at the start of a line.
+fn stamped(line: &str) -> bool {
+    let b = line.as_bytes();
+    let digits = |r: std::ops::Range<usize>| r.into_iter().all(|i| b[i].is_ascii_digit());
+    b.len() > 25
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b' '
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && b[19] == b'.'
+        && digits(20..23)
+        && &line[23..25] == "  "
+}
+
+#[test]
+fn the_screen_shows_one_format_on_stdout_and_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    // A seed nobody runs: the peer warns about it on stderr while its .txt lines go to stdout.
+    let seed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let seed_addr = seed.local_addr().unwrap();
+    drop(seed);
+    let config = dir.path().join("seeds.yaml");
+    std::fs::write(
+        &config,
+        format!("seeds: [\"{seed_addr}\"]\npow: {{ difficulty: 8, timeout: 1s }}\n"),
+    )
+    .unwrap();
+    let out = std::fs::File::create(dir.path().join("stdout")).unwrap();
+    let err = std::fs::File::create(dir.path().join("stderr")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_peer"))
+        .args(["--addr", "127.0.0.1:0", "-v", "--config"])
+        .arg(&config)
+        .arg("--out-dir")
+        .arg(dir.path().join("out"))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    let _guard = Guard(child);
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !(read("stdout").contains("listening") && read("stderr").contains("warning: ")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stdout: {}\nstderr: {}",
+            read("stdout"),
+            read("stderr")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (stdout, stderr) = (read("stdout"), read("stderr"));
+    for line in stdout.lines().chain(stderr.lines()) {
+        assert!(stamped(line), "not in the .txt format: {line:?}\n{stderr}");
+    }
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l[25..].starts_with("warning: seed ") && l.contains("unreachable")),
+        "{stderr}"
+    );
+    // Plain information carries no level tag, exactly like a .txt line.
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l[25..].starts_with("peer 127.0.0.1:")),
+        "{stderr}"
+    );
+}
