@@ -34,6 +34,9 @@ pub struct Run {
     pub peers: BTreeMap<String, Vec<Value>>,
     /// Injected faults: peer → (Unix ms, signal name).
     pub faults: BTreeMap<String, (u64, String)>,
+    /// Nodes whose files also hold earlier runs (a re-run with the same address appends),
+    /// left out unless loaded with `all_runs`.
+    pub earlier_runs: BTreeSet<String>,
 }
 
 /// Milliseconds (with microsecond precision when the nodes logged `ts_us`).
@@ -75,6 +78,8 @@ pub struct Summary {
     pub dead: Vec<Dead>,
     pub false_removals: Vec<String>,
     pub rejected: usize,
+    /// Nodes whose earlier runs in the same files were left out (see [`Run::earlier_runs`]).
+    pub earlier_runs_skipped: Vec<String>,
 }
 
 fn ev<'a>(evs: &'a [Value], name: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
@@ -101,6 +106,15 @@ pub fn parse_jsonl(text: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The events of a node's latest run: from its last `started` record on (the whole file when
+/// it has none, e.g. a run whose first line was lost). Says whether earlier runs were dropped.
+pub fn latest_run(mut evs: Vec<Value>) -> (Vec<Value>, bool) {
+    match evs.iter().rposition(|e| e["event"] == "started") {
+        Some(i) if i > 0 => (evs.split_off(i), true),
+        _ => (evs, false),
+    }
+}
+
 /// Per peer, its links as it logged them: neighbour → intervals `[up, down)`.
 type LinkLog<'a> = HashMap<&'a str, HashMap<&'a str, Vec<(u64, u64)>>>;
 
@@ -118,6 +132,15 @@ impl<'a> Overlay<'a> {
             for e in evs {
                 let q = s(e, "peer");
                 match e["event"].as_str() {
+                    // A new run of this peer (files read with all runs): the links of the one
+                    // before ended with it, logged or not.
+                    Some("started") => {
+                        for v in mine.values_mut() {
+                            if let Some(last) = v.last_mut().filter(|l| l.1 == u64::MAX) {
+                                last.1 = ts(e);
+                            }
+                        }
+                    }
                     Some("neighbour_up") => mine.entry(q).or_default().push((ts(e), u64::MAX)),
                     Some("neighbour_down") => {
                         if let Some(last) = mine.get_mut(q).and_then(|v| v.last_mut()) {
@@ -176,8 +199,14 @@ impl<'a> Overlay<'a> {
 }
 
 impl Run {
-    /// Loads `seed-*.jsonl`, `peer-*.jsonl` and `faults.jsonl` from a directory.
+    /// Loads `seed-*.jsonl`, `peer-*.jsonl` and `faults.jsonl` from a directory, each node's
+    /// latest run only.
     pub fn load(dir: &Path) -> std::io::Result<Run> {
+        Run::load_runs(dir, false)
+    }
+
+    /// As [`Run::load`]; with `all_runs`, every run in the files, read as one long run.
+    pub fn load_runs(dir: &Path, all_runs: bool) -> std::io::Result<Run> {
         let mut run = Run::default();
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
@@ -199,6 +228,15 @@ impl Run {
             }
             let Some(node) = evs.first().map(|e| s(e, "node").to_string()) else {
                 continue;
+            };
+            let evs = if all_runs {
+                evs
+            } else {
+                let (latest, dropped) = latest_run(evs);
+                if dropped {
+                    run.earlier_runs.insert(node.clone());
+                }
+                latest
             };
             if name.starts_with("seed-") {
                 run.seeds.insert(node, evs);
@@ -225,7 +263,9 @@ impl Run {
             }
         }
         for (p, evs) in &self.peers {
-            for e in ev(evs, "stopped") {
+            // A stop that a later run of the same peer followed (all runs read) is not the end.
+            let last_start = ev(evs, "started").map(ts).max().unwrap_or(0);
+            for e in ev(evs, "stopped").filter(|e| ts(e) >= last_start) {
                 note(p, ts(e));
             }
         }
@@ -414,6 +454,7 @@ impl Run {
             dead,
             false_removals,
             rejected,
+            earlier_runs_skipped: self.earlier_runs.iter().cloned().collect(),
         }
     }
 }
@@ -476,6 +517,13 @@ pub fn table(s: &Summary) -> String {
         }
     );
     let _ = writeln!(o, "rejected connections       {}", s.rejected);
+    if !s.earlier_runs_skipped.is_empty() {
+        let _ = writeln!(
+            o,
+            "earlier runs left out      {} node(s) were re-run with the same address: latest run only (--all-runs to read all)",
+            s.earlier_runs_skipped.len()
+        );
+    }
     o
 }
 
@@ -494,6 +542,7 @@ pub fn json(s: &Summary) -> Value {
         "dead": s.dead,
         "false_removals": s.false_removals.len(),
         "rejected": s.rejected,
+        "earlier_runs_skipped": s.earlier_runs_skipped,
     })
 }
 
@@ -644,6 +693,29 @@ mod tests {
         assert_eq!(s.latency_ms.max, 5.4);
         assert_eq!(s.dead.len(), 1);
         assert_eq!(s.dead[0].reported_after_s, None);
+    }
+
+    #[test]
+    fn only_the_latest_run_of_a_node_is_read_unless_all_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = [
+            r#"{"ts_ms":1,"node":"127.0.0.1:1","event":"started","role":"peer"}"#,
+            r#"{"ts_ms":2,"node":"127.0.0.1:1","event":"gossip_sent","id":"old"}"#,
+            r#"{"ts_ms":10,"node":"127.0.0.1:1","event":"started","role":"peer"}"#,
+            r#"{"ts_ms":11,"node":"127.0.0.1:1","event":"gossip_sent","id":"new"}"#,
+        ];
+        std::fs::write(
+            dir.path().join("peer-127.0.0.1-1.jsonl"),
+            lines.join("\n") + "\n",
+        )
+        .unwrap();
+        let latest = Run::load(dir.path()).unwrap();
+        assert_eq!(latest.peers["127.0.0.1:1"].len(), 2);
+        assert_eq!(latest.summarize().messages, 1);
+        assert_eq!(latest.summarize().earlier_runs_skipped, vec!["127.0.0.1:1"]);
+        let all = Run::load_runs(dir.path(), true).unwrap();
+        assert_eq!(all.summarize().messages, 2);
+        assert!(all.earlier_runs.is_empty());
     }
 
     #[test]

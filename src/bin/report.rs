@@ -32,6 +32,11 @@ struct Args {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Read every run in the files, as one long run. By default only each node's latest run
+    /// is read (a node re-run with the same address appends to its files; a run starts at its
+    /// `started` record).
+    #[arg(long)]
+    all_runs: bool,
     /// Write the overlay as Graphviz DOT to FILE (peers, links, dead peers in red, seeds as
     /// boxes); also render FILE with .svg when Graphviz `dot` is installed.
     #[arg(long, value_name = "FILE.dot")]
@@ -47,7 +52,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    let run = match Run::load(&args.run_dir) {
+    let run = match Run::load_runs(&args.run_dir, args.all_runs) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("report: error: cannot read {}: {e}", args.run_dir.display());
