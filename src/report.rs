@@ -533,6 +533,8 @@ pub fn json(s: &Summary) -> Value {
         "seeds": s.seeds,
         "peers": s.peers,
         "messages": s.messages,
+        "deliveries": s.deliveries,
+        "expected_deliveries": s.expected_deliveries,
         "coverage": s.coverage,
         "latency_ms": s.latency_ms,
         "duplicates_per_delivery": s.duplicates_per_delivery,
