@@ -3,22 +3,43 @@
 //! is tested on small hand-written runs with known answers.
 //!
 //! Definitions (also printed by `report --help`):
+//! - **seeds**, **peers**: nodes with a `.jsonl` file in the directory; **messages generated**:
+//!   `gossip_sent` events. Each node's latest run only (from its last `started`), unless
+//!   loaded with all runs; **earlier runs left out** counts the nodes that had earlier ones.
 //! - **expected deliveries** of a message generated at `t` by `g`: every other peer reachable
 //!   from `g` at `t` over links that both ends had logged up (`neighbour_up`, not yet
-//!   `neighbour_down`), through peers that had not failed, left or been removed by `t`. A
-//!   failure is the fault time from `faults.jsonl`, or else the first `removed` event about
-//!   the peer at any seed. A message from a peer that had already failed expects nobody.
+//!   `neighbour_down`), through peers that had not failed, left or been removed by `t` and
+//!   were not frozen at `t`. A failure is the fault time from `faults.jsonl`, or else the
+//!   first `removed` event about the peer at any seed; a leave is the peer's `stopped`. A
+//!   message from a peer that had already failed expects nobody.
 //! - **coverage** = deliveries to expected peers ÷ expected deliveries.
 //! - **time to reach all** of a message = last expected receipt − generation, over messages
-//!   that reached every expected peer; p50 / p99 / max.
+//!   that reached every expected peer; p50 / p99 / max, in milliseconds. Receipts at peers
+//!   listed apart (frozen, left) do not count.
 //! - **duplicates per delivery** = the peers' last `gossip_duplicates` counters summed ÷ all
-//!   deliveries.
-//! - **dead**: for each peer removed as dead or faulted by the run: seconds from the fault (when
-//!   recorded) to the first `dead_reported` about it, and to the moment a majority of seeds
-//!   (⌊n/2⌋+1) had logged its removal.
+//!   deliveries; **withdrawn before sending** = the same with `gossip_withdrawn` (copies taken
+//!   back unsent because the neighbour sent us the message first).
+//! - **frames per system call** = `frames_in` ÷ `reads` and `frames_out` ÷ `writes`, summed
+//!   over the peers' last `stats` (printed when counted).
+//! - **dead peer**: each peer faulted by the run, or removed as dead and not frozen: seconds
+//!   from the fault to the first Dead Node report about it (a peer's `dead_reported` or a
+//!   seed's `dead_report`, whichever is first), and to the moment a majority of seeds
+//!   (⌊n/2⌋+1) had logged its removal. With no fault record (a network run by hand) the times
+//!   count from the peer's own last line before the report ("from its last logged line"):
+//!   it died no earlier, so the times are upper bounds. `-`: no report or no removal.
+//! - **frozen peer**: a peer, not in `faults.jsonl`, that was reported dead and logged again
+//!   later, after a silence around the report of at least 1 s and over 3 × its median gap
+//!   between lines (SIGSTOP then SIGCONT, or a stall): how long it was silent, and from the
+//!   start of the silence to the first report and to its removal. Not expected to receive
+//!   while silent, not a false removal.
+//! - **left peer**: a peer that left cleanly (`leaving`/`stopped`, or removed with reason
+//!   `left`) while the network carried on (another node joined, linked or gossiped over 1 s
+//!   later; peers stopped together at the end of a run are not listed): seconds from its
+//!   goodbye to its removal by a majority of seeds.
 //! - **false removals**: peers removed as dead that the run did not fault (with a fault record),
-//!   or, without one, that kept logging after their removal.
-//! - **rejected**: `rejected` events at all nodes.
+//!   or, without one, that kept logging after their removal without having been frozen.
+//! - **rejected connections**: `rejected` events at all nodes (handshake, proof of work,
+//!   malformed input, limits, false dead reports).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -50,9 +71,33 @@ pub struct Latency {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Dead {
     pub peer: String,
-    /// Fault → first report, seconds (None if no fault time or no report).
+    /// Fault (or last sign of life, see `since`) → first report, seconds (None if no report).
     pub reported_after_s: Option<f64>,
-    /// Fault → removal by a majority of seeds, seconds.
+    /// Fault (or last sign of life) → removal by a majority of seeds, seconds.
+    pub removed_after_s: Option<f64>,
+    /// What the times count from: `fault` (the run's faults.jsonl) or `last_record` (the
+    /// peer's own last .jsonl line, for a network run by hand: the death is no earlier).
+    pub since: &'static str,
+}
+
+/// A peer reported dead that logged again later: stopped (SIGSTOP) or stalled, then resumed.
+/// Listed apart and kept out of the coverage and latency figures while it was silent.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Frozen {
+    pub peer: String,
+    /// Its log's silence around the first report: last line before → first line after, s.
+    pub silent_s: f64,
+    /// Start of the silence → first Dead Node report about it, seconds.
+    pub reported_after_s: f64,
+    /// Start of the silence → removal by a majority of seeds, seconds (None: not removed).
+    pub removed_after_s: Option<f64>,
+}
+
+/// A peer that left cleanly (`leaving` / `stopped` in its log, or removed with reason `left`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Left {
+    pub peer: String,
+    /// Its goodbye → removal (reason `left`) by a majority of seeds, seconds.
     pub removed_after_s: Option<f64>,
 }
 
@@ -76,6 +121,8 @@ pub struct Summary {
     pub frames_per_read: f64,
     pub frames_per_write: f64,
     pub dead: Vec<Dead>,
+    pub frozen: Vec<Frozen>,
+    pub left: Vec<Left>,
     pub false_removals: Vec<String>,
     pub rejected: usize,
     /// Nodes whose earlier runs in the same files were left out (see [`Run::earlier_runs`]).
@@ -122,6 +169,8 @@ type LinkLog<'a> = HashMap<&'a str, HashMap<&'a str, Vec<(u64, u64)>>>;
 struct Overlay<'a> {
     halves: LinkLog<'a>,
     gone: HashMap<String, u64>,
+    /// Frozen peers' silences `(from, to)`: not expected to receive meanwhile.
+    away: BTreeMap<String, (u64, u64)>,
 }
 
 impl<'a> Overlay<'a> {
@@ -156,6 +205,7 @@ impl<'a> Overlay<'a> {
         Overlay {
             halves,
             gone: run.gone_at(),
+            away: run.frozen_windows(),
         }
     }
 
@@ -168,6 +218,7 @@ impl<'a> Overlay<'a> {
 
     fn alive(&self, p: &str, t: u64) -> bool {
         self.gone.get(p).is_none_or(|&x| x > t)
+            && self.away.get(p).is_none_or(|&(a, b)| t < a || t >= b)
     }
 
     /// The peers a message generated by `g` at `t` is expected to reach: every live peer
@@ -272,6 +323,120 @@ impl Run {
         gone
     }
 
+    /// The first Dead Node report about each peer: the earliest a peer sent one
+    /// (`dead_reported`) or a seed received one (`dead_report`).
+    fn first_reports(&self) -> HashMap<String, u64> {
+        let mut first: HashMap<String, u64> = HashMap::new();
+        let note = |first: &mut HashMap<String, u64>, p: &str, t: u64| {
+            let e = first.entry(p.to_string()).or_insert(t);
+            *e = (*e).min(t);
+        };
+        for evs in self.peers.values() {
+            for e in ev(evs, "dead_reported") {
+                note(&mut first, s(e, "dead"), ts(e));
+            }
+        }
+        for evs in self.seeds.values() {
+            for e in ev(evs, "dead_report") {
+                note(&mut first, s(e, "dead"), ts(e));
+            }
+        }
+        first
+    }
+
+    /// Peers that were reported dead and logged again afterwards, with the silence of their
+    /// log around the first report: `(last line before, first line after)`. A silence counts
+    /// when it lasted at least a second and more than 3 × the peer's median gap between
+    /// lines: a live peer falsely reported keeps logging (stats, gossip) and has no such gap.
+    /// Peers the run faulted on purpose (faults.jsonl) are dead by that record instead.
+    pub fn frozen_windows(&self) -> BTreeMap<String, (u64, u64)> {
+        let mut out = BTreeMap::new();
+        for (p, r) in self.first_reports() {
+            if self.faults.contains_key(&p) {
+                continue;
+            }
+            let Some(evs) = self.peers.get(&p) else {
+                continue;
+            };
+            let mut times: Vec<u64> = evs.iter().map(ts).collect();
+            times.sort_unstable();
+            let Some(after) = times.iter().position(|&t| t > r) else {
+                continue;
+            };
+            if after == 0 {
+                continue;
+            }
+            let (from, to) = (times[after - 1], times[after]);
+            let mut gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+            gaps.sort_unstable();
+            let median = gaps.get(gaps.len() / 2).copied().unwrap_or(0);
+            if to - from >= 1000 && to - from > 3 * median {
+                out.insert(p, (from, to));
+            }
+        }
+        out
+    }
+
+    /// Peers that left cleanly while the network carried on: when they said goodbye
+    /// (`leaving`, else `stopped`, else the seeds' removal with reason `left`). The network
+    /// carried on when another node still joined, linked or gossiped more than a second after
+    /// the goodbye; so the peers stopped together at the end of a run are not listed.
+    fn left_at(&self) -> BTreeMap<String, u64> {
+        let mut bye = BTreeMap::new();
+        for (p, evs) in &self.peers {
+            if let Some(e) = ev(evs, "leaving").chain(ev(evs, "stopped")).next() {
+                bye.insert(p.clone(), ts(e));
+            }
+        }
+        for (p, (t, r)) in self.removal_at_majority() {
+            if r == "left" {
+                bye.entry(p).or_insert(t);
+            }
+        }
+        const ACTIVITY: [&str; 6] = [
+            "gossip_sent",
+            "gossip_received",
+            "neighbour_up",
+            "peer_list",
+            "registered",
+            "registered_with",
+        ];
+        let last_activity = |except: &str| {
+            self.peers
+                .iter()
+                .chain(&self.seeds)
+                .filter(|(n, _)| n.as_str() != except)
+                .flat_map(|(_, evs)| evs.iter())
+                .filter(|e| ACTIVITY.iter().any(|a| e["event"] == *a))
+                .map(ts)
+                .max()
+                .unwrap_or(0)
+        };
+        bye.into_iter()
+            .filter(|(p, t)| last_activity(p) > t + 1000)
+            .collect()
+    }
+
+    /// Peers shown as dead: faulted by the run, or removed as dead and not frozen-and-resumed.
+    pub fn dead_peers(&self) -> BTreeSet<String> {
+        let frozen = self.frozen_windows();
+        let mut dead: BTreeSet<String> = self.faults.keys().cloned().collect();
+        dead.extend(
+            self.removal_at_majority()
+                .into_iter()
+                .filter(|(p, (_, r))| r == "dead" && !frozen.contains_key(p))
+                .map(|(p, _)| p),
+        );
+        dead
+    }
+
+    /// Peers kept out of latency figures and listed apart: left cleanly, or frozen.
+    fn apart(&self) -> BTreeSet<String> {
+        let mut apart: BTreeSet<String> = self.frozen_windows().into_keys().collect();
+        apart.extend(self.left_at().into_keys());
+        apart
+    }
+
     fn removal_at_majority(&self) -> BTreeMap<String, (u64, String)> {
         let majority = self.seeds.len() / 2 + 1;
         let mut times: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
@@ -333,6 +498,7 @@ impl Run {
                 frames as f64 / n as f64
             }
         };
+        let apart = self.apart();
         let mut messages = 0;
         let (mut delivered, mut expected) = (0u64, 0u64);
         let mut latencies = Vec::new();
@@ -349,7 +515,9 @@ impl Run {
                     match got.and_then(|r| r.get(p)) {
                         Some(&rt) => {
                             delivered += 1;
-                            last = last.max(rt);
+                            if !apart.contains(p) {
+                                last = last.max(rt);
+                            }
                         }
                         None => complete = false,
                     }
@@ -370,39 +538,66 @@ impl Run {
             }
         };
         let removals = self.removal_at_majority();
-        let mut first_report: HashMap<&str, u64> = HashMap::new();
-        for evs in self.peers.values() {
-            for e in ev(evs, "dead_reported") {
-                let t = first_report.entry(s(e, "dead")).or_insert(ts(e));
-                *t = (*t).min(ts(e));
-            }
-        }
-        let mut dead_peers: BTreeSet<String> = self.faults.keys().cloned().collect();
-        dead_peers.extend(
-            removals
-                .iter()
-                .filter(|(_, (_, r))| r == "dead")
-                .map(|(p, _)| p.clone()),
-        );
+        let first_report = self.first_reports();
+        let frozen_windows = self.frozen_windows();
         let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1000.0;
-        let dead = dead_peers
+        let dead = self
+            .dead_peers()
             .iter()
             .map(|p| {
-                let fault = self.faults.get(p).map(|f| f.0);
+                // Without a fault record, the peer's own last line before it was reported (or
+                // at all): it died no earlier.
+                let report = first_report.get(p.as_str()).copied().unwrap_or(u64::MAX);
+                let (from, since) = match self.faults.get(p) {
+                    Some(f) => (Some(f.0), "fault"),
+                    None => (
+                        self.peers
+                            .get(p)
+                            .and_then(|evs| evs.iter().map(ts).filter(|&t| t <= report).max()),
+                        "last_record",
+                    ),
+                };
                 Dead {
                     peer: p.clone(),
-                    reported_after_s: fault
+                    reported_after_s: from
                         .zip(first_report.get(p.as_str()).copied())
                         .map(|(f, r)| secs(f, r)),
-                    removed_after_s: fault
+                    removed_after_s: from
                         .zip(removals.get(p).filter(|(_, r)| r == "dead").map(|x| x.0))
                         .map(|(f, r)| secs(f, r)),
+                    since,
                 }
+            })
+            .collect();
+        let frozen = frozen_windows
+            .iter()
+            .map(|(p, &(from, to))| Frozen {
+                peer: p.clone(),
+                silent_s: secs(from, to),
+                reported_after_s: secs(from, first_report.get(p).copied().unwrap_or(from)),
+                removed_after_s: removals
+                    .get(p)
+                    .filter(|(_, r)| r == "dead")
+                    .map(|x| secs(from, x.0)),
+            })
+            .collect();
+        let left = self
+            .left_at()
+            .into_iter()
+            .filter(|(p, _)| !frozen_windows.contains_key(p))
+            .map(|(p, t)| Left {
+                removed_after_s: removals
+                    .get(&p)
+                    .filter(|(_, r)| r == "left")
+                    .map(|x| secs(t, x.0)),
+                peer: p,
             })
             .collect();
         let false_removals = removals
             .iter()
             .filter(|(_, (_, r))| r == "dead")
+            // A frozen peer was unresponsive: its removal was right, though it resumed later.
+            .filter(|(p, _)| !frozen_windows.contains_key(*p))
             .filter(|(p, (t, _))| {
                 if !self.faults.is_empty() {
                     !self.faults.contains_key(*p)
@@ -452,6 +647,8 @@ impl Run {
             frames_per_read: per(calls[0], calls[1]),
             frames_per_write: per(calls[2], calls[3]),
             dead,
+            frozen,
+            left,
             false_removals,
             rejected,
             earlier_runs_skipped: self.earlier_runs.iter().cloned().collect(),
@@ -497,10 +694,35 @@ pub fn table(s: &Summary) -> String {
     for d in &s.dead {
         let _ = writeln!(
             o,
-            "dead peer {:<22} first report after {}, removed by a majority after {}",
+            "dead peer {:<22} first report after {}, removed by a majority after {}{}",
             d.peer,
             opt_s(d.reported_after_s),
-            opt_s(d.removed_after_s)
+            opt_s(d.removed_after_s),
+            if d.since == "fault" {
+                ""
+            } else {
+                " (from its last logged line)"
+            }
+        );
+    }
+    for f in &s.frozen {
+        let _ = writeln!(
+            o,
+            "frozen peer {:<20} silent {:.2} s, then logged again; first report after {:.2} s, removed after {}",
+            f.peer,
+            f.silent_s,
+            f.reported_after_s,
+            f.removed_after_s
+                .map(|v| format!("{v:.2} s"))
+                .unwrap_or_else(|| "- (not removed)".into())
+        );
+    }
+    for l in &s.left {
+        let _ = writeln!(
+            o,
+            "left peer {:<22} left cleanly, removed (left) by a majority after {}",
+            l.peer,
+            opt_s(l.removed_after_s)
         );
     }
     let _ = writeln!(
@@ -542,6 +764,8 @@ pub fn json(s: &Summary) -> Value {
         "frames_per_read": s.frames_per_read,
         "frames_per_write": s.frames_per_write,
         "dead": s.dead,
+        "frozen": s.frozen,
+        "left": s.left,
         "false_removals": s.false_removals.len(),
         "rejected": s.rejected,
         "earlier_runs_skipped": s.earlier_runs_skipped,
@@ -647,6 +871,7 @@ mod tests {
                 reported_after_s: Some(0.2),
                 // The second seed to remove it (a majority of 3) did so at 4600.
                 removed_after_s: Some(0.9),
+                since: "fault",
             }]
         );
         assert!(s.false_removals.is_empty());
@@ -721,6 +946,82 @@ mod tests {
     }
 
     #[test]
+    fn a_frozen_then_resumed_peer_is_listed_apart_not_as_dead_or_falsely_removed() {
+        let mut r = run();
+        r.faults.clear();
+        let c = r.peers.get_mut(C).unwrap();
+        // C logs every 100 ms until 1050, is silent while frozen, then logs again from 9000.
+        for t in (300..=1000).step_by(100) {
+            c.push(e(t, C, "stats", json!({})));
+        }
+        c.push(e(9000, C, "stats", json!({})));
+        c.push(e(9100, C, "stats", json!({})));
+        c.sort_by_key(ts);
+        let s = r.summarize();
+        assert!(s.dead.is_empty(), "{:?}", s.dead);
+        assert!(s.false_removals.is_empty());
+        assert_eq!(
+            s.frozen,
+            vec![Frozen {
+                peer: C.into(),
+                silent_s: 7.95,
+                reported_after_s: 2.85,
+                removed_after_s: Some(3.55),
+            }]
+        );
+        // m2 (at 5000) was not expected at C, silent then.
+        assert_eq!((s.deliveries, s.expected_deliveries), (3, 3));
+        let t = table(&s);
+        assert!(t.contains("frozen peer 127.0.0.1:3"), "{t}");
+    }
+
+    #[test]
+    fn a_peer_that_left_is_listed_apart_with_its_removal() {
+        let mut r = run();
+        let b = r.peers.get_mut(B).unwrap();
+        b.push(e(5500, B, "leaving", json!({})));
+        b.push(e(5501, B, "stopped", json!({})));
+        // The network carries on after B left: A gets a fresh peer list.
+        r.peers
+            .get_mut(A)
+            .unwrap()
+            .push(e(7000, A, "peer_list", json!({})));
+        for (i, evs) in r.seeds.values_mut().enumerate() {
+            evs.push(e(
+                5510 + 10 * i as u64,
+                "s",
+                "removed",
+                json!({"peer": B, "reason": "left"}),
+            ));
+        }
+        let s = r.summarize();
+        assert_eq!(
+            s.left,
+            vec![Left {
+                peer: B.into(),
+                removed_after_s: Some(0.02),
+            }]
+        );
+        assert_eq!(s.dead.len(), 1, "only C is dead");
+        assert!(table(&s).contains("left peer 127.0.0.1:2"));
+        // B's receipts do not count in time to reach all: m1's last other receipt is C's.
+        assert_eq!(s.latency_ms.max, 50.0);
+    }
+
+    #[test]
+    fn peers_stopped_together_at_the_end_of_a_run_are_not_listed_as_left() {
+        let mut r = run();
+        for (i, p) in [A, B].into_iter().enumerate() {
+            let evs = r.peers.get_mut(p).unwrap();
+            evs.push(e(8000 + i as u64, p, "leaving", json!({})));
+            evs.push(e(8001 + i as u64, p, "stopped", json!({})));
+        }
+        let s = r.summarize();
+        assert!(s.left.is_empty(), "{:?}", s.left);
+        assert_eq!(s.latency_ms.max, 50.0);
+    }
+
+    #[test]
     fn a_missed_delivery_lowers_coverage() {
         let mut r = run();
         r.peers
@@ -744,25 +1045,20 @@ mod tests {
             .push(e(9999, C, "stats", json!({})));
         let s = r.summarize();
         assert_eq!(s.false_removals, vec![C.to_string()]);
-        assert_eq!(s.dead[0].reported_after_s, None);
+        // No fault record: from C's last line before the first report (1050 → 3900).
+        assert_eq!(s.dead[0].since, "last_record");
+        assert_eq!(s.dead[0].reported_after_s, Some(2.85));
+        assert!(s.frozen.is_empty());
     }
 }
 
-/// Writes the overlay as Graphviz DOT: peers (dead ones red), every link that was ever up
-/// (links to dead peers dashed red), seeds as boxes with dotted lines to the peers that
-/// registered with them.
+/// Writes the overlay as Graphviz DOT: peers (dead ones red, frozen-then-resumed orange, left
+/// grey), every link that was ever up (links to dead peers dashed red), seeds as boxes with
+/// dotted lines to the peers that registered with them.
 pub fn topology_dot(run: &Run) -> String {
-    let summary_dead: BTreeSet<String> = run
-        .faults
-        .keys()
-        .cloned()
-        .chain(
-            run.removal_at_majority()
-                .into_iter()
-                .filter(|(_, (_, r))| r == "dead")
-                .map(|(p, _)| p),
-        )
-        .collect();
+    let summary_dead = run.dead_peers();
+    let frozen = run.frozen_windows();
+    let left = run.left_at();
     let short = |a: &str| {
         a.rsplit_once(':')
             .map(|(_, p)| p.to_string())
@@ -776,7 +1072,7 @@ pub fn topology_dot(run: &Run) -> String {
     );
     let _ = writeln!(
         o,
-        "  label=\"gossipnet overlay: {} seeds (boxes), {} peers (circles, dead in red), labels are ports\"; fontsize=11;",
+        "  label=\"gossipnet overlay: {} seeds (boxes, dotted lines to the peers registered with them), {} peers (circles: blue live, red dead, orange frozen then resumed, grey left cleanly); blue lines are links, dashed red ones links to dead peers; labels are ports\"; fontsize=11;",
         run.seeds.len(),
         run.peers.len()
     );
@@ -792,7 +1088,19 @@ pub fn topology_dot(run: &Run) -> String {
         );
     }
     for p in run.peers.keys() {
-        if summary_dead.contains(p) {
+        if frozen.contains_key(p) {
+            let _ = writeln!(
+                o,
+                "  \"{p}\" [shape=circle, fillcolor=\"#ffcc80\", label=\"{}\\nfrozen\"];",
+                short(p)
+            );
+        } else if left.contains_key(p) && !summary_dead.contains(p) {
+            let _ = writeln!(
+                o,
+                "  \"{p}\" [shape=circle, fillcolor=\"#e0e0e0\", label=\"{}\\nleft\"];",
+                short(p)
+            );
+        } else if summary_dead.contains(p) {
             let _ = writeln!(
                 o,
                 "  \"{p}\" [shape=circle, fillcolor=\"#ff8a80\", label=\"{}\\ndead\"];",
@@ -841,8 +1149,10 @@ pub fn topology_dot(run: &Run) -> String {
 
 /// Propagation curves: for each message, the fraction of its expected peers reached against
 /// milliseconds since generation. Points are (ms, fraction) steps, one series per message.
+/// Peers listed apart (left, frozen) are left out, as from the latency figures.
 pub fn propagation_curves(run: &Run) -> Vec<Vec<(f64, f64)>> {
     let overlay = Overlay::new(run);
+    let apart = run.apart();
     let mut receipts: HashMap<&str, HashMap<&str, u64>> = HashMap::new();
     for (p, evs) in &run.peers {
         for e in ev(evs, "gossip_received") {
@@ -856,7 +1166,8 @@ pub fn propagation_curves(run: &Run) -> Vec<Vec<(f64, f64)>> {
     for (g, evs) in &run.peers {
         for m in ev(evs, "gossip_sent") {
             let t = ts(m);
-            let expected = overlay.expected(g, t);
+            let mut expected = overlay.expected(g, t);
+            expected.retain(|p| !apart.contains(*p));
             if expected.is_empty() {
                 continue;
             }
@@ -893,25 +1204,58 @@ fn at(curve: &[(f64, f64)], x: f64) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Draws the propagation curves as SVG (one thin line per message, the median bold).
+/// The plot's horizontal extent in milliseconds: the p99 of the messages' times to reach all
+/// their peers, with a margin. A few slow messages (a peer stalled, a link repaired late)
+/// must not squeeze every other curve into a vertical line at 0; those run off the edge and
+/// the caption says so.
+fn plot_extent_ms(curves: &[Vec<(f64, f64)>]) -> f64 {
+    let mut ends: Vec<f64> = curves
+        .iter()
+        .map(|c| c.last().map(|p| p.0).unwrap_or(0.0))
+        .collect();
+    ends.sort_by(|a, b| a.total_cmp(b));
+    let p99 = ends
+        .get(((ends.len().max(1) - 1) as f64 * 0.99).round() as usize)
+        .copied()
+        .unwrap_or(1.0);
+    (p99 * 1.15).max(0.01)
+}
+
+/// Draws the propagation curves as SVG: one thin line per message, the median bold, the p99
+/// time to reach all as a dashed line; every mark is in the legend. The time axis covers the
+/// propagation window (see [`plot_extent_ms`]), in ms, or in seconds when that is over 2 s.
 pub fn plot_svg(run: &Run, path: &Path) -> Result<(), String> {
     use plotters::prelude::*;
     let curves = propagation_curves(run);
     if curves.is_empty() {
         return Err("no message with expected receivers in this run".into());
     }
-    let xmax = curves
+    let extent_ms = plot_extent_ms(&curves);
+    let (scale, unit) = if extent_ms > 2000.0 {
+        (1000.0, "seconds")
+    } else {
+        (1.0, "milliseconds")
+    };
+    let xmax = extent_ms / scale;
+    let ends: Vec<f64> = curves
         .iter()
-        .flat_map(|c| c.iter().map(|p| p.0))
-        .fold(1.0f64, f64::max)
-        * 1.05;
+        .map(|c| c.last().map(|p| p.0).unwrap_or(0.0))
+        .collect();
+    let beyond: Vec<f64> = ends.iter().copied().filter(|&e| e > extent_ms).collect();
+    let slowest = ends.iter().copied().fold(0.0, f64::max);
+    let mut caption = format!("Propagation of {} messages", curves.len());
+    if !beyond.is_empty() {
+        let _ = write!(
+            caption,
+            " ({} reached their last peer past the right edge, the slowest after {:.2} s)",
+            beyond.len(),
+            slowest / 1000.0
+        );
+    }
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("Propagation of {} messages (median bold)", curves.len()),
-            ("sans-serif", 22),
-        )
+        .caption(caption, ("sans-serif", 18))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(56)
@@ -919,40 +1263,61 @@ pub fn plot_svg(run: &Run, path: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
-        .x_desc("milliseconds since generation")
-        .y_desc("fraction of peers reached")
+        .x_desc(format!("{unit} since the message was generated"))
+        .y_desc("fraction of its expected peers reached")
         .draw()
         .map_err(|e| e.to_string())?;
     let thin = RGBColor(21, 101, 192).mix(0.25);
-    for c in &curves {
-        let mut pts = c.clone();
+    for (i, c) in curves.iter().enumerate() {
+        let mut pts: Vec<(f64, f64)> = c.iter().map(|&(x, y)| ((x / scale).min(xmax), y)).collect();
         pts.push((xmax, c.last().map(|p| p.1).unwrap_or(0.0)));
-        chart
+        let series = chart
             .draw_series(LineSeries::new(pts, thin.stroke_width(1)))
             .map_err(|e| e.to_string())?;
+        if i == 0 {
+            series
+                .label("one message (a step at each peer's first receipt)")
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], thin.stroke_width(2))
+                });
+        }
     }
     let steps = 400;
     let median: Vec<(f64, f64)> = (0..=steps)
         .map(|i| {
             let x = xmax * i as f64 / steps as f64;
-            let mut ys: Vec<f64> = curves.iter().map(|c| at(c, x)).collect();
+            let mut ys: Vec<f64> = curves.iter().map(|c| at(c, x * scale)).collect();
             ys.sort_by(|a, b| a.total_cmp(b));
             (x, ys[ys.len() / 2])
         })
         .collect();
+    let red = RGBColor(183, 28, 28);
     chart
-        .draw_series(LineSeries::new(
-            median,
-            RGBColor(183, 28, 28).stroke_width(3),
-        ))
+        .draw_series(LineSeries::new(median, red.stroke_width(3)))
         .map_err(|e| e.to_string())?
-        .label("median")
-        .legend(|(x, y)| {
-            PathElement::new(
-                vec![(x, y), (x + 20, y)],
-                RGBColor(183, 28, 28).stroke_width(3),
-            )
-        });
+        .label("median over the messages at each moment")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(3)));
+    let summary = run.summarize();
+    let p99 = summary.latency_ms.p99 / scale;
+    if summary.latency_ms.p99 > 0.0 && p99 <= xmax {
+        let grey = RGBColor(60, 60, 60);
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(p99, 0.0), (p99, 1.02)],
+                6,
+                4,
+                grey.stroke_width(1),
+            ))
+            .map_err(|e| e.to_string())?
+            .label(format!(
+                "p99 time to reach all ({:.2} {})",
+                p99,
+                if scale > 1.0 { "s" } else { "ms" }
+            ))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(1))
+            });
+    }
     chart
         .configure_series_labels()
         .border_style(BLACK)
@@ -999,6 +1364,15 @@ mod picture_tests {
     }
 
     #[test]
+    fn one_slow_message_does_not_set_the_time_axis() {
+        let mut curves: Vec<Vec<(f64, f64)>> =
+            (0..100).map(|_| vec![(0.0, 0.0), (10.0, 1.0)]).collect();
+        curves.push(vec![(0.0, 0.0), (74_000.0, 1.0)]);
+        let x = plot_extent_ms(&curves);
+        assert!((x - 11.5).abs() < 1e-9, "{x}");
+    }
+
+    #[test]
     fn curves_step_to_one_when_all_are_reached() {
         let mut r = Run::default();
         let e = |t: u64, n: &str, ev: &str, extra: Value| {
@@ -1040,5 +1414,7 @@ mod picture_tests {
         plot_svg(&r, &path).unwrap();
         let svg = std::fs::read_to_string(path).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("median"));
+        assert!(svg.contains("one message") && svg.contains("p99 time to reach all"));
+        assert!(svg.contains("milliseconds since the message was generated"));
     }
 }

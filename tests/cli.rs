@@ -208,3 +208,31 @@ fn the_screen_shows_one_format_on_stdout_and_stderr() {
         "{stderr}"
     );
 }
+
+#[test]
+fn report_help_defines_every_figure_the_report_prints() {
+    let o = run(Path::new(env!("CARGO_BIN_EXE_report")), &["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&o.stdout);
+    for figure in [
+        "seeds",
+        "peers",
+        "messages generated",
+        "coverage",
+        "time to reach all",
+        "duplicates per delivery",
+        "withdrawn before sending",
+        "frames per system call",
+        "dead peer",
+        "frozen peer",
+        "left peer",
+        "false removals",
+        "rejected connections",
+        "earlier runs left out",
+    ] {
+        assert!(
+            help.contains(figure),
+            "`{figure}` is not defined in:\n{help}"
+        );
+    }
+}
