@@ -137,7 +137,6 @@ sleep 1
 echo "starting $PEERS peers"
 for a in "${PEER_ADDRS[@]}"; do start peer "$a"; sleep 0.2; done
 
-count() { (cat "$OUT"/$1-*.jsonl 2>/dev/null || true) | { grep -c "\"event\":\"$2\"" || true; }; }
 # A number from the report's one-line JSON (0 when there is nothing to report yet).
 field() { local v; v=$(sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p" <<< "$REPORT_JSON"); echo "${v:-0}"; }
 SENT=0; RECV=0; EXPECTED=0; DEAD=0
