@@ -28,10 +28,11 @@
 //!   count from the peer's own last line before the report ("from its last logged line"):
 //!   it died no earlier, so the times are upper bounds. `-`: no report or no removal.
 //! - **frozen peer**: a peer, not in `faults.jsonl`, that was reported dead and logged again
-//!   later, after a silence around the report of at least 1 s and over 3 × its median gap
-//!   between lines (SIGSTOP then SIGCONT, or a stall): how long it was silent, and from the
-//!   start of the silence to the first report and to its removal. Not expected to receive
-//!   while silent, not a false removal.
+//!   later, after a silence around the report of at least 1 s and over 2 × its interval
+//!   between `stats` lines (SIGSTOP then SIGCONT, or a stall): how long it was silent, and
+//!   from the start of the silence to the first report and to its removal. Not expected to
+//!   receive while silent, not a false removal. Reports sent by a peer after the run faulted
+//!   it do not count (a stopped peer resumed at the end fires the misses it slept through).
 //! - **left peer**: a peer that left cleanly (`leaving`/`stopped`, or removed with reason
 //!   `left`) while the network carried on (another node joined, linked or gossiped over 1 s
 //!   later; peers stopped together at the end of a run are not listed): seconds from its
@@ -324,21 +325,26 @@ impl Run {
     }
 
     /// The first Dead Node report about each peer: the earliest a peer sent one
-    /// (`dead_reported`) or a seed received one (`dead_report`).
+    /// (`dead_reported`) or a seed received one (`dead_report`). Reports by a peer after the
+    /// run faulted it do not count: a stopped peer resumed at the end of a run fires the
+    /// misses it slept through.
     fn first_reports(&self) -> HashMap<String, u64> {
         let mut first: HashMap<String, u64> = HashMap::new();
-        let note = |first: &mut HashMap<String, u64>, p: &str, t: u64| {
+        let mut note = |reporter: &str, p: &str, t: u64| {
+            if self.faults.get(reporter).is_some_and(|f| f.0 <= t) {
+                return;
+            }
             let e = first.entry(p.to_string()).or_insert(t);
             *e = (*e).min(t);
         };
-        for evs in self.peers.values() {
+        for (reporter, evs) in &self.peers {
             for e in ev(evs, "dead_reported") {
-                note(&mut first, s(e, "dead"), ts(e));
+                note(reporter, s(e, "dead"), ts(e));
             }
         }
         for evs in self.seeds.values() {
             for e in ev(evs, "dead_report") {
-                note(&mut first, s(e, "dead"), ts(e));
+                note(s(e, "reporter"), s(e, "dead"), ts(e));
             }
         }
         first
@@ -346,9 +352,10 @@ impl Run {
 
     /// Peers that were reported dead and logged again afterwards, with the silence of their
     /// log around the first report: `(last line before, first line after)`. A silence counts
-    /// when it lasted at least a second and more than 3 × the peer's median gap between
-    /// lines: a live peer falsely reported keeps logging (stats, gossip) and has no such gap.
-    /// Peers the run faulted on purpose (faults.jsonl) are dead by that record instead.
+    /// when it lasted at least a second and more than 2 × the peer's interval between `stats`
+    /// lines (the median; 3 × its median gap between any lines when it logged fewer than three
+    /// `stats`): a live peer writes `stats` every interval, so a falsely reported one has no
+    /// such gap. Peers the run faulted on purpose (faults.jsonl) are dead by that record.
     pub fn frozen_windows(&self) -> BTreeMap<String, (u64, u64)> {
         let mut out = BTreeMap::new();
         for (p, r) in self.first_reports() {
@@ -367,10 +374,18 @@ impl Run {
                 continue;
             }
             let (from, to) = (times[after - 1], times[after]);
-            let mut gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
-            gaps.sort_unstable();
-            let median = gaps.get(gaps.len() / 2).copied().unwrap_or(0);
-            if to - from >= 1000 && to - from > 3 * median {
+            let median_gap = |times: &[u64]| {
+                let mut gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+                gaps.sort_unstable();
+                gaps.get(gaps.len() / 2).copied().unwrap_or(0)
+            };
+            let stats: Vec<u64> = ev(evs, "stats").map(ts).collect();
+            let usual = if stats.len() >= 3 {
+                2 * median_gap(&stats)
+            } else {
+                3 * median_gap(&times)
+            };
+            if to - from >= 1000 && to - from > usual {
                 out.insert(p, (from, to));
             }
         }
@@ -973,6 +988,21 @@ mod tests {
         assert_eq!((s.deliveries, s.expected_deliveries), (3, 3));
         let t = table(&s);
         assert!(t.contains("frozen peer 127.0.0.1:3"), "{t}");
+    }
+
+    #[test]
+    fn a_report_sent_by_a_faulted_peer_after_its_fault_does_not_count() {
+        let mut r = run();
+        // C was killed at 3700; a (stopped, then resumed) C reporting A at 9000 is stale.
+        r.peers
+            .get_mut(C)
+            .unwrap()
+            .push(e(9000, C, "dead_reported", json!({"dead": A})));
+        let a = r.peers.get_mut(A).unwrap();
+        a.push(e(12000, A, "stats", json!({})));
+        let s = r.summarize();
+        assert!(s.frozen.is_empty(), "{:?}", s.frozen);
+        assert_eq!(s.dead.len(), 1);
     }
 
     #[test]

@@ -43,6 +43,21 @@ fn a_network_run_by_hand_gets_detection_times_and_left_and_frozen_peers_apart() 
             && removed_by_majority(&net, frozen, "dead")
             && removed_by_majority(&net, left, "left")
     });
+    // Silent for longer than a live peer ever is: over two of its stats intervals (1 s).
+    let last_line = |net: &Net| {
+        net.events("peer", frozen)
+            .iter()
+            .filter_map(|e| e["ts_ms"].as_u64())
+            .max()
+            .unwrap_or(0)
+    };
+    wait_until("the frozen peer has been silent for 3 s", || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        now > last_line(&net) + 3000
+    });
     let before = net.events("peer", frozen).len();
     net.signal(frozen, "CONT");
     wait_until("the frozen peer logs again", || {

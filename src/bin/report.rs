@@ -32,10 +32,11 @@ use gossipnet::report::{json, plot_svg, table, topology_dot, Run};
 ///     from the fault to the first Dead Node report about it and to its removal by a majority
 ///     of seeds (⌊n/2⌋+1). Without faults.jsonl (a network run by hand) they count from the
 ///     peer's last logged line before the report: upper bounds. "-": no report / removal.
-///   frozen peer: reported dead, then logged again after a silence (at least 1 s and over
-///     3 × its median gap between lines) around the report, e.g. SIGSTOP then SIGCONT: how
-///     long it was silent, and from the start of the silence to the first report and to its
-///     removal. Not expected to receive while silent; not a false removal.
+///   frozen peer: reported dead, then logged again after a silence around the report of at
+///     least 1 s and over 2 × its interval between stats lines (a live peer writes stats
+///     every interval), e.g. SIGSTOP then SIGCONT: how long it was silent, and from the start
+///     of the silence to the first report and to its removal. Not expected to receive while
+///     silent; not a false removal. Reports by a peer after the run faulted it do not count.
 ///   left peer: left cleanly (leaving/stopped, or removed with reason left) while the network
 ///     carried on (another node joined, linked or gossiped over 1 s later; peers stopped
 ///     together at the end of a run are not listed): seconds from its goodbye to its removal
