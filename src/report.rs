@@ -1275,11 +1275,15 @@ pub fn plot_svg(run: &Run, path: &Path) -> Result<(), String> {
     let slowest = ends.iter().copied().fold(0.0, f64::max);
     let mut caption = format!("Propagation of {} messages", curves.len());
     if !beyond.is_empty() {
+        let slowest = if slowest > 2000.0 {
+            format!("{:.2} s", slowest / 1000.0)
+        } else {
+            format!("{slowest:.2} ms")
+        };
         let _ = write!(
             caption,
-            " ({} reached their last peer past the right edge, the slowest after {:.2} s)",
-            beyond.len(),
-            slowest / 1000.0
+            " ({} reached their last peer past the right edge, the slowest after {slowest})",
+            beyond.len()
         );
     }
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
