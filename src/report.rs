@@ -1052,6 +1052,26 @@ mod tests {
     }
 
     #[test]
+    fn the_timeline_draws_and_explains_the_marks_that_occur() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.svg");
+        timeline_svg(&run(), &path).unwrap();
+        let svg = std::fs::read_to_string(path).unwrap();
+        for mark in [
+            "a peer&apos;s life",
+            "fault injected by the run",
+            "first Dead Node report",
+            "removed as dead by a majority",
+        ] {
+            assert!(svg.contains(mark), "{mark}");
+        }
+        // Nobody joined through a peer list, left or froze in this run: nothing to explain.
+        for absent in ["joined:", "said goodbye", "silent:", "removed as left"] {
+            assert!(!svg.contains(absent), "{absent}");
+        }
+    }
+
+    #[test]
     fn a_missed_delivery_lowers_coverage() {
         let mut r = run();
         r.peers
@@ -1357,6 +1377,187 @@ pub fn plot_svg(run: &Run, path: &Path) -> Result<(), String> {
         .border_style(BLACK)
         .background_style(WHITE.mix(0.9))
         .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Draws the run's timeline as SVG to `path`: one row per peer (in the order they started),
+/// its life as a grey line from its first to its last logged line, and marks for when it got
+/// its peer list, was faulted (faults.jsonl), was silent (frozen), was first reported dead,
+/// said goodbye, and was removed by a majority of seeds (dead or left). Seconds since the
+/// first line of the run. Only the marks that occur are drawn, and each is in the legend.
+pub fn timeline_svg(run: &Run, path: &Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    let mut rows: Vec<(&String, &Vec<Value>)> = run.peers.iter().collect();
+    if rows.is_empty() {
+        return Err("no peer in this run".into());
+    }
+    rows.sort_by_key(|(p, evs)| (evs.first().map(ts).unwrap_or(0), p.to_string()));
+    let t0 = run
+        .peers
+        .values()
+        .chain(run.seeds.values())
+        .filter_map(|evs| evs.iter().map(ts).min())
+        .min()
+        .unwrap_or(0);
+    let t1 = run
+        .peers
+        .values()
+        .chain(run.seeds.values())
+        .filter_map(|evs| evs.iter().map(ts).max())
+        .max()
+        .unwrap_or(t0);
+    let x = |t: u64| t.saturating_sub(t0) as f64 / 1000.0;
+    let xmax = (x(t1) * 1.03).max(0.1);
+    let n = rows.len();
+    let reports = run.first_reports();
+    let removals = run.removal_at_majority();
+    let frozen = run.frozen_windows();
+    let height = (120 + 18 * n as u32).clamp(300, 2400);
+    let root = SVGBackend::new(path, (900, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let ports: Vec<String> = rows
+        .iter()
+        .map(|(p, _)| p.rsplit_once(':').map(|x| x.1).unwrap_or(p).to_string())
+        .collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("Timeline of {n} peers and {} seeds", run.seeds.len()),
+            ("sans-serif", 18),
+        )
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..xmax, -0.5..(n as f64 - 0.5))
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(n.min(60))
+        .y_label_formatter(&|y| {
+            let i = y.round();
+            if (y - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < ports.len() {
+                ports[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .x_desc("seconds since the run's first logged line")
+        .y_desc("peer (port)")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let grey = RGBColor(170, 170, 170);
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, (_, evs))| {
+            let a = evs.iter().map(ts).min().unwrap_or(t0);
+            let b = evs.iter().map(ts).max().unwrap_or(a);
+            PathElement::new(
+                vec![(x(a), i as f64), (x(b), i as f64)],
+                grey.stroke_width(2),
+            )
+        }))
+        .map_err(|e| e.to_string())?
+        .label("a peer's life: its first to its last logged line")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(2)));
+    // (x, row) of one kind of mark.
+    let marks = |what: &dyn Fn(&str, &[Value]) -> Option<u64>| -> Vec<(f64, f64)> {
+        rows.iter()
+            .enumerate()
+            .filter_map(|(i, (p, evs))| what(p, evs).map(|t| (x(t), i as f64)))
+            .collect()
+    };
+    let joined = marks(&|_, evs| ev(evs, "peer_list").next().map(ts));
+    let faulted = marks(&|p, _| run.faults.get(p).map(|f| f.0));
+    let reported = marks(&|p, _| reports.get(p).copied());
+    let bye = marks(&|_, evs| ev(evs, "leaving").next().map(ts));
+    let removed_dead = marks(&|p, _| removals.get(p).filter(|r| r.1 == "dead").map(|r| r.0));
+    let removed_left = marks(&|p, _| removals.get(p).filter(|r| r.1 == "left").map(|r| r.0));
+    let silences: Vec<((f64, f64), (f64, f64))> = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (p, _))| {
+            frozen
+                .get(p.as_str())
+                .map(|&(a, b)| ((x(a), i as f64), (x(b), i as f64)))
+        })
+        .collect();
+    let orange = RGBColor(251, 140, 0);
+    if !silences.is_empty() {
+        chart
+            .draw_series(
+                silences
+                    .iter()
+                    .map(|&(a, b)| PathElement::new(vec![a, b], orange.stroke_width(5))),
+            )
+            .map_err(|e| e.to_string())?
+            .label("silent: frozen, then logged again")
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], orange.stroke_width(5))
+            });
+    }
+    let blue = RGBColor(21, 101, 192);
+    let red = RGBColor(183, 28, 28);
+    if !joined.is_empty() {
+        chart
+            .draw_series(joined.iter().map(|&p| Circle::new(p, 3, blue.filled())))
+            .map_err(|e| e.to_string())?
+            .label("joined: got its peer list from the seeds")
+            .legend(move |(x, y)| Circle::new((x + 10, y), 3, blue.filled()));
+    }
+    if !faulted.is_empty() {
+        chart
+            .draw_series(
+                faulted
+                    .iter()
+                    .map(|&p| Cross::new(p, 5, BLACK.stroke_width(2))),
+            )
+            .map_err(|e| e.to_string())?
+            .label("fault injected by the run (faults.jsonl)")
+            .legend(|(x, y)| Cross::new((x + 10, y), 5, BLACK.stroke_width(2)));
+    }
+    if !reported.is_empty() {
+        chart
+            .draw_series(
+                reported
+                    .iter()
+                    .map(|&p| TriangleMarker::new(p, 5, orange.filled())),
+            )
+            .map_err(|e| e.to_string())?
+            .label("first Dead Node report about it")
+            .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 5, orange.filled()));
+    }
+    if !bye.is_empty() {
+        chart
+            .draw_series(bye.iter().map(|&p| Circle::new(p, 4, grey.stroke_width(2))))
+            .map_err(|e| e.to_string())?
+            .label("said goodbye (leaving)")
+            .legend(move |(x, y)| Circle::new((x + 10, y), 4, grey.stroke_width(2)));
+    }
+    let square = |(x, y): (f64, f64), c: RGBColor| {
+        EmptyElement::at((x, y)) + Rectangle::new([(-4, -4), (4, 4)], c.filled())
+    };
+    if !removed_dead.is_empty() {
+        chart
+            .draw_series(removed_dead.iter().map(|&p| square(p, red)))
+            .map_err(|e| e.to_string())?
+            .label("removed as dead by a majority of seeds")
+            .legend(move |(x, y)| Rectangle::new([(x + 6, y - 4), (x + 14, y + 4)], red.filled()));
+    }
+    if !removed_left.is_empty() {
+        let dark = RGBColor(97, 97, 97);
+        chart
+            .draw_series(removed_left.iter().map(|&p| square(p, dark)))
+            .map_err(|e| e.to_string())?
+            .label("removed as left by a majority of seeds")
+            .legend(move |(x, y)| Rectangle::new([(x + 6, y - 4), (x + 14, y + 4)], dark.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .position(SeriesLabelPosition::UpperLeft)
         .draw()
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())?;

@@ -132,4 +132,27 @@ fn a_network_run_by_hand_gets_detection_times_and_left_and_frozen_peers_apart() 
     ] {
         assert!(svg.contains(mark), "{mark}");
     }
+
+    // The timeline: every kind of event this run had, drawn and in the legend.
+    let svg = net.dir.path().join("t.svg");
+    let o = Command::new(env!("CARGO_BIN_EXE_report"))
+        .arg(net.out_dir())
+        .arg("--timeline")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let svg = std::fs::read_to_string(svg).unwrap();
+    for mark in [
+        "joined: got its peer list",
+        "first Dead Node report",
+        "silent: frozen, then logged again",
+        "said goodbye (leaving)",
+        "removed as dead by a majority",
+        "removed as left by a majority",
+    ] {
+        assert!(svg.contains(mark), "{mark}");
+    }
+    // No faults.jsonl: no fault mark, and none explained.
+    assert!(!svg.contains("fault injected"));
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use gossipnet::report::{json, plot_svg, table, topology_dot, Run};
+use gossipnet::report::{json, plot_svg, table, timeline_svg, topology_dot, Run};
 
 /// Reads a run directory (the nodes' .jsonl files, and faults.jsonl when the run recorded the
 /// faults it injected) and prints the run's figures.
@@ -70,6 +70,12 @@ struct Args {
     /// caption says.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// Draw the run's timeline as SVG to FILE: one row per peer, its life from its first to
+    /// its last logged line, and marks for when it joined, was faulted, was silent (frozen),
+    /// was first reported dead, said goodbye and was removed (dead or left); each mark drawn
+    /// is in the legend.
+    #[arg(long, value_name = "FILE.svg")]
+    timeline: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -121,6 +127,15 @@ fn main() -> ExitCode {
     }
     if let Some(path) = &args.plot {
         match plot_svg(&run, path) {
+            Ok(()) => eprintln!("report: wrote {}", path.display()),
+            Err(e) => {
+                eprintln!("report: error: cannot draw {}: {e}", path.display());
+                return ExitCode::from(1);
+            }
+        }
+    }
+    if let Some(path) = &args.timeline {
+        match timeline_svg(&run, path) {
             Ok(()) => eprintln!("report: wrote {}", path.display()),
             Err(e) => {
                 eprintln!("report: error: cannot draw {}: {e}", path.display());
