@@ -4,8 +4,10 @@
 //!
 //! Definitions (also printed by `report --help`):
 //! - **seeds**, **peers**: nodes with a `.jsonl` file in the directory; **messages generated**:
-//!   `gossip_sent` events. Each node's latest run only (from its last `started`), unless
-//!   loaded with all runs; **earlier runs left out** counts the nodes that had earlier ones.
+//!   `gossip_sent` events. Each node's latest run only (from its last `started`), and only
+//!   the nodes of the latest network (lifetimes overlapping in a chain), unless loaded with
+//!   all runs; **earlier runs left out** counts the nodes that had earlier runs or were left
+//!   out.
 //! - **expected deliveries** of a message generated at `t` by `g`: every other peer reachable
 //!   from `g` at `t` over links that both ends had logged up (`neighbour_up`, not yet
 //!   `neighbour_down`), through peers that had not failed, left or been removed by `t` and
@@ -56,8 +58,9 @@ pub struct Run {
     pub peers: BTreeMap<String, Vec<Value>>,
     /// Injected faults: peer → (Unix ms, signal name).
     pub faults: BTreeMap<String, (u64, String)>,
-    /// Nodes whose files also hold earlier runs (a re-run with the same address appends),
-    /// left out unless loaded with `all_runs`.
+    /// Nodes whose files also hold earlier runs (a re-run with the same address appends), or
+    /// whose only run ended before this network started; left out unless loaded with
+    /// `all_runs`.
     pub earlier_runs: BTreeSet<String>,
 }
 
@@ -296,7 +299,44 @@ impl Run {
                 run.peers.insert(node, evs);
             }
         }
+        if !all_runs {
+            run.drop_stale_nodes();
+        }
         Ok(run)
+    }
+
+    /// Leaves out nodes whose (latest) run had ended before the latest network's nodes
+    /// started: an earlier run in the same directory under other addresses (peers on port
+    /// 0, or a demo's random ports). The network is the last group of nodes whose lifetimes
+    /// (first to last line) overlap one another in a chain; a seed restarted mid-run
+    /// overlaps the rest and stays.
+    fn drop_stale_nodes(&mut self) {
+        let mut spans: Vec<(u64, u64, String)> = self
+            .peers
+            .iter()
+            .chain(&self.seeds)
+            .filter_map(|(n, evs)| {
+                let a = evs.iter().map(ts).min()?;
+                let b = evs.iter().map(ts).max()?;
+                Some((a, b, n.clone()))
+            })
+            .collect();
+        spans.sort();
+        // Start of the last group of overlapping spans.
+        let mut group_start = 0;
+        let mut end = 0;
+        for (i, (a, b, _)) in spans.iter().enumerate() {
+            if i == 0 || *a > end {
+                group_start = i;
+            }
+            end = end.max(*b);
+        }
+        for (_, _, n) in spans.drain(..group_start) {
+            self.peers.remove(&n);
+            self.seeds.remove(&n);
+            self.faults.remove(&n);
+            self.earlier_runs.insert(n);
+        }
     }
 
     /// When each peer stopped being able to receive: fault, clean leave, or first removal.
@@ -757,7 +797,7 @@ pub fn table(s: &Summary) -> String {
     if !s.earlier_runs_skipped.is_empty() {
         let _ = writeln!(
             o,
-            "earlier runs left out      {} node(s) were re-run with the same address: latest run only (--all-runs to read all)",
+            "earlier runs left out      {} node(s): earlier runs in the same files, or nodes of an earlier network (--all-runs to read all)",
             s.earlier_runs_skipped.len()
         );
     }
@@ -921,7 +961,7 @@ mod tests {
         );
         w(
             "seed-127.0.0.1-9.jsonl",
-            &[r#"{"ts_ms":1,"node":"127.0.0.1:9","event":"started","role":"seed"}"#],
+            &[r#"{"ts_ms":15,"node":"127.0.0.1:9","event":"started","role":"seed"}"#],
         );
         w(
             "faults.jsonl",
@@ -1069,6 +1109,33 @@ mod tests {
         for absent in ["joined:", "said goodbye", "silent:", "removed as left"] {
             assert!(!svg.contains(absent), "{absent}");
         }
+    }
+
+    #[test]
+    fn nodes_of_an_earlier_network_under_other_addresses_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = |name: &str, node: &str, times: &[u64]| {
+            let lines: Vec<String> = times
+                .iter()
+                .map(|t| format!(r#"{{"ts_ms":{t},"node":"{node}","event":"stats"}}"#))
+                .collect();
+            std::fs::write(dir.path().join(name), lines.join("\n") + "\n").unwrap();
+        };
+        // Yesterday's peer on another port, then today's seed and peer; the seed restarted
+        // mid-run still overlaps today's peer.
+        w("peer-127.0.0.1-1.jsonl", "127.0.0.1:1", &[100, 200]);
+        w("seed-127.0.0.1-9.jsonl", "127.0.0.1:9", &[1000, 1500]);
+        w("peer-127.0.0.1-2.jsonl", "127.0.0.1:2", &[1100, 3000]);
+        w("seed-127.0.0.1-8.jsonl", "127.0.0.1:8", &[2000, 3100]);
+        let run = Run::load(dir.path()).unwrap();
+        assert_eq!(run.peers.keys().collect::<Vec<_>>(), vec!["127.0.0.1:2"]);
+        assert_eq!(run.seeds.len(), 2);
+        assert_eq!(
+            run.earlier_runs.iter().collect::<Vec<_>>(),
+            vec!["127.0.0.1:1"]
+        );
+        let all = Run::load_runs(dir.path(), true).unwrap();
+        assert_eq!(all.peers.len(), 2);
     }
 
     #[test]
