@@ -821,25 +821,71 @@ fn node(messages: usize) {
     );
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let num = |i: usize, d: usize| args.get(i).and_then(|x| x.parse().ok()).unwrap_or(d);
-    match args.first().map(String::as_str) {
-        Some("latency") => latency(num(1, 50), args.get(2).map(String::as_str)),
-        Some("throughput") => {
-            throughput(num(1, 100), num(2, 1000), args.get(3).map(String::as_str))
-        }
-        Some("detection") => detection(num(1, 20)),
-        Some("node") => node(num(1, 60_000)),
-        Some("floor") => println!(
+/// Benchmarks a local gossipnet network of real processes on 127.0.0.1 and prints its
+/// figures beside the targets (binaries from GOSSIPNET_BIN or target/release).
+#[derive(clap::Parser, Debug)]
+#[command(name = "bench")]
+struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum What {
+    /// N peers, 3 messages each, at a light load (20 new messages/s network-wide).
+    Latency {
+        #[arg(default_value_t = 50, value_parser = at_least(2))]
+        peers: usize,
+        /// `gossip.batch_window` to run with, or QUIET..BUSY for both window keys.
+        window: Option<String>,
+    },
+    /// N peers generating RATE new messages per second network-wide for 30 s.
+    Throughput {
+        #[arg(default_value_t = 100, value_parser = at_least(2))]
+        peers: usize,
+        #[arg(default_value_t = 1000, value_parser = at_least(1))]
+        rate: usize,
+        /// `gossip.batch_window` to run with, or QUIET..BUSY for both window keys.
+        window: Option<String>,
+    },
+    /// N peers with the assignment's liveness timers; one is killed, one stopped.
+    Detection {
+        #[arg(default_value_t = 20, value_parser = at_least(3))]
+        peers: usize,
+    },
+    /// One loopback TCP hop: half the median ping-pong round trip.
+    Floor,
+    /// One peer's CPU per frame received, fed MESSAGES messages by 8 fake neighbours.
+    Node {
+        #[arg(default_value_t = 60_000, value_parser = at_least(1))]
+        messages: usize,
+    },
+}
+
+/// A whole number no smaller than `min`, refused by clap otherwise (a zero would divide by
+/// zero or kill a peer that does not exist).
+fn at_least(min: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(min..)
+}
+
+fn main() -> std::process::ExitCode {
+    let args: Args = match gossipnet::cli::parse_args() {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    match args.what {
+        What::Latency { peers, window } => latency(peers, window.as_deref()),
+        What::Throughput {
+            peers,
+            rate,
+            window,
+        } => throughput(peers, rate, window.as_deref()),
+        What::Detection { peers } => detection(peers),
+        What::Node { messages } => node(messages),
+        What::Floor => println!(
             "one loopback TCP hop (half the median ping-pong round trip): {:.1} µs",
             floor_us()
         ),
-        _ => {
-            eprintln!(
-                "usage: bench latency N | throughput N RATE | detection N | floor | node MESSAGES"
-            );
-            std::process::exit(2);
-        }
     }
+    std::process::ExitCode::SUCCESS
 }

@@ -14,7 +14,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use gossipnet::api::{ApiMsg, ApiReader};
@@ -22,12 +22,24 @@ use gossipnet::api::{ApiMsg, ApiReader};
 /// The data type chat lines travel on.
 const CHAT: u16 = 4242;
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (Some(api), Some(name)) = (args.first(), args.get(1)) else {
-        eprintln!("usage: chat API_ADDR NAME   (API_ADDR is a peer's --api-addr)");
-        std::process::exit(2);
+/// A terminal chat over a gossipnet network: every line typed is announced on data type 4242,
+/// every line from others is printed with its sender.
+#[derive(clap::Parser, Debug)]
+#[command(name = "chat")]
+struct Args {
+    /// The application API of a running peer (its --api-addr), e.g. 127.0.0.1:7001.
+    #[arg(value_name = "API_ADDR")]
+    api: SocketAddr,
+    /// The name your lines are shown with.
+    name: String,
+}
+
+fn main() -> std::process::ExitCode {
+    let args: Args = match gossipnet::cli::parse_args() {
+        Ok(a) => a,
+        Err(code) => return code,
     };
+    let (api, name) = (&args.api, &args.name);
     let mut stream = match TcpStream::connect(api) {
         Ok(s) => s,
         Err(e) => {
@@ -101,4 +113,5 @@ fn main() {
             break;
         }
     }
+    std::process::ExitCode::SUCCESS
 }

@@ -1,8 +1,9 @@
 //! Measures proof-of-work solving and verifying on this machine.
 //!
-//! `cargo run --release --example pow_bench -- [DIFFICULTY] [SOLVES]` (defaults 20 and 40).
-//! Prints the solve time over fresh random challenges (mean, median, p90, max), hashes per
-//! second while solving, and the cost of one verification.
+//! `cargo run --release --example pow_bench -- [DIFFICULTY] [SOLVES] [--seed N]` (defaults 20,
+//! 40 and seed 2026). Prints the solve time over random challenges drawn from that seed (the
+//! same challenges every run, so runs compare; another seed draws others) as mean, median,
+//! p90 and max, hashes per second while solving, and the cost of one verification.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -12,13 +13,31 @@ use rand::{Rng, SeedableRng};
 
 use gossipnet::pow;
 
-fn main() {
-    let mut args = std::env::args().skip(1);
-    let difficulty: u8 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
-    let solves: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(40);
+/// Measures proof-of-work solving and verifying on this machine.
+#[derive(clap::Parser, Debug)]
+#[command(name = "pow_bench")]
+struct Args {
+    /// Leading zero bits to solve for (the config's pow.difficulty).
+    #[arg(default_value_t = 20, value_parser = clap::value_parser!(u8).range(0..=32))]
+    difficulty: u8,
+    /// How many challenges to solve.
+    #[arg(default_value_t = 40, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    solves: usize,
+    /// Seed of the random challenges: the same seed gives the same challenges, so two runs
+    /// (or two builds) solve the same puzzles.
+    #[arg(long, default_value_t = 2026)]
+    seed: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    let args: Args = match gossipnet::cli::parse_args() {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let (difficulty, solves) = (args.difficulty, args.solves);
     let connector: SocketAddr = "127.0.0.1:9101".parse().unwrap();
     let acceptor: SocketAddr = "127.0.0.1:9001".parse().unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
 
     let mut times = Vec::with_capacity(solves);
     let mut hashes: u64 = 0;
@@ -38,7 +57,10 @@ fn main() {
     times.sort();
     let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!("difficulty {difficulty}: {solves} solves with fresh random challenges");
+    println!(
+        "difficulty {difficulty}: {solves} solves of random challenges (seed {}: the same challenges every run)",
+        args.seed
+    );
     println!(
         "  solve time ms: mean {:.1}  median {:.1}  p90 {:.1}  max {:.1}",
         ms(total) / solves as f64,
@@ -86,4 +108,5 @@ fn main() {
         texts[0].len(),
         t.elapsed().as_nanos() as f64 / 1e6
     );
+    std::process::ExitCode::SUCCESS
 }

@@ -5,6 +5,10 @@
 #   scripts/bench.sh            # everything
 #   scripts/bench.sh quick      # N = 50 only, and the proof of work
 set -eu
+case "${1:-}" in
+  ""|quick) ;;
+  *) echo "bench.sh: unknown argument '$1' (nothing, or quick)" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 cargo build --release --quiet --examples
@@ -17,8 +21,11 @@ echo
 echo "== proof of work (cargo run --release --example pow_bench -- 20 40)"
 $B/pow_bench 20 40
 if command -v openssl >/dev/null; then
-  echo "   single-core SHA-256 ceiling (openssl speed -evp sha256, 64-byte blocks):"
-  openssl speed -seconds 3 -bytes 64 -evp sha256 2>/dev/null | tail -1
+  # In pow_bench's unit: openssl reports thousands of bytes per second; one 64-byte input is
+  # one hash, as one proof-of-work try is.
+  openssl speed -seconds 3 -bytes 64 -evp sha256 2>/dev/null | tail -1 | awk '{
+    k = $2; sub(/k$/, "", k)
+    printf "  single-core SHA-256 ceiling (openssl speed -evp sha256, 64-byte inputs): %.2f M hashes/s (%.1f MB/s)\n", k * 1000 / 64 / 1e6, k / 1000 }'
 fi
 echo
 $B/bench latency 50

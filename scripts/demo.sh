@@ -6,7 +6,9 @@
 # Builds the release binaries, writes the run's seeds.yaml into the run directory, starts the
 # seeds and then the peers, shows live progress on one line, optionally kills K peers mid-run
 # (alternating SIGKILL and SIGSTOP, recorded in DIR/faults.jsonl), stops every process it
-# started (also on Ctrl-C) and prints the report. Every node writes its .txt and .jsonl to DIR.
+# started and prints the report (also on Ctrl-C). Every node writes its .txt and .jsonl to DIR.
+# Without --duration it ends when every message has reached every peer it was expected at and
+# every killed peer has been removed.
 set -eu
 
 SEEDS=3
@@ -16,7 +18,7 @@ FAST=0
 DURATION=""
 OUT=""
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
 need() { [[ $# -ge 2 && -n "$2" ]] || { echo "demo.sh: $1 needs a value" >&2; exit 2; }; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -47,8 +49,9 @@ OUT=$(cd "$OUT" && pwd)
 if [[ -n "${GOSSIPNET_BIN:-}" ]]; then
   BIN=$GOSSIPNET_BIN
 else
-  echo "building release binaries..."
-  (cd "$ROOT" && cargo build --release --quiet --bin seed --bin peer --bin report)
+  # cargo's own progress stays visible: the first build takes a few minutes.
+  echo "building release binaries (cargo build --release)..."
+  (cd "$ROOT" && cargo build --release --bin seed --bin peer --bin report)
   BIN=$ROOT/target/release
 fi
 
@@ -61,8 +64,14 @@ else
   POW="{ difficulty: 20, timeout: 10s }"; STATS="{ interval: 10s }"
   GOSSIP_S=50; DETECT_S=56
 fi
-# Long enough for every message to spread and for a peer killed mid-gossip to be detected.
-DURATION=${DURATION:-$(( GOSSIP_S + DETECT_S + 8 ))}
+# Without --duration: at most long enough for every message to spread and, only when peers are
+# killed, for them to be detected; the run ends earlier once that has happened.
+UNTIL_DONE=0
+if [[ -z "$DURATION" ]]; then
+  UNTIL_DONE=1
+  (( KILL > 0 )) || DETECT_S=0
+  DURATION=$(( GOSSIP_S + DETECT_S + 8 ))
+fi
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # Below the kernel's ephemeral range (32768+), so no outgoing connection holds the port.
@@ -97,7 +106,20 @@ cleanup() {
   done
   for pid in "${ALL_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
 }
-trap 'cleanup; exit 130' INT TERM
+STARTED=0
+final_report() {
+  echo
+  "$BIN/report" "$OUT" || true
+  echo
+  echo "each node's output: $OUT/<seed|peer>-<ip>-<port>.txt and .jsonl"
+}
+interrupted() {
+  cleanup
+  # What ran until the interrupt is a run too: report it (nothing to report before the nodes).
+  (( STARTED )) && { printf 'interrupted: the report of what ran so far\n'; final_report; }
+  exit 130
+}
+trap interrupted INT TERM
 trap cleanup EXIT
 
 start() { # role addr
@@ -109,20 +131,29 @@ start() { # role addr
 
 echo "run directory: $OUT"
 echo "starting ${#SEED_ADDRS[@]} seeds: ${SEED_ADDRS[*]}"
+STARTED=1
 for a in "${SEED_ADDRS[@]}"; do start seed "$a"; done
 sleep 1
 echo "starting $PEERS peers"
 for a in "${PEER_ADDRS[@]}"; do start peer "$a"; sleep 0.2; done
 
-count() { (cat "$OUT"/$1-*.jsonl 2>/dev/null || true) | { grep -c "\"event\":\"$2\"" || true; }; }
+# A number from the report's one-line JSON (0 when there is nothing to report yet).
+field() { local v; v=$(sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p" <<< "$REPORT_JSON"); echo "${v:-0}"; }
+SENT=0; RECV=0; EXPECTED=0; DEAD=0
+# The live line. Deliveries and expected deliveries are the report's own (`report --json`):
+# a message is expected at the peers reachable from its sender when it was sent, so the line
+# and the final report count the same thing. `progress T light` skips the report (joining).
 progress() {
-  local joined sent recv dead
+  local joined
   joined=$( (grep -l '"event":"peer_list"' "$OUT"/peer-*.jsonl 2>/dev/null || true) | wc -l)
-  sent=$(count peer gossip_sent); recv=$(count peer gossip_received)
-  dead=$( (cat "$OUT"/seed-*.jsonl 2>/dev/null || true) | { grep '"event":"removed"' || true; } \
-    | { grep '"reason":"dead"' || true; } | sed 's/.*"peer":"\([^"]*\)".*/\1/' | sort -u | wc -l)
-  printf '\r[%3ds] peers joined %d/%d | messages %d, delivered %d of about %d | dead detected %d/%d   ' \
-    "$1" "$joined" "$PEERS" "$sent" "$recv" $(( sent * (joined > 1 ? joined - 1 : 0) )) "$dead" "$KILL"
+  if [[ ${2:-} != light ]]; then
+    REPORT_JSON=$("$BIN/report" "$OUT" --json 2>/dev/null || true)
+    SENT=$(field messages); RECV=$(field deliveries); EXPECTED=$(field expected_deliveries)
+    DEAD=$( (cat "$OUT"/seed-*.jsonl 2>/dev/null || true) | { grep '"event":"removed"' || true; } \
+      | { grep '"reason":"dead"' || true; } | sed 's/.*"peer":"\([^"]*\)".*/\1/' | sort -u | wc -l)
+  fi
+  printf '\r[%3ds] peers joined %d/%d | messages %d, delivered %d of %d expected | dead detected %d/%d   ' \
+    "$1" "$joined" "$PEERS" "$SENT" "$RECV" "$EXPECTED" "$DEAD" "$KILL"
 }
 
 # Wait (at most a minute) until every peer has its peer list, so the run's clock and the faults
@@ -131,7 +162,7 @@ t=0
 while (( t < 600 )); do
   joined=$( (grep -l '"event":"peer_list"' "$OUT"/peer-*.jsonl 2>/dev/null || true) | wc -l)
   (( joined >= PEERS )) && break
-  progress 0; sleep 0.1; t=$(( t + 1 ))
+  progress 0 light; sleep 0.1; t=$(( t + 1 ))
 done
 
 # Faults, alternating SIGKILL and SIGSTOP, a third of the way into the gossip.
@@ -149,13 +180,16 @@ for ((t = 0; t < DURATION; t++)); do
     printf '\n%s peer %s with SIG%s\n' "$(date +%T)" "$victim" "$sig"
     killed=$(( killed + 1 ))
   fi
+  prev_sent=$SENT
   progress "$t"
+  # Done: the gossip phase is over and quiet, everything expected arrived, every kill removed.
+  if (( UNTIL_DONE && killed == KILL && t > GOSSIP_S && SENT == prev_sent && SENT > 0
+        && RECV == EXPECTED && DEAD >= KILL )); then
+    break
+  fi
   sleep 1
 done
-progress "$DURATION"
+progress "$t"
 cleanup
 trap - EXIT
-echo
-"$BIN/report" "$OUT"
-echo
-echo "each node's output: $OUT/<seed|peer>-<ip>-<port>.txt and .jsonl"
+final_report

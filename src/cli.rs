@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use log::{Level, LevelFilter};
 use rand::SeedableRng;
-use simplelog::{ColorChoice, LevelFilter, TermLogger, TerminalMode, WriteLogger};
 
 use crate::config::Config;
 use crate::net::{Identity, Runtime};
@@ -44,7 +44,7 @@ pub struct CommonArgs {
 /// `seed`: an entry point of a gossipnet network. It registers peers when a majority of the
 /// seeds agree, hands out the peer list, and removes dead peers after checking them itself.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(name = "seed", version)]
 pub struct SeedArgs {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -54,7 +54,7 @@ pub struct SeedArgs {
 /// connects to a few neighbours, gossips messages, checks its neighbours' liveness and reports
 /// the dead ones.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(name = "peer", version)]
 pub struct PeerArgs {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -92,20 +92,73 @@ impl Failure {
     }
 }
 
-/// Parses flags; usage errors become one line and exit 2, `--help` and `--version` exit 0.
-pub fn parse_args<T: Parser>(program: &str) -> Result<T, ExitCode> {
+/// Parses flags. A usage error prints clap's whole message (what is wrong, which required
+/// arguments are missing, the "similar argument" tip, the usage line) and exits 2; `--help`
+/// and `--version` exit 0. Configuration errors, found later, stay one line (see [`Failure`]).
+pub fn parse_args<T: Parser>() -> Result<T, ExitCode> {
     T::try_parse().map_err(|e| {
         use clap::error::ErrorKind;
+        // Cutting the message to its first line loses the list of missing arguments and the
+        // tip, which is the part that says how to fix the command.
+        let _ = e.print();
         if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
         }
-        let text = e.render().to_string();
-        let first = text.lines().next().unwrap_or("invalid arguments");
-        eprintln!("{program}: {}", first.trim());
-        eprintln!("{program}: try '{program} --help'");
-        ExitCode::from(2)
     })
+}
+
+/// Where log lines go: stderr, or the `--log-file`.
+enum Sink {
+    Stderr,
+    File(parking_lot::Mutex<std::fs::File>),
+}
+
+/// The node's notes for people who watch it (warnings, progress, with `-v` debug detail) in
+/// the format of the `.txt` lines, so the screen shows one format whichever stream a line
+/// came from: `<local stamp>  <text>`, with `warning:` / `error:` / `debug:` before the text
+/// of lines that are not plain information.
+struct Logger {
+    level: LevelFilter,
+    sink: Sink,
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        // Our crate's lines only: dependencies' chatter is not the node's story.
+        m.level() <= self.level && m.target().starts_with("gossipnet")
+    }
+
+    fn log(&self, r: &log::Record) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let tag = match r.level() {
+            Level::Error => "error: ",
+            Level::Warn => "warning: ",
+            Level::Info => "",
+            Level::Debug => "debug: ",
+            Level::Trace => "trace: ",
+        };
+        let line = format!(
+            "{}  {tag}{}\n",
+            crate::output::local_stamp(crate::output::unix_us()),
+            r.args()
+        );
+        // One write per line, errors ignored: a closed stderr must not stop the node.
+        use std::io::Write;
+        match &self.sink {
+            Sink::Stderr => {
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            }
+            Sink::File(f) => {
+                let _ = f.lock().write_all(line.as_bytes());
+            }
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 fn init_logging(args: &CommonArgs) -> Result<(), Failure> {
@@ -114,29 +167,21 @@ fn init_logging(args: &CommonArgs) -> Result<(), Failure> {
     } else {
         LevelFilter::Info
     };
-    let config = simplelog::ConfigBuilder::new()
-        .add_filter_allow_str("gossipnet")
-        .build();
-    match &args.log_file {
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
+    let sink = match &args.log_file {
+        Some(path) => Sink::File(parking_lot::Mutex::new(
+            std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|e| {
                     Failure::Runtime(format!("cannot open log file {}: {e}", path.display()))
-                })?;
-            let _ = WriteLogger::init(level, config, file);
-        }
-        None => {
-            use std::io::IsTerminal;
-            let color = if std::io::stderr().is_terminal() {
-                ColorChoice::Auto
-            } else {
-                ColorChoice::Never
-            };
-            let _ = TermLogger::init(level, config, TerminalMode::Stderr, color);
-        }
+                })?,
+        )),
+        None => Sink::Stderr,
+    };
+    // Leaked once per process: the logger lives as long as the node.
+    if log::set_logger(Box::leak(Box::new(Logger { level, sink }))).is_ok() {
+        log::set_max_level(level);
     }
     Ok(())
 }

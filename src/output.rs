@@ -20,6 +20,15 @@ pub fn unix_us() -> u64 {
 }
 use crate::wire::Role;
 
+/// The stamp that starts every line for people, in the `.txt` files and on the screen (log
+/// lines too): local time to the millisecond, `2026-12-01 20:39:16.617`.
+pub fn local_stamp(ts_us: u64) -> String {
+    let at = chrono::DateTime::from_timestamp_micros(ts_us as i64)
+        .map(|t| t.with_timezone(&chrono::Local))
+        .unwrap_or_else(chrono::Local::now);
+    at.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+}
+
 /// Keys every record has; a field of the same name is not written twice.
 const RESERVED: [&str; 4] = ["ts_ms", "node", "event", "ts_us"];
 
@@ -42,22 +51,27 @@ pub fn file_stem(role: Role, addr: &SocketAddr) -> String {
 }
 
 impl Output {
-    /// Creates (truncating) both files in `dir`, creating `dir` if needed.
+    /// Opens both files in `dir` for appending, creating `dir` and the files if needed. A
+    /// re-run of a node with the same address never destroys an earlier run's lines: they stay
+    /// above, the `.jsonl` run starts at its `started` record (what `report` splits runs at),
+    /// and the `.txt` gets a separator line.
     pub fn create(dir: &Path, role: Role, addr: &SocketAddr, echo: bool) -> io::Result<Output> {
         std::fs::create_dir_all(dir)?;
         let stem = file_stem(role, addr);
         let txt_path = dir.join(format!("{stem}.txt"));
         let jsonl_path = dir.join(format!("{stem}.jsonl"));
-        let open = |p: &Path| {
-            OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .open(p)
-        };
+        let (mut txt, txt_earlier) = open_append(&txt_path)?;
+        let (jsonl, _) = open_append(&jsonl_path)?;
+        if txt_earlier {
+            writeln!(
+                txt,
+                "{}  ---- new run of {stem}: the lines above are from earlier runs ----",
+                local_stamp(unix_us())
+            )?;
+        }
         Ok(Output {
             node_json: serde_json::to_string(&addr.to_string()).unwrap_or_default(),
-            files: Mutex::new((open(&txt_path)?, open(&jsonl_path)?)),
+            files: Mutex::new((txt, jsonl)),
             echo,
             txt_path,
             jsonl_path,
@@ -113,12 +127,7 @@ impl Output {
             // Microseconds too: one loopback hop takes tens of them, so latency figures need it.
             let _ = writeln!(json, ",\"ts_us\":{ts_us}}}");
             if let Some(l) = rec.line {
-                let stamp = stamp.get_or_insert_with(|| {
-                    let at = chrono::DateTime::from_timestamp_micros(ts_us as i64)
-                        .map(|t| t.with_timezone(&chrono::Local))
-                        .unwrap_or_else(chrono::Local::now);
-                    at.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
-                });
+                let stamp = stamp.get_or_insert_with(|| local_stamp(ts_us));
                 lines.push_str(stamp);
                 lines.push_str("  ");
                 lines.push_str(&l);
@@ -139,6 +148,30 @@ impl Output {
             }
         }
     }
+}
+
+/// Opens `path` for appending; says whether it already held lines. A run killed in the middle
+/// of a line left it without its newline: one is added, so the new run's first record starts
+/// a line of its own instead of being glued to (and lost with) the cut one.
+fn open_append(path: &Path) -> io::Result<(File, bool)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok((f, false));
+    }
+    let mut last = [0u8; 1];
+    f.seek(SeekFrom::End(-1))?;
+    f.read_exact(&mut last)?;
+    if last[0] != b'\n' {
+        // Append mode: the write goes to the end whatever the read position.
+        f.write_all(b"\n")?;
+    }
+    Ok((f, true))
 }
 
 #[cfg(test)]
@@ -210,5 +243,35 @@ mod tests {
         );
         let v: Value = serde_json::from_str(&one).unwrap();
         assert_eq!(v["text"], "a \"q\"\n\u{1}");
+    }
+
+    #[test]
+    fn a_rerun_appends_after_the_earlier_run_and_mends_a_cut_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = "127.0.0.1:9101".parse().unwrap();
+        let out = Output::create(dir.path(), Role::Peer, &addr, false).unwrap();
+        out.record(Record::new("started").line("first run"));
+        drop(out);
+        // A kill in the middle of a record.
+        let jsonl = dir.path().join("peer-127.0.0.1-9101.jsonl");
+        let mut f = OpenOptions::new().append(true).open(&jsonl).unwrap();
+        f.write_all(b"{\"ts_ms\":1,\"ev").unwrap();
+        drop(f);
+        let out = Output::create(dir.path(), Role::Peer, &addr, false).unwrap();
+        out.record(Record::new("started").line("second run"));
+        let lines: Vec<String> = std::fs::read_to_string(&jsonl)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        let v: Value = serde_json::from_str(&lines[2]).unwrap();
+        assert_eq!(v["event"], "started");
+        let txt = std::fs::read_to_string(out.txt_path()).unwrap();
+        let txt: Vec<&str> = txt.lines().collect();
+        assert_eq!(txt.len(), 3, "{txt:?}");
+        assert!(txt[0].ends_with("  first run"));
+        assert!(txt[1].contains("---- new run of peer-127.0.0.1-9101"));
+        assert!(txt[2].ends_with("  second run"));
     }
 }

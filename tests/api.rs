@@ -1,5 +1,5 @@
-//! The application API with a client written from SPEC §6 alone: the bytes are built by hand
-//! here, not with the crate's codec.
+//! The application API with a client written from its layout in docs/PROTOCOL.md alone: the
+//! bytes are built by hand here, not with the crate's codec.
 
 mod common;
 
@@ -156,7 +156,7 @@ fn an_announcement_reaches_the_other_peers_subscriber_and_not_the_announcer() {
     let mut on_b = Client::connect(api_b);
     on_b.subscribe(api_b, 1337);
     let mut on_a = Client::connect(api_a);
-    // NOTIFY and ANNOUNCE in one write: the SPEC's example bytes.
+    // NOTIFY and ANNOUNCE in one write: the example bytes of docs/PROTOCOL.md.
     let mut both = notify(1337);
     both.extend_from_slice(&[
         0x00, 0x10, 0x01, 0xF4, 0x04, 0x00, 0x05, 0x39, 0x64, 0x65, 0x61, 0x64, 0x62, 0x65, 0x65,

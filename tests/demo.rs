@@ -1,8 +1,59 @@
 //! `scripts/demo.sh --fast` as a user runs it (with the test build's binaries): it must end by
-//! itself, leave no process behind, and print a report whose figures are right.
+//! itself, leave no process behind, and print a report whose figures are right; Ctrl-C stops
+//! it with the report of what ran.
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Processes whose command line mentions `dir` (the demo's nodes all take `DIR/seeds.yaml`):
+/// found by PID in /proc, so the test can kill exactly what this run started.
+fn pids_mentioning(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(&needle)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Kills, by PID, the demo script and every node of its run when dropped: a failing test
+/// leaves nothing running (stopped nodes are resumed so that SIGKILL is not held up).
+struct Reaper {
+    script: std::process::Child,
+    run: PathBuf,
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.script.kill();
+        let _ = self.script.wait();
+        for pid in pids_mentioning(&self.run) {
+            signal(pid, "CONT");
+            signal(pid, "KILL");
+        }
+    }
+}
 
 #[test]
 fn demo_fast_with_kills_reports_full_coverage_and_both_deaths() {
@@ -10,7 +61,7 @@ fn demo_fast_with_kills_reports_full_coverage_and_both_deaths() {
     let bin = Path::new(env!("CARGO_BIN_EXE_peer")).parent().unwrap();
     let out = tempfile::tempdir().unwrap();
     let run = out.path().join("run");
-    let status = Command::new("bash")
+    let script = Command::new("bash")
         .arg(root.join("scripts/demo.sh"))
         .args([
             "--fast",
@@ -26,10 +77,26 @@ fn demo_fast_with_kills_reports_full_coverage_and_both_deaths() {
         ])
         .arg(&run)
         .env("GOSSIPNET_BIN", bin)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
         .unwrap();
+    let mut reaper = Reaper {
+        script,
+        run: run.clone(),
+    };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = reaper.script.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the demo did not end by itself"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(status.success(), "demo.sh exited with {status}");
 
     // No process of this run is left: every node wrote its last words or was killed by us.
@@ -65,5 +132,155 @@ fn demo_fast_with_kills_reports_full_coverage_and_both_deaths() {
     assert!(
         faults.contains("\"signal\":\"KILL\"") && faults.contains("\"signal\":\"STOP\""),
         "{faults}"
+    );
+}
+
+#[test]
+fn ctrl_c_stops_every_node_and_prints_the_report_of_what_ran() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = Path::new(env!("CARGO_BIN_EXE_peer")).parent().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("run");
+    let stdout_path = out.path().join("stdout");
+    let script = Command::new("bash")
+        .arg(root.join("scripts/demo.sh"))
+        // No --duration: without the interrupt it would run until every message is delivered.
+        .args(["--fast", "--seeds", "3", "--peers", "4", "--out"])
+        .arg(&run)
+        .env("GOSSIPNET_BIN", bin)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reaper = Reaper {
+        script,
+        run: run.clone(),
+    };
+    let patience = Duration::from_secs(120);
+    // Running: every peer joined and gossip has started.
+    let start = Instant::now();
+    let gossiping = || {
+        std::fs::read_dir(&run)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("peer-")
+                    && name.ends_with(".jsonl")
+                    && std::fs::read_to_string(e.path())
+                        .is_ok_and(|t| t.contains("\"event\":\"gossip_sent\""))
+            })
+    };
+    while !gossiping() {
+        assert!(
+            reaper.script.try_wait().unwrap().is_none(),
+            "the demo ended before gossiping: {}",
+            std::fs::read_to_string(&stdout_path).unwrap_or_default()
+        );
+        assert!(
+            start.elapsed() < patience,
+            "the demo never started gossiping"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let nodes = pids_mentioning(&run.join("seeds.yaml"));
+    assert_eq!(nodes.len(), 7, "3 seeds and 4 peers running: {nodes:?}");
+
+    // Ctrl-C in a terminal: SIGINT to the script.
+    signal(reaper.script.id(), "INT");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = reaper.script.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < patience,
+            "the demo did not end after SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = std::fs::read_to_string(&stdout_path).unwrap();
+    assert_eq!(status.code(), Some(130), "{stdout}");
+    assert!(stdout.contains("interrupted"), "{stdout}");
+    assert!(stdout.contains("stopping 7 processes"), "{stdout}");
+    // The report of what ran.
+    assert!(stdout.contains("peers                      4"), "{stdout}");
+    assert!(stdout.contains("messages generated"), "{stdout}");
+    assert!(stdout.contains("coverage"), "{stdout}");
+    let left: Vec<u32> = nodes
+        .iter()
+        .copied()
+        .filter(|pid| pids_mentioning(&run.join("seeds.yaml")).contains(pid))
+        .collect();
+    assert!(left.is_empty(), "nodes left running: {left:?}");
+}
+
+/// The numbers of the last live line: (seconds counter, delivered, expected).
+fn last_live_line(stdout: &str) -> (u64, u64, u64) {
+    let line = stdout
+        .split(['\r', '\n'])
+        .rfind(|l| l.starts_with('[') && l.contains("delivered"))
+        .unwrap_or_else(|| panic!("no live line in {stdout}"));
+    let num = |after: &str| -> u64 {
+        let rest = &line[line.find(after).unwrap_or_else(|| panic!("{line}")) + after.len()..];
+        rest.trim_start()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (num("["), num("delivered "), num(" of "))
+}
+
+#[test]
+fn a_demo_that_kills_nothing_ends_without_a_detection_wait_and_its_live_line_matches_the_report() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = Path::new(env!("CARGO_BIN_EXE_peer")).parent().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("run");
+    let stdout_path = out.path().join("stdout");
+    let script = Command::new("bash")
+        .arg(root.join("scripts/demo.sh"))
+        .args(["--fast", "--seeds", "3", "--peers", "4", "--out"])
+        .arg(&run)
+        .env("GOSSIPNET_BIN", bin)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reaper = Reaper {
+        script,
+        run: run.clone(),
+    };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = reaper.script.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the demo did not end by itself"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = std::fs::read_to_string(&stdout_path).unwrap();
+    assert!(status.success(), "{status}: {stdout}");
+    let (t, delivered, expected) = last_live_line(&stdout);
+    // The report's own count, printed at the end.
+    assert!(
+        stdout.contains(&format!("({delivered} of {expected} expected deliveries)")),
+        "live line {delivered} of {expected}, report: {stdout}"
+    );
+    assert_eq!(delivered, expected, "{stdout}");
+    // Its loop is capped at the gossip phase (5 s with --fast) plus 8 s of slack when nothing
+    // is killed; a detection wait would add 5 more.
+    assert!(t <= 13, "the live line counted to {t} s: {stdout}");
+    assert!(
+        stdout.contains("dead peers                 none"),
+        "{stdout}"
     );
 }

@@ -7,7 +7,7 @@ use gossipnet::cli::{parse_args, run, PeerArgs};
 use gossipnet::wire::Role;
 
 fn main() -> ExitCode {
-    let args: PeerArgs = match parse_args("peer") {
+    let args: PeerArgs = match parse_args() {
         Ok(a) => a,
         Err(code) => return code,
     };

@@ -7,7 +7,7 @@ use gossipnet::cli::{parse_args, run, SeedArgs};
 use gossipnet::wire::Role;
 
 fn main() -> ExitCode {
-    let args: SeedArgs = match parse_args("seed") {
+    let args: SeedArgs = match parse_args() {
         Ok(a) => a,
         Err(code) => return code,
     };
