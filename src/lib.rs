@@ -24,6 +24,7 @@ pub mod api;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod executor;
 pub mod handshake;
 pub mod limits;
 pub mod net;

@@ -28,6 +28,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::api::ApiReader;
 use crate::config::Config;
+use crate::executor::{execute, Queue};
 use crate::handshake::{AcceptorHandshake, ConnectorIdentity, HandshakeError};
 use crate::limits::{DifficultyChange, DifficultyController};
 use crate::node::{
@@ -66,9 +67,25 @@ pub struct Counters {
     pub writes: AtomicU64,
 }
 
+#[derive(Clone)]
 struct ConnHandle {
     outbox: Arc<Outbox>,
     stream: Arc<TcpStream>,
+}
+
+impl Queue for ConnHandle {
+    fn push(&self, frame: &[u8]) -> bool {
+        self.outbox.push(frame)
+    }
+    fn push_gossip(&self, frame: &[u8], id: [u8; 32]) -> bool {
+        self.outbox.push_gossip(frame, id)
+    }
+    fn withdraw(&self, id: &[u8; 32]) -> bool {
+        self.outbox.withdraw(id)
+    }
+    fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.outbox, &other.outbox)
+    }
 }
 
 impl ConnHandle {
@@ -209,10 +226,7 @@ impl<C: Core> Runtime<C> {
     fn dispatch_all(self: &Arc<Self>, events: &mut Vec<Event>, at_us: u64) {
         let now = Now::real();
         let mut actions = Vec::with_capacity(events.len() + 4);
-        let mut overflowed = Vec::new();
-        // Connections with newly queued bytes, to flush once the core lock is released.
-        let mut touched: Vec<Conn> = Vec::new();
-        {
+        let done = {
             let mut core = self.core.lock();
             for event in events.drain(..) {
                 core.handle(event, now, &mut actions);
@@ -221,67 +235,28 @@ impl<C: Core> Runtime<C> {
             // connection sees frames in the order the core decided them. Queuing never
             // blocks.
             let mut conns = self.conns.lock();
-            let mut queue =
-                |conns: &mut ConnTable, conn: ConnId, frame: &[u8], id: Option<[u8; 32]>| {
-                    let Some(h) = conns.by_id.get(&conn) else {
-                        return;
-                    };
-                    let queued = match id {
-                        Some(id) => h.outbox.push_gossip(frame, id),
-                        None => h.outbox.push(frame),
-                    };
-                    if queued {
-                        if !touched.iter().any(|(o, _)| Arc::ptr_eq(o, &h.outbox)) {
-                            touched.push((h.outbox.clone(), h.stream.clone()));
-                        }
-                    } else if let Some(h) = conns.by_id.remove(&conn) {
-                        h.close();
-                        overflowed.push(conn);
-                    }
-                };
-            for action in &actions {
-                match action {
-                    Action::Send { to, msg } => {
-                        let frame = msg.encode();
-                        for conn in to {
-                            queue(&mut conns, *conn, &frame, None);
-                        }
-                    }
-                    Action::Forward { to, msg, id } => {
-                        let frame = msg.encode();
-                        for conn in to {
-                            queue(&mut conns, *conn, &frame, Some(*id));
-                        }
-                    }
-                    Action::Withdraw { conn, id } => {
-                        if let Some(h) = conns.by_id.get(conn) {
-                            if h.outbox.withdraw(id) {
-                                self.counters.withdrawn.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                    Action::SendApi { to, msg } => {
-                        if let Ok(frame) = msg.encode() {
-                            queue(&mut conns, *to, &frame, None);
-                        }
-                    }
-                    Action::Close { conn } => {
-                        if let Some(h) = conns.by_id.remove(conn) {
-                            // What the core queued before deciding to close (a reason, a
-                            // goodbye) goes out if the socket has room.
-                            self.flush(&h.outbox, &h.stream);
-                            h.close();
-                        }
-                    }
-                    _ => {}
-                }
+            let done = execute(&actions, &mut conns.by_id);
+            for h in &done.closing {
+                // What the core queued before deciding to close (a reason, a goodbye) goes
+                // out if the socket has room.
+                self.flush(&h.outbox, &h.stream);
+                h.close();
             }
+            for (_, h) in &done.overflowed {
+                h.close();
+            }
+            done
+        };
+        if done.withdrawn > 0 {
+            self.counters
+                .withdrawn
+                .fetch_add(done.withdrawn, Ordering::Relaxed);
         }
         let batching = self.batching();
-        for (outbox, stream) in touched {
-            match outbox.when(now.mono, batching) {
-                When::Now => self.flush(&outbox, &stream),
-                When::At(t) => self.schedule(t, outbox, stream),
+        for h in done.touched {
+            match h.outbox.when(now.mono, batching) {
+                When::Now => self.flush(&h.outbox, &h.stream),
+                When::At(t) => self.schedule(t, h.outbox, h.stream),
                 When::Scheduled => {}
             }
         }
@@ -306,7 +281,7 @@ impl<C: Core> Runtime<C> {
             }
         }
         self.output.record_all(records, at_us);
-        for conn in overflowed {
+        for (conn, _) in done.overflowed {
             self.dispatch(Event::Closed {
                 conn,
                 reason: CloseReason::QueueFull,
