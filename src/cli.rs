@@ -22,10 +22,17 @@ use crate::wire::Role;
 /// Flags common to both binaries.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CommonArgs {
-    /// Listen address of this node, IP:PORT (IPv6 as [IP]:PORT). It is also the node's
-    /// identity and names its output files. A peer may use port 0 to take a free port.
+    /// Address to listen on, IP:PORT (IPv6 as [IP]:PORT). Unless --advertise is given it is
+    /// also the address other nodes dial, the node's name and its output files' name. A peer
+    /// may use port 0 to take a free port. 0.0.0.0:PORT or [::]:PORT binds every interface
+    /// and needs --advertise.
     #[arg(long, value_name = "IP:PORT")]
     pub addr: SocketAddr,
+    /// The address other nodes dial to reach this one (its name in every text and file), when
+    /// it differs from --addr: behind a wildcard bind or a port forward. Port 0 means the port
+    /// bound.
+    #[arg(long, value_name = "IP:PORT")]
+    pub advertise: Option<SocketAddr>,
     /// The network's configuration: the seed list and every timer and limit.
     #[arg(long, value_name = "FILE", default_value = "seeds.yaml")]
     pub config: PathBuf,
@@ -195,16 +202,34 @@ pub fn run(role: Role, args: CommonArgs, api_addr: Option<SocketAddr>) -> Result
     } else {
         None
     };
-    if args.addr.ip().is_unspecified() {
+    if args.addr.ip().is_unspecified() && args.advertise.is_none() {
         return Err(Failure::Usage(format!(
-            "--addr {}: give the specific IP other nodes reach this node at, not an unspecified address",
+            "--addr {}: an unspecified address binds every interface; add --advertise IP:PORT, the address other nodes reach this node at",
             args.addr
         )));
     }
-    if role == Role::Seed && !config.seeds.contains(&args.addr) {
+    if let Some(a) = args.advertise {
+        if a.ip().is_unspecified() {
+            return Err(Failure::Usage(format!(
+                "--advertise {a}: give the specific IP other nodes reach this node at"
+            )));
+        }
+    }
+    // The address this node is known by, as far as it is known before binding.
+    let named = match args.advertise {
+        Some(a) if a.port() == 0 => SocketAddr::new(a.ip(), args.addr.port()),
+        Some(a) => a,
+        None => args.addr,
+    };
+    if role == Role::Seed && !config.seeds.contains(&named) {
         return Err(Failure::Usage(format!(
-            "--addr {} is not one of the seeds in {} ({})",
-            args.addr,
+            "--{} {} is not one of the seeds in {} ({})",
+            if args.advertise.is_some() {
+                "advertise"
+            } else {
+                "addr"
+            },
+            named,
             args.config.display(),
             config
                 .seeds
@@ -220,9 +245,14 @@ pub fn run(role: Role, args: CommonArgs, api_addr: Option<SocketAddr>) -> Result
     init_logging(&args)?;
     let listener = TcpListener::bind(args.addr)
         .map_err(|e| Failure::Runtime(format!("cannot listen on {}: {e}", args.addr)))?;
-    let addr = listener
+    let bound = listener
         .local_addr()
         .map_err(|e| Failure::Runtime(format!("cannot read the bound address: {e}")))?;
+    let addr = match args.advertise {
+        Some(a) if a.port() == 0 => SocketAddr::new(a.ip(), bound.port()),
+        Some(a) => a,
+        None => bound,
+    };
     let api = match api_addr {
         Some(a) => Some(
             TcpListener::bind(a)

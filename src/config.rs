@@ -437,6 +437,42 @@ fn socket_addr(key: &str, leaf: &Spanned<String>) -> Result<SocketAddr, ConfigEr
     })
 }
 
+/// A seed as `IP:PORT`, or as `HOST:PORT` resolved now (an IPv4 address first if the name has
+/// one). A name that does not resolve is an error naming it: a network cannot start with a
+/// seed nobody can find.
+fn seed_addr(leaf: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
+    let text = leaf.value.trim();
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let name_and_port = text.rsplit_once(':').filter(|(host, port)| {
+        !host.is_empty()
+            && port.parse::<u16>().is_ok()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    });
+    let Some((host, port)) = name_and_port else {
+        return socket_addr("seeds", leaf);
+    };
+    let port: u16 = port.parse().expect("checked above");
+    let found: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map(|it| it.collect())
+        .unwrap_or_default();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "seeds: host name \"{host}\" in \"{}\" does not resolve {}",
+                leaf.value,
+                at(leaf)
+            ))
+        })
+}
+
 impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
         use defaults::*;
@@ -457,7 +493,7 @@ impl RawConfig {
         }
         let mut seeds = Vec::with_capacity(seed_list.value.len());
         for leaf in &seed_list.value {
-            let addr = socket_addr("seeds", leaf)?;
+            let addr = seed_addr(leaf)?;
             if addr.port() == 0 {
                 return Err(ConfigError(format!(
                     "seeds: port 0 is not a reachable address: \"{}\" {}",
@@ -739,6 +775,25 @@ mod tests {
 
     fn err(text: &str) -> String {
         Config::parse(text).unwrap_err().0
+    }
+
+    #[test]
+    fn seeds_may_be_host_names_resolved_at_start() {
+        let c = Config::parse("seeds: [\"localhost:9001\", \"127.0.0.1:9002\", \"[::1]:9003\"]\n")
+            .unwrap();
+        assert_eq!(c.seeds[0], "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(c.seeds[2], "[::1]:9003".parse().unwrap());
+        // A name that does not resolve (the .invalid domain never does) names itself and its line.
+        let e = err("seeds: [\"127.0.0.1:9001\",\n  \"no-such-seed.invalid:9002\"]\n");
+        assert!(
+            e.contains("no-such-seed.invalid")
+                && e.contains("does not resolve")
+                && e.contains("line 2"),
+            "{e}"
+        );
+        // Not a name: still a malformed address.
+        let e = err("seeds: [\"127.0.0.1:99999\"]\n");
+        assert!(e.contains("malformed address"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,253 @@
+//! A network across hosts this test builds itself: four network namespaces, each with its own
+//! address on a private subnet that exists only inside them, joined by veth pairs to a bridge
+//! in a fifth namespace. Seeds run on one host, peers on the three others; no loopback, so
+//! `limits.loopback_exempt` plays no part. Needs root and `ip` (iproute2); without them the test
+//! says so and is skipped.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::{events, of, strs, wait_until};
+
+/// The namespaces and children of one run, removed and killed (by PID) whatever happens.
+struct Hosts {
+    prefix: String,
+    hosts: usize,
+    children: Vec<Child>,
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for i in 0..self.hosts {
+            let _ = ip(&["netns", "del", &format!("{}h{i}", self.prefix)]);
+        }
+        let _ = ip(&["netns", "del", &format!("{}br", self.prefix)]);
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The address of host `i` (inside the test's namespaces only).
+fn host_ip(i: usize) -> String {
+    format!("10.77.{}.{}", std::process::id() % 200, i + 1)
+}
+
+impl Hosts {
+    /// Builds `hosts` hosts on one bridge, or says why it cannot.
+    fn build(hosts: usize) -> Result<Hosts, String> {
+        let prefix = format!("gn{}", std::process::id());
+        let mut h = Hosts {
+            prefix: prefix.clone(),
+            hosts: 0,
+            children: Vec::new(),
+        };
+        let br = format!("{prefix}br");
+        ip(&["netns", "add", &br])?;
+        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &br, "link", "set", "br0", "up"])?;
+        for i in 0..hosts {
+            let ns = format!("{prefix}h{i}");
+            ip(&["netns", "add", &ns])?;
+            h.hosts = i + 1;
+            let (a, b) = (format!("{prefix}a{i}"), format!("{prefix}b{i}"));
+            ip(&[
+                "link", "add", &a, "netns", &ns, "type", "veth", "peer", "name", &b, "netns", &br,
+            ])?;
+            let cidr = format!("{}/24", host_ip(i));
+            ip(&["-n", &ns, "addr", "add", &cidr, "dev", &a])?;
+            ip(&["-n", &ns, "link", "set", &a, "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", &br, "link", "set", &b, "master", "br0"])?;
+            ip(&["-n", &br, "link", "set", &b, "up"])?;
+        }
+        Ok(h)
+    }
+
+    fn spawn(&mut self, host: usize, bin: &str, args: &[String], stderr: &Path) -> u32 {
+        let ns = format!("{}h{host}", self.prefix);
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, bin])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+}
+
+fn root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn peer_files(out: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(out)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("peer-") && n.ends_with(".jsonl")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_network_across_four_hosts_registers_gossips_and_removes_the_dead() {
+    if !root() {
+        eprintln!("SKIPPED: building hosts needs root (network namespaces)");
+        return;
+    }
+    let mut hosts = match Hosts::build(4) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot build test hosts: {e}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let seeds: Vec<SocketAddr> = (0..3)
+        .map(|k| format!("{}:{}", host_ip(0), 9001 + k).parse().unwrap())
+        .collect();
+    let list: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+    let config = dir.path().join("seeds.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "seeds: [{}]\ngossip: {{ interval: 500ms, count: 10 }}\nliveness: {{ interval: 300ms, misses: 3, probe_timeout: 1s }}\npow: {{ difficulty: 8, timeout: 3s }}\nlimits: {{ loopback_exempt: false }}\nstats: {{ interval: 1s }}\n",
+            list.join(", ")
+        ),
+    )
+    .unwrap();
+    let common = |addr: String| {
+        vec![
+            "--addr".to_string(),
+            addr,
+            "--config".into(),
+            config.display().to_string(),
+            "--out-dir".into(),
+            out.display().to_string(),
+        ]
+    };
+    for (k, s) in seeds.iter().enumerate() {
+        let err = dir.path().join(format!("seed-{k}.stderr"));
+        hosts.spawn(0, env!("CARGO_BIN_EXE_seed"), &common(s.to_string()), &err);
+    }
+    // Two peers on each of the three other hosts, on ports of their choosing.
+    let mut pids = Vec::new();
+    for host in 1..4 {
+        for k in 0..2 {
+            let err = dir.path().join(format!("peer-{host}-{k}.stderr"));
+            let args = common(format!("{}:0", host_ip(host)));
+            pids.push(hosts.spawn(host, env!("CARGO_BIN_EXE_peer"), &args, &err));
+        }
+    }
+    wait_until(
+        "six peers on three hosts registered with a majority",
+        || {
+            let files = peer_files(&out);
+            files.len() == 6
+                && files
+                    .iter()
+                    .all(|f| strs(&events(f), "registered_with", "seed").len() >= 2)
+        },
+    );
+    let files = peer_files(&out);
+    let ips: std::collections::BTreeSet<String> = files
+        .iter()
+        .map(|f| {
+            events(f)[0]["node"]
+                .as_str()
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ips.len(), 3, "peers on three hosts: {ips:?}");
+    // Every message generated once all six peers are linked reaches every other peer (there is
+    // no catch-up yet for what was sent before a peer joined).
+    let linked_at = |e: &[serde_json::Value]| {
+        of(e, "neighbour_up")
+            .first()
+            .and_then(|r| r["ts_ms"].as_u64())
+    };
+    wait_until("every peer is linked", || {
+        files.iter().all(|f| linked_at(&events(f)).is_some())
+    });
+    let all_linked = files
+        .iter()
+        .map(|f| linked_at(&events(f)).unwrap())
+        .max()
+        .unwrap()
+        + 500;
+    wait_until("every later message reaches every peer", || {
+        let all: Vec<_> = files.iter().map(|f| events(f)).collect();
+        let later: Vec<String> = all
+            .iter()
+            .flat_map(|e| {
+                of(e, "gossip_sent")
+                    .into_iter()
+                    .filter(|r| r["ts_ms"].as_u64().is_some_and(|t| t > all_linked))
+                    .map(|r| r["id"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        later.len() >= 12
+            && all.iter().all(|e| {
+                let got = strs(e, "gossip_received", "id");
+                let mine = strs(e, "gossip_sent", "id");
+                later.iter().all(|id| got.contains(id) || mine.contains(id))
+            })
+    });
+    // A peer killed on its host is reported and removed by every seed.
+    let victim = events(&files[0])[0]["node"].as_str().unwrap().to_string();
+    let victim_pid = pids[0];
+    let c = hosts
+        .children
+        .iter_mut()
+        .find(|c| c.id() == victim_pid)
+        .unwrap();
+    c.kill().unwrap();
+    let _ = c.wait();
+    wait_until("every seed removed the killed peer", || {
+        seeds.iter().all(|s| {
+            let f = out.join(format!("seed-{}-{}.jsonl", s.ip(), s.port()));
+            of(&events(&f), "removed")
+                .iter()
+                .any(|r| r["peer"].as_str() == Some(victim.as_str()))
+        })
+    });
+}
