@@ -12,6 +12,7 @@ use log::{Level, LevelFilter};
 use rand::SeedableRng;
 
 use crate::config::Config;
+use crate::keys::NodeKey;
 use crate::net::{Identity, Runtime};
 use crate::node::{unix_ms, Core};
 use crate::output::Output;
@@ -33,6 +34,14 @@ pub struct CommonArgs {
     /// bound.
     #[arg(long, value_name = "IP:PORT")]
     pub advertise: Option<SocketAddr>,
+    /// This node's Ed25519 key pair, created (mode 0600) if missing. Default:
+    /// keys/<role>-<ip>-<port>.key under the working directory.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Print this node's public key (64 hex characters) and exit, creating the key file if
+    /// needed.
+    #[arg(long)]
+    pub print_key: bool,
     /// The network's configuration: the seed list and every timer and limit.
     #[arg(long, value_name = "FILE", default_value = "seeds.yaml")]
     pub config: PathBuf,
@@ -196,6 +205,16 @@ fn init_logging(args: &CommonArgs) -> Result<(), Failure> {
 /// Loads the config, binds, writes output, and runs until SIGINT/SIGTERM. `api_addr` (peers
 /// only) overrides the config's `api.addr`.
 pub fn run(role: Role, args: CommonArgs, api_addr: Option<SocketAddr>) -> Result<(), Failure> {
+    if args.print_key {
+        let named = args.advertise.unwrap_or(args.addr);
+        let path = args
+            .key_file
+            .clone()
+            .unwrap_or_else(|| crate::keys::default_path(role, &named));
+        let key = NodeKey::load_or_create(&path).map_err(|e| Failure::Usage(e.to_string()))?;
+        println!("{}", key.public_hex());
+        return Ok(());
+    }
     let config = Config::load(&args.config).map_err(|e| Failure::Usage(e.to_string()))?;
     let api_addr = if role == Role::Peer {
         api_addr.or(config.api_addr)
@@ -260,6 +279,11 @@ pub fn run(role: Role, args: CommonArgs, api_addr: Option<SocketAddr>) -> Result
         ),
         None => None,
     };
+    let key_path = args
+        .key_file
+        .clone()
+        .unwrap_or_else(|| crate::keys::default_path(role, &addr));
+    let key = NodeKey::load_or_create(&key_path).map_err(|e| Failure::Usage(e.to_string()))?;
     let output = Output::create(&args.out_dir, role, &addr, true).map_err(|e| {
         Failure::Runtime(format!(
             "cannot create output files in {}: {e}",
@@ -283,12 +307,14 @@ pub fn run(role: Role, args: CommonArgs, api_addr: Option<SocketAddr>) -> Result
     );
     match role {
         Role::Seed => {
-            let core = SeedCore::new(addr, config.clone(), rand::rngs::StdRng::from_entropy());
+            let mut core = SeedCore::new(addr, config.clone(), rand::rngs::StdRng::from_entropy());
+            core.set_key(key.public_hex());
             serve(core, listener, None, identity, config, output, rx)
         }
         Role::Peer => {
             let rng = rand::rngs::StdRng::from_entropy();
-            let core = PeerCore::new(addr, config.clone(), rng);
+            let mut core = PeerCore::new(addr, config.clone(), rng);
+            core.set_key(key.public_hex());
             serve(core, listener, api, identity, config, output, rx)
         }
     }

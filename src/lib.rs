@@ -26,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod executor;
 pub mod handshake;
+pub mod keys;
 pub mod limits;
 pub mod net;
 pub mod node;

@@ -156,10 +156,11 @@ fn stamped(line: &str) -> bool {
 #[test]
 fn the_screen_shows_one_format_on_stdout_and_stderr() {
     let dir = tempfile::tempdir().unwrap();
-    // A seed nobody runs: the peer warns about it on stderr while its .txt lines go to stdout.
+    // A seed that never answers (a socket bound and held, so the peer cannot be handed the
+    // same port, and never serving): the peer warns about it on stderr while its .txt lines go
+    // to stdout.
     let seed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let seed_addr = seed.local_addr().unwrap();
-    drop(seed);
     let config = dir.path().join("seeds.yaml");
     std::fs::write(
         &config,

@@ -14,6 +14,8 @@ use common::{events, of, strs, wait_until};
 
 /// The namespaces and children of one run, removed and killed (by PID) whatever happens.
 struct Hosts {
+    /// Where the nodes keep their keys (their working directory).
+    keys: tempfile::TempDir,
     prefix: String,
     hosts: usize,
     children: Vec<Child>,
@@ -58,6 +60,7 @@ impl Hosts {
     fn build(hosts: usize) -> Result<Hosts, String> {
         let prefix = format!("gn{}", std::process::id());
         let mut h = Hosts {
+            keys: tempfile::tempdir().map_err(|e| e.to_string())?,
             prefix: prefix.clone(),
             hosts: 0,
             children: Vec::new(),
@@ -89,6 +92,7 @@ impl Hosts {
         let child = Command::new("ip")
             .args(["netns", "exec", &ns, bin])
             .args(args)
+            .current_dir(self.keys.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(stderr).unwrap())
@@ -164,12 +168,12 @@ fn a_network_across_four_hosts_registers_gossips_and_removes_the_dead() {
         let err = dir.path().join(format!("seed-{k}.stderr"));
         hosts.spawn(0, env!("CARGO_BIN_EXE_seed"), &common(s.to_string()), &err);
     }
-    // Two peers on each of the three other hosts, on ports of their choosing.
+    // Two peers on each of the three other hosts.
     let mut pids = Vec::new();
     for host in 1..4 {
         for k in 0..2 {
             let err = dir.path().join(format!("peer-{host}-{k}.stderr"));
-            let args = common(format!("{}:0", host_ip(host)));
+            let args = common(format!("{}:{}", host_ip(host), 9101 + k));
             pids.push(hosts.spawn(host, env!("CARGO_BIN_EXE_peer"), &args, &err));
         }
     }
@@ -233,7 +237,7 @@ fn a_network_across_four_hosts_registers_gossips_and_removes_the_dead() {
             })
     });
     // A peer killed on its host is reported and removed by every seed.
-    let victim = events(&files[0])[0]["node"].as_str().unwrap().to_string();
+    let victim = format!("{}:9101", host_ip(1));
     let victim_pid = pids[0];
     let c = hosts
         .children

@@ -53,6 +53,8 @@ pub struct PeerCore {
     /// Local applications on the API.
     apps: LocalApps,
     api_clients: std::collections::BTreeSet<ConnId>,
+    /// This node's public key, for the `started` record.
+    key: Option<String>,
 }
 
 impl PeerCore {
@@ -71,8 +73,14 @@ impl PeerCore {
             dropped: 0,
             apps: LocalApps::new(config.api.max_pending, config.api.validation_timeout),
             api_clients: Default::default(),
+            key: None,
             config,
         }
+    }
+
+    /// The public key this node is known by (hex), written in its `started` record.
+    pub fn set_key(&mut self, key: String) {
+        self.key = Some(key);
     }
 
     /// How many neighbour links this peer has.
@@ -94,7 +102,7 @@ impl PeerCore {
     // ------------------------------------------------------------ joining and the seeds
 
     fn start(&mut self, now: Now, out: &mut Vec<Action>) {
-        out.push(records::started(&self.me).into());
+        out.push(records::started(&self.me, self.key.as_deref()).into());
         let wait = self.config.pow.timeout * 2;
         for addr in self.seeds.start(&mut self.rng, now.mono, wait) {
             out.push(Action::Dial {

@@ -7,10 +7,14 @@ use crate::node::Record;
 use crate::texts::{printable, MAX_SHOWN, TEXT_DATA_TYPE};
 use crate::wire::PeerEntry;
 
-pub fn started(me: &SocketAddr) -> Record {
-    Record::new("started")
+pub fn started(me: &SocketAddr, key: Option<&str>) -> Record {
+    let rec = Record::new("started")
         .field("role", "peer")
-        .line(format!("Peer {me} listening"))
+        .line(format!("Peer {me} listening"));
+    match key {
+        Some(k) => rec.field("key", k),
+        None => rec,
+    }
 }
 
 pub fn peer_list(union: &[PeerEntry]) -> Record {

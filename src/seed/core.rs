@@ -58,6 +58,8 @@ pub struct SeedCore {
     config: Config,
     /// Draws the sample of the peer list a peer is sent.
     rng: StdRng,
+    /// This node's public key, for the `started` record.
+    key: Option<String>,
     registry: Registry,
     links: BTreeMap<ConnId, Link>,
     /// Live links to other seeds.
@@ -77,6 +79,7 @@ impl SeedCore {
         SeedCore {
             me,
             rng,
+            key: None,
             registry: Registry::new(config.seeds.len()),
             config,
             links: BTreeMap::new(),
@@ -88,6 +91,11 @@ impl SeedCore {
             probes: BTreeMap::new(),
             next_sync: None,
         }
+    }
+
+    /// The public key this node is known by (hex), written in its `started` record.
+    pub fn set_key(&mut self, key: String) {
+        self.key = Some(key);
     }
 
     /// What this seed waits for before it can commit anything, in words for people: a
@@ -552,17 +560,16 @@ impl Core for SeedCore {
     fn handle(&mut self, event: Event, now: Now, out: &mut Vec<Action>) {
         match event {
             Event::Started => {
-                out.push(
-                    Record::new("started")
-                        .field("role", "seed")
-                        .line(format!(
-                            "Seed {} listening ({} seeds configured, majority {})",
-                            self.me,
-                            self.config.seeds.len(),
-                            self.registry.majority()
-                        ))
-                        .into(),
-                );
+                let mut started = Record::new("started").field("role", "seed").line(format!(
+                    "Seed {} listening ({} seeds configured, majority {})",
+                    self.me,
+                    self.config.seeds.len(),
+                    self.registry.majority()
+                ));
+                if let Some(key) = &self.key {
+                    started = started.field("key", key.clone());
+                }
+                out.push(started.into());
                 let others: Vec<SocketAddr> = self
                     .config
                     .seeds

@@ -122,6 +122,8 @@ impl Net {
             .arg("--log-file")
             .arg(log)
             .args(extra)
+            // Keys are created under the working directory (keys/<role>-<ip>-<port>.key).
+            .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
