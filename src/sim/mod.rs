@@ -442,23 +442,27 @@ impl World {
         );
     }
 
+    /// Tells `from` its dial of `addr` failed, `after` from now.
+    fn dial_failed(
+        &mut self,
+        from: NodeId,
+        addr: SocketAddr,
+        purpose: Purpose,
+        after: Micros,
+        reason: DialError,
+    ) {
+        let at = self.now + after;
+        let event = Event::DialFailed {
+            addr,
+            purpose,
+            reason,
+        };
+        self.push(at, Pending::Deliver { node: from, event });
+    }
+
     fn dial(&mut self, from: NodeId, addr: SocketAddr, purpose: Purpose) {
         let rtt = 2 * self.latency();
         let target = self.by_addr.get(&addr).copied();
-        let fail = |w: &mut World, after: Micros, reason: DialError| {
-            let at = w.now + after;
-            w.push(
-                at,
-                Pending::Deliver {
-                    node: from,
-                    event: Event::DialFailed {
-                        addr,
-                        purpose,
-                        reason,
-                    },
-                },
-            );
-        };
         match target.map(|t| (t, self.nodes[t].state)) {
             Some((to, NodeState::Running)) if !self.blocked(from, to) => {
                 // TCP's round trip, then the challenge: the acceptor takes the link when the
@@ -468,9 +472,9 @@ impl World {
             }
             Some((_, NodeState::Hung)) | Some((_, NodeState::Running)) => {
                 let timeout = micros(self.config.pow.timeout);
-                fail(self, timeout, DialError::TimedOut)
+                self.dial_failed(from, addr, purpose, timeout, DialError::TimedOut)
             }
-            _ => fail(self, rtt, DialError::Refused),
+            _ => self.dial_failed(from, addr, purpose, rtt, DialError::Refused),
         }
     }
 
@@ -491,18 +495,8 @@ impl World {
             } else {
                 DialError::Refused
             };
-            let at = self.now + self.latency();
-            self.push(
-                at,
-                Pending::Deliver {
-                    node: from,
-                    event: Event::DialFailed {
-                        addr,
-                        purpose,
-                        reason,
-                    },
-                },
-            );
+            let after = self.latency();
+            self.dial_failed(from, addr, purpose, after, reason);
             return;
         }
         let a = self.conns.len() as ConnId;
