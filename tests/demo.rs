@@ -55,48 +55,62 @@ impl Drop for Reaper {
     }
 }
 
-#[test]
-fn demo_fast_with_kills_reports_full_coverage_and_both_deaths() {
+/// Starts `scripts/demo.sh` with `args` (and `--out`) on the test build's binaries, its
+/// stdout to a file: the reaper that kills it all on drop, the run directory, the stdout file.
+fn start_demo(out: &Path, args: &[&str]) -> (Reaper, PathBuf, PathBuf) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let bin = Path::new(env!("CARGO_BIN_EXE_peer")).parent().unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let run = out.path().join("run");
+    let run = out.join("run");
+    let stdout_path = out.join("stdout");
     let script = Command::new("bash")
         .arg(root.join("scripts/demo.sh"))
-        .args([
-            "--fast",
-            "--seeds",
-            "3",
-            "--peers",
-            "6",
-            "--kill",
-            "2",
-            "--duration",
-            "20",
-            "--out",
-        ])
+        .args(args)
+        .arg("--out")
         .arg(&run)
         .env("GOSSIPNET_BIN", bin)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut reaper = Reaper {
+    let reaper = Reaper {
         script,
         run: run.clone(),
     };
+    (reaper, run, stdout_path)
+}
+
+/// Waits (at most 300 s) for the demo to end by itself.
+fn ends_by_itself(reaper: &mut Reaper) -> std::process::ExitStatus {
     let start = Instant::now();
-    let status = loop {
+    loop {
         if let Some(st) = reaper.script.try_wait().unwrap() {
-            break st;
+            return st;
         }
         assert!(
             start.elapsed() < Duration::from_secs(300),
             "the demo did not end by itself"
         );
         std::thread::sleep(Duration::from_millis(100));
-    };
+    }
+}
+
+#[test]
+fn demo_fast_with_kills_reports_full_coverage_and_both_deaths() {
+    let out = tempfile::tempdir().unwrap();
+    let args = [
+        "--fast",
+        "--seeds",
+        "3",
+        "--peers",
+        "6",
+        "--kill",
+        "2",
+        "--duration",
+        "20",
+    ];
+    let (mut reaper, run, _) = start_demo(out.path(), &args);
+    let status = ends_by_itself(&mut reaper);
     assert!(status.success(), "demo.sh exited with {status}");
 
     // No process of this run is left: every node wrote its last words or was killed by us.
@@ -137,26 +151,10 @@ fn demo_fast_with_kills_reports_full_coverage_and_both_deaths() {
 
 #[test]
 fn ctrl_c_stops_every_node_and_prints_the_report_of_what_ran() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bin = Path::new(env!("CARGO_BIN_EXE_peer")).parent().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let run = out.path().join("run");
-    let stdout_path = out.path().join("stdout");
-    let script = Command::new("bash")
-        .arg(root.join("scripts/demo.sh"))
-        // No --duration: without the interrupt it would run until every message is delivered.
-        .args(["--fast", "--seeds", "3", "--peers", "4", "--out"])
-        .arg(&run)
-        .env("GOSSIPNET_BIN", bin)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&stdout_path).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut reaper = Reaper {
-        script,
-        run: run.clone(),
-    };
+    // No --duration: without the interrupt it would run until every message is delivered.
+    let (mut reaper, run, stdout_path) =
+        start_demo(out.path(), &["--fast", "--seeds", "3", "--peers", "4"]);
     let patience = Duration::from_secs(120);
     // Running: every peer joined and gossip has started.
     let start = Instant::now();
@@ -239,36 +237,10 @@ fn last_live_line(stdout: &str) -> (u64, u64, u64) {
 
 #[test]
 fn a_demo_that_kills_nothing_ends_without_a_detection_wait_and_its_live_line_matches_the_report() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bin = Path::new(env!("CARGO_BIN_EXE_peer")).parent().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let run = out.path().join("run");
-    let stdout_path = out.path().join("stdout");
-    let script = Command::new("bash")
-        .arg(root.join("scripts/demo.sh"))
-        .args(["--fast", "--seeds", "3", "--peers", "4", "--out"])
-        .arg(&run)
-        .env("GOSSIPNET_BIN", bin)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&stdout_path).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut reaper = Reaper {
-        script,
-        run: run.clone(),
-    };
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = reaper.script.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "the demo did not end by itself"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (mut reaper, _run, stdout_path) =
+        start_demo(out.path(), &["--fast", "--seeds", "3", "--peers", "4"]);
+    let status = ends_by_itself(&mut reaper);
     let stdout = std::fs::read_to_string(&stdout_path).unwrap();
     assert!(status.success(), "{status}: {stdout}");
     let (t, delivered, expected) = last_live_line(&stdout);

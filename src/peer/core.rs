@@ -25,6 +25,22 @@ use crate::wire::{Msg, Payload, PeerEntry, Role};
 /// the screen, soon enough that nobody stares at a silent terminal.
 const WAITING_NOTE: Duration = Duration::from_secs(5);
 
+/// A count that grew from `before` to `after` is worth a log line when it reaches 1, 1,024,
+/// 1,048,576, …: a flood is said at once and then a thousand times less often each time.
+fn worth_saying(before: u64, after: u64) -> bool {
+    let mut mark = 1u64;
+    while mark <= after {
+        if mark > before {
+            return true;
+        }
+        mark = mark.saturating_mul(1024);
+        if mark == u64::MAX {
+            break;
+        }
+    }
+    false
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Registering with the seeds and collecting their lists.
@@ -320,11 +336,15 @@ impl PeerCore {
     fn forward(&mut self, item: Item, from: Option<SocketAddr>, now: Now, out: &mut Vec<Action>) {
         let (to, neighbours, held) = self.overlay.targets(from, now.mono);
         if held > 0 {
+            let before = self.dropped;
             self.dropped += held;
-            log::info!(
-                "item {} not forwarded to {held} neighbour(s): over their gossip rate",
-                hex::encode(item.id)
-            );
+            // Counted always, said now and then: under a flood this runs per item.
+            if worth_saying(before, self.dropped) {
+                log::info!(
+                    "items held back from neighbours over their gossip rate: {} so far",
+                    self.dropped
+                );
+            }
         }
         if to.is_empty() {
             return;
@@ -373,7 +393,7 @@ impl PeerCore {
                 // honest neighbour (it was not recorded).
                 link.dropped += 1;
                 self.dropped += 1;
-                if link.dropped.is_power_of_two() && link.dropped.trailing_zeros() % 10 == 0 {
+                if worth_saying(link.dropped - 1, link.dropped) {
                     log::info!(
                         "dropping new gossip items from {from} over the rate limit ({} so far)",
                         link.dropped
@@ -1282,6 +1302,16 @@ mod tests {
         assert_eq!(to_12, 20);
         // Held back from 12: the other 10 (10 and 11 were forwarded each other's 15).
         assert_eq!(p.gossip_dropped(), 10);
+    }
+
+    #[test]
+    fn drops_are_said_at_the_first_and_then_every_thousand_fold() {
+        assert!(worth_saying(0, 1));
+        assert!(!worth_saying(1, 1023));
+        assert!(worth_saying(1000, 1030), "1,024 passed");
+        assert!(!worth_saying(1030, 1_000_000));
+        assert!(worth_saying(1_000_000, 1_100_000));
+        assert!(!worth_saying(5, 5));
     }
 
     #[test]

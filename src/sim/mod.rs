@@ -367,13 +367,23 @@ impl World {
             // A crashed node's links were reset when it crashed; a hung one reads nothing.
             _ => return,
         }
+        self.run_core(node, observe, |core, now, out| match core {
+            NodeCore::Seed(c) => c.handle(event, now, out),
+            NodeCore::Peer(c) => c.handle(event, now, out),
+        });
+    }
+
+    /// Lets node `node`'s core act now (`f` calls it) and carries out what it decided.
+    fn run_core(
+        &mut self,
+        node: NodeId,
+        observe: &mut dyn FnMut(&Observed),
+        f: impl FnOnce(&mut NodeCore, Now, &mut Vec<Action>),
+    ) {
         self.events += 1;
         let now = self.at_now();
         let mut actions = std::mem::take(&mut self.actions);
-        match &mut self.nodes[node].core {
-            NodeCore::Seed(c) => c.handle(event, now, &mut actions),
-            NodeCore::Peer(c) => c.handle(event, now, &mut actions),
-        }
+        f(&mut self.nodes[node].core, now, &mut actions);
         self.execute(node, &mut actions, observe);
         self.actions = actions;
     }
@@ -578,18 +588,11 @@ impl World {
         if self.nodes[node].state != NodeState::Running {
             return;
         }
-        let now = self.at_now();
-        let mut actions = std::mem::take(&mut self.actions);
-        if let NodeCore::Peer(p) = &mut self.nodes[node].core {
-            p.publish(now, &mut actions);
-        }
-        self.events += 1;
-        self.execute(node, &mut actions, observe);
-        self.actions = actions;
-    }
-
-    pub fn node_of(&self, addr: &SocketAddr) -> Option<NodeId> {
-        self.by_addr.get(addr).copied()
+        self.run_core(node, observe, |core, now, out| {
+            if let NodeCore::Peer(p) = core {
+                p.publish(now, out);
+            }
+        });
     }
 }
 
