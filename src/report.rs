@@ -16,8 +16,9 @@
 //!   message from a peer that had already failed expects nobody.
 //! - **coverage** = deliveries to expected peers ÷ expected deliveries.
 //! - **time to reach all** of a message = last expected receipt − generation, over messages
-//!   that reached every expected peer; p50 / p99 / max, in milliseconds. Receipts at peers
-//!   listed apart (frozen, left) do not count.
+//!   that reached every expected peer; p50 / p99 / max, in milliseconds (nearest rank over
+//!   the sorted times; 0 when no message reached all). Receipts at peers listed apart
+//!   (frozen, left) do not count.
 //! - **duplicates per delivery** = the peers' last `gossip_duplicates` counters summed ÷ all
 //!   deliveries; **withdrawn before sending** = the same with `gossip_withdrawn` (copies taken
 //!   back unsent because the neighbour sent us the message first).
