@@ -11,13 +11,24 @@
 //! keeps two equal lines distinct items); every line from others is printed with its sender.
 //! Notifications are validated: well-formed chat lines are valid, anything else is not (and
 //! so stops at this peer).
+//!
+//! A line reaches the peers connected to the network when it is sent; nothing is kept or sent
+//! again later. The API gives no sign of whether the peer has joined the network (ANNOUNCE has
+//! no reply, and a peer with no neighbour yet accepts it and passes it to nobody), so the chat
+//! watches for the first sign that it has: anything arriving from the network, a chat line or
+//! one of the assignment's text messages (data type 0, which it also subscribes to). Until
+//! then it says, after each line sent, that nobody may get it; once it hears from the
+//! network it says so.
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use gossipnet::api::{ApiMsg, ApiReader};
+use gossipnet::api::{ApiMsg, ApiReader, MAX_DATA};
+use gossipnet::texts::TEXT_DATA_TYPE;
 
 /// The data type chat lines travel on.
 const CHAT: u16 = 4242;
@@ -53,9 +64,22 @@ fn main() -> std::process::ExitCode {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         s.write_all(&bytes)
     };
-    send(&mut stream, ApiMsg::Notify { data_type: CHAT }).expect("subscribe");
+    for data_type in [CHAT, TEXT_DATA_TYPE] {
+        if let Err(e) = send(&mut stream, ApiMsg::Notify { data_type }) {
+            eprintln!("chat: cannot subscribe at {api}: {e}");
+            std::process::exit(1);
+        }
+    }
     println!("connected to {api} as {name}; type a line and press Enter (Ctrl-D to quit)");
+    println!(
+        "a line reaches the peers connected to the network when you send it; nothing is kept \
+         or sent again later. Nothing heard from the network yet: until this peer has joined \
+         (its screen says `Connected to neighbour`), nobody gets what you type."
+    );
 
+    // Set on the first item from the network: the peer has a neighbour.
+    let heard = Arc::new(AtomicBool::new(false));
+    let heard_by_reader = Arc::clone(&heard);
     let mut reader_stream = stream.try_clone().expect("clone the socket");
     std::thread::spawn(move || {
         let mut reader = ApiReader::default();
@@ -72,11 +96,31 @@ fn main() -> std::process::ExitCode {
             reader.push(&buf[..n]);
             while let Ok(Some(msg)) = reader.next_msg() {
                 let ApiMsg::Notification {
-                    message_id, data, ..
+                    message_id,
+                    data_type,
+                    data,
                 } = msg
                 else {
                     continue;
                 };
+                if !heard_by_reader.swap(true, Ordering::Relaxed) {
+                    println!(
+                        "chat: heard from the network: lines you send now reach the others \
+                         connected to this peer"
+                    );
+                }
+                if data_type == TEXT_DATA_TYPE {
+                    // The assignment's messages spread whatever we answer; they only tell us
+                    // the network is there.
+                    let _ = send(
+                        &mut out,
+                        ApiMsg::Validation {
+                            message_id,
+                            valid: true,
+                        },
+                    );
+                    continue;
+                }
                 let line = std::str::from_utf8(&data).ok().and_then(|t| {
                     let mut f = t.splitn(3, '\t');
                     let (_ts, who, text) = (f.next()?, f.next()?, f.next()?);
@@ -101,6 +145,14 @@ fn main() -> std::process::ExitCode {
             .map(|d| d.as_millis())
             .unwrap_or(0);
         let data = format!("{ts}\t{name}\t{line}").into_bytes();
+        if data.len() > MAX_DATA {
+            eprintln!(
+                "chat: line not sent: {} bytes with its time and name, the API carries at most \
+                 {MAX_DATA}",
+                data.len()
+            );
+            continue;
+        }
         if let Err(e) = send(
             &mut stream,
             ApiMsg::Announce {
@@ -109,8 +161,14 @@ fn main() -> std::process::ExitCode {
                 data,
             },
         ) {
-            eprintln!("chat: cannot send: {e}");
-            break;
+            eprintln!("chat: line not sent: the connection to the peer at {api} failed: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+        if !heard.load(Ordering::Relaxed) {
+            eprintln!(
+                "chat: sent, but nothing has been heard from the network yet: if this peer has \
+                 no neighbour, nobody gets this line (it is not kept or sent again)"
+            );
         }
     }
     std::process::ExitCode::SUCCESS
