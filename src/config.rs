@@ -53,6 +53,14 @@ pub struct GossipConfig {
     /// (both) sends every frame at once.
     pub batch_window: Duration,
     pub max_batch_window: Duration,
+    /// Time between two catch-up rounds (each with one random neighbour); zero: no catch-up.
+    pub sync_interval: Duration,
+    /// Items kept for catch-up: at most this many, this old, and this many payload bytes.
+    pub history: usize,
+    pub history_age: Duration,
+    pub history_bytes: usize,
+    /// Payload bytes one catch-up round sends one neighbour at most.
+    pub sync_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,6 +235,11 @@ struct RawGossip {
     max_item: Leaf,
     batch_window: Leaf,
     max_batch_window: Leaf,
+    sync_interval: Leaf,
+    history: Leaf,
+    history_age: Leaf,
+    history_bytes: Leaf,
+    sync_bytes: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -311,6 +324,16 @@ pub mod defaults {
     /// 4): at 1,000 messages/s in a 100-peer network a link carries about 550 frames/s, a
     /// hundred per window.
     pub const BUSY_BATCH_WINDOW: Duration = Duration::from_millis(200);
+    /// Catch-up: a round every 2 s with one neighbour; a newcomer holds the last 10,000 items
+    /// (or 10 minutes) within seconds.
+    pub const SYNC_INTERVAL: Duration = Duration::from_secs(2);
+    pub const HISTORY: usize = 10_000;
+    pub const HISTORY_AGE: Duration = Duration::from_secs(600);
+    /// 10,000 items of the assignment are under 1 MiB; 64 MiB leaves room for application
+    /// items and bounds what large ones can cost.
+    pub const HISTORY_BYTES: usize = 64 << 20;
+    /// A round sends at most 256 KiB to one neighbour: a few thousand small items.
+    pub const SYNC_BYTES: usize = 256 << 10;
     /// Upper bound on either window key.
     pub const MAX_BATCH_WINDOW: Duration = Duration::from_secs(1);
     /// The assignment's 13 s.
@@ -551,6 +574,21 @@ impl RawConfig {
             max_item: number("gossip.max_item", &g.max_item, GOSSIP_MAX_ITEM, 1, 1 << 20)?,
             batch_window,
             max_batch_window,
+            sync_interval: duration_or_zero(
+                "gossip.sync_interval",
+                &g.sync_interval,
+                SYNC_INTERVAL,
+            )?,
+            history: number("gossip.history", &g.history, HISTORY, 0, 1_000_000)?,
+            history_age: duration("gossip.history_age", &g.history_age, HISTORY_AGE)?,
+            history_bytes: number(
+                "gossip.history_bytes",
+                &g.history_bytes,
+                HISTORY_BYTES,
+                0,
+                1 << 34,
+            )?,
+            sync_bytes: number("gossip.sync_bytes", &g.sync_bytes, SYNC_BYTES, 1, 1 << 30)?,
         };
         let l = self.liveness.unwrap_or_default();
         let liveness = LivenessConfig {

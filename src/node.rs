@@ -117,6 +117,8 @@ pub enum Timer {
     ReplyDeadline,
     /// Peer: new links stop remembering what was forwarded on them.
     YoungLinks,
+    /// Peer: the next catch-up round.
+    CatchUp,
     /// Peer: local applications' validations that are overdue.
     Validations,
     /// Peer or seed: say what it still waits for (seeds to register with, other seeds).

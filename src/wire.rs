@@ -66,6 +66,14 @@ pub struct Member {
     pub incarnation: u64,
 }
 
+/// One bucket of a catch-up digest: how many items the history holds in it and the wrapping
+/// sum of their short ids.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub count: u32,
+    pub sum: u64,
+}
+
 /// Every message of the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
@@ -127,6 +135,24 @@ pub enum Msg {
     LivenessReply {
         text: String,
     },
+    /// Catch-up, step 1: a summary of every bucket of the sender's history.
+    SyncDigest {
+        buckets: Vec<Summary>,
+    },
+    /// Catch-up, step 2: the short ids of what the sender holds where the digests differ.
+    SyncIds {
+        ids: Vec<u64>,
+    },
+    /// Catch-up, step 3: the short ids the sender lacks and asks for.
+    SyncWant {
+        ids: Vec<u64>,
+    },
+    /// Catch-up, step 4: one item asked for (laid out as `Gossip`).
+    SyncItem {
+        data_type: u16,
+        ttl: u8,
+        payload: Payload,
+    },
 
     // --- seed ↔ seed ---
     Vote {
@@ -154,6 +180,10 @@ mod tag {
     pub const GOSSIP: u8 = 0x20;
     pub const LIVENESS_REQUEST: u8 = 0x21;
     pub const LIVENESS_REPLY: u8 = 0x22;
+    pub const SYNC_DIGEST: u8 = 0x23;
+    pub const SYNC_IDS: u8 = 0x24;
+    pub const SYNC_WANT: u8 = 0x25;
+    pub const SYNC_ITEM: u8 = 0x26;
     pub const VOTE: u8 = 0x30;
     pub const SYNC: u8 = 0x31;
 }
@@ -176,6 +206,10 @@ impl Msg {
             Msg::Gossip { .. } => "Gossip",
             Msg::LivenessRequest { .. } => "LivenessRequest",
             Msg::LivenessReply { .. } => "LivenessReply",
+            Msg::SyncDigest { .. } => "SyncDigest",
+            Msg::SyncIds { .. } => "SyncIds",
+            Msg::SyncWant { .. } => "SyncWant",
+            Msg::SyncItem { .. } => "SyncItem",
             Msg::Vote { .. } => "Vote",
             Msg::Sync { .. } => "Sync",
         }
@@ -266,6 +300,37 @@ impl Msg {
                 out.push(tag::LIVENESS_REPLY);
                 put_str(out, truncate(text, MAX_TEXT));
             }
+            Msg::SyncDigest { buckets } => {
+                out.push(tag::SYNC_DIGEST);
+                let buckets = &buckets[..buckets.len().min(MAX_LIST_ENTRIES)];
+                out.extend_from_slice(&(buckets.len() as u32).to_be_bytes());
+                for b in buckets {
+                    out.extend_from_slice(&b.count.to_be_bytes());
+                    out.extend_from_slice(&b.sum.to_be_bytes());
+                }
+            }
+            Msg::SyncIds { ids } | Msg::SyncWant { ids } => {
+                out.push(if matches!(self, Msg::SyncIds { .. }) {
+                    tag::SYNC_IDS
+                } else {
+                    tag::SYNC_WANT
+                });
+                let ids = &ids[..ids.len().min(MAX_LIST_ENTRIES)];
+                out.extend_from_slice(&(ids.len() as u32).to_be_bytes());
+                for id in ids {
+                    out.extend_from_slice(&id.to_be_bytes());
+                }
+            }
+            Msg::SyncItem {
+                data_type,
+                ttl,
+                payload,
+            } => {
+                out.push(tag::SYNC_ITEM);
+                out.extend_from_slice(&data_type.to_be_bytes());
+                out.push(*ttl);
+                out.extend_from_slice(payload);
+            }
             Msg::Vote { op, member } => {
                 out.push(tag::VOTE);
                 out.push(match op {
@@ -344,6 +409,34 @@ impl Msg {
             },
             tag::LIVENESS_REQUEST => Msg::LivenessRequest { text: r.text()? },
             tag::LIVENESS_REPLY => Msg::LivenessReply { text: r.text()? },
+            tag::SYNC_DIGEST => {
+                let n = r.count()?;
+                let mut buckets = Vec::with_capacity(n.min(256));
+                for _ in 0..n {
+                    buckets.push(Summary {
+                        count: r.u32()?,
+                        sum: r.u64()?,
+                    });
+                }
+                Msg::SyncDigest { buckets }
+            }
+            t @ (tag::SYNC_IDS | tag::SYNC_WANT) => {
+                let n = r.count()?;
+                let mut ids = Vec::with_capacity(n.min(4096));
+                for _ in 0..n {
+                    ids.push(r.u64()?);
+                }
+                if t == tag::SYNC_IDS {
+                    Msg::SyncIds { ids }
+                } else {
+                    Msg::SyncWant { ids }
+                }
+            }
+            tag::SYNC_ITEM => Msg::SyncItem {
+                data_type: r.u16()?,
+                ttl: r.u8()?,
+                payload: r.rest().into(),
+            },
             tag::VOTE => {
                 let op = match r.u8()? {
                     1 => VoteOp::Add,
@@ -680,6 +773,24 @@ mod tests {
             Msg::LivenessReply {
                 text: "Liveness Reply:1:127.0.0.1:9101:127.0.0.1:9102".into(),
             },
+            Msg::SyncDigest {
+                buckets: vec![
+                    Summary { count: 0, sum: 0 },
+                    Summary {
+                        count: 3,
+                        sum: u64::MAX,
+                    },
+                ],
+            },
+            Msg::SyncIds {
+                ids: vec![1, u64::MAX],
+            },
+            Msg::SyncWant { ids: vec![] },
+            Msg::SyncItem {
+                data_type: 0,
+                ttl: 2,
+                payload: b"1795313883123:127.0.0.1:9101:3".as_slice().into(),
+            },
             Msg::Vote {
                 op: VoteOp::Add,
                 member: m,
@@ -714,7 +825,7 @@ mod tests {
             let body = &frame[LEN_PREFIX..];
             for cut in 0..body.len() {
                 // Gossip's payload is "the rest", so a cut inside it is a shorter payload.
-                if matches!(msg, Msg::Gossip { .. }) && cut >= 4 {
+                if matches!(msg, Msg::Gossip { .. } | Msg::SyncItem { .. }) && cut >= 4 {
                     continue;
                 }
                 assert!(Msg::decode(&body[..cut]).is_err(), "{msg:?} cut at {cut}");

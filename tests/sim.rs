@@ -75,3 +75,31 @@ fn the_same_rng_gives_the_same_run_action_for_action() {
     let c = run(&params(Kind::Churn, 100, 30, 43));
     assert_ne!(strip(a), strip(c));
 }
+
+#[test]
+fn late_joiners_catch_up_on_the_whole_history() {
+    let s = run(&params(Kind::LateJoin, 300, 100, 5));
+    assert_eq!(num(&s, "late_joiners"), 30, "{s}");
+    assert_eq!(num(&s, "history_missed"), 0, "{s}");
+    assert_eq!(num(&s, "missed"), 0, "{s}");
+    assert!(num(&s, "caught_up") >= 30 * 100, "{s}");
+}
+
+#[test]
+fn the_halves_of_a_healed_partition_end_up_holding_every_item() {
+    let s = run(&params(Kind::Partition, 300, 100, 5));
+    assert_eq!(num(&s, "missed"), 0, "{s}");
+    assert_eq!(num(&s, "false_removals"), 0, "{s}");
+    assert!(num(&s, "items_completed_by_catch_up") > 0, "{s}");
+}
+
+#[test]
+fn without_catch_up_a_partition_loses_items_and_late_joiners_lack_history() {
+    // The same runs with `gossip.sync_interval: 0`: what catch-up is for.
+    let mut p = params(Kind::Partition, 300, 100, 5);
+    p.config =
+        Config::parse("seeds: [\"127.0.0.1:9001\"]\ngossip: { sync_interval: 0s }\n").unwrap();
+    assert!(num(&run(&p), "missed") > 0);
+    p.kind = Kind::LateJoin;
+    assert!(num(&run(&p), "history_missed") > 0);
+}

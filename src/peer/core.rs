@@ -8,12 +8,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
+use rand::Rng;
 
 use crate::api::ApiMsg;
 use crate::config::Config;
 use crate::node::{Action, CloseReason, ConnId, Core, Event, Now, Purpose, Record, Remote, Timer};
 use crate::peer::apps::{LocalApps, Verdict};
-use crate::peer::gossip::{next_ttl, Gate, Generator, Item, MessageList};
+use crate::peer::gossip::{next_ttl, Gate, Generator, Item, MessageList, Via};
+use crate::peer::history::{short_id, History, MAX_SYNC_IDS};
 use crate::peer::liveness::Liveness;
 use crate::peer::overlay::{Admit, Joined, LinkKind, Overlay, DUPLICATE_LINK, YOUNG_LINK};
 use crate::peer::records;
@@ -61,6 +63,8 @@ pub struct PeerCore {
     overlay: Overlay,
     liveness: Liveness,
     ml: MessageList,
+    /// What this peer keeps for neighbours that missed it (catch-up).
+    history: History,
     generator: Generator,
     gate: Gate,
     /// Gossip items dropped for a link's rate: over what a neighbour may send us, or over
@@ -84,6 +88,11 @@ impl PeerCore {
             overlay: Overlay::new(me, &config),
             liveness: Liveness::new(&config.liveness),
             ml: MessageList::new(config.gossip.message_list_capacity),
+            history: History::new(
+                config.gossip.history,
+                config.gossip.history_age,
+                config.gossip.history_bytes,
+            ),
             generator: Generator::new(config.gossip.count, config.gossip.interval),
             gate: Gate::default(),
             dropped: 0,
@@ -204,6 +213,10 @@ impl PeerCore {
             out.push(Action::timer(Duration::ZERO, Timer::Gossip));
             // Liveness rounds also top up a peer that has too few neighbours, even none.
             self.arm_liveness(now, out);
+            if !self.config.gossip.sync_interval.is_zero() {
+                // A newcomer asks for what it missed at once.
+                out.push(Action::timer(Duration::ZERO, Timer::CatchUp));
+            }
         }
     }
 
@@ -334,6 +347,7 @@ impl PeerCore {
 
     /// Sends an item to every neighbour except `from` and records where it went.
     fn forward(&mut self, item: Item, from: Option<SocketAddr>, now: Now, out: &mut Vec<Action>) {
+        self.history.offer(&item, now.mono);
         let (to, neighbours, held) = self.overlay.targets(from, now.mono);
         if held > 0 {
             let before = self.dropped;
@@ -418,20 +432,36 @@ impl PeerCore {
             out.push(Action::Withdraw { conn, id });
             return;
         }
-        self.ml.first_receipt(id, Some(from));
-        out.push(records::gossip_received(&id, data_type, &payload, &from).into());
         let item = Item {
             id,
             data_type,
             ttl,
             payload,
         };
-        let onward = next_ttl(ttl);
+        self.first_receipt(item, from, Via::Gossip, now, out);
+    }
+
+    /// An item received for the first time, pushed by gossip or pulled by catch-up: recorded,
+    /// delivered, and passed on (gossip: forwarded; catch-up: offered to the neighbours' own
+    /// catch-up rounds).
+    fn first_receipt(
+        &mut self,
+        item: Item,
+        from: SocketAddr,
+        via: Via,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        let (id, data_type) = (item.id, item.data_type);
+        self.ml.first_receipt(id, Some(from));
+        self.history.know(id, now.mono);
+        out.push(records::gossip_received(&id, data_type, &item.payload, &from, via).into());
+        let onward = next_ttl(item.ttl);
         if data_type == TEXT_DATA_TYPE {
             // The assignment's messages always spread; local subscribers just hear of them.
             self.notify_local(&item, None, false, now, out);
             if let Some(ttl) = onward {
-                self.forward(Item { ttl, ..item }, Some(from), now, out);
+                self.pass_on(Item { ttl, ..item }, from, via, now, out);
             }
             return;
         }
@@ -444,8 +474,171 @@ impl PeerCore {
             return;
         }
         if let Some(ttl) = onward {
-            self.gate.hold(Item { ttl, ..item }, from);
+            self.gate.hold(Item { ttl, ..item }, from, via);
         }
+    }
+
+    fn pass_on(&mut self, item: Item, from: SocketAddr, via: Via, now: Now, out: &mut Vec<Action>) {
+        match via {
+            Via::Gossip => self.forward(item, Some(from), now, out),
+            Via::Sync => self.history.offer(&item, now.mono),
+        }
+    }
+
+    // ------------------------------------------------------------ catch-up
+
+    /// A round: our digest to one neighbour drawn at random.
+    fn catch_up_round(&mut self, now: Now, out: &mut Vec<Action>) {
+        self.history.expire(now.mono);
+        let neighbours: Vec<ConnId> = self.overlay.neighbours().map(|(_, c)| c).collect();
+        if !neighbours.is_empty() {
+            let conn = neighbours[self.rng.gen_range(0..neighbours.len())];
+            out.push(Action::send(
+                conn,
+                Msg::SyncDigest {
+                    buckets: self.history.digest(),
+                },
+            ));
+        }
+        out.push(Action::timer(
+            self.config.gossip.sync_interval,
+            Timer::CatchUp,
+        ));
+    }
+
+    /// Catch-up frames from a neighbour (steps 2 to 4 of `history`).
+    fn on_catch_up(
+        &mut self,
+        conn: ConnId,
+        from: SocketAddr,
+        msg: Msg,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        let interval = self.config.gossip.sync_interval;
+        if interval.is_zero() {
+            // Catch-up is off here: nothing is answered, nothing was asked for.
+            if let Msg::SyncItem { .. } = msg {
+                let reason = "catch-up item, but catch-up is off here".to_string();
+                return self.reject(conn, from, reason, now, out);
+            }
+            return;
+        }
+        match msg {
+            Msg::SyncDigest { buckets } => {
+                let start = self.rng.gen_range(0..crate::peer::history::BUCKETS);
+                let Some(link) = self.overlay.link_mut(conn) else {
+                    return;
+                };
+                if !link.catch_up.may_answer(now.mono, interval) {
+                    log::debug!(
+                        "catch-up digest from {from} within half an interval: not answered"
+                    );
+                    return;
+                }
+                let ids = self.history.answer(&buckets, start);
+                if !ids.is_empty() {
+                    out.push(Action::send(conn, Msg::SyncIds { ids }));
+                }
+            }
+            Msg::SyncIds { ids } | Msg::SyncWant { ids } if ids.len() > MAX_SYNC_IDS => {
+                let reason = format!("catch-up list of {} ids, over {MAX_SYNC_IDS}", ids.len());
+                self.reject(conn, from, reason, now, out)
+            }
+            Msg::SyncIds { ids } => {
+                let lacking = self.history.lacking(&ids);
+                let Some(link) = self.overlay.link_mut(conn) else {
+                    return;
+                };
+                let ask = link.catch_up.ask(lacking, now.mono, interval);
+                if !ask.is_empty() {
+                    out.push(Action::send(conn, Msg::SyncWant { ids: ask }));
+                }
+            }
+            Msg::SyncWant { ids } => {
+                let per_window = self.config.gossip.sync_bytes;
+                let Some(link) = self.overlay.link_mut(conn) else {
+                    return;
+                };
+                let budget = link.catch_up.budget(now.mono, interval, per_window);
+                if budget == 0 {
+                    log::debug!(
+                        "catch-up request from {from} over this interval's bytes: not served"
+                    );
+                    return;
+                }
+                let items = self.history.serve(&ids, budget);
+                link.catch_up.served += items.iter().map(|i| i.payload.len()).sum::<usize>();
+                for item in items {
+                    out.push(Action::send(
+                        conn,
+                        Msg::SyncItem {
+                            data_type: item.data_type,
+                            ttl: item.ttl,
+                            payload: item.payload,
+                        },
+                    ));
+                }
+            }
+            Msg::SyncItem {
+                data_type,
+                ttl,
+                payload,
+            } => self.on_sync_item(conn, from, data_type, ttl, payload, now, out),
+            _ => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_sync_item(
+        &mut self,
+        conn: ConnId,
+        from: SocketAddr,
+        data_type: u16,
+        ttl: u8,
+        payload: Payload,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        if payload.len() > self.config.gossip.max_item {
+            let reason = format!(
+                "catch-up item of {} bytes, over gossip.max_item ({})",
+                payload.len(),
+                self.config.gossip.max_item
+            );
+            return self.reject(conn, from, reason, now, out);
+        }
+        let id = texts::message_id(data_type, &payload);
+        let new = self.ml.get(&id).is_none();
+        let Some(link) = self.overlay.link_mut(conn) else {
+            return;
+        };
+        if link.catch_up.wanted.remove(&short_id(&id)).is_none() {
+            // Not asked for (or asked for long ago): metered like gossip, so catch-up is no way
+            // around the rate limit.
+            match link.admit_gossip(new, now.mono) {
+                Admit::Take => {}
+                Admit::Drop => {
+                    self.dropped += 1;
+                    return;
+                }
+                Admit::Cut => {
+                    let reason = "catch-up items not asked for, faster than the rate limit";
+                    return self.reject(conn, from, reason.to_string(), now, out);
+                }
+            }
+        }
+        if !new {
+            self.ml.count_repeat();
+            return;
+        }
+        let item = Item {
+            id,
+            data_type,
+            ttl,
+            payload,
+        };
+        self.first_receipt(item, from, Via::Sync, now, out);
     }
 
     /// Notifies local subscribers; true if anyone was notified.
@@ -493,8 +686,8 @@ impl PeerCore {
         for v in verdicts {
             match v {
                 Verdict::Forward(id) => {
-                    if let Some((item, from)) = self.gate.release(&id) {
-                        self.forward(item, Some(from), now, out);
+                    if let Some((item, from, via)) = self.gate.release(&id) {
+                        self.pass_on(item, from, via, now, out);
                     }
                 }
                 Verdict::Drop(id, why) => {
@@ -657,8 +850,9 @@ impl PeerCore {
             return;
         };
         let (addr, kind) = (link.addr, link.kind);
-        // Gossip is metered in `on_gossip`, once it is known whether the item is new.
-        let gossip = matches!(msg, Msg::Gossip { .. });
+        // Gossip is metered in `on_gossip`, once it is known whether the item is new; items of
+        // catch-up were asked for (or are metered as gossip).
+        let gossip = matches!(msg, Msg::Gossip { .. } | Msg::SyncItem { .. });
         if !gossip && !link.allow_control(now.mono) {
             let reason = "control frames faster than the rate limit".to_string();
             return self.reject(conn, addr, reason, now, out);
@@ -687,6 +881,13 @@ impl PeerCore {
                     log::debug!("liveness reply from {addr} does not match a request: {text:?}");
                 }
             }
+            (
+                LinkKind::Neighbour,
+                msg @ (Msg::SyncDigest { .. }
+                | Msg::SyncIds { .. }
+                | Msg::SyncWant { .. }
+                | Msg::SyncItem { .. }),
+            ) => self.on_catch_up(conn, addr, msg, now, out),
             (LinkKind::Neighbour, Msg::Leave) => self.drop_link(conn, addr, "left", now, out),
             (LinkKind::Neighbour, Msg::Reject { reason }) => {
                 // The remote closes this link on purpose (most often the losing one of two
@@ -851,6 +1052,7 @@ impl PeerCore {
                 }
             }
             Timer::LivenessRound => self.liveness_round(now, out),
+            Timer::CatchUp => self.catch_up_round(now, out),
             Timer::Waiting => {
                 if let Some(line) = self.seeds.waiting() {
                     out.push(Record::new("waiting").line(line).into());
@@ -1438,5 +1640,110 @@ mod tests {
         let s = sends(&out);
         assert_eq!(s.len(), 1);
         assert!(!s[0].0.contains(&10));
+    }
+
+    fn frame(p: &mut PeerCore, conn: ConnId, msg: Msg, now: Now) -> Vec<Action> {
+        let mut out = vec![];
+        p.handle(Event::Frame { conn, msg }, now, &mut out);
+        out
+    }
+
+    #[test]
+    fn catch_up_gives_a_neighbour_what_it_lacks_and_only_that() {
+        let (mut old, now) = joined("");
+        for n in 1..=5 {
+            frame(
+                &mut old,
+                11,
+                gossip(&format!("{n}:127.0.0.1:9102:{n}"), 0),
+                now,
+            );
+        }
+        let (mut new, _) = joined("");
+        frame(&mut new, 10, gossip("1:127.0.0.1:9102:1", 0), now);
+        // Step 1: the newcomer's digest goes to a neighbour at its round.
+        let mut out = vec![];
+        new.handle(Event::Timer(Timer::CatchUp), now, &mut out);
+        let digest = sends(&out)
+            .into_iter()
+            .find_map(|(_, m)| matches!(m, Msg::SyncDigest { .. }).then_some(m))
+            .expect("a digest");
+        // Step 2: the old peer lists what it holds where the digests differ.
+        let s = sends(&frame(&mut old, 10, digest.clone(), now));
+        let [(to, ids @ Msg::SyncIds { .. })] = &s[..] else {
+            panic!("{s:?}")
+        };
+        assert_eq!(to, &vec![10]);
+        assert!(
+            sends(&frame(&mut old, 10, digest, now)).is_empty(),
+            "a second digest within half an interval is not answered"
+        );
+        // Step 3: the newcomer asks for the four it lacks.
+        let s = sends(&frame(&mut new, 10, ids.clone(), now));
+        let [(_, want @ Msg::SyncWant { ids: wanted })] = &s[..] else {
+            panic!("{s:?}")
+        };
+        assert_eq!(wanted.len(), 4);
+        // Step 4: the old peer sends them; the newcomer records them as caught up and does not
+        // flood them.
+        let items: Vec<Msg> = sends(&frame(&mut old, 10, want.clone(), now))
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        assert_eq!(items.len(), 4);
+        for m in items {
+            assert!(matches!(m, Msg::SyncItem { .. }));
+            let out = frame(&mut new, 10, m, now);
+            let rec = out
+                .iter()
+                .find_map(|a| match a {
+                    Action::Log(r) if r.event == "gossip_received" => Some(r),
+                    _ => None,
+                })
+                .expect("received");
+            assert_eq!(rec.get("via").unwrap(), "sync");
+            assert!(rec.line.as_ref().unwrap().ends_with("(catch-up)"));
+            assert!(sends(&out).is_empty(), "caught-up items are not pushed on");
+        }
+        // Now both hold the same: a digest gets no answer.
+        let mut out = vec![];
+        let later = Now {
+            mono: now.mono + Duration::from_secs(3),
+            ..now
+        };
+        new.handle(Event::Timer(Timer::CatchUp), later, &mut out);
+        let digest = sends(&out)
+            .into_iter()
+            .find_map(|(_, m)| matches!(m, Msg::SyncDigest { .. }).then_some(m))
+            .unwrap();
+        assert!(sends(&frame(&mut old, 11, digest, now)).is_empty());
+    }
+
+    #[test]
+    fn catch_up_items_not_asked_for_are_metered_like_gossip() {
+        let (mut p, now) = joined("limits: { gossip_per_second: 10 }");
+        let mut cut = false;
+        for n in 0..1000 {
+            let item = Msg::SyncItem {
+                data_type: 0,
+                ttl: 0,
+                payload: format!("{n}:127.0.0.1:9102:{n}").into_bytes().into(),
+            };
+            let out = frame(&mut p, 10, item, now);
+            if out.iter().any(|a| {
+                matches!(
+                    a,
+                    Action::Send {
+                        msg: Msg::Reject { .. },
+                        ..
+                    }
+                )
+            }) {
+                cut = true;
+                break;
+            }
+        }
+        assert!(cut, "an unasked-for flood is cut off");
+        assert!(p.gossip_dropped() > 0);
     }
 }

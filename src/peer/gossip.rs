@@ -96,20 +96,29 @@ impl Generator {
     }
 }
 
-/// Network items waiting for their local validations before being forwarded, with the
-/// neighbour each came from.
+/// How an item reached this peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Pushed by a neighbour as it spread: it goes on to the other neighbours.
+    Gossip,
+    /// Pulled by catch-up: kept and offered, not pushed on (see `history`).
+    Sync,
+}
+
+/// Network items waiting for their local validations before being passed on, with the
+/// neighbour each came from and how.
 #[derive(Debug, Default)]
 pub struct Gate {
-    held: BTreeMap<[u8; 32], (Item, SocketAddr)>,
+    held: BTreeMap<[u8; 32], (Item, SocketAddr, Via)>,
 }
 
 impl Gate {
-    pub fn hold(&mut self, item: Item, from: SocketAddr) {
-        self.held.insert(item.id, (item, from));
+    pub fn hold(&mut self, item: Item, from: SocketAddr, via: Via) {
+        self.held.insert(item.id, (item, from, via));
     }
 
     /// Takes the item out, validated or not.
-    pub fn release(&mut self, id: &[u8; 32]) -> Option<(Item, SocketAddr)> {
+    pub fn release(&mut self, id: &[u8; 32]) -> Option<(Item, SocketAddr, Via)> {
         self.held.remove(id)
     }
 }

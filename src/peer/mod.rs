@@ -4,6 +4,7 @@
 //! - `overlay`: links, neighbours, dialing, the duplicate-link rule, repair (`selection` picks);
 //! - `gossip`: the gossip rule, items, the message list, generation, the API gate (`apps` holds
 //!   the local applications and their validations);
+//! - `history`: the items kept for catch-up and the digest comparison neighbours run;
 //! - `liveness`: the liveness rule and its round timer;
 //! - `records`: the lines and records written for people and tools;
 //! - `core`: `PeerCore`, which routes events between them and turns their answers into actions.
@@ -11,6 +12,7 @@
 pub mod apps;
 pub mod core;
 pub mod gossip;
+pub mod history;
 pub mod liveness;
 pub mod overlay;
 pub mod records;

@@ -21,6 +21,7 @@ use crate::config::{Config, Selection};
 use crate::limits::RateLimiter;
 use crate::node::ConnId;
 use crate::peer::gossip::{forward_targets, Item};
+use crate::peer::history::CatchUp;
 use crate::peer::selection;
 use crate::wire::PeerEntry;
 
@@ -77,6 +78,8 @@ pub struct Link {
     pub dropped: u64,
     /// While the link is young: the items forwarded on it (see `YOUNG_LINK`).
     young: Option<(Instant, Vec<Item>)>,
+    /// Catch-up with this neighbour (see `history`).
+    pub catch_up: CatchUp,
 }
 
 impl Link {
@@ -206,6 +209,7 @@ impl Overlay {
                 egress_rate: RateLimiter::new(g - g / 10, g.saturating_mul(2), now),
                 dropped: 0,
                 young: (kind == LinkKind::Neighbour).then(|| (now + YOUNG_LINK, Vec::new())),
+                catch_up: CatchUp::default(),
             },
         );
         if kind == LinkKind::Neighbour {

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use crate::node::Record;
+use crate::peer::gossip::Via;
 use crate::texts::{printable, MAX_SHOWN, TEXT_DATA_TYPE};
 use crate::wire::PeerEntry;
 
@@ -56,15 +57,30 @@ pub fn gossip_sent(id: &[u8; 32], text: &str) -> Record {
 /// First receipt of an item: the assignment's messages with their text (one line, control
 /// characters escaped, at most `MAX_SHOWN` characters, with its size when cut), other types by
 /// size and id only. No remote byte reaches the files raw.
-pub fn gossip_received(id: &[u8; 32], data_type: u16, payload: &[u8], from: &SocketAddr) -> Record {
-    let rec = Record::new("gossip_received").field("id", hex::encode(id));
+///
+/// Items pulled by catch-up carry `via: "sync"` and their line says so; items pushed by gossip
+/// carry no `via`, and their line is the assignment's.
+pub fn gossip_received(
+    id: &[u8; 32],
+    data_type: u16,
+    payload: &[u8],
+    from: &SocketAddr,
+    via: Via,
+) -> Record {
+    let mut rec = Record::new("gossip_received").field("id", hex::encode(id));
+    let caught_up = via == Via::Sync;
+    if caught_up {
+        rec = rec.field("via", "sync");
+    }
     let from = from.to_string();
     if data_type == TEXT_DATA_TYPE {
         let text = printable(&String::from_utf8_lossy(payload), MAX_SHOWN);
-        let rec = rec
-            .line(format!("Received {text} from {from}"))
-            .field("text", text)
-            .field("from", from);
+        let line = if caught_up {
+            format!("Received {text} from {from} (catch-up)")
+        } else {
+            format!("Received {text} from {from}")
+        };
+        let rec = rec.line(line).field("text", text).field("from", from);
         if payload.len() > MAX_SHOWN {
             rec.field("bytes", payload.len())
         } else {
@@ -122,6 +138,7 @@ mod tests {
             0,
             b"1:a\n00:00 Removed peer x (dead)\x1b[2J",
             &from,
+            Via::Gossip,
         );
         let line = r.line.clone().unwrap();
         assert!(!line.chars().any(|c| c.is_control()), "{line}");
@@ -131,7 +148,8 @@ mod tests {
     #[test]
     fn items_of_other_types_are_logged_by_size() {
         let from = SocketAddr::from(([127, 0, 0, 1], 9101));
-        let r = gossip_received(&[7; 32], 1337, b"\x00\x01secret", &from);
+        let r = gossip_received(&[7; 32], 1337, b"\x00\x01secret", &from, Via::Sync);
+        assert_eq!(r.get("via").unwrap(), "sync");
         assert_eq!(r.get("bytes").unwrap(), 8);
         assert!(r.get("text").is_none() && r.line.is_none());
     }

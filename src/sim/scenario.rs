@@ -15,7 +15,9 @@
 //! An item must reach every peer that had a neighbour when it was generated and is still
 //! running at the end (`deliveries_expected`); `missed` counts those it did not reach. Late
 //! joiners are not expected to receive what was sent before they joined: `history_missed`
-//! counts what they lack of it.
+//! counts what they lack of it. Deliveries by catch-up count as deliveries (`caught_up`), but
+//! an item that needed catch-up to reach everyone is left out of `time_to_all_ms` (it is
+//! counted in `items_completed_by_catch_up`): that figure is the time gossip takes to spread.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +31,10 @@ use crate::config::Config;
 use crate::node::Core;
 use crate::sim::{micros, peer_id, Micros, NodeCore, NodeId, NodeState, Observed, World};
 
+/// The hop count of a node that got an item by catch-up.
+const CAUGHT_UP: u8 = u8::MAX - 1;
+/// Catch-up rounds the partition scenario runs after the halves heal.
+const PARTITION_ROUNDS: u32 = 15;
 /// Peers start this far apart.
 const JOIN_GAP: Micros = 2_000;
 /// Items are generated this far apart.
@@ -112,6 +118,8 @@ struct Tally {
     items: Vec<Item>,
     by_id: HashMap<String, usize>,
     deliveries: u64,
+    /// Deliveries by catch-up (`via: "sync"`).
+    caught_up: u64,
     hop_max: u8,
     /// First removal of each peer: when, and the reason.
     removed: HashMap<NodeId, (Micros, bool)>,
@@ -136,11 +144,17 @@ impl Tally {
                 if item.hops.len() <= o.node.max(from) {
                     item.hops.resize(o.node.max(from) + 1, u8::MAX);
                 }
-                let hop = item.hops[from].saturating_add(1);
+                self.deliveries += 1;
+                if o.record.get("via").is_some() {
+                    // Pulled by catch-up: delivered, but not by spreading.
+                    item.hops[o.node] = CAUGHT_UP;
+                    self.caught_up += 1;
+                    return;
+                }
+                let hop = item.hops[from].saturating_add(1).min(CAUGHT_UP - 1);
                 item.hops[o.node] = hop;
                 item.last = item.last.max(o.at);
                 self.hop_max = self.hop_max.max(hop);
-                self.deliveries += 1;
             }
             "gossip_sent" => {
                 if let Some(id) = o.record.get("id").and_then(|v| v.as_str()) {
@@ -264,6 +278,10 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
     if faults {
         end += detection_bound;
     }
+    if p.kind == Kind::Partition {
+        // What each half sent while cut crosses by catch-up, a few rounds per hop.
+        end += micros(w.config.gossip.sync_interval * PARTITION_ROUNDS);
+    }
     if !late.is_empty() {
         end += late.len() as Micros * JOIN_GAP + 1_000_000;
     }
@@ -342,20 +360,27 @@ fn summarize(
     let mut got = 0u64;
     let mut times = Vec::new();
     let mut history_missed = 0u64;
+    let mut completed_by_catch_up = 0u64;
     for item in &tally.items {
         let mut all = true;
+        let mut pulled = false;
         for &n in &item.expected {
             if !running(n) {
                 continue;
             }
             expected += 1;
-            if item.hops.get(n).is_some_and(|&h| h != u8::MAX) {
-                got += 1;
-            } else {
-                all = false;
+            match item.hops.get(n) {
+                Some(&CAUGHT_UP) => {
+                    got += 1;
+                    pulled = true;
+                }
+                Some(&h) if h != u8::MAX => got += 1,
+                _ => all = false,
             }
         }
-        if all {
+        if all && pulled {
+            completed_by_catch_up += 1;
+        } else if all {
             times.push((item.last.saturating_sub(item.at)) as f64 / 1000.0);
         }
         for &n in late {
@@ -400,6 +425,8 @@ fn summarize(
         "deliveries_expected": expected,
         "deliveries": tally.deliveries,
         "missed": expected - got,
+        "caught_up": tally.caught_up,
+        "items_completed_by_catch_up": completed_by_catch_up,
         "duplicates_per_delivery": round3(duplicates as f64 / tally.deliveries.max(1) as f64),
         "last_delivery_hop_max": tally.hop_max,
         "time_to_all_ms": { "p50": pct(&times, 0.5), "p99": pct(&times, 0.99), "max": pct(&times, 1.0) },
