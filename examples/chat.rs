@@ -12,13 +12,15 @@
 //! Notifications are validated: well-formed chat lines are valid, anything else is not (and
 //! so stops at this peer).
 //!
-//! A line reaches the peers connected to the network when it is sent; nothing is kept or sent
-//! again later. The API gives no sign of whether the peer has joined the network (ANNOUNCE has
-//! no reply, and a peer with no neighbour yet accepts it and passes it to nobody), so the chat
-//! watches for the first sign that it has: anything arriving from the network, a chat line or
-//! one of the assignment's text messages (data type 0, which it also subscribes to). Until
-//! then it says, after each line sent, that nobody may get it; once it hears from the
-//! network it says so.
+//! A line reaches the chats connected to the network when it is sent. The peer also keeps it
+//! in its history (`gossip.history`, the last 10 minutes by default): a peer that joins later
+//! catches up on it, and a chat that connects to a peer is first shown the recent lines that
+//! peer holds. So a line typed before the peer has joined is not lost: its neighbours get it
+//! once it has some. The API gives no sign of whether the peer has joined the network
+//! (ANNOUNCE has no reply), so the chat watches for the first sign that it has: anything
+//! arriving from the network, a chat line or one of the assignment's text messages (data type
+//! 0, which it also subscribes to). Until then it says, after each line sent, that the line
+//! waits; once it hears from the network it says so.
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, Read, Write};
@@ -72,9 +74,10 @@ fn main() -> std::process::ExitCode {
     }
     println!("connected to {api} as {name}; type a line and press Enter (Ctrl-D to quit)");
     println!(
-        "a line reaches the peers connected to the network when you send it; nothing is kept \
-         or sent again later. Nothing heard from the network yet: until this peer has joined \
-         (its screen says `Connected to neighbour`), nobody gets what you type."
+        "a line reaches the chats connected to the network when you send it, and the peer keeps \
+         it for ten minutes for those who join later. Nothing heard from the network yet: until \
+         this peer has joined (its screen says `Connected to neighbour`), what you type waits \
+         at the peer."
     );
 
     // Set on the first item from the network: the peer has a neighbour.
@@ -166,8 +169,8 @@ fn main() -> std::process::ExitCode {
         }
         if !heard.load(Ordering::Relaxed) {
             eprintln!(
-                "chat: sent, but nothing has been heard from the network yet: if this peer has \
-                 no neighbour, nobody gets this line (it is not kept or sent again)"
+                "chat: sent, but nothing has been heard from the network yet: the peer keeps \
+                 this line, and the others get it once it has joined (within ten minutes)"
             );
         }
     }

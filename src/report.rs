@@ -18,7 +18,9 @@
 //! - **time to reach all** of a message = last expected receipt − generation, over messages
 //!   that reached every expected peer; p50 / p99 / max, in milliseconds (nearest rank over
 //!   the sorted times; 0 when no message reached all). Receipts at peers listed apart
-//!   (frozen, left) do not count.
+//!   (frozen, left) do not count. A message that reached some expected peer only by
+//!   catch-up (`via: "sync"`) is left out of these times and counted in **caught up**, with
+//!   all deliveries by catch-up (late joiners' included).
 //! - **duplicates per delivery** = the peers' last `gossip_duplicates` counters summed ÷ all
 //!   deliveries; **withdrawn before sending** = the same with `gossip_withdrawn` (copies taken
 //!   back unsent because the neighbour sent us the message first).
@@ -120,6 +122,10 @@ pub struct Summary {
     #[serde(skip)]
     pub completions: Vec<(u64, u64)>,
     pub duplicates_per_delivery: f64,
+    /// Deliveries by catch-up (`via: "sync"`), to anyone; and messages that reached every
+    /// expected peer only with catch-up's help (left out of `latency_ms`).
+    pub caught_up: u64,
+    pub completed_by_catch_up: u64,
     /// Gossip frames taken back before sending (the remote had sent the message first).
     pub withdrawn_per_delivery: f64,
     /// Peers' frames per `read` and per `send`/`write` system call (0 when not counted).
@@ -519,7 +525,9 @@ impl Run {
     pub fn summarize(&self) -> Summary {
         let overlay = Overlay::new(self);
         // id → receiver → receipt time
-        let mut receipts: HashMap<&str, HashMap<&str, u64>> = HashMap::new();
+        // id → receiver → (receipt time, by catch-up)
+        let mut receipts: HashMap<&str, HashMap<&str, (u64, bool)>> = HashMap::new();
+        let mut caught_up = 0u64;
         let mut all_deliveries = 0u64;
         let mut duplicates = 0u64;
         let mut withdrawn = 0u64;
@@ -527,11 +535,13 @@ impl Run {
         let mut calls = [0u64; 4];
         for (p, evs) in &self.peers {
             for e in ev(evs, "gossip_received") {
+                let sync = e["via"] == "sync";
                 receipts
                     .entry(s(e, "id"))
                     .or_default()
-                    .insert(p.as_str(), us(e));
+                    .insert(p.as_str(), (us(e), sync));
                 all_deliveries += 1;
+                caught_up += sync as u64;
             }
             let last_stats = ev(evs, "stats").last();
             duplicates += last_stats
@@ -559,6 +569,7 @@ impl Run {
         let (mut delivered, mut expected) = (0u64, 0u64);
         let mut latencies = Vec::new();
         let mut completions = Vec::new();
+        let mut completed_by_catch_up = 0u64;
         for (g, evs) in &self.peers {
             for m in ev(evs, "gossip_sent") {
                 messages += 1;
@@ -566,19 +577,23 @@ impl Run {
                 let got = receipts.get(s(m, "id"));
                 let mut last = t;
                 let mut complete = true;
+                let mut pulled = false;
                 for p in overlay.expected(g, ts(m)) {
                     expected += 1;
                     match got.and_then(|r| r.get(p)) {
-                        Some(&rt) => {
+                        Some(&(rt, sync)) => {
                             delivered += 1;
                             if !apart.contains(p) {
                                 last = last.max(rt);
+                                pulled |= sync;
                             }
                         }
                         None => complete = false,
                     }
                 }
-                if complete {
+                if complete && pulled {
+                    completed_by_catch_up += 1;
+                } else if complete {
                     latencies.push(last.saturating_sub(t));
                     completions.push((t, last.saturating_sub(t)));
                 }
@@ -690,6 +705,8 @@ impl Run {
                 max: pct(1.0),
             },
             completions,
+            caught_up,
+            completed_by_catch_up,
             duplicates_per_delivery: if all_deliveries == 0 {
                 0.0
             } else {
@@ -732,6 +749,14 @@ pub fn table(s: &Summary) -> String {
         "time to reach all (ms)     p50 {:.2}  p99 {:.2}  max {:.2}",
         s.latency_ms.p50, s.latency_ms.p99, s.latency_ms.max
     );
+    if s.caught_up > 0 {
+        let _ = writeln!(
+            o,
+            "caught up                  {} deliveries by catch-up; {} messages reached all \
+             only with it (not in the times above)",
+            s.caught_up, s.completed_by_catch_up
+        );
+    }
     let _ = writeln!(
         o,
         "duplicates per delivery    {:.3} (and {:.3} withdrawn before sending)",
@@ -816,6 +841,8 @@ pub fn json(s: &Summary) -> Value {
         "coverage": s.coverage,
         "latency_ms": s.latency_ms,
         "duplicates_per_delivery": s.duplicates_per_delivery,
+        "caught_up": s.caught_up,
+        "completed_by_catch_up": s.completed_by_catch_up,
         "withdrawn_per_delivery": s.withdrawn_per_delivery,
         "frames_per_read": s.frames_per_read,
         "frames_per_write": s.frames_per_write,
@@ -1151,6 +1178,22 @@ mod tests {
         assert!((s.coverage - 2.0 / 3.0).abs() < 1e-9);
         // Only m2 is complete.
         assert_eq!(s.latency_ms.max, 30.0);
+    }
+
+    #[test]
+    fn a_message_that_needed_catch_up_counts_as_delivered_but_not_in_the_times() {
+        let mut r = run();
+        for e in r.peers.get_mut(C).unwrap() {
+            if e["event"] == "gossip_received" {
+                e["via"] = json!("sync");
+                e["ts_ms"] = json!(60_000);
+            }
+        }
+        let s = r.summarize();
+        assert_eq!((s.deliveries, s.expected_deliveries), (3, 3));
+        assert_eq!((s.caught_up, s.completed_by_catch_up), (1, 1));
+        assert_eq!(s.latency_ms.max, 30.0, "only m2's time");
+        assert!(table(&s).contains("caught up                  1 deliveries"));
     }
 
     #[test]

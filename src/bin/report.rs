@@ -26,7 +26,10 @@ use gossipnet::report::{json, plot_svg, table, timeline_svg, topology_dot, Run};
 ///     every expected peer, in milliseconds: p50 and p99 are the times within which half and
 ///     99% of those messages had reached all (nearest rank over the sorted times), max the
 ///     slowest; 0 when no message reached all. Receipts at frozen and left peers do not
-///     count.
+///     count, nor messages that reached an expected peer only by catch-up.
+///   caught up (printed when any) = first receipts by catch-up (via "sync": pulled from a
+///     neighbour's history, late joiners' included), and the messages that reached every
+///     expected peer only with catch-up's help.
 ///   duplicates per delivery = repeated gossip items ignored (the peers' last stats) ÷
 ///     all deliveries (every gossip_received, expected or not); withdrawn before sending =
 ///     gossip frames taken back unsent (the neighbour sent the message first) ÷ the same.

@@ -148,6 +148,31 @@ impl LocalApps {
             .get(&data_type)
             .map(|s| s.iter().copied().filter(|c| Some(*c) != exclude).collect())
             .unwrap_or_default();
+        self.notify_clients(clients, item, data_type, data, gate, now)
+    }
+
+    /// A notification for one client only, not gating the item (a client that subscribes
+    /// hears of the recent items of its type).
+    pub fn notify_one(
+        &mut self,
+        client: ConnId,
+        item: [u8; 32],
+        data_type: u16,
+        data: &[u8],
+        now: Instant,
+    ) -> Notified {
+        self.notify_clients(vec![client], item, data_type, data, false, now)
+    }
+
+    fn notify_clients(
+        &mut self,
+        clients: Vec<ConnId>,
+        item: [u8; 32],
+        data_type: u16,
+        data: &[u8],
+        gate: bool,
+        now: Instant,
+    ) -> Notified {
         let mut out = Notified::default();
         let mut waiting = BTreeSet::new();
         for client in clients {

@@ -454,7 +454,7 @@ impl PeerCore {
     ) {
         let (id, data_type) = (item.id, item.data_type);
         self.ml.first_receipt(id, Some(from));
-        self.history.know(id, now.mono);
+        self.history.know(&item, now.mono);
         out.push(records::gossip_received(&id, data_type, &item.payload, &from, via).into());
         let onward = next_ttl(item.ttl);
         if data_type == TEXT_DATA_TYPE {
@@ -724,7 +724,33 @@ impl PeerCore {
                 self.notify_local(&item, Some(conn), false, now, out);
                 self.forward(item, None, now, out);
             }
-            ApiMsg::Notify { data_type } => self.apps.subscribe(conn, data_type),
+            ApiMsg::Notify { data_type } => {
+                self.apps.subscribe(conn, data_type);
+                // A newcomer hears the recent items of its application's type, up to half of
+                // what it may leave unanswered (the assignment's own messages only as they
+                // come: they are not a conversation).
+                let recent = if data_type == TEXT_DATA_TYPE {
+                    Vec::new()
+                } else {
+                    self.history
+                        .recent_of_type(data_type, self.config.api.max_pending / 2)
+                };
+                for item in recent {
+                    let notified = self.apps.notify_one(
+                        conn,
+                        item.id,
+                        item.data_type,
+                        &item.payload,
+                        now.mono,
+                    );
+                    if !notified.notes.is_empty() {
+                        out.push(Action::timer(self.apps.timeout(), Timer::Validations));
+                    }
+                    for (to, msg) in notified.notes {
+                        out.push(Action::SendApi { to, msg });
+                    }
+                }
+            }
             ApiMsg::Validation { message_id, valid } => {
                 match self.apps.validation(conn, message_id, valid) {
                     Ok(Some(v)) => self.apply_verdicts(vec![v], now, out),

@@ -59,10 +59,23 @@ struct Offer {
 struct Held {
     at: Instant,
     id: [u8; 32],
-    /// `None` for an item this peer knows but does not pass on (its TTL ended here, or it is
+    data: Offer,
+    /// False for an item this peer knows but does not pass on (its TTL ended here, or it is
     /// waiting for or failed local validation): it counts in the digest, so a neighbour that
-    /// has it is not asked for it, but nobody is sent it from here.
-    offer: Option<Offer>,
+    /// has it is not asked for it, but nobody is sent it from here. It is still shown to a
+    /// local client that subscribes to its type later.
+    offered: bool,
+}
+
+impl Held {
+    fn item(&self) -> Item {
+        Item {
+            id: self.id,
+            data_type: self.data.data_type,
+            ttl: self.data.ttl,
+            payload: self.data.payload.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -78,7 +91,7 @@ pub struct History {
     /// The bucket of every item held, oldest first: the oldest item overall is at the front
     /// of the bucket named here.
     order: VecDeque<u8>,
-    /// Payload bytes of the items offered.
+    /// Payload bytes held.
     bytes: usize,
     max_items: usize,
     max_age: Duration,
@@ -112,46 +125,63 @@ impl History {
 
     /// Notes an item received for the first time (the caller has checked it is new), without
     /// offering it yet.
-    pub fn know(&mut self, id: [u8; 32], now: Instant) {
-        if !self.knows_short(short_id(&id)) {
-            self.push(id, None, now);
+    pub fn know(&mut self, item: &Item, now: Instant) {
+        if !self.knows_short(short_id(&item.id)) {
+            self.push(item, false, now);
         }
     }
 
     /// Offers `item` to neighbours that lack it: this peer passes it on. Kept whether or not
     /// it was known before.
     pub fn offer(&mut self, item: &Item, now: Instant) {
-        let offer = Offer {
-            data_type: item.data_type,
-            ttl: item.ttl,
-            payload: item.payload.clone(),
-        };
         let short = short_id(&item.id);
         let bucket = &mut self.buckets[bucket_of(short)];
         if let Some(held) = bucket.items.iter_mut().find(|h| h.id == item.id) {
-            if held.offer.is_none() {
-                self.bytes += offer.payload.len();
-                held.offer = Some(offer);
-                self.bound();
-            }
+            held.offered = true;
+            // With the TTL it goes on with from here.
+            held.data.ttl = item.ttl;
             return;
         }
-        self.push(item.id, Some(offer), now);
+        self.push(item, true, now);
     }
 
-    fn push(&mut self, id: [u8; 32], offer: Option<Offer>, now: Instant) {
+    fn push(&mut self, item: &Item, offered: bool, now: Instant) {
         if self.max_items == 0 {
             return;
         }
-        let short = short_id(&id);
+        let short = short_id(&item.id);
         let b = bucket_of(short);
-        self.bytes += offer.as_ref().map_or(0, |o| o.payload.len());
+        self.bytes += item.payload.len();
         let bucket = &mut self.buckets[b];
         bucket.summary.count += 1;
         bucket.summary.sum = bucket.summary.sum.wrapping_add(short);
-        bucket.items.push_back(Held { at: now, id, offer });
+        bucket.items.push_back(Held {
+            at: now,
+            id: item.id,
+            data: Offer {
+                data_type: item.data_type,
+                ttl: item.ttl,
+                payload: item.payload.clone(),
+            },
+            offered,
+        });
         self.order.push_back(b as u8);
         self.bound();
+    }
+
+    /// The newest `max` items of `data_type`, oldest first (for a local client that has just
+    /// subscribed).
+    pub fn recent_of_type(&self, data_type: u16, max: usize) -> Vec<Item> {
+        let mut found: Vec<(Instant, Item)> = self
+            .buckets
+            .iter()
+            .flat_map(|b| b.items.iter())
+            .filter(|h| h.data.data_type == data_type)
+            .map(|h| (h.at, h.item()))
+            .collect();
+        found.sort_by_key(|(at, _)| *at);
+        let skip = found.len().saturating_sub(max);
+        found.into_iter().skip(skip).map(|(_, i)| i).collect()
     }
 
     fn bound(&mut self) {
@@ -179,7 +209,7 @@ impl History {
         if let Some(held) = bucket.items.pop_front() {
             bucket.summary.count -= 1;
             bucket.summary.sum = bucket.summary.sum.wrapping_sub(short_id(&held.id));
-            self.bytes -= held.offer.map_or(0, |o| o.payload.len());
+            self.bytes -= held.data.payload.len();
         }
     }
 
@@ -206,7 +236,7 @@ impl History {
                 bucket
                     .items
                     .iter()
-                    .filter(|h| h.offer.is_some())
+                    .filter(|h| h.offered)
                     .map(|h| short_id(&h.id))
             };
             let n = offered().count();
@@ -249,21 +279,8 @@ impl History {
                 .items
                 .iter()
                 .find(|h| short_id(&h.id) == s);
-            if let Some(Held {
-                at,
-                id,
-                offer: Some(o),
-            }) = held
-            {
-                found.push((
-                    *at,
-                    Item {
-                        id: *id,
-                        data_type: o.data_type,
-                        ttl: o.ttl,
-                        payload: o.payload.clone(),
-                    },
-                ));
+            if let Some(h) = held.filter(|h| h.offered) {
+                found.push((h.at, h.item()));
             }
         }
         found.sort_by_key(|(at, _)| *at);
@@ -464,8 +481,8 @@ mod tests {
         let (mut a, mut b) = (history(), history());
         let t = Instant::now();
         let i = item(1);
-        a.know(i.id, t);
-        b.know(i.id, t);
+        a.know(&i, t);
+        b.know(&i, t);
         assert_eq!(a.digest(), b.digest(), "neither asks the other for it");
         let c = history();
         assert!(round(&c, &b).is_empty(), "not offered: not listed");
