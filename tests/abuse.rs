@@ -435,7 +435,12 @@ fn a_flood_of_connections_reset_before_they_are_read_does_not_stall_the_listener
 
 #[test]
 fn neighbours_that_never_read_large_items_are_dropped_and_memory_stays_bounded() {
-    let mut net = Net::new(1, &config("", "", ""));
+    // Liveness slowed so that only the full queue can drop the sinks: at 1 s a loaded machine
+    // can reach three unanswered requests before the 4 MiB queue fills, and the sink is then
+    // dropped as dead instead.
+    let config = config("", "", "").replace("interval: 1s, misses: 3", "interval: 30s, misses: 3");
+    assert!(config.contains("interval: 30s"));
+    let mut net = Net::new(1, &config);
     net.start_seeds();
     let (p, api) = net.start_api_peer();
     let q = net.start_peer();
