@@ -35,6 +35,15 @@ pub enum Selection {
     PowerLaw,
 }
 
+/// `gossip.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GossipMode {
+    /// Every neighbour but the sender gets every new item (the assignment's rule).
+    Flood,
+    /// Whole items along a spanning tree, ids to the other neighbours (`peer::tree`).
+    Tree,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GossipConfig {
     /// Time between two messages a peer generates.
@@ -53,6 +62,11 @@ pub struct GossipConfig {
     /// (both) sends every frame at once.
     pub batch_window: Duration,
     pub max_batch_window: Duration,
+    /// How items spread: the assignment's flooding, or Plumtree's tree push.
+    pub mode: GossipMode,
+    /// Tree mode: how long an id announced by a lazy neighbour may stay missing before it is
+    /// grafted.
+    pub graft_timeout: Duration,
     /// Time between two catch-up rounds (each with one random neighbour); zero: no catch-up.
     pub sync_interval: Duration,
     /// Items kept for catch-up: at most this many, this old, and this many payload bytes.
@@ -235,6 +249,8 @@ struct RawGossip {
     max_item: Leaf,
     batch_window: Leaf,
     max_batch_window: Leaf,
+    mode: Leaf,
+    graft_timeout: Leaf,
     sync_interval: Leaf,
     history: Leaf,
     history_age: Leaf,
@@ -326,6 +342,9 @@ pub mod defaults {
     pub const BUSY_BATCH_WINDOW: Duration = Duration::from_millis(200);
     /// Catch-up: a round every 2 s with one neighbour; a newcomer holds the last 10,000 items
     /// (or 10 minutes) within seconds.
+    /// Tree mode: a push path takes milliseconds on a LAN; 100 ms before grafting leaves room
+    /// for a busy machine without making a repair slow.
+    pub const GRAFT_TIMEOUT: Duration = Duration::from_millis(100);
     pub const SYNC_INTERVAL: Duration = Duration::from_secs(2);
     pub const HISTORY: usize = 10_000;
     pub const HISTORY_AGE: Duration = Duration::from_secs(600);
@@ -574,6 +593,20 @@ impl RawConfig {
             max_item: number("gossip.max_item", &g.max_item, GOSSIP_MAX_ITEM, 1, 1 << 20)?,
             batch_window,
             max_batch_window,
+            mode: match &g.mode {
+                None => GossipMode::Flood,
+                Some(leaf) => match leaf.value.trim() {
+                    "flood" => GossipMode::Flood,
+                    "tree" => GossipMode::Tree,
+                    other => {
+                        return Err(ConfigError(format!(
+                            "gossip.mode: expected \"flood\" or \"tree\", got \"{other}\" {}",
+                            at(leaf)
+                        )))
+                    }
+                },
+            },
+            graft_timeout: duration("gossip.graft_timeout", &g.graft_timeout, GRAFT_TIMEOUT)?,
             sync_interval: duration_or_zero(
                 "gossip.sync_interval",
                 &g.sync_interval,

@@ -119,6 +119,8 @@ pub enum Timer {
     YoungLinks,
     /// Peer: the next catch-up round.
     CatchUp,
+    /// Peer (tree mode): announcements to lazy neighbours, grafts of missing items.
+    Tree,
     /// Peer: local applications' validations that are overdue.
     Validations,
     /// Peer or seed: say what it still waits for (seeds to register with, other seeds).

@@ -135,6 +135,16 @@ pub enum Msg {
     LivenessReply {
         text: String,
     },
+    /// Tree mode: ids of new items, to a lazy neighbour.
+    IHave {
+        ids: Vec<[u8; 32]>,
+    },
+    /// Tree mode: send me these items, and push to me from now on.
+    Graft {
+        ids: Vec<[u8; 32]>,
+    },
+    /// Tree mode: you are on a redundant path; send me ids only.
+    Prune,
     /// Catch-up, step 1: a summary of every bucket of the sender's history.
     SyncDigest {
         buckets: Vec<Summary>,
@@ -184,6 +194,9 @@ mod tag {
     pub const SYNC_IDS: u8 = 0x24;
     pub const SYNC_WANT: u8 = 0x25;
     pub const SYNC_ITEM: u8 = 0x26;
+    pub const IHAVE: u8 = 0x27;
+    pub const GRAFT: u8 = 0x28;
+    pub const PRUNE: u8 = 0x29;
     pub const VOTE: u8 = 0x30;
     pub const SYNC: u8 = 0x31;
 }
@@ -210,6 +223,9 @@ impl Msg {
             Msg::SyncIds { .. } => "SyncIds",
             Msg::SyncWant { .. } => "SyncWant",
             Msg::SyncItem { .. } => "SyncItem",
+            Msg::IHave { .. } => "IHave",
+            Msg::Graft { .. } => "Graft",
+            Msg::Prune => "Prune",
             Msg::Vote { .. } => "Vote",
             Msg::Sync { .. } => "Sync",
         }
@@ -321,6 +337,19 @@ impl Msg {
                     out.extend_from_slice(&id.to_be_bytes());
                 }
             }
+            Msg::IHave { ids } | Msg::Graft { ids } => {
+                out.push(if matches!(self, Msg::IHave { .. }) {
+                    tag::IHAVE
+                } else {
+                    tag::GRAFT
+                });
+                let ids = &ids[..ids.len().min(MAX_LIST_ENTRIES)];
+                out.extend_from_slice(&(ids.len() as u32).to_be_bytes());
+                for id in ids {
+                    out.extend_from_slice(id);
+                }
+            }
+            Msg::Prune => out.push(tag::PRUNE),
             Msg::SyncItem {
                 data_type,
                 ttl,
@@ -432,6 +461,19 @@ impl Msg {
                     Msg::SyncWant { ids }
                 }
             }
+            t @ (tag::IHAVE | tag::GRAFT) => {
+                let n = r.count()?;
+                let mut ids = Vec::with_capacity(n.min(4096));
+                for _ in 0..n {
+                    ids.push(r.array32()?);
+                }
+                if t == tag::IHAVE {
+                    Msg::IHave { ids }
+                } else {
+                    Msg::Graft { ids }
+                }
+            }
+            tag::PRUNE => Msg::Prune,
             tag::SYNC_ITEM => Msg::SyncItem {
                 data_type: r.u16()?,
                 ttl: r.u8()?,
@@ -786,6 +828,11 @@ mod tests {
                 ids: vec![1, u64::MAX],
             },
             Msg::SyncWant { ids: vec![] },
+            Msg::IHave {
+                ids: vec![[1; 32], [2; 32]],
+            },
+            Msg::Graft { ids: vec![[3; 32]] },
+            Msg::Prune,
             Msg::SyncItem {
                 data_type: 0,
                 ttl: 2,

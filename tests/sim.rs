@@ -103,3 +103,31 @@ fn without_catch_up_a_partition_loses_items_and_late_joiners_lack_history() {
     p.kind = Kind::LateJoin;
     assert!(num(&run(&p), "history_missed") > 0);
 }
+
+fn tree(kind: Kind, peers: usize, messages: usize, rng: u64) -> Params {
+    let mut p = params(kind, peers, messages, rng);
+    p.config = Config::parse("seeds: [\"127.0.0.1:9001\"]\ngossip: { mode: tree }\n").unwrap();
+    p
+}
+
+#[test]
+fn tree_mode_delivers_everything_with_few_duplicates_steady_and_under_churn() {
+    let s = run(&tree(Kind::Steady, 1000, 100, 7));
+    assert_eq!(num(&s, "missed"), 0, "{s}");
+    assert_eq!(
+        num(&s, "caught_up"),
+        0,
+        "the tree alone carried every item: {s}"
+    );
+    let dups = s["duplicates_per_delivery"].as_f64().unwrap();
+    assert!(dups <= 0.3, "{s}");
+    let flood = run(&params(Kind::Steady, 1000, 100, 7));
+    assert!(
+        num(&s, "frames") * 2 < num(&flood, "frames"),
+        "tree {s}\nflood {flood}"
+    );
+
+    let s = run(&tree(Kind::Churn, 1000, 100, 7));
+    assert_eq!(num(&s, "missed"), 0, "{s}");
+    assert_eq!(num(&s, "false_removals"), 0, "{s}");
+}

@@ -12,6 +12,7 @@ use rand::Rng;
 
 use crate::api::ApiMsg;
 use crate::config::Config;
+use crate::config::GossipMode;
 use crate::node::{Action, CloseReason, ConnId, Core, Event, Now, Purpose, Record, Remote, Timer};
 use crate::peer::apps::{LocalApps, Verdict};
 use crate::peer::gossip::{next_ttl, Gate, Generator, Item, MessageList, Via};
@@ -20,6 +21,7 @@ use crate::peer::liveness::Liveness;
 use crate::peer::overlay::{Admit, Joined, LinkKind, Overlay, DUPLICATE_LINK, YOUNG_LINK};
 use crate::peer::records;
 use crate::peer::seeds::{SeedSessions, REGISTER_RETRY};
+use crate::peer::tree::{Tree, MAX_IDS};
 use crate::texts::{self, TEXT_DATA_TYPE};
 use crate::wire::{Msg, Payload, PeerEntry, Role};
 
@@ -65,6 +67,8 @@ pub struct PeerCore {
     ml: MessageList,
     /// What this peer keeps for neighbours that missed it (catch-up).
     history: History,
+    /// `gossip.mode: tree`: which neighbours are pushed items whole.
+    tree: Option<Tree>,
     generator: Generator,
     gate: Gate,
     /// Gossip items dropped for a link's rate: over what a neighbour may send us, or over
@@ -78,7 +82,9 @@ pub struct PeerCore {
 }
 
 impl PeerCore {
-    pub fn new(me: SocketAddr, config: Config, rng: StdRng) -> Self {
+    pub fn new(me: SocketAddr, config: Config, mut rng: StdRng) -> Self {
+        let tree = (config.gossip.mode == GossipMode::Tree)
+            .then(|| Tree::new(config.gossip.graft_timeout, rng.gen()));
         PeerCore {
             me,
             rng,
@@ -88,6 +94,7 @@ impl PeerCore {
             overlay: Overlay::new(me, &config),
             liveness: Liveness::new(&config.liveness),
             ml: MessageList::new(config.gossip.message_list_capacity),
+            tree,
             history: History::new(
                 config.gossip.history,
                 config.gossip.history_age,
@@ -236,6 +243,9 @@ impl PeerCore {
     ) {
         match self.overlay.join(conn, addr, dialed) {
             Joined::New => {
+                if let Some(t) = &mut self.tree {
+                    t.reset(&addr);
+                }
                 self.liveness.watch(addr);
                 out.push(records::neighbour_up(&addr).into());
                 self.arm_liveness(now, out);
@@ -305,6 +315,9 @@ impl PeerCore {
             return;
         };
         self.liveness.unwatch(&addr);
+        if let Some(t) = &mut self.tree {
+            t.reset(&addr);
+        }
         if close {
             out.push(Action::Close { conn });
         }
@@ -348,7 +361,21 @@ impl PeerCore {
     /// Sends an item to every neighbour except `from` and records where it went.
     fn forward(&mut self, item: Item, from: Option<SocketAddr>, now: Now, out: &mut Vec<Action>) {
         self.history.offer(&item, now.mono);
-        let (to, neighbours, held) = self.overlay.targets(from, now.mono);
+        if let Some(t) = &mut self.tree {
+            // Ids to the lazy neighbours; the sender is eager from now on.
+            t.first_receipt(
+                item.id,
+                from,
+                self.overlay.neighbours().map(|(a, _)| a),
+                now.mono,
+            );
+            if let Some(wait) = t.next_wake(now.mono) {
+                out.push(Action::timer(wait, Timer::Tree));
+            }
+        }
+        let tree = &self.tree;
+        let eager = |a: &SocketAddr| tree.as_ref().is_none_or(|t| t.is_eager(a));
+        let (to, neighbours, held) = self.overlay.targets(from, eager, now.mono);
         if held > 0 {
             let before = self.dropped;
             self.dropped += held;
@@ -430,6 +457,10 @@ impl PeerCore {
             // The sender has it: if our copy to it is still held in the batch window, it need
             // not go (the flooding rule is unchanged: it only saves a duplicate).
             out.push(Action::Withdraw { conn, id });
+            // Tree mode: a redundant path; the sender sends ids only from now on.
+            if self.tree.as_mut().is_some_and(|t| t.repeat(from)) {
+                out.push(Action::send(conn, Msg::Prune));
+            }
             return;
         }
         let item = Item {
@@ -455,6 +486,9 @@ impl PeerCore {
         let (id, data_type) = (item.id, item.data_type);
         self.ml.first_receipt(id, Some(from));
         self.history.know(&item, now.mono);
+        if let Some(t) = &mut self.tree {
+            t.arrived(&id);
+        }
         out.push(records::gossip_received(&id, data_type, &item.payload, &from, via).into());
         let onward = next_ttl(item.ttl);
         if data_type == TEXT_DATA_TYPE {
@@ -485,11 +519,98 @@ impl PeerCore {
         }
     }
 
+    // ------------------------------------------------------------ tree mode
+
+    /// `IHave`, `Graft`, `Prune` from a neighbour (see `tree`). A flooding peer ignores the
+    /// first and last (it pushes everything anyway) and answers grafts.
+    fn on_tree(
+        &mut self,
+        conn: ConnId,
+        from: SocketAddr,
+        msg: Msg,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        match msg {
+            Msg::IHave { ids } | Msg::Graft { ids } if ids.len() > MAX_IDS => {
+                let reason = format!("{} ids in one frame, over {MAX_IDS}", ids.len());
+                self.reject(conn, from, reason, now, out)
+            }
+            Msg::IHave { ids } => {
+                if let Some(t) = &mut self.tree {
+                    let ml = &self.ml;
+                    t.ihave(from, &ids, |id| ml.get(id).is_some(), now.mono);
+                    if let Some(wait) = t.next_wake(now.mono) {
+                        out.push(Action::timer(wait, Timer::Tree));
+                    }
+                }
+            }
+            Msg::Graft { ids } => {
+                if let Some(t) = &mut self.tree {
+                    t.graft(from);
+                }
+                // Bounded like catch-up: a neighbour cannot have us send more than
+                // `gossip.sync_bytes` a round by grafting.
+                let interval = self.config.gossip.sync_interval.max(Duration::from_secs(1));
+                let per_window = self.config.gossip.sync_bytes;
+                let Some(link) = self.overlay.link_mut(conn) else {
+                    return;
+                };
+                let mut budget = link.catch_up.budget(now.mono, interval, per_window);
+                for id in ids {
+                    let Some(item) = self.history.get(&id) else {
+                        continue;
+                    };
+                    if budget == 0 {
+                        log::debug!("graft from {from} over this interval's bytes: not all sent");
+                        break;
+                    }
+                    budget = budget.saturating_sub(item.payload.len());
+                    link.catch_up.served += item.payload.len();
+                    out.push(Action::Forward {
+                        to: vec![conn],
+                        msg: item.msg(),
+                        id: item.id,
+                    });
+                }
+            }
+            Msg::Prune => {
+                if let Some(t) = &mut self.tree {
+                    t.prune(from);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The tree's wake-up: announcements due to lazy neighbours, grafts of missing items.
+    fn tree_due(&mut self, now: Now, out: &mut Vec<Action>) {
+        let Some(t) = &mut self.tree else {
+            return;
+        };
+        let due = t.due(now.mono);
+        if let Some(wait) = t.next_wake(now.mono) {
+            out.push(Action::timer(wait, Timer::Tree));
+        }
+        for (to, ids) in due.ihave {
+            if let Some(conn) = self.overlay.conn_of(&to) {
+                out.push(Action::send(conn, Msg::IHave { ids }));
+            }
+        }
+        for (to, ids) in due.graft {
+            if let Some(conn) = self.overlay.conn_of(&to) {
+                log::debug!("grafting {} items from {to}", ids.len());
+                out.push(Action::send(conn, Msg::Graft { ids }));
+            }
+        }
+    }
+
     // ------------------------------------------------------------ catch-up
 
     /// A round: our digest to one neighbour drawn at random.
     fn catch_up_round(&mut self, now: Now, out: &mut Vec<Action>) {
         self.history.expire(now.mono);
+        self.history.settle(now.mono);
         let neighbours: Vec<ConnId> = self.overlay.neighbours().map(|(_, c)| c).collect();
         if !neighbours.is_empty() {
             let conn = neighbours[self.rng.gen_range(0..neighbours.len())];
@@ -536,6 +657,7 @@ impl PeerCore {
                     );
                     return;
                 }
+                self.history.settle(now.mono);
                 let ids = self.history.answer(&buckets, start);
                 if !ids.is_empty() {
                     out.push(Action::send(conn, Msg::SyncIds { ids }));
@@ -914,6 +1036,9 @@ impl PeerCore {
                 | Msg::SyncWant { .. }
                 | Msg::SyncItem { .. }),
             ) => self.on_catch_up(conn, addr, msg, now, out),
+            (LinkKind::Neighbour, msg @ (Msg::IHave { .. } | Msg::Graft { .. } | Msg::Prune)) => {
+                self.on_tree(conn, addr, msg, now, out)
+            }
             (LinkKind::Neighbour, Msg::Leave) => self.drop_link(conn, addr, "left", now, out),
             (LinkKind::Neighbour, Msg::Reject { reason }) => {
                 // The remote closes this link on purpose (most often the losing one of two
@@ -1079,6 +1204,7 @@ impl PeerCore {
             }
             Timer::LivenessRound => self.liveness_round(now, out),
             Timer::CatchUp => self.catch_up_round(now, out),
+            Timer::Tree => self.tree_due(now, out),
             Timer::Waiting => {
                 if let Some(line) = self.seeds.waiting() {
                     out.push(Record::new("waiting").line(line).into());
@@ -1686,6 +1812,11 @@ mod tests {
             );
         }
         let (mut new, _) = joined("");
+        // Items count in digests once they have settled (history::SETTLE).
+        let settled = Now {
+            mono: now.mono + Duration::from_secs(2),
+            ..now
+        };
         frame(&mut new, 10, gossip("1:127.0.0.1:9102:1", 0), now);
         // Step 1: the newcomer's digest goes to a neighbour at its round.
         let mut out = vec![];
@@ -1695,13 +1826,13 @@ mod tests {
             .find_map(|(_, m)| matches!(m, Msg::SyncDigest { .. }).then_some(m))
             .expect("a digest");
         // Step 2: the old peer lists what it holds where the digests differ.
-        let s = sends(&frame(&mut old, 10, digest.clone(), now));
+        let s = sends(&frame(&mut old, 10, digest.clone(), settled));
         let [(to, ids @ Msg::SyncIds { .. })] = &s[..] else {
             panic!("{s:?}")
         };
         assert_eq!(to, &vec![10]);
         assert!(
-            sends(&frame(&mut old, 10, digest, now)).is_empty(),
+            sends(&frame(&mut old, 10, digest, settled)).is_empty(),
             "a second digest within half an interval is not answered"
         );
         // Step 3: the newcomer asks for the four it lacks.
@@ -1734,7 +1865,7 @@ mod tests {
         // Now both hold the same: a digest gets no answer.
         let mut out = vec![];
         let later = Now {
-            mono: now.mono + Duration::from_secs(3),
+            mono: now.mono + Duration::from_secs(5),
             ..now
         };
         new.handle(Event::Timer(Timer::CatchUp), later, &mut out);
@@ -1742,7 +1873,7 @@ mod tests {
             .into_iter()
             .find_map(|(_, m)| matches!(m, Msg::SyncDigest { .. }).then_some(m))
             .unwrap();
-        assert!(sends(&frame(&mut old, 11, digest, now)).is_empty());
+        assert!(sends(&frame(&mut old, 11, digest, later)).is_empty());
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub use crate::wire::Summary;
 
 /// Buckets of a digest: the first byte of an id.
 pub const BUCKETS: usize = 256;
+/// An item enters the digest, and answers, only once held this long: items still spreading
+/// (a push takes milliseconds, a graft in tree mode a fraction of a second) are not pulled
+/// by catch-up ahead of gossip, which would stop them where they were pulled (caught-up items
+/// are not pushed on).
+pub const SETTLE: Duration = Duration::from_secs(1);
 /// The most short ids in one answer: 32 KiB.
 pub const MAX_SYNC_IDS: usize = 4096;
 
@@ -65,6 +70,8 @@ struct Held {
     /// has it is not asked for it, but nobody is sent it from here. It is still shown to a
     /// local client that subscribes to its type later.
     offered: bool,
+    /// Counted in the digest (held for [`SETTLE`] already).
+    settled: bool,
 }
 
 impl Held {
@@ -96,6 +103,9 @@ pub struct History {
     max_items: usize,
     max_age: Duration,
     max_bytes: usize,
+    settle: Duration,
+    /// Items not yet in the digest, oldest first.
+    unsettled: VecDeque<(Instant, [u8; 32])>,
 }
 
 impl History {
@@ -107,6 +117,32 @@ impl History {
             max_items,
             max_age,
             max_bytes,
+            settle: SETTLE,
+            unsettled: VecDeque::new(),
+        }
+    }
+
+    /// How long an item waits before it counts in the digest (tests use zero).
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
+    }
+
+    /// Items held for the settling time enter the digest. Called before a digest is built or
+    /// compared.
+    pub fn settle(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.unsettled.front() {
+            if now.saturating_duration_since(at) < self.settle {
+                break;
+            }
+            self.unsettled.pop_front();
+            let short = short_id(&id);
+            let bucket = &mut self.buckets[bucket_of(short)];
+            if let Some(h) = bucket.items.iter_mut().find(|h| h.id == id && !h.settled) {
+                h.settled = true;
+                bucket.summary.count += 1;
+                bucket.summary.sum = bucket.summary.sum.wrapping_add(short);
+            }
         }
     }
 
@@ -153,8 +189,7 @@ impl History {
         let b = bucket_of(short);
         self.bytes += item.payload.len();
         let bucket = &mut self.buckets[b];
-        bucket.summary.count += 1;
-        bucket.summary.sum = bucket.summary.sum.wrapping_add(short);
+        self.unsettled.push_back((now, item.id));
         bucket.items.push_back(Held {
             at: now,
             id: item.id,
@@ -164,9 +199,22 @@ impl History {
                 payload: item.payload.clone(),
             },
             offered,
+            settled: false,
         });
         self.order.push_back(b as u8);
+        // Also keeps `unsettled` to the items of the last `settle`, when nothing asks for a
+        // digest (catch-up off).
+        self.settle(now);
         self.bound();
+    }
+
+    /// The item with this id, if this peer offers it.
+    pub fn get(&self, id: &[u8; 32]) -> Option<Item> {
+        self.buckets[bucket_of(short_id(id))]
+            .items
+            .iter()
+            .find(|h| h.offered && &h.id == id)
+            .map(Held::item)
     }
 
     /// The newest `max` items of `data_type`, oldest first (for a local client that has just
@@ -207,8 +255,10 @@ impl History {
         };
         let bucket = &mut self.buckets[b as usize];
         if let Some(held) = bucket.items.pop_front() {
-            bucket.summary.count -= 1;
-            bucket.summary.sum = bucket.summary.sum.wrapping_sub(short_id(&held.id));
+            if held.settled {
+                bucket.summary.count -= 1;
+                bucket.summary.sum = bucket.summary.sum.wrapping_sub(short_id(&held.id));
+            }
             self.bytes -= held.data.payload.len();
         }
     }
@@ -236,7 +286,7 @@ impl History {
                 bucket
                     .items
                     .iter()
-                    .filter(|h| h.offered)
+                    .filter(|h| h.offered && h.settled)
                     .map(|h| short_id(&h.id))
             };
             let n = offered().count();
@@ -367,11 +417,14 @@ mod tests {
     }
 
     fn history() -> History {
-        History::new(10_000, Duration::from_secs(600), 1 << 20)
+        History::new(10_000, Duration::from_secs(600), 1 << 20).with_settle(Duration::ZERO)
     }
 
     /// One catch-up round from `a`'s side: what `a` ends up asking `b` for.
-    fn round(a: &History, b: &History) -> Vec<Item> {
+    fn round(a: &mut History, b: &mut History) -> Vec<Item> {
+        let now = Instant::now() + Duration::from_secs(1000);
+        a.settle(now);
+        b.settle(now);
         let ids = b.answer(&a.digest(), 0);
         let want = a.lacking(&ids);
         b.serve(&want, 1 << 20)
@@ -398,14 +451,14 @@ mod tests {
                 a.offer(&item(n), t);
             }
         }
-        let got = round(&a, &b);
+        let got = round(&mut a, &mut b);
         assert_eq!(got.len(), 500 - 500usize.div_ceil(7));
         for i in &got {
             assert!(!a.knows_short(short_id(&i.id)));
             a.offer(i, t);
         }
         assert_eq!(a.digest(), b.digest());
-        assert!(round(&a, &b).is_empty());
+        assert!(round(&mut a, &mut b).is_empty());
     }
 
     #[test]
@@ -448,7 +501,7 @@ mod tests {
     #[test]
     fn bounded_by_count_bytes_and_age_and_the_digest_follows() {
         let t = Instant::now();
-        let mut h = History::new(5, Duration::from_secs(60), 1 << 20);
+        let mut h = History::new(5, Duration::from_secs(60), 1 << 20).with_settle(Duration::ZERO);
         for n in 0..8 {
             h.offer(&item(n), t);
         }
@@ -458,14 +511,15 @@ mod tests {
         let total: u32 = h.digest().iter().map(|s| s.count).sum();
         assert_eq!(total, 5);
 
-        let mut h = History::new(100, Duration::from_secs(60), 3 * item(0).payload.len());
+        let mut h = History::new(100, Duration::from_secs(60), 3 * item(0).payload.len())
+            .with_settle(Duration::ZERO);
         for n in 0..5 {
             h.offer(&item(n), t);
         }
         assert_eq!(h.len(), 3);
         assert!(h.bytes() <= 3 * item(0).payload.len());
 
-        let mut h = History::new(100, Duration::from_secs(60), 1 << 20);
+        let mut h = History::new(100, Duration::from_secs(60), 1 << 20).with_settle(Duration::ZERO);
         h.offer(&item(0), t);
         h.offer(&item(1), t + Duration::from_secs(30));
         h.expire(t + Duration::from_secs(61));
@@ -484,11 +538,31 @@ mod tests {
         a.know(&i, t);
         b.know(&i, t);
         assert_eq!(a.digest(), b.digest(), "neither asks the other for it");
-        let c = history();
-        assert!(round(&c, &b).is_empty(), "not offered: not listed");
+        let mut c = history();
+        assert!(round(&mut c, &mut b).is_empty(), "not offered: not listed");
         b.offer(&i, t);
         assert_eq!(b.len(), 1, "offering a known item does not add it twice");
-        assert_eq!(round(&c, &b), vec![i]);
+        assert_eq!(round(&mut c, &mut b), vec![i]);
+    }
+
+    #[test]
+    fn items_still_spreading_are_not_in_the_digest_or_answers_until_they_settle() {
+        let t = Instant::now();
+        let mut b = History::new(100, Duration::from_secs(60), 1 << 20);
+        let a = History::new(100, Duration::from_secs(60), 1 << 20);
+        b.offer(&item(1), t);
+        b.settle(t + SETTLE / 2);
+        assert_eq!(b.digest(), a.digest(), "not yet");
+        assert!(b.answer(&a.digest(), 0).is_empty());
+        b.settle(t + SETTLE);
+        assert_ne!(b.digest(), a.digest());
+        assert_eq!(b.answer(&a.digest(), 0), vec![short_id(&item(1).id)]);
+        // Evicted before it settled: nothing to take out of the digest.
+        let mut c = History::new(1, Duration::from_secs(60), 1 << 20);
+        c.offer(&item(1), t);
+        c.offer(&item(2), t);
+        c.settle(t + SETTLE);
+        assert_eq!(c.digest().iter().map(|s| s.count).sum::<u32>(), 1);
     }
 
     #[test]

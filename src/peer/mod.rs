@@ -5,6 +5,7 @@
 //! - `gossip`: the gossip rule, items, the message list, generation, the API gate (`apps` holds
 //!   the local applications and their validations);
 //! - `history`: the items kept for catch-up and the digest comparison neighbours run;
+//! - `tree`: `gossip.mode: tree` (Plumtree: eager and lazy neighbours, grafts, prunes);
 //! - `liveness`: the liveness rule and its round timer;
 //! - `records`: the lines and records written for people and tools;
 //! - `core`: `PeerCore`, which routes events between them and turns their answers into actions.
@@ -18,5 +19,6 @@ pub mod overlay;
 pub mod records;
 pub mod seeds;
 pub mod selection;
+pub mod tree;
 
 pub use self::core::PeerCore;

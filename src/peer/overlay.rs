@@ -239,6 +239,11 @@ impl Overlay {
         self.neighbours.iter().map(|(a, c)| (*a, *c))
     }
 
+    /// The link a neighbour is known by.
+    pub fn conn_of(&self, addr: &SocketAddr) -> Option<ConnId> {
+        self.neighbours.get(addr).copied()
+    }
+
     pub fn neighbour_count(&self) -> usize {
         self.neighbours.len()
     }
@@ -364,9 +369,10 @@ impl Overlay {
     pub fn targets(
         &mut self,
         from: Option<SocketAddr>,
+        eager: impl Fn(&SocketAddr) -> bool,
         now: Instant,
     ) -> (Vec<ConnId>, &Arc<[SocketAddr]>, u64) {
-        let mut conns = forward_targets(self.neighbours(), from);
+        let mut conns = forward_targets(self.neighbours().filter(|(a, _)| eager(a)), from);
         let before = conns.len();
         let links = &mut self.links;
         conns.retain(|c| links.get_mut(c).is_none_or(|l| l.allow_send(now)));

@@ -410,7 +410,9 @@ impl World {
                 Action::Close { conn } => self.close(node, conn, CloseReason::EndOfStream),
                 Action::Dial { addr, purpose } => self.dial(node, addr, purpose),
                 Action::SetTimer { after, timer } => {
-                    let at = self.now + micros(after);
+                    // Rounded up: a timer never fires before its deadline (a core that
+                    // finds nothing due yet would ask again for the same instant).
+                    let at = self.now + micros(after + Duration::from_nanos(999));
                     self.push(at, Pending::Timer { node, timer });
                 }
                 Action::Log(record) => observe(&Observed {

@@ -34,7 +34,7 @@ use crate::sim::{micros, peer_id, Micros, NodeCore, NodeId, NodeState, Observed,
 /// The hop count of a node that got an item by catch-up.
 const CAUGHT_UP: u8 = u8::MAX - 1;
 /// Catch-up rounds the partition scenario runs after the halves heal.
-const PARTITION_ROUNDS: u32 = 15;
+const PARTITION_ROUNDS: u32 = 20;
 /// Peers start this far apart.
 const JOIN_GAP: Micros = 2_000;
 /// Items are generated this far apart.

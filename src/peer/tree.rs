@@ -1,0 +1,331 @@
+//! `gossip.mode: tree`: Plumtree's push along a spanning tree that forms itself.
+//!
+//! Every neighbour starts *eager*: new items are pushed to it whole. A neighbour that sends an
+//! item we already have is on a redundant path: we make it *lazy* and tell it so (`Prune`);
+//! from then on it gets only the ids of new items (`IHave`, gathered for half a
+//! `gossip.graft_timeout` and sent together). An id announced by a lazy neighbour that does not
+//! arrive whole within `gossip.graft_timeout` is asked for (`Graft`), which also makes that
+//! neighbour eager again: the tree repairs itself where a push path broke (a crash, a cut
+//! link). A neighbour that pushes us a new item, or grafts, is eager.
+//!
+//! Only the lazy set is kept: every other neighbour is eager, so a new link is eager on both
+//! sides and a lost one needs no bookkeeping beyond forgetting it. What does not arrive even by
+//! grafting is left to catch-up (`history`).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// The most ids in one `IHave` or `Graft`.
+pub const MAX_IDS: usize = 4096;
+/// The most ids announced but not yet received that a peer waits for at once; announcements
+/// past it are ignored (catch-up still finds the items).
+pub const MAX_MISSING: usize = 16_384;
+
+#[derive(Debug)]
+struct Missing {
+    /// When to graft the next announcer.
+    due: Instant,
+    /// Neighbours that announced it, in order, not yet asked.
+    announcers: VecDeque<SocketAddr>,
+}
+
+#[derive(Debug)]
+pub struct Tree {
+    graft_timeout: Duration,
+    lazy: BTreeSet<SocketAddr>,
+    missing: BTreeMap<[u8; 32], Missing>,
+    /// Ids waiting to be announced to each lazy neighbour, and since when the oldest waits.
+    announce: BTreeMap<SocketAddr, Vec<[u8; 32]>>,
+    announce_since: Option<Instant>,
+    /// The wake-up already asked for (none when `None`).
+    wake: Option<Instant>,
+    /// Spreads the first graft of each id over a second `graft_timeout` (see `first_due`).
+    salt: u64,
+}
+
+/// What the tree asks the peer to send.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TreeOut {
+    pub ihave: Vec<(SocketAddr, Vec<[u8; 32]>)>,
+    pub graft: Vec<(SocketAddr, Vec<[u8; 32]>)>,
+}
+
+impl Tree {
+    pub fn new(graft_timeout: Duration, salt: u64) -> Self {
+        Tree {
+            salt,
+            graft_timeout: graft_timeout.max(Duration::from_millis(1)),
+            lazy: BTreeSet::new(),
+            missing: BTreeMap::new(),
+            announce: BTreeMap::new(),
+            announce_since: None,
+            wake: None,
+        }
+    }
+
+    pub fn is_eager(&self, addr: &SocketAddr) -> bool {
+        !self.lazy.contains(addr)
+    }
+
+    pub fn lazy_count(&self) -> usize {
+        self.lazy.len()
+    }
+
+    /// A neighbour link came up or went: either way it starts over as eager.
+    pub fn reset(&mut self, addr: &SocketAddr) {
+        self.lazy.remove(addr);
+        self.announce.remove(addr);
+        for m in self.missing.values_mut() {
+            m.announcers.retain(|a| a != addr);
+        }
+    }
+
+    /// First receipt of `id`, pushed by `from` (`None`: generated or announced here): it is no
+    /// longer missing and its sender is eager. `lazy` are the neighbours to announce it to.
+    pub fn first_receipt(
+        &mut self,
+        id: [u8; 32],
+        from: Option<SocketAddr>,
+        lazy: impl IntoIterator<Item = SocketAddr>,
+        now: Instant,
+    ) {
+        self.missing.remove(&id);
+        if let Some(f) = from {
+            self.lazy.remove(&f);
+        }
+        for n in lazy {
+            if Some(n) != from && self.lazy.contains(&n) {
+                self.announce.entry(n).or_default().push(id);
+                self.announce_since.get_or_insert(now);
+            }
+        }
+    }
+
+    /// `id` arrived some other way (catch-up): no graft for it.
+    pub fn arrived(&mut self, id: &[u8; 32]) {
+        self.missing.remove(id);
+    }
+
+    /// A repeat pushed by `from`: true when it was eager and must be told `Prune`.
+    pub fn repeat(&mut self, from: SocketAddr) -> bool {
+        self.lazy.insert(from)
+    }
+
+    pub fn prune(&mut self, from: SocketAddr) {
+        self.lazy.insert(from);
+    }
+
+    /// `from` asks for items: it is eager from now on. Ids already waiting to be announced
+    /// to it still go: those items were not pushed to it.
+    pub fn graft(&mut self, from: SocketAddr) {
+        self.lazy.remove(&from);
+    }
+
+    /// Ids `from` announced; `known` tells which this peer already has.
+    pub fn ihave(
+        &mut self,
+        from: SocketAddr,
+        ids: &[[u8; 32]],
+        known: impl Fn(&[u8; 32]) -> bool,
+        now: Instant,
+    ) {
+        for id in ids {
+            if known(id) {
+                continue;
+            }
+            if let Some(m) = self.missing.get_mut(id) {
+                if !m.announcers.contains(&from) {
+                    m.announcers.push_back(from);
+                }
+                continue;
+            }
+            if self.missing.len() >= MAX_MISSING {
+                continue;
+            }
+            self.missing.insert(
+                *id,
+                Missing {
+                    due: self.first_due(id, now),
+                    announcers: VecDeque::from([from]),
+                },
+            );
+        }
+    }
+
+    /// When to graft an id first heard of at `now`: after `graft_timeout` and a share of a
+    /// second one drawn from the id and this peer's salt. Every peer cut off from the push
+    /// tree hears of a missing id at about the same moment; spread out, the first one to
+    /// graft pushes the item on to the others before they graft too (which would join the
+    /// parts by several links at once, and the next duplicates would cut them again).
+    fn first_due(&self, id: &[u8; 32], now: Instant) -> Instant {
+        let mut h = [0u8; 8];
+        h.copy_from_slice(&id[..8]);
+        let h = (u64::from_le_bytes(h) ^ self.salt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let share = (h >> 54) as u32; // 0..1024
+        now + self.graft_timeout + self.graft_timeout * share / 1024
+    }
+
+    /// At a wake-up: the announcements due, and grafts for ids that did not arrive in time
+    /// (each to the next neighbour that announced it, which becomes eager).
+    pub fn due(&mut self, now: Instant) -> TreeOut {
+        self.wake = None;
+        let mut out = TreeOut::default();
+        if self
+            .announce_since
+            .is_some_and(|at| now >= at + self.graft_timeout / 2)
+        {
+            self.announce_since = None;
+            for (n, ids) in std::mem::take(&mut self.announce) {
+                for chunk in ids.chunks(MAX_IDS) {
+                    out.ihave.push((n, chunk.to_vec()));
+                }
+            }
+        }
+        let mut grafts: BTreeMap<SocketAddr, Vec<[u8; 32]>> = BTreeMap::new();
+        let timeout = self.graft_timeout;
+        self.missing.retain(|id, m| {
+            if m.due > now {
+                return true;
+            }
+            let Some(to) = m.announcers.pop_front() else {
+                return false;
+            };
+            grafts.entry(to).or_default().push(*id);
+            m.due = now + timeout;
+            true
+        });
+        for (to, ids) in grafts {
+            self.lazy.remove(&to);
+            for chunk in ids.chunks(MAX_IDS) {
+                out.graft.push((to, chunk.to_vec()));
+            }
+        }
+        out
+    }
+
+    /// The next wake-up to ask for, if one is needed and not already asked for (earlier).
+    pub fn next_wake(&mut self, now: Instant) -> Option<Duration> {
+        let announce = self.announce_since.map(|at| at + self.graft_timeout / 2);
+        let graft = self.missing.values().map(|m| m.due).min();
+        let at = announce.into_iter().chain(graft).min()?;
+        if self.wake.is_some_and(|w| w <= at) {
+            return None;
+        }
+        self.wake = Some(at);
+        Some(at.saturating_duration_since(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    const T: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn a_repeat_prunes_its_sender_once_and_a_push_or_graft_makes_it_eager_again() {
+        let mut t = Tree::new(T, 0);
+        assert!(t.is_eager(&a(1)));
+        assert!(t.repeat(a(1)), "first repeat: prune");
+        assert!(!t.repeat(a(1)), "already lazy");
+        assert!(!t.is_eager(&a(1)));
+        t.first_receipt([1; 32], Some(a(1)), [], Instant::now());
+        assert!(t.is_eager(&a(1)));
+        t.prune(a(2));
+        assert!(!t.is_eager(&a(2)));
+        t.graft(a(2));
+        assert!(t.is_eager(&a(2)));
+    }
+
+    #[test]
+    fn lazy_neighbours_get_ids_in_batches_after_half_the_graft_timeout() {
+        let now = Instant::now();
+        let mut t = Tree::new(T, 0);
+        t.prune(a(2));
+        t.prune(a(3));
+        t.first_receipt([1; 32], Some(a(3)), [a(1), a(2), a(3)], now);
+        t.first_receipt([2; 32], None, [a(1), a(2), a(3)], now);
+        assert_eq!(t.next_wake(now), Some(T / 2));
+        assert_eq!(t.next_wake(now), None, "already asked for");
+        assert_eq!(t.due(now), TreeOut::default(), "not yet");
+        let out = t.due(now + T / 2);
+        // a(1) is eager (gets items whole); a(3) pushed item 1, so it is eager again.
+        assert_eq!(out.ihave, vec![(a(2), vec![[1; 32], [2; 32]])]);
+    }
+
+    #[test]
+    fn ids_waiting_for_a_neighbour_still_go_when_it_grafts_or_prunes_meanwhile() {
+        // The item was not pushed to a(2) (it was lazy when the item came): if the queued
+        // announcement were dropped when a(2) turns eager, a(2) would never hear of the item.
+        let now = Instant::now();
+        let mut t = Tree::new(T, 0);
+        t.prune(a(2));
+        t.prune(a(3));
+        t.first_receipt([1; 32], None, [a(2), a(3)], now);
+        t.graft(a(2));
+        t.prune(a(3));
+        let out = t.due(now + T / 2);
+        assert_eq!(
+            out.ihave,
+            vec![(a(2), vec![[1; 32]]), (a(3), vec![[1; 32]])]
+        );
+    }
+
+    #[test]
+    fn an_announced_item_that_does_not_come_is_grafted_from_each_announcer_in_turn() {
+        let now = Instant::now();
+        let mut t = Tree::new(T, 0);
+        t.prune(a(1));
+        t.prune(a(2));
+        t.ihave(a(1), &[[7; 32], [8; 32]], |id| id == &[8; 32], now);
+        t.ihave(a(2), &[[7; 32]], |_| false, now);
+        // The first graft waits one timeout and a share of a second (spread over peers).
+        let first = t.next_wake(now).unwrap();
+        assert!(first >= T && first < 2 * T, "{first:?}");
+        assert_eq!(
+            t.due(now + first - Duration::from_millis(1)),
+            TreeOut::default()
+        );
+        let out = t.due(now + first);
+        assert_eq!(out.graft, vec![(a(1), vec![[7; 32]])]);
+        assert!(t.is_eager(&a(1)), "grafting makes it eager");
+        // The next announcer is asked one timeout later.
+        assert_eq!(t.next_wake(now + first), Some(T));
+        let out = t.due(now + first + T);
+        assert_eq!(out.graft, vec![(a(2), vec![[7; 32]])]);
+        // Nobody left to ask: forgotten (catch-up will find it).
+        assert_eq!(t.due(now + first + 2 * T), TreeOut::default());
+        assert_eq!(t.next_wake(now + first + 2 * T), None);
+    }
+
+    #[test]
+    fn an_item_that_arrives_is_not_grafted_and_a_lost_link_is_not_asked() {
+        let now = Instant::now();
+        let mut t = Tree::new(T, 0);
+        t.ihave(a(1), &[[7; 32]], |_| false, now);
+        t.ihave(a(2), &[[9; 32]], |_| false, now);
+        t.first_receipt([7; 32], Some(a(3)), [], now);
+        t.reset(&a(2));
+        assert_eq!(t.due(now + 2 * T), TreeOut::default());
+    }
+
+    #[test]
+    fn missing_ids_are_bounded() {
+        let now = Instant::now();
+        let mut t = Tree::new(T, 0);
+        let ids: Vec<[u8; 32]> = (0..MAX_MISSING as u32 + 10)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                id
+            })
+            .collect();
+        t.ihave(a(1), &ids, |_| false, now);
+        assert_eq!(t.missing.len(), MAX_MISSING);
+    }
+}
