@@ -5,6 +5,7 @@
 //! cargo build --release
 //! cargo run --release --example bench -- latency 200          # N peers, 3 messages each, light load [batch window]
 //! cargo run --release --example bench -- throughput 100 500   # N peers, R new messages/s for 30 s [batch window]
+//! cargo run --release --example bench -- --mode tree latency 50 # the same in gossip.mode: tree (latency, throughput)
 //! cargo run --release --example bench -- detection 20         # kill one, stop one; 13 s × 3
 //! cargo run --release --example bench -- floor                # loopback TCP ping-pong
 //! cargo run --release --example bench -- node 60000           # one peer's CPU per frame
@@ -372,9 +373,18 @@ fn wait_gossip_done(net: &Network, per_peer: usize, expected: Duration) {
     }
 }
 
-/// `window`: `gossip.batch_window` to run with, or `QUIET..BUSY` for both window keys
-/// (default: the node's defaults).
-fn latency(n: usize, window: Option<&str>) {
+/// The extra `gossip` keys of a run: the batch window (`QUIET..BUSY` for both window keys;
+/// default: the node's defaults) and the mode.
+fn gossip_keys(window: Option<String>, mode: &str) -> String {
+    let mut keys = window.as_deref().map(window_keys).unwrap_or_default();
+    if mode != "flood" {
+        keys += &format!(", mode: {mode}");
+    }
+    keys
+}
+
+/// `keys`: extra `gossip` keys (`gossip_keys`).
+fn latency(n: usize, keys: &str) {
     let floor = floor_us();
     // A light load, the same at every size: 20 new messages per second network-wide, three
     // from each peer, evenly spread (joins 50 ms apart: one interval / n). Throughput is
@@ -382,8 +392,7 @@ fn latency(n: usize, window: Option<&str>) {
     let pace = Duration::from_millis(50);
     let interval_ms = n * 50;
     let body = format!(
-        "gossip: {{ interval: {interval_ms}ms, count: 3{} }}\nliveness: {{ interval: 13s, misses: 3 }}\npow: {{ difficulty: 12 }}\nlimits: {{ max_connections: 4096 }}\nstats: {{ interval: 1h }}",
-        window.map(window_keys).unwrap_or_default()
+        "gossip: {{ interval: {interval_ms}ms, count: 3{keys} }}\nliveness: {{ interval: 13s, misses: 3 }}\npow: {{ difficulty: 12 }}\nlimits: {{ max_connections: 4096 }}\nstats: {{ interval: 1h }}",
     );
     let body = body.as_str();
     let t0 = Instant::now();
@@ -428,7 +437,8 @@ fn latency(n: usize, window: Option<&str>) {
     let s = Run::load(&net.dir).unwrap().summarize();
     let floor_ms = floor * diam as f64 / 1000.0;
     println!(
-        "== latency: {n} peers + 3 seeds, 3 messages each (every {interval_ms} ms: 20 per second network-wide), difficulty 12"
+        "== latency: {n} peers + 3 seeds, 3 messages each (every {interval_ms} ms: 20 per second network-wide), difficulty 12{}",
+        if keys.is_empty() { String::new() } else { format!("; gossip keys{keys}") }
     );
     println!("   run directory: {}", net.dir.display());
     println!(
@@ -467,16 +477,14 @@ fn latency(n: usize, window: Option<&str>) {
     );
 }
 
-/// `window`: `gossip.batch_window` to run with, or `QUIET..BUSY` for both window keys
-/// (default: the node's defaults).
-fn throughput(n: usize, rate: usize, window: Option<&str>) {
+/// `keys`: extra `gossip` keys (`gossip_keys`).
+fn throughput(n: usize, rate: usize, keys: &str) {
     let duration_s = 30;
     // Each peer generates its share of the network-wide rate.
     let interval_ms = (1000 * n / rate).max(1);
     let count = rate * duration_s / n;
     let body = format!(
-        "gossip: {{ interval: {interval_ms}ms, count: {count}, message_list_capacity: 100000{} }}\nliveness: {{ interval: 13s, misses: 3 }}\npow: {{ difficulty: 12 }}\nlimits: {{ max_connections: 4096 }}\nstats: {{ interval: 1h }}",
-        window.map(window_keys).unwrap_or_default()
+        "gossip: {{ interval: {interval_ms}ms, count: {count}, message_list_capacity: 100000{keys} }}\nliveness: {{ interval: 13s, misses: 3 }}\npow: {{ difficulty: 12 }}\nlimits: {{ max_connections: 4096 }}\nstats: {{ interval: 1h }}",
     );
     let mut net = Network::start(n, &body);
     let pids = net.pids();
@@ -492,7 +500,7 @@ fn throughput(n: usize, rate: usize, window: Option<&str>) {
     net.stop();
     let run = Run::load(&net.dir).unwrap();
     let s = run.summarize();
-    println!("== throughput: {n} peers, {rate} new messages/s network-wide for {duration_s} s (each peer every {interval_ms} ms){}", window.map(|w| format!(", batch window {w}")).unwrap_or_default());
+    println!("== throughput: {n} peers, {rate} new messages/s network-wide for {duration_s} s (each peer every {interval_ms} ms){}", if keys.is_empty() { String::new() } else { format!("; gossip keys{keys}") });
     println!("   run directory: {}", net.dir.display());
     println!(
         "   messages {}  coverage {:.4} ({} of {})  time to reach all p50 {:.2} ms p99 {:.2} ms  duplicates/delivery {:.2} (+{:.2} withdrawn)  frames per read {:.1}, per send {:.1}  CPU {:.2} cores",
@@ -828,6 +836,9 @@ fn node(messages: usize) {
 struct Args {
     #[command(subcommand)]
     what: What,
+    /// `gossip.mode` of every peer (latency and throughput).
+    #[arg(long, global = true, default_value = "flood", value_parser = ["flood", "tree"])]
+    mode: String,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -874,12 +885,12 @@ fn main() -> std::process::ExitCode {
         Err(code) => return code,
     };
     match args.what {
-        What::Latency { peers, window } => latency(peers, window.as_deref()),
+        What::Latency { peers, window } => latency(peers, &gossip_keys(window, &args.mode)),
         What::Throughput {
             peers,
             rate,
             window,
-        } => throughput(peers, rate, window.as_deref()),
+        } => throughput(peers, rate, &gossip_keys(window, &args.mode)),
         What::Detection { peers } => detection(peers),
         What::Node { messages } => node(messages),
         What::Floor => println!(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs a local gossipnet network on 127.0.0.1 and shows it working.
 #
-#   scripts/demo.sh [--seeds N] [--peers N] [--kill K] [--fast] [--duration S] [--out DIR]
+#   scripts/demo.sh [--seeds N] [--peers N] [--kill K] [--fast] [--mode flood|tree] [--duration S] [--out DIR]
 #
 # Builds the release binaries, writes the run's seeds.yaml into the run directory, starts the
 # seeds and then the peers, shows live progress on one line, optionally kills K peers mid-run
@@ -17,6 +17,7 @@ KILL=0
 FAST=0
 DURATION=""
 OUT=""
+MODE=flood
 
 usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
 need() { [[ $# -ge 2 && -n "$2" ]] || { echo "demo.sh: $1 needs a value" >&2; exit 2; }; }
@@ -26,6 +27,7 @@ while [[ $# -gt 0 ]]; do
     --peers) need "$@"; PEERS=$2; shift 2 ;;
     --kill) need "$@"; KILL=$2; shift 2 ;;
     --fast) FAST=1; shift ;;
+    --mode) need "$@"; MODE=$2; shift 2 ;;
     --duration) need "$@"; DURATION=$2; shift 2 ;;
     --out) need "$@"; OUT=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -37,6 +39,7 @@ for v in SEEDS PEERS KILL; do
 done
 [[ -z "$DURATION" || $DURATION =~ ^[0-9]+$ ]] || { echo "demo.sh: --duration takes whole seconds" >&2; exit 2; }
 (( SEEDS >= 1 )) || { echo "demo.sh: at least one seed" >&2; exit 2; }
+[[ $MODE == flood || $MODE == tree ]] || { echo "demo.sh: --mode is flood or tree (gossip.mode)" >&2; exit 2; }
 (( KILL <= PEERS )) || { echo "demo.sh: cannot kill more peers than there are" >&2; exit 2; }
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -85,7 +88,7 @@ SEED_ADDRS=(); for ((i = 0; i < SEEDS; i++)); do next_port; SEED_ADDRS+=("127.0.
 PEER_ADDRS=(); for ((i = 0; i < PEERS; i++)); do next_port; PEER_ADDRS+=("127.0.0.1:$FREE"); done
 {
   printf 'seeds: ['; printf '"%s", ' "${SEED_ADDRS[@]}" | sed 's/, $//'; printf ']\n'
-  echo "gossip:   $GOSSIP"
+  echo "gossip:   ${GOSSIP% \}}, mode: $MODE }"
   echo "liveness: $LIVENESS"
   echo "peer:     { max_neighbours: 4, selection: random }"
   echo "pow:      $POW"

@@ -83,6 +83,11 @@ fn late_joiners_catch_up_on_the_whole_history() {
     assert_eq!(num(&s, "history_missed"), 0, "{s}");
     assert_eq!(num(&s, "missed"), 0, "{s}");
     assert!(num(&s, "caught_up") >= 30 * 100, "{s}");
+    // Each got everything within two catch-up rounds (2 s apart) of its start, and was sent
+    // at least the 100 items' payloads.
+    let took = s["late_join_catch_up_s"]["max"].as_f64().unwrap();
+    assert!(took > 0.0 && took <= 4.5, "{s}");
+    assert!(num(&s, "late_joiner_bytes_in") > 100 * 30, "{s}");
 }
 
 #[test]

@@ -17,6 +17,11 @@ fn a_peer_and_a_seed_say_what_they_wait_for_until_a_majority_of_seeds_is_up() {
     net.wait_for_event("seed", first, "waiting");
 
     let peer_txt = std::fs::read_to_string(net.txt("peer", p)).unwrap();
+    // It said at once what joining takes, before the first waiting line.
+    assert!(
+        peer_txt.contains("Joining: contacting seeds, registering with 2 of 3 (a majority)"),
+        "{peer_txt}"
+    );
     let line = peer_txt
         .lines()
         .find(|l| l.contains("Waiting for seeds"))

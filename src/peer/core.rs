@@ -143,6 +143,7 @@ impl PeerCore {
             });
         }
         out.push(Action::timer(wait, Timer::JoinDeadline));
+        out.push(Record::new("joining").line(self.seeds.starting()).into());
         out.push(Action::timer(WAITING_NOTE, Timer::Waiting));
     }
 

@@ -199,6 +199,15 @@ impl SeedSessions {
 
     /// What the join still waits for, in words for people, or `None` once a majority of the
     /// seeds has confirmed the registration.
+    /// What joining starts with, said at once (the first `waiting` line comes only later).
+    pub fn starting(&self) -> String {
+        format!(
+            "Joining: contacting seeds, registering with {} of {} (a majority) before gossiping",
+            self.majority,
+            self.configured.len()
+        )
+    }
+
     pub fn waiting(&self) -> Option<String> {
         let registered = self.sessions.values().filter(|s| s.registered).count();
         if registered >= self.majority {

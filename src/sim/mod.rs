@@ -76,6 +76,8 @@ pub struct Node {
     pub fault_at: Option<Micros>,
     /// Its connection ends, open or not.
     conns: Vec<ConnId>,
+    /// Bytes of the frames it was sent, as encoded on the wire, when counted (late joiners).
+    pub bytes_in: Option<u64>,
 }
 
 /// One end of a connection.
@@ -204,6 +206,7 @@ impl World {
             side: 0,
             fault_at: None,
             conns: Vec::new(),
+            bytes_in: None,
         });
         self.by_addr.insert(addr, id);
         id
@@ -432,6 +435,10 @@ impl World {
             return;
         }
         let other = end.other;
+        let to = self.conns[other as usize].node;
+        if let Some(bytes) = &mut self.nodes[to].bytes_in {
+            *bytes += msg.encode().len() as u64;
+        }
         self.send_on(other, Event::Frame { conn: other, msg });
     }
 

@@ -123,6 +123,8 @@ struct Tally {
     hop_max: u8,
     /// First removal of each peer: when, and the reason.
     removed: HashMap<NodeId, (Micros, bool)>,
+    /// When each peer last received an item by catch-up.
+    last_caught_up: HashMap<NodeId, Micros>,
 }
 
 impl Tally {
@@ -149,6 +151,7 @@ impl Tally {
                     // Pulled by catch-up: delivered, but not by spreading.
                     item.hops[o.node] = CAUGHT_UP;
                     self.caught_up += 1;
+                    self.last_caught_up.insert(o.node, o.at);
                     return;
                 }
                 let hop = item.hops[from].saturating_add(1).min(CAUGHT_UP - 1);
@@ -224,6 +227,7 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
         micros(lv.interval * (lv.misses + 1) + lv.probe_timeout * 2 + lv.reply_timeout);
     let mut faults = false;
     let mut late = Vec::new();
+    let mut late_at: Vec<Micros> = Vec::new();
     match p.kind {
         Kind::Steady => {}
         Kind::Churn => {
@@ -266,11 +270,11 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
             let n = (p.peers / 10).max(1);
             for k in 0..n {
                 let id = w.add_peer();
-                w.schedule(
-                    window_end + 1_000_000 + k as Micros * JOIN_GAP,
-                    Step::Join(id),
-                );
+                let at = window_end + 1_000_000 + k as Micros * JOIN_GAP;
+                w.schedule(at, Step::Join(id));
+                w.nodes[id].bytes_in = Some(0);
                 late.push(id);
+                late_at.push(at);
             }
         }
     }
@@ -320,7 +324,7 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
             );
         }
     }
-    let summary = summarize(p, &w, &tally, generated, &late, wall);
+    let summary = summarize(p, &w, &tally, generated, (&late, &late_at), wall);
     (summary, w.trace.take().unwrap_or_default())
 }
 
@@ -352,7 +356,7 @@ fn summarize(
     w: &World,
     tally: &Tally,
     generated: usize,
-    late: &[NodeId],
+    (late, late_at): (&[NodeId], &[Micros]),
     wall: Instant,
 ) -> Value {
     let running = |id: NodeId| w.nodes[id].state == NodeState::Running;
@@ -440,6 +444,17 @@ fn summarize(
     if !late.is_empty() {
         out["late_joiners"] = json!(late.len());
         out["history_missed"] = json!(history_missed);
+        // From a late joiner's start to the last item it caught up, and the bytes it was sent
+        // by then and after (every frame, as encoded on the wire, to the end of the run).
+        let mut took: Vec<f64> = late
+            .iter()
+            .zip(late_at)
+            .filter_map(|(n, at)| tally.last_caught_up.get(n).map(|t| (t - at) as f64 / 1e6))
+            .collect();
+        took.sort_by(f64::total_cmp);
+        let bytes: u64 = late.iter().filter_map(|&n| w.nodes[n].bytes_in).sum();
+        out["late_join_catch_up_s"] = json!({ "p50": pct(&took, 0.5), "max": pct(&took, 1.0) });
+        out["late_joiner_bytes_in"] = json!(bytes / late.len() as u64);
     }
     out["wall_s"] = json!(round3(wall.elapsed().as_secs_f64()));
     out
