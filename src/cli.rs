@@ -272,6 +272,13 @@ pub fn run(role: Role, args: CommonArgs, api_addr: Option<SocketAddr>) -> Result
         Some(a) => a,
         None => bound,
     };
+    if role == Role::Peer && config.seeds.contains(&addr) {
+        // It would dial itself to register and take itself for a neighbour.
+        return Err(Failure::Usage(format!(
+            "{addr} is one of the seeds in {}: a peer needs an address of its own",
+            args.config.display()
+        )));
+    }
     let api = match api_addr {
         Some(a) => Some(
             TcpListener::bind(a)

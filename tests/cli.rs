@@ -244,3 +244,38 @@ fn report_help_defines_every_figure_the_report_prints() {
         );
     }
 }
+
+#[test]
+fn a_peer_given_a_seeds_address_says_so_and_exits_2() {
+    // A reused port: the peer would dial itself to register and link to itself.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("gossipnet-cli-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("seeds.yaml");
+    std::fs::write(&config, format!("seeds: [\"127.0.0.1:{port}\"]\n")).unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let out = dir.join("out");
+    let o = run(
+        Path::new(env!("CARGO_BIN_EXE_peer")),
+        &[
+            "--addr",
+            &addr,
+            "--config",
+            config.to_str().unwrap(),
+            "--out-dir",
+            out.to_str().unwrap(),
+        ],
+    );
+    let err = stderr(&o);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{addr} is one of the seeds in"))
+            && err.contains("a peer needs an address of its own"),
+        "{err}"
+    );
+}

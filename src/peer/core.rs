@@ -1082,6 +1082,13 @@ impl PeerCore {
             out.push(Action::Close { conn });
             return;
         }
+        if addr == self.me {
+            // Our own dial come back (a seed listed at our address), or a remote claiming it:
+            // never a neighbour or a seed of ours.
+            log::warn!("a connection claims this peer's own address {addr}: closed");
+            out.push(Action::Close { conn });
+            return;
+        }
         self.overlay
             .add_link(conn, addr, kind, dialed.is_some(), now.mono);
         match kind {
@@ -1433,6 +1440,23 @@ mod tests {
                 .any(|(_, m)| matches!(m, Msg::Gossip { .. })),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn a_connection_claiming_this_peers_own_address_is_closed_and_never_a_neighbour() {
+        let (mut p, now) = joined("");
+        for dialed in [None, Some(Purpose::Neighbour)] {
+            let mut out = vec![];
+            let remote = Remote {
+                addr: a(ME),
+                role: Role::Peer,
+                incarnation: 0,
+                dialed,
+            };
+            p.handle(Event::Connected { conn: 50, remote }, now, &mut out);
+            assert_eq!(out, vec![Action::Close { conn: 50 }]);
+            assert!(!p.neighbours().contains(&a(ME)));
+        }
     }
 
     #[test]
