@@ -201,8 +201,8 @@ fn a_network_across_four_hosts_registers_gossips_and_removes_the_dead() {
         })
         .collect();
     assert_eq!(ips.len(), 3, "peers on three hosts: {ips:?}");
-    // Every message generated once all six peers are linked reaches every other peer (there is
-    // no catch-up yet for what was sent before a peer joined).
+    // Every message generated once all six peers are linked reaches every other peer by gossip
+    // (what was sent before a peer joined is catch-up's: tests/catchup.rs).
     let linked_at = |e: &[serde_json::Value]| {
         of(e, "neighbour_up")
             .first()
@@ -236,7 +236,14 @@ fn a_network_across_four_hosts_registers_gossips_and_removes_the_dead() {
                 later.iter().all(|id| got.contains(id) || mine.contains(id))
             })
     });
-    // A peer killed on its host is reported and removed by every seed.
+    // A peer stopped on its host (its sockets stay open, it answers nothing) and one killed on
+    // another are reported and removed by every seed.
+    let stopped = format!("{}:9101", host_ip(2));
+    let status = Command::new("kill")
+        .args(["-STOP", &pids[2].to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
     let victim = format!("{}:9101", host_ip(1));
     let victim_pid = pids[0];
     let c = hosts
@@ -246,12 +253,23 @@ fn a_network_across_four_hosts_registers_gossips_and_removes_the_dead() {
         .unwrap();
     c.kill().unwrap();
     let _ = c.wait();
-    wait_until("every seed removed the killed peer", || {
+    wait_until("every seed removed the killed and the stopped peer", || {
         seeds.iter().all(|s| {
             let f = out.join(format!("seed-{}-{}.jsonl", s.ip(), s.port()));
-            of(&events(&f), "removed")
-                .iter()
-                .any(|r| r["peer"].as_str() == Some(victim.as_str()))
+            let evs = events(&f);
+            let removed = of(&evs, "removed");
+            [&victim, &stopped].iter().all(|v| {
+                removed
+                    .iter()
+                    .any(|r| r["peer"].as_str() == Some(v.as_str()))
+            })
         })
     });
+    // The stopped one was found by its neighbours' liveness checks, not by a broken link.
+    let reported = files.iter().any(|f| {
+        of(&events(f), "dead_reported")
+            .iter()
+            .any(|r| r["dead"].as_str() == Some(stopped.as_str()))
+    });
+    assert!(reported, "nobody reported the stopped peer dead");
 }
