@@ -149,7 +149,7 @@ fn a_network_across_four_hosts_registers_gossips_and_removes_the_dead() {
     std::fs::write(
         &config,
         format!(
-            "seeds: [{}]\ngossip: {{ interval: 500ms, count: 10 }}\nliveness: {{ interval: 300ms, misses: 3, probe_timeout: 1s }}\npow: {{ difficulty: 8, timeout: 3s }}\nlimits: {{ loopback_exempt: false }}\nstats: {{ interval: 1s }}\n",
+            "seeds: [{}]\ngossip: {{ interval: 500ms, count: 10 }}\nliveness: {{ interval: 300ms, misses: 3, probe_timeout: 1s }}\npow: {{ difficulty: 8, timeout: 3s }}\nlimits: {{ loopback_exempt: false, max_connections_per_ip: 12 }}\nstats: {{ interval: 1s }}\n",
             list.join(", ")
         ),
     )
@@ -236,6 +236,60 @@ fn a_network_across_four_hosts_registers_gossips_and_removes_the_dead() {
                 later.iter().all(|id| got.contains(id) || mine.contains(id))
             })
     });
+    // Per-IP limits act per host: 30 connections from host 3 to a seed, held open, meet the
+    // limit of 12 from that host's address (its two peers hold some already); a new peer on
+    // host 1 still joins meanwhile.
+    let target = seeds[0];
+    let flood = Command::new("ip")
+        .args(["netns", "exec", &format!("{}h3", hosts.prefix)])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "hold_connections", "--ignored", "--nocapture"])
+        .env("GOSSIPNET_HOLD", format!("{target} 30 4"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    hosts.children.push(flood);
+    let seed_file = out.join(format!("seed-{}-{}.jsonl", target.ip(), target.port()));
+    wait_until("the seed refuses host 3 past its per-IP limit", || {
+        of(&events(&seed_file), "rejected").iter().any(|r| {
+            r["remote"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with(&format!("{}:", host_ip(3)))
+                && r["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("per-IP connection limit (12)")
+        })
+    });
+    let newcomer = format!("{}:9103", host_ip(1));
+    let err = dir.path().join("peer-newcomer.stderr");
+    hosts.spawn(
+        1,
+        env!("CARGO_BIN_EXE_peer"),
+        &common(newcomer.clone()),
+        &err,
+    );
+    let newcomer_file = out.join(format!("peer-{}.jsonl", newcomer.replace(':', "-")));
+    wait_until(
+        "a peer on another host joins while host 3 is refused",
+        || strs(&events(&newcomer_file), "registered_with", "seed").len() >= 2,
+    );
+    let refused_elsewhere = of(&events(&seed_file), "rejected")
+        .iter()
+        .filter(|r| r["reason"].as_str().unwrap_or("").contains("per-IP"))
+        .any(|r| {
+            !r["remote"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with(&format!("{}:", host_ip(3)))
+        });
+    assert!(
+        !refused_elsewhere,
+        "another host was refused for host 3's connections"
+    );
+
     // A peer stopped on its host (its sockets stay open, it answers nothing) and one killed on
     // another are reported and removed by every seed.
     let stopped = format!("{}:9101", host_ip(2));
@@ -272,4 +326,25 @@ fn a_network_across_four_hosts_registers_gossips_and_removes_the_dead() {
             .any(|r| r["dead"].as_str() == Some(stopped.as_str()))
     });
     assert!(reported, "nobody reported the stopped peer dead");
+}
+
+/// Not a test on its own: run inside a host by the test above (`GOSSIPNET_HOLD="ADDR N SECS"`),
+/// it opens N connections to ADDR and holds them open for SECS seconds.
+#[test]
+#[ignore]
+fn hold_connections() {
+    let Ok(spec) = std::env::var("GOSSIPNET_HOLD") else {
+        return;
+    };
+    let mut parts = spec.split_whitespace();
+    let addr: SocketAddr = parts.next().unwrap().parse().unwrap();
+    let n: usize = parts.next().unwrap().parse().unwrap();
+    let secs: u64 = parts.next().unwrap().parse().unwrap();
+    let held: Vec<_> = (0..n)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)).ok()
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(secs));
+    drop(held);
 }
