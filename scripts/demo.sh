@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Runs a local gossipnet network on 127.0.0.1 and shows it working.
 #
-#   scripts/demo.sh [--seeds N] [--peers N] [--kill K] [--fast] [--mode flood|tree] [--duration S] [--out DIR]
+#   scripts/demo.sh [--seeds N] [--peers N] [--kill K] [--fast] [--mode flood|tree] [--hosts H] [--duration S] [--out DIR]
 #
 # Builds the release binaries, writes the run's seeds.yaml into the run directory, starts the
 # seeds and then the peers, shows live progress on one line, optionally kills K peers mid-run
 # (alternating SIGKILL and SIGSTOP, recorded in DIR/faults.jsonl), stops every process it
 # started and prints the report (also on Ctrl-C). Every node writes its .txt and .jsonl to DIR.
 # Without --duration it ends when every message has reached every peer it was expected at and
-# every killed peer has been removed.
+# every killed peer has been removed. With --hosts H (root and `ip` needed; scripts/hosts-demo.sh)
+# the nodes run on H hosts built as network namespaces on one bridge, each with its own private
+# address (10.78.x.y, inside those namespaces only): the seeds on the first, the peers spread
+# over the others; the namespaces are deleted at the end.
 set -eu
 
 SEEDS=3
@@ -18,8 +21,9 @@ FAST=0
 DURATION=""
 OUT=""
 MODE=flood
+HOSTS=0
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 need() { [[ $# -ge 2 && -n "$2" ]] || { echo "demo.sh: $1 needs a value" >&2; exit 2; }; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -28,18 +32,24 @@ while [[ $# -gt 0 ]]; do
     --kill) need "$@"; KILL=$2; shift 2 ;;
     --fast) FAST=1; shift ;;
     --mode) need "$@"; MODE=$2; shift 2 ;;
+    --hosts) need "$@"; HOSTS=$2; shift 2 ;;
     --duration) need "$@"; DURATION=$2; shift 2 ;;
     --out) need "$@"; OUT=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
 done
-for v in SEEDS PEERS KILL; do
+for v in SEEDS PEERS KILL HOSTS; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "demo.sh: --${v,,} takes a whole number" >&2; exit 2; }
 done
 [[ -z "$DURATION" || $DURATION =~ ^[0-9]+$ ]] || { echo "demo.sh: --duration takes whole seconds" >&2; exit 2; }
 (( SEEDS >= 1 )) || { echo "demo.sh: at least one seed" >&2; exit 2; }
 [[ $MODE == flood || $MODE == tree ]] || { echo "demo.sh: --mode is flood or tree (gossip.mode)" >&2; exit 2; }
+if (( HOSTS )); then
+  (( HOSTS >= 2 )) || { echo "demo.sh: --hosts needs at least 2 (seeds on one, peers on the others)" >&2; exit 2; }
+  [[ $(id -u) == 0 ]] || { echo "demo.sh: --hosts builds network namespaces and needs root" >&2; exit 2; }
+  command -v ip >/dev/null || { echo "demo.sh: --hosts needs ip (iproute2)" >&2; exit 2; }
+fi
 (( KILL <= PEERS )) || { echo "demo.sh: cannot kill more peers than there are" >&2; exit 2; }
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -84,13 +94,28 @@ next_port() { # sets FREE (not echoed: a subshell would lose the counter)
   FREE=$PORT; PORT=$(( PORT + 1 ))
 }
 
-SEED_ADDRS=(); for ((i = 0; i < SEEDS; i++)); do next_port; SEED_ADDRS+=("127.0.0.1:$FREE"); done
-PEER_ADDRS=(); for ((i = 0; i < PEERS; i++)); do next_port; PEER_ADDRS+=("127.0.0.1:$FREE"); done
+NS_PREFIX="gd$$"
+declare -A NS_OF=()
+if (( HOSTS )); then
+  # Host h is namespace ${NS_PREFIX}h$h at 10.78.<pid % 200>.<h + 1>; seeds on host 0, peers
+  # round-robin over the others, each host's ports counting up from 9001 (seeds), 9101 (peers).
+  NET="10.78.$(( $$ % 200 ))"
+  host_ip() { echo "$NET.$(( $1 + 1 ))"; }
+  SEED_ADDRS=(); for ((i = 0; i < SEEDS; i++)); do
+    a="$(host_ip 0):$(( 9001 + i ))"; SEED_ADDRS+=("$a"); NS_OF[$a]=${NS_PREFIX}h0; done
+  PEER_ADDRS=(); for ((i = 0; i < PEERS; i++)); do
+    h=$(( 1 + i % (HOSTS - 1) )); a="$(host_ip $h):$(( 9101 + i / (HOSTS - 1) ))"
+    PEER_ADDRS+=("$a"); NS_OF[$a]=${NS_PREFIX}h$h; done
+else
+  SEED_ADDRS=(); for ((i = 0; i < SEEDS; i++)); do next_port; SEED_ADDRS+=("127.0.0.1:$FREE"); done
+  PEER_ADDRS=(); for ((i = 0; i < PEERS; i++)); do next_port; PEER_ADDRS+=("127.0.0.1:$FREE"); done
+fi
 {
   printf 'seeds: ['; printf '"%s", ' "${SEED_ADDRS[@]}" | sed 's/, $//'; printf ']\n'
   echo "gossip:   ${GOSSIP% \}}, mode: $MODE }"
   echo "liveness: $LIVENESS"
   echo "peer:     { max_neighbours: 4, selection: random }"
+  if (( HOSTS )); then echo "limits:   { loopback_exempt: false }"; fi
   echo "pow:      $POW"
   echo "stats:    $STATS"
 } > "$OUT/seeds.yaml"
@@ -108,6 +133,10 @@ cleanup() {
     (( alive )) || break; sleep 0.1
   done
   for pid in "${ALL_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  if (( HOSTS )); then
+    for ((h = 0; h < HOSTS; h++)); do ip netns del "${NS_PREFIX}h$h" 2>/dev/null || true; done
+    ip netns del "${NS_PREFIX}br" 2>/dev/null || true
+  fi
 }
 STARTED=0
 final_report() {
@@ -125,8 +154,25 @@ interrupted() {
 trap interrupted INT TERM
 trap cleanup EXIT
 
+build_hosts() { # one bridge namespace, HOSTS host namespaces each linked to it by a veth pair
+  local br=${NS_PREFIX}br h ns
+  ip netns add "$br"; ip -n "$br" link add br0 type bridge; ip -n "$br" link set br0 up
+  for ((h = 0; h < HOSTS; h++)); do
+    ns=${NS_PREFIX}h$h
+    ip netns add "$ns"
+    ip link add "${NS_PREFIX}a$h" netns "$ns" type veth peer name "${NS_PREFIX}b$h" netns "$br"
+    ip -n "$ns" addr add "$(host_ip $h)/24" dev "${NS_PREFIX}a$h"
+    ip -n "$ns" link set "${NS_PREFIX}a$h" up; ip -n "$ns" link set lo up
+    ip -n "$br" link set "${NS_PREFIX}b$h" master br0; ip -n "$br" link set "${NS_PREFIX}b$h" up
+  done
+}
+if (( HOSTS )); then
+  echo "building $HOSTS hosts: network namespaces ${NS_PREFIX}h0..h$(( HOSTS - 1 )) at $NET.1-$HOSTS, seeds on the first"
+  build_hosts
+fi
+
 start() { # role addr
-  "$BIN/$1" --addr "$2" --config "$OUT/seeds.yaml" --out-dir "$OUT" --log-file "$OUT/$1-${2//:/-}.log" \
+  ${NS_OF[$2]:+ip netns exec "${NS_OF[$2]}"} "$BIN/$1" --addr "$2" --config "$OUT/seeds.yaml" --out-dir "$OUT" --log-file "$OUT/$1-${2//:/-}.log" \
     > /dev/null 2>&1 &
   PID_OF[$2]=$!; ALL_PIDS+=($!)
   disown "$!"  # we stop and reap them ourselves; no "Killed" notices from bash

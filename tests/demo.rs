@@ -46,24 +46,50 @@ struct Reaper {
 
 impl Drop for Reaper {
     fn drop(&mut self) {
+        let pid = self.script.id();
         let _ = self.script.kill();
         let _ = self.script.wait();
         for pid in pids_mentioning(&self.run) {
             signal(pid, "CONT");
             signal(pid, "KILL");
         }
+        // The hosts demo's namespaces (`gd<its pid>…`), if it could not delete them itself.
+        for ns in namespaces_of(pid) {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
     }
+}
+
+/// The network namespaces a demo script with this PID built (`--hosts`).
+fn namespaces_of(pid: u32) -> Vec<String> {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return vec![];
+    };
+    let prefix = format!("gd{pid}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| {
+            n.strip_prefix(&prefix)
+                .is_some_and(|rest| rest == "br" || rest.starts_with('h'))
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 /// Starts `scripts/demo.sh` with `args` (and `--out`) on the test build's binaries, its
 /// stdout to a file: the reaper that kills it all on drop, the run directory, the stdout file.
 fn start_demo(out: &Path, args: &[&str]) -> (Reaper, PathBuf, PathBuf) {
+    start_script("scripts/demo.sh", out, args)
+}
+
+fn start_script(script: &str, out: &Path, args: &[&str]) -> (Reaper, PathBuf, PathBuf) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let bin = Path::new(env!("CARGO_BIN_EXE_peer")).parent().unwrap();
     let run = out.join("run");
     let stdout_path = out.join("stdout");
     let script = Command::new("bash")
-        .arg(root.join("scripts/demo.sh"))
+        .arg(root.join(script))
         .args(args)
         .arg("--out")
         .arg(&run)
@@ -257,4 +283,45 @@ fn a_demo_that_kills_nothing_ends_without_a_detection_wait_and_its_live_line_mat
         stdout.contains("dead peers                 none"),
         "{stdout}"
     );
+}
+
+#[test]
+fn the_hosts_demo_runs_the_network_across_four_hosts_and_cleans_up() {
+    let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    let ip = Command::new("ip").arg("-V").output().is_ok();
+    if !root || !ip {
+        eprintln!("SKIPPED: the hosts demo needs root and ip (network namespaces)");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let args = ["--fast", "--peers", "6", "--kill", "2", "--duration", "25"];
+    let (mut reaper, run, _) = start_script("scripts/hosts-demo.sh", out.path(), &args);
+    let pid = reaper.script.id();
+    let status = ends_by_itself(&mut reaper);
+    assert!(status.success(), "hosts-demo.sh exited with {status}");
+    assert!(namespaces_of(pid).is_empty(), "namespaces left behind");
+
+    let report = Command::new(env!("CARGO_BIN_EXE_report"))
+        .arg(&run)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(r["peers"], 6, "{r}");
+    assert_eq!(r["coverage"], 1.0, "{r}");
+    assert_eq!(r["false_removals"], 0, "{r}");
+    assert_eq!(r["dead"].as_array().unwrap().len(), 2, "{r}");
+    // The peers ran on three hosts, the seeds on a fourth: four addresses, none loopback.
+    let ips: std::collections::BTreeSet<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rest = name.strip_suffix(".jsonl")?;
+            let rest = rest.strip_prefix("peer-").or(rest.strip_prefix("seed-"))?;
+            Some(rest.rsplit_once('-')?.0.to_string())
+        })
+        .collect();
+    assert_eq!(ips.len(), 4, "{ips:?}");
+    assert!(ips.iter().all(|i| !i.starts_with("127.")), "{ips:?}");
 }
