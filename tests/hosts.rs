@@ -58,7 +58,11 @@ fn host_ip(i: usize) -> String {
 impl Hosts {
     /// Builds `hosts` hosts on one bridge, or says why it cannot.
     fn build(hosts: usize) -> Result<Hosts, String> {
-        let prefix = format!("gn{}", std::process::id());
+        // Unique per test as well as per process: the tests of this file run at once, and
+        // namespace names are the one thing their hosts share.
+        static BUILT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("gn{}x{n}", std::process::id());
         let mut h = Hosts {
             keys: tempfile::tempdir().map_err(|e| e.to_string())?,
             prefix: prefix.clone(),
@@ -589,4 +593,121 @@ fn forward_with_delay() {
         });
     }
     std::thread::sleep(Duration::from_secs(secs));
+}
+
+/// Host `i`'s IPv6 address (a unique local address, inside the test's namespaces only).
+fn host_ip6(i: usize) -> String {
+    format!("fd77:{:x}::{}", std::process::id() % 0xffff, i + 1)
+}
+
+#[test]
+fn a_network_across_hosts_over_ipv6_registers_gossips_and_removes_the_dead() {
+    if !root() {
+        eprintln!("SKIPPED: building hosts needs root (network namespaces)");
+        return;
+    }
+    let mut hosts = match Hosts::build(4) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot build test hosts: {e}");
+            return;
+        }
+    };
+    for i in 0..4 {
+        let ns = format!("{}h{i}", hosts.prefix);
+        let dev = format!("{}a{i}", hosts.prefix);
+        let cidr = format!("{}/64", host_ip6(i));
+        if let Err(e) = ip(&["-n", &ns, "addr", "add", &cidr, "dev", &dev, "nodad"]) {
+            eprintln!("SKIPPED: no IPv6 in the test hosts: {e}");
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let seeds: Vec<String> = (0..3)
+        .map(|k| format!("[{}]:{}", host_ip6(0), 9001 + k))
+        .collect();
+    let list: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+    let config = dir.path().join("seeds.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "seeds: [{}]\ngossip: {{ interval: 300ms, count: 12 }}\nliveness: {{ interval: 300ms, misses: 3, probe_timeout: 1s }}\npow: {{ difficulty: 8, timeout: 3s }}\nlimits: {{ loopback_exempt: false }}\nstats: {{ interval: 1s }}\n",
+            list.join(", ")
+        ),
+    )
+    .unwrap();
+    let common = |addr: String| {
+        vec![
+            "--addr".to_string(),
+            addr,
+            "--config".into(),
+            config.display().to_string(),
+            "--out-dir".into(),
+            out.display().to_string(),
+        ]
+    };
+    for (k, s) in seeds.iter().enumerate() {
+        let err = dir.path().join(format!("seed-{k}.stderr"));
+        hosts.spawn(0, env!("CARGO_BIN_EXE_seed"), &common(s.clone()), &err);
+    }
+    let mut pids = Vec::new();
+    for host in 1..4 {
+        for k in 0..2 {
+            let err = dir.path().join(format!("peer-{host}-{k}.stderr"));
+            let args = common(format!("[{}]:{}", host_ip6(host), 9101 + k));
+            pids.push(hosts.spawn(host, env!("CARGO_BIN_EXE_peer"), &args, &err));
+        }
+    }
+    wait_until(
+        "six peers on three IPv6 hosts registered with a majority",
+        || {
+            let files = peer_files(&out);
+            files.len() == 6
+                && files
+                    .iter()
+                    .all(|f| strs(&events(f), "registered_with", "seed").len() >= 2)
+        },
+    );
+    let files = peer_files(&out);
+    // Every message reaches every peer (gossip, or catch-up for what came before it linked).
+    wait_until("every message reaches every peer", || {
+        let all: Vec<_> = files.iter().map(|f| events(f)).collect();
+        let sent: Vec<String> = all
+            .iter()
+            .flat_map(|e| strs(e, "gossip_sent", "id"))
+            .collect();
+        sent.len() == 6 * 12
+            && all.iter().all(|e| {
+                let got = strs(e, "gossip_received", "id");
+                let mine = strs(e, "gossip_sent", "id");
+                sent.iter().all(|id| got.contains(id) || mine.contains(id))
+            })
+    });
+    let victim = format!("[{}]:9101", host_ip6(1));
+    let c = hosts
+        .children
+        .iter_mut()
+        .find(|c| c.id() == pids[0])
+        .unwrap();
+    c.kill().unwrap();
+    let _ = c.wait();
+    let seed_files: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("seed-") && n.ends_with(".jsonl")
+        })
+        .collect();
+    assert_eq!(seed_files.len(), 3, "{seed_files:?}");
+    wait_until("every seed removed the killed peer", || {
+        seed_files.iter().all(|f| {
+            let evs = events(f);
+            of(&evs, "removed")
+                .iter()
+                .any(|r| r["peer"].as_str() == Some(victim.as_str()))
+        })
+    });
 }
