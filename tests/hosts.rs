@@ -405,6 +405,8 @@ fn across_hosts_with_delay_and_loss_between_them_every_message_arrives_and_the_d
         }
     }
     let routes: Vec<String> = nodes.iter().map(|(_, b, a)| format!("{a}>{b}")).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("forwarder-ready");
     let forwarder = Command::new("ip")
         .args(["netns", "exec", &br])
         .arg(std::env::current_exe().unwrap())
@@ -413,13 +415,13 @@ fn across_hosts_with_delay_and_loss_between_them_every_message_arrives_and_the_d
             "GOSSIPNET_FORWARD",
             format!("{delay_ms} 10 300 {}", routes.join(" ")),
         )
+        .env("GOSSIPNET_FORWARD_READY", &ready)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     hosts.children.push(forwarder);
 
-    let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let seeds: Vec<String> = nodes[..3]
         .iter()
@@ -436,12 +438,7 @@ fn across_hosts_with_delay_and_loss_between_them_every_message_arrives_and_the_d
     )
     .unwrap();
     // Wait until the forwarder listens (a node would otherwise back off its first dials).
-    wait_until("the forwarder listens", || {
-        Command::new("ip")
-            .args(["netns", "exec", &br, "ss", "-ltn"])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).matches(":19").count() >= nodes.len())
-    });
+    wait_until("the forwarder listens", || ready.exists());
     let mut pids = Vec::new();
     for (i, (host, bind, adv)) in nodes.iter().enumerate() {
         let role = if i < 3 { "seed" } else { "peer" };
@@ -526,7 +523,8 @@ fn across_hosts_with_delay_and_loss_between_them_every_message_arrives_and_the_d
 /// Not a test on its own: run in the bridge namespace by the test above. `GOSSIPNET_FORWARD`
 /// is "DELAY_MS LATE_PER_THOUSAND SECS LISTEN>TARGET ...": every connection to LISTEN is passed
 /// to TARGET and back, each chunk held DELAY_MS, and that many in a thousand 200 ms more (order
-/// kept, as TCP keeps it after a loss); it stops after SECS.
+/// kept, as TCP keeps it after a loss); it stops after SECS. It creates the file
+/// `GOSSIPNET_FORWARD_READY` once it listens on every LISTEN.
 #[test]
 #[ignore]
 fn forward_with_delay() {
@@ -591,6 +589,9 @@ fn forward_with_delay() {
                 std::thread::spawn(move || pump(b, a, delay, late, seed * 2 + 2));
             }
         });
+    }
+    if let Ok(ready) = std::env::var("GOSSIPNET_FORWARD_READY") {
+        std::fs::write(ready, b"").unwrap();
     }
     std::thread::sleep(Duration::from_secs(secs));
 }
