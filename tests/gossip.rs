@@ -41,12 +41,10 @@ fn sent_after(net: &Net, peers: &[SocketAddr], after_ms: u64) -> Vec<(String, So
     v
 }
 
-#[test]
-fn every_message_reaches_every_peer_exactly_once() {
-    let mut net = Net::new(
-        3,
-        "gossip: { interval: 200ms, count: 30 }\nliveness: { interval: 500ms, misses: 3 }\npow: { difficulty: 8, timeout: 3s }",
-    );
+/// 3 seeds and 10 peers with `config`: the network once every peer has generated its `count`
+/// messages, its peers, and when the overlay was first connected.
+fn ten_peers_gossip(config: &str, count: usize) -> (Net, Vec<SocketAddr>, u64) {
+    let mut net = Net::new(3, config);
     net.start_seeds();
     for _ in 0..10 {
         net.start_peer();
@@ -56,11 +54,20 @@ fn every_message_reaches_every_peer_exactly_once() {
         overlay_connected(&net, &peers)
     });
     let connected_at = gossipnet::node::unix_ms();
-    wait_until("every peer generated its 30 messages", || {
+    wait_until("every peer generated its messages", || {
         peers
             .iter()
-            .all(|&p| of(&net.events("peer", p), "gossip_sent").len() == 30)
+            .all(|&p| of(&net.events("peer", p), "gossip_sent").len() == count)
     });
+    (net, peers, connected_at)
+}
+
+#[test]
+fn every_message_reaches_every_peer_exactly_once() {
+    let (net, peers, connected_at) = ten_peers_gossip(
+        "gossip: { interval: 200ms, count: 30 }\nliveness: { interval: 500ms, misses: 3 }\npow: { difficulty: 8, timeout: 3s }",
+        30,
+    );
     let sent = sent_after(&net, &peers, 0);
     assert_eq!(sent.len(), 300);
     // Texts and ids follow the assignment.
@@ -327,24 +334,10 @@ fn a_false_dead_report_is_refused() {
 
 #[test]
 fn tree_mode_delivers_every_message_to_every_peer_once_with_fewer_duplicates() {
-    let mut net = Net::new(
-        3,
+    let (net, peers, connected_at) = ten_peers_gossip(
         "gossip: { interval: 100ms, count: 40, mode: tree, sync_interval: 0s }\nliveness: { interval: 500ms, misses: 3 }\npow: { difficulty: 8, timeout: 3s }\nstats: { interval: 500ms }",
+        40,
     );
-    net.start_seeds();
-    for _ in 0..10 {
-        net.start_peer();
-    }
-    let peers = net.peers();
-    wait_until("the overlay is connected", || {
-        overlay_connected(&net, &peers)
-    });
-    let connected_at = gossipnet::node::unix_ms();
-    wait_until("every peer generated its 40 messages", || {
-        peers
-            .iter()
-            .all(|&p| of(&net.events("peer", p), "gossip_sent").len() == 40)
-    });
     // Catch-up is off: what arrives came by the tree (pushes and grafts).
     let late: Vec<_> = sent_after(&net, &peers, connected_at);
     assert!(late.len() > 100, "{}", late.len());
