@@ -66,11 +66,12 @@ fn a_peer_that_joins_after_the_conversation_receives_all_of_it() {
 
 #[test]
 fn a_peer_frozen_for_a_while_below_detection_misses_nothing() {
-    // Detection takes five missed rounds of a second; the freeze lasts two.
+    // Detection takes five missed rounds of two seconds; the freeze lasts five, while the
+    // others go on generating.
     let mut net = Net::new(
         2,
-        "gossip: { interval: 100ms, count: 40, sync_interval: 300ms }\n\
-         liveness: { interval: 1s, misses: 5, probe_timeout: 2s }\n\
+        "gossip: { interval: 100ms, count: 80, sync_interval: 300ms }\n\
+         liveness: { interval: 2s, misses: 5, probe_timeout: 2s }\n\
          pow: { difficulty: 8, timeout: 3s }",
     );
     net.start_seeds();
@@ -85,10 +86,10 @@ fn a_peer_frozen_for_a_while_below_detection_misses_nothing() {
             .all(|&p| !of(&net.events("peer", p), "gossip_sent").is_empty())
     });
     net.signal(frozen, "STOP");
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    std::thread::sleep(std::time::Duration::from_secs(5));
     net.signal(frozen, "CONT");
-    wait_until("every peer generated its 40 messages", || {
-        generated(&net, &peers).len() == 200
+    wait_until("every peer generated its 80 messages", || {
+        generated(&net, &peers).len() == 400
     });
     let all = generated(&net, &peers);
     wait_until("the frozen peer holds every other peer's item", || {
