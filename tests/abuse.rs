@@ -388,6 +388,50 @@ fn an_item_over_gossip_max_item_cuts_the_sender_off_and_goes_no_further() {
 }
 
 #[test]
+fn in_tree_mode_grafts_for_unknown_ids_cost_nothing_and_an_oversized_announcement_cuts_the_link() {
+    // Frames written by hand from docs/PROTOCOL.md: len u32 | tag | count u32 | count × 32-byte id
+    // (0x28 Graft, 0x27 IHave; at most 4,096 ids).
+    fn ids_frame(tag: u8, ids: &[[u8; 32]]) -> Vec<u8> {
+        let mut body = vec![tag];
+        body.extend_from_slice(&(ids.len() as u32).to_be_bytes());
+        for id in ids {
+            body.extend_from_slice(id);
+        }
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        frame
+    }
+    let (mut net, p, q) = honest_network(config("mode: tree", "", ""));
+    let base = baseline(net.pid(p));
+    let (mut s, _) = handshake_as(Role::Peer, addr(free_port()), p).unwrap();
+    let mut rng = rand::thread_rng();
+    let random_ids = |n: usize, rng: &mut rand::rngs::ThreadRng| -> Vec<[u8; 32]> {
+        (0..n)
+            .map(|_| {
+                let mut id = [0u8; 32];
+                rng.fill_bytes(&mut id);
+                id
+            })
+            .collect()
+    };
+    // Grafts for items p never had, the most one frame may ask: answered with nothing.
+    for _ in 0..20 {
+        s.write_all(&ids_frame(0x28, &random_ids(4096, &mut rng)))
+            .unwrap();
+    }
+    // One id over the bound in an announcement: Reject, and the link is closed.
+    let _ = s.write_all(&ids_frame(0x27, &random_ids(4097, &mut rng)));
+    let said = frames_in(&read_to_close(&mut s));
+    assert!(
+        said.iter().any(
+            |m| matches!(m, Msg::Reject { reason } if reason.contains("4097 ids in one frame"))
+        ),
+        "no Reject naming the bound: {said:?}"
+    );
+    still_healthy(&mut net, p, &base, p, q);
+}
+
+#[test]
 fn a_flood_of_connections_reset_before_they_are_read_does_not_stall_the_listener() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
