@@ -41,6 +41,23 @@ fn sent_after(net: &Net, peers: &[SocketAddr], after_ms: u64) -> Vec<(String, So
     v
 }
 
+/// Waits until each of `sent` (id, sender, text) reached every one of `peers` but its sender.
+fn wait_delivered_everywhere(
+    net: &Net,
+    peers: &[SocketAddr],
+    sent: &[(String, SocketAddr, String)],
+) {
+    wait_until("every message delivered everywhere", || {
+        let d = deliveries(net, peers);
+        sent.iter().all(|(id, from, _)| {
+            peers
+                .iter()
+                .filter(|p| *p != from)
+                .all(|p| d.get(id).is_some_and(|m| m.contains_key(p)))
+        })
+    });
+}
+
 /// 3 seeds and 10 peers with `config`: the network once every peer has generated its `count`
 /// messages, its peers, and when the overlay was first connected.
 fn ten_peers_gossip(config: &str, count: usize) -> (Net, Vec<SocketAddr>, u64) {
@@ -85,15 +102,7 @@ fn every_message_reaches_every_peer_exactly_once() {
     // Messages generated once the overlay was whole reach all nine other peers, once each.
     let late: Vec<_> = sent_after(&net, &peers, connected_at);
     assert!(!late.is_empty());
-    wait_until("every late message delivered everywhere", || {
-        let d = deliveries(&net, &peers);
-        late.iter().all(|(id, from, _)| {
-            peers
-                .iter()
-                .filter(|p| *p != from)
-                .all(|p| d.get(id).is_some_and(|m| m.contains_key(p)))
-        })
-    });
+    wait_delivered_everywhere(&net, &peers, &late);
     let d = deliveries(&net, &peers);
     for (id, from, _) in &sent {
         let got = d.get(id).cloned().unwrap_or_default();
@@ -341,18 +350,7 @@ fn tree_mode_delivers_every_message_to_every_peer_once_with_fewer_duplicates() {
     // Catch-up is off: what arrives came by the tree (pushes and grafts).
     let late: Vec<_> = sent_after(&net, &peers, connected_at);
     assert!(late.len() > 100, "{}", late.len());
-    wait_until(
-        "every message sent on the whole overlay delivered everywhere",
-        || {
-            let d = deliveries(&net, &peers);
-            late.iter().all(|(id, from, _)| {
-                peers
-                    .iter()
-                    .filter(|p| *p != from)
-                    .all(|p| d.get(id).is_some_and(|m| m.contains_key(p)))
-            })
-        },
-    );
+    wait_delivered_everywhere(&net, &peers, &late);
     let d = deliveries(&net, &peers);
     for (id, got) in &d {
         assert!(got.values().all(|&n| n == 1), "{id}: {got:?}");

@@ -91,6 +91,13 @@ impl Hosts {
         Ok(h)
     }
 
+    /// SIGKILLs the child with this PID (started by `spawn`) and reaps it.
+    fn kill(&mut self, pid: u32) {
+        let c = self.children.iter_mut().find(|c| c.id() == pid).unwrap();
+        c.kill().unwrap();
+        let _ = c.wait();
+    }
+
     fn spawn(&mut self, host: usize, bin: &str, args: &[String], stderr: &Path) -> u32 {
         let ns = format!("{}h{host}", self.prefix);
         let child = Command::new("ip")
@@ -343,13 +350,7 @@ fn a_network_across_four_hosts_registers_gossips_and_removes_the_dead() {
     assert!(status.success());
     let victim = format!("{}:9101", host_ip(1));
     let victim_pid = pids[0];
-    let c = hosts
-        .children
-        .iter_mut()
-        .find(|c| c.id() == victim_pid)
-        .unwrap();
-    c.kill().unwrap();
-    let _ = c.wait();
+    hosts.kill(victim_pid);
     wait_until("every seed removed the killed and the stopped peer", || {
         seeds.iter().all(|s| {
             let f = out.join(format!("seed-{}-{}.jsonl", s.ip(), s.port()));
@@ -512,13 +513,7 @@ fn across_hosts_with_delay_and_loss_between_them_every_message_arrives_and_the_d
     wait_all_delivered(&files, 6 * 16);
     // A peer killed on its host: the forwarder passes the broken link on; every seed removes it.
     let victim = nodes[3].2.clone();
-    let c = hosts
-        .children
-        .iter_mut()
-        .find(|c| c.id() == pids[3])
-        .unwrap();
-    c.kill().unwrap();
-    let _ = c.wait();
+    hosts.kill(pids[3]);
     wait_until("every seed removed the killed peer", || {
         nodes[..3].iter().all(|(_, _, s)| {
             let f = out.join(format!("seed-{}.jsonl", s.replace(':', "-")));
@@ -645,13 +640,7 @@ fn a_network_across_hosts_over_ipv6_registers_gossips_and_removes_the_dead() {
     // Every message reaches every peer (gossip, or catch-up for what came before it linked).
     wait_all_delivered(&files, 6 * 12);
     let victim = format!("[{}]:9101", host_ip6(1));
-    let c = hosts
-        .children
-        .iter_mut()
-        .find(|c| c.id() == pids[0])
-        .unwrap();
-    c.kill().unwrap();
-    let _ = c.wait();
+    hosts.kill(pids[0]);
     let seed_files: Vec<PathBuf> = std::fs::read_dir(&out)
         .unwrap()
         .flatten()

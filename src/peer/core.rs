@@ -553,21 +553,8 @@ impl PeerCore {
                 // Bounded like catch-up: a neighbour cannot have us send more than
                 // `gossip.sync_bytes` a round by grafting.
                 let interval = self.config.gossip.sync_interval.max(Duration::from_secs(1));
-                let per_window = self.config.gossip.sync_bytes;
-                let Some(link) = self.overlay.link_mut(conn) else {
-                    return;
-                };
-                let mut budget = link.catch_up.budget(now.mono, interval, per_window);
-                for id in ids {
-                    let Some(item) = self.history.get(&id) else {
-                        continue;
-                    };
-                    if budget == 0 {
-                        log::debug!("graft from {from} over this interval's bytes: not all sent");
-                        break;
-                    }
-                    budget = budget.saturating_sub(item.payload.len());
-                    link.catch_up.served += item.payload.len();
+                let wanted: Vec<u64> = ids.iter().map(short_id).collect();
+                for item in self.serve_from_history(conn, from, &wanted, interval, now) {
                     out.push(Action::Forward {
                         to: vec![conn],
                         msg: item.msg(),
@@ -628,6 +615,31 @@ impl PeerCore {
         ));
     }
 
+    /// The items of `wanted` (short ids) this peer offers, oldest first, within what the link
+    /// may still be sent this `interval` (`gossip.sync_bytes`): catch-up wants and tree grafts
+    /// share the budget.
+    fn serve_from_history(
+        &mut self,
+        conn: ConnId,
+        from: SocketAddr,
+        wanted: &[u64],
+        interval: Duration,
+        now: Now,
+    ) -> Vec<Item> {
+        let per_window = self.config.gossip.sync_bytes;
+        let Some(link) = self.overlay.link_mut(conn) else {
+            return vec![];
+        };
+        let budget = link.catch_up.budget(now.mono, interval, per_window);
+        if budget == 0 {
+            log::debug!("request for old items from {from} over this interval's bytes: not served");
+            return vec![];
+        }
+        let items = self.history.serve(wanted, budget);
+        link.catch_up.served += items.iter().map(|i| i.payload.len()).sum::<usize>();
+        items
+    }
+
     /// Catch-up frames from a neighbour (steps 2 to 4 of `history`).
     fn on_catch_up(
         &mut self,
@@ -679,20 +691,7 @@ impl PeerCore {
                 }
             }
             Msg::SyncWant { ids } => {
-                let per_window = self.config.gossip.sync_bytes;
-                let Some(link) = self.overlay.link_mut(conn) else {
-                    return;
-                };
-                let budget = link.catch_up.budget(now.mono, interval, per_window);
-                if budget == 0 {
-                    log::debug!(
-                        "catch-up request from {from} over this interval's bytes: not served"
-                    );
-                    return;
-                }
-                let items = self.history.serve(&ids, budget);
-                link.catch_up.served += items.iter().map(|i| i.payload.len()).sum::<usize>();
-                for item in items {
+                for item in self.serve_from_history(conn, from, &ids, interval, now) {
                     out.push(Action::send(
                         conn,
                         Msg::SyncItem {

@@ -208,15 +208,6 @@ impl History {
         self.bound();
     }
 
-    /// The item with this id, if this peer offers it.
-    pub fn get(&self, id: &[u8; 32]) -> Option<Item> {
-        self.buckets[bucket_of(short_id(id))]
-            .items
-            .iter()
-            .find(|h| h.offered && &h.id == id)
-            .map(Held::item)
-    }
-
     /// The newest `max` items of `data_type`, oldest first (for a local client that has just
     /// subscribed).
     pub fn recent_of_type(&self, data_type: u16, max: usize) -> Vec<Item> {

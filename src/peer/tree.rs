@@ -68,10 +68,6 @@ impl Tree {
         !self.lazy.contains(addr)
     }
 
-    pub fn lazy_count(&self) -> usize {
-        self.lazy.len()
-    }
-
     /// A neighbour link came up or went: either way it starts over as eager.
     pub fn reset(&mut self, addr: &SocketAddr) {
         self.lazy.remove(addr);
