@@ -12,7 +12,7 @@ use log::{Level, LevelFilter};
 use rand::SeedableRng;
 
 use crate::config::Config;
-use crate::keys::NodeKey;
+use crate::keys::{NodeKey, SeedKeys};
 use crate::net::{Identity, Runtime};
 use crate::node::{unix_ms, Core};
 use crate::output::Output;
@@ -291,16 +291,34 @@ pub fn run(role: Role, args: CommonArgs, api_addr: Option<SocketAddr>) -> Result
         .clone()
         .unwrap_or_else(|| crate::keys::default_path(role, &addr));
     let key = NodeKey::load_or_create(&key_path).map_err(|e| Failure::Usage(e.to_string()))?;
+    if let Some(listed) = config.seed_keys.get(&addr) {
+        if *listed != key.public() {
+            return Err(Failure::Usage(format!(
+                "{} lists key {} for {addr}, but the key file {} holds key {}: give this seed its own key file, or list its key (seed --print-key)",
+                args.config.display(),
+                hex::encode(listed),
+                key_path.display(),
+                key.public_hex()
+            )));
+        }
+    }
+    let seed_keys = SeedKeys::load(
+        config.seed_keys.clone(),
+        Some(crate::keys::known_seeds_path(&key_path)),
+    )
+    .map_err(|e| Failure::Usage(e.to_string()))?;
     let output = Output::create(&args.out_dir, role, &addr, true).map_err(|e| {
         Failure::Runtime(format!(
             "cannot create output files in {}: {e}",
             args.out_dir.display()
         ))
     })?;
+    let public_hex = key.public_hex();
     let identity = Identity {
         role,
         addr,
         incarnation: unix_ms(),
+        key: std::sync::Arc::new(key),
     };
     let (tx, rx) = crossbeam_channel::bounded::<()>(1);
     ctrlc::set_handler(move || {
@@ -315,29 +333,26 @@ pub fn run(role: Role, args: CommonArgs, api_addr: Option<SocketAddr>) -> Result
     match role {
         Role::Seed => {
             let mut core = SeedCore::new(addr, config.clone(), rand::rngs::StdRng::from_entropy());
-            core.set_key(key.public_hex());
-            serve(core, listener, None, identity, config, output, rx)
+            core.set_key(public_hex);
+            let rt = Runtime::start(core, listener, identity, seed_keys, config, output);
+            serve(rt, None, rx)
         }
         Role::Peer => {
             let rng = rand::rngs::StdRng::from_entropy();
             let mut core = PeerCore::new(addr, config.clone(), rng);
-            core.set_key(key.public_hex());
-            serve(core, listener, api, identity, config, output, rx)
+            core.set_key(public_hex);
+            let rt = Runtime::start(core, listener, identity, seed_keys, config, output);
+            serve(rt, api, rx)
         }
     }
     Ok(())
 }
 
 fn serve<C: Core>(
-    core: C,
-    listener: TcpListener,
+    rt: std::sync::Arc<Runtime<C>>,
     api: Option<TcpListener>,
-    identity: Identity,
-    config: Config,
-    output: Output,
     stop: crossbeam_channel::Receiver<()>,
 ) {
-    let rt = Runtime::start(core, listener, identity, config, output);
     if let Some(api) = api {
         if let Ok(a) = api.local_addr() {
             log::info!("application API listening on {a}");

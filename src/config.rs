@@ -6,6 +6,7 @@
 //! are errors. This module reads no sockets and starts nothing: a config that fails here
 //! leaves nothing half-started.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -158,6 +159,9 @@ pub struct SeedConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub seeds: Vec<SocketAddr>,
+    /// The keys `seeds.yaml` gives for seeds (those listed without one are pinned on first
+    /// use).
+    pub seed_keys: BTreeMap<SocketAddr, crate::wire::PublicKey>,
     pub gossip: GossipConfig,
     pub liveness: LivenessConfig,
     pub peer: PeerConfig,
@@ -203,7 +207,15 @@ impl Config {
             // is a source snippet, which does not fit a one-line error.
             let first = e.to_string();
             let first = first.lines().next().unwrap_or("invalid YAML").to_string();
-            ConfigError(first.trim_start_matches("error: ").to_string())
+            let first = first.trim_start_matches("error: ");
+            // An entry of `seeds` that is neither form: say what the forms are.
+            if let Some(at) = first.strip_suffix("data did not match any variant of untagged enum RawSeedEntry") {
+                return ConfigError(format!(
+                    "seeds: an entry must be \"IP:PORT\" or {{ addr: \"IP:PORT\", key: \"<64 hex characters>\" }} ({})",
+                    at.trim().trim_end_matches(':')
+                ));
+            }
+            ConfigError(first.to_string())
         })?;
         raw.validate()
     }
@@ -220,7 +232,7 @@ type Leaf = Option<Spanned<String>>;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    seeds: Option<Spanned<Vec<Spanned<String>>>>,
+    seeds: Option<Spanned<Vec<Spanned<RawSeedEntry>>>>,
     gossip: Option<RawGossip>,
     liveness: Option<RawLiveness>,
     peer: Option<RawPeer>,
@@ -229,6 +241,21 @@ struct RawConfig {
     seed: Option<RawSeed>,
     stats: Option<RawStats>,
     api: Option<RawApi>,
+}
+
+/// A seed as `"ip:port"` or as `{ addr: "ip:port", key: "<hex>" }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSeedEntry {
+    Addr(String),
+    Keyed(RawKeyedSeed),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyedSeed {
+    addr: String,
+    key: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -534,8 +561,24 @@ impl RawConfig {
             )));
         }
         let mut seeds = Vec::with_capacity(seed_list.value.len());
-        for leaf in &seed_list.value {
+        let mut seed_keys = BTreeMap::new();
+        for entry in &seed_list.value {
+            let (text, key) = match &entry.value {
+                RawSeedEntry::Addr(a) => (a.clone(), None),
+                RawSeedEntry::Keyed(k) => (k.addr.clone(), k.key.clone()),
+            };
+            let leaf = &Spanned::new(text, entry.referenced, entry.defined);
             let addr = seed_addr(leaf)?;
+            if let Some(key) = key {
+                let key = crate::keys::parse_public(&key).ok_or_else(|| {
+                    ConfigError(format!(
+                        "seeds: the key of \"{}\" must be 64 hex characters (an Ed25519 public key, as `seed --print-key` prints it), got \"{key}\" {}",
+                        leaf.value,
+                        at(leaf)
+                    ))
+                })?;
+                seed_keys.insert(addr, key);
+            }
             if addr.port() == 0 {
                 return Err(ConfigError(format!(
                     "seeds: port 0 is not a reachable address: \"{}\" {}",
@@ -791,6 +834,7 @@ impl RawConfig {
 
         Ok(Config {
             seeds,
+            seed_keys,
             gossip,
             liveness,
             peer,
@@ -846,6 +890,29 @@ mod tests {
 
     fn err(text: &str) -> String {
         Config::parse(text).unwrap_err().0
+    }
+
+    #[test]
+    fn seeds_may_carry_their_keys() {
+        let key = crate::keys::NodeKey::from_secret([1; 32]).public_hex();
+        let c = Config::parse(&format!(
+            "seeds:\n  - {{ addr: \"127.0.0.1:9001\", key: \"{key}\" }}\n  - \"127.0.0.1:9002\"\n  - addr: \"127.0.0.1:9003\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.seeds.len(), 3);
+        assert_eq!(c.seed_keys.len(), 1);
+        assert_eq!(
+            hex::encode(c.seed_keys[&"127.0.0.1:9001".parse().unwrap()]),
+            key
+        );
+        let e =
+            err("seeds:\n  - \"127.0.0.1:9002\"\n  - { addr: \"127.0.0.1:9001\", key: \"abc\" }\n");
+        assert!(
+            e.contains("seeds") && e.contains("64 hex") && e.contains("line 3"),
+            "{e}"
+        );
+        let e = err("seeds:\n  - { addr: \"127.0.0.1:9001\", kee: \"abc\" }\n");
+        assert!(e.contains("seeds") && e.contains("line 2"), "{e}");
     }
 
     #[test]

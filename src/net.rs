@@ -29,7 +29,8 @@ use rand::{Rng, SeedableRng};
 use crate::api::ApiReader;
 use crate::config::Config;
 use crate::executor::{execute, Queue};
-use crate::handshake::{AcceptorHandshake, ConnectorIdentity, HandshakeError};
+use crate::handshake::{AcceptorHandshake, Admission, Connector, HandshakeError};
+use crate::keys::{NodeKey, SeedKeys};
 use crate::limits::{DifficultyChange, DifficultyController};
 use crate::node::{
     Action, CloseReason, ConnId, Core, DialError, Event, Now, Purpose, Record, Remote, TimerQueue,
@@ -112,11 +113,12 @@ struct ConnTable {
 }
 
 /// Who this node is.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Identity {
     pub role: Role,
     pub addr: SocketAddr,
     pub incarnation: u64,
+    pub key: Arc<NodeKey>,
 }
 
 pub struct Runtime<C: Core> {
@@ -133,6 +135,8 @@ pub struct Runtime<C: Core> {
     rng: Mutex<StdRng>,
     /// Admission difficulty, raised while flooded with handshakes.
     difficulty: Mutex<DifficultyController>,
+    /// The configured seeds' keys, given or pinned on first use.
+    seed_keys: Mutex<SeedKeys>,
     flusher: Flusher,
     /// The core's timers, and a condition variable that wakes the timer thread when one is set
     /// earlier than it sleeps.
@@ -155,6 +159,7 @@ impl<C: Core> Runtime<C> {
         core: C,
         listener: TcpListener,
         identity: Identity,
+        seed_keys: SeedKeys,
         config: Config,
         output: Output,
     ) -> Arc<Self> {
@@ -175,6 +180,7 @@ impl<C: Core> Runtime<C> {
                 Duration::from_secs(1),
                 Instant::now(),
             )),
+            seed_keys: Mutex::new(seed_keys),
             flusher: Flusher::default(),
             timers: Mutex::new(TimerQueue::default()),
             timers_changed: Condvar::new(),
@@ -481,21 +487,19 @@ impl<C: Core> Runtime<C> {
         drop(pending.take());
         match result {
             Ok((admitted, reader)) => {
+                let welcome = AcceptorHandshake::welcome(&self.identity.key, &admitted);
                 let remote = Remote {
                     addr: admitted.addr,
                     role: admitted.role,
                     incarnation: admitted.incarnation,
+                    key: admitted.key,
                     dialed: None,
                 };
                 // `Welcome` goes out as the first queued frame, after the core has taken the
                 // link: by the time the connector sees it, this side already forwards to it.
-                self.run_connection(
-                    stream,
-                    reader,
-                    Some(Msg::Welcome),
-                    remote.addr,
-                    move |conn| Event::Connected { conn, remote },
-                );
+                self.run_connection(stream, reader, Some(welcome), remote.addr, move |conn| {
+                    Event::Connected { conn, remote }
+                });
             }
             Err(reason) => {
                 // Logged before the close, so whoever sees the close can find the reason.
@@ -522,7 +526,13 @@ impl<C: Core> Runtime<C> {
         }
         let hs = {
             let mut rng = self.rng.lock();
-            AcceptorHandshake::new(&mut *rng, difficulty, self.identity.addr, deadline)
+            AcceptorHandshake::new(
+                &mut *rng,
+                difficulty,
+                self.identity.addr,
+                self.identity.key.public(),
+                deadline,
+            )
         };
         write_frame(stream, &hs.challenge_msg()).map_err(|e| format!("write failed: {e}"))?;
         let mut reader = FrameReader::new(self.config.limits.max_frame);
@@ -534,24 +544,64 @@ impl<C: Core> Runtime<C> {
                     e => e.to_string(),
                 },
             )?;
-        let admitted = hs
-            .on_hello(
-                msg,
-                Instant::now(),
-                &self.config.seeds,
+        let admitted = {
+            let seed_keys = self.seed_keys.lock();
+            let ctx = Admission {
+                seeds: &self.config.seeds,
+                seed_keys: &seed_keys,
                 from,
-                self.config.limits.loopback_exempt,
-            )
-            .map_err(|e| e.to_string())?;
+                loopback_exempt: self.config.limits.loopback_exempt,
+            };
+            hs.on_hello(msg, Instant::now(), &ctx)
+                .map_err(|e| e.to_string())?
+        };
+        if admitted.pin {
+            self.pin_seed_key(admitted.addr, admitted.key)
+                .map_err(|e| e.to_string())?;
+        }
         Ok((admitted, reader))
+    }
+
+    /// Trust on first use: pins the key a seed listed without one showed in a completed
+    /// handshake, with a warning. Refuses the key if another node sharing the pin file
+    /// pinned a different one first.
+    fn pin_seed_key(
+        &self,
+        addr: SocketAddr,
+        key: crate::wire::PublicKey,
+    ) -> Result<(), HandshakeError> {
+        let standing =
+            self.seed_keys.lock().pin(addr, key).map_err(|e| {
+                HandshakeError::Refused(format!("cannot pin the key of {addr}: {e}"))
+            })?;
+        if standing != key {
+            return Err(HandshakeError::WrongKey {
+                addr,
+                expected: standing,
+                shown: key,
+            });
+        }
+        let hex = hex::encode(key);
+        log::warn!(
+            "seed {addr} is listed without a key: trusting the key it showed, {hex}, from now on (pinned); list it in seeds.yaml as {{ addr: \"{addr}\", key: \"{hex}\" }}"
+        );
+        self.output.record(
+            Record::new("key_pinned")
+                .field("seed", addr.to_string())
+                .field("key", hex.clone())
+                .line(format!(
+                    "Seed {addr} listed without a key: pinned the key it showed, {hex}"
+                )),
+        );
+        Ok(())
     }
 
     // ---------------------------------------------------------------- dialing
 
     fn dial(self: &Arc<Self>, addr: SocketAddr, purpose: Purpose) {
         let r = self.clone();
-        self.spawn("dial", move || match r.connect(addr) {
-            Ok((stream, reader)) => {
+        self.spawn("dial", move || match r.connect(addr, purpose) {
+            Ok((stream, reader, key)) => {
                 let _slot = {
                     r.counters.connections.fetch_add(1, Ordering::Relaxed);
                     CountGuard(&r.counters.connections)
@@ -564,6 +614,7 @@ impl<C: Core> Runtime<C> {
                     addr,
                     role,
                     incarnation: 0,
+                    key,
                     dialed: Some(purpose),
                 };
                 r.run_connection(stream, reader, None, addr, move |conn| Event::Connected {
@@ -583,7 +634,13 @@ impl<C: Core> Runtime<C> {
     }
 
     /// Dials `addr` and completes the handshake as the connector (solving on this thread).
-    fn connect(&self, addr: SocketAddr) -> Result<(TcpStream, FrameReader), DialError> {
+    /// A seed must show its configured or pinned key (or is pinned now, on first use).
+    /// Returns the remote's proven key.
+    fn connect(
+        &self,
+        addr: SocketAddr,
+        purpose: Purpose,
+    ) -> Result<(TcpStream, FrameReader, crate::wire::PublicKey), DialError> {
         let timeout = self.config.pow.timeout;
         let deadline = Instant::now() + timeout;
         let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| match e.kind() {
@@ -594,34 +651,40 @@ impl<C: Core> Runtime<C> {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(timeout));
         let mut reader = FrameReader::new(self.config.limits.max_frame);
-        let me = ConnectorIdentity {
+        let me = Connector {
             role: self.identity.role,
             addr: self.identity.addr,
             incarnation: self.identity.incarnation,
+            key: &self.identity.key,
+            max_difficulty: self.config.pow.max_difficulty,
+        };
+        let to_seed = matches!(purpose, Purpose::Register | Purpose::SeedLink);
+        let expected = if to_seed {
+            self.seed_keys.lock().expected(&addr)
+        } else {
+            None
         };
         let msg = read_frame_until(&stream, &mut reader, deadline, &self.counters)?;
-        let puzzle = me
-            .on_challenge(msg)
-            .map_err(|e| DialError::Handshake(e.to_string()))?;
-        if puzzle.acceptor != addr {
-            return Err(DialError::Handshake(format!(
-                "dialed {addr} but it says it is {}",
-                puzzle.acceptor
-            )));
-        }
+        let puzzle = me.on_challenge(msg, addr, expected).map_err(|e| match e {
+            HandshakeError::Refused(reason) => DialError::Rejected(reason),
+            e => DialError::Handshake(e.to_string()),
+        })?;
         let start = self.rng.lock().gen::<u64>();
-        let hello = me
+        let answer = me
             .solve(&puzzle, start, deadline)
             .ok_or(DialError::TimedOut)?;
-        write_frame(&stream, &hello)
+        write_frame(&stream, &answer.hello)
             .map_err(|e| DialError::Handshake(format!("write failed: {e}")))?;
-        match read_frame_until(&stream, &mut reader, deadline, &self.counters)? {
-            Msg::Welcome => Ok((stream, reader)),
-            Msg::Reject { reason } => Err(DialError::Rejected(reason)),
-            other => Err(DialError::Handshake(
-                HandshakeError::Unexpected(other.name()).to_string(),
-            )),
+        let last = read_frame_until(&stream, &mut reader, deadline, &self.counters)?;
+        me.on_welcome(last, &puzzle, &answer).map_err(|e| match e {
+            HandshakeError::Refused(reason) => DialError::Rejected(reason),
+            e => DialError::Handshake(e.to_string()),
+        })?;
+        if to_seed && expected.is_none() {
+            self.pin_seed_key(addr, puzzle.acceptor_key)
+                .map_err(|e| DialError::Handshake(e.to_string()))?;
         }
+        Ok((stream, reader, puzzle.acceptor_key))
     }
 
     // ---------------------------------------------------------------- established

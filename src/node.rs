@@ -97,6 +97,8 @@ pub struct Remote {
     pub role: Role,
     /// The connector's incarnation from `Hello` (0 when we are the connector).
     pub incarnation: u64,
+    /// Its public key, as proven by its signature in the handshake.
+    pub key: crate::wire::PublicKey,
     /// `Some(purpose)` when we dialed it, `None` when it connected to us.
     pub dialed: Option<Purpose>,
 }

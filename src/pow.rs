@@ -1,10 +1,11 @@
 //! Proof-of-work admission: challenge, solve, verify. Pure functions over bytes.
 //!
 //! The connector must find a `nonce` such that
-//! `SHA-256(challenge ‖ len ‖ connector ‖ len ‖ acceptor ‖ nonce_be64)` has `difficulty`
-//! leading zero bits, where both addresses are their `ip:port` text, each after a one-byte
-//! length. Binding both addresses means a solution is good for one pair of nodes and one
-//! fresh challenge only; verifying costs one hash.
+//! `SHA-256(challenge ‖ key ‖ len ‖ connector ‖ len ‖ acceptor ‖ nonce_be64)` has `difficulty`
+//! leading zero bits, where `key` is the connector's public key and both addresses are their
+//! `ip:port` text, each after a one-byte length. Binding the key and both addresses means a
+//! solution is good for one key, one pair of nodes and one fresh challenge only; verifying
+//! costs one hash.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -14,9 +15,21 @@ use sha2::{Digest, Sha256};
 /// Hashes tried between two looks at the deadline.
 const DEADLINE_CHECK_EVERY: u64 = 1 << 14;
 
-fn prefix(challenge: &[u8; 32], connector: &SocketAddr, acceptor: &SocketAddr) -> Sha256 {
+/// Who solves, for whom: the fixed part of every hash.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound<'a> {
+    pub challenge: &'a [u8; 32],
+    /// The connector's public key.
+    pub key: &'a [u8; 32],
+    pub connector: &'a SocketAddr,
+    pub acceptor: &'a SocketAddr,
+}
+
+fn prefix(b: Bound<'_>) -> Sha256 {
     let mut h = Sha256::new();
-    h.update(challenge);
+    h.update(b.challenge);
+    h.update(b.key);
+    let (connector, acceptor) = (b.connector, b.acceptor);
     for addr in [connector, acceptor] {
         let s = addr.to_string();
         h.update([s.len() as u8]);
@@ -39,15 +52,9 @@ pub fn leading_zero_bits(digest: &[u8]) -> u32 {
     bits
 }
 
-/// One hash: does `nonce` meet `difficulty` for this challenge and pair of addresses?
-pub fn verify(
-    challenge: &[u8; 32],
-    connector: &SocketAddr,
-    acceptor: &SocketAddr,
-    difficulty: u8,
-    nonce: u64,
-) -> bool {
-    let mut h = prefix(challenge, connector, acceptor);
+/// One hash: does `nonce` meet `difficulty` for this challenge, key and pair of addresses?
+pub fn verify(bound: Bound<'_>, difficulty: u8, nonce: u64) -> bool {
+    let mut h = prefix(bound);
     h.update(nonce.to_be_bytes());
     leading_zero_bits(&h.finalize()) >= difficulty as u32
 }
@@ -55,14 +62,12 @@ pub fn verify(
 /// Searches nonces from `start` until one meets `difficulty`. Returns `None` when the deadline
 /// passes first. The hash state after the fixed prefix is computed once and cloned per try.
 pub fn solve(
-    challenge: &[u8; 32],
-    connector: &SocketAddr,
-    acceptor: &SocketAddr,
+    bound: Bound<'_>,
     difficulty: u8,
     start: u64,
     deadline: Option<Instant>,
 ) -> Option<u64> {
-    let base = prefix(challenge, connector, acceptor);
+    let base = prefix(bound);
     let mut nonce = start;
     let mut tried: u64 = 0;
     loop {
@@ -91,6 +96,17 @@ mod tests {
         s.parse().unwrap()
     }
 
+    const K: [u8; 32] = [9; 32];
+
+    fn b<'a>(c: &'a [u8; 32], x: &'a SocketAddr, y: &'a SocketAddr) -> Bound<'a> {
+        Bound {
+            challenge: c,
+            key: &K,
+            connector: x,
+            acceptor: y,
+        }
+    }
+
     #[test]
     fn zero_bits() {
         assert_eq!(leading_zero_bits(&[0, 0, 0x80]), 16);
@@ -103,31 +119,40 @@ mod tests {
     fn solve_then_verify() {
         let c = [42u8; 32];
         let (x, y) = (a("127.0.0.1:9101"), a("127.0.0.1:9001"));
-        let nonce = solve(&c, &x, &y, 12, 0, None).unwrap();
-        assert!(verify(&c, &x, &y, 12, nonce));
+        let nonce = solve(b(&c, &x, &y), 12, 0, None).unwrap();
+        assert!(verify(b(&c, &x, &y), 12, nonce));
     }
 
     #[test]
-    fn a_solution_is_bound_to_challenge_and_both_addresses() {
+    fn a_solution_is_bound_to_challenge_key_and_both_addresses() {
         let c = [1u8; 32];
         let (x, y) = (a("127.0.0.1:9101"), a("127.0.0.1:9001"));
-        let nonce = solve(&c, &x, &y, 16, 0, None).unwrap();
+        let nonce = solve(b(&c, &x, &y), 16, 0, None).unwrap();
         // With 16 bits, a random other input passes with probability 2^-16.
-        assert!(!verify(&[2u8; 32], &x, &y, 16, nonce));
-        assert!(!verify(&c, &a("127.0.0.1:9102"), &y, 16, nonce));
-        assert!(!verify(&c, &x, &a("127.0.0.1:9002"), 16, nonce));
+        assert!(!verify(b(&[2u8; 32], &x, &y), 16, nonce));
+        assert!(!verify(b(&c, &a("127.0.0.1:9102"), &y), 16, nonce));
+        assert!(!verify(b(&c, &x, &a("127.0.0.1:9002")), 16, nonce));
+        let other_key = [8u8; 32];
+        let with_other_key = Bound {
+            key: &other_key,
+            ..b(&c, &x, &y)
+        };
+        assert!(!verify(with_other_key, 16, nonce));
     }
 
     #[test]
     fn difficulty_zero_accepts_anything() {
         let (x, y) = (a("127.0.0.1:1"), a("127.0.0.1:2"));
-        assert!(verify(&[0; 32], &x, &y, 0, 99));
+        assert!(verify(b(&[0; 32], &x, &y), 0, 99));
     }
 
     #[test]
     fn the_deadline_stops_the_search() {
         let (x, y) = (a("127.0.0.1:1"), a("127.0.0.1:2"));
         // 64 bits cannot be found; an already-passed deadline returns promptly.
-        assert_eq!(solve(&[0; 32], &x, &y, 64, 0, Some(Instant::now())), None);
+        assert_eq!(
+            solve(b(&[0; 32], &x, &y), 64, 0, Some(Instant::now())),
+            None
+        );
     }
 }

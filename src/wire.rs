@@ -9,14 +9,19 @@ use std::fmt;
 use std::net::SocketAddr;
 
 /// Protocol versions this build speaks (negotiated in the handshake).
-pub const PROTOCOL_VERSION: u16 = 1;
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 /// Bytes of the length prefix.
 pub const LEN_PREFIX: usize = 4;
 /// Bound on entries in one peer list or sync frame, so one frame stays far below the limit.
 pub const MAX_LIST_ENTRIES: usize = 16_384;
 /// Bound on the reason text of a Reject and on assignment texts (liveness, dead node).
 pub const MAX_TEXT: usize = 1024;
+
+/// An Ed25519 public key: a node's identity.
+pub type PublicKey = [u8; 32];
+/// An Ed25519 signature.
+pub type Signature = [u8; 64];
 
 /// A gossip item's payload: one allocation, shared by reference wherever the item goes (every
 /// neighbour's frame, the young-link memory, an item waiting for validation).
@@ -85,18 +90,25 @@ pub enum Msg {
         difficulty: u8,
         challenge: [u8; 32],
         acceptor: SocketAddr,
+        /// The acceptor's public key (proven by the signature in `Welcome`).
+        acceptor_key: PublicKey,
     },
-    /// Connector → acceptor: who I am and the proof of work.
+    /// Connector → acceptor: who I am, the proof of work, and my signature over the
+    /// transcript (the challenge and everything above the signature).
     Hello {
         version: u16,
         role: Role,
         addr: SocketAddr,
         incarnation: u64,
         challenge: [u8; 32],
+        key: PublicKey,
         nonce: u64,
+        signature: Signature,
     },
-    /// Acceptor → connector: admitted.
-    Welcome,
+    /// Acceptor → connector: admitted, signed over the same transcript.
+    Welcome {
+        signature: Signature,
+    },
     /// Either way: refused, with a reason for the log; the connection closes.
     Reject {
         reason: String,
@@ -207,7 +219,7 @@ impl Msg {
         match self {
             Msg::Challenge { .. } => "Challenge",
             Msg::Hello { .. } => "Hello",
-            Msg::Welcome => "Welcome",
+            Msg::Welcome { .. } => "Welcome",
             Msg::Reject { .. } => "Reject",
             Msg::Register => "Register",
             Msg::Registered => "Registered",
@@ -248,6 +260,7 @@ impl Msg {
                 difficulty,
                 challenge,
                 acceptor,
+                acceptor_key,
             } => {
                 out.push(tag::CHALLENGE);
                 out.extend_from_slice(&min_version.to_be_bytes());
@@ -255,6 +268,7 @@ impl Msg {
                 out.push(*difficulty);
                 out.extend_from_slice(challenge);
                 put_addr(out, acceptor);
+                out.extend_from_slice(acceptor_key);
             }
             Msg::Hello {
                 version,
@@ -262,7 +276,9 @@ impl Msg {
                 addr,
                 incarnation,
                 challenge,
+                key,
                 nonce,
+                signature,
             } => {
                 out.push(tag::HELLO);
                 out.extend_from_slice(&version.to_be_bytes());
@@ -270,9 +286,14 @@ impl Msg {
                 put_addr(out, addr);
                 out.extend_from_slice(&incarnation.to_be_bytes());
                 out.extend_from_slice(challenge);
+                out.extend_from_slice(key);
                 out.extend_from_slice(&nonce.to_be_bytes());
+                out.extend_from_slice(signature);
             }
-            Msg::Welcome => out.push(tag::WELCOME),
+            Msg::Welcome { signature } => {
+                out.push(tag::WELCOME);
+                out.extend_from_slice(signature);
+            }
             Msg::Reject { reason } => {
                 out.push(tag::REJECT);
                 put_str(out, truncate(reason, MAX_TEXT));
@@ -397,6 +418,7 @@ impl Msg {
                 difficulty: r.u8()?,
                 challenge: r.array32()?,
                 acceptor: r.addr()?,
+                acceptor_key: r.array32()?,
             },
             tag::HELLO => Msg::Hello {
                 version: r.u16()?,
@@ -408,9 +430,13 @@ impl Msg {
                 addr: r.addr()?,
                 incarnation: r.u64()?,
                 challenge: r.array32()?,
+                key: r.array32()?,
                 nonce: r.u64()?,
+                signature: r.array64()?,
             },
-            tag::WELCOME => Msg::Welcome,
+            tag::WELCOME => Msg::Welcome {
+                signature: r.array64()?,
+            },
             tag::REJECT => Msg::Reject { reason: r.text()? },
             tag::REGISTER => Msg::Register,
             tag::REGISTERED => Msg::Registered,
@@ -712,6 +738,11 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(self.take(32)?);
         Ok(a)
     }
+    fn array64(&mut self) -> Result<[u8; 64], WireError> {
+        let mut a = [0u8; 64];
+        a.copy_from_slice(self.take(64)?);
+        Ok(a)
+    }
     /// A list length, refused when it exceeds the entry bound or the bytes left.
     fn count(&mut self) -> Result<usize, WireError> {
         let n = self.u32()? as usize;
@@ -765,16 +796,19 @@ mod tests {
                 difficulty: 20,
                 challenge: [7; 32],
                 acceptor: a("127.0.0.1:9001"),
+                acceptor_key: [3; 32],
             },
             Msg::Hello {
-                version: 1,
+                version: 2,
                 role: Role::Peer,
                 addr: a("[::1]:9101"),
                 incarnation: u64::MAX,
                 challenge: [9; 32],
+                key: [4; 32],
                 nonce: 12345,
+                signature: [5; 64],
             },
-            Msg::Welcome,
+            Msg::Welcome { signature: [6; 64] },
             Msg::Reject {
                 reason: "bad nonce".into(),
             },

@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use gossipnet::handshake::ConnectorIdentity;
+use gossipnet::handshake::Connector;
+use gossipnet::keys::NodeKey;
 use gossipnet::wire::{FrameReader, Msg, Role};
 
 fn read_msg(s: &mut TcpStream) -> Option<Msg> {
@@ -183,66 +184,83 @@ fn wrong_and_replayed_proofs_of_work_are_refused() {
     let mut net = Net::new(1, "pow: { difficulty: 12, timeout: 3s }");
     net.start_seeds();
     let seed = net.seeds[0];
-    let me = ConnectorIdentity {
+    let key = NodeKey::from_secret([1; 32]);
+    let me = Connector {
         role: Role::Peer,
         addr: addr(1),
         incarnation: 1,
+        key: &key,
+        max_difficulty: 24,
     };
 
     // An honest answer, kept for replay.
     let mut first = raw(seed);
-    let puzzle = me.on_challenge(read_msg(&mut first).unwrap()).unwrap();
-    let hello = me
+    let puzzle = me
+        .on_challenge(read_msg(&mut first).unwrap(), seed, None)
+        .unwrap();
+    let answer = me
         .solve(&puzzle, 0, Instant::now() + Duration::from_secs(60))
         .unwrap();
-    send(&mut first, &hello.encode());
-    assert_eq!(read_msg(&mut first), Some(Msg::Welcome));
+    send(&mut first, &answer.hello.encode());
+    me.on_welcome(read_msg(&mut first).unwrap(), &puzzle, &answer)
+        .unwrap();
 
     // The same answer on a new connection: another challenge was issued.
     let mut replay = raw(seed);
     let _ = read_msg(&mut replay);
-    send(&mut replay, &hello.encode());
+    send(&mut replay, &answer.hello.encode());
     assert!(matches!(read_msg(&mut replay), Some(Msg::Reject { .. })));
     read_to_close(&mut replay);
 
     // A wrong nonce for the right challenge.
     let mut wrong = raw(seed);
-    let puzzle = me.on_challenge(read_msg(&mut wrong).unwrap()).unwrap();
-    let mut nonce = 0u64;
-    while gossipnet::pow::verify(
-        &puzzle.challenge,
-        &me.addr,
-        &puzzle.acceptor,
-        puzzle.difficulty,
-        nonce,
-    ) {
-        nonce += 1;
-    }
-    let bad = Msg::Hello {
-        version: puzzle.version,
-        role: Role::Peer,
-        addr: me.addr,
-        incarnation: 1,
-        challenge: puzzle.challenge,
-        nonce,
+    let puzzle = me
+        .on_challenge(read_msg(&mut wrong).unwrap(), seed, None)
+        .unwrap();
+    let good = me
+        .solve(&puzzle, 0, Instant::now() + Duration::from_secs(60))
+        .unwrap();
+    let Msg::Hello {
+        nonce, challenge, ..
+    } = good.hello
+    else {
+        unreachable!()
     };
+    // The next nonce that does not meet the difficulty.
+    let public = key.public();
+    let bound = gossipnet::pow::Bound {
+        challenge: &challenge,
+        key: &public,
+        connector: &me.addr,
+        acceptor: &seed,
+    };
+    let mut wrong_nonce = nonce + 1;
+    while gossipnet::pow::verify(bound, puzzle.difficulty, wrong_nonce) {
+        wrong_nonce += 1;
+    }
+    let mut bad = good.hello.clone();
+    if let Msg::Hello { nonce: n, .. } = &mut bad {
+        *n = wrong_nonce;
+    }
     send(&mut wrong, &bad.encode());
     assert!(matches!(read_msg(&mut wrong), Some(Msg::Reject { .. })));
 
     // Someone claiming to be a seed that is not configured.
-    let fake_seed = ConnectorIdentity {
+    let fake_seed = Connector {
         role: Role::Seed,
         addr: addr(2),
         incarnation: 1,
+        key: &key,
+        max_difficulty: 24,
     };
     let mut imposter = raw(seed);
     let puzzle = fake_seed
-        .on_challenge(read_msg(&mut imposter).unwrap())
+        .on_challenge(read_msg(&mut imposter).unwrap(), seed, None)
         .unwrap();
-    let hello = fake_seed
+    let answer = fake_seed
         .solve(&puzzle, 0, Instant::now() + Duration::from_secs(60))
         .unwrap();
-    send(&mut imposter, &hello.encode());
+    send(&mut imposter, &answer.hello.encode());
     assert!(matches!(read_msg(&mut imposter), Some(Msg::Reject { .. })));
 
     let f = net.jsonl("seed", seed);
@@ -257,7 +275,7 @@ fn wrong_and_replayed_proofs_of_work_are_refused() {
             && reasons.iter().any(|r| r.contains("not configured"))
     });
     // A frame that is not expected after the handshake closes that connection only.
-    send(&mut first, &Msg::Welcome.encode());
+    send(&mut first, &Msg::Welcome { signature: [0; 64] }.encode());
     read_to_close(&mut first);
     wait_until("the unexpected frame is logged", || {
         of(&events(&f), "rejected")

@@ -4,10 +4,9 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use gossipnet::handshake::ConnectorIdentity;
 use gossipnet::wire::{Msg, Role};
 
 /// For every generated message: which peers received it, and how many times.
@@ -303,32 +302,9 @@ fn a_false_dead_report_is_refused() {
     let live = net.start_peer();
     let seed = net.seeds[0];
     // A liar completes the handshake as a peer and reports the live peer dead.
-    let liar = ConnectorIdentity {
-        role: Role::Peer,
-        addr: addr(free_port()),
-        incarnation: 1,
-    };
-    let mut s = raw(seed);
-    let mut fr = gossipnet::wire::FrameReader::new(1 << 20);
-    let mut buf = [0u8; 4096];
-    let mut next = |s: &mut std::net::TcpStream| -> Msg {
-        use std::io::Read;
-        loop {
-            if let Some(b) = fr.next_frame().unwrap() {
-                return Msg::decode(&b).unwrap();
-            }
-            let n = s.read(&mut buf).unwrap();
-            assert!(n > 0);
-            fr.push(&buf[..n]);
-        }
-    };
-    let puzzle = liar.on_challenge(next(&mut s)).unwrap();
-    let hello = liar
-        .solve(&puzzle, 0, Instant::now() + Duration::from_secs(60))
-        .unwrap();
-    send(&mut s, &hello.encode());
-    assert_eq!(next(&mut s), Msg::Welcome);
-    let text = gossipnet::texts::dead_node(&live, gossipnet::node::unix_ms(), &liar.addr);
+    let liar = addr(free_port());
+    let (mut s, _) = handshake_as(Role::Peer, liar, seed).unwrap();
+    let text = gossipnet::texts::dead_node(&live, gossipnet::node::unix_ms(), &liar);
     send(&mut s, &Msg::DeadNode { text }.encode());
     let f = net.jsonl("seed", seed);
     wait_until("the report is logged and refused", || {

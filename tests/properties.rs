@@ -23,6 +23,10 @@ fn member() -> impl Strategy<Value = Member> {
     (socket_addr(), any::<u64>()).prop_map(|(addr, incarnation)| Member { addr, incarnation })
 }
 
+fn signature() -> impl Strategy<Value = [u8; 64]> {
+    proptest::collection::vec(any::<u8>(), 64).prop_map(|v| v.try_into().unwrap())
+}
+
 fn text() -> impl Strategy<Value = String> {
     "\\PC{0,200}"
 }
@@ -34,15 +38,19 @@ fn msg() -> impl Strategy<Value = Msg> {
             any::<u16>(),
             any::<u8>(),
             any::<[u8; 32]>(),
-            socket_addr()
+            socket_addr(),
+            any::<[u8; 32]>()
         )
             .prop_map(
-                |(min_version, max_version, difficulty, challenge, acceptor)| Msg::Challenge {
-                    min_version,
-                    max_version,
-                    difficulty,
-                    challenge,
-                    acceptor
+                |(min_version, max_version, difficulty, challenge, acceptor, acceptor_key)| {
+                    Msg::Challenge {
+                        min_version,
+                        max_version,
+                        difficulty,
+                        challenge,
+                        acceptor,
+                        acceptor_key,
+                    }
                 }
             ),
         (
@@ -51,19 +59,25 @@ fn msg() -> impl Strategy<Value = Msg> {
             socket_addr(),
             any::<u64>(),
             any::<[u8; 32]>(),
-            any::<u64>()
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            signature()
         )
             .prop_map(
-                |(version, seed, addr, incarnation, challenge, nonce)| Msg::Hello {
-                    version,
-                    role: if seed { Role::Seed } else { Role::Peer },
-                    addr,
-                    incarnation,
-                    challenge,
-                    nonce
+                |(version, seed, addr, incarnation, challenge, key, nonce, signature)| {
+                    Msg::Hello {
+                        version,
+                        role: if seed { Role::Seed } else { Role::Peer },
+                        addr,
+                        incarnation,
+                        challenge,
+                        key,
+                        nonce,
+                        signature,
+                    }
                 }
             ),
-        Just(Msg::Welcome),
+        signature().prop_map(|signature| Msg::Welcome { signature }),
         text().prop_map(|reason| Msg::Reject { reason }),
         Just(Msg::Register),
         Just(Msg::Registered),

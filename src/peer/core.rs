@@ -1321,6 +1321,7 @@ mod tests {
             addr: a(9001),
             role: Role::Seed,
             incarnation: 0,
+            key: [0; 32],
             dialed: Some(Purpose::Register),
         };
         p.handle(
@@ -1352,6 +1353,7 @@ mod tests {
                 addr: a(port),
                 role: Role::Peer,
                 incarnation: 1,
+                key: [0; 32],
                 dialed: None,
             };
             p.handle(Event::Connected { conn, remote: r }, now, &mut out);
@@ -1389,6 +1391,7 @@ mod tests {
             addr: a(9101),
             role: Role::Peer,
             incarnation: 1,
+            key: [0; 32],
             dialed: Some(Purpose::Neighbour),
         };
         p.handle(
@@ -1450,6 +1453,7 @@ mod tests {
                 addr: a(ME),
                 role: Role::Peer,
                 incarnation: 0,
+                key: [0; 32],
                 dialed,
             };
             p.handle(Event::Connected { conn: 50, remote }, now, &mut out);
@@ -1467,6 +1471,7 @@ mod tests {
             addr: a(9101),
             role: Role::Peer,
             incarnation: 1,
+            key: [0; 32],
             dialed: Some(Purpose::Neighbour),
         };
         p.handle(

@@ -699,6 +699,7 @@ mod tests {
             addr,
             role: Role::Peer,
             incarnation: inc,
+            key: [0; 32],
             dialed: None,
         }
     }
@@ -708,6 +709,7 @@ mod tests {
             addr,
             role: Role::Seed,
             incarnation: 0,
+            key: [0; 32],
             dialed: None,
         }
     }

@@ -64,12 +64,35 @@ pub struct Net {
     pub nodes: Vec<Node>,
 }
 
-/// Fast timers and a low difficulty, so a test network runs in seconds.
-pub fn fast_config(seeds: &[SocketAddr], extra: &str) -> String {
-    let list: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+/// Creates each seed's key under `dir` (where the test runs its nodes: the default
+/// `keys/seed-<ip>-<port>.key`) with `seed --print-key`, and returns the `seeds:` entries
+/// with their keys, as a user following the README would write them.
+pub fn keyed_seed_entries(dir: &std::path::Path, seeds: &[SocketAddr]) -> Vec<String> {
+    seeds
+        .iter()
+        .map(|s| {
+            let out = Command::new(env!("CARGO_BIN_EXE_seed"))
+                .args(["--addr", &s.to_string(), "--print-key"])
+                .current_dir(dir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "seed --print-key: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let key = String::from_utf8(out.stdout).unwrap();
+            format!("{{ addr: \"{s}\", key: \"{}\" }}", key.trim())
+        })
+        .collect()
+}
+
+/// Fast timers and a low difficulty, so a test network runs in seconds. `entries` are the
+/// `seeds:` list's entries.
+pub fn fast_config(entries: &[String], extra: &str) -> String {
     format!(
         "seeds: [{}]\n{}\n",
-        list.join(", "),
+        entries.join(", "),
         if extra.is_empty() {
             "gossip: { interval: 300ms, count: 10 }\nliveness: { interval: 300ms, misses: 3, probe_timeout: 1s }\npow: { difficulty: 8, timeout: 3s }\nstats: { interval: 1s }"
         } else {
@@ -85,7 +108,8 @@ impl Net {
         let dir = tempfile::tempdir().unwrap();
         let seeds: Vec<SocketAddr> = (0..n_seeds).map(|_| addr(free_port())).collect();
         let config = dir.path().join("seeds.yaml");
-        std::fs::write(&config, fast_config(&seeds, extra)).unwrap();
+        let entries = keyed_seed_entries(dir.path(), &seeds);
+        std::fs::write(&config, fast_config(&entries, extra)).unwrap();
         Net {
             dir,
             config,
@@ -379,8 +403,8 @@ impl Net {
     }
 }
 
-/// Connects and completes the proof-of-work handshake claiming `claimed` as our address.
-/// Returns the stream and any bytes read past the Welcome.
+/// Connects and completes the proof-of-work handshake claiming `claimed` as our address, with
+/// a fresh key. Returns the stream and any bytes read past the Welcome.
 pub fn handshake_as(
     role: gossipnet::wire::Role,
     claimed: SocketAddr,
@@ -390,10 +414,13 @@ pub fn handshake_as(
     let mut s = TcpStream::connect(target).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut fr = FrameReader::new(1 << 20);
-    let me = gossipnet::handshake::ConnectorIdentity {
+    let key = gossipnet::keys::NodeKey::from_secret(rand::random());
+    let me = gossipnet::handshake::Connector {
         role,
         addr: claimed,
         incarnation: gossipnet::node::unix_ms(),
+        key: &key,
+        max_difficulty: 24,
     };
     let next = |s: &mut TcpStream, fr: &mut FrameReader| -> Result<Msg, String> {
         let mut buf = [0u8; 4096];
@@ -409,14 +436,18 @@ pub fn handshake_as(
         }
     };
     let puzzle = me
-        .on_challenge(next(&mut s, &mut fr)?)
+        .on_challenge(next(&mut s, &mut fr)?, target, None)
         .map_err(|e| e.to_string())?;
-    let hello = me
+    let answer = me
         .solve(&puzzle, 0, Instant::now() + PATIENCE)
         .ok_or("no solution")?;
-    s.write_all(&hello.encode()).map_err(|e| e.to_string())?;
+    s.write_all(&answer.hello.encode())
+        .map_err(|e| e.to_string())?;
     match next(&mut s, &mut fr)? {
-        Msg::Welcome => Ok((s, fr)),
-        other => Err(format!("{other:?}")),
+        Msg::Reject { reason } => Err(format!("Reject {{ reason: {reason:?} }}")),
+        last => me
+            .on_welcome(last, &puzzle, &answer)
+            .map(|()| (s, fr))
+            .map_err(|e| e.to_string()),
     }
 }
