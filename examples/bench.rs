@@ -654,10 +654,13 @@ fn handshake_as(claimed: SocketAddr, target: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(target).unwrap();
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut fr = FrameReader::new(1 << 20);
-    let me = gossipnet::handshake::ConnectorIdentity {
+    let key = gossipnet::keys::NodeKey::from_secret(rand::random());
+    let me = gossipnet::handshake::Connector {
         role: Role::Peer,
         addr: claimed,
         incarnation: gossipnet::node::unix_ms(),
+        key: &key,
+        max_difficulty: 32,
     };
     let mut next = |s: &mut TcpStream| -> Msg {
         let mut buf = [0u8; 4096];
@@ -670,10 +673,11 @@ fn handshake_as(claimed: SocketAddr, target: SocketAddr) -> TcpStream {
             fr.push(&buf[..n]);
         }
     };
-    let puzzle = me.on_challenge(next(&mut s)).unwrap();
-    let hello = me.solve(&puzzle, 0, Instant::now() + PATIENCE).unwrap();
-    s.write_all(&hello.encode()).unwrap();
-    assert!(matches!(next(&mut s), Msg::Welcome), "not admitted");
+    let puzzle = me.on_challenge(next(&mut s), target, None).unwrap();
+    let answer = me.solve(&puzzle, 0, Instant::now() + PATIENCE).unwrap();
+    s.write_all(&answer.hello.encode()).unwrap();
+    me.on_welcome(next(&mut s), &puzzle, &answer)
+        .expect("not admitted");
     s
 }
 

@@ -5,7 +5,9 @@
 //! same challenges every run, so runs compare; another seed draws others) as mean, median,
 //! p90 and max, hashes (tries) per second while solving and what one try costs in SHA-256
 //! compressions (to compare with `openssl speed`, as `scripts/bench.sh` does), the cost of
-//! one verification, and the cost of one gossip message id.
+//! one verification, the cost of one gossip message id, and the rest of a version-2
+//! handshake: signing and verifying the transcript, and both ends' whole work for one
+//! connection without the network.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -39,6 +41,7 @@ fn main() -> std::process::ExitCode {
     let (difficulty, solves) = (args.difficulty, args.solves);
     let connector: SocketAddr = "127.0.0.1:9101".parse().unwrap();
     let acceptor: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let key = [9u8; 32];
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
 
     let mut times = Vec::with_capacity(solves);
@@ -47,13 +50,16 @@ fn main() -> std::process::ExitCode {
         let mut challenge = [0u8; 32];
         rng.fill(&mut challenge);
         let t = Instant::now();
-        let nonce = pow::solve(&challenge, &connector, &acceptor, difficulty, 0, None)
-            .expect("no deadline");
+        let b = pow::Bound {
+            challenge: &challenge,
+            key: &key,
+            connector: &connector,
+            acceptor: &acceptor,
+        };
+        let nonce = pow::solve(b, difficulty, 0, None).expect("no deadline");
         times.push(t.elapsed());
         hashes += nonce + 1;
-        assert!(pow::verify(
-            &challenge, &connector, &acceptor, difficulty, nonce
-        ));
+        assert!(pow::verify(b, difficulty, nonce));
     }
     let total: Duration = times.iter().sum();
     times.sort();
@@ -80,7 +86,7 @@ fn main() -> std::process::ExitCode {
     // What one try costs in SHA-256 compressions (64-byte blocks): the solver hashes the fixed
     // part once and clones that state, so the blocks it already filled are not hashed again;
     // the rest, the nonce and the padding (at least 9 bytes) are hashed per try.
-    let fixed = 32 + 2 + connector.to_string().len() + acceptor.to_string().len();
+    let fixed = 32 + 32 + 2 + connector.to_string().len() + acceptor.to_string().len();
     let per_try = (fixed + 8 + 9).div_ceil(64) - fixed / 64;
     println!(
         "  per try: SHA-256 of {} bytes, {per_try} compression(s) after the fixed {fixed}: \
@@ -91,10 +97,16 @@ fn main() -> std::process::ExitCode {
 
     let n = 200_000;
     let challenge = [7u8; 32];
+    let b = pow::Bound {
+        challenge: &challenge,
+        key: &key,
+        connector: &connector,
+        acceptor: &acceptor,
+    };
     let t = Instant::now();
     let mut ok = 0u32;
     for i in 0..n {
-        ok += pow::verify(&challenge, &connector, &acceptor, difficulty, i) as u32;
+        ok += pow::verify(b, difficulty, i) as u32;
     }
     let per = t.elapsed() / n as u32;
     println!(
@@ -119,5 +131,86 @@ fn main() -> std::process::ExitCode {
         texts[0].len(),
         t.elapsed().as_nanos() as f64 / 1e6
     );
+    handshake_costs(difficulty, connector, acceptor, &mut rng);
     std::process::ExitCode::SUCCESS
+}
+
+/// Ed25519 over a transcript, and one whole version-2 handshake (both ends, no network).
+fn handshake_costs(
+    difficulty: u8,
+    connector: SocketAddr,
+    acceptor: SocketAddr,
+    rng: &mut rand::rngs::StdRng,
+) {
+    use gossipnet::handshake::{AcceptorHandshake, Admission, Connector};
+    use gossipnet::keys::{self, NodeKey, SeedKeys};
+    let (con_key, acc_key) = (
+        NodeKey::from_secret(rng.gen()),
+        NodeKey::from_secret(rng.gen()),
+    );
+    let msg = [5u8; 51];
+    let n = 2_000;
+    let t = Instant::now();
+    let mut sig = [0u8; 64];
+    for i in 0..n {
+        sig = con_key.sign(&[&msg[..], &[i as u8]].concat());
+    }
+    let sign = t.elapsed() / n;
+    let t = Instant::now();
+    let mut ok = 0;
+    for _ in 0..n {
+        ok += keys::verify(
+            &con_key.public(),
+            &[&msg[..], &[(n - 1) as u8]].concat(),
+            &sig,
+        ) as u32;
+    }
+    let verify = t.elapsed() / n;
+    assert_eq!(ok, n);
+    println!(
+        "Ed25519 (handshake signatures): sign {:.1} µs, verify {:.1} µs",
+        sign.as_secs_f64() * 1e6,
+        verify.as_secs_f64() * 1e6
+    );
+    let seed_keys = SeedKeys::default();
+    let rounds = 20;
+    let (mut connector_time, mut acceptor_time) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..rounds {
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        let t = Instant::now();
+        let acc = AcceptorHandshake::new(rng, difficulty, acceptor, acc_key.public(), deadline);
+        let challenge = acc.challenge_msg();
+        acceptor_time += t.elapsed();
+        let me = Connector {
+            role: gossipnet::wire::Role::Peer,
+            addr: connector,
+            incarnation: 1,
+            key: &con_key,
+            max_difficulty: 32,
+        };
+        let t = Instant::now();
+        let puzzle = me.on_challenge(challenge, acceptor, None).unwrap();
+        let answer = me.solve(&puzzle, rng.gen(), deadline).unwrap();
+        connector_time += t.elapsed();
+        let t = Instant::now();
+        let ctx = Admission {
+            seeds: &[],
+            seed_keys: &seed_keys,
+            from: connector.ip(),
+            loopback_exempt: true,
+        };
+        let admitted = acc
+            .on_hello(answer.hello.clone(), Instant::now(), &ctx)
+            .unwrap();
+        let welcome = AcceptorHandshake::welcome(&acc_key, &admitted);
+        acceptor_time += t.elapsed();
+        let t = Instant::now();
+        me.on_welcome(welcome, &puzzle, &answer).unwrap();
+        connector_time += t.elapsed();
+    }
+    println!(
+        "one handshake at difficulty {difficulty}, mean of {rounds}: connector {:.2} ms (work, sign, verify), acceptor {:.1} µs (challenge, one hash, verify, sign)",
+        connector_time.as_secs_f64() * 1e3 / rounds as f64,
+        acceptor_time.as_secs_f64() * 1e6 / rounds as f64
+    );
 }
