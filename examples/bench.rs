@@ -76,7 +76,22 @@ impl Network {
         let seeds: Vec<SocketAddr> = (0..3)
             .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
             .collect();
-        let list: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+        // The seeds' keys (created under the run directory, where the nodes run) go into
+        // seeds.yaml, as a user would list them.
+        let list: Vec<String> = seeds
+            .iter()
+            .map(|s| {
+                let out = Command::new(bin_dir().join("seed"))
+                    .args(["--addr", &s.to_string(), "--print-key"])
+                    .current_dir(&dir)
+                    .output()
+                    .unwrap_or_else(|e| {
+                        panic!("cannot run seed (build with cargo build --release): {e}")
+                    });
+                let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                format!("{{ addr: \"{s}\", key: \"{key}\" }}")
+            })
+            .collect();
         std::fs::write(
             dir.join("seeds.yaml"),
             format!("seeds: [{}]\n{body}\n", list.join(", ")),
@@ -122,6 +137,8 @@ impl Network {
             .arg(self.dir.join("seeds.yaml"))
             .arg("--out-dir")
             .arg(&self.dir)
+            // Keys are created under the working directory.
+            .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -110,8 +110,15 @@ else
   SEED_ADDRS=(); for ((i = 0; i < SEEDS; i++)); do next_port; SEED_ADDRS+=("127.0.0.1:$FREE"); done
   PEER_ADDRS=(); for ((i = 0; i < PEERS; i++)); do next_port; PEER_ADDRS+=("127.0.0.1:$FREE"); done
 fi
+# Every node's key lives in the run directory; the seeds' public keys go into seeds.yaml, so
+# every node authenticates the seeds from the first connection on.
+key_file() { echo "$OUT/keys/$1-${2//:/-}.key"; }
 {
-  printf 'seeds: ['; printf '"%s", ' "${SEED_ADDRS[@]}" | sed 's/, $//'; printf ']\n'
+  echo "seeds:"
+  for a in "${SEED_ADDRS[@]}"; do
+    k=$("$BIN/seed" --addr "$a" --key-file "$(key_file seed "$a")" --print-key)
+    echo "  - { addr: \"$a\", key: \"$k\" }"
+  done
   echo "gossip:   ${GOSSIP% \}}, mode: $MODE }"
   echo "liveness: $LIVENESS"
   echo "peer:     { max_neighbours: 4, selection: random }"
@@ -172,7 +179,7 @@ if (( HOSTS )); then
 fi
 
 start() { # role addr
-  ${NS_OF[$2]:+ip netns exec "${NS_OF[$2]}"} "$BIN/$1" --addr "$2" --config "$OUT/seeds.yaml" --out-dir "$OUT" --log-file "$OUT/$1-${2//:/-}.log" \
+  ${NS_OF[$2]:+ip netns exec "${NS_OF[$2]}"} "$BIN/$1" --addr "$2" --key-file "$(key_file "$1" "$2")" --config "$OUT/seeds.yaml" --out-dir "$OUT" --log-file "$OUT/$1-${2//:/-}.log" \
     > /dev/null 2>&1 &
   PID_OF[$2]=$!; ALL_PIDS+=($!)
   disown "$!"  # we stop and reap them ourselves; no "Killed" notices from bash

@@ -572,7 +572,7 @@ impl RawConfig {
             if let Some(key) = key {
                 let key = crate::keys::parse_public(&key).ok_or_else(|| {
                     ConfigError(format!(
-                        "seeds: the key of \"{}\" must be 64 hex characters (an Ed25519 public key, as `seed --print-key` prints it), got \"{key}\" {}",
+                        "seeds: the key of \"{}\" must be an Ed25519 public key, 64 hex characters as `seed --print-key` prints them, got \"{key}\" {}",
                         leaf.value,
                         at(leaf)
                     ))

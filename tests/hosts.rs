@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use common::{events, neighbours, of, strs, wait_until};
+use common::{events, keyed_seed_entries, neighbours, of, strs, wait_until};
 
 /// The namespaces and children of one run, removed and killed (by PID) whatever happens.
 struct Hosts {
@@ -193,7 +193,8 @@ fn start_network(
 ) -> (PathBuf, Vec<String>, Vec<u32>) {
     let out = dir.join("out");
     let seeds: Vec<String> = (0..3).map(|k| addr(0, 9001 + k)).collect();
-    let list: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+    let parsed: Vec<SocketAddr> = seeds.iter().map(|s| s.parse().unwrap()).collect();
+    let list = keyed_seed_entries(hosts.keys.path(), &parsed);
     let config = dir.join("seeds.yaml");
     std::fs::write(&config, format!("seeds: [{}]\n{tail}", list.join(", "))).unwrap();
     let common = |addr: String| node_args(addr, &config, &out);
@@ -455,10 +456,11 @@ fn across_hosts_with_delay_and_loss_between_them_every_message_arrives_and_the_d
     hosts.children.push(forwarder);
 
     let out = dir.path().join("out");
-    let seeds: Vec<String> = nodes[..3]
+    let advertised: Vec<SocketAddr> = nodes[..3]
         .iter()
-        .map(|(_, _, a)| format!("\"{a}\""))
+        .map(|(_, _, a)| a.parse().unwrap())
         .collect();
+    let seeds = keyed_seed_entries(hosts.keys.path(), &advertised);
     let config = dir.path().join("seeds.yaml");
     // Every link comes from the forwarder's address: the per-IP limit is raised to match.
     std::fs::write(

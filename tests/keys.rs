@@ -83,3 +83,90 @@ fn print_key_creates_a_private_key_once_and_started_names_it() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("64 hex characters"));
 }
+
+/// A seed listed without a key is trusted on first use: its key is pinned (with a warning and
+/// a `key_pinned` record) in `keys/known-seeds`, and a node at its address with another key is
+/// refused from then on. A seed whose key file does not match the key listed for it exits 2.
+#[test]
+fn a_seed_listed_without_a_key_is_pinned_on_first_use_and_an_impostor_refused() {
+    let mut net = Net::new(1, "");
+    let seed = net.seeds[0];
+    let dir = net.dir.path().to_path_buf();
+    // The same network, the seed listed by address only.
+    let keyed = std::fs::read_to_string(&net.config).unwrap();
+    let tail = keyed.split_once('\n').unwrap().1.to_string();
+    std::fs::write(&net.config, format!("seeds: [\"{seed}\"]\n{tail}")).unwrap();
+    let real = print_key(
+        env!("CARGO_BIN_EXE_seed"),
+        &dir,
+        &["--addr", &seed.to_string()],
+    );
+    net.start_seeds();
+    let p = net.start_peer();
+    let pinned = of(&net.events("peer", p), "key_pinned")
+        .iter()
+        .map(|e| {
+            (
+                e["seed"].as_str().unwrap().to_string(),
+                e["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(pinned, vec![(seed.to_string(), real.clone())]);
+    let known = std::fs::read_to_string(dir.join("keys/known-seeds")).unwrap();
+    assert!(known.contains(&format!("{seed} {real}")), "{known}");
+
+    // Another process takes the seed's address with a key of its own.
+    net.kill(seed);
+    let other = dir.join("impostor.key");
+    net.spawn_with(
+        "seed",
+        seed,
+        &["--key-file".into(), other.display().to_string()],
+    );
+    let evs = net.jsonl("seed", seed);
+    wait_until("the impostor seed is up", || {
+        of(&events(&evs), "started").len() == 2
+    });
+    let q = addr(free_port());
+    net.spawn("peer", q);
+    let log = dir.join(format!("peer-{}.log", q.port()));
+    wait_until("the new peer refuses the impostor's key", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(&format!("{seed} showed key"))
+    });
+    assert!(
+        of(&net.events("peer", q), "registered_with").is_empty(),
+        "a peer registered with a seed showing another key than the pinned one"
+    );
+
+    // A key listed for a seed that its key file does not hold: exit 2, one line.
+    net.kill(seed);
+    let impostor = print_key(
+        env!("CARGO_BIN_EXE_seed"),
+        &dir,
+        &[
+            "--addr",
+            &seed.to_string(),
+            "--key-file",
+            other.to_str().unwrap(),
+        ],
+    );
+    let listed = vec![format!("{{ addr: \"{seed}\", key: \"{impostor}\" }}")];
+    std::fs::write(&net.config, fast_config(&listed, "")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_seed"))
+        .args(["--addr", &seed.to_string(), "--config"])
+        .arg(&net.config)
+        .arg("--out-dir")
+        .arg(dir.join("out2"))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("lists key") && err.lines().count() == 1,
+        "{err}"
+    );
+}

@@ -233,8 +233,9 @@ impl Net {
         events(&self.jsonl(role, a))
     }
 
+    /// The node last started at `a` (a restarted node replaces the one before).
     fn node(&mut self, a: SocketAddr) -> &mut Node {
-        self.nodes.iter_mut().find(|n| n.addr == a).unwrap()
+        self.nodes.iter_mut().rev().find(|n| n.addr == a).unwrap()
     }
 
     pub fn signal(&mut self, a: SocketAddr, sig: &str) {
@@ -393,7 +394,13 @@ pub fn proc_status(pid: u32, key: &str) -> u64 {
 
 impl Net {
     pub fn pid(&self, a: SocketAddr) -> u32 {
-        self.nodes.iter().find(|n| n.addr == a).unwrap().child.id()
+        self.nodes
+            .iter()
+            .rev()
+            .find(|n| n.addr == a)
+            .unwrap()
+            .child
+            .id()
     }
 
     /// The node has not exited.
