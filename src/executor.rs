@@ -181,6 +181,7 @@ mod tests {
             Action::Dial {
                 addr: "127.0.0.1:1".parse().unwrap(),
                 purpose: crate::node::Purpose::Neighbour,
+                key: None,
             },
         ];
         let done = execute(&actions, &mut t);

@@ -37,7 +37,7 @@ use crate::node::{
 };
 use crate::outbox::{Batching, Flushed, Outbox, When};
 use crate::output::Output;
-use crate::wire::{FrameReader, Msg, Role};
+use crate::wire::{FrameReader, Msg, PublicKey, Role};
 
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 16 * 1024;
@@ -269,7 +269,7 @@ impl<C: Core> Runtime<C> {
         let mut records = Vec::new();
         for action in actions {
             match action {
-                Action::Dial { addr, purpose } => self.dial(addr, purpose),
+                Action::Dial { addr, purpose, key } => self.dial(addr, purpose, key),
                 Action::Log(rec) => records.push(rec),
                 Action::SetTimer { after, timer } => {
                     let at = now.mono + after;
@@ -598,9 +598,9 @@ impl<C: Core> Runtime<C> {
 
     // ---------------------------------------------------------------- dialing
 
-    fn dial(self: &Arc<Self>, addr: SocketAddr, purpose: Purpose) {
+    fn dial(self: &Arc<Self>, addr: SocketAddr, purpose: Purpose, key: Option<PublicKey>) {
         let r = self.clone();
-        self.spawn("dial", move || match r.connect(addr, purpose) {
+        self.spawn("dial", move || match r.connect(addr, purpose, key) {
             Ok((stream, reader, key)) => {
                 let _slot = {
                     r.counters.connections.fetch_add(1, Ordering::Relaxed);
@@ -634,13 +634,14 @@ impl<C: Core> Runtime<C> {
     }
 
     /// Dials `addr` and completes the handshake as the connector (solving on this thread).
-    /// A seed must show its configured or pinned key (or is pinned now, on first use).
-    /// Returns the remote's proven key.
+    /// The remote must show `key` if given; a seed its configured or pinned key (or is pinned
+    /// now, on first use). Returns the remote's proven key.
     fn connect(
         &self,
         addr: SocketAddr,
         purpose: Purpose,
-    ) -> Result<(TcpStream, FrameReader, crate::wire::PublicKey), DialError> {
+        key: Option<PublicKey>,
+    ) -> Result<(TcpStream, FrameReader, PublicKey), DialError> {
         let timeout = self.config.pow.timeout;
         let deadline = Instant::now() + timeout;
         let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| match e.kind() {
@@ -662,7 +663,7 @@ impl<C: Core> Runtime<C> {
         let expected = if to_seed {
             self.seed_keys.lock().expected(&addr)
         } else {
-            None
+            key
         };
         let msg = read_frame_until(&stream, &mut reader, deadline, &self.counters)?;
         let puzzle = me.on_challenge(msg, addr, expected).map_err(|e| match e {

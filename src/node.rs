@@ -237,10 +237,7 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Queue one message (encoded once) to each of these connections.
-    Send {
-        to: Vec<ConnId>,
-        msg: Msg,
-    },
+    Send { to: Vec<ConnId>, msg: Msg },
     /// Like `Send`, for a gossip item with this message id: while the frame is still held in
     /// a connection's queue (the batch window), a `Withdraw` can take it back.
     Forward {
@@ -250,28 +247,20 @@ pub enum Action {
     },
     /// The remote on `conn` has sent us message `id` itself: if our frame of it to that
     /// connection is still queued and unsent, drop it (it would only be a duplicate there).
-    Withdraw {
-        conn: ConnId,
-        id: [u8; 32],
-    },
+    Withdraw { conn: ConnId, id: [u8; 32] },
     /// Queue one API message to a local application.
-    SendApi {
-        to: ConnId,
-        msg: ApiMsg,
-    },
+    SendApi { to: ConnId, msg: ApiMsg },
     /// Close a connection; the core has already done its bookkeeping.
-    Close {
-        conn: ConnId,
-    },
+    Close { conn: ConnId },
     Dial {
         addr: SocketAddr,
         purpose: Purpose,
+        /// The key the remote must show (a listed peer's); `None`: a seed's key, which the
+        /// runtime knows from the configuration or its pins, or any key.
+        key: Option<crate::wire::PublicKey>,
     },
     /// Deliver `Event::Timer(timer)` once, `after` from now.
-    SetTimer {
-        after: Duration,
-        timer: Timer,
-    },
+    SetTimer { after: Duration, timer: Timer },
     /// Write an output record (`.jsonl`, and the `.txt` line if any).
     Log(Record),
 }

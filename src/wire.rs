@@ -57,18 +57,22 @@ pub enum VoteOp {
     Remove(RemovalReason),
 }
 
-/// One entry of a peer list sent to a peer: the address and how many neighbours it reported.
+/// One entry of a peer list sent to a peer: the address, the key the peer there must show,
+/// and how many neighbours it reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerEntry {
     pub addr: SocketAddr,
+    pub key: PublicKey,
     pub degree: u16,
 }
 
-/// One committed member as seeds exchange it: a peer address and its incarnation.
+/// One committed member as seeds exchange it: a peer address, its incarnation and the key it
+/// proved in its handshake. The address is held by that key until the member is removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Member {
     pub addr: SocketAddr,
     pub incarnation: u64,
+    pub key: PublicKey,
 }
 
 /// One bucket of a catch-up digest: how many items the history holds in it and the wrapping
@@ -307,6 +311,7 @@ impl Msg {
                 out.extend_from_slice(&(peers.len() as u32).to_be_bytes());
                 for p in peers {
                     put_addr(out, &p.addr);
+                    out.extend_from_slice(&p.key);
                     out.extend_from_slice(&p.degree.to_be_bytes());
                 }
             }
@@ -447,6 +452,7 @@ impl Msg {
                 for _ in 0..n {
                     peers.push(PeerEntry {
                         addr: r.addr()?,
+                        key: r.array32()?,
                         degree: r.u16()?,
                     });
                 }
@@ -697,6 +703,7 @@ fn put_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
 fn put_member(out: &mut Vec<u8>, m: &Member) {
     put_addr(out, &m.addr);
     out.extend_from_slice(&m.incarnation.to_be_bytes());
+    out.extend_from_slice(&m.key);
 }
 
 struct Reader<'a> {
@@ -771,6 +778,7 @@ impl<'a> Reader<'a> {
         Ok(Member {
             addr: self.addr()?,
             incarnation: self.u64()?,
+            key: self.array32()?,
         })
     }
 }
@@ -788,6 +796,7 @@ mod tests {
         let m = Member {
             addr: a("127.0.0.1:9101"),
             incarnation: 7,
+            key: [8; 32],
         };
         vec![
             Msg::Challenge {
@@ -819,10 +828,12 @@ mod tests {
                 peers: vec![
                     PeerEntry {
                         addr: a("127.0.0.1:1"),
+                        key: [1; 32],
                         degree: 3,
                     },
                     PeerEntry {
                         addr: a("[::1]:2"),
+                        key: [2; 32],
                         degree: 0,
                     },
                 ],

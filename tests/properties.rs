@@ -20,7 +20,11 @@ fn socket_addr() -> impl Strategy<Value = SocketAddr> {
 }
 
 fn member() -> impl Strategy<Value = Member> {
-    (socket_addr(), any::<u64>()).prop_map(|(addr, incarnation)| Member { addr, incarnation })
+    (socket_addr(), any::<u64>(), any::<[u8; 32]>()).prop_map(|(addr, incarnation, key)| Member {
+        addr,
+        incarnation,
+        key,
+    })
 }
 
 fn signature() -> impl Strategy<Value = [u8; 64]> {
@@ -82,14 +86,15 @@ fn msg() -> impl Strategy<Value = Msg> {
         Just(Msg::Register),
         Just(Msg::Registered),
         Just(Msg::GetPeers),
-        proptest::collection::vec((socket_addr(), any::<u16>()), 0..40).prop_map(|v| {
-            Msg::PeerList {
-                peers: v
-                    .into_iter()
-                    .map(|(addr, degree)| PeerEntry { addr, degree })
-                    .collect(),
-            }
-        }),
+        proptest::collection::vec((socket_addr(), any::<[u8; 32]>(), any::<u16>()), 0..40)
+            .prop_map(|v| {
+                Msg::PeerList {
+                    peers: v
+                        .into_iter()
+                        .map(|(addr, key, degree)| PeerEntry { addr, key, degree })
+                        .collect(),
+                }
+            }),
         any::<u16>().prop_map(|neighbours| Msg::Degree { neighbours }),
         text().prop_map(|text| Msg::DeadNode { text }),
         Just(Msg::Leave),

@@ -140,6 +140,7 @@ impl PeerCore {
             out.push(Action::Dial {
                 addr,
                 purpose: Purpose::Register,
+                key: None,
             });
         }
         out.push(Action::timer(wait, Timer::JoinDeadline));
@@ -152,6 +153,7 @@ impl PeerCore {
         out.push(Action::Dial {
             addr,
             purpose: Purpose::Register,
+            key: None,
         });
     }
 
@@ -165,10 +167,11 @@ impl PeerCore {
         };
         out.push(records::peer_list(&union).into());
         self.phase = Phase::Connecting;
-        for addr in self.overlay.pick_initial(&union, &mut self.rng) {
+        for (addr, key) in self.overlay.pick_initial(&union, &mut self.rng) {
             out.push(Action::Dial {
                 addr,
                 purpose: Purpose::Neighbour,
+                key: Some(key),
             });
         }
         self.maybe_start_gossip(now, out);
@@ -340,11 +343,12 @@ impl PeerCore {
     }
 
     fn repair_from(&mut self, list: Vec<PeerEntry>, now: Now, out: &mut Vec<Action>) {
-        for addr in self.overlay.pick_repair(list, now.mono, &mut self.rng) {
+        for (addr, key) in self.overlay.pick_repair(list, now.mono, &mut self.rng) {
             log::info!("repair: connecting to {addr}");
             out.push(Action::Dial {
                 addr,
                 purpose: Purpose::Neighbour,
+                key: Some(key),
             });
         }
     }
@@ -1045,6 +1049,16 @@ impl PeerCore {
                 // simultaneous links): not a crash, so no dead report.
                 let why = format!("closed by the remote: {}", records::remote_reason(&reason));
                 self.drop_link(conn, addr, &why, now, out);
+            }
+            (LinkKind::Seed, Msg::Reject { reason }) => {
+                // The seed refused us (most often: our address is still registered to another
+                // key). Said once, then retried with backoff like any lost seed link.
+                log::warn!(
+                    "seed {addr} refused us: {} (retrying with backoff)",
+                    records::remote_reason(&reason)
+                );
+                self.on_link_gone(conn, now, out);
+                out.push(Action::Close { conn });
             }
             (LinkKind::Seed, Msg::Registered) => {
                 if self.seeds.registered(&addr) {

@@ -23,7 +23,7 @@ use crate::node::ConnId;
 use crate::peer::gossip::{forward_targets, Item};
 use crate::peer::history::CatchUp;
 use crate::peer::selection;
-use crate::wire::PeerEntry;
+use crate::wire::{PeerEntry, PublicKey};
 
 /// Why the losing one of two simultaneous links is closed (sent in a `Reject`).
 pub const DUPLICATE_LINK: &str = "duplicate link: keeping the one dialed by the smaller address";
@@ -312,14 +312,18 @@ impl Overlay {
     }
 
     /// The join's choice of neighbours from the seeds' union: the peers to dial.
-    pub fn pick_initial(&mut self, union: &[PeerEntry], rng: &mut StdRng) -> Vec<SocketAddr> {
+    pub fn pick_initial(
+        &mut self,
+        union: &[PeerEntry],
+        rng: &mut StdRng,
+    ) -> Vec<(SocketAddr, PublicKey)> {
         let chosen = selection::select(union, self.max_neighbours, self.selection, rng);
         let dial: Vec<SocketAddr> = chosen
             .into_iter()
             .filter(|a| !self.neighbours.contains_key(a))
             .collect();
         self.dialing.extend(dial.iter().copied());
-        dial
+        with_keys(dial, union)
     }
 
     /// Short of neighbours, counting dials under way, and no repair waiting for a list?
@@ -341,7 +345,7 @@ impl Overlay {
         list: Vec<PeerEntry>,
         now: Instant,
         rng: &mut StdRng,
-    ) -> Vec<SocketAddr> {
+    ) -> Vec<(SocketAddr, PublicKey)> {
         self.repairing = false;
         let memory = self.lost_memory;
         self.lost
@@ -360,7 +364,7 @@ impl Overlay {
             .saturating_sub(self.neighbours.len() + self.dialing.len());
         let dial = selection::select(&candidates, want, self.selection, rng);
         self.dialing.extend(dial.iter().copied());
-        dial
+        with_keys(dial, &candidates)
     }
 
     /// Where an item goes: the links of every neighbour except the one it came from (the
@@ -407,6 +411,15 @@ impl Overlay {
             link.young.is_some()
         });
     }
+}
+
+/// The chosen addresses with the keys their list entries name (a neighbour must show it).
+fn with_keys(chosen: Vec<SocketAddr>, from: &[PeerEntry]) -> Vec<(SocketAddr, PublicKey)> {
+    let keys: BTreeMap<SocketAddr, PublicKey> = from.iter().map(|p| (p.addr, p.key)).collect();
+    chosen
+        .into_iter()
+        .filter_map(|a| keys.get(&a).map(|k| (a, *k)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -474,13 +487,16 @@ mod tests {
         let list = (9100..9106)
             .map(|p| PeerEntry {
                 addr: a(p),
+                key: [p as u8; 32],
                 degree: 0,
             })
             .collect();
         let mut rng = StdRng::seed_from_u64(1);
         let mut dial = o.pick_repair(list, now, &mut rng);
         dial.sort();
-        assert_eq!(dial, vec![a(9103), a(9104), a(9105)]);
+        let want: Vec<(SocketAddr, PublicKey)> =
+            [9103, 9104, 9105].map(|p| (a(p), [p as u8; 32])).into();
+        assert_eq!(dial, want, "each with the key its list entry names");
         assert!(!o.wants_repair(), "at the target, counting dials");
     }
 }

@@ -261,6 +261,7 @@ mod tests {
     fn entry(p: u16) -> PeerEntry {
         PeerEntry {
             addr: a(p),
+            key: [p as u8; 32],
             degree: 0,
         }
     }

@@ -11,23 +11,22 @@ use crate::config::Selection;
 use crate::wire::PeerEntry;
 
 /// Union of several peer lists without `me`, one entry per address (the highest degree any
-/// seed reported), sorted by address.
+/// seed reported; the key of the first list that names it: seeds agree on keys, as a listed
+/// address changes hands only by a majority's vote), sorted by address.
 pub fn union<'a>(
     lists: impl IntoIterator<Item = &'a [PeerEntry]>,
     me: &SocketAddr,
 ) -> Vec<PeerEntry> {
-    let mut all: BTreeMap<SocketAddr, u16> = BTreeMap::new();
+    let mut all: BTreeMap<SocketAddr, PeerEntry> = BTreeMap::new();
     for list in lists {
         for p in list {
             if p.addr != *me {
-                let d = all.entry(p.addr).or_insert(0);
-                *d = (*d).max(p.degree);
+                let e = all.entry(p.addr).or_insert_with(|| p.clone());
+                e.degree = e.degree.max(p.degree);
             }
         }
     }
-    all.into_iter()
-        .map(|(addr, degree)| PeerEntry { addr, degree })
-        .collect()
+    all.into_values().collect()
 }
 
 /// Picks up to `k` distinct peers. `PowerLaw` draws each pick with probability proportional to
@@ -70,6 +69,7 @@ mod tests {
     fn e(p: u16, degree: u16) -> PeerEntry {
         PeerEntry {
             addr: SocketAddr::from(([127, 0, 0, 1], p)),
+            key: [p as u8; 32],
             degree,
         }
     }

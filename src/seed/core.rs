@@ -9,11 +9,12 @@ use rand::rngs::StdRng;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
+use crate::keys::short;
 use crate::limits::RateLimiter;
 use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote, Timer};
 use crate::seed::registry::{Change, Registry};
 use crate::texts;
-use crate::wire::{Member, Msg, PeerEntry, RemovalReason, Role, VoteOp};
+use crate::wire::{Member, Msg, PeerEntry, PublicKey, RemovalReason, Role, VoteOp};
 
 /// How often a seed without enough other seeds to commit anything says so.
 const WAITING_NOTE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -31,6 +32,8 @@ struct Link {
     addr: SocketAddr,
     kind: LinkKind,
     incarnation: u64,
+    /// The key the remote proved in the handshake.
+    key: PublicKey,
     /// A peer that said goodbye: its connection ending is not a failure.
     left: bool,
     /// What a peer may send (seeds, configured and few, are not limited).
@@ -228,6 +231,7 @@ impl SeedCore {
             None => out.push(Action::Dial {
                 addr: member.addr,
                 purpose: Purpose::Probe,
+                key: Some(member.key),
             }),
         }
         self.probes.insert(member.addr, probe);
@@ -281,6 +285,7 @@ impl SeedCore {
                         addr: remote.addr,
                         kind: LinkKind::Seed,
                         incarnation: 0,
+                        key: remote.key,
                         left: false,
                         rate: self.control_limiter(now),
                     },
@@ -297,9 +302,26 @@ impl SeedCore {
                 self.probe_result(remote.addr, true, "handshake completed", now, out);
             }
             (Role::Peer, _) => {
-                if let Some(old) = self.peer_conns.insert(remote.addr, conn) {
-                    self.links.remove(&old);
-                    out.push(Action::Close { conn: old });
+                let member = Member {
+                    addr: remote.addr,
+                    incarnation: remote.incarnation,
+                    key: remote.key,
+                };
+                // A connection from another key at a registered peer's address is not that
+                // peer's: it does not replace the peer's own connection (probes go there).
+                match self.registry.held_by_other(&member) {
+                    Some(holder) => log::info!(
+                        "{} connected with key {} but the address is registered to key {}",
+                        remote.addr,
+                        short(&remote.key),
+                        short(&holder.key)
+                    ),
+                    None => {
+                        if let Some(old) = self.peer_conns.insert(remote.addr, conn) {
+                            self.links.remove(&old);
+                            out.push(Action::Close { conn: old });
+                        }
+                    }
                 }
                 let rate = self.control_limiter(now);
                 self.links.insert(
@@ -308,6 +330,7 @@ impl SeedCore {
                         addr: remote.addr,
                         kind: LinkKind::Peer,
                         incarnation: remote.incarnation,
+                        key: remote.key,
                         left: false,
                         rate,
                     },
@@ -347,17 +370,39 @@ impl SeedCore {
     fn on_peer_frame(
         &mut self,
         conn: ConnId,
-        addr: SocketAddr,
-        inc: u64,
+        member: Member,
         msg: Msg,
         now: Now,
         out: &mut Vec<Action>,
     ) {
-        let member = Member {
-            addr,
-            incarnation: inc,
-        };
+        let addr = member.addr;
+        let holder = self.registry.held_by_other(&member);
         match msg {
+            Msg::Register if holder.is_some() => {
+                let holder = holder.unwrap_or(member);
+                let reason = format!(
+                    "{addr} is registered to another key ({}); it is being checked, try again once it is removed",
+                    short(&holder.key)
+                );
+                // The holder may be gone (a peer that lost its key file and came back with a
+                // new one): check, so the address frees up if it is.
+                self.start_probe(holder, None, now, out);
+                out.push(Action::send(
+                    conn,
+                    Msg::Reject {
+                        reason: reason.clone(),
+                    },
+                ));
+                self.reject(conn, addr, reason, out);
+            }
+            Msg::DeadNode { .. } | Msg::Leave if holder.is_some() => {
+                let reason = format!(
+                    "{} from {addr} with key {}, which does not hold that address",
+                    msg.name(),
+                    short(&member.key)
+                );
+                self.reject(conn, addr, reason, out);
+            }
             Msg::Register => {
                 if self.registry.contains(&member) {
                     out.push(Action::send(conn, Msg::Registered));
@@ -372,9 +417,10 @@ impl SeedCore {
                     .registry
                     .sample(&mut self.rng, k, &addr)
                     .into_iter()
-                    .map(|a| PeerEntry {
-                        addr: a,
-                        degree: self.degrees.get(&a).copied().unwrap_or(0),
+                    .map(|m| PeerEntry {
+                        addr: m.addr,
+                        key: m.key,
+                        degree: self.degrees.get(&m.addr).copied().unwrap_or(0),
                     })
                     .collect();
                 out.push(Action::send(conn, Msg::PeerList { peers }));
@@ -409,16 +455,8 @@ impl SeedCore {
                         .line(format!("Received {text}"))
                         .into(),
                 );
-                match self.registry.incarnation(&report.dead) {
-                    Some(incarnation) => self.start_probe(
-                        Member {
-                            addr: report.dead,
-                            incarnation,
-                        },
-                        Some(addr),
-                        now,
-                        out,
-                    ),
+                match self.registry.member(&report.dead) {
+                    Some(dead) => self.start_probe(dead, Some(addr), now, out),
                     None => log::debug!("report about {} which is not listed: no-op", report.dead),
                 }
             }
@@ -520,6 +558,7 @@ impl SeedCore {
             out.push(Action::Dial {
                 addr,
                 purpose: Purpose::SeedLink,
+                key: None,
             });
         }
     }
@@ -595,14 +634,19 @@ impl Core for SeedCore {
                 let Some(link) = self.links.get_mut(&conn) else {
                     return;
                 };
-                let (addr, kind, inc) = (link.addr, link.kind, link.incarnation);
+                let (addr, kind) = (link.addr, link.kind);
+                let member = Member {
+                    addr,
+                    incarnation: link.incarnation,
+                    key: link.key,
+                };
                 if kind == LinkKind::Peer && !link.rate.allow(now.mono) {
                     let reason = "frames faster than the rate limit".to_string();
                     return self.reject(conn, addr, reason, out);
                 }
                 match kind {
                     LinkKind::Seed => self.on_seed_frame(conn, addr, msg, now, out),
-                    LinkKind::Peer => self.on_peer_frame(conn, addr, inc, msg, now, out),
+                    LinkKind::Peer => self.on_peer_frame(conn, member, msg, now, out),
                 }
             }
             Event::Closed { conn, reason } => {
@@ -620,6 +664,7 @@ impl Core for SeedCore {
                         let member = Member {
                             addr: link.addr,
                             incarnation: link.incarnation,
+                            key: link.key,
                         };
                         if let Some(p) = self.probes.get(&link.addr) {
                             // The probe's connection is gone; try a fresh one before deciding.
@@ -639,6 +684,7 @@ impl Core for SeedCore {
                                 out.push(Action::Dial {
                                     addr: link.addr,
                                     purpose: Purpose::Probe,
+                                    key: Some(member.key),
                                 });
                             }
                         } else if !link.left && self.registry.contains(&member) {
@@ -785,7 +831,8 @@ mod tests {
                 op: VoteOp::Add,
                 member: Member {
                     addr: a(9101),
-                    incarnation: 7
+                    incarnation: 7,
+                    key: [0; 32],
                 }
             }]
         );
@@ -800,6 +847,7 @@ mod tests {
                     member: Member {
                         addr: a(9101),
                         incarnation: 7,
+                        key: [0; 32],
                     },
                 },
             },
@@ -835,6 +883,7 @@ mod tests {
             let member = Member {
                 addr: a(p),
                 incarnation: 1,
+                key: [0; 32],
             };
             s.handle(
                 Event::Frame {
@@ -930,6 +979,7 @@ mod tests {
         let dead = Member {
             addr: a(9102),
             incarnation: 1,
+            key: [0; 32],
         };
         let votes: Vec<Msg> = sent_to(&out, 1)
             .into_iter()
@@ -1018,6 +1068,7 @@ mod tests {
         let m = Member {
             addr: a(9101),
             incarnation: 1,
+            key: [0; 32],
         };
         assert_eq!(
             sent_to(&out, 1),
@@ -1091,8 +1142,57 @@ mod tests {
             op: VoteOp::Add,
             member: Member {
                 addr: a(9103),
-                incarnation: 1
+                incarnation: 1,
+                key: [0; 32],
             }
         }));
+    }
+
+    #[test]
+    fn another_key_at_a_registered_address_cannot_register_leave_or_take_its_connection() {
+        let now = Now::real();
+        let mut s = SeedCore::new(a(9001), config(), rand::SeedableRng::seed_from_u64(1));
+        let mut out = vec![];
+        let connected = |conn, remote| Event::Connected { conn, remote };
+        let frame = |conn, msg| Event::Frame { conn, msg };
+        s.handle(connected(1, seed(a(9002))), now, &mut out);
+        s.handle(connected(2, peer(a(9101), 1)), now, &mut out);
+        s.handle(frame(2, Msg::Register), now, &mut out);
+        let holder = Member {
+            addr: a(9101),
+            incarnation: 1,
+            key: [0; 32],
+        };
+        let op = VoteOp::Add;
+        s.handle(frame(1, Msg::Vote { op, member: holder }), now, &mut out);
+        assert_eq!(s.members(), vec![holder]);
+        out.clear();
+
+        // Another key claims the address, with a newer incarnation.
+        let thief = || Remote {
+            key: [9; 32],
+            ..peer(a(9101), 5)
+        };
+        s.handle(connected(3, thief()), now, &mut out);
+        assert!(
+            !out.iter().any(|x| matches!(x, Action::Close { conn: 2 })),
+            "the holder keeps its own connection"
+        );
+        s.handle(frame(3, Msg::Leave), now, &mut out);
+        assert!(out.iter().any(|x| matches!(x, Action::Close { conn: 3 })));
+        s.handle(connected(4, thief()), now, &mut out);
+        s.handle(frame(4, Msg::Register), now, &mut out);
+        assert!(
+            matches!(&sent_to(&out, 4)[..], [Msg::Reject { reason }] if reason.contains("another key"))
+        );
+        assert!(
+            sent_to(&out, 1).is_empty(),
+            "no vote about the address, for either key"
+        );
+        // The holder is checked over its own connection, in case it is the one that is gone.
+        assert!(sent_to(&out, 2)
+            .iter()
+            .any(|m| matches!(m, Msg::LivenessRequest { .. })));
+        assert_eq!(s.members(), vec![holder]);
     }
 }

@@ -1,8 +1,9 @@
 //! The peer list (PL) and the votes that change it: the voting rule in one place.
 //!
-//! A member is a peer address with an incarnation (the peer's start time), so a peer that
-//! restarts on the same port is a new member and a late vote about its old self changes
-//! nothing. A change commits when ⌊n/2⌋+1 *distinct configured seeds* have voted for it. A
+//! A member is a peer address with an incarnation (the peer's start time) and the key the
+//! peer proved in its handshake, so a peer that restarts on the same port is a new member and
+//! a late vote about its old self changes nothing. An address is held by one key at a time:
+//! while a member is listed, no other key can be added at its address, by vote or by merge. A change commits when ⌊n/2⌋+1 *distinct configured seeds* have voted for it. A
 //! committed list is shared between seeds as a state-based merge (members plus bounded
 //! tombstones of removed members), which is how a seed that missed votes or was down catches
 //! up: merging is idempotent, commutative and never resurrects a removed member.
@@ -47,7 +48,7 @@ pub enum Change {
 #[derive(Debug)]
 pub struct Registry {
     majority: usize,
-    members: BTreeMap<SocketAddr, u64>,
+    members: BTreeMap<SocketAddr, Member>,
     /// The members' addresses in no particular order, and where each is in it: a random sample
     /// of the list costs its size, not the list's.
     dense: Vec<SocketAddr>,
@@ -76,13 +77,31 @@ impl Registry {
         self.majority
     }
 
-    /// The current incarnation of a member.
-    pub fn incarnation(&self, addr: &SocketAddr) -> Option<u64> {
+    /// The member listed at an address.
+    pub fn member(&self, addr: &SocketAddr) -> Option<Member> {
         self.members.get(addr).copied()
     }
 
     pub fn contains(&self, m: &Member) -> bool {
-        self.members.get(&m.addr) == Some(&m.incarnation)
+        self.members.get(&m.addr) == Some(m)
+    }
+
+    /// Is `m`'s address held by a listed member with another key?
+    pub fn held_by_other(&self, m: &Member) -> Option<Member> {
+        self.members
+            .get(&m.addr)
+            .filter(|held| held.key != m.key)
+            .copied()
+    }
+
+    /// Would an add of `m` be refused: removed already, not newer than the listed member, or
+    /// its address held by another key?
+    fn add_is_stale(&self, m: &Member) -> bool {
+        self.is_tombstoned(m)
+            || self
+                .members
+                .get(&m.addr)
+                .is_some_and(|held| held.key != m.key || held.incarnation >= m.incarnation)
     }
 
     pub fn len(&self) -> usize {
@@ -93,9 +112,9 @@ impl Registry {
         self.members.is_empty()
     }
 
-    /// Up to `k` member addresses drawn uniformly at random, `exclude` left out, in address
-    /// order. Costs about `k`, however many members there are.
-    pub fn sample(&self, rng: &mut StdRng, k: usize, exclude: &SocketAddr) -> Vec<SocketAddr> {
+    /// Up to `k` members drawn uniformly at random, `exclude` left out, in address order.
+    /// Costs about `k`, however many members there are.
+    pub fn sample(&self, rng: &mut StdRng, k: usize, exclude: &SocketAddr) -> Vec<Member> {
         let n = self.dense.len();
         let mut picked: Vec<SocketAddr> = if n <= k + 1 {
             self.dense.clone()
@@ -108,18 +127,12 @@ impl Registry {
         picked.retain(|a| a != exclude);
         picked.sort();
         picked.truncate(k);
-        picked
+        picked.iter().filter_map(|a| self.member(a)).collect()
     }
 
     /// Members sorted by address (stable output for logs and tests).
     pub fn members(&self) -> Vec<Member> {
-        let mut v: Vec<Member> = self
-            .members
-            .iter()
-            .map(|(&addr, &incarnation)| Member { addr, incarnation })
-            .collect();
-        v.sort_by_key(|m| m.addr);
-        v
+        self.members.values().copied().collect()
     }
 
     pub fn tombstones(&self) -> Vec<(Member, RemovalReason)> {
@@ -166,12 +179,7 @@ impl Registry {
     ) -> Option<Change> {
         let (kind, reason) = match op {
             VoteOp::Add => {
-                if self.is_tombstoned(&m)
-                    || self
-                        .members
-                        .get(&m.addr)
-                        .is_some_and(|&i| i >= m.incarnation)
-                {
+                if self.add_is_stale(&m) {
                     return None;
                 }
                 (Kind::Add, RemovalReason::Dead)
@@ -181,7 +189,7 @@ impl Registry {
                     || self
                         .members
                         .get(&m.addr)
-                        .is_some_and(|&i| i > m.incarnation)
+                        .is_some_and(|held| held.incarnation > m.incarnation)
                 {
                     return None;
                 }
@@ -218,15 +226,10 @@ impl Registry {
 
     /// Adds a committed member (from a majority here or from another seed's list).
     fn apply_add(&mut self, m: Member) -> bool {
-        if self.is_tombstoned(&m)
-            || self
-                .members
-                .get(&m.addr)
-                .is_some_and(|&i| i >= m.incarnation)
-        {
+        if self.add_is_stale(&m) {
             return false;
         }
-        if self.members.insert(m.addr, m.incarnation).is_none() {
+        if self.members.insert(m.addr, m).is_none() {
             self.position.insert(m.addr, self.dense.len());
             self.dense.push(m.addr);
         }
@@ -242,8 +245,17 @@ impl Registry {
         if self.is_tombstoned(&m) {
             return false;
         }
-        let present = self.members.get(&m.addr) == Some(&m.incarnation);
-        if present || self.members.get(&m.addr).is_none_or(|&i| i < m.incarnation) {
+        if self.held_by_other(&m).is_some() {
+            // About a key that does not hold the address: no tombstone may block the holder.
+            return false;
+        }
+        let present = self.contains(&m);
+        if present
+            || self
+                .members
+                .get(&m.addr)
+                .is_none_or(|held| held.incarnation < m.incarnation)
+        {
             if present {
                 self.members.remove(&m.addr);
                 if let Some(i) = self.position.remove(&m.addr) {
@@ -281,22 +293,13 @@ impl Registry {
         }
         for &m in members {
             if let Some(old) = self.members.get(&m.addr).copied() {
-                if old < m.incarnation
-                    && self.apply_remove(
-                        Member {
-                            addr: m.addr,
-                            incarnation: old,
-                        },
-                        RemovalReason::Left,
-                    )
+                // A newer incarnation of the same key replaces the old one; another key at a
+                // held address is not taken from anyone.
+                if old.key == m.key
+                    && old.incarnation < m.incarnation
+                    && self.apply_remove(old, RemovalReason::Left)
                 {
-                    changes.push(Change::Removed(
-                        Member {
-                            addr: m.addr,
-                            incarnation: old,
-                        },
-                        RemovalReason::Left,
-                    ));
+                    changes.push(Change::Removed(old, RemovalReason::Left));
                 }
             }
             if self.apply_add(m) {
@@ -324,6 +327,7 @@ mod tests {
         Member {
             addr: a(p),
             incarnation: inc,
+            key: [p as u8; 32],
         }
     }
     const S1: u16 = 9001;
@@ -413,8 +417,11 @@ mod tests {
         for k in [5, 39, 40, 100] {
             let s = r.sample(&mut rng, k, &asker);
             assert_eq!(s.len(), k.min(39), "k = {k}");
-            assert!(s.windows(2).all(|w| w[0] < w[1]), "sorted and distinct");
-            assert!(s.iter().all(|x| *x != asker && r.incarnation(x) == Some(1)));
+            assert!(
+                s.windows(2).all(|w| w[0].addr < w[1].addr),
+                "sorted and distinct"
+            );
+            assert!(s.iter().all(|x| x.addr != asker && r.contains(x)));
         }
     }
 
@@ -454,6 +461,37 @@ mod tests {
         assert_eq!(
             r.vote(a(S2), VoteOp::Add, m(1, 1), now + VOTE_TTL * 2),
             None
+        );
+    }
+
+    #[test]
+    fn an_address_held_by_a_key_is_not_given_to_another() {
+        let now = Instant::now();
+        let mut r = Registry::new(1);
+        assert!(r.vote(a(S1), VoteOp::Add, m(1, 1), now).is_some());
+        let thief = Member {
+            key: [99; 32],
+            ..m(1, 5)
+        };
+        assert_eq!(r.held_by_other(&thief), Some(m(1, 1)));
+        assert_eq!(r.vote(a(S1), VoteOp::Add, thief, now), None);
+        assert!(r.merge(&[thief], &[]).is_empty());
+        // A removal naming the thief's key does not remove the holder.
+        assert_eq!(
+            r.vote(a(S1), VoteOp::Remove(RemovalReason::Left), thief, now),
+            None
+        );
+        assert_eq!(r.members(), vec![m(1, 1)]);
+        // The holder's own newer incarnation does replace it, by vote or by merge.
+        assert!(r.merge(&[m(1, 2)], &[]).contains(&Change::Added(m(1, 2))));
+        assert_eq!(r.members(), vec![m(1, 2)]);
+        // Once the holder is removed, the address is free for a new key.
+        assert!(r
+            .vote(a(S1), VoteOp::Remove(RemovalReason::Dead), m(1, 2), now)
+            .is_some());
+        assert_eq!(
+            r.vote(a(S1), VoteOp::Add, thief, now),
+            Some(Change::Added(thief))
         );
     }
 }

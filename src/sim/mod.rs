@@ -31,7 +31,7 @@ use crate::node::{
 };
 use crate::peer::PeerCore;
 use crate::seed::SeedCore;
-use crate::wire::{Msg, Role};
+use crate::wire::{Msg, PublicKey, Role};
 
 /// Virtual time in microseconds since the start of the run.
 pub type Micros = u64;
@@ -411,7 +411,7 @@ impl World {
                 }
                 Action::Withdraw { .. } | Action::SendApi { .. } => {}
                 Action::Close { conn } => self.close(node, conn, CloseReason::EndOfStream),
-                Action::Dial { addr, purpose } => self.dial(node, addr, purpose),
+                Action::Dial { addr, purpose, key } => self.dial(node, addr, purpose, key),
                 Action::SetTimer { after, timer } => {
                     // Rounded up: a timer never fires before its deadline (a core that
                     // finds nothing due yet would ask again for the same instant).
@@ -479,9 +479,14 @@ impl World {
         self.push(at, Pending::Deliver { node: from, event });
     }
 
-    fn dial(&mut self, from: NodeId, addr: SocketAddr, purpose: Purpose) {
+    fn dial(&mut self, from: NodeId, addr: SocketAddr, purpose: Purpose, key: Option<PublicKey>) {
         let rtt = 2 * self.latency();
         let target = self.by_addr.get(&addr).copied();
+        if key.is_some_and(|k| target.is_some() && k != sim_key(&addr)) {
+            // Someone else's key listens there: the connector refuses the Challenge.
+            let why = DialError::Handshake(format!("{addr} showed another key"));
+            return self.dial_failed(from, addr, purpose, rtt, why);
+        }
         match target.map(|t| (t, self.nodes[t].state)) {
             Some((to, NodeState::Running)) if !self.blocked(from, to) => {
                 // TCP's round trip, then the challenge: the acceptor takes the link when the
@@ -627,7 +632,7 @@ pub fn peer_id(addr: &SocketAddr) -> Option<NodeId> {
 
 /// A node's key in the simulator: the handshake is not simulated (its checks are unit-tested
 /// in `handshake.rs`), so a key stands for the address it is derived from.
-fn sim_key(addr: &SocketAddr) -> crate::wire::PublicKey {
+pub fn sim_key(addr: &SocketAddr) -> PublicKey {
     use sha2::{Digest, Sha256};
     Sha256::digest(addr.to_string().as_bytes()).into()
 }
