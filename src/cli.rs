@@ -317,7 +317,7 @@ pub fn run(role: Role, args: CommonArgs, api_addr: Option<SocketAddr>) -> Result
     let identity = Identity {
         role,
         addr,
-        incarnation: unix_ms(),
+        incarnation: std::sync::atomic::AtomicU64::new(unix_ms()),
         key: std::sync::Arc::new(key),
     };
     let (tx, rx) = crossbeam_channel::bounded::<()>(1);

@@ -92,7 +92,10 @@ pub fn execute<C: Queue>(actions: &[Action], table: &mut HashMap<ConnId, C>) -> 
                     done.closing.push(c);
                 }
             }
-            Action::Dial { .. } | Action::SetTimer { .. } | Action::Log(_) => {}
+            Action::Dial { .. }
+            | Action::SetTimer { .. }
+            | Action::Reincarnate
+            | Action::Log(_) => {}
         }
     }
     done

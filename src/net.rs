@@ -113,11 +113,11 @@ struct ConnTable {
 }
 
 /// Who this node is.
-#[derive(Clone)]
 pub struct Identity {
     pub role: Role,
     pub addr: SocketAddr,
-    pub incarnation: u64,
+    /// The start time in Unix ms; raised by [`Action::Reincarnate`].
+    pub incarnation: AtomicU64,
     pub key: Arc<NodeKey>,
 }
 
@@ -271,6 +271,12 @@ impl<C: Core> Runtime<C> {
             match action {
                 Action::Dial { addr, purpose, key } => self.dial(addr, purpose, key),
                 Action::Log(rec) => records.push(rec),
+                Action::Reincarnate => {
+                    let old = self.identity.incarnation.load(Ordering::Relaxed);
+                    let new = crate::node::unix_ms().max(old + 1);
+                    self.identity.incarnation.store(new, Ordering::Relaxed);
+                    log::info!("incarnation {old} -> {new}");
+                }
                 Action::SetTimer { after, timer } => {
                     let at = now.mono + after;
                     let mut timers = self.timers.lock();
@@ -655,7 +661,7 @@ impl<C: Core> Runtime<C> {
         let me = Connector {
             role: self.identity.role,
             addr: self.identity.addr,
-            incarnation: self.identity.incarnation,
+            incarnation: self.identity.incarnation.load(Ordering::Relaxed),
             key: &self.identity.key,
             max_difficulty: self.config.pow.max_difficulty,
         };

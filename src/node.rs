@@ -261,6 +261,9 @@ pub enum Action {
     },
     /// Deliver `Event::Timer(timer)` once, `after` from now.
     SetTimer { after: Duration, timer: Timer },
+    /// Peer: this node was removed from the peer list while alive. Connections dialed from
+    /// now on (the `Hello`) carry a new incarnation, higher than every earlier one.
+    Reincarnate,
     /// Write an output record (`.jsonl`, and the `.txt` line if any).
     Log(Record),
 }

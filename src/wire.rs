@@ -135,6 +135,11 @@ pub enum Msg {
     },
     /// Peer → seed or neighbour: I am shutting down cleanly.
     Leave,
+    /// Seed → peer: this incarnation of you was removed from the peer list (you were taken
+    /// for dead); register again as a newer incarnation.
+    Removed {
+        incarnation: u64,
+    },
 
     // --- peer ↔ peer (and seed → peer probes) ---
     Gossip {
@@ -203,6 +208,7 @@ mod tag {
     pub const DEGREE: u8 = 0x14;
     pub const DEAD_NODE: u8 = 0x15;
     pub const LEAVE: u8 = 0x16;
+    pub const REMOVED: u8 = 0x17;
     pub const GOSSIP: u8 = 0x20;
     pub const LIVENESS_REQUEST: u8 = 0x21;
     pub const LIVENESS_REPLY: u8 = 0x22;
@@ -232,6 +238,7 @@ impl Msg {
             Msg::Degree { .. } => "Degree",
             Msg::DeadNode { .. } => "DeadNode",
             Msg::Leave => "Leave",
+            Msg::Removed { .. } => "Removed",
             Msg::Gossip { .. } => "Gossip",
             Msg::LivenessRequest { .. } => "LivenessRequest",
             Msg::LivenessReply { .. } => "LivenessReply",
@@ -324,6 +331,10 @@ impl Msg {
                 put_str(out, truncate(text, MAX_TEXT));
             }
             Msg::Leave => out.push(tag::LEAVE),
+            Msg::Removed { incarnation } => {
+                out.push(tag::REMOVED);
+                out.extend_from_slice(&incarnation.to_be_bytes());
+            }
             Msg::Gossip {
                 data_type,
                 ttl,
@@ -463,6 +474,9 @@ impl Msg {
             },
             tag::DEAD_NODE => Msg::DeadNode { text: r.text()? },
             tag::LEAVE => Msg::Leave,
+            tag::REMOVED => Msg::Removed {
+                incarnation: r.u64()?,
+            },
             tag::GOSSIP => Msg::Gossip {
                 data_type: r.u16()?,
                 ttl: r.u8()?,
@@ -844,6 +858,7 @@ mod tests {
                 text: "Dead Node:127.0.0.1:9102:1795313883123:127.0.0.1:9101".into(),
             },
             Msg::Leave,
+            Msg::Removed { incarnation: 42 },
             Msg::Gossip {
                 data_type: 0,
                 ttl: 0,

@@ -98,6 +98,7 @@ fn msg() -> impl Strategy<Value = Msg> {
         any::<u16>().prop_map(|neighbours| Msg::Degree { neighbours }),
         text().prop_map(|text| Msg::DeadNode { text }),
         Just(Msg::Leave),
+        any::<u64>().prop_map(|incarnation| Msg::Removed { incarnation }),
         (
             any::<u16>(),
             any::<u8>(),

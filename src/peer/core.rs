@@ -61,6 +61,9 @@ pub struct PeerCore {
     rng: StdRng,
     phase: Phase,
     leaving: bool,
+    /// A seed told us we were removed while alive; we registered again as a new incarnation
+    /// and say `rejoined` once a seed confirms it.
+    rejoining: bool,
     seeds: SeedSessions,
     overlay: Overlay,
     liveness: Liveness,
@@ -90,6 +93,7 @@ impl PeerCore {
             rng,
             phase: Phase::Joining,
             leaving: false,
+            rejoining: false,
             seeds: SeedSessions::new(config.seeds.clone(), config.majority()),
             overlay: Overlay::new(me, &config),
             liveness: Liveness::new(&config.liveness),
@@ -963,6 +967,12 @@ impl PeerCore {
         for (addr, misses) in self.liveness.dead(now.mono) {
             let why = format!("{misses} liveness requests unanswered");
             self.report_dead(addr, &why, now, out);
+            if let Some(conn) = self.overlay.conn_of(&addr) {
+                // Should it be alive after all (frozen, overloaded), it reads why we closed
+                // when it wakes, and does not take our close for our crash.
+                let reason = format!("{why}: reported dead");
+                out.push(Action::send(conn, Msg::Reject { reason }));
+            }
             self.drop_neighbour(addr, &why, true, now, out);
         }
     }
@@ -1060,9 +1070,15 @@ impl PeerCore {
                 self.on_link_gone(conn, now, out);
                 out.push(Action::Close { conn });
             }
+            (LinkKind::Seed, Msg::Removed { incarnation }) => {
+                self.on_removed(addr, incarnation, now, out)
+            }
             (LinkKind::Seed, Msg::Registered) => {
                 if self.seeds.registered(&addr) {
                     out.push(records::registered_with(&addr).into());
+                    if std::mem::take(&mut self.rejoining) {
+                        out.push(records::rejoined(&addr).into());
+                    }
                     out.push(Action::send(conn, Msg::GetPeers));
                     self.tell_degree(out);
                 }
@@ -1079,6 +1095,24 @@ impl PeerCore {
                 let reason = format!("unexpected {} on a {kind:?} link", other.name());
                 self.reject(conn, addr, reason, now, out)
             }
+        }
+    }
+
+    /// A seed says this incarnation of us was removed (taken for dead while we were frozen or
+    /// cut off): register again, with every seed, as a new incarnation (SWIM's refutation).
+    /// Neighbour links stay; the seeds' links carry the old incarnation and are dialed anew.
+    fn on_removed(&mut self, seed: SocketAddr, incarnation: u64, now: Now, out: &mut Vec<Action>) {
+        if !self.rejoining {
+            log::warn!(
+                "seed {seed} says this peer (incarnation {incarnation}) was removed from the peer list: registering again"
+            );
+            out.push(records::removed_notice(&seed).into());
+        }
+        self.rejoining = true;
+        out.push(Action::Reincarnate);
+        for conn in self.seeds.conns() {
+            self.on_link_gone(conn, now, out);
+            out.push(Action::Close { conn });
         }
     }
 

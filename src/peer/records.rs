@@ -34,6 +34,24 @@ pub fn registered_with(seed: &SocketAddr) -> Record {
         .line(format!("Registered with seed {seed}"))
 }
 
+/// A seed told us we had been removed while alive.
+pub fn removed_notice(seed: &SocketAddr) -> Record {
+    Record::new("removed_notice")
+        .field("seed", seed.to_string())
+        .line(format!(
+            "Seed {seed} says this peer was removed from the peer list (taken for dead): registering again"
+        ))
+}
+
+/// Registered again, as a new incarnation, after being removed while alive.
+pub fn rejoined(seed: &SocketAddr) -> Record {
+    Record::new("rejoined")
+        .field("seed", seed.to_string())
+        .line(format!(
+            "Rejoined: registered again with seed {seed} after being removed while alive"
+        ))
+}
+
 pub fn neighbour_up(peer: &SocketAddr) -> Record {
     Record::new("neighbour_up")
         .field("peer", peer.to_string())

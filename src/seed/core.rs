@@ -183,9 +183,15 @@ impl SeedCore {
                 self.degrees.remove(&m.addr);
                 self.probes.remove(&m.addr);
                 if reason == RemovalReason::Dead {
-                    // A peer removed as dead that still holds a connection (hung) loses it.
+                    // A peer removed as dead that still holds a connection (hung) loses it,
+                    // told why first: should it wake up, it registers again.
                     if let Some(conn) = self.peer_conns.remove(&m.addr) {
-                        self.links.remove(&conn);
+                        if let Some(link) = self.links.remove(&conn) {
+                            if link.incarnation == m.incarnation {
+                                let incarnation = m.incarnation;
+                                out.push(Action::send(conn, Msg::Removed { incarnation }));
+                            }
+                        }
                         out.push(Action::Close { conn });
                     }
                 }
@@ -377,6 +383,22 @@ impl SeedCore {
     ) {
         let addr = member.addr;
         let holder = self.registry.held_by_other(&member);
+        let asks = matches!(
+            msg,
+            Msg::Register | Msg::GetPeers | Msg::Degree { .. } | Msg::DeadNode { .. }
+        );
+        if asks && holder.is_none() && self.registry.is_removed(&member) {
+            // Taken for dead while alive (frozen, cut off): say so, so it registers again.
+            log::info!(
+                "{addr} (incarnation {}) was removed: telling it so",
+                member.incarnation
+            );
+            let incarnation = member.incarnation;
+            out.push(Action::send(conn, Msg::Removed { incarnation }));
+            self.forget(conn);
+            out.push(Action::Close { conn });
+            return;
+        }
         match msg {
             Msg::Register if holder.is_some() => {
                 let holder = holder.unwrap_or(member);

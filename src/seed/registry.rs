@@ -86,6 +86,12 @@ impl Registry {
         self.members.get(&m.addr) == Some(m)
     }
 
+    /// Was `m` removed (and not listed again since)? A peer that hears so from a seed was
+    /// taken for dead while alive, and registers again as a newer incarnation.
+    pub fn is_removed(&self, m: &Member) -> bool {
+        self.is_tombstoned(m) && !self.contains(m)
+    }
+
     /// Is `m`'s address held by a listed member with another key?
     pub fn held_by_other(&self, m: &Member) -> Option<Member> {
         self.members

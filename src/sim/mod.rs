@@ -78,6 +78,8 @@ pub struct Node {
     conns: Vec<ConnId>,
     /// Bytes of the frames it was sent, as encoded on the wire, when counted (late joiners).
     pub bytes_in: Option<u64>,
+    /// What its `Hello` carries; raised by [`Action::Reincarnate`].
+    incarnation: u64,
 }
 
 /// One end of a connection.
@@ -207,6 +209,7 @@ impl World {
             fault_at: None,
             conns: Vec::new(),
             bytes_in: None,
+            incarnation: 1,
         });
         self.by_addr.insert(addr, id);
         id
@@ -410,6 +413,7 @@ impl World {
                     }
                 }
                 Action::Withdraw { .. } | Action::SendApi { .. } => {}
+                Action::Reincarnate => self.nodes[node].incarnation += 1,
                 Action::Close { conn } => self.close(node, conn, CloseReason::EndOfStream),
                 Action::Dial { addr, purpose, key } => self.dial(node, addr, purpose, key),
                 Action::SetTimer { after, timer } => {
@@ -540,11 +544,10 @@ impl World {
             open: true,
             last_at: now,
         });
-        let incarnation = 1;
         let connector = Remote {
             addr: self.nodes[from].addr,
             role: self.nodes[from].role,
-            incarnation,
+            incarnation: self.nodes[from].incarnation,
             key: sim_key(&self.nodes[from].addr),
             dialed: None,
         };
