@@ -320,6 +320,7 @@ pub fn run(role: Role, args: CommonArgs, api_addr: Option<SocketAddr>) -> Result
         incarnation: std::sync::atomic::AtomicU64::new(unix_ms()),
         key: std::sync::Arc::new(key),
     };
+    let key = identity.key.clone();
     let (tx, rx) = crossbeam_channel::bounded::<()>(1);
     ctrlc::set_handler(move || {
         let _ = tx.try_send(());
@@ -332,8 +333,8 @@ pub fn run(role: Role, args: CommonArgs, api_addr: Option<SocketAddr>) -> Result
     );
     match role {
         Role::Seed => {
-            let mut core = SeedCore::new(addr, config.clone(), rand::rngs::StdRng::from_entropy());
-            core.set_key(public_hex);
+            let rng = rand::rngs::StdRng::from_entropy();
+            let core = SeedCore::new(addr, config.clone(), rng, key);
             let rt = Runtime::start(core, listener, identity, seed_keys, config, output);
             serve(rt, None, rx)
         }

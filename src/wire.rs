@@ -57,6 +57,50 @@ pub enum VoteOp {
     Remove(RemovalReason),
 }
 
+impl VoteOp {
+    fn code(self) -> u8 {
+        match self {
+            VoteOp::Add => 1,
+            VoteOp::Remove(RemovalReason::Dead) => 2,
+            VoteOp::Remove(RemovalReason::Left) => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Result<VoteOp, WireError> {
+        Ok(match code {
+            1 => VoteOp::Add,
+            2 => VoteOp::Remove(RemovalReason::Dead),
+            3 => VoteOp::Remove(RemovalReason::Left),
+            other => return Err(WireError::BadValue("vote op", other as u64)),
+        })
+    }
+}
+
+/// What a seed signs when it votes for a change: the domain string, the op and the member,
+/// encoded as in `Vote`.
+pub fn change_bytes(op: VoteOp, member: &Member) -> Vec<u8> {
+    let mut out = CHANGE_DOMAIN.to_vec();
+    out.push(op.code());
+    put_member(&mut out, member);
+    out
+}
+
+/// The domain of a vote's signature.
+pub const CHANGE_DOMAIN: &[u8] = b"gossipnet/2 change";
+
+/// A committed change: the signatures of the seeds that voted for it (a majority of the
+/// configured seeds, each under its own key). Seeds sync certificates, never bare lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    pub op: VoteOp,
+    pub member: Member,
+    pub signatures: Vec<(SocketAddr, Signature)>,
+}
+
+/// At most this many certificates in one `Sync` frame (a cert of three signatures is about
+/// 300 bytes, so a frame stays far below the 1 MiB frame limit); a longer list goes in several.
+pub const SYNC_CHUNK: usize = 2048;
+
 /// One entry of a peer list sent to a peer: the address, the key the peer there must show,
 /// and how many neighbours it reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,13 +230,16 @@ pub enum Msg {
     },
 
     // --- seed ↔ seed ---
+    /// Seed → seed: this seed's vote for a change, signed (`change_bytes`).
     Vote {
         op: VoteOp,
         member: Member,
+        signature: Signature,
     },
+    /// Seed → seed: certificates of committed changes (the listed members' registrations and
+    /// the removals still remembered), at most `SYNC_CHUNK` per frame.
     Sync {
-        members: Vec<Member>,
-        removed: Vec<(Member, RemovalReason)>,
+        certs: Vec<Certificate>,
     },
 }
 
@@ -397,27 +444,29 @@ impl Msg {
                 out.push(*ttl);
                 out.extend_from_slice(payload);
             }
-            Msg::Vote { op, member } => {
+            Msg::Vote {
+                op,
+                member,
+                signature,
+            } => {
                 out.push(tag::VOTE);
-                out.push(match op {
-                    VoteOp::Add => 1,
-                    VoteOp::Remove(RemovalReason::Dead) => 2,
-                    VoteOp::Remove(RemovalReason::Left) => 3,
-                });
+                out.push(op.code());
                 put_member(out, member);
+                out.extend_from_slice(signature);
             }
-            Msg::Sync { members, removed } => {
+            Msg::Sync { certs } => {
                 out.push(tag::SYNC);
-                let members = &members[..members.len().min(MAX_LIST_ENTRIES)];
-                out.extend_from_slice(&(members.len() as u32).to_be_bytes());
-                for m in members {
-                    put_member(out, m);
-                }
-                let removed = &removed[..removed.len().min(MAX_LIST_ENTRIES)];
-                out.extend_from_slice(&(removed.len() as u32).to_be_bytes());
-                for (m, reason) in removed {
-                    put_member(out, m);
-                    out.push(*reason as u8);
+                let certs = &certs[..certs.len().min(MAX_LIST_ENTRIES)];
+                out.extend_from_slice(&(certs.len() as u32).to_be_bytes());
+                for c in certs {
+                    out.push(c.op.code());
+                    put_member(out, &c.member);
+                    let sigs = &c.signatures[..c.signatures.len().min(u8::MAX as usize)];
+                    out.push(sigs.len() as u8);
+                    for (seed, sig) in sigs {
+                        put_addr(out, seed);
+                        out.extend_from_slice(sig);
+                    }
                 }
             }
         }
@@ -525,36 +574,29 @@ impl Msg {
                 ttl: r.u8()?,
                 payload: r.rest().into(),
             },
-            tag::VOTE => {
-                let op = match r.u8()? {
-                    1 => VoteOp::Add,
-                    2 => VoteOp::Remove(RemovalReason::Dead),
-                    3 => VoteOp::Remove(RemovalReason::Left),
-                    other => return Err(WireError::BadValue("vote op", other as u64)),
-                };
-                Msg::Vote {
-                    op,
-                    member: r.member()?,
-                }
-            }
+            tag::VOTE => Msg::Vote {
+                op: VoteOp::from_code(r.u8()?)?,
+                member: r.member()?,
+                signature: r.array64()?,
+            },
             tag::SYNC => {
                 let n = r.count()?;
-                let mut members = Vec::with_capacity(n.min(64));
+                let mut certs = Vec::with_capacity(n.min(64));
                 for _ in 0..n {
-                    members.push(r.member()?);
+                    let op = VoteOp::from_code(r.u8()?)?;
+                    let member = r.member()?;
+                    let k = r.u8()? as usize;
+                    let mut signatures = Vec::with_capacity(k.min(8));
+                    for _ in 0..k {
+                        signatures.push((r.addr()?, r.array64()?));
+                    }
+                    certs.push(Certificate {
+                        op,
+                        member,
+                        signatures,
+                    });
                 }
-                let n = r.count()?;
-                let mut removed = Vec::with_capacity(n.min(64));
-                for _ in 0..n {
-                    let m = r.member()?;
-                    let reason = match r.u8()? {
-                        1 => RemovalReason::Dead,
-                        2 => RemovalReason::Left,
-                        other => return Err(WireError::BadValue("removal reason", other as u64)),
-                    };
-                    removed.push((m, reason));
-                }
-                Msg::Sync { members, removed }
+                Msg::Sync { certs }
             }
             other => return Err(WireError::UnknownTag(other)),
         };
@@ -901,14 +943,29 @@ mod tests {
             Msg::Vote {
                 op: VoteOp::Add,
                 member: m,
+                signature: [1; 64],
             },
             Msg::Vote {
                 op: VoteOp::Remove(RemovalReason::Left),
                 member: m,
+                signature: [2; 64],
             },
             Msg::Sync {
-                members: vec![m, m],
-                removed: vec![(m, RemovalReason::Dead)],
+                certs: vec![
+                    Certificate {
+                        op: VoteOp::Add,
+                        member: m,
+                        signatures: vec![
+                            (a("127.0.0.1:9001"), [3; 64]),
+                            (a("[::1]:9002"), [4; 64]),
+                        ],
+                    },
+                    Certificate {
+                        op: VoteOp::Remove(RemovalReason::Dead),
+                        member: m,
+                        signatures: vec![],
+                    },
+                ],
             },
         ]
     }

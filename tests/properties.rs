@@ -8,7 +8,9 @@ use proptest::prelude::*;
 use gossipnet::api::{ApiMsg, ApiReader};
 use gossipnet::config::Config;
 use gossipnet::texts;
-use gossipnet::wire::{FrameReader, Member, Msg, PeerEntry, RemovalReason, Role, VoteOp};
+use gossipnet::wire::{
+    Certificate, FrameReader, Member, Msg, PeerEntry, RemovalReason, Role, VoteOp,
+};
 
 fn socket_addr() -> impl Strategy<Value = SocketAddr> {
     prop_oneof![
@@ -25,6 +27,14 @@ fn member() -> impl Strategy<Value = Member> {
         incarnation,
         key,
     })
+}
+
+fn vote_op(code: u8) -> VoteOp {
+    [
+        VoteOp::Add,
+        VoteOp::Remove(RemovalReason::Dead),
+        VoteOp::Remove(RemovalReason::Left),
+    ][code as usize]
 }
 
 fn signature() -> impl Strategy<Value = [u8; 64]> {
@@ -111,32 +121,29 @@ fn msg() -> impl Strategy<Value = Msg> {
             }),
         text().prop_map(|text| Msg::LivenessRequest { text }),
         text().prop_map(|text| Msg::LivenessReply { text }),
-        (0u8..3, member()).prop_map(|(op, member)| Msg::Vote {
-            op: [
-                VoteOp::Add,
-                VoteOp::Remove(RemovalReason::Dead),
-                VoteOp::Remove(RemovalReason::Left)
-            ][op as usize],
-            member
+        (0u8..3, member(), signature()).prop_map(|(op, member, signature)| Msg::Vote {
+            op: vote_op(op),
+            member,
+            signature
         }),
-        (
-            proptest::collection::vec(member(), 0..20),
-            proptest::collection::vec((member(), any::<bool>()), 0..20)
+        proptest::collection::vec(
+            (
+                0u8..3,
+                member(),
+                proptest::collection::vec((socket_addr(), signature()), 0..4)
+            ),
+            0..20
         )
-            .prop_map(|(members, removed)| Msg::Sync {
-                members,
-                removed: removed
-                    .into_iter()
-                    .map(|(m, d)| (
-                        m,
-                        if d {
-                            RemovalReason::Dead
-                        } else {
-                            RemovalReason::Left
-                        }
-                    ))
-                    .collect()
-            }),
+        .prop_map(|certs| Msg::Sync {
+            certs: certs
+                .into_iter()
+                .map(|(op, member, signatures)| Certificate {
+                    op: vote_op(op),
+                    member,
+                    signatures
+                })
+                .collect()
+        }),
     ]
 }
 

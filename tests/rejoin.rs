@@ -59,5 +59,8 @@ fn a_peer_removed_while_frozen_rejoins_and_gossip_reaches_it_again() {
             sent.is_subset(&got)
         },
     );
+    // Its former neighbours said why they closed (no replies), so it took no close for a crash.
+    let reported = of(&net.events("peer", frozen), "dead_reported").len();
+    assert_eq!(reported, 0, "the woken peer reported no neighbour dead");
     assert!(net.alive(frozen));
 }

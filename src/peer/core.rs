@@ -1012,6 +1012,7 @@ impl PeerCore {
             return;
         };
         let (addr, kind) = (link.addr, link.kind);
+        link.heard = true;
         // Gossip is metered in `on_gossip`, once it is known whether the item is new; items of
         // catch-up were asked for (or are metered as gossip).
         let gossip = matches!(msg, Msg::Gossip { .. } | Msg::SyncItem { .. });
@@ -1184,6 +1185,12 @@ impl PeerCore {
             self.overlay.forget_neighbour(&addr, conn);
             self.liveness.unwatch(&addr);
             return;
+        }
+        if !link.dialed && !link.heard {
+            // It dialed us and went before saying anything: most often a dialer that gave up
+            // on a handshake we answered late (we were frozen or overloaded), not a crash.
+            let why = format!("closed before it sent anything ({reason})");
+            return self.drop_neighbour(addr, &why, false, now, out);
         }
         // No goodbye: a crash. Report at once; the seeds confirm before removing.
         let why = format!("connection lost without a goodbye ({reason})");
@@ -1645,6 +1652,33 @@ mod tests {
     fn a_broken_link_is_reported_at_once_with_the_exact_text() {
         let (mut p, now) = joined("");
         let mut out = vec![];
+        // An inbound link that closes before saying anything is only dropped (a dialer that
+        // gave up on a handshake we answered late, not a crash).
+        p.handle(
+            Event::Closed {
+                conn: 12,
+                reason: CloseReason::EndOfStream,
+            },
+            now,
+            &mut out,
+        );
+        let reported = sends(&out)
+            .iter()
+            .any(|(_, m)| matches!(m, Msg::DeadNode { .. }));
+        assert!(!reported, "{:?}", sends(&out));
+        assert_eq!(events(&out), vec!["neighbour_down"]);
+        // One that has been heard from is a crash.
+        let text = texts::liveness_request(now.unix_ms, &a(9102));
+        let heard = Msg::LivenessRequest { text };
+        p.handle(
+            Event::Frame {
+                conn: 11,
+                msg: heard,
+            },
+            now,
+            &mut out,
+        );
+        out.clear();
         p.handle(
             Event::Closed {
                 conn: 11,
@@ -1664,7 +1698,7 @@ mod tests {
         );
         assert!(events(&out).contains(&"dead_reported"));
         assert!(events(&out).contains(&"neighbour_down"));
-        assert_eq!(p.neighbours().len(), 2);
+        assert_eq!(p.neighbours().len(), 1);
     }
 
     #[test]

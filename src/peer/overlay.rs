@@ -64,6 +64,8 @@ pub struct Link {
     pub kind: LinkKind,
     /// Whether we dialed this connection (used to pick one of two simultaneous links).
     pub dialed: bool,
+    /// Whether a frame has come in on it since the handshake.
+    pub heard: bool,
     /// What this remote may send: new gossip items (first receipts), repeats, everything else.
     gossip_rate: RateLimiter,
     /// Repeats are cheap to drop, so they have a looser bound.
@@ -209,6 +211,7 @@ impl Overlay {
                 egress_rate: RateLimiter::new(g - g / 10, g.saturating_mul(2), now),
                 dropped: 0,
                 young: (kind == LinkKind::Neighbour).then(|| (now + YOUNG_LINK, Vec::new())),
+                heard: false,
                 catch_up: CatchUp::default(),
             },
         );

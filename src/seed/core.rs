@@ -3,18 +3,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::rngs::StdRng;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::keys::short;
+use crate::keys::{short, verify, NodeKey};
 use crate::limits::RateLimiter;
 use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote, Timer};
 use crate::seed::registry::{Change, Registry};
 use crate::texts;
-use crate::wire::{Member, Msg, PeerEntry, PublicKey, RemovalReason, Role, VoteOp};
+use crate::wire::{
+    change_bytes, Member, Msg, PeerEntry, PublicKey, RemovalReason, Role, VoteOp, SYNC_CHUNK,
+};
 
 /// How often a seed without enough other seeds to commit anything says so.
 const WAITING_NOTE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -61,8 +64,11 @@ pub struct SeedCore {
     config: Config,
     /// Draws the sample of the peer list a peer is sent.
     rng: StdRng,
-    /// This node's public key, for the `started` record.
-    key: Option<String>,
+    /// This seed's key: it signs its votes.
+    key: Arc<NodeKey>,
+    /// The configured seeds' keys (listed in `seeds.yaml`, or proven on a link to them):
+    /// what certificates are checked against.
+    seed_keys: BTreeMap<SocketAddr, PublicKey>,
     registry: Registry,
     links: BTreeMap<ConnId, Link>,
     /// Live links to other seeds.
@@ -78,11 +84,14 @@ pub struct SeedCore {
 }
 
 impl SeedCore {
-    pub fn new(me: SocketAddr, config: Config, rng: StdRng) -> Self {
+    pub fn new(me: SocketAddr, config: Config, rng: StdRng, key: Arc<NodeKey>) -> Self {
+        let mut seed_keys = config.seed_keys.clone();
+        seed_keys.insert(me, key.public());
         SeedCore {
             me,
             rng,
-            key: None,
+            key,
+            seed_keys,
             registry: Registry::new(config.seeds.len()),
             config,
             links: BTreeMap::new(),
@@ -94,11 +103,6 @@ impl SeedCore {
             probes: BTreeMap::new(),
             next_sync: None,
         }
-    }
-
-    /// The public key this node is known by (hex), written in its `started` record.
-    pub fn set_key(&mut self, key: String) {
-        self.key = Some(key);
     }
 
     /// What this seed waits for before it can commit anything, in words for people: a
@@ -125,11 +129,26 @@ impl SeedCore {
         self.me < *other
     }
 
-    fn sync_msg(&self) -> Msg {
-        Msg::Sync {
-            members: self.registry.members(),
-            removed: self.registry.tombstones(),
+    /// The certificates of the committed list, in frames of at most `SYNC_CHUNK`.
+    fn sync_msgs(&self) -> Vec<Msg> {
+        let certs = self.registry.certificates();
+        if certs.is_empty() {
+            return vec![Msg::Sync { certs }];
         }
+        certs
+            .chunks(SYNC_CHUNK)
+            .map(|c| Msg::Sync { certs: c.to_vec() })
+            .collect()
+    }
+
+    /// Does `sig` sign `bytes` under the key of configured seed `voter`?
+    fn seed_signed(
+        keys: &BTreeMap<SocketAddr, PublicKey>,
+        voter: &SocketAddr,
+        bytes: &[u8],
+        sig: &crate::wire::Signature,
+    ) -> bool {
+        keys.get(voter).is_some_and(|k| verify(k, bytes, sig))
     }
 
     fn seed_conns(&self) -> Vec<ConnId> {
@@ -138,14 +157,19 @@ impl SeedCore {
 
     /// Casts this seed's vote, tells the other seeds, and applies a commit if it completes one.
     fn cast_vote(&mut self, op: VoteOp, member: Member, now: Now, out: &mut Vec<Action>) {
+        let signature = self.key.sign(&change_bytes(op, &member));
         let to = self.seed_conns();
         if !to.is_empty() {
             out.push(Action::Send {
                 to,
-                msg: Msg::Vote { op, member },
+                msg: Msg::Vote {
+                    op,
+                    member,
+                    signature,
+                },
             });
         }
-        if let Some(change) = self.registry.vote(self.me, op, member, now.mono) {
+        if let Some(change) = self.registry.vote(self.me, op, member, signature, now.mono) {
             self.apply(change, out);
         }
     }
@@ -297,9 +321,18 @@ impl SeedCore {
                     },
                 );
                 log::info!("seed link up: {}", remote.addr);
-                out.push(Action::send(conn, self.sync_msg()));
-                for (op, member) in self.registry.open_votes_of(&self.me) {
-                    out.push(Action::send(conn, Msg::Vote { op, member }));
+                // The runtime checked its key against the configured or pinned one.
+                self.seed_keys.insert(remote.addr, remote.key);
+                for msg in self.sync_msgs() {
+                    out.push(Action::send(conn, msg));
+                }
+                for (op, member, signature) in self.registry.open_votes_of(&self.me) {
+                    let vote = Msg::Vote {
+                        op,
+                        member,
+                        signature,
+                    };
+                    out.push(Action::send(conn, vote));
                 }
             }
             (Role::Peer, Some(Purpose::Probe)) => {
@@ -525,17 +558,45 @@ impl SeedCore {
         out: &mut Vec<Action>,
     ) {
         match msg {
-            Msg::Vote { op, member } => {
+            Msg::Vote {
+                op,
+                member,
+                signature,
+            } => {
+                // The signature makes the vote part of a certificate any seed can check.
+                if !Self::seed_signed(
+                    &self.seed_keys,
+                    &from,
+                    &change_bytes(op, &member),
+                    &signature,
+                ) {
+                    let reason = format!("a vote from {from} not signed by its key");
+                    return self.reject(conn, from, reason, out);
+                }
                 if op == VoteOp::Remove(RemovalReason::Dead) && self.registry.contains(&member) {
                     // Do not take another seed's word for it either: check for ourselves.
                     self.start_probe(member, None, now, out);
                 }
-                if let Some(change) = self.registry.vote(from, op, member, now.mono) {
+                if let Some(change) = self.registry.vote(from, op, member, signature, now.mono) {
                     self.apply(change, out);
                 }
             }
-            Msg::Sync { members, removed } => {
-                for change in self.registry.merge(&members, &removed) {
+            Msg::Sync { certs } => {
+                let keys = &self.seed_keys;
+                let mut check = |voter: &SocketAddr, bytes: &[u8], sig: &crate::wire::Signature| {
+                    Self::seed_signed(keys, voter, bytes, sig)
+                };
+                let (changes, bad) = self.registry.merge(certs, &mut check);
+                if bad > 0 {
+                    out.push(
+                        Record::rejected(
+                            from,
+                            format!("{bad} certificates in a Sync did not verify (ignored)"),
+                        )
+                        .into(),
+                    );
+                }
+                for change in changes {
                     self.apply(change, out);
                 }
             }
@@ -608,10 +669,10 @@ impl SeedCore {
         out.push(Action::timer(every, Timer::Sync));
         let to = self.seed_conns();
         if !to.is_empty() {
-            out.push(Action::Send {
-                to,
-                msg: self.sync_msg(),
-            });
+            for msg in self.sync_msgs() {
+                let to = to.clone();
+                out.push(Action::Send { to, msg });
+            }
         }
         self.registry.expire(now.mono);
     }
@@ -621,15 +682,15 @@ impl Core for SeedCore {
     fn handle(&mut self, event: Event, now: Now, out: &mut Vec<Action>) {
         match event {
             Event::Started => {
-                let mut started = Record::new("started").field("role", "seed").line(format!(
-                    "Seed {} listening ({} seeds configured, majority {})",
-                    self.me,
-                    self.config.seeds.len(),
-                    self.registry.majority()
-                ));
-                if let Some(key) = &self.key {
-                    started = started.field("key", key.clone());
-                }
+                let started = Record::new("started")
+                    .field("role", "seed")
+                    .field("key", self.key.public_hex())
+                    .line(format!(
+                        "Seed {} listening ({} seeds configured, majority {})",
+                        self.me,
+                        self.config.seeds.len(),
+                        self.registry.majority()
+                    ));
                 out.push(started.into());
                 let others: Vec<SocketAddr> = self
                     .config
@@ -772,12 +833,33 @@ mod tests {
         }
     }
 
+    fn seed_key(port: u16) -> Arc<NodeKey> {
+        let mut secret = [7; 32];
+        secret[..2].copy_from_slice(&port.to_be_bytes());
+        Arc::new(NodeKey::from_secret(secret))
+    }
+
+    fn new_seed(port: u16) -> SeedCore {
+        let rng = rand::SeedableRng::seed_from_u64(1);
+        SeedCore::new(a(port), config(), rng, seed_key(port))
+    }
+
+    /// Seed `from`'s signed vote.
+    fn vote(from: u16, op: VoteOp, member: Member) -> Msg {
+        let signature = seed_key(from).sign(&change_bytes(op, &member));
+        Msg::Vote {
+            op,
+            member,
+            signature,
+        }
+    }
+
     fn seed(addr: SocketAddr) -> Remote {
         Remote {
             addr,
             role: Role::Seed,
             incarnation: 0,
-            key: [0; 32],
+            key: seed_key(addr.port()).public(),
             dialed: None,
         }
     }
@@ -803,7 +885,7 @@ mod tests {
     #[test]
     fn the_smaller_address_dials() {
         let now = Now::real();
-        let mut s = SeedCore::new(a(9002), config(), rand::SeedableRng::seed_from_u64(1));
+        let mut s = new_seed(9002);
         let mut out = vec![];
         s.handle(Event::Started, now, &mut out);
         let dials: Vec<_> = out
@@ -819,7 +901,7 @@ mod tests {
     #[test]
     fn registration_commits_only_with_a_second_seed() {
         let now = Now::real();
-        let mut s = SeedCore::new(a(9001), config(), rand::SeedableRng::seed_from_u64(1));
+        let mut s = new_seed(9001);
         let mut out = vec![];
         s.handle(
             Event::Connected {
@@ -849,14 +931,15 @@ mod tests {
         // Our vote goes to the other seed; nothing is committed yet.
         assert_eq!(
             sent_to(&out, 1),
-            vec![Msg::Vote {
-                op: VoteOp::Add,
-                member: Member {
+            vec![vote(
+                9001,
+                VoteOp::Add,
+                Member {
                     addr: a(9101),
                     incarnation: 7,
                     key: [0; 32],
                 }
-            }]
+            )]
         );
         assert!(events(&out).is_empty());
         assert!(s.members().is_empty());
@@ -864,14 +947,15 @@ mod tests {
         s.handle(
             Event::Frame {
                 conn: 1,
-                msg: Msg::Vote {
-                    op: VoteOp::Add,
-                    member: Member {
+                msg: vote(
+                    9002,
+                    VoteOp::Add,
+                    Member {
                         addr: a(9101),
                         incarnation: 7,
                         key: [0; 32],
                     },
-                },
+                ),
             },
             now,
             &mut out,
@@ -883,7 +967,7 @@ mod tests {
 
     fn registered_seed() -> (SeedCore, Now) {
         let now = Now::real();
-        let mut s = SeedCore::new(a(9001), config(), rand::SeedableRng::seed_from_u64(1));
+        let mut s = new_seed(9001);
         let mut out = vec![];
         s.handle(
             Event::Connected {
@@ -910,10 +994,7 @@ mod tests {
             s.handle(
                 Event::Frame {
                     conn: 1,
-                    msg: Msg::Vote {
-                        op: VoteOp::Add,
-                        member,
-                    },
+                    msg: vote(9002, VoteOp::Add, member),
                 },
                 now,
                 &mut out,
@@ -1009,20 +1090,14 @@ mod tests {
             .collect();
         assert_eq!(
             votes,
-            vec![Msg::Vote {
-                op: VoteOp::Remove(RemovalReason::Dead),
-                member: dead
-            }]
+            vec![vote(9001, VoteOp::Remove(RemovalReason::Dead), dead)]
         );
         assert_eq!(s.members().len(), 2, "one seed alone removes nothing");
         out.clear();
         s.handle(
             Event::Frame {
                 conn: 1,
-                msg: Msg::Vote {
-                    op: VoteOp::Remove(RemovalReason::Dead),
-                    member: dead,
-                },
+                msg: vote(9002, VoteOp::Remove(RemovalReason::Dead), dead),
             },
             now.after(Duration::from_secs(2)),
             &mut out,
@@ -1094,19 +1169,13 @@ mod tests {
         };
         assert_eq!(
             sent_to(&out, 1),
-            vec![Msg::Vote {
-                op: VoteOp::Remove(RemovalReason::Left),
-                member: m
-            }]
+            vec![vote(9001, VoteOp::Remove(RemovalReason::Left), m)]
         );
         out.clear();
         s.handle(
             Event::Frame {
                 conn: 1,
-                msg: Msg::Vote {
-                    op: VoteOp::Remove(RemovalReason::Left),
-                    member: m,
-                },
+                msg: vote(9002, VoteOp::Remove(RemovalReason::Left), m),
             },
             now,
             &mut out,
@@ -1159,21 +1228,19 @@ mod tests {
             &mut out,
         );
         let msgs = sent_to(&out, 5);
-        assert!(matches!(&msgs[0], Msg::Sync { members, .. } if members.len() == 2));
-        assert!(msgs.contains(&Msg::Vote {
-            op: VoteOp::Add,
-            member: Member {
-                addr: a(9103),
-                incarnation: 1,
-                key: [0; 32],
-            }
-        }));
+        assert!(matches!(&msgs[0], Msg::Sync { certs } if certs.len() == 2));
+        let open = Member {
+            addr: a(9103),
+            incarnation: 1,
+            key: [0; 32],
+        };
+        assert!(msgs.contains(&vote(9001, VoteOp::Add, open)));
     }
 
     #[test]
     fn another_key_at_a_registered_address_cannot_register_leave_or_take_its_connection() {
         let now = Now::real();
-        let mut s = SeedCore::new(a(9001), config(), rand::SeedableRng::seed_from_u64(1));
+        let mut s = new_seed(9001);
         let mut out = vec![];
         let connected = |conn, remote| Event::Connected { conn, remote };
         let frame = |conn, msg| Event::Frame { conn, msg };
@@ -1186,7 +1253,7 @@ mod tests {
             key: [0; 32],
         };
         let op = VoteOp::Add;
-        s.handle(frame(1, Msg::Vote { op, member: holder }), now, &mut out);
+        s.handle(frame(1, vote(9002, op, holder)), now, &mut out);
         assert_eq!(s.members(), vec![holder]);
         out.clear();
 
@@ -1216,5 +1283,61 @@ mod tests {
             .iter()
             .any(|m| matches!(m, Msg::LivenessRequest { .. })));
         assert_eq!(s.members(), vec![holder]);
+    }
+
+    #[test]
+    fn a_sync_needs_certificates_signed_by_a_majority() {
+        let now = Now::real();
+        let mut s = new_seed(9001);
+        let mut out = vec![];
+        s.handle(
+            Event::Connected {
+                conn: 1,
+                remote: seed(a(9002)),
+            },
+            now,
+            &mut out,
+        );
+        let made_up = Member {
+            addr: a(9199),
+            incarnation: 1,
+            key: [5; 32],
+        };
+        let signed_by = |ports: &[u16]| crate::wire::Certificate {
+            op: VoteOp::Add,
+            member: made_up,
+            signatures: ports
+                .iter()
+                .map(|p| {
+                    (
+                        a(*p),
+                        seed_key(*p).sign(&change_bytes(VoteOp::Add, &made_up)),
+                    )
+                })
+                .collect(),
+        };
+        // Seed 9002 alone, even naming itself twice, or with a signature it forged for 9003.
+        let mut forged = signed_by(&[9002]);
+        forged.signatures.push((a(9003), [1; 64]));
+        for cert in [signed_by(&[9002]), signed_by(&[9002, 9002]), forged] {
+            out.clear();
+            let sync = Msg::Sync { certs: vec![cert] };
+            s.handle(Event::Frame { conn: 1, msg: sync }, now, &mut out);
+            assert!(s.members().is_empty());
+            assert_eq!(events(&out), vec!["rejected"]);
+        }
+        // Signed by 9002 and by us (we never voted, but our key signed it): a majority.
+        out.clear();
+        let cert = signed_by(&[9001, 9002]);
+        s.handle(
+            Event::Frame {
+                conn: 1,
+                msg: Msg::Sync { certs: vec![cert] },
+            },
+            now,
+            &mut out,
+        );
+        assert_eq!(s.members(), vec![made_up]);
+        assert_eq!(events(&out), vec!["registered"]);
     }
 }

@@ -3,10 +3,15 @@
 //! A member is a peer address with an incarnation (the peer's start time) and the key the
 //! peer proved in its handshake, so a peer that restarts on the same port is a new member and
 //! a late vote about its old self changes nothing. An address is held by one key at a time:
-//! while a member is listed, no other key can be added at its address, by vote or by merge. A change commits when ⌊n/2⌋+1 *distinct configured seeds* have voted for it. A
-//! committed list is shared between seeds as a state-based merge (members plus bounded
-//! tombstones of removed members), which is how a seed that missed votes or was down catches
-//! up: merging is idempotent, commutative and never resurrects a removed member.
+//! while a member is listed, no other key can be added at its address, by vote or by merge.
+//!
+//! A change commits when ⌊n/2⌋+1 *distinct configured seeds* have voted for it, each vote
+//! signed by its seed; the signatures together are the change's **certificate**. A committed
+//! list is shared between seeds as certificates (each listed member's registration, plus
+//! bounded tombstones: the removals' certificates), which is how a seed that missed votes or
+//! was down catches up. Nothing is merged without a certificate that verifies, so no single
+//! seed can add or remove anyone; merging is idempotent, commutative and never resurrects a
+//! removed member.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -14,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 
-use crate::wire::{Member, RemovalReason, VoteOp};
+use crate::wire::{change_bytes, Certificate, Member, RemovalReason, Signature, VoteOp};
 
 /// Tombstones kept for removed members; older ones are forgotten. A peer removed that long ago
 /// whose vote still circulates is too stale to matter.
@@ -25,18 +30,16 @@ pub const VOTE_TTL: Duration = Duration::from_secs(120);
 /// Bound on open tallies, so a stream of registrations that never complete cannot grow memory.
 pub const MAX_TALLIES: usize = 65_536;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Kind {
-    Add,
-    Remove,
-}
-
 #[derive(Debug)]
 struct Tally {
-    voters: BTreeSet<SocketAddr>,
-    reason: RemovalReason,
+    /// Each voter's signature of the change.
+    voters: BTreeMap<SocketAddr, Signature>,
     opened: Instant,
 }
+
+/// Checks one seed's signature of a change: is `voter` a configured seed whose key we know,
+/// and does `sig` sign `bytes` under it?
+pub type CheckSignature<'a> = &'a mut dyn FnMut(&SocketAddr, &[u8], &Signature) -> bool;
 
 /// A change that took effect at this seed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,14 +52,17 @@ pub enum Change {
 pub struct Registry {
     majority: usize,
     members: BTreeMap<SocketAddr, Member>,
+    /// The certificate of each listed member's registration.
+    certs: BTreeMap<SocketAddr, Certificate>,
     /// The members' addresses in no particular order, and where each is in it: a random sample
     /// of the list costs its size, not the list's.
     dense: Vec<SocketAddr>,
     position: HashMap<SocketAddr, usize>,
-    tombstones: VecDeque<(Member, RemovalReason)>,
+    /// The removals' certificates, oldest first.
+    tombstones: VecDeque<Certificate>,
     /// Highest removed incarnation per address, mirroring `tombstones`.
     removed_inc: BTreeMap<SocketAddr, u64>,
-    tallies: BTreeMap<(Member, Kind), Tally>,
+    tallies: BTreeMap<(Member, VoteOp), Tally>,
 }
 
 impl Registry {
@@ -65,6 +71,7 @@ impl Registry {
         Registry {
             majority: n_seeds / 2 + 1,
             members: BTreeMap::new(),
+            certs: BTreeMap::new(),
             dense: Vec::new(),
             position: HashMap::new(),
             tombstones: VecDeque::new(),
@@ -141,8 +148,26 @@ impl Registry {
         self.members.values().copied().collect()
     }
 
-    pub fn tombstones(&self) -> Vec<(Member, RemovalReason)> {
-        self.tombstones.iter().copied().collect()
+    /// Every certificate this seed holds: the removals it remembers, then the registrations
+    /// of the listed members (what a `Sync` carries).
+    pub fn certificates(&self) -> Vec<Certificate> {
+        self.tombstones
+            .iter()
+            .chain(self.certs.values())
+            .cloned()
+            .collect()
+    }
+
+    /// Do the signatures in `c` come from at least a majority of distinct seeds, each valid?
+    pub fn verifies(&self, c: &Certificate, check: CheckSignature) -> bool {
+        let bytes = change_bytes(c.op, &c.member);
+        let mut good = BTreeSet::new();
+        for (voter, sig) in &c.signatures {
+            if !good.contains(voter) && check(voter, &bytes, sig) {
+                good.insert(*voter);
+            }
+        }
+        good.len() >= self.majority
     }
 
     fn is_tombstoned(&self, m: &Member) -> bool {
@@ -153,44 +178,40 @@ impl Registry {
 
     /// Votes this seed has cast that have not committed yet (re-sent when a seed link comes
     /// up, so no vote is lost to a link that was down).
-    pub fn open_votes_of(&self, voter: &SocketAddr) -> Vec<(VoteOp, Member)> {
+    pub fn open_votes_of(&self, voter: &SocketAddr) -> Vec<(VoteOp, Member, Signature)> {
         self.tallies
             .iter()
-            .filter(|(_, t)| t.voters.contains(voter))
-            .map(|((m, kind), t)| {
-                let op = match kind {
-                    Kind::Add => VoteOp::Add,
-                    Kind::Remove => VoteOp::Remove(t.reason),
-                };
-                (op, *m)
-            })
+            .filter_map(|((m, op), t)| t.voters.get(voter).map(|sig| (*op, *m, *sig)))
             .collect()
     }
 
-    /// Has `voter` already voted to remove `m`?
+    /// Has `voter` already voted to remove `m` (for either reason)?
     pub fn has_voted_remove(&self, voter: &SocketAddr, m: &Member) -> bool {
-        self.tallies
-            .get(&(*m, Kind::Remove))
-            .is_some_and(|t| t.voters.contains(voter))
+        [RemovalReason::Dead, RemovalReason::Left].iter().any(|r| {
+            self.tallies
+                .get(&(*m, VoteOp::Remove(*r)))
+                .is_some_and(|t| t.voters.contains_key(voter))
+        })
     }
 
-    /// Records one seed's vote; returns the change if this vote completed a majority.
-    /// Votes about stale incarnations, and repeats, change nothing.
+    /// Records one seed's vote, with its signature of the change (checked by the caller);
+    /// returns the change if this vote completed a majority. Votes about stale incarnations,
+    /// and repeats, change nothing.
     pub fn vote(
         &mut self,
         voter: SocketAddr,
         op: VoteOp,
         m: Member,
+        signature: Signature,
         now: Instant,
     ) -> Option<Change> {
-        let (kind, reason) = match op {
+        match op {
             VoteOp::Add => {
                 if self.add_is_stale(&m) {
                     return None;
                 }
-                (Kind::Add, RemovalReason::Dead)
             }
-            VoteOp::Remove(reason) => {
+            VoteOp::Remove(_) => {
                 if self.is_tombstoned(&m)
                     || self
                         .members
@@ -199,39 +220,39 @@ impl Registry {
                 {
                     return None;
                 }
-                (Kind::Remove, reason)
             }
-        };
-        if !self.tallies.contains_key(&(m, kind)) && self.tallies.len() >= MAX_TALLIES {
+        }
+        if !self.tallies.contains_key(&(m, op)) && self.tallies.len() >= MAX_TALLIES {
             self.expire(now);
             if self.tallies.len() >= MAX_TALLIES {
                 return None;
             }
         }
-        let tally = self.tallies.entry((m, kind)).or_insert_with(|| Tally {
-            voters: BTreeSet::new(),
-            reason,
+        let tally = self.tallies.entry((m, op)).or_insert_with(|| Tally {
+            voters: BTreeMap::new(),
             opened: now,
         });
-        // A clean leave wins over a death verdict for the record.
-        if reason == RemovalReason::Left {
-            tally.reason = RemovalReason::Left;
-        }
-        tally.voters.insert(voter);
+        tally.voters.insert(voter, signature);
         if tally.voters.len() < self.majority {
             return None;
         }
-        let reason = tally.reason;
-        match kind {
-            Kind::Add => self.apply_add(m).then_some(Change::Added(m)),
-            Kind::Remove => self
-                .apply_remove(m, reason)
+        let cert = Certificate {
+            op,
+            member: m,
+            signatures: tally.voters.iter().map(|(v, s)| (*v, *s)).collect(),
+        };
+        match op {
+            VoteOp::Add => self.apply_add(cert).then_some(Change::Added(m)),
+            VoteOp::Remove(reason) => self
+                .apply_remove(cert)
                 .then_some(Change::Removed(m, reason)),
         }
     }
 
-    /// Adds a committed member (from a majority here or from another seed's list).
-    fn apply_add(&mut self, m: Member) -> bool {
+    /// Adds a committed member, with its certificate (from a majority here or from another
+    /// seed's `Sync`). A newer incarnation of the same key replaces the listed one.
+    fn apply_add(&mut self, cert: Certificate) -> bool {
+        let m = cert.member;
         if self.add_is_stale(&m) {
             return false;
         }
@@ -239,15 +260,22 @@ impl Registry {
             self.position.insert(m.addr, self.dense.len());
             self.dense.push(m.addr);
         }
-        self.tallies.remove(&(m, Kind::Add));
+        self.certs.insert(m.addr, cert);
+        self.tallies.remove(&(m, VoteOp::Add));
         true
     }
 
-    /// Removes a member for good; true if it was present. The tombstone is kept either way so
-    /// the add cannot come back through a late vote or merge.
-    fn apply_remove(&mut self, m: Member, reason: RemovalReason) -> bool {
-        self.tallies.remove(&(m, Kind::Remove));
-        self.tallies.remove(&(m, Kind::Add));
+    /// Removes a member for good, by its removal certificate; true if it was present. The
+    /// tombstone is kept either way so the add cannot come back through a late vote or merge.
+    fn apply_remove(&mut self, cert: Certificate) -> bool {
+        let m = cert.member;
+        for op in [
+            VoteOp::Add,
+            VoteOp::Remove(RemovalReason::Dead),
+            VoteOp::Remove(RemovalReason::Left),
+        ] {
+            self.tallies.remove(&(m, op));
+        }
         if self.is_tombstoned(&m) {
             return false;
         }
@@ -264,6 +292,7 @@ impl Registry {
         {
             if present {
                 self.members.remove(&m.addr);
+                self.certs.remove(&m.addr);
                 if let Some(i) = self.position.remove(&m.addr) {
                     self.dense.swap_remove(i);
                     if let Some(moved) = self.dense.get(i) {
@@ -271,11 +300,12 @@ impl Registry {
                     }
                 }
             }
-            self.tombstones.push_back((m, reason));
+            self.tombstones.push_back(cert);
             let inc = self.removed_inc.entry(m.addr).or_insert(m.incarnation);
             *inc = (*inc).max(m.incarnation);
             while self.tombstones.len() > MAX_TOMBSTONES {
-                if let Some((old, _)) = self.tombstones.pop_front() {
+                if let Some(old) = self.tombstones.pop_front() {
+                    let old = old.member;
                     if self.removed_inc.get(&old.addr) == Some(&old.incarnation) {
                         self.removed_inc.remove(&old.addr);
                     }
@@ -285,34 +315,54 @@ impl Registry {
         present
     }
 
-    /// Merges another seed's committed state.
+    /// Merges certificates from another seed (its `Sync`): removals first, then additions.
+    /// A certificate is checked (`verifies`) only when it would change something here, and
+    /// applied only if it verifies; the rest are ignored. Returns what changed and how many
+    /// certificates failed to verify.
     pub fn merge(
         &mut self,
-        members: &[Member],
-        removed: &[(Member, RemovalReason)],
-    ) -> Vec<Change> {
+        certs: Vec<Certificate>,
+        check: CheckSignature,
+    ) -> (Vec<Change>, usize) {
         let mut changes = Vec::new();
-        for &(m, reason) in removed {
-            if self.apply_remove(m, reason) {
+        let mut bad = 0;
+        let (removes, adds): (Vec<Certificate>, Vec<Certificate>) =
+            certs.into_iter().partition(|c| c.op != VoteOp::Add);
+        for c in removes {
+            let VoteOp::Remove(reason) = c.op else {
+                continue;
+            };
+            let m = c.member;
+            if self.is_tombstoned(&m) || self.held_by_other(&m).is_some() {
+                continue;
+            }
+            if !self.verifies(&c, check) {
+                bad += 1;
+                continue;
+            }
+            if self.apply_remove(c) {
                 changes.push(Change::Removed(m, reason));
             }
         }
-        for &m in members {
-            if let Some(old) = self.members.get(&m.addr).copied() {
-                // A newer incarnation of the same key replaces the old one; another key at a
-                // held address is not taken from anyone.
-                if old.key == m.key
-                    && old.incarnation < m.incarnation
-                    && self.apply_remove(old, RemovalReason::Left)
-                {
+        for c in adds {
+            let m = c.member;
+            if self.add_is_stale(&m) {
+                continue;
+            }
+            if !self.verifies(&c, check) {
+                bad += 1;
+                continue;
+            }
+            // A newer incarnation of the same key replaces the old one.
+            let old = self.members.get(&m.addr).copied();
+            if self.apply_add(c) {
+                if let Some(old) = old {
                     changes.push(Change::Removed(old, RemovalReason::Left));
                 }
-            }
-            if self.apply_add(m) {
                 changes.push(Change::Added(m));
             }
         }
-        changes
+        (changes, bad)
     }
 
     /// Drops tallies that never reached a majority.
@@ -325,6 +375,22 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Signatures are checked by the caller's closure; these tests count voters.
+    const SIG: Signature = [0; 64];
+
+    fn any_sig(_: &SocketAddr, _: &[u8], _: &Signature) -> bool {
+        true
+    }
+
+    /// A certificate for `m` signed by the given seeds.
+    fn cert(op: VoteOp, m: Member, by: &[u16]) -> Certificate {
+        Certificate {
+            op,
+            member: m,
+            signatures: by.iter().map(|p| (a(*p), SIG)).collect(),
+        }
+    }
 
     fn a(p: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], p))
@@ -353,17 +419,17 @@ mod tests {
     fn one_vote_is_not_enough_and_two_commit() {
         let now = Instant::now();
         let mut r = Registry::new(3);
-        assert_eq!(r.vote(a(S1), VoteOp::Add, m(1, 1), now), None);
+        assert_eq!(r.vote(a(S1), VoteOp::Add, m(1, 1), SIG, now), None);
         assert!(r.is_empty());
         // The same seed voting again does not count twice.
-        assert_eq!(r.vote(a(S1), VoteOp::Add, m(1, 1), now), None);
+        assert_eq!(r.vote(a(S1), VoteOp::Add, m(1, 1), SIG, now), None);
         assert_eq!(
-            r.vote(a(S2), VoteOp::Add, m(1, 1), now),
+            r.vote(a(S2), VoteOp::Add, m(1, 1), SIG, now),
             Some(Change::Added(m(1, 1)))
         );
         assert!(r.contains(&m(1, 1)));
         // The third vote arrives late: a no-op, not an error.
-        assert_eq!(r.vote(a(S3), VoteOp::Add, m(1, 1), now), None);
+        assert_eq!(r.vote(a(S3), VoteOp::Add, m(1, 1), SIG, now), None);
         assert_eq!(r.len(), 1);
     }
 
@@ -371,20 +437,20 @@ mod tests {
     fn removal_is_agreed_and_idempotent() {
         let now = Instant::now();
         let mut r = Registry::new(3);
-        r.vote(a(S1), VoteOp::Add, m(1, 1), now);
-        r.vote(a(S2), VoteOp::Add, m(1, 1), now);
+        r.vote(a(S1), VoteOp::Add, m(1, 1), SIG, now);
+        r.vote(a(S2), VoteOp::Add, m(1, 1), SIG, now);
         let dead = VoteOp::Remove(RemovalReason::Dead);
-        assert_eq!(r.vote(a(S3), dead, m(1, 1), now), None);
+        assert_eq!(r.vote(a(S3), dead, m(1, 1), SIG, now), None);
         assert!(r.contains(&m(1, 1)));
         assert_eq!(
-            r.vote(a(S1), dead, m(1, 1), now),
+            r.vote(a(S1), dead, m(1, 1), SIG, now),
             Some(Change::Removed(m(1, 1), RemovalReason::Dead))
         );
         assert!(r.is_empty());
-        assert_eq!(r.vote(a(S2), dead, m(1, 1), now), None);
+        assert_eq!(r.vote(a(S2), dead, m(1, 1), SIG, now), None);
         // A late add vote for the removed incarnation cannot resurrect it.
-        assert_eq!(r.vote(a(S3), VoteOp::Add, m(1, 1), now), None);
-        assert_eq!(r.vote(a(S1), VoteOp::Add, m(1, 1), now), None);
+        assert_eq!(r.vote(a(S3), VoteOp::Add, m(1, 1), SIG, now), None);
+        assert_eq!(r.vote(a(S1), VoteOp::Add, m(1, 1), SIG, now), None);
         assert!(r.is_empty());
     }
 
@@ -392,17 +458,29 @@ mod tests {
     fn a_restarted_peer_is_a_new_member() {
         let now = Instant::now();
         let mut r = Registry::new(1);
-        assert!(r.vote(a(S1), VoteOp::Add, m(1, 1), now).is_some());
+        assert!(r.vote(a(S1), VoteOp::Add, m(1, 1), SIG, now).is_some());
         assert!(r
-            .vote(a(S1), VoteOp::Remove(RemovalReason::Dead), m(1, 1), now)
+            .vote(
+                a(S1),
+                VoteOp::Remove(RemovalReason::Dead),
+                m(1, 1),
+                SIG,
+                now
+            )
             .is_some());
         assert_eq!(
-            r.vote(a(S1), VoteOp::Add, m(1, 2), now),
+            r.vote(a(S1), VoteOp::Add, m(1, 2), SIG, now),
             Some(Change::Added(m(1, 2)))
         );
         // A stale removal vote about the old incarnation changes nothing.
         assert_eq!(
-            r.vote(a(S1), VoteOp::Remove(RemovalReason::Dead), m(1, 1), now),
+            r.vote(
+                a(S1),
+                VoteOp::Remove(RemovalReason::Dead),
+                m(1, 1),
+                SIG,
+                now
+            ),
             None
         );
         assert!(r.contains(&m(1, 2)));
@@ -413,10 +491,14 @@ mod tests {
         use rand::SeedableRng;
         let mut r = Registry::new(1);
         for p in 0..50u16 {
-            r.apply_add(m(9100 + p, 1));
+            r.apply_add(cert(VoteOp::Add, m(9100 + p, 1), &[S1]));
         }
         for p in 0..10u16 {
-            r.apply_remove(m(9100 + p, 1), RemovalReason::Dead);
+            r.apply_remove(cert(
+                VoteOp::Remove(RemovalReason::Dead),
+                m(9100 + p, 1),
+                &[S1],
+            ));
         }
         let mut rng = StdRng::seed_from_u64(3);
         let asker = a(9120);
@@ -436,36 +518,78 @@ mod tests {
         let now = Instant::now();
         let mut up = Registry::new(3);
         for p in [1, 2, 3] {
-            up.vote(a(S1), VoteOp::Add, m(p, 1), now);
-            up.vote(a(S2), VoteOp::Add, m(p, 1), now);
+            up.vote(a(S1), VoteOp::Add, m(p, 1), SIG, now);
+            up.vote(a(S2), VoteOp::Add, m(p, 1), SIG, now);
         }
-        up.vote(a(S1), VoteOp::Remove(RemovalReason::Left), m(2, 1), now);
-        up.vote(a(S2), VoteOp::Remove(RemovalReason::Left), m(2, 1), now);
+        up.vote(
+            a(S1),
+            VoteOp::Remove(RemovalReason::Left),
+            m(2, 1),
+            SIG,
+            now,
+        );
+        up.vote(
+            a(S2),
+            VoteOp::Remove(RemovalReason::Left),
+            m(2, 1),
+            SIG,
+            now,
+        );
         // A seed that was down learns everything from one sync.
         let mut back = Registry::new(3);
-        let changes = back.merge(&up.members(), &up.tombstones());
+        let (changes, bad) = back.merge(up.certificates(), &mut any_sig);
         assert_eq!(back.members(), up.members());
-        assert_eq!(changes.len(), 2);
-        // A stale list that still has peer 2 does not bring it back.
-        let stale = vec![m(1, 1), m(2, 1), m(3, 1)];
-        assert!(back.merge(&stale, &[]).is_empty());
+        assert_eq!((changes.len(), bad), (2, 0));
+        // A stale certificate that still has peer 2 does not bring it back.
+        let stale = cert(VoteOp::Add, m(2, 1), &[S1, S2]);
+        assert_eq!(back.merge(vec![stale], &mut any_sig), (vec![], 0));
         assert_eq!(back.members(), vec![m(1, 1), m(3, 1)]);
-        // Merging again is a no-op.
-        assert!(back.merge(&up.members(), &up.tombstones()).is_empty());
+        // Merging again is a no-op, and checks no signature.
+        let mut checked = 0;
+        let mut count = |_: &SocketAddr, _: &[u8], _: &Signature| {
+            checked += 1;
+            true
+        };
+        assert_eq!(back.merge(up.certificates(), &mut count), (vec![], 0));
+        assert_eq!(checked, 0);
+    }
+
+    #[test]
+    fn nothing_is_merged_without_a_majority_of_good_signatures() {
+        let mut r = Registry::new(3);
+        // One seed alone, or the same seed twice, is not a majority.
+        let alone = cert(VoteOp::Add, m(1, 1), &[S1]);
+        let twice = cert(VoteOp::Add, m(2, 1), &[S1, S1]);
+        assert_eq!(r.merge(vec![alone, twice], &mut any_sig), (vec![], 2));
+        // Two seeds, one of whose signatures does not verify.
+        let forged = cert(VoteOp::Add, m(3, 1), &[S1, S2]);
+        let mut only_s1 = |v: &SocketAddr, _: &[u8], _: &Signature| *v == a(S1);
+        assert_eq!(r.merge(vec![forged.clone()], &mut only_s1), (vec![], 1));
+        assert!(r.is_empty());
+        // The signatures are over the change: checked against `change_bytes`.
+        let mut over = |_: &SocketAddr, b: &[u8], _: &Signature| {
+            b == change_bytes(VoteOp::Add, &m(3, 1)).as_slice()
+        };
+        let (changes, bad) = r.merge(vec![forged], &mut over);
+        assert_eq!((changes, bad), (vec![Change::Added(m(3, 1))], 0));
+        // An uncertified removal removes nothing.
+        let gone = cert(VoteOp::Remove(RemovalReason::Dead), m(3, 1), &[S2]);
+        assert_eq!(r.merge(vec![gone], &mut any_sig), (vec![], 1));
+        assert_eq!(r.members(), vec![m(3, 1)]);
     }
 
     #[test]
     fn open_votes_are_remembered_and_expire() {
         let now = Instant::now();
         let mut r = Registry::new(3);
-        r.vote(a(S1), VoteOp::Add, m(1, 1), now);
-        assert_eq!(r.open_votes_of(&a(S1)), vec![(VoteOp::Add, m(1, 1))]);
+        r.vote(a(S1), VoteOp::Add, m(1, 1), SIG, now);
+        assert_eq!(r.open_votes_of(&a(S1)), vec![(VoteOp::Add, m(1, 1), SIG)]);
         assert!(r.open_votes_of(&a(S2)).is_empty());
         r.expire(now + VOTE_TTL + Duration::from_secs(1));
         assert!(r.open_votes_of(&a(S1)).is_empty());
         // After expiry the vote must be cast again: one more vote is not a majority.
         assert_eq!(
-            r.vote(a(S2), VoteOp::Add, m(1, 1), now + VOTE_TTL * 2),
+            r.vote(a(S2), VoteOp::Add, m(1, 1), SIG, now + VOTE_TTL * 2),
             None
         );
     }
@@ -474,29 +598,38 @@ mod tests {
     fn an_address_held_by_a_key_is_not_given_to_another() {
         let now = Instant::now();
         let mut r = Registry::new(1);
-        assert!(r.vote(a(S1), VoteOp::Add, m(1, 1), now).is_some());
+        assert!(r.vote(a(S1), VoteOp::Add, m(1, 1), SIG, now).is_some());
         let thief = Member {
             key: [99; 32],
             ..m(1, 5)
         };
         assert_eq!(r.held_by_other(&thief), Some(m(1, 1)));
-        assert_eq!(r.vote(a(S1), VoteOp::Add, thief, now), None);
-        assert!(r.merge(&[thief], &[]).is_empty());
+        assert_eq!(r.vote(a(S1), VoteOp::Add, thief, SIG, now), None);
+        let stolen = cert(VoteOp::Add, thief, &[S1]);
+        assert_eq!(r.merge(vec![stolen], &mut any_sig), (vec![], 0));
         // A removal naming the thief's key does not remove the holder.
         assert_eq!(
-            r.vote(a(S1), VoteOp::Remove(RemovalReason::Left), thief, now),
+            r.vote(a(S1), VoteOp::Remove(RemovalReason::Left), thief, SIG, now),
             None
         );
         assert_eq!(r.members(), vec![m(1, 1)]);
         // The holder's own newer incarnation does replace it, by vote or by merge.
-        assert!(r.merge(&[m(1, 2)], &[]).contains(&Change::Added(m(1, 2))));
+        let newer = cert(VoteOp::Add, m(1, 2), &[S1]);
+        let (changes, _) = r.merge(vec![newer], &mut any_sig);
+        assert!(changes.contains(&Change::Added(m(1, 2))));
         assert_eq!(r.members(), vec![m(1, 2)]);
         // Once the holder is removed, the address is free for a new key.
         assert!(r
-            .vote(a(S1), VoteOp::Remove(RemovalReason::Dead), m(1, 2), now)
+            .vote(
+                a(S1),
+                VoteOp::Remove(RemovalReason::Dead),
+                m(1, 2),
+                SIG,
+                now
+            )
             .is_some());
         assert_eq!(
-            r.vote(a(S1), VoteOp::Add, thief, now),
+            r.vote(a(S1), VoteOp::Add, thief, SIG, now),
             Some(Change::Added(thief))
         );
     }

@@ -80,6 +80,8 @@ pub struct Node {
     pub bytes_in: Option<u64>,
     /// What its `Hello` carries; raised by [`Action::Reincarnate`].
     incarnation: u64,
+    /// The key it shows in a handshake.
+    pub key: PublicKey,
 }
 
 /// One end of a connection.
@@ -192,8 +194,11 @@ impl World {
         };
         for (i, addr) in w.config.seeds.clone().into_iter().enumerate() {
             let rng = StdRng::seed_from_u64(rng ^ 0x5eed_0000_0000_0000 ^ i as u64);
-            let core = SeedCore::new(addr, w.config.clone(), rng);
-            w.add(addr, Role::Seed, NodeCore::Seed(Box::new(core)));
+            // Seeds sign their votes, so theirs are real keys (derived from the address).
+            let key = std::sync::Arc::new(crate::keys::NodeKey::from_secret(sim_key(&addr)));
+            let core = SeedCore::new(addr, w.config.clone(), rng, key.clone());
+            let id = w.add(addr, Role::Seed, NodeCore::Seed(Box::new(core)));
+            w.nodes[id].key = key.public();
         }
         w
     }
@@ -210,6 +215,7 @@ impl World {
             conns: Vec::new(),
             bytes_in: None,
             incarnation: 1,
+            key: sim_key(&addr),
         });
         self.by_addr.insert(addr, id);
         id
@@ -486,7 +492,7 @@ impl World {
     fn dial(&mut self, from: NodeId, addr: SocketAddr, purpose: Purpose, key: Option<PublicKey>) {
         let rtt = 2 * self.latency();
         let target = self.by_addr.get(&addr).copied();
-        if key.is_some_and(|k| target.is_some() && k != sim_key(&addr)) {
+        if key.is_some_and(|k| target.is_some_and(|t| k != self.nodes[t].key)) {
             // Someone else's key listens there: the connector refuses the Challenge.
             let why = DialError::Handshake(format!("{addr} showed another key"));
             return self.dial_failed(from, addr, purpose, rtt, why);
@@ -548,7 +554,7 @@ impl World {
             addr: self.nodes[from].addr,
             role: self.nodes[from].role,
             incarnation: self.nodes[from].incarnation,
-            key: sim_key(&self.nodes[from].addr),
+            key: self.nodes[from].key,
             dialed: None,
         };
         self.deliver(
@@ -563,7 +569,7 @@ impl World {
             addr,
             role: self.nodes[to].role,
             incarnation: 0,
-            key: sim_key(&addr),
+            key: self.nodes[to].key,
             dialed: Some(purpose),
         };
         self.send_on(
@@ -633,8 +639,9 @@ pub fn peer_id(addr: &SocketAddr) -> Option<NodeId> {
     }
 }
 
-/// A node's key in the simulator: the handshake is not simulated (its checks are unit-tested
-/// in `handshake.rs`), so a key stands for the address it is derived from.
+/// A peer's key in the simulator (and a seed's secret): the handshake is not simulated (its
+/// checks are unit-tested in `handshake.rs`), so a key stands for the address it is derived
+/// from.
 pub fn sim_key(addr: &SocketAddr) -> PublicKey {
     use sha2::{Digest, Sha256};
     Sha256::digest(addr.to_string().as_bytes()).into()
