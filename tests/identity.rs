@@ -1,0 +1,1125 @@
+//! Identity attacks, played by an attacker who knows only `docs/PROTOCOL.md`: its client (frames,
+//! `Challenge`, proof of work, transcript hash, Ed25519 signatures) is written here from the
+//! document, not taken from the crate. An impostor seed with its own key, a forged or borrowed
+//! signature, work done for another key, a replayed or relayed answer, a fake acceptor at a
+//! seed's address (with its own key, or the listed key it cannot sign with), a work bomb, and an
+//! address on another IP are all refused, and honest peers keep registering and getting their
+//! peer lists. A correct handshake made by the same client is welcomed, which shows the client
+//! follows the document.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+/// The fast test timers, with a handshake deadline long enough that an attacker holding two
+/// connections open at once (the relay test) is never refused for being slow.
+const CONFIG: &str = "gossip: { interval: 300ms, count: 10 }\nliveness: { interval: 300ms, misses: 3, probe_timeout: 1s }\npow: { difficulty: 8, timeout: 30s }\nstats: { interval: 1s }";
+
+const ROLE_PEER: u8 = 1;
+const ROLE_SEED: u8 = 2;
+
+#[test]
+fn an_impostor_seed_with_its_own_key_is_refused_and_its_sync_changes_nothing() {
+    let (mut net, mut honest) = network(CONFIG);
+    let target = net.seeds[0];
+    let claimed = net.seeds[1].to_string();
+    let me = fresh_key();
+    let made_up: Vec<String> = (0..3).map(|_| addr(free_port()).to_string()).collect();
+    // The forged list: made-up members added, and an honest peer "removed: dead", each change
+    // "signed" by two of the three seeds (a majority), all signatures being our own.
+    let honest_key = unhex(
+        of(&net.events("peer", honest[0]), "started")[0]["key"]
+            .as_str()
+            .unwrap(),
+    );
+    let mut changes: Vec<(u8, String, [u8; 32])> = made_up
+        .iter()
+        .map(|m| (1, m.clone(), fresh_key().verifying_key().to_bytes()))
+        .collect();
+    changes.push((2, honest[0].to_string(), honest_key));
+    let vouching = [net.seeds[1].to_string(), net.seeds[2].to_string()];
+    let forged = sync_body(&changes, &vouching, &me);
+    let rejected_before = of(&net.events("seed", target), "rejected").len();
+
+    // 1. A Hello in the seed role, claiming a configured seed's address, with our own key:
+    //    correctly signed, nonce 0 (seeds do no work). Then the Sync anyway.
+    let mut d = dial(target);
+    let hello = signed_hello(&d.ch, &hello_for(&d.ch, ROLE_SEED, &claimed, &me), &me);
+    let reason = expect_reject(&mut d, &hello);
+    println!("impostor seed refused: {reason}");
+    assert!(
+        reason.contains(&format!("{claimed} showed key")),
+        "{reason}"
+    );
+    d.conn.send(&[&forged]);
+
+    // 2. The Hello and the Sync in one write, without waiting for the answer.
+    let mut d = dial(target);
+    let hello = signed_hello(&d.ch, &hello_for(&d.ch, ROLE_SEED, &claimed, &me), &me);
+    assert!(d.conn.send(&[&hello, &forged]), "write failed");
+    let reason = expect_reject(&mut d, &[]);
+    println!("impostor seed with its Sync refused: {reason}");
+    assert!(
+        reason.contains(&format!("{claimed} showed key")),
+        "{reason}"
+    );
+
+    // 3. The Sync instead of a Hello.
+    let mut d = dial(target);
+    d.conn.send(&[&forged]);
+    match d.conn.next() {
+        Next::Closed => {}
+        Next::Frame(b) => {
+            assert!(reject_reason(&b).is_some(), "answer to a Sync: {b:?}");
+            assert!(
+                matches!(d.conn.next(), Next::Closed),
+                "not closed after Reject"
+            );
+        }
+        Next::Silent => panic!("a Sync instead of a Hello was left open"),
+    }
+
+    wait_until("the seed logs the three refusals", || {
+        of(&net.events("seed", target), "rejected").len() >= rejected_before + 3
+    });
+    // Honest operation goes on. A Sync taken by the target would have acted there at once, and
+    // at the others with its next Sync; no seed holds or mentions a made-up member, none removed
+    // the honest one.
+    honest_peers_go_on(&mut net, &mut honest);
+    for s in net.seeds.clone() {
+        let text = std::fs::read_to_string(net.jsonl("seed", s)).unwrap();
+        for m in &made_up {
+            assert!(!text.contains(m.as_str()), "seed {s} mentions made-up {m}");
+        }
+        assert!(
+            of(&net.events("seed", s), "removed").is_empty(),
+            "seed {s} removed an honest peer"
+        );
+    }
+    let last = *honest.last().unwrap();
+    let list = of(&net.events("peer", last), "peer_list")[0]["peers"].to_string();
+    for m in &made_up {
+        assert!(!list.contains(m.as_str()), "peer list {list} holds {m}");
+    }
+}
+
+#[test]
+fn a_hello_with_a_bad_signature_is_refused() {
+    let (mut net, mut honest) = network(CONFIG);
+    let target = net.seeds[0];
+    let me = fresh_key();
+    let claimed = addr(free_port()).to_string();
+
+    // The right key, the right work, one bit of the signature flipped.
+    let mut d = dial(target);
+    let mut hello = signed_hello(&d.ch, &hello_for(&d.ch, ROLE_PEER, &claimed, &me), &me);
+    let last = hello.len() - 1;
+    hello[last - 20] ^= 0x04;
+    let reason = expect_reject(&mut d, &hello);
+    println!("flipped bit: {reason}");
+    assert!(reason.contains("signature"), "{reason}");
+
+    // The key field names our key, the signature is by another key.
+    let other = fresh_key();
+    let mut d = dial(target);
+    let hello = signed_hello(&d.ch, &hello_for(&d.ch, ROLE_PEER, &claimed, &me), &other);
+    let reason = expect_reject(&mut d, &hello);
+    println!("another key's signature: {reason}");
+    assert!(reason.contains("signature"), "{reason}");
+
+    // Control: the same client, done right, is welcomed (and the Welcome verifies).
+    let mut d = dial(target);
+    let hello = signed_hello(&d.ch, &hello_for(&d.ch, ROLE_PEER, &claimed, &me), &me);
+    expect_welcome(&mut d, &hello);
+
+    honest_peers_go_on(&mut net, &mut honest);
+}
+
+#[test]
+fn work_done_for_one_key_cannot_be_used_by_another() {
+    let (mut net, mut honest) = network(CONFIG);
+    let target = net.seeds[0];
+    let (k1, k2) = (fresh_key(), fresh_key());
+    let claimed = addr(free_port()).to_string();
+
+    let mut d = dial(target);
+    let k1_pub = k1.verifying_key().to_bytes();
+    let k2_pub = k2.verifying_key().to_bytes();
+    // K1's work, re-solved past any nonce that happens to meet the difficulty for K2 as well.
+    let mut nonce = solve(&d.ch, &k1_pub, &claimed, 0);
+    for _ in 0..64 {
+        if !work_ok(&d.ch, &k2_pub, &claimed, nonce) {
+            break;
+        }
+        nonce = solve(&d.ch, &k1_pub, &claimed, nonce + 1);
+    }
+    assert!(!work_ok(&d.ch, &k2_pub, &claimed, nonce));
+    let mut h = hello_for(&d.ch, ROLE_PEER, &claimed, &k2);
+    h.nonce = nonce;
+    let hello = signed_hello(&d.ch, &h, &k2);
+    let reason = expect_reject(&mut d, &hello);
+    println!("K1's work under K2: {reason}");
+    assert!(reason.contains("proof-of-work"), "{reason}");
+
+    // Control: K2 with its own work is welcomed.
+    let mut d = dial(target);
+    let hello = signed_hello(&d.ch, &hello_for(&d.ch, ROLE_PEER, &claimed, &k2), &k2);
+    expect_welcome(&mut d, &hello);
+
+    honest_peers_go_on(&mut net, &mut honest);
+}
+
+#[test]
+fn a_replayed_hello_is_refused() {
+    let (mut net, mut honest) = network(CONFIG);
+    let (a, b) = (net.seeds[0], net.seeds[1]);
+    let me = fresh_key();
+    let claimed = addr(free_port()).to_string();
+
+    // Connection 1: a good handshake; its Hello is recorded.
+    let mut first = dial(a);
+    let recorded = signed_hello(
+        &first.ch,
+        &hello_for(&first.ch, ROLE_PEER, &claimed, &me),
+        &me,
+    );
+    expect_welcome(&mut first, &recorded);
+    // Connection 2: the recorded Hello answers connection 1's challenge, not this one's.
+    let mut second = dial(a);
+    assert_ne!(
+        second.ch.challenge, first.ch.challenge,
+        "challenge not fresh"
+    );
+    let reason = expect_reject(&mut second, &recorded);
+    println!("replayed: {reason}");
+    assert!(reason.contains("challenge"), "{reason}");
+    drop(first);
+
+    // Relayed: an answer made for seed A's Challenge, sent to seed B.
+    let mut at_a = dial(a);
+    let mut at_b = dial(b);
+    let answer = signed_hello(
+        &at_a.ch,
+        &hello_for(&at_a.ch, ROLE_PEER, &claimed, &me),
+        &me,
+    );
+    let reason = expect_reject(&mut at_b, &answer);
+    println!("relayed to B: {reason}");
+    assert!(reason.contains("challenge"), "{reason}");
+    // The same answer at A, where it belongs, is good.
+    expect_welcome(&mut at_a, &answer);
+
+    honest_peers_go_on(&mut net, &mut honest);
+}
+
+#[test]
+fn an_impostor_at_a_seed_address_is_not_registered_with() {
+    // Five seeds listed with their keys: three real, two fakes run by the attacker. A majority
+    // is three, so the peer needs all three real ones.
+    let (mut net, listed) = listed_seeds(3, 2);
+    let real = net.seeds.clone();
+    let fake_at = [listed[3].0, listed[4].0];
+    let shown = addr(free_port()).to_string();
+    let own_key = FakeSeed::start(fake_at[0], Fake::OwnKey, listed[3].1, &shown);
+    let forged = FakeSeed::start(
+        fake_at[1],
+        Fake::ListedKeyForgedWelcome,
+        listed[4].1,
+        &shown,
+    );
+
+    // The peer starts while the real seeds are down, so it dials every listed seed, fakes
+    // included, before it can register anywhere.
+    let p = addr(free_port());
+    net.spawn("peer", p);
+    wait_until("the peer dials both fakes", || {
+        own_key.seen().iter().any(|c| c.early && c.ended)
+            && forged.seen().iter().any(|c| c.early && c.ended)
+    });
+
+    own_key.seeds_starting();
+    forged.seeds_starting();
+    net.start_seeds();
+    wait_until("the peer registers with the three real seeds", || {
+        strs(&net.events("peer", p), "registered_with", "seed").len() >= 3
+    });
+    net.wait_for_event("peer", p, "peer_list");
+    let q = net.start_peer();
+    wait_until("every real seed lists both peers", || {
+        seed_lists(&net)
+            .values()
+            .all(|l| *l == [p, q].iter().map(|a| a.to_string()).collect())
+    });
+
+    for x in [p, q] {
+        let evs = net.events("peer", x);
+        let with = strs(&evs, "registered_with", "seed");
+        let real_names: BTreeSet<String> = real.iter().map(|a| a.to_string()).collect();
+        assert!(with.is_subset(&real_names), "{x} registered with {with:?}");
+        let lists = of(&evs, "peer_list")
+            .iter()
+            .map(|e| e["peers"].to_string())
+            .collect::<String>();
+        assert!(!lists.contains(&shown), "{x} took the fake's peer list");
+    }
+    // (a) A Challenge with a key other than the listed one: nobody answers it.
+    for c in own_key.seen() {
+        assert!(
+            c.hello.is_none(),
+            "a Hello to a seed showing another key: {c:?}"
+        );
+    }
+    // (b) The listed key, but a Welcome signed by another: the peer answered the Challenge (it
+    // could not know yet), then closed without sending anything more.
+    let seen = forged.seen();
+    assert!(
+        seen.iter()
+            .any(|c| c.hello == Some((ROLE_PEER, p.to_string()))),
+        "the peer never answered the fake's Challenge: {seen:?}"
+    );
+    for c in &seen {
+        assert!(c.after.is_empty(), "frames after a forged Welcome: {c:?}");
+    }
+    let log = std::fs::read_to_string(net.dir.path().join(format!("peer-{}.log", p.port())))
+        .unwrap_or_default();
+    for f in fake_at {
+        assert!(
+            log.contains(&f.to_string()),
+            "the log does not name {f}:\n{log}"
+        );
+    }
+    assert!(
+        log.contains(&format!("{} showed key", fake_at[0])),
+        "the log does not say the fake showed another key:\n{log}"
+    );
+    let forged_at = fake_at[1].to_string();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&forged_at) && l.contains("signature does not verify")),
+        "the log does not say the fake's Welcome failed:\n{log}"
+    );
+}
+
+#[test]
+fn a_work_bomb_is_refused_without_burning_cpu() {
+    let (mut net, listed) = listed_seeds(2, 1);
+    let bomb_at = listed[2].0;
+    let bomb = FakeSeed::start(bomb_at, Fake::WorkBomb, listed[2].1, "");
+
+    let p = addr(free_port());
+    net.spawn("peer", p);
+    wait_until("the peer closes the work bomb's connection", || {
+        bomb.seen().iter().any(|c| c.early && c.ended)
+    });
+    for c in bomb.seen().iter().filter(|c| c.early) {
+        assert!(
+            c.hello.is_none(),
+            "the peer answered a 40-bit challenge: {c:?}"
+        );
+    }
+    let log_path = net.dir.path().join(format!("peer-{}.log", p.port()));
+    wait_until("the peer's log names max_difficulty", || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("max_difficulty") && l.contains(&bomb_at.to_string()))
+    });
+
+    // Honest operation: once the real seeds are up the peer registers with them.
+    bomb.seeds_starting();
+    net.start_seeds();
+    net.wait_for_event("peer", p, "peer_list");
+    let q = net.start_peer();
+    wait_until("both real seeds list both peers", || {
+        seed_lists(&net)
+            .values()
+            .all(|l| *l == [p, q].iter().map(|a| a.to_string()).collect())
+    });
+    let with = strs(&net.events("peer", p), "registered_with", "seed");
+    assert!(!with.contains(&bomb_at.to_string()), "{with:?}");
+    for c in bomb.seen() {
+        assert!(
+            c.hello.as_ref().is_none_or(|h| h.0 != ROLE_PEER),
+            "a peer answered a 40-bit challenge: {c:?}"
+        );
+    }
+}
+
+#[test]
+fn a_claimed_address_on_another_ip_is_refused() {
+    let extra = format!("{CONFIG}\nlimits: {{ loopback_exempt: false }}");
+    let (mut net, mut honest) = network(&extra);
+    let target = net.seeds[0];
+    let me = fresh_key();
+    let port = free_port();
+
+    // We connect from 127.0.0.1 and claim 127.0.0.2, with correct work and signature.
+    let mut d = dial(target);
+    let other_ip = format!("127.0.0.2:{port}");
+    let hello = signed_hello(&d.ch, &hello_for(&d.ch, ROLE_PEER, &other_ip, &me), &me);
+    let reason = expect_reject(&mut d, &hello);
+    println!("another IP: {reason}");
+    assert!(reason.contains(&other_ip), "{reason}");
+
+    // Control: the same claim on our own IP is welcomed.
+    let mut d = dial(target);
+    let own_ip = format!("127.0.0.1:{port}");
+    let hello = signed_hello(&d.ch, &hello_for(&d.ch, ROLE_PEER, &own_ip, &me), &me);
+    expect_welcome(&mut d, &hello);
+
+    honest_peers_go_on(&mut net, &mut honest);
+}
+
+#[test]
+fn another_key_cannot_register_or_leave_for_a_live_peers_address() {
+    let (mut net, mut honest) = network(CONFIG);
+    let victim = honest[0];
+    let me = fresh_key();
+    for seed in net.seeds.clone() {
+        // Our key, the victim's address, a newer incarnation (now): `Register` is refused...
+        let mut d = dial(seed);
+        let hello = signed_hello(
+            &d.ch,
+            &hello_for(&d.ch, ROLE_PEER, &victim.to_string(), &me),
+            &me,
+        );
+        expect_welcome(&mut d, &hello);
+        let reason = reject_after(&mut d, &[0x10]);
+        println!("Register for {victim} under our key: {reason}");
+        assert!(reason.contains("another key"), "{reason}");
+        // ... and `Leave` under our key closes the connection and removes no one.
+        let mut d = dial(seed);
+        let hello = signed_hello(
+            &d.ch,
+            &hello_for(&d.ch, ROLE_PEER, &victim.to_string(), &me),
+            &me,
+        );
+        expect_welcome(&mut d, &hello);
+        assert!(d.conn.send(&[&[0x16]]), "write failed");
+        assert!(
+            matches!(drain_to_close(&mut d.conn), Next::Closed),
+            "Leave under another key left the connection open"
+        );
+    }
+    honest_peers_go_on(&mut net, &mut honest);
+    assert!(no_seed_removed(&net, victim));
+}
+
+#[test]
+fn a_dead_report_cannot_borrow_the_victims_address_or_outvote_its_probe() {
+    let (mut net, mut honest) = network(CONFIG);
+    let victim = honest[0];
+    let seed = net.seeds[0];
+    let text = |reporter: &str| {
+        let (ip, port) = victim
+            .to_string()
+            .rsplit_once(':')
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .unwrap();
+        format!("Dead Node:{ip}:{port}:{}:{reporter}", unix_ms())
+    };
+    // Over a connection claiming the victim's own address (our key): refused, closed.
+    let me = fresh_key();
+    let mut d = dial(seed);
+    let hello = signed_hello(
+        &d.ch,
+        &hello_for(&d.ch, ROLE_PEER, &victim.to_string(), &me),
+        &me,
+    );
+    expect_welcome(&mut d, &hello);
+    assert!(d.conn.send(&[&dead_node_body(&text(&victim.to_string()))]));
+    assert!(matches!(drain_to_close(&mut d.conn), Next::Closed));
+    // Over a connection of our own: the seed checks the victim itself, over the victim's own
+    // connection (ours did not replace it), finds it alive and refuses the report.
+    let liar = addr(free_port()).to_string();
+    let mut d = dial(seed);
+    let hello = signed_hello(&d.ch, &hello_for(&d.ch, ROLE_PEER, &liar, &me), &me);
+    expect_welcome(&mut d, &hello);
+    assert!(d.conn.send(&[&dead_node_body(&text(&liar))]));
+    wait_until("the seed refuses the false report", || {
+        of(&net.events("seed", seed), "rejected").iter().any(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("false dead report") && r.contains(&victim.to_string()))
+        })
+    });
+    honest_peers_go_on(&mut net, &mut honest);
+    assert!(no_seed_removed(&net, victim));
+}
+
+/// No seed ever logged a removal of `peer`.
+fn no_seed_removed(net: &Net, peer: SocketAddr) -> bool {
+    net.seeds.iter().all(|&s| {
+        of(&net.events("seed", s), "removed")
+            .iter()
+            .all(|e| e["peer"] != peer.to_string())
+    })
+}
+
+/// 0x15 DeadNode: `text`.
+fn dead_node_body(text: &str) -> Vec<u8> {
+    let mut b = vec![0x15];
+    b.extend_from_slice(&(text.len() as u16).to_be_bytes());
+    b.extend_from_slice(text.as_bytes());
+    b
+}
+
+/// Sends `body` after the handshake and expects a `Reject` (frames before it skipped), then
+/// the close; returns the reason.
+fn reject_after(d: &mut Dial, body: &[u8]) -> String {
+    assert!(d.conn.send(&[body]), "write failed");
+    for _ in 0..100 {
+        match d.conn.next() {
+            Next::Frame(b) => {
+                if let Some(reason) = reject_reason(&b) {
+                    assert!(matches!(drain_to_close(&mut d.conn), Next::Closed));
+                    return reason;
+                }
+            }
+            other => panic!("expected Reject, got {other:?}"),
+        }
+    }
+    panic!("no Reject in 100 frames");
+}
+
+/// Reads frames until the connection ends (at most 100); what ended it.
+fn drain_to_close(c: &mut Conn) -> Next {
+    for _ in 0..100 {
+        match c.next() {
+            Next::Frame(_) => {}
+            end => return end,
+        }
+    }
+    panic!("still open after 100 frames");
+}
+
+// ---- The network under attack ----
+
+/// Three seeds (listed with their keys, as `Net::new` writes them) and two honest peers
+/// registered at every seed.
+fn network(extra: &str) -> (Net, Vec<SocketAddr>) {
+    let mut net = Net::new(3, extra);
+    net.start_seeds();
+    let mut honest = Vec::new();
+    for _ in 0..2 {
+        honest.push(net.start_peer());
+    }
+    wait_until("every seed lists both honest peers", || {
+        lists_exactly(&net, &honest)
+    });
+    (net, honest)
+}
+
+/// Honest operation goes on: one more honest peer registers and gets its peer list, and every
+/// seed lists exactly the honest peers, nobody else.
+fn honest_peers_go_on(net: &mut Net, honest: &mut Vec<SocketAddr>) {
+    honest.push(net.start_peer());
+    wait_until("every seed lists exactly the honest peers", || {
+        lists_exactly(net, honest)
+    });
+}
+
+fn lists_exactly(net: &Net, peers: &[SocketAddr]) -> bool {
+    let want: BTreeSet<String> = peers.iter().map(|a| a.to_string()).collect();
+    seed_lists(net).values().all(|l| *l == want)
+}
+
+/// A network description listing `real + fake` seeds with their keys (`keyed_seed_entries`);
+/// `net.seeds` holds only the `real` ones, the first ones listed, which `start_seeds` starts.
+/// Returns each listed seed with its listed key.
+fn listed_seeds(real: usize, fake: usize) -> (Net, Vec<Listed>) {
+    let dir = tempfile::tempdir().unwrap();
+    let all: Vec<SocketAddr> = (0..real + fake).map(|_| addr(free_port())).collect();
+    let entries = keyed_seed_entries(dir.path(), &all);
+    let config = dir.path().join("seeds.yaml");
+    std::fs::write(&config, fast_config(&entries, CONFIG)).unwrap();
+    let listed = all
+        .iter()
+        .zip(&entries)
+        .map(|(a, e)| {
+            let hex = e.split("key: \"").nth(1).unwrap();
+            (*a, unhex(&hex[..64]))
+        })
+        .collect();
+    let net = Net {
+        dir,
+        config,
+        seeds: all[..real].to_vec(),
+        nodes: Vec::new(),
+    };
+    (net, listed)
+}
+
+/// A seed as `seeds.yaml` lists it: its address and its key.
+type Listed = (SocketAddr, [u8; 32]);
+
+fn fresh_key() -> SigningKey {
+    SigningKey::from_bytes(&rand::random::<[u8; 32]>())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn unhex(s: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+    }
+    out
+}
+
+// ---- The attacker's client, from docs/PROTOCOL.md ----
+
+/// Our highest protocol version ("Versions": this document describes version 2).
+const VERSION: u16 = 2;
+/// `limits.max_frame` default ("Framing").
+const MAX_FRAME: usize = 1 << 20;
+
+/// What reading a connection gave.
+#[derive(Debug)]
+enum Next {
+    /// One frame's body (tag byte and fields).
+    Frame(Vec<u8>),
+    /// The remote closed (EOF or reset).
+    Closed,
+    /// Nothing for [`PATIENCE`].
+    Silent,
+}
+
+/// A TCP connection with a read buffer. "Framing": `len: u32 | body`, frames back to back.
+struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn new(s: TcpStream) -> Conn {
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        Conn { s, buf: Vec::new() }
+    }
+
+    /// The next frame; `len` must be 1 ..= `limits.max_frame`.
+    fn next(&mut self) -> Next {
+        let start = Instant::now();
+        let mut chunk = [0u8; 4096];
+        for _ in 0..10_000 {
+            if self.buf.len() >= 4 {
+                let len = u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize;
+                assert!((1..=MAX_FRAME).contains(&len), "frame length {len}");
+                if self.buf.len() >= 4 + len {
+                    let body = self.buf[4..4 + len].to_vec();
+                    self.buf.drain(..4 + len);
+                    return Next::Frame(body);
+                }
+            }
+            if start.elapsed() > PATIENCE {
+                return Next::Silent;
+            }
+            match self.s.read(&mut chunk) {
+                Ok(0) => return Next::Closed,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock) => {
+                    return Next::Silent
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Next::Silent,
+                Err(_) => return Next::Closed,
+            }
+        }
+        Next::Silent
+    }
+
+    /// Sends the bodies as frames, in one write; false if the write failed.
+    fn send(&mut self, bodies: &[&[u8]]) -> bool {
+        let mut out = Vec::new();
+        for b in bodies {
+            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            out.extend_from_slice(b);
+        }
+        self.s.write_all(&out).is_ok()
+    }
+}
+
+/// Reads the fields of a body in order ("Field types"); panics on truncation.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Fields<'a> {
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        assert!(self.0.len() >= n, "truncated body");
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        a
+    }
+    fn u8(&mut self) -> u8 {
+        self.take(1)[0]
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_be_bytes(self.take(2).try_into().unwrap())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_be_bytes(self.take(8).try_into().unwrap())
+    }
+    fn bytes32(&mut self) -> [u8; 32] {
+        self.take(32).try_into().unwrap()
+    }
+    /// `addr`: `n: u8` then `n` ASCII bytes.
+    fn addr(&mut self) -> String {
+        let n = self.u8() as usize;
+        String::from_utf8(self.take(n).to_vec()).unwrap()
+    }
+    /// `text`: `n: u16` then `n` bytes of UTF-8.
+    fn text(&mut self) -> String {
+        let n = self.u16() as usize;
+        String::from_utf8(self.take(n).to_vec()).unwrap()
+    }
+    fn end(&self) {
+        assert!(self.0.is_empty(), "trailing bytes");
+    }
+}
+
+fn put_addr(out: &mut Vec<u8>, a: &str) {
+    out.push(a.len() as u8);
+    out.extend_from_slice(a.as_bytes());
+}
+
+/// "Messages", 0x01 Challenge: `min_version: u16`, `max_version: u16`, `difficulty: u8`,
+/// `challenge: [32]`, `acceptor: addr`, `acceptor_key: key`. `body` is kept for the transcript.
+#[derive(Debug, Clone)]
+struct Challenge {
+    body: Vec<u8>,
+    difficulty: u8,
+    challenge: [u8; 32],
+    acceptor: String,
+    acceptor_key: [u8; 32],
+}
+
+fn parse_challenge(body: &[u8]) -> Challenge {
+    let mut f = Fields(body);
+    assert_eq!(f.u8(), 0x01, "not a Challenge: {body:?}");
+    let (min, max) = (f.u16(), f.u16());
+    assert!(min <= VERSION && VERSION <= max, "versions {min}..={max}");
+    let difficulty = f.u8();
+    let challenge = f.bytes32();
+    let acceptor = f.addr();
+    let acceptor_key = f.bytes32();
+    f.end();
+    Challenge {
+        body: body.to_vec(),
+        difficulty,
+        challenge,
+        acceptor,
+        acceptor_key,
+    }
+}
+
+/// A Challenge as an acceptor sends it (for the fake seeds).
+fn challenge_body(difficulty: u8, acceptor: &str, key: &[u8; 32]) -> Vec<u8> {
+    let mut b = vec![0x01];
+    b.extend_from_slice(&VERSION.to_be_bytes());
+    b.extend_from_slice(&VERSION.to_be_bytes());
+    b.push(difficulty);
+    b.extend_from_slice(&rand::random::<[u8; 32]>());
+    put_addr(&mut b, acceptor);
+    b.extend_from_slice(key);
+    b
+}
+
+/// "Messages", 0x02 Hello, without its last field (`signature: sig`).
+#[derive(Debug, Clone)]
+struct Hello {
+    role: u8,
+    addr: String,
+    incarnation: u64,
+    challenge: [u8; 32],
+    key: [u8; 32],
+    nonce: u64,
+}
+
+fn hello_unsigned(h: &Hello) -> Vec<u8> {
+    let mut b = vec![0x02];
+    b.extend_from_slice(&VERSION.to_be_bytes());
+    b.push(h.role);
+    put_addr(&mut b, &h.addr);
+    b.extend_from_slice(&h.incarnation.to_be_bytes());
+    b.extend_from_slice(&h.challenge);
+    b.extend_from_slice(&h.key);
+    b.extend_from_slice(&h.nonce.to_be_bytes());
+    b
+}
+
+/// A Hello body's fields (the fake seeds read what honest connectors send).
+fn parse_hello(body: &[u8]) -> Option<Hello> {
+    let mut f = Fields(body);
+    if body.len() < 100 || f.u8() != 0x02 {
+        return None;
+    }
+    let _version = f.u16();
+    let role = f.u8();
+    let addr = f.addr();
+    let incarnation = f.u64();
+    let challenge = f.bytes32();
+    let key = f.bytes32();
+    let nonce = f.u64();
+    f.take(64);
+    f.end();
+    Some(Hello {
+        role,
+        addr,
+        incarnation,
+        challenge,
+        key,
+        nonce,
+    })
+}
+
+/// The honest answer to `ch` in `role`, claiming `claimed`: work solved in the peer role
+/// (step 3), nonce 0 in the seed role.
+fn hello_for(ch: &Challenge, role: u8, claimed: &str, key: &SigningKey) -> Hello {
+    let public = key.verifying_key().to_bytes();
+    Hello {
+        role,
+        addr: claimed.to_string(),
+        incarnation: unix_ms(),
+        challenge: ch.challenge,
+        key: public,
+        nonce: if role == ROLE_PEER {
+            solve(ch, &public, claimed, 0)
+        } else {
+            0
+        },
+    }
+}
+
+/// "Connection start", step 3: the work hash over challenge, key, both addresses and nonce.
+fn work_hash(ch: &Challenge, key: &[u8; 32], connector: &str, nonce: u64) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(ch.challenge);
+    h.update(key);
+    h.update([connector.len() as u8]);
+    h.update(connector.as_bytes());
+    h.update([ch.acceptor.len() as u8]);
+    h.update(ch.acceptor.as_bytes());
+    h.update(nonce.to_be_bytes());
+    h.finalize().into()
+}
+
+fn leading_zero_bits(h: &[u8]) -> u32 {
+    let mut n = 0;
+    for b in h {
+        if *b == 0 {
+            n += 8;
+        } else {
+            return n + b.leading_zeros();
+        }
+    }
+    n
+}
+
+fn work_ok(ch: &Challenge, key: &[u8; 32], connector: &str, nonce: u64) -> bool {
+    leading_zero_bits(&work_hash(ch, key, connector, nonce)) >= u32::from(ch.difficulty)
+}
+
+/// The first nonce from `from` that meets the difficulty. Our own `max_difficulty` is 20.
+fn solve(ch: &Challenge, key: &[u8; 32], connector: &str, from: u64) -> u64 {
+    assert!(
+        ch.difficulty <= 20,
+        "difficulty {} is a work bomb",
+        ch.difficulty
+    );
+    (from..from + (1 << 28))
+        .find(|&n| work_ok(ch, key, connector, n))
+        .expect("no solution")
+}
+
+/// Step 4: `T = SHA-256("gossipnet/2 handshake" | Challenge body | Hello body without its
+/// last 64 bytes)`.
+fn transcript(challenge_body: &[u8], hello_unsigned: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"gossipnet/2 handshake");
+    h.update(challenge_body);
+    h.update(hello_unsigned);
+    h.finalize().into()
+}
+
+fn prefixed(prefix: &[u8], t: &[u8; 32]) -> Vec<u8> {
+    [prefix, t.as_slice()].concat()
+}
+
+/// Step 4: the Hello body with `signature` = `signer`'s signature of `"gossipnet/2 hello" | T`.
+fn signed_hello(ch: &Challenge, h: &Hello, signer: &SigningKey) -> Vec<u8> {
+    let mut body = hello_unsigned(h);
+    let t = transcript(&ch.body, &body);
+    let sig = signer.sign(&prefixed(b"gossipnet/2 hello", &t));
+    body.extend_from_slice(&sig.to_bytes());
+    body
+}
+
+/// Step 6: a Welcome body, `"gossipnet/2 welcome" | T` signed by `signer`.
+fn welcome_body(ch_body: &[u8], hello_body: &[u8], signer: &SigningKey) -> Vec<u8> {
+    let t = transcript(ch_body, &hello_body[..hello_body.len() - 64]);
+    let sig = signer.sign(&prefixed(b"gossipnet/2 welcome", &t));
+    [&[0x03u8][..], &sig.to_bytes()].concat()
+}
+
+/// 0x04 Reject: `reason: text`.
+fn reject_reason(body: &[u8]) -> Option<String> {
+    let mut f = Fields(body);
+    if body.first() != Some(&0x04) {
+        return None;
+    }
+    f.u8();
+    let reason = f.text();
+    f.end();
+    Some(reason)
+}
+
+/// A `member`: `addr`, `incarnation: u64`, then `key` ("Field types").
+fn put_member(out: &mut Vec<u8>, addr: &str, incarnation: u64, key: &[u8; 32]) {
+    put_addr(out, addr);
+    out.extend_from_slice(&incarnation.to_be_bytes());
+    out.extend_from_slice(key);
+}
+
+/// 0x31 Sync: `list<cert>`, a `cert` being `op: u8`, `member`, `n: u8`, then `n` × (`seed:
+/// addr`, `sig`), each `sig` over `"gossipnet/2 change" | op u8 | member` ("Seeds among
+/// themselves"). Here every signature is `signer`'s, claimed for each of `seeds`.
+fn sync_body(changes: &[(u8, String, [u8; 32])], seeds: &[String], signer: &SigningKey) -> Vec<u8> {
+    let mut b = vec![0x31];
+    b.extend_from_slice(&(changes.len() as u32).to_be_bytes());
+    for (op, addr, key) in changes {
+        let mut change = vec![*op];
+        put_member(&mut change, addr, unix_ms(), key);
+        let sig = signer.sign(&[&b"gossipnet/2 change"[..], &change].concat());
+        b.extend_from_slice(&change);
+        b.push(seeds.len() as u8);
+        for seed in seeds {
+            put_addr(&mut b, seed);
+            b.extend_from_slice(&sig.to_bytes());
+        }
+    }
+    b
+}
+
+/// A connection to `a` and the Challenge it opened with, checked as step 2 says: a common
+/// version and the address we dialed.
+struct Dial {
+    conn: Conn,
+    ch: Challenge,
+}
+
+fn dial(a: SocketAddr) -> Dial {
+    let mut conn = Conn::new(raw(a));
+    let Next::Frame(body) = conn.next() else {
+        panic!("no Challenge from {a}");
+    };
+    let ch = parse_challenge(&body);
+    assert_eq!(
+        ch.acceptor,
+        a.to_string(),
+        "the Challenge names another address"
+    );
+    Dial { conn, ch }
+}
+
+/// Sends `hello` (nothing if empty) and expects `Reject` and then the close (step 5); returns
+/// the reason.
+fn expect_reject(d: &mut Dial, hello: &[u8]) -> String {
+    if !hello.is_empty() {
+        assert!(d.conn.send(&[hello]), "write failed");
+    }
+    let body = match d.conn.next() {
+        Next::Frame(b) => b,
+        other => panic!("expected Reject, got {other:?}"),
+    };
+    let reason = reject_reason(&body).unwrap_or_else(|| panic!("expected Reject, got {body:?}"));
+    assert!(!reason.is_empty(), "a Reject without a reason");
+    assert!(
+        matches!(d.conn.next(), Next::Closed),
+        "not closed after Reject ({reason})"
+    );
+    reason
+}
+
+/// Sends `hello` and expects a `Welcome` whose signature verifies under the Challenge's key
+/// (step 6, `verify_strict` as "Field types" says for `sig`).
+fn expect_welcome(d: &mut Dial, hello: &[u8]) {
+    assert!(d.conn.send(&[hello]), "write failed");
+    let body = match d.conn.next() {
+        Next::Frame(b) => b,
+        other => panic!("expected Welcome, got {other:?}"),
+    };
+    assert_eq!(
+        body.len(),
+        65,
+        "expected Welcome, got {body:?} {:?}",
+        reject_reason(&body)
+    );
+    assert_eq!(
+        body[0],
+        0x03,
+        "expected Welcome, got {:?}",
+        reject_reason(&body)
+    );
+    let t = transcript(&d.ch.body, &hello[..hello.len() - 64]);
+    let key = VerifyingKey::from_bytes(&d.ch.acceptor_key).unwrap();
+    let sig = Signature::from_bytes(&body[1..].try_into().unwrap());
+    key.verify_strict(&prefixed(b"gossipnet/2 welcome", &t), &sig)
+        .expect("the Welcome's signature does not verify");
+}
+
+// ---- A fake acceptor at a seed's address ----
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fake {
+    /// A Challenge showing a key of its own, not the listed one.
+    OwnKey,
+    /// The listed key in the Challenge; to a Hello it answers a Welcome signed by another key,
+    /// `Registered` and a `PeerList` (`list<addr, key, degree: u16>`).
+    ListedKeyForgedWelcome,
+    /// The listed key and difficulty 40.
+    WorkBomb,
+}
+
+/// What one connector did on one connection to a fake.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    /// Accepted before the real seeds were started: the peer's, since no seed was running.
+    early: bool,
+    /// Role and claimed address of the Hello, if one came.
+    hello: Option<(u8, String)>,
+    /// Tags of the frames that came after the Hello.
+    after: Vec<u8>,
+    /// The connector closed.
+    ended: bool,
+}
+
+struct FakeSeed {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    early: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeSeed {
+    /// Listens at `at` and serves every connection on a thread of its own. `shown` is the one
+    /// address the forged `PeerList` names.
+    fn start(at: SocketAddr, mode: Fake, listed: [u8; 32], shown: &str) -> FakeSeed {
+        let listener = TcpListener::bind(at).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let early = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, early2, stop2) = (seen.clone(), early.clone(), stop.clone());
+        let shown = shown.to_string();
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            while !stop2.load(Ordering::Relaxed) && start.elapsed() < 4 * PATIENCE {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        let i = {
+                            let mut v = seen2.lock().unwrap();
+                            v.push(Seen {
+                                early: early2.load(Ordering::Relaxed),
+                                ..Seen::default()
+                            });
+                            v.len() - 1
+                        };
+                        let (seen, shown) = (seen2.clone(), shown.clone());
+                        std::thread::spawn(move || {
+                            serve_fake(Conn::new(s), at, mode, listed, &shown, &seen, i)
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        FakeSeed {
+            seen,
+            early,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Connections accepted from now on may come from the real seeds.
+    fn seeds_starting(&self) {
+        self.early.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Drop for FakeSeed {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The fake acceptor's side of one connection, recorded in `seen[i]`.
+fn serve_fake(
+    mut conn: Conn,
+    me: SocketAddr,
+    mode: Fake,
+    listed: [u8; 32],
+    shown: &str,
+    seen: &Mutex<Vec<Seen>>,
+    i: usize,
+) {
+    let own = fresh_key();
+    let (difficulty, key) = match mode {
+        Fake::OwnKey => (8, own.verifying_key().to_bytes()),
+        Fake::ListedKeyForgedWelcome => (8, listed),
+        Fake::WorkBomb => (40, listed),
+    };
+    let ch = challenge_body(difficulty, &me.to_string(), &key);
+    conn.send(&[&ch]);
+    for _ in 0..64 {
+        match conn.next() {
+            Next::Frame(body) => {
+                let first = {
+                    let v = seen.lock().unwrap();
+                    v[i].hello.is_none() && v[i].after.is_empty()
+                };
+                match parse_hello(&body).filter(|_| first) {
+                    Some(h) => {
+                        seen.lock().unwrap()[i].hello = Some((h.role, h.addr));
+                        if mode == Fake::ListedKeyForgedWelcome {
+                            let welcome = welcome_body(&ch, &body, &own);
+                            let mut list = vec![0x13];
+                            list.extend_from_slice(&1u32.to_be_bytes());
+                            put_addr(&mut list, shown);
+                            list.extend_from_slice(&own.verifying_key().to_bytes());
+                            list.extend_from_slice(&0u16.to_be_bytes());
+                            conn.send(&[&welcome, &[0x11], &list]);
+                        }
+                    }
+                    None => seen.lock().unwrap()[i].after.push(body[0]),
+                }
+            }
+            Next::Closed => {
+                seen.lock().unwrap()[i].ended = true;
+                return;
+            }
+            Next::Silent => return,
+        }
+    }
+}
