@@ -153,6 +153,9 @@ pub struct SeedConfig {
     pub sync_interval: Duration,
     /// Most entries in one peer list sent to a peer: a random sample when more are registered.
     pub max_peer_list: usize,
+    /// How long a vote that has not reached a majority stays open. A seed whose own removal
+    /// vote expires while the peer is still listed checks the peer again.
+    pub vote_ttl: Duration,
 }
 
 /// The validated configuration.
@@ -332,6 +335,7 @@ struct RawLimits {
 struct RawSeed {
     sync_interval: Leaf,
     max_peer_list: Leaf,
+    vote_ttl: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -407,6 +411,7 @@ pub mod defaults {
     pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
     pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
     pub const SEED_SYNC_INTERVAL: Duration = Duration::from_secs(2);
+    pub const SEED_VOTE_TTL: Duration = Duration::from_secs(120);
     /// A joining peer picks 4 neighbours: a sample of 256 gives it a wide choice, keeps the
     /// list frame near 6 KiB however large the network, and keeps the seeds' work per join
     /// from growing with the network (a full list made joining quadratic).
@@ -802,6 +807,7 @@ impl RawConfig {
                 1,
                 10_000,
             )?,
+            vote_ttl: duration("seed.vote_ttl", &s.vote_ttl, SEED_VOTE_TTL)?,
         };
         let st = self.stats.unwrap_or_default();
         let stats_interval = duration("stats.interval", &st.interval, STATS_INTERVAL)?;

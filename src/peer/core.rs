@@ -28,6 +28,8 @@ use crate::wire::{Msg, Payload, PeerEntry, Role};
 /// How often a peer that cannot register yet says what it waits for: calm enough not to fill
 /// the screen, soon enough that nobody stares at a silent terminal.
 const WAITING_NOTE: Duration = Duration::from_secs(5);
+/// Dead-node reports held while no seed is reachable, at most.
+const MAX_HELD_REPORTS: usize = 256;
 
 /// A count that grew from `before` to `after` is worth a log line when it reaches 1, 1,024,
 /// 1,048,576, …: a flood is said at once and then a thousand times less often each time.
@@ -64,6 +66,8 @@ pub struct PeerCore {
     /// A seed told us we were removed while alive; we registered again as a new incarnation
     /// and say `rejoined` once a seed confirms it.
     rejoining: bool,
+    /// Dead-node reports made while no seed was reachable, sent when one is.
+    held_reports: std::collections::VecDeque<String>,
     seeds: SeedSessions,
     overlay: Overlay,
     liveness: Liveness,
@@ -94,6 +98,7 @@ impl PeerCore {
             phase: Phase::Joining,
             leaving: false,
             rejoining: false,
+            held_reports: std::collections::VecDeque::new(),
             seeds: SeedSessions::new(config.seeds.clone(), config.majority()),
             overlay: Overlay::new(me, &config),
             liveness: Liveness::new(&config.liveness),
@@ -205,11 +210,18 @@ impl PeerCore {
         }
     }
 
-    /// Reports a dead neighbour to every seed we are connected to.
+    /// Reports a dead neighbour to every seed we are connected to; with none, the report waits
+    /// (at most `MAX_HELD_REPORTS`) until a seed confirms our registration.
     fn report_dead(&mut self, dead: SocketAddr, why: &str, now: Now, out: &mut Vec<Action>) {
         let text = texts::dead_node(&dead, now.unix_ms, &self.me);
         let to = self.seeds.conns();
-        if !to.is_empty() {
+        if to.is_empty() {
+            log::warn!("no seed reachable: the report about {dead} waits for one");
+            if self.held_reports.len() >= MAX_HELD_REPORTS {
+                self.held_reports.pop_front();
+            }
+            self.held_reports.push_back(text.clone());
+        } else {
             out.push(Action::Send {
                 to,
                 msg: Msg::DeadNode { text: text.clone() },
@@ -1080,6 +1092,10 @@ impl PeerCore {
                     if std::mem::take(&mut self.rejoining) {
                         out.push(records::rejoined(&addr).into());
                     }
+                    for text in self.held_reports.drain(..) {
+                        log::info!("sending a report held while no seed was reachable: {text}");
+                        out.push(Action::send(conn, Msg::DeadNode { text }));
+                    }
                     out.push(Action::send(conn, Msg::GetPeers));
                     self.tell_degree(out);
                 }
@@ -1228,6 +1244,15 @@ impl PeerCore {
             Purpose::Neighbour => {
                 log::info!("neighbour {addr} unreachable: {reason}");
                 self.overlay.dial_failed(addr, now.mono);
+                use crate::node::DialError;
+                if matches!(
+                    reason,
+                    DialError::Refused | DialError::TimedOut | DialError::Connect(_)
+                ) {
+                    // A peer the seeds list that cannot be reached: they check it, so a dead
+                    // entry does not linger to be handed to every newcomer.
+                    self.report_dead(addr, &format!("unreachable: {reason}"), now, out);
+                }
                 self.maybe_start_gossip(now, out);
                 self.maybe_repair(out);
             }
@@ -1699,6 +1724,63 @@ mod tests {
         assert!(events(&out).contains(&"dead_reported"));
         assert!(events(&out).contains(&"neighbour_down"));
         assert_eq!(p.neighbours().len(), 1);
+    }
+
+    #[test]
+    fn a_report_made_with_no_seed_reachable_waits_for_one() {
+        let (mut p, now) = joined("");
+        let mut out = vec![];
+        let closed = |conn| Event::Closed {
+            conn,
+            reason: CloseReason::Reset,
+        };
+        p.handle(closed(SEED_CONN), now, &mut out);
+        let text = texts::liveness_request(now.unix_ms, &a(9102));
+        let heard = Msg::LivenessRequest { text };
+        p.handle(
+            Event::Frame {
+                conn: 11,
+                msg: heard,
+            },
+            now,
+            &mut out,
+        );
+        out.clear();
+        p.handle(closed(11), now, &mut out);
+        assert!(events(&out).contains(&"dead_reported"));
+        assert!(!sends(&out)
+            .iter()
+            .any(|(_, m)| matches!(m, Msg::DeadNode { .. })));
+        // A seed is back and confirms us: the report goes to it.
+        out.clear();
+        let seed = Remote {
+            addr: a(9001),
+            role: Role::Seed,
+            incarnation: 0,
+            key: [0; 32],
+            dialed: Some(Purpose::Register),
+        };
+        p.handle(
+            Event::Connected {
+                conn: 77,
+                remote: seed,
+            },
+            now,
+            &mut out,
+        );
+        p.handle(
+            Event::Frame {
+                conn: 77,
+                msg: Msg::Registered,
+            },
+            now,
+            &mut out,
+        );
+        let reports: Vec<_> = sends(&out)
+            .into_iter()
+            .filter(|(to, m)| to == &vec![77] && matches!(m, Msg::DeadNode { .. }))
+            .collect();
+        assert_eq!(reports.len(), 1, "{:?}", sends(&out));
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl SeedCore {
             rng,
             key,
             seed_keys,
-            registry: Registry::new(config.seeds.len()),
+            registry: Registry::new(config.seeds.len(), config.seed.vote_ttl),
             config,
             links: BTreeMap::new(),
             seed_links: BTreeMap::new(),
@@ -674,7 +674,15 @@ impl SeedCore {
                 out.push(Action::Send { to, msg });
             }
         }
-        self.registry.expire(now.mono);
+        for member in self.registry.expire(now.mono, &self.me) {
+            // Our vote to remove it found no majority in time (seeds down): it is still
+            // listed, so check it again rather than let it linger.
+            log::info!(
+                "removal vote for {} expired without a majority: checking it again",
+                member.addr
+            );
+            self.start_probe(member, None, now, out);
+        }
     }
 }
 

@@ -24,9 +24,6 @@ use crate::wire::{change_bytes, Certificate, Member, RemovalReason, Signature, V
 /// Tombstones kept for removed members; older ones are forgotten. A peer removed that long ago
 /// whose vote still circulates is too stale to matter.
 pub const MAX_TOMBSTONES: usize = 4096;
-/// Votes that have not reached a majority are dropped after this long (a peer that registered
-/// with too few seeds retries and creates fresh votes).
-pub const VOTE_TTL: Duration = Duration::from_secs(120);
 /// Bound on open tallies, so a stream of registrations that never complete cannot grow memory.
 pub const MAX_TALLIES: usize = 65_536;
 
@@ -51,6 +48,9 @@ pub enum Change {
 #[derive(Debug)]
 pub struct Registry {
     majority: usize,
+    /// Votes that have not reached a majority are dropped after this long (`seed.vote_ttl`; a
+    /// peer that registered with too few seeds retries and creates fresh votes).
+    vote_ttl: Duration,
     members: BTreeMap<SocketAddr, Member>,
     /// The certificate of each listed member's registration.
     certs: BTreeMap<SocketAddr, Certificate>,
@@ -67,9 +67,10 @@ pub struct Registry {
 
 impl Registry {
     /// `n_seeds`: all configured seeds, up or not.
-    pub fn new(n_seeds: usize) -> Self {
+    pub fn new(n_seeds: usize, vote_ttl: Duration) -> Self {
         Registry {
             majority: n_seeds / 2 + 1,
+            vote_ttl,
             members: BTreeMap::new(),
             certs: BTreeMap::new(),
             dense: Vec::new(),
@@ -222,11 +223,9 @@ impl Registry {
                 }
             }
         }
+        // Full: refused until the periodic `expire` makes room.
         if !self.tallies.contains_key(&(m, op)) && self.tallies.len() >= MAX_TALLIES {
-            self.expire(now);
-            if self.tallies.len() >= MAX_TALLIES {
-                return None;
-            }
+            return None;
         }
         let tally = self.tallies.entry((m, op)).or_insert_with(|| Tally {
             voters: BTreeMap::new(),
@@ -365,10 +364,21 @@ impl Registry {
         (changes, bad)
     }
 
-    /// Drops tallies that never reached a majority.
-    pub fn expire(&mut self, now: Instant) {
-        self.tallies
-            .retain(|_, t| now.saturating_duration_since(t.opened) < VOTE_TTL);
+    /// Drops tallies that never reached a majority. Returns the listed members whose removal
+    /// `voter` had voted for in a dropped tally: they are still listed, so check them again.
+    pub fn expire(&mut self, now: Instant, voter: &SocketAddr) -> Vec<Member> {
+        let ttl = self.vote_ttl;
+        let mut recheck = Vec::new();
+        self.tallies.retain(|(m, op), t| {
+            let open = now.saturating_duration_since(t.opened) < ttl;
+            if !open && *op != VoteOp::Add && t.voters.contains_key(voter) {
+                recheck.push(*m);
+            }
+            open
+        });
+        recheck.retain(|m| self.contains(m));
+        recheck.dedup();
+        recheck
     }
 }
 
@@ -378,6 +388,7 @@ mod tests {
 
     /// Signatures are checked by the caller's closure; these tests count voters.
     const SIG: Signature = [0; 64];
+    const TTL: Duration = Duration::from_secs(120);
 
     fn any_sig(_: &SocketAddr, _: &[u8], _: &Signature) -> bool {
         true
@@ -408,17 +419,17 @@ mod tests {
 
     #[test]
     fn majority_of_all_configured_seeds() {
-        assert_eq!(Registry::new(1).majority(), 1);
-        assert_eq!(Registry::new(2).majority(), 2);
-        assert_eq!(Registry::new(3).majority(), 2);
-        assert_eq!(Registry::new(4).majority(), 3);
-        assert_eq!(Registry::new(5).majority(), 3);
+        assert_eq!(Registry::new(1, TTL).majority(), 1);
+        assert_eq!(Registry::new(2, TTL).majority(), 2);
+        assert_eq!(Registry::new(3, TTL).majority(), 2);
+        assert_eq!(Registry::new(4, TTL).majority(), 3);
+        assert_eq!(Registry::new(5, TTL).majority(), 3);
     }
 
     #[test]
     fn one_vote_is_not_enough_and_two_commit() {
         let now = Instant::now();
-        let mut r = Registry::new(3);
+        let mut r = Registry::new(3, TTL);
         assert_eq!(r.vote(a(S1), VoteOp::Add, m(1, 1), SIG, now), None);
         assert!(r.is_empty());
         // The same seed voting again does not count twice.
@@ -436,7 +447,7 @@ mod tests {
     #[test]
     fn removal_is_agreed_and_idempotent() {
         let now = Instant::now();
-        let mut r = Registry::new(3);
+        let mut r = Registry::new(3, TTL);
         r.vote(a(S1), VoteOp::Add, m(1, 1), SIG, now);
         r.vote(a(S2), VoteOp::Add, m(1, 1), SIG, now);
         let dead = VoteOp::Remove(RemovalReason::Dead);
@@ -457,7 +468,7 @@ mod tests {
     #[test]
     fn a_restarted_peer_is_a_new_member() {
         let now = Instant::now();
-        let mut r = Registry::new(1);
+        let mut r = Registry::new(1, TTL);
         assert!(r.vote(a(S1), VoteOp::Add, m(1, 1), SIG, now).is_some());
         assert!(r
             .vote(
@@ -489,7 +500,7 @@ mod tests {
     #[test]
     fn a_sample_is_distinct_current_members_without_the_asker() {
         use rand::SeedableRng;
-        let mut r = Registry::new(1);
+        let mut r = Registry::new(1, TTL);
         for p in 0..50u16 {
             r.apply_add(cert(VoteOp::Add, m(9100 + p, 1), &[S1]));
         }
@@ -516,7 +527,7 @@ mod tests {
     #[test]
     fn merge_catches_up_and_never_resurrects() {
         let now = Instant::now();
-        let mut up = Registry::new(3);
+        let mut up = Registry::new(3, TTL);
         for p in [1, 2, 3] {
             up.vote(a(S1), VoteOp::Add, m(p, 1), SIG, now);
             up.vote(a(S2), VoteOp::Add, m(p, 1), SIG, now);
@@ -536,7 +547,7 @@ mod tests {
             now,
         );
         // A seed that was down learns everything from one sync.
-        let mut back = Registry::new(3);
+        let mut back = Registry::new(3, TTL);
         let (changes, bad) = back.merge(up.certificates(), &mut any_sig);
         assert_eq!(back.members(), up.members());
         assert_eq!((changes.len(), bad), (2, 0));
@@ -556,7 +567,7 @@ mod tests {
 
     #[test]
     fn nothing_is_merged_without_a_majority_of_good_signatures() {
-        let mut r = Registry::new(3);
+        let mut r = Registry::new(3, TTL);
         // One seed alone, or the same seed twice, is not a majority.
         let alone = cert(VoteOp::Add, m(1, 1), &[S1]);
         let twice = cert(VoteOp::Add, m(2, 1), &[S1, S1]);
@@ -579,17 +590,38 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_removal_vote_of_a_listed_member_asks_for_a_recheck() {
+        let now = Instant::now();
+        let mut r = Registry::new(3, TTL);
+        r.vote(a(S1), VoteOp::Add, m(1, 1), SIG, now);
+        r.vote(a(S2), VoteOp::Add, m(1, 1), SIG, now);
+        let dead = VoteOp::Remove(RemovalReason::Dead);
+        r.vote(a(S1), dead, m(1, 1), SIG, now);
+        r.vote(a(S2), VoteOp::Add, m(2, 1), SIG, now);
+        let later = now + TTL + Duration::from_secs(1);
+        // Our removal vote expired while the member is listed: check it again. Another seed's
+        // expired votes, and expired adds, ask for nothing.
+        assert_eq!(r.expire(later, &a(S2)), vec![]);
+        let mut r2 = Registry::new(3, TTL);
+        r2.vote(a(S1), VoteOp::Add, m(1, 1), SIG, now);
+        r2.vote(a(S2), VoteOp::Add, m(1, 1), SIG, now);
+        r2.vote(a(S1), dead, m(1, 1), SIG, now);
+        assert_eq!(r2.expire(later, &a(S1)), vec![m(1, 1)]);
+        assert!(!r2.has_voted_remove(&a(S1), &m(1, 1)), "free to vote again");
+    }
+
+    #[test]
     fn open_votes_are_remembered_and_expire() {
         let now = Instant::now();
-        let mut r = Registry::new(3);
+        let mut r = Registry::new(3, TTL);
         r.vote(a(S1), VoteOp::Add, m(1, 1), SIG, now);
         assert_eq!(r.open_votes_of(&a(S1)), vec![(VoteOp::Add, m(1, 1), SIG)]);
         assert!(r.open_votes_of(&a(S2)).is_empty());
-        r.expire(now + VOTE_TTL + Duration::from_secs(1));
+        r.expire(now + TTL + Duration::from_secs(1), &a(S1));
         assert!(r.open_votes_of(&a(S1)).is_empty());
         // After expiry the vote must be cast again: one more vote is not a majority.
         assert_eq!(
-            r.vote(a(S2), VoteOp::Add, m(1, 1), SIG, now + VOTE_TTL * 2),
+            r.vote(a(S2), VoteOp::Add, m(1, 1), SIG, now + TTL * 2),
             None
         );
     }
@@ -597,7 +629,7 @@ mod tests {
     #[test]
     fn an_address_held_by_a_key_is_not_given_to_another() {
         let now = Instant::now();
-        let mut r = Registry::new(1);
+        let mut r = Registry::new(1, TTL);
         assert!(r.vote(a(S1), VoteOp::Add, m(1, 1), SIG, now).is_some());
         let thief = Member {
             key: [99; 32],

@@ -1,0 +1,69 @@
+//! Nothing lingers in a seed outage: with two of three seeds down for longer than a vote lives,
+//! a peer that dies meanwhile is still removed once the seeds are back (the seed that stayed up
+//! checks it again each time its vote expires, and reports held by peers without a seed reach
+//! the seeds when they are back), and the live peers stay listed.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+
+const CONFIG: &str = "gossip: { interval: 300ms, count: 10 }\nliveness: { interval: 300ms, misses: 3, probe_timeout: 1s }\npow: { difficulty: 8, timeout: 3s }\nstats: { interval: 1s }\nseed: { vote_ttl: 2s }";
+
+fn lists(net: &Net, seed: SocketAddr, peer: SocketAddr) -> bool {
+    seed_lists(net)[&seed].contains(&peer.to_string())
+}
+
+#[test]
+fn a_peer_that_dies_while_most_seeds_are_down_is_removed_once_they_are_back() {
+    let mut net = Net::new(3, CONFIG);
+    net.start_seeds();
+    let peers: Vec<SocketAddr> = (0..3).map(|_| net.start_peer()).collect();
+    wait_until("every seed lists every peer", || {
+        net.seeds
+            .iter()
+            .all(|&s| peers.iter().all(|&p| lists(&net, s, p)))
+    });
+    let (up, down) = (net.seeds[0], [net.seeds[1], net.seeds[2]]);
+    for s in down {
+        net.kill(s);
+    }
+    let dead = peers[2];
+    net.kill(dead);
+
+    // The seed that stayed up finds it dead but cannot remove it alone; its vote expires
+    // (2 s here) and it checks again, as often as it takes.
+    let log = net.dir.path().join(format!("seed-{}.log", up.port()));
+    wait_until(
+        "the lone seed's removal vote expires and it checks again",
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(&format!(
+                    "removal vote for {dead} expired without a majority"
+                ))
+        },
+    );
+    assert!(lists(&net, up, dead), "one seed alone removed a peer");
+
+    for s in down {
+        net.spawn("seed", s);
+    }
+    wait_until("every seed has removed the dead peer", || {
+        net.seeds.iter().all(|&s| !lists(&net, s, dead))
+    });
+    wait_until("every seed lists the live peers", || {
+        net.seeds
+            .iter()
+            .all(|&s| peers[..2].iter().all(|&p| lists(&net, s, p)))
+    });
+    for s in net.seeds.clone() {
+        let evs = net.events("seed", s);
+        let removed = of(&evs, "removed");
+        assert!(
+            removed.iter().all(|e| e["peer"] == dead.to_string()),
+            "a live peer was removed at {s}: {removed:?}"
+        );
+    }
+}
