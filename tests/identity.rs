@@ -416,6 +416,25 @@ fn another_key_cannot_register_or_leave_for_a_live_peers_address() {
 }
 
 #[test]
+fn a_registration_for_an_address_nobody_serves_is_refused() {
+    let (mut net, mut honest) = network(CONFIG);
+    let me = fresh_key();
+    // An address nothing listens on: the seed dials it back before voting, and refuses.
+    let nowhere = addr(free_port()).to_string();
+    for seed in net.seeds.clone() {
+        let mut d = dial(seed);
+        let hello = signed_hello(&d.ch, &hello_for(&d.ch, ROLE_PEER, &nowhere, &me), &me);
+        expect_welcome(&mut d, &hello);
+        let reason = reject_after(&mut d, &[0x10]);
+        println!("Register for {nowhere}: {reason}");
+        assert!(reason.contains("dial-back"), "{reason}");
+    }
+    // Honest peers, which listen where they say, still register; the address is listed nowhere.
+    honest_peers_go_on(&mut net, &mut honest);
+    assert!(seed_lists(&net).values().all(|l| !l.contains(&nowhere)));
+}
+
+#[test]
 fn a_dead_report_cannot_borrow_the_victims_address_or_outvote_its_probe() {
     let (mut net, mut honest) = network(CONFIG);
     let victim = honest[0];

@@ -80,6 +80,9 @@ pub struct SeedCore {
     peer_conns: BTreeMap<SocketAddr, ConnId>,
     degrees: BTreeMap<SocketAddr, u16>,
     probes: BTreeMap<SocketAddr, Probe>,
+    /// Registrations waiting for their dial-back (the seed dials the address and must find
+    /// the registering key there before it votes): the registering connection and member.
+    dial_backs: BTreeMap<SocketAddr, (ConnId, Member)>,
     next_sync: Option<Instant>,
 }
 
@@ -101,6 +104,7 @@ impl SeedCore {
             peer_conns: BTreeMap::new(),
             degrees: BTreeMap::new(),
             probes: BTreeMap::new(),
+            dial_backs: BTreeMap::new(),
             next_sync: None,
         }
     }
@@ -336,8 +340,14 @@ impl SeedCore {
                 }
             }
             (Role::Peer, Some(Purpose::Probe)) => {
-                // It completed a handshake: the process is running and answering.
+                // It completed a handshake, showing the key we expected: the process is
+                // running and answering there.
                 out.push(Action::Close { conn });
+                if let Some((registering, member)) = self.dial_backs.remove(&remote.addr) {
+                    if member.key == remote.key && self.links.contains_key(&registering) {
+                        self.cast_vote(VoteOp::Add, member, now, out);
+                    }
+                }
                 self.probe_result(remote.addr, true, "handshake completed", now, out);
             }
             (Role::Peer, _) => {
@@ -461,8 +471,15 @@ impl SeedCore {
             Msg::Register => {
                 if self.registry.contains(&member) {
                     out.push(Action::send(conn, Msg::Registered));
-                } else {
-                    self.cast_vote(VoteOp::Add, member, now, out);
+                } else if self.dial_backs.get(&addr).is_none_or(|(_, m)| *m != member) {
+                    // Reachable, and by this key? Dial the address back before voting (the
+                    // peer repeats `Register` meanwhile; one dial-back at a time per address).
+                    self.dial_backs.insert(addr, (conn, member));
+                    out.push(Action::Dial {
+                        addr,
+                        purpose: Purpose::Probe,
+                        key: Some(member.key),
+                    });
                 }
             }
             Msg::GetPeers => {
@@ -796,7 +813,21 @@ impl Core for SeedCore {
                     log::debug!("seed {addr} unreachable: {reason}");
                     self.schedule_redial(addr, now, out);
                 }
-                Purpose::Probe => self.probe_result(addr, false, &reason.to_string(), now, out),
+                Purpose::Probe => {
+                    if let Some((registering, _)) = self.dial_backs.remove(&addr) {
+                        if self.links.contains_key(&registering) {
+                            let why = format!(
+                                "dial-back to {addr} failed ({reason}): register an address this peer listens on"
+                            );
+                            let refusal = Msg::Reject {
+                                reason: why.clone(),
+                            };
+                            out.push(Action::send(registering, refusal));
+                            self.reject(registering, addr, why, out);
+                        }
+                    }
+                    self.probe_result(addr, false, &reason.to_string(), now, out)
+                }
                 Purpose::Register | Purpose::Neighbour => {}
             },
             Event::Timer(Timer::SeedRedial) => self.redial_due(now, out),
@@ -859,6 +890,40 @@ mod tests {
             op,
             member,
             signature,
+        }
+    }
+
+    /// The peer on `conn` sends `Register` and answers the seed's dial-back.
+    fn register(s: &mut SeedCore, conn: ConnId, now: Now, out: &mut Vec<Action>) {
+        s.handle(
+            Event::Frame {
+                conn,
+                msg: Msg::Register,
+            },
+            now,
+            out,
+        );
+        let link = &s.links[&conn];
+        let dialed = out.iter().any(|x| {
+            matches!(x, Action::Dial { addr, purpose: Purpose::Probe, key: Some(k) }
+                if *addr == link.addr && *k == link.key)
+        });
+        let back = Remote {
+            addr: link.addr,
+            role: Role::Peer,
+            incarnation: 0,
+            key: link.key,
+            dialed: Some(Purpose::Probe),
+        };
+        if dialed {
+            s.handle(
+                Event::Connected {
+                    conn: 1000 + conn,
+                    remote: back,
+                },
+                now,
+                out,
+            );
         }
     }
 
@@ -928,14 +993,7 @@ mod tests {
             &mut out,
         );
         out.clear();
-        s.handle(
-            Event::Frame {
-                conn: 2,
-                msg: Msg::Register,
-            },
-            now,
-            &mut out,
-        );
+        register(&mut s, 2, now, &mut out);
         // Our vote goes to the other seed; nothing is committed yet.
         assert_eq!(
             sent_to(&out, 1),
@@ -1007,14 +1065,7 @@ mod tests {
                 now,
                 &mut out,
             );
-            s.handle(
-                Event::Frame {
-                    conn,
-                    msg: Msg::Register,
-                },
-                now,
-                &mut out,
-            );
+            register(&mut s, conn, now, &mut out);
         }
         assert_eq!(s.members().len(), 2);
         (s, now)
@@ -1218,14 +1269,7 @@ mod tests {
             now,
             &mut out,
         );
-        s.handle(
-            Event::Frame {
-                conn: 4,
-                msg: Msg::Register,
-            },
-            now,
-            &mut out,
-        );
+        register(&mut s, 4, now, &mut out);
         out.clear();
         s.handle(
             Event::Connected {
@@ -1254,7 +1298,7 @@ mod tests {
         let frame = |conn, msg| Event::Frame { conn, msg };
         s.handle(connected(1, seed(a(9002))), now, &mut out);
         s.handle(connected(2, peer(a(9101), 1)), now, &mut out);
-        s.handle(frame(2, Msg::Register), now, &mut out);
+        register(&mut s, 2, now, &mut out);
         let holder = Member {
             addr: a(9101),
             incarnation: 1,
@@ -1347,5 +1391,64 @@ mod tests {
         );
         assert_eq!(s.members(), vec![made_up]);
         assert_eq!(events(&out), vec!["registered"]);
+    }
+
+    #[test]
+    fn a_registration_is_voted_only_once_the_dial_back_finds_the_peer() {
+        let now = Now::real();
+        let mut s = new_seed(9001);
+        let mut out = vec![];
+        s.handle(
+            Event::Connected {
+                conn: 1,
+                remote: seed(a(9002)),
+            },
+            now,
+            &mut out,
+        );
+        s.handle(
+            Event::Connected {
+                conn: 2,
+                remote: peer(a(9101), 7),
+            },
+            now,
+            &mut out,
+        );
+        out.clear();
+        s.handle(
+            Event::Frame {
+                conn: 2,
+                msg: Msg::Register,
+            },
+            now,
+            &mut out,
+        );
+        assert!(sent_to(&out, 1).is_empty(), "no vote before the dial-back");
+        assert!(out.iter().any(|x| matches!(x,
+            Action::Dial { addr, purpose: Purpose::Probe, key: Some(_) } if *addr == a(9101))));
+        // The repeated Register does not dial again.
+        out.clear();
+        s.handle(
+            Event::Frame {
+                conn: 2,
+                msg: Msg::Register,
+            },
+            now,
+            &mut out,
+        );
+        assert!(!out.iter().any(|x| matches!(x, Action::Dial { .. })));
+        // Nobody answers there: refused, with the reason, and no vote.
+        let failed = Event::DialFailed {
+            addr: a(9101),
+            purpose: Purpose::Probe,
+            reason: crate::node::DialError::Refused,
+        };
+        s.handle(failed, now, &mut out);
+        assert!(
+            matches!(&sent_to(&out, 2)[..], [Msg::Reject { reason }] if reason.contains("dial-back"))
+        );
+        assert!(out.contains(&Action::Close { conn: 2 }));
+        assert!(sent_to(&out, 1).is_empty());
+        assert!(s.members().is_empty());
     }
 }
