@@ -95,6 +95,14 @@ pub struct PeerConfig {
     /// Neighbours a peer connects to itself (inbound links may add more).
     pub max_neighbours: usize,
     pub selection: Selection,
+    /// Most neighbour links others opened to us (`peer.max_inbound`, default four times
+    /// `max_neighbours`: at twice, well-connected peers fill up and newcomers end up linked
+    /// only to each other, out of reach of the history: BENCHMARKS, "Inbound neighbour cap"); more are refused with
+    /// `Reject`.
+    pub max_inbound: usize,
+    /// Most neighbours from one /24 (IPv4) or /48 (IPv6) subnet, dialed or accepted; loopback
+    /// is exempt while `limits.loopback_exempt` is true.
+    pub max_per_subnet: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,6 +310,8 @@ struct RawLiveness {
 struct RawPeer {
     max_neighbours: Leaf,
     selection: Leaf,
+    max_inbound: Leaf,
+    max_per_subnet: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -701,6 +711,18 @@ impl RawConfig {
                 64,
             )?,
             selection,
+            max_inbound: 0,
+            max_per_subnet: number("peer.max_per_subnet", &p.max_per_subnet, 2, 1, 1024)?,
+        };
+        let peer = PeerConfig {
+            max_inbound: number(
+                "peer.max_inbound",
+                &p.max_inbound,
+                4 * peer.max_neighbours,
+                0,
+                1024,
+            )?,
+            ..peer
         };
         let w = self.pow.unwrap_or_default();
         let difficulty = number("pow.difficulty", &w.difficulty, POW_DIFFICULTY, 0, 32)?;

@@ -1135,7 +1135,11 @@ impl PeerCore {
 
     fn on_connected(&mut self, conn: ConnId, remote: Remote, now: Now, out: &mut Vec<Action>) {
         let Remote {
-            addr, role, dialed, ..
+            addr,
+            role,
+            dialed,
+            key,
+            ..
         } = remote;
         let kind = match (role, dialed) {
             (Role::Seed, Some(_)) => LinkKind::Seed,
@@ -1153,8 +1157,22 @@ impl PeerCore {
             out.push(Action::Close { conn });
             return;
         }
+        if kind == LinkKind::Neighbour {
+            if let Err(refusal) = self.overlay.admit(&addr, &key, dialed.is_some()) {
+                let reason = refusal.to_string();
+                out.push(Record::rejected(addr, &reason).into());
+                out.push(Action::send(conn, Msg::Reject { reason }));
+                out.push(Action::Close { conn });
+                if dialed.is_some() {
+                    self.overlay.dial_failed(addr, now.mono);
+                    self.maybe_start_gossip(now, out);
+                    self.maybe_repair(out);
+                }
+                return;
+            }
+        }
         self.overlay
-            .add_link(conn, addr, kind, dialed.is_some(), now.mono);
+            .add_link(conn, addr, key, kind, dialed.is_some(), now.mono);
         match kind {
             LinkKind::Seed => {
                 self.seeds.connected(addr, conn, now.mono);

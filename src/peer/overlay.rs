@@ -25,6 +25,53 @@ use crate::peer::history::CatchUp;
 use crate::peer::selection;
 use crate::wire::{PeerEntry, PublicKey};
 
+/// The subnet an address counts against for `peer.max_per_subnet`: its /24 (IPv4) or /48
+/// (IPv6).
+pub fn subnet(addr: &SocketAddr) -> [u8; 7] {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => {
+            let o = ip.octets();
+            [4, o[0], o[1], o[2], 0, 0, 0]
+        }
+        std::net::IpAddr::V6(ip) => {
+            let o = ip.octets();
+            [6, o[0], o[1], o[2], o[3], o[4], o[5]]
+        }
+    }
+}
+
+/// A private or link-local address, exempt from the subnet cap.
+fn is_private(addr: &SocketAddr) -> bool {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_private() || ip.is_link_local(),
+        std::net::IpAddr::V6(ip) => {
+            let first = ip.segments()[0];
+            first & 0xfe00 == 0xfc00 || first & 0xffc0 == 0xfe80
+        }
+    }
+}
+
+/// Why a neighbour link is refused at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A link from this address with another key is up: the newcomer is not that neighbour.
+    WrongKey,
+    /// `peer.max_inbound` reached.
+    InboundFull,
+    /// `peer.max_per_subnet` reached for the link's subnet.
+    SubnetFull,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::WrongKey => "another key already holds this neighbour link",
+            Refusal::InboundFull => "too many inbound neighbours (peer.max_inbound)",
+            Refusal::SubnetFull => "too many neighbours from this subnet (peer.max_per_subnet)",
+        })
+    }
+}
+
 /// Why the losing one of two simultaneous links is closed (sent in a `Reject`).
 pub const DUPLICATE_LINK: &str = "duplicate link: keeping the one dialed by the smaller address";
 /// A new neighbour link remembers the items forwarded on it for this long (and at most
@@ -64,6 +111,8 @@ pub struct Link {
     pub kind: LinkKind,
     /// Whether we dialed this connection (used to pick one of two simultaneous links).
     pub dialed: bool,
+    /// The key the remote proved in the handshake.
+    pub key: PublicKey,
     /// Whether a frame has come in on it since the handshake.
     pub heard: bool,
     /// What this remote may send: new gossip items (first receipts), repeats, everything else.
@@ -136,6 +185,9 @@ pub enum Joined {
 pub struct Overlay {
     me: SocketAddr,
     max_neighbours: usize,
+    max_inbound: usize,
+    max_per_subnet: usize,
+    loopback_exempt: bool,
     selection: Selection,
     gossip_per_second: u32,
     control_per_second: u32,
@@ -160,6 +212,9 @@ impl Overlay {
         Overlay {
             me,
             max_neighbours: config.peer.max_neighbours,
+            max_inbound: config.peer.max_inbound,
+            max_per_subnet: config.peer.max_per_subnet,
+            loopback_exempt: config.limits.loopback_exempt,
             selection: config.peer.selection,
             gossip_per_second: config.limits.gossip_per_second,
             control_per_second: config.limits.control_per_second,
@@ -176,10 +231,57 @@ impl Overlay {
     }
 
     /// Takes an admitted connection into the link table.
+    /// May a new neighbour link from `addr` with `key` be taken? An existing neighbour link
+    /// to `addr` under another key keeps its place; an accepted link counts against
+    /// `peer.max_inbound`; any link against `peer.max_per_subnet` (other addresses only).
+    pub fn admit(&self, addr: &SocketAddr, key: &PublicKey, dialed: bool) -> Result<(), Refusal> {
+        if let Some(existing) = self.neighbours.get(addr).and_then(|c| self.links.get(c)) {
+            if existing.key != *key {
+                return Err(Refusal::WrongKey);
+            }
+            // A second link of the same neighbour: the duplicate-link rule decides.
+            return Ok(());
+        }
+        if !dialed {
+            let inbound = self
+                .neighbours
+                .values()
+                .filter(|c| self.links.get(c).is_some_and(|l| !l.dialed))
+                .count();
+            if inbound >= self.max_inbound {
+                return Err(Refusal::InboundFull);
+            }
+        }
+        if self.subnet_full(addr) {
+            return Err(Refusal::SubnetFull);
+        }
+        Ok(())
+    }
+
+    /// Are `peer.max_per_subnet` neighbours (or dials under way) in `addr`'s subnet already?
+    /// Only public addresses count: a private network (10/8, 172.16/12, 192.168/16, fc00::/7,
+    /// link-local) is the operator's own, and loopback is exempt while `loopback_exempt`.
+    fn subnet_full(&self, addr: &SocketAddr) -> bool {
+        if self.loopback_exempt && addr.ip().is_loopback() || is_private(addr) {
+            return false;
+        }
+        let net = subnet(addr);
+        let n = self
+            .neighbours
+            .keys()
+            .chain(self.dialing.iter())
+            .filter(|a| *a != addr && subnet(a) == net)
+            .count();
+        n >= self.max_per_subnet
+    }
+
+    /// Takes an admitted connection into the link table.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_link(
         &mut self,
         conn: ConnId,
         addr: SocketAddr,
+        key: PublicKey,
         kind: LinkKind,
         dialed: bool,
         now: Instant,
@@ -190,6 +292,7 @@ impl Overlay {
             conn,
             Link {
                 addr,
+                key,
                 kind,
                 dialed,
                 gossip_rate: RateLimiter::new(g, g.saturating_mul(2), now),
@@ -320,13 +423,41 @@ impl Overlay {
         union: &[PeerEntry],
         rng: &mut StdRng,
     ) -> Vec<(SocketAddr, PublicKey)> {
-        let chosen = selection::select(union, self.max_neighbours, self.selection, rng);
-        let dial: Vec<SocketAddr> = chosen
-            .into_iter()
-            .filter(|a| !self.neighbours.contains_key(a))
-            .collect();
-        self.dialing.extend(dial.iter().copied());
+        let open = self.open_to_us(union);
+        let chosen = selection::select(&open, self.max_neighbours, self.selection, rng);
+        let dial = self.start_dials(chosen);
         with_keys(dial, union)
+    }
+
+    /// The candidates that can still take an inbound link by the degree the seeds report: a
+    /// peer has at most `max_neighbours` links of its own choosing, so one with `max_neighbours
+    /// + max_inbound` links (or more) refuses newcomers. All of them if none is left.
+    fn open_to_us(&self, candidates: &[PeerEntry]) -> Vec<PeerEntry> {
+        let full = self.max_neighbours + self.max_inbound;
+        let open: Vec<PeerEntry> = candidates
+            .iter()
+            .filter(|p| (p.degree as usize) < full)
+            .cloned()
+            .collect();
+        if open.is_empty() {
+            candidates.to_vec()
+        } else {
+            open
+        }
+    }
+
+    /// The chosen peers to dial, in order, leaving out neighbours and any that would take a
+    /// subnet past `peer.max_per_subnet`; they count as dials under way from now.
+    fn start_dials(&mut self, chosen: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        let mut dial = Vec::with_capacity(chosen.len());
+        for a in chosen {
+            if self.neighbours.contains_key(&a) || self.subnet_full(&a) {
+                continue;
+            }
+            self.dialing.insert(a);
+            dial.push(a);
+        }
+        dial
     }
 
     /// Short of neighbours, counting dials under way, and no repair waiting for a list?
@@ -365,8 +496,9 @@ impl Overlay {
         let want = self
             .max_neighbours
             .saturating_sub(self.neighbours.len() + self.dialing.len());
-        let dial = selection::select(&candidates, want, self.selection, rng);
-        self.dialing.extend(dial.iter().copied());
+        let open = self.open_to_us(&candidates);
+        let dial = selection::select(&open, want, self.selection, rng);
+        let dial = self.start_dials(dial);
         with_keys(dial, &candidates)
     }
 
@@ -444,9 +576,9 @@ mod tests {
         let now = Instant::now();
         // 9100 < 9200. At 9100: the link it dialed (conn 2) wins over the accepted one (1).
         let mut small = overlay(9100);
-        small.add_link(1, a(9200), LinkKind::Neighbour, false, now);
+        small.add_link(1, a(9200), [0; 32], LinkKind::Neighbour, false, now);
         assert!(matches!(small.join(1, a(9200), false), Joined::New));
-        small.add_link(2, a(9200), LinkKind::Neighbour, true, now);
+        small.add_link(2, a(9200), [0; 32], LinkKind::Neighbour, true, now);
         let Joined::Duplicate {
             loser,
             kept,
@@ -459,9 +591,9 @@ mod tests {
         assert_eq!((loser, kept, replaced), (1, 2, true));
         // At 9200 the same pair of links: the one it accepted (from 9100) wins.
         let mut big = overlay(9200);
-        big.add_link(5, a(9100), LinkKind::Neighbour, true, now);
+        big.add_link(5, a(9100), [0; 32], LinkKind::Neighbour, true, now);
         big.join(5, a(9100), true);
-        big.add_link(6, a(9100), LinkKind::Neighbour, false, now);
+        big.add_link(6, a(9100), [0; 32], LinkKind::Neighbour, false, now);
         let Joined::Duplicate {
             loser,
             kept,
@@ -479,9 +611,9 @@ mod tests {
     fn a_repair_skips_neighbours_dials_and_peers_lost_recently() {
         let now = Instant::now();
         let mut o = overlay(9100);
-        o.add_link(1, a(9101), LinkKind::Neighbour, true, now);
+        o.add_link(1, a(9101), [0; 32], LinkKind::Neighbour, true, now);
         o.join(1, a(9101), true);
-        o.add_link(2, a(9102), LinkKind::Neighbour, true, now);
+        o.add_link(2, a(9102), [0; 32], LinkKind::Neighbour, true, now);
         o.join(2, a(9102), true);
         assert_eq!(o.drop_neighbour(&a(9102), now), Some(2));
         assert!(o.wants_repair());
@@ -501,5 +633,54 @@ mod tests {
             [9103, 9104, 9105].map(|p| (a(p), [p as u8; 32])).into();
         assert_eq!(dial, want, "each with the key its list entry names");
         assert!(!o.wants_repair(), "at the target, counting dials");
+    }
+
+    #[test]
+    fn neighbours_are_admitted_by_key_inbound_cap_and_subnet() {
+        let now = Instant::now();
+        let c = Config::parse(
+            "seeds: [\"127.0.0.1:9001\"]\npeer: { max_neighbours: 2, max_inbound: 2, max_per_subnet: 2 }\nlimits: { loopback_exempt: false }\n",
+        )
+        .unwrap();
+        let mut o = Overlay::new(a(9100), &c);
+        let link = |o: &mut Overlay, conn, at: SocketAddr, key, dialed| {
+            o.admit(&at, &key, dialed)?;
+            o.add_link(conn, at, key, LinkKind::Neighbour, dialed, now);
+            o.join(conn, at, dialed);
+            Ok::<(), Refusal>(())
+        };
+        let far = |n: u8| SocketAddr::from(([192, 0, n, 1], 9000));
+        assert_eq!(link(&mut o, 1, a(9101), [1; 32], false), Ok(()));
+        // Another key at a neighbour's address does not take its place; its own key may
+        // (the duplicate-link rule then keeps one).
+        assert_eq!(o.admit(&a(9101), &[2; 32], false), Err(Refusal::WrongKey));
+        assert_eq!(o.admit(&a(9101), &[1; 32], true), Ok(()));
+        // Two from 127.0.0.0/24 already with a third: the subnet is full for a new address.
+        assert_eq!(link(&mut o, 2, a(9102), [3; 32], true), Ok(()));
+        assert_eq!(o.admit(&a(9103), &[4; 32], true), Err(Refusal::SubnetFull));
+        // Inbound: one so far (9101), cap 2.
+        assert_eq!(link(&mut o, 3, far(1), [5; 32], false), Ok(()));
+        assert_eq!(o.admit(&far(2), &[6; 32], false), Err(Refusal::InboundFull));
+        assert_eq!(
+            o.admit(&far(2), &[6; 32], true),
+            Ok(()),
+            "our own dials are not capped"
+        );
+        // Choosing neighbours leaves out a full subnet.
+        let list: Vec<PeerEntry> = [a(9104), far(3)]
+            .into_iter()
+            .map(|addr| PeerEntry {
+                addr,
+                key: [7; 32],
+                degree: 0,
+            })
+            .collect();
+        let mut rng = StdRng::seed_from_u64(1);
+        let picked: Vec<SocketAddr> = o
+            .pick_initial(&list, &mut rng)
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
+        assert_eq!(picked, vec![far(3)]);
     }
 }
