@@ -279,6 +279,14 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
+        // KEEP_FAILED=dir: a failing test's files are copied there, for a look afterwards.
+        if let (true, Some(to)) = (std::thread::panicking(), std::env::var_os("KEEP_FAILED")) {
+            let _ = Command::new("cp")
+                .arg("-r")
+                .arg(self.dir.path())
+                .arg(&to)
+                .status();
+        }
         for n in &mut self.nodes {
             if n.stopped {
                 let _ = Command::new("kill")
@@ -317,7 +325,8 @@ pub fn strs(evs: &[Value], event: &str, field: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Registered peers by seed, minus the removed ones.
+/// Registered peers by seed, minus the removed ones, as of the seed's latest run (a restarted
+/// seed starts empty and learns the list again).
 pub fn seed_lists(net: &Net) -> BTreeMap<SocketAddr, BTreeSet<String>> {
     net.seeds
         .iter()
@@ -327,6 +336,7 @@ pub fn seed_lists(net: &Net) -> BTreeMap<SocketAddr, BTreeSet<String>> {
             for e in &evs {
                 let peer = e["peer"].as_str().unwrap_or_default().to_string();
                 match e["event"].as_str() {
+                    Some("started") => set.clear(),
                     Some("registered") => {
                         set.insert(peer);
                     }
