@@ -927,6 +927,24 @@ mod tests {
         }
     }
 
+    /// Seed 9001 linked to seed 9002 (conn 1), peer 9101 (incarnation 7) connected on conn 2.
+    fn seed_with_a_peer() -> (SeedCore, Now) {
+        let now = Now::real();
+        let mut s = new_seed(9001);
+        let mut out = vec![];
+        let link = Event::Connected {
+            conn: 1,
+            remote: seed(a(9002)),
+        };
+        s.handle(link, now, &mut out);
+        let p = Event::Connected {
+            conn: 2,
+            remote: peer(a(9101), 7),
+        };
+        s.handle(p, now, &mut out);
+        (s, now)
+    }
+
     fn seed(addr: SocketAddr) -> Remote {
         Remote {
             addr,
@@ -973,26 +991,8 @@ mod tests {
 
     #[test]
     fn registration_commits_only_with_a_second_seed() {
-        let now = Now::real();
-        let mut s = new_seed(9001);
+        let (mut s, now) = seed_with_a_peer();
         let mut out = vec![];
-        s.handle(
-            Event::Connected {
-                conn: 1,
-                remote: seed(a(9002)),
-            },
-            now,
-            &mut out,
-        );
-        s.handle(
-            Event::Connected {
-                conn: 2,
-                remote: peer(a(9101), 7),
-            },
-            now,
-            &mut out,
-        );
-        out.clear();
         register(&mut s, 2, now, &mut out);
         // Our vote goes to the other seed; nothing is committed yet.
         assert_eq!(
@@ -1395,26 +1395,8 @@ mod tests {
 
     #[test]
     fn a_registration_is_voted_only_once_the_dial_back_finds_the_peer() {
-        let now = Now::real();
-        let mut s = new_seed(9001);
+        let (mut s, now) = seed_with_a_peer();
         let mut out = vec![];
-        s.handle(
-            Event::Connected {
-                conn: 1,
-                remote: seed(a(9002)),
-            },
-            now,
-            &mut out,
-        );
-        s.handle(
-            Event::Connected {
-                conn: 2,
-                remote: peer(a(9101), 7),
-            },
-            now,
-            &mut out,
-        );
-        out.clear();
         s.handle(
             Event::Frame {
                 conn: 2,
