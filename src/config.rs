@@ -152,6 +152,10 @@ pub struct Limits {
     /// Whether loopback addresses are exempt from `max_connections_per_ip` and from the check
     /// that a node's claimed address is on the IP it connects from.
     pub loopback_exempt: bool,
+    /// Most listed peers on one IP address (loopback exempt while `loopback_exempt`).
+    pub registrations_per_ip: usize,
+    /// Most listed peers in one public /24 (IPv4) or /48 (IPv6); private ranges are exempt.
+    pub registrations_per_subnet: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,6 +342,8 @@ struct RawLimits {
     control_per_second: Leaf,
     thread_stack_kib: Leaf,
     loopback_exempt: Leaf,
+    registrations_per_ip: Leaf,
+    registrations_per_subnet: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -745,7 +751,23 @@ impl RawConfig {
             )?,
         };
         let m = self.limits.unwrap_or_default();
+        let registrations_per_ip = number(
+            "limits.registrations_per_ip",
+            &m.registrations_per_ip,
+            16,
+            1,
+            1_000_000,
+        )?;
+        let registrations_per_subnet = number(
+            "limits.registrations_per_subnet",
+            &m.registrations_per_subnet,
+            64,
+            1,
+            1_000_000,
+        )?;
         let limits = Limits {
+            registrations_per_ip,
+            registrations_per_subnet,
             max_frame: number("limits.max_frame", &m.max_frame, MAX_FRAME, 1024, 16 << 20)?,
             max_connections: number(
                 "limits.max_connections",

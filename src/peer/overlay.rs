@@ -40,8 +40,8 @@ pub fn subnet(addr: &SocketAddr) -> [u8; 7] {
     }
 }
 
-/// A private or link-local address, exempt from the subnet cap.
-fn is_private(addr: &SocketAddr) -> bool {
+/// A private or link-local address, exempt from the subnet caps.
+pub fn is_private(addr: &SocketAddr) -> bool {
     match addr.ip() {
         std::net::IpAddr::V4(ip) => ip.is_private() || ip.is_link_local(),
         std::net::IpAddr::V6(ip) => {

@@ -388,6 +388,32 @@ impl SeedCore {
         }
     }
 
+    /// Why a new registration at `addr` would pass `limits.registrations_per_ip` or
+    /// `_per_subnet` (an address already listed, a newer incarnation, counts as itself).
+    fn over_caps(&self, addr: &SocketAddr) -> Option<String> {
+        let limits = &self.config.limits;
+        if limits.loopback_exempt && addr.ip().is_loopback() {
+            return None;
+        }
+        let (ip, net) = self.registry.listed_near(addr);
+        let here = usize::from(self.registry.member(addr).is_some());
+        if ip - here >= limits.registrations_per_ip {
+            return Some(format!(
+                "{} peers are registered from {} already (limits.registrations_per_ip)",
+                ip,
+                addr.ip()
+            ));
+        }
+        let public = !crate::peer::overlay::is_private(addr);
+        if public && net - here >= limits.registrations_per_subnet {
+            return Some(format!(
+                "{net} peers are registered from the subnet of {} already (limits.registrations_per_subnet)",
+                addr.ip()
+            ));
+        }
+        None
+    }
+
     fn control_limiter(&self, now: Now) -> RateLimiter {
         let per_s = self.config.limits.control_per_second;
         RateLimiter::new(per_s, per_s * 2, now.mono)
@@ -467,6 +493,18 @@ impl SeedCore {
                     short(&member.key)
                 );
                 self.reject(conn, addr, reason, out);
+            }
+            Msg::Register
+                if !self.registry.contains(&member) && self.over_caps(&addr).is_some() =>
+            {
+                let why = self.over_caps(&addr).unwrap_or_default();
+                out.push(Action::send(
+                    conn,
+                    Msg::Reject {
+                        reason: why.clone(),
+                    },
+                ));
+                self.reject(conn, addr, why, out);
             }
             Msg::Register => {
                 if self.registry.contains(&member) {
@@ -1432,5 +1470,58 @@ mod tests {
         assert!(out.contains(&Action::Close { conn: 2 }));
         assert!(sent_to(&out, 1).is_empty());
         assert!(s.members().is_empty());
+    }
+
+    #[test]
+    fn registrations_per_ip_are_capped_unless_loopback_is_exempt() {
+        let now = Now::real();
+        let capped = Config::parse(
+            "seeds: [\"127.0.0.1:9001\"]\nlimits: { loopback_exempt: false, registrations_per_ip: 1 }\n",
+        )
+        .unwrap();
+        let rng = rand::SeedableRng::seed_from_u64(1);
+        let mut s = SeedCore::new(a(9001), capped, rng, seed_key(9001));
+        let mut out = vec![];
+        s.handle(
+            Event::Connected {
+                conn: 2,
+                remote: peer(a(9101), 1),
+            },
+            now,
+            &mut out,
+        );
+        register(&mut s, 2, now, &mut out);
+        assert_eq!(s.members().len(), 1, "one seed of one: committed");
+        // A second address on the same IP is refused; the first may register again.
+        s.handle(
+            Event::Connected {
+                conn: 3,
+                remote: peer(a(9102), 1),
+            },
+            now,
+            &mut out,
+        );
+        out.clear();
+        s.handle(
+            Event::Frame {
+                conn: 3,
+                msg: Msg::Register,
+            },
+            now,
+            &mut out,
+        );
+        assert!(matches!(&sent_to(&out, 3)[..],
+            [Msg::Reject { reason }] if reason.contains("registrations_per_ip")));
+        out.clear();
+        s.handle(
+            Event::Frame {
+                conn: 2,
+                msg: Msg::Register,
+            },
+            now,
+            &mut out,
+        );
+        assert_eq!(sent_to(&out, 2), vec![Msg::Registered]);
+        assert_eq!(s.members().len(), 1);
     }
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 
+use crate::peer::overlay::subnet;
 use crate::wire::{change_bytes, Certificate, Member, RemovalReason, Signature, VoteOp};
 
 /// Tombstones kept for removed members; older ones are forgotten. A peer removed that long ago
@@ -54,6 +55,9 @@ pub struct Registry {
     members: BTreeMap<SocketAddr, Member>,
     /// The certificate of each listed member's registration.
     certs: BTreeMap<SocketAddr, Certificate>,
+    /// Listed members per IP and per subnet (`overlay::subnet`), for the registration caps.
+    per_ip: BTreeMap<std::net::IpAddr, usize>,
+    per_subnet: BTreeMap<[u8; 7], usize>,
     /// The members' addresses in no particular order, and where each is in it: a random sample
     /// of the list costs its size, not the list's.
     dense: Vec<SocketAddr>,
@@ -73,6 +77,8 @@ impl Registry {
             vote_ttl,
             members: BTreeMap::new(),
             certs: BTreeMap::new(),
+            per_ip: BTreeMap::new(),
+            per_subnet: BTreeMap::new(),
             dense: Vec::new(),
             position: HashMap::new(),
             tombstones: VecDeque::new(),
@@ -98,6 +104,13 @@ impl Registry {
     /// taken for dead while alive, and registers again as a newer incarnation.
     pub fn is_removed(&self, m: &Member) -> bool {
         self.is_tombstoned(m) && !self.contains(m)
+    }
+
+    /// How many members are listed on `addr`'s IP and in its subnet.
+    pub fn listed_near(&self, addr: &SocketAddr) -> (usize, usize) {
+        let ip = self.per_ip.get(&addr.ip()).copied().unwrap_or(0);
+        let net = self.per_subnet.get(&subnet(addr)).copied().unwrap_or(0);
+        (ip, net)
     }
 
     /// Is `m`'s address held by a listed member with another key?
@@ -258,6 +271,8 @@ impl Registry {
         if self.members.insert(m.addr, m).is_none() {
             self.position.insert(m.addr, self.dense.len());
             self.dense.push(m.addr);
+            *self.per_ip.entry(m.addr.ip()).or_insert(0) += 1;
+            *self.per_subnet.entry(subnet(&m.addr)).or_insert(0) += 1;
         }
         self.certs.insert(m.addr, cert);
         self.tallies.remove(&(m, VoteOp::Add));
@@ -292,6 +307,15 @@ impl Registry {
             if present {
                 self.members.remove(&m.addr);
                 self.certs.remove(&m.addr);
+                for count in [
+                    self.per_ip.get_mut(&m.addr.ip()),
+                    self.per_subnet.get_mut(&subnet(&m.addr)),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    *count = count.saturating_sub(1);
+                }
                 if let Some(i) = self.position.remove(&m.addr) {
                     self.dense.swap_remove(i);
                     if let Some(moved) = self.dense.get(i) {
