@@ -135,14 +135,16 @@ impl SeedCore {
 
     /// The certificates of the committed list, in frames of at most `SYNC_CHUNK`.
     fn sync_msgs(&self) -> Vec<Msg> {
-        let certs = self.registry.certificates();
-        if certs.is_empty() {
-            return vec![Msg::Sync { certs }];
+        let mut rest = self.registry.certificates();
+        let mut msgs = Vec::with_capacity(rest.len() / SYNC_CHUNK + 1);
+        loop {
+            let tail = rest.split_off(rest.len().min(SYNC_CHUNK));
+            msgs.push(Msg::Sync { certs: rest });
+            if tail.is_empty() {
+                return msgs;
+            }
+            rest = tail;
         }
-        certs
-            .chunks(SYNC_CHUNK)
-            .map(|c| Msg::Sync { certs: c.to_vec() })
-            .collect()
     }
 
     /// Does `sig` sign `bytes` under the key of configured seed `voter`?
@@ -419,6 +421,16 @@ impl SeedCore {
         RateLimiter::new(per_s, per_s * 2, now.mono)
     }
 
+    /// Like `reject`, telling the peer why first (a `Reject` it logs), so it does not take the
+    /// close for a crash and retries with backoff.
+    fn refuse(&mut self, conn: ConnId, addr: SocketAddr, reason: String, out: &mut Vec<Action>) {
+        let told = Msg::Reject {
+            reason: reason.clone(),
+        };
+        out.push(Action::send(conn, told));
+        self.reject(conn, addr, reason, out);
+    }
+
     fn reject(&mut self, conn: ConnId, addr: SocketAddr, reason: String, out: &mut Vec<Action>) {
         out.push(Record::rejected(addr, reason).into());
         self.forget(conn);
@@ -440,6 +452,46 @@ impl SeedCore {
             }
         }
         Some(link)
+    }
+
+    /// A `Register` from `member` (`holder`: the member listed at its address under another
+    /// key, if any): refused if the address is held or a cap is reached; otherwise confirmed
+    /// if listed, or dialed back before this seed votes.
+    fn on_register(
+        &mut self,
+        conn: ConnId,
+        member: Member,
+        holder: Option<Member>,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        let addr = member.addr;
+        if let Some(holder) = holder {
+            // The holder may be gone (a peer that lost its key file and came back with a new
+            // one): check, so the address frees up if it is.
+            self.start_probe(holder, None, now, out);
+            let reason = format!(
+                "{addr} is registered to another key ({}); it is being checked, try again once it is removed",
+                short(&holder.key)
+            );
+            return self.refuse(conn, addr, reason, out);
+        }
+        if self.registry.contains(&member) {
+            return out.push(Action::send(conn, Msg::Registered));
+        }
+        if let Some(reason) = self.over_caps(&addr) {
+            return self.refuse(conn, addr, reason, out);
+        }
+        if self.dial_backs.get(&addr).is_none_or(|(_, m)| *m != member) {
+            // Reachable, and by this key? Dial the address back before voting (the peer
+            // repeats `Register` meanwhile; one dial-back at a time per address).
+            self.dial_backs.insert(addr, (conn, member));
+            out.push(Action::Dial {
+                addr,
+                purpose: Purpose::Probe,
+                key: Some(member.key),
+            });
+        }
     }
 
     fn on_peer_frame(
@@ -469,23 +521,7 @@ impl SeedCore {
             return;
         }
         match msg {
-            Msg::Register if holder.is_some() => {
-                let holder = holder.unwrap_or(member);
-                let reason = format!(
-                    "{addr} is registered to another key ({}); it is being checked, try again once it is removed",
-                    short(&holder.key)
-                );
-                // The holder may be gone (a peer that lost its key file and came back with a
-                // new one): check, so the address frees up if it is.
-                self.start_probe(holder, None, now, out);
-                out.push(Action::send(
-                    conn,
-                    Msg::Reject {
-                        reason: reason.clone(),
-                    },
-                ));
-                self.reject(conn, addr, reason, out);
-            }
+            Msg::Register => self.on_register(conn, member, holder, now, out),
             Msg::DeadNode { .. } | Msg::Leave if holder.is_some() => {
                 let reason = format!(
                     "{} from {addr} with key {}, which does not hold that address",
@@ -493,32 +529,6 @@ impl SeedCore {
                     short(&member.key)
                 );
                 self.reject(conn, addr, reason, out);
-            }
-            Msg::Register
-                if !self.registry.contains(&member) && self.over_caps(&addr).is_some() =>
-            {
-                let why = self.over_caps(&addr).unwrap_or_default();
-                out.push(Action::send(
-                    conn,
-                    Msg::Reject {
-                        reason: why.clone(),
-                    },
-                ));
-                self.reject(conn, addr, why, out);
-            }
-            Msg::Register => {
-                if self.registry.contains(&member) {
-                    out.push(Action::send(conn, Msg::Registered));
-                } else if self.dial_backs.get(&addr).is_none_or(|(_, m)| *m != member) {
-                    // Reachable, and by this key? Dial the address back before voting (the
-                    // peer repeats `Register` meanwhile; one dial-back at a time per address).
-                    self.dial_backs.insert(addr, (conn, member));
-                    out.push(Action::Dial {
-                        addr,
-                        purpose: Purpose::Probe,
-                        key: Some(member.key),
-                    });
-                }
             }
             Msg::GetPeers => {
                 // All of it while it is small; beyond that a uniform sample, in address order.
@@ -857,11 +867,7 @@ impl Core for SeedCore {
                             let why = format!(
                                 "dial-back to {addr} failed ({reason}): register an address this peer listens on"
                             );
-                            let refusal = Msg::Reject {
-                                reason: why.clone(),
-                            };
-                            out.push(Action::send(registering, refusal));
-                            self.reject(registering, addr, why, out);
+                            self.refuse(registering, addr, why, out);
                         }
                     }
                     self.probe_result(addr, false, &reason.to_string(), now, out)
