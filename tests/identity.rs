@@ -138,9 +138,7 @@ fn a_hello_with_a_bad_signature_is_refused() {
     assert!(reason.contains("signature"), "{reason}");
 
     // Control: the same client, done right, is welcomed (and the Welcome verifies).
-    let mut d = dial(target);
-    let hello = signed_hello(&d.ch, &hello_for(&d.ch, ROLE_PEER, &claimed, &me), &me);
-    expect_welcome(&mut d, &hello);
+    welcomed(ROLE_PEER, target, &claimed, &me);
 
     honest_peers_go_on(&mut net, &mut honest);
 }
@@ -387,24 +385,12 @@ fn another_key_cannot_register_or_leave_for_a_live_peers_address() {
     let me = fresh_key();
     for seed in net.seeds.clone() {
         // Our key, the victim's address, a newer incarnation (now): `Register` is refused...
-        let mut d = dial(seed);
-        let hello = signed_hello(
-            &d.ch,
-            &hello_for(&d.ch, ROLE_PEER, &victim.to_string(), &me),
-            &me,
-        );
-        expect_welcome(&mut d, &hello);
+        let mut d = welcomed(ROLE_PEER, seed, &victim.to_string(), &me);
         let reason = reject_after(&mut d, &[0x10]);
         println!("Register for {victim} under our key: {reason}");
         assert!(reason.contains("another key"), "{reason}");
         // ... and `Leave` under our key closes the connection and removes no one.
-        let mut d = dial(seed);
-        let hello = signed_hello(
-            &d.ch,
-            &hello_for(&d.ch, ROLE_PEER, &victim.to_string(), &me),
-            &me,
-        );
-        expect_welcome(&mut d, &hello);
+        let mut d = welcomed(ROLE_PEER, seed, &victim.to_string(), &me);
         assert!(d.conn.send(&[&[0x16]]), "write failed");
         assert!(
             matches!(drain_to_close(&mut d.conn), Next::Closed),
@@ -422,9 +408,7 @@ fn a_registration_for_an_address_nobody_serves_is_refused() {
     // An address nothing listens on: the seed dials it back before voting, and refuses.
     let nowhere = addr(free_port()).to_string();
     for seed in net.seeds.clone() {
-        let mut d = dial(seed);
-        let hello = signed_hello(&d.ch, &hello_for(&d.ch, ROLE_PEER, &nowhere, &me), &me);
-        expect_welcome(&mut d, &hello);
+        let mut d = welcomed(ROLE_PEER, seed, &nowhere, &me);
         let reason = reject_after(&mut d, &[0x10]);
         println!("Register for {nowhere}: {reason}");
         assert!(reason.contains("dial-back"), "{reason}");
@@ -449,21 +433,13 @@ fn a_dead_report_cannot_borrow_the_victims_address_or_outvote_its_probe() {
     };
     // Over a connection claiming the victim's own address (our key): refused, closed.
     let me = fresh_key();
-    let mut d = dial(seed);
-    let hello = signed_hello(
-        &d.ch,
-        &hello_for(&d.ch, ROLE_PEER, &victim.to_string(), &me),
-        &me,
-    );
-    expect_welcome(&mut d, &hello);
+    let mut d = welcomed(ROLE_PEER, seed, &victim.to_string(), &me);
     assert!(d.conn.send(&[&dead_node_body(&text(&victim.to_string()))]));
     assert!(matches!(drain_to_close(&mut d.conn), Next::Closed));
     // Over a connection of our own: the seed checks the victim itself, over the victim's own
     // connection (ours did not replace it), finds it alive and refuses the report.
     let liar = addr(free_port()).to_string();
-    let mut d = dial(seed);
-    let hello = signed_hello(&d.ch, &hello_for(&d.ch, ROLE_PEER, &liar, &me), &me);
-    expect_welcome(&mut d, &hello);
+    let mut d = welcomed(ROLE_PEER, seed, &liar, &me);
     assert!(d.conn.send(&[&dead_node_body(&text(&liar))]));
     wait_until("the seed refuses the false report", || {
         of(&net.events("seed", seed), "rejected").iter().any(|e| {
@@ -951,6 +927,15 @@ fn dial(a: SocketAddr) -> Dial {
         "the Challenge names another address"
     );
     Dial { conn, ch }
+}
+
+/// A connection to `target` that completed the handshake in `role`, claiming `claimed`, with
+/// `key` (the Welcome checked as `expect_welcome` does).
+fn welcomed(role: u8, target: SocketAddr, claimed: &str, key: &SigningKey) -> Dial {
+    let mut d = dial(target);
+    let hello = signed_hello(&d.ch, &hello_for(&d.ch, role, claimed, key), key);
+    expect_welcome(&mut d, &hello);
+    d
 }
 
 /// Sends `hello` (nothing if empty) and expects `Reject` and then the close (step 5); returns
