@@ -759,6 +759,7 @@ fn node(messages: usize) {
             gossipnet::wire::Msg::Gossip {
                 data_type: 0,
                 ttl: 0,
+                nonce: 0,
                 payload: format!("1795313883123:127.0.0.1:40000:{i}")
                     .into_bytes()
                     .into(),

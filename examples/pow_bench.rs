@@ -123,7 +123,7 @@ fn main() -> std::process::ExitCode {
     let mut x = 0u8;
     for _ in 0..1000 {
         for text in &texts {
-            x ^= gossipnet::texts::message_id(0, text)[0];
+            x ^= gossipnet::texts::message_id(0, 0, text)[0];
         }
     }
     println!(

@@ -1,5 +1,6 @@
 //! The TCP runtime's action executor: the part that carries out a core's connection actions
-//! against the connection table. It queues each frame (encoded once) on every target's outbox
+//! against the connection table. It queues each frame (encoded once, its bytes shared) on every
+//! target's outbox
 //! in the order the core decided, takes back withdrawn gossip, and takes closed and
 //! overflowing connections out of the table. It runs under the core lock, never blocks and
 //! touches no socket: what to flush, what to close and which connections overflowed go back to
@@ -9,13 +10,15 @@
 use std::collections::HashMap;
 
 use crate::node::{Action, ConnId};
+use crate::wire::{Frame, Msg};
 
 /// What the executor needs of a connection: its outbound queue.
 pub trait Queue: Clone {
-    /// Queues a frame; false if the queue is full (or closed).
-    fn push(&self, frame: &[u8]) -> bool;
-    /// Queues gossip item `id`'s frame, which `withdraw` can take back until it is sent.
-    fn push_gossip(&self, frame: &[u8], id: [u8; 32]) -> bool;
+    /// Queues a frame (a clone, which shares its bytes); false if the queue is full (or closed).
+    fn push(&self, frame: &Frame) -> bool;
+    /// Queues the frame of a gossip item (`Gossip`, `SyncItem`), within the share of the queue
+    /// items may take; with its `id`, `withdraw` can take it back until it is sent.
+    fn push_item(&self, frame: &Frame, id: Option<[u8; 32]>) -> bool;
     /// Takes back item `id`'s queued, unsent frame; true if there was one.
     fn withdraw(&self, id: &[u8; 32]) -> bool;
     /// The same connection (to list each touched connection once).
@@ -30,9 +33,12 @@ pub struct Executed<C> {
     /// Connections the core closed, out of the table already: hand what they hold to the
     /// socket if it has room (a `Reject`, a goodbye queued just before), then close them.
     pub closing: Vec<C>,
-    /// Connections whose queue was full, out of the table: close them and tell the core
-    /// (`CloseReason::QueueFull`).
+    /// Connections whose queue had no room for a frame other than gossip, out of the table:
+    /// close them and tell the core (`CloseReason::QueueFull`).
     pub overflowed: Vec<(ConnId, C)>,
+    /// Connections whose queue had no room for a gossip frame, which was left out for them
+    /// (once per frame): they stay, as slow readers, not dead ones.
+    pub skipped: Vec<(ConnId, C)>,
     /// Gossip frames taken back before they were sent.
     pub withdrawn: u64,
 }
@@ -44,21 +50,28 @@ pub fn execute<C: Queue>(actions: &[Action], table: &mut HashMap<ConnId, C>) -> 
         touched: Vec::new(),
         closing: Vec::new(),
         overflowed: Vec::new(),
+        skipped: Vec::new(),
         withdrawn: 0,
     };
-    let mut queue = |table: &mut HashMap<ConnId, C>, conn: ConnId, frame: &[u8], id| {
+    let mut queue = |table: &mut HashMap<ConnId, C>, conn: ConnId, frame: &Frame, item, id| {
         let Some(c) = table.get(&conn) else {
             // Closed already (by the core or the runtime): nothing more goes to it.
             return;
         };
-        let queued = match id {
-            Some(id) => c.push_gossip(frame, id),
-            None => c.push(frame),
+        let queued = if item {
+            c.push_item(frame, id)
+        } else {
+            c.push(frame)
         };
         if queued {
             if !done.touched.iter().any(|t| t.same(c)) {
                 done.touched.push(c.clone());
             }
+        } else if item {
+            // A remote reading slower than we forward misses this item here; its other
+            // neighbours or catch-up bring it. One that reads nothing at all is closed by its
+            // writer (`limits.write_timeout`), so its queue is never held for long.
+            done.skipped.push((conn, c.clone()));
         } else if let Some(c) = table.remove(&conn) {
             done.overflowed.push((conn, c));
         }
@@ -66,20 +79,21 @@ pub fn execute<C: Queue>(actions: &[Action], table: &mut HashMap<ConnId, C>) -> 
     for action in actions {
         match action {
             Action::Send { to, msg } => {
-                let frame = msg.encode();
+                let frame = msg.frame();
+                let item = matches!(msg, Msg::Gossip { .. } | Msg::SyncItem { .. });
                 for conn in to {
-                    queue(table, *conn, &frame, None);
+                    queue(table, *conn, &frame, item, None);
                 }
             }
             Action::Forward { to, msg, id } => {
-                let frame = msg.encode();
+                let frame = msg.frame();
                 for conn in to {
-                    queue(table, *conn, &frame, Some(*id));
+                    queue(table, *conn, &frame, true, Some(*id));
                 }
             }
             Action::SendApi { to, msg } => {
                 if let Ok(frame) = msg.encode() {
-                    queue(table, *to, &frame, None);
+                    queue(table, *to, &Frame::from(frame), false, None);
                 }
             }
             Action::Withdraw { conn, id } => {
@@ -104,7 +118,6 @@ pub fn execute<C: Queue>(actions: &[Action], table: &mut HashMap<ConnId, C>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::Msg;
     use std::cell::RefCell;
     use std::rc::Rc;
 
@@ -120,7 +133,7 @@ mod tests {
     }
 
     impl Queue for Fake {
-        fn push(&self, frame: &[u8]) -> bool {
+        fn push(&self, frame: &Frame) -> bool {
             let mut f = self.frames.borrow_mut();
             if f.len() >= self.room {
                 return false;
@@ -128,12 +141,12 @@ mod tests {
             f.push((frame.to_vec(), None));
             true
         }
-        fn push_gossip(&self, frame: &[u8], id: [u8; 32]) -> bool {
+        fn push_item(&self, frame: &Frame, id: Option<[u8; 32]>) -> bool {
             let mut f = self.frames.borrow_mut();
             if f.len() >= self.room {
                 return false;
             }
-            f.push((frame.to_vec(), Some(id)));
+            f.push((frame.to_vec(), id));
             true
         }
         fn withdraw(&self, id: &[u8; 32]) -> bool {
@@ -246,11 +259,39 @@ mod tests {
     }
 
     #[test]
+    fn gossip_that_does_not_fit_is_left_out_and_the_slow_connection_stays() {
+        let mut t = table(&[(1, 1), (2, 10)]);
+        let g = |p: &[u8]| Msg::Gossip {
+            data_type: 0,
+            ttl: 0,
+            nonce: 0,
+            payload: p.into(),
+        };
+        let forward = |p: &[u8], id| Action::Forward {
+            to: vec![1, 2],
+            msg: g(p),
+            id,
+        };
+        let actions = vec![forward(b"a", [1; 32]), forward(b"b", [2; 32])];
+        let done = execute(&actions, &mut t);
+        assert!(done.overflowed.is_empty());
+        let skipped: Vec<ConnId> = done.skipped.iter().map(|(id, _)| *id).collect();
+        assert_eq!(skipped, vec![1]);
+        assert_eq!(frames(&t, 1), vec![g(b"a").encode()]);
+        assert_eq!(frames(&t, 2), vec![g(b"a").encode(), g(b"b").encode()]);
+        // Anything else that does not fit still closes it.
+        let done = execute(&[Action::send(1, Msg::Leave)], &mut t);
+        assert_eq!(done.overflowed.len(), 1);
+        assert!(!t.contains_key(&1));
+    }
+
+    #[test]
     fn a_withdrawal_takes_back_the_queued_gossip_frame_of_that_item_only() {
         let mut t = table(&[(1, 10)]);
         let g = |p: &[u8]| Msg::Gossip {
             data_type: 0,
             ttl: 0,
+            nonce: 0,
             payload: p.into(),
         };
         let actions = vec![

@@ -35,9 +35,9 @@ use crate::limits::{DifficultyChange, DifficultyController};
 use crate::node::{
     Action, CloseReason, ConnId, Core, DialError, Event, Now, Purpose, Record, Remote, TimerQueue,
 };
-use crate::outbox::{Batching, Flushed, Outbox, When};
+use crate::outbox::{Batch, Batching, Flushed, Outbox, When};
 use crate::output::Output;
-use crate::wire::{FrameReader, Msg, PublicKey, Role};
+use crate::wire::{Frame, FrameReader, Msg, PublicKey, Role};
 
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 16 * 1024;
@@ -62,6 +62,8 @@ pub struct Counters {
     pub api_clients: AtomicUsize,
     /// Gossip frames taken back before they were sent: the remote had sent us the message.
     pub withdrawn: AtomicU64,
+    /// Gossip frames left out for a connection whose queue was full.
+    pub skipped: AtomicU64,
     /// `read` calls that returned bytes, and `send`/`write` calls that took bytes: with
     /// `frames_in`/`frames_out`, how many frames each system call carries.
     pub reads: AtomicU64,
@@ -75,11 +77,11 @@ struct ConnHandle {
 }
 
 impl Queue for ConnHandle {
-    fn push(&self, frame: &[u8]) -> bool {
-        self.outbox.push(frame)
+    fn push(&self, frame: &Frame) -> bool {
+        self.outbox.push(frame.clone())
     }
-    fn push_gossip(&self, frame: &[u8], id: [u8; 32]) -> bool {
-        self.outbox.push_gossip(frame, id)
+    fn push_item(&self, frame: &Frame, id: Option<[u8; 32]>) -> bool {
+        self.outbox.push_item(frame.clone(), id)
     }
     fn withdraw(&self, id: &[u8; 32]) -> bool {
         self.outbox.withdraw(id)
@@ -258,6 +260,21 @@ impl<C: Core> Runtime<C> {
                 .withdrawn
                 .fetch_add(done.withdrawn, Ordering::Relaxed);
         }
+        if !done.skipped.is_empty() {
+            self.counters
+                .skipped
+                .fetch_add(done.skipped.len() as u64, Ordering::Relaxed);
+            for (conn, h) in &done.skipped {
+                // Said at the first, second, fourth, … frame left out on each connection.
+                let n = h.outbox.skipped();
+                if n.is_power_of_two() {
+                    log::warn!(
+                        "connection {conn}: outbound queue full, gossip left out for it ({n} \
+                         items so far): the remote reads slower than we forward"
+                    );
+                }
+            }
+        }
         let batching = self.batching();
         for h in done.touched {
             match h.outbox.when(now.mono, batching) {
@@ -314,8 +331,9 @@ impl<C: Core> Runtime<C> {
         let fd = stream.as_raw_fd();
         let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
         let mut writes = 0;
-        let done = outbox.flush(Instant::now(), |bytes| {
-            let sent = nix::sys::socket::send(fd, bytes, flags).map_err(io::Error::from);
+        let done = outbox.flush(Instant::now(), |slices| {
+            let sent = nix::sys::socket::sendmsg::<()>(fd, slices, &[], flags, None)
+                .map_err(io::Error::from);
             if matches!(sent, Ok(n) if n > 0) {
                 writes += 1;
             }
@@ -711,7 +729,7 @@ impl<C: Core> Runtime<C> {
         let limits = &self.config.limits;
         let outbox = Arc::new(Outbox::new(limits.outbound_queue, limits.max_queue_bytes));
         if let Some(msg) = first {
-            outbox.push(&msg.encode());
+            outbox.push(msg.frame());
         }
         let (Ok(write_half), Ok(table_half)) = (stream.try_clone(), stream.try_clone()) else {
             return;
@@ -836,17 +854,17 @@ impl<C: Core> Runtime<C> {
     /// Writes what the dispatching threads could not hand to a full socket, blocking (up to
     /// `limits.write_timeout`) until the remote reads it. Asleep otherwise.
     fn write_loop(self: &Arc<Self>, conn: ConnId, mut stream: TcpStream, outbox: &Outbox) {
-        let mut bytes = Vec::new();
+        let mut batch = Batch::default();
         let batching = self.batching();
-        while let Some(frames) = outbox.take_for_writer(&mut bytes, batching) {
-            let result = stream.write_all(&bytes);
+        while let Some(frames) = outbox.take_for_writer(&mut batch, batching) {
+            let result = batch.write_all(&mut stream);
             outbox.written();
             match result {
                 Ok(()) => {
                     self.counters.writes.fetch_add(1, Ordering::Relaxed);
                     self.count_out(Flushed {
                         frames: frames as u64,
-                        bytes: bytes.len() as u64,
+                        bytes: batch.len() as u64,
                     })
                 }
                 Err(e)
@@ -954,6 +972,7 @@ impl<C: Core> Runtime<C> {
                 .field("bytes_out", c.bytes_out.load(Ordering::Relaxed))
                 .field("gossip_duplicates", dups)
                 .field("gossip_withdrawn", c.withdrawn.load(Ordering::Relaxed))
+                .field("gossip_skipped", c.skipped.load(Ordering::Relaxed))
                 .field("gossip_dropped", dropped)
                 .field("reads", c.reads.load(Ordering::Relaxed))
                 .field("writes", c.writes.load(Ordering::Relaxed))

@@ -18,8 +18,12 @@
 //! - **Closed.** A connection that ends without the core asking (end of stream, reset, a read or
 //!   write error, a malformed frame, a full queue) produces exactly one [`Event::Closed`] with a
 //!   typed [`CloseReason`], after every frame that arrived before the end.
-//! - **Full queue.** Queuing never blocks. A connection whose outbound queue is full (the remote
-//!   does not read) is closed by the runtime with [`CloseReason::QueueFull`]; the others go on.
+//! - **Full queue.** Queuing never blocks. A gossip frame (`Forward`) that does not fit in a
+//!   connection's outbound queue is left out for that connection, which stays: its remote reads
+//!   slower than we forward, and its other neighbours or catch-up bring it the item. Any other
+//!   frame that does not fit closes the connection with [`CloseReason::QueueFull`]. A remote
+//!   that reads nothing for `limits.write_timeout` is closed with
+//!   [`CloseReason::WriteFailed`]; the others go on.
 //! - **Dial.** A `Dial` ends in exactly one of [`Event::Connected`] (with `dialed: Some(purpose)`)
 //!   or [`Event::DialFailed`] with a typed [`DialError`].
 //! - **Welcome first.** On an accepted connection the core hears `Connected` before the
@@ -160,6 +164,10 @@ impl fmt::Display for CloseReason {
             CloseReason::EndOfStream => write!(f, "connection closed by remote"),
             CloseReason::Reset => write!(f, "connection reset"),
             CloseReason::ReadFailed(k) => write!(f, "read failed: {k}"),
+            CloseReason::WriteFailed(ErrorKind::WouldBlock | ErrorKind::TimedOut) => write!(
+                f,
+                "remote not reading (a write made no progress within limits.write_timeout)"
+            ),
             CloseReason::WriteFailed(k) => write!(f, "write failed: {k}"),
             CloseReason::Stalled(t) => write!(f, "incomplete frame for more than {t:?}"),
             CloseReason::Malformed(e) => write!(f, "malformed frame: {e}"),

@@ -17,36 +17,42 @@
 //! dropped instead of growing this node's memory.
 
 use std::collections::HashMap;
-use std::io::{self, ErrorKind};
+use std::io::{self, ErrorKind, IoSlice, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use crate::wire::Frame;
+
 #[derive(Debug, Default)]
 struct State {
-    buf: Vec<u8>,
-    /// Whole frames that `buf` holds or that the writer is writing.
+    /// Frames queued and not yet taken by a flush or the writer, in order.
+    queue: Vec<Entry>,
+    /// Bytes of the first frame in `queue` already written (by a send that stopped short).
+    sent: usize,
+    /// Frames in `queue`, withdrawn ones not counted.
     frames: usize,
+    /// Bytes in `queue` still to be written, withdrawn frames not counted.
+    bytes: usize,
     /// The writer thread owns the write side until it has written everything queued.
     writer_owns: bool,
-    /// The writer is in the middle of a blocking write of bytes it took out of `buf`.
+    /// The writer is in the middle of a blocking write of frames it took out of `queue`.
     writing: bool,
     closed: bool,
     /// When bytes last went to the socket.
     last_send: Option<Instant>,
     /// A flush is scheduled for the end of the batch window.
     scheduled: bool,
-    /// A `flush` is handing bytes it took out of `buf` to the socket.
+    /// A `flush` is handing frames it took out of `queue` to the socket.
     sending: bool,
-    /// An empty buffer kept for the next `flush` to swap in, so none is allocated per send.
-    spare: Vec<u8>,
-    /// Gossip frames in `buf` that may still be withdrawn, in the order queued.
-    held: Vec<Held>,
-    /// `held` by the first eight bytes of the id (ids are SHA-256 digests).
+    /// An empty queue kept for the next `flush` to swap in, so none is allocated per send.
+    spare: Vec<Entry>,
+    /// Gossip frames in `queue` that may still be withdrawn, by the first eight bytes of the
+    /// id (ids are SHA-256 digests): their index in `queue`.
     held_by_id: HashMap<u64, usize>,
-    /// Withdrawn frames whose bytes are still in `buf`: cut out (all in one pass) just
-    /// before the bytes go to the socket, so a withdrawal costs a lookup, not a copy of the
-    /// queue behind it.
+    /// Withdrawn frames still in `queue`: left out (all in one pass) just before the frames go
+    /// to the socket, so a withdrawal costs a lookup, not a move of the queue behind it.
     gone: usize,
     /// Frames queued per second, smoothed over about `RATE_TAU`.
     rate: f64,
@@ -55,12 +61,13 @@ struct State {
     rate_at: Option<Instant>,
 }
 
-/// A gossip frame in `buf` that may still be withdrawn.
+/// One queued frame. Its bytes are shared with every other queue holding the same frame
+/// (see [`Frame`]): a queue costs a few words per frame, not a copy of its payload.
 #[derive(Debug)]
-struct Held {
-    id: [u8; 32],
-    at: usize,
-    len: usize,
+struct Entry {
+    frame: Frame,
+    /// A gossip item's id, while its frame may still be withdrawn.
+    id: Option<[u8; 32]>,
     gone: bool,
 }
 
@@ -76,23 +83,26 @@ const RATE_SAMPLE: f64 = 0.01;
 const RATE_TAU: f64 = 0.25;
 
 impl State {
-    /// Cuts withdrawn frames out of `buf` and forgets which frames could be withdrawn: the
-    /// bytes are about to go to the socket (or to the writer).
+    /// Leaves withdrawn frames out of `queue` and forgets which frames could be withdrawn:
+    /// the frames are about to go to the socket (or to the writer).
     fn seal(&mut self) {
         if self.gone > 0 {
-            let (mut write, mut read) = (0, 0);
-            for h in self.held.iter().filter(|h| h.gone) {
-                self.buf.copy_within(read..h.at, write);
-                write += h.at - read;
-                read = h.at + h.len;
-            }
-            let end = self.buf.len();
-            self.buf.copy_within(read..end, write);
-            self.buf.truncate(write + end - read);
+            self.queue.retain(|e| !e.gone);
             self.gone = 0;
         }
-        self.held.clear();
+        for e in &mut self.queue {
+            e.id = None;
+        }
         self.held_by_id.clear();
+    }
+
+    /// Takes everything queued (sealed) into `batch`, leaving `batch`'s old buffer in its place.
+    fn take(&mut self, batch: &mut Batch) {
+        self.seal();
+        batch.entries.clear();
+        std::mem::swap(&mut batch.entries, &mut self.queue);
+        batch.from = std::mem::take(&mut self.sent);
+        self.bytes = 0;
     }
 
     fn update_rate(&mut self, now: Instant) {
@@ -110,6 +120,11 @@ impl State {
         self.rate_at = Some(now);
     }
 }
+
+/// Gossip items may fill a queue to this many eighths of its bounds: the rest is kept for the
+/// frames a link cannot do without (liveness, catch-up digests, a `Reject`), so a slow
+/// reader's queue full of items leaves items out instead of closing the link.
+const ITEM_SHARE: usize = 7;
 
 /// Frames a second from which a link holds its frames for the whole `max` window. Below it
 /// the window shrinks with the square of the rate: a link carrying `r` frames a second holds
@@ -149,6 +164,8 @@ pub enum When {
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
+    /// Gossip frames left out because the queue was full (see `skipped`).
+    skipped: AtomicU64,
     wake: Condvar,
     max_frames: usize,
     max_bytes: usize,
@@ -162,60 +179,175 @@ pub struct Flushed {
     pub bytes: u64,
 }
 
+/// Frames taken out of the queue to be written, in order: the writer thread's, and a flush's.
+#[derive(Debug, Default)]
+pub struct Batch {
+    entries: Vec<Entry>,
+    /// Bytes of the first frame written already.
+    from: usize,
+}
+
+/// At most this many slices go to one vectored write (Linux's `IOV_MAX` is 1,024).
+const MAX_SLICES: usize = 512;
+
+/// How far a write of a batch got.
+struct Progress {
+    /// Frames written whole, and bytes of the next one.
+    frames: usize,
+    at: usize,
+    bytes: usize,
+    /// Why it stopped before the end: `Ok(0)` from `send`, or an error other than `Interrupted`.
+    stopped: Option<io::Result<usize>>,
+}
+
+/// Writes `entries` (the first from byte `from`) with vectored `send`s until they are all
+/// written or a `send` takes nothing or fails.
+fn write_entries(
+    entries: &[Entry],
+    from: usize,
+    send: &mut impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+) -> Progress {
+    let mut p = Progress {
+        frames: 0,
+        at: from,
+        bytes: 0,
+        stopped: None,
+    };
+    let mut slices = Vec::with_capacity(MAX_SLICES);
+    while p.frames < entries.len() {
+        slices.clear();
+        let mut skip = p.at;
+        for e in &entries[p.frames..] {
+            slices.extend(e.frame.parts(skip).map(IoSlice::new));
+            skip = 0;
+            if slices.len() + 2 > MAX_SLICES {
+                break;
+            }
+        }
+        let mut n = match send(&slices) {
+            Ok(0) => {
+                p.stopped = Some(Ok(0));
+                break;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                p.stopped = Some(Err(e));
+                break;
+            }
+        };
+        p.bytes += n;
+        while n > 0 {
+            let left = entries[p.frames].frame.len() - p.at;
+            if n < left {
+                p.at += n;
+                break;
+            }
+            n -= left;
+            p.frames += 1;
+            p.at = 0;
+        }
+    }
+    p
+}
+
+impl Batch {
+    /// Writes the whole batch to a blocking writer.
+    pub fn write_all(&self, w: &mut impl Write) -> io::Result<()> {
+        let p = write_entries(&self.entries, self.from, &mut |s| w.write_vectored(s));
+        match p.stopped {
+            None => Ok(()),
+            Some(Ok(_)) => Err(io::Error::from(ErrorKind::WriteZero)),
+            Some(Err(e)) => Err(e),
+        }
+    }
+
+    /// Bytes left to write.
+    pub fn len(&self) -> usize {
+        self.entries.iter().map(|e| e.frame.len()).sum::<usize>() - self.from
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes left to write, in one buffer (a copy).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        let mut skip = self.from;
+        for e in &self.entries {
+            out.extend(e.frame.parts(skip).flatten());
+            skip = 0;
+        }
+        out
+    }
+}
+
 impl Outbox {
     pub fn new(max_frames: usize, max_bytes: usize) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
+            skipped: AtomicU64::new(0),
             wake: Condvar::new(),
             max_frames: max_frames.max(1),
             max_bytes: max_bytes.max(1),
         }
     }
 
-    /// No room for `len` more bytes (or closed).
-    fn full(&self, s: &State, len: usize) -> bool {
-        s.closed || s.frames >= self.max_frames || s.buf.len() + len > self.max_bytes
+    /// No room for `len` more bytes (or closed). Items may fill only `ITEM_SHARE` of it.
+    fn full(&self, s: &State, len: usize, item: bool) -> bool {
+        let (frames, bytes) = if item {
+            (
+                self.max_frames * ITEM_SHARE / 8,
+                self.max_bytes * ITEM_SHARE / 8,
+            )
+        } else {
+            (self.max_frames, self.max_bytes)
+        };
+        s.closed || s.frames >= frames.max(1) || s.bytes + len > bytes
     }
 
-    /// Queues one encoded frame. False if the queue is full (or closed): the caller drops the
+    /// Queues one frame. False if the queue is full (or closed): the caller drops the
     /// connection.
-    pub fn push(&self, frame: &[u8]) -> bool {
-        let mut s = self.state.lock();
-        if self.full(&s, frame.len()) {
-            return false;
-        }
-        s.buf.extend_from_slice(frame);
-        s.frames += 1;
-        s.counted += 1;
-        self.wake_if_half_full(&s);
-        true
+    pub fn push(&self, frame: Frame) -> bool {
+        self.queue(frame, false, None)
     }
 
-    /// Queues the frame of gossip message `id`, which `withdraw` can take back until it is
-    /// handed to the socket.
-    pub fn push_gossip(&self, frame: &[u8], id: [u8; 32]) -> bool {
+    /// Queues the frame of a gossip item, if the items' share of the queue has room for it;
+    /// with the item's `id`, `withdraw` can take it back until it is handed to the socket.
+    /// False if there is no room: the caller leaves the item out for this connection.
+    pub fn push_item(&self, frame: Frame, id: Option<[u8; 32]>) -> bool {
+        self.queue(frame, true, id)
+    }
+
+    fn queue(&self, frame: Frame, item: bool, id: Option<[u8; 32]>) -> bool {
         let mut s = self.state.lock();
-        if self.full(&s, frame.len()) {
+        if self.full(&s, frame.len(), item) {
             return false;
         }
-        let at = s.buf.len();
-        let i = s.held.len();
-        s.held_by_id.insert(id_key(&id), i);
-        s.held.push(Held {
+        if let Some(id) = &id {
+            let i = s.queue.len();
+            s.held_by_id.insert(id_key(id), i);
+        }
+        s.bytes += frame.len();
+        s.queue.push(Entry {
+            frame,
             id,
-            at,
-            len: frame.len(),
             gone: false,
         });
-        s.buf.extend_from_slice(frame);
         s.frames += 1;
         s.counted += 1;
         self.wake_if_half_full(&s);
         true
+    }
+
+    /// Counts a gossip frame left out for want of room; returns how many so far.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     fn half_full(&self, s: &State) -> bool {
-        s.frames * 2 >= self.max_frames || s.buf.len() * 2 >= self.max_bytes
+        s.frames * 2 >= self.max_frames || s.bytes * 2 >= self.max_bytes
     }
 
     /// A writer waiting out its window stops waiting once the queue is half full.
@@ -231,18 +363,20 @@ impl Outbox {
         let Some(&i) = s.held_by_id.get(&id_key(id)) else {
             return false;
         };
-        let h = &mut s.held[i];
+        let e = &mut s.queue[i];
         // (Another id with the same first eight bytes: not ours to withdraw.)
-        if h.gone || h.id != *id {
+        if e.gone || e.id.as_ref() != Some(id) {
             return false;
         }
-        h.gone = true;
+        e.gone = true;
+        let len = e.frame.len();
         s.frames -= 1;
+        s.bytes -= len;
         s.gone += 1;
         true
     }
 
-    /// Decides when the bytes just queued go out: now if nothing was sent within the link's
+    /// Decides when the frames just queued go out: now if nothing was sent within the link's
     /// window (see [`Batching`]), else at the end of the window (the first caller to be told
     /// `At` schedules it).
     pub fn when(&self, now: Instant, batching: Batching) -> When {
@@ -267,15 +401,20 @@ impl Outbox {
         }
     }
 
-    /// Hands queued bytes to `send`, which must not block (it returns `WouldBlock` or a short
-    /// count when the socket is full). Whatever it does not take goes to the writer thread,
-    /// and so does an error, which the writer's own write then meets (see `Runtime::write_loop`).
+    /// Hands queued frames to `send`, a vectored send that must not block (it returns
+    /// `WouldBlock` or a short count when the socket is full). Whatever it does not take goes
+    /// to the writer thread, and so does an error, which the writer's own write then meets
+    /// (see `Runtime::write_loop`).
     ///
     /// The lock is not held across `send`: a send on loopback runs the receiver's side of TCP
     /// and can be preempted, and the threads queuing frames hold the node's core lock while
     /// they wait for this one. Frames queued meanwhile are sent by this same call, after the
-    /// bytes in flight, so a concurrent flush finds the socket taken and leaves them to it.
-    pub fn flush(&self, now: Instant, mut send: impl FnMut(&[u8]) -> io::Result<usize>) -> Flushed {
+    /// ones in flight, so a concurrent flush finds the socket taken and leaves them to it.
+    pub fn flush(
+        &self,
+        now: Instant,
+        mut send: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> Flushed {
         let mut s = self.state.lock();
         s.scheduled = false;
         s.last_send = Some(now);
@@ -285,43 +424,38 @@ impl Outbox {
         s.sending = true;
         let mut done = Flushed::default();
         loop {
-            s.seal();
-            let mut bytes = std::mem::take(&mut s.spare);
-            std::mem::swap(&mut bytes, &mut s.buf);
+            let mut batch = Batch {
+                entries: std::mem::take(&mut s.spare),
+                from: 0,
+            };
+            s.take(&mut batch);
             let frames = std::mem::take(&mut s.frames);
-            let sent = MutexGuard::unlocked(&mut s, || {
-                let mut sent = 0;
-                while sent < bytes.len() {
-                    match send(&bytes[sent..]) {
-                        Ok(0) => break,
-                        Ok(n) => sent += n,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                        Err(_) => break,
-                    }
-                }
-                sent
+            let p = MutexGuard::unlocked(&mut s, || {
+                write_entries(&batch.entries, batch.from, &mut send)
             });
-            done.bytes += sent as u64;
+            done.bytes += p.bytes as u64;
+            done.frames += p.frames as u64;
             if s.closed {
                 s.sending = false;
                 return done;
             }
-            if sent < bytes.len() {
-                // The rest, then whatever was queued meanwhile, goes to the writer. Frames
-                // are counted when the writer finishes them.
-                bytes.drain(..sent);
+            if p.frames < batch.entries.len() {
+                // The rest, then whatever was queued meanwhile, goes to the writer.
+                let left = batch.len() - p.bytes;
+                batch.entries.drain(..p.frames);
                 s.seal();
-                bytes.extend_from_slice(&s.buf);
-                s.buf = bytes;
-                s.frames += frames;
+                batch.entries.append(&mut s.queue);
+                s.queue = batch.entries;
+                s.sent = p.at;
+                s.frames += frames - p.frames;
+                s.bytes += left;
                 s.sending = false;
                 s.writer_owns = true;
                 self.wake.notify_one();
                 return done;
             }
-            done.frames += frames as u64;
-            bytes.clear();
-            s.spare = bytes;
+            batch.entries.clear();
+            s.spare = batch.entries;
             if s.frames == 0 {
                 s.sending = false;
                 return done;
@@ -329,15 +463,15 @@ impl Outbox {
         }
     }
 
-    /// The writer thread's wait: returns the bytes it must write (swapped with `spare`, so no
-    /// buffer is allocated per write) and how many frames they finish, or `None` once closed.
+    /// The writer thread's wait: fills `batch` with the frames it must write (swapping
+    /// buffers, so none is allocated per write) and returns how many, or `None` once closed.
     ///
     /// The writer keeps the link's batch window too: it takes what has queued only once the
     /// window since the last write has ended. It owns the link when the remote reads slower
     /// than we send, which is when the machine is busiest; writing every frame the moment
     /// the last write finished would then multiply the system calls and wake-ups on both ends
     /// just when there is least CPU for them.
-    pub fn take_for_writer(&self, spare: &mut Vec<u8>, batching: Batching) -> Option<usize> {
+    pub fn take_for_writer(&self, batch: &mut Batch, batching: Batching) -> Option<usize> {
         let mut s = self.state.lock();
         loop {
             if s.closed {
@@ -355,9 +489,7 @@ impl Outbox {
                         self.wake.wait_until(&mut s, ends);
                         continue;
                     }
-                    s.seal();
-                    spare.clear();
-                    std::mem::swap(spare, &mut s.buf);
+                    s.take(batch);
                     s.writing = true;
                     s.last_send = Some(now);
                     return Some(std::mem::take(&mut s.frames));
@@ -367,7 +499,7 @@ impl Outbox {
         }
     }
 
-    /// The writer finished the bytes `take_for_writer` gave it.
+    /// The writer finished the frames `take_for_writer` gave it.
     pub fn written(&self) {
         self.state.lock().writing = false;
     }
@@ -378,15 +510,17 @@ impl Outbox {
         s.frames == 0 && !s.writing && !s.writer_owns && !s.sending
     }
 
-    /// Stops the writer thread; queued bytes are dropped.
+    /// Stops the writer thread; queued frames are dropped.
     pub fn close(&self) {
         let mut s = self.state.lock();
         s.closed = true;
-        s.buf = Vec::new();
-        s.held = Vec::new();
+        s.queue = Vec::new();
+        s.spare = Vec::new();
+        s.sent = 0;
         s.held_by_id = HashMap::new();
         s.gone = 0;
         s.frames = 0;
+        s.bytes = 0;
         self.wake.notify_all();
     }
 }
@@ -396,6 +530,19 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    fn fr(bytes: &[u8]) -> Frame {
+        Frame::from(bytes)
+    }
+
+    /// The bytes a vectored send was given, and how many.
+    fn cat(slices: &[IoSlice<'_>]) -> Vec<u8> {
+        slices.iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    fn total(slices: &[IoSlice<'_>]) -> usize {
+        slices.iter().map(|s| s.len()).sum()
+    }
+
     fn would_block() -> io::Error {
         io::Error::from(ErrorKind::WouldBlock)
     }
@@ -403,12 +550,12 @@ mod tests {
     #[test]
     fn a_burst_goes_out_in_one_send_when_the_socket_takes_it() {
         let ob = Outbox::new(10, 1 << 20);
-        assert!(ob.push(b"aa"));
-        assert!(ob.push(b"bbb"));
+        assert!(ob.push(fr(b"aa")));
+        assert!(ob.push(fr(b"bbb")));
         let mut calls = Vec::new();
         let done = ob.flush(Instant::now(), |b| {
-            calls.push(b.to_vec());
-            Ok(b.len())
+            calls.push(cat(b));
+            Ok(total(b))
         });
         assert_eq!(calls, vec![b"aabbb".to_vec()]);
         assert_eq!(
@@ -424,11 +571,11 @@ mod tests {
     #[test]
     fn what_the_socket_does_not_take_goes_to_the_writer_in_order() {
         let ob = Arc::new(Outbox::new(10, 1 << 20));
-        ob.push(b"hello");
+        ob.push(fr(b"hello"));
         // Short sends are retried until the socket says it is full.
-        let done = ob.flush(Instant::now(), |b| Ok(b.len().min(2)));
+        let done = ob.flush(Instant::now(), |b| Ok(total(b).min(2)));
         assert_eq!(done.bytes, 5);
-        ob.push(b"hello");
+        ob.push(fr(b"hello"));
         let mut first = true;
         let done = ob.flush(Instant::now(), |_| {
             if first {
@@ -448,34 +595,34 @@ mod tests {
         assert!(!ob.is_idle());
         // While the writer owns the write side, a later frame queues behind and no flush
         // writes it out of order.
-        ob.push(b"!");
+        ob.push(fr(b"!"));
         let done = ob.flush(Instant::now(), |_| {
             panic!("must not write while the writer owns the socket")
         });
         assert_eq!(done, Flushed::default());
-        let mut spare = Vec::new();
+        let mut spare = Batch::default();
         assert_eq!(
             ob.take_for_writer(&mut spare, fixed(Duration::ZERO)),
             Some(2)
         );
-        assert_eq!(spare, b"llo!");
+        assert_eq!(spare.to_vec(), b"llo!");
         assert!(!ob.is_idle());
         ob.written();
         // Nothing more queued: the writer gives the write side back and waits.
         let w = ob.clone();
         let writer = std::thread::spawn(move || {
-            let mut spare = Vec::new();
+            let mut spare = Batch::default();
             let got = w.take_for_writer(&mut spare, fixed(Duration::ZERO));
             (got, spare)
         });
         while !ob.is_idle() {
             std::thread::yield_now();
         }
-        ob.push(b"x");
+        ob.push(fr(b"x"));
         let mut sent = Vec::new();
         ob.flush(Instant::now(), |b| {
-            sent.extend_from_slice(b);
-            Ok(b.len())
+            sent.extend(cat(b));
+            Ok(total(b))
         });
         assert_eq!(sent, b"x");
         ob.close();
@@ -483,21 +630,60 @@ mod tests {
     }
 
     #[test]
+    fn an_items_payload_is_queued_by_reference_and_sent_from_where_a_short_send_stopped() {
+        use crate::wire::{Msg, Payload};
+        let payload = Payload::from(vec![5u8; 10_000]);
+        let item = Msg::Gossip {
+            data_type: 0,
+            ttl: 0,
+            nonce: 1,
+            payload: payload.clone(),
+        };
+        let expect = item.encode();
+        let queues: Vec<Outbox> = (0..3).map(|_| Outbox::new(10, 1 << 20)).collect();
+        for ob in &queues {
+            assert!(ob.push_item(item.frame(), Some([1; 32])));
+            assert!(ob.push(fr(b"!")));
+        }
+        // One payload, held here, by the message and by each queue: nothing was copied.
+        assert_eq!(std::sync::Arc::strong_count(&payload), 5);
+        // Each queue's socket takes a different amount at a time, cutting the frame in the
+        // header, in the payload, and between frames.
+        for (ob, step) in queues.iter().zip([3, 4_999, 10_008]) {
+            let mut sent: Vec<u8> = Vec::new();
+            let done = ob.flush(Instant::now(), |b| {
+                let n = total(b).min(step);
+                sent.extend_from_slice(&cat(b)[..n]);
+                Ok(n)
+            });
+            assert_eq!(sent.len(), expect.len() + 1);
+            assert_eq!(sent[..expect.len()], expect[..]);
+            assert_eq!(done.frames, 2);
+            assert!(ob.is_idle());
+        }
+        assert_eq!(
+            std::sync::Arc::strong_count(&payload),
+            2,
+            "sent queues hold nothing"
+        );
+    }
+
+    #[test]
     fn frames_queued_during_a_send_follow_it_from_the_same_flush() {
         let ob = Outbox::new(10, 1 << 20);
-        ob.push(b"a");
+        ob.push(fr(b"a"));
         let mut calls = Vec::new();
         let done = ob.flush(Instant::now(), |b| {
             if calls.is_empty() {
                 // The lock is free during the send: another thread queues and flushes, and
                 // its flush leaves the socket to the one in progress.
-                assert!(ob.push(b"bc"));
+                assert!(ob.push(fr(b"bc")));
                 let inner = ob.flush(Instant::now(), |_| panic!("two senders on one socket"));
                 assert_eq!(inner, Flushed::default());
                 assert!(!ob.is_idle());
             }
-            calls.push(b.to_vec());
-            Ok(b.len())
+            calls.push(cat(b));
+            Ok(total(b))
         });
         assert_eq!(calls, vec![b"a".to_vec(), b"bc".to_vec()]);
         assert_eq!(
@@ -514,10 +700,10 @@ mod tests {
     fn a_held_gossip_frame_can_be_withdrawn_until_it_is_sent() {
         let ob = Outbox::new(10, 1 << 20);
         let (x, y, z) = ([1u8; 32], [2u8; 32], [3u8; 32]);
-        assert!(ob.push(b"<hello>"));
-        assert!(ob.push_gossip(b"<x>", x));
-        assert!(ob.push_gossip(b"<yy>", y));
-        assert!(ob.push_gossip(b"<zzz>", z));
+        assert!(ob.push(fr(b"<hello>")));
+        assert!(ob.push_item(fr(b"<x>"), Some(x)));
+        assert!(ob.push_item(fr(b"<yy>"), Some(y)));
+        assert!(ob.push_item(fr(b"<zzz>"), Some(z)));
         assert!(ob.withdraw(&y));
         assert!(!ob.withdraw(&y), "only once");
         assert!(!ob.withdraw(&[9u8; 32]), "never queued");
@@ -528,8 +714,8 @@ mod tests {
         assert!(ob.withdraw(&z));
         let mut sent = Vec::new();
         let done = ob.flush(Instant::now(), |b| {
-            sent.extend_from_slice(b);
-            Ok(b.len())
+            sent.extend(cat(b));
+            Ok(total(b))
         });
         assert_eq!(sent, b"<hello><x>");
         assert_eq!(done.frames, 2);
@@ -546,11 +732,11 @@ mod tests {
         for mask in 0..32u32 {
             for reversed in [false, true] {
                 let ob = Outbox::new(100, 1 << 20);
-                ob.push(b"[");
+                ob.push(fr(b"["));
                 for (i, id) in ids.iter().enumerate() {
-                    ob.push_gossip(format!("<{}>", "x".repeat(i + 1)).as_bytes(), *id);
+                    ob.push_item(fr(format!("<{}>", "x".repeat(i + 1)).as_bytes()), Some(*id));
                 }
-                ob.push(b"]");
+                ob.push(fr(b"]"));
                 let mut order: Vec<usize> = (0..5).filter(|i| mask & (1 << i) != 0).collect();
                 if reversed {
                     order.reverse();
@@ -560,8 +746,8 @@ mod tests {
                 }
                 let mut sent = Vec::new();
                 let done = ob.flush(Instant::now(), |b| {
-                    sent.extend_from_slice(b);
-                    Ok(b.len())
+                    sent.extend(cat(b));
+                    Ok(total(b))
                 });
                 let mut expect = b"[".to_vec();
                 for i in (0..5).filter(|i| mask & (1 << i) == 0) {
@@ -578,17 +764,17 @@ mod tests {
     #[test]
     fn an_error_hands_the_bytes_to_the_writer() {
         let ob = Outbox::new(10, 1 << 20);
-        ob.push(b"abc");
+        ob.push(fr(b"abc"));
         let done = ob.flush(Instant::now(), |_| {
             Err(io::Error::from(ErrorKind::BrokenPipe))
         });
         assert_eq!(done.bytes, 0);
-        let mut spare = Vec::new();
+        let mut spare = Batch::default();
         assert_eq!(
             ob.take_for_writer(&mut spare, fixed(Duration::ZERO)),
             Some(1)
         );
-        assert_eq!(spare, b"abc");
+        assert_eq!(spare.to_vec(), b"abc");
     }
 
     fn fixed(w: Duration) -> Batching {
@@ -600,22 +786,22 @@ mod tests {
         let ob = Outbox::new(10, 1 << 20);
         let t0 = Instant::now();
         let w = Duration::from_millis(2);
-        ob.push(b"a");
+        ob.push(fr(b"a"));
         assert_eq!(ob.when(t0, fixed(w)), When::Now);
-        ob.flush(t0, |b| Ok(b.len()));
-        ob.push(b"b");
+        ob.flush(t0, |b| Ok(total(b)));
+        ob.push(fr(b"b"));
         let t1 = t0 + Duration::from_millis(1);
         assert_eq!(ob.when(t1, fixed(w)), When::At(t0 + w));
-        ob.push(b"c");
+        ob.push(fr(b"c"));
         assert_eq!(ob.when(t1, fixed(w)), When::Scheduled);
         let mut sent = Vec::new();
         ob.flush(t0 + w, |b| {
-            sent.extend_from_slice(b);
-            Ok(b.len())
+            sent.extend(cat(b));
+            Ok(total(b))
         });
         assert_eq!(sent, b"bc");
         // After a quiet window the next frame goes at once; a zero window never holds.
-        ob.push(b"d");
+        ob.push(fr(b"d"));
         assert_eq!(ob.when(t0 + 3 * w, fixed(w)), When::Now);
         assert_eq!(ob.when(t0 + w, fixed(Duration::ZERO)), When::Now);
     }
@@ -623,19 +809,19 @@ mod tests {
     #[test]
     fn the_writer_keeps_the_window_too() {
         let ob = Outbox::new(10, 1 << 20);
-        ob.push(b"a");
+        ob.push(fr(b"a"));
         // The socket takes nothing: the writer owns the link from now on.
         let sent_at = Instant::now();
         ob.flush(sent_at, |_| Err(would_block()));
         let w = Duration::from_millis(50);
-        let mut spare = Vec::new();
+        let mut spare = Batch::default();
         assert_eq!(ob.take_for_writer(&mut spare, fixed(w)), Some(1));
         assert!(sent_at.elapsed() >= w, "took the bytes inside the window");
         ob.written();
-        ob.push(b"b");
+        ob.push(fr(b"b"));
         let t = Instant::now();
         assert_eq!(ob.take_for_writer(&mut spare, fixed(w)), Some(1));
-        assert_eq!(spare, b"b");
+        assert_eq!(spare.to_vec(), b"b");
         assert!(
             t.elapsed() >= w - Duration::from_millis(1),
             "no window after a write"
@@ -647,12 +833,12 @@ mod tests {
         let ob = Arc::new(Outbox::new(8, 1 << 20));
         let t0 = Instant::now();
         let w = fixed(Duration::from_millis(200));
-        ob.push(b"a");
+        ob.push(fr(b"a"));
         assert_eq!(ob.when(t0, w), When::Now);
-        ob.flush(t0, |b| Ok(b.len()));
+        ob.flush(t0, |b| Ok(total(b)));
         let t1 = t0 + Duration::from_millis(1);
         for (i, f) in [b"b", b"c", b"d"].iter().enumerate() {
-            ob.push(*f);
+            ob.push(fr(*f));
             let expect = if i == 0 {
                 When::At(t0 + Duration::from_millis(200))
             } else {
@@ -661,30 +847,30 @@ mod tests {
             assert_eq!(ob.when(t1, w), expect);
         }
         // The fourth frame makes the queue half full: out now, inside the window.
-        ob.push(b"e");
+        ob.push(fr(b"e"));
         assert_eq!(ob.when(t1, w), When::Now);
         let mut sent = Vec::new();
         ob.flush(t1, |b| {
-            sent.extend_from_slice(b);
-            Ok(b.len())
+            sent.extend(cat(b));
+            Ok(total(b))
         });
         assert_eq!(sent, b"bcde");
         // The writer, waiting out its window, is woken when the queue reaches half.
-        ob.push(b"f");
+        ob.push(fr(b"f"));
         ob.flush(t1, |_| Err(would_block()));
         let w2 = ob.clone();
         let started = Instant::now();
         let writer = std::thread::spawn(move || {
-            let mut spare = Vec::new();
+            let mut spare = Batch::default();
             let got = w2.take_for_writer(&mut spare, w);
             (got, spare)
         });
         std::thread::sleep(Duration::from_millis(20));
         for f in [b"g", b"h", b"i"] {
-            ob.push(f);
+            ob.push(fr(f));
         }
         let (got, bytes) = writer.join().unwrap();
-        assert_eq!((got, bytes.as_slice()), (Some(4), &b"fghi"[..]));
+        assert_eq!((got, bytes.to_vec()), (Some(4), b"fghi".to_vec()));
         assert!(
             started.elapsed() < Duration::from_millis(150),
             "waited out the window"
@@ -722,17 +908,17 @@ mod tests {
         for i in 0..per_second * secs {
             let now = t0 + gap * i;
             if let Some(at) = due.filter(|at| *at <= now) {
-                let done = ob.flush(at, |b| Ok(b.len()));
+                let done = ob.flush(at, |b| Ok(total(b)));
                 if at >= last {
                     sends += 1;
                     frames += done.frames as u32;
                 }
                 due = None;
             }
-            ob.push(b"x");
+            ob.push(fr(b"x"));
             match ob.when(now, b) {
                 When::Now => {
-                    let done = ob.flush(now, |b| Ok(b.len()));
+                    let done = ob.flush(now, |b| Ok(total(b)));
                     if now >= last {
                         sends += 1;
                         frames += done.frames as u32;
@@ -762,22 +948,42 @@ mod tests {
     #[test]
     fn the_queue_is_bounded_in_frames_and_closing_drops_it() {
         let ob = Outbox::new(2, 1 << 20);
-        assert!(ob.push(b"1"));
-        assert!(ob.push(b"2"));
-        assert!(!ob.push(b"3"));
+        assert!(ob.push(fr(b"1")));
+        assert!(ob.push(fr(b"2")));
+        assert!(!ob.push(fr(b"3")));
         ob.close();
-        assert!(!ob.push(b"4"));
+        assert!(!ob.push(fr(b"4")));
         assert!(ob.is_idle());
-        let mut spare = Vec::new();
+        let mut spare = Batch::default();
         assert_eq!(ob.take_for_writer(&mut spare, fixed(Duration::ZERO)), None);
     }
 
     #[test]
     fn the_queue_is_bounded_in_bytes_too() {
         let ob = Outbox::new(1000, 1000);
-        assert!(ob.push(&[0u8; 600]));
-        assert!(!ob.push(&[0u8; 401]), "1,001 bytes queued");
-        assert!(ob.push(&[0u8; 400]));
-        assert!(!ob.push_gossip(&[0u8; 1], [3; 32]));
+        assert!(ob.push(fr(&[0u8; 600])));
+        assert!(!ob.push(fr(&[0u8; 401])), "1,001 bytes queued");
+        assert!(ob.push(fr(&[0u8; 400])));
+        assert!(!ob.push_item(fr(&[0u8; 1]), Some([3; 32])));
+    }
+
+    #[test]
+    fn items_leave_room_for_the_frames_a_link_cannot_do_without() {
+        let ob = Outbox::new(8, 800);
+        for _ in 0..7 {
+            assert!(ob.push_item(fr(&[1u8; 10]), None));
+        }
+        assert!(
+            !ob.push_item(fr(&[1u8; 10]), None),
+            "items fill 7/8 of the frames"
+        );
+        assert!(ob.push(fr(b"liveness")), "a control frame still fits");
+        let ob = Outbox::new(100, 800);
+        assert!(ob.push_item(fr(&[1u8; 690]), None));
+        assert!(
+            !ob.push_item(fr(&[1u8; 11]), None),
+            "items fill 7/8 of the bytes"
+        );
+        assert!(ob.push(fr(&[2u8; 100])));
     }
 }

@@ -16,13 +16,18 @@ pub fn gossip_text(ts_ms: u64, addr: &SocketAddr, n: u32) -> String {
     format!("{ts_ms}:{addr}:{n}")
 }
 
-/// The message id: SHA-256 hex of the text for the assignment's text type (so
-/// `printf %s TEXT | sha256sum` gives the same id), and of `data_type_be16 ‖ payload` for
-/// every other type, so equal bytes of different types stay distinct items.
-pub fn message_id(data_type: u16, payload: &[u8]) -> [u8; 32] {
+/// The message id: SHA-256 of `data_type_be16 ‖ nonce_be64 ‖ payload`, where the type is left
+/// out for the assignment's text type and the nonce when it is 0. The assignment's own
+/// messages (text, nonce 0) thus have the SHA-256 of their text as id (`printf %s TEXT |
+/// sha256sum` gives it); equal bytes of different types, or announced twice (each `ANNOUNCE`
+/// draws a nonce), stay distinct items.
+pub fn message_id(data_type: u16, nonce: u64, payload: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     if data_type != TEXT_DATA_TYPE {
         h.update(data_type.to_be_bytes());
+    }
+    if nonce != 0 {
+        h.update(nonce.to_be_bytes());
     }
     h.update(payload);
     h.finalize().into()
@@ -159,10 +164,21 @@ mod tests {
         let t = gossip_text(1795313883123, &a("127.0.0.1:9101"), 3);
         assert_eq!(t, "1795313883123:127.0.0.1:9101:3");
         // printf %s '1795313883123:127.0.0.1:9101:3' | sha256sum
-        let id = hex::encode(message_id(TEXT_DATA_TYPE, t.as_bytes()));
+        let id = hex::encode(message_id(TEXT_DATA_TYPE, 0, t.as_bytes()));
         let expect = hex::encode(Sha256::digest(t.as_bytes()));
         assert_eq!(id, expect);
-        assert_ne!(message_id(1, t.as_bytes()), message_id(0, t.as_bytes()));
+        assert_ne!(
+            message_id(1, 0, t.as_bytes()),
+            message_id(0, 0, t.as_bytes())
+        );
+        assert_ne!(
+            message_id(0, 5, t.as_bytes()),
+            message_id(0, 0, t.as_bytes())
+        );
+        assert_ne!(
+            message_id(1, 5, t.as_bytes()),
+            message_id(1, 6, t.as_bytes())
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::fmt;
 use std::net::SocketAddr;
 
 /// Protocol versions this build speaks (negotiated in the handshake).
-pub const PROTOCOL_VERSION: u16 = 2;
-pub const MIN_PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
+pub const MIN_PROTOCOL_VERSION: u16 = 3;
 /// Bytes of the length prefix.
 pub const LEN_PREFIX: usize = 4;
 /// Bound on entries in one peer list or sync frame, so one frame stays far below the limit.
@@ -26,6 +26,69 @@ pub type Signature = [u8; 64];
 /// A gossip item's payload: one allocation, shared by reference wherever the item goes (every
 /// neighbour's frame, the young-link memory, an item waiting for validation).
 pub type Payload = std::sync::Arc<[u8]>;
+
+/// Bytes of a `Gossip` or `SyncItem` frame before its payload: length, tag, type, TTL, nonce.
+const ITEM_HEAD: usize = 16;
+
+/// One encoded frame as queues hold it: `head` (at most `ITEM_HEAD` bytes, inline) then
+/// `body`, which is shared. Cloning it copies no payload, so an item queued for every
+/// neighbour, resent on a young link or served to a catch-up costs its payload once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    head: [u8; ITEM_HEAD],
+    head_len: u8,
+    body: Payload,
+}
+
+impl Frame {
+    /// Bytes on the wire.
+    pub fn len(&self) -> usize {
+        usize::from(self.head_len) + self.body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame's bytes from `from` on, in at most two slices (empty ones left out).
+    pub fn parts(&self, from: usize) -> impl Iterator<Item = &[u8]> {
+        let head = &self.head[..usize::from(self.head_len)];
+        let (head, body) = if from < head.len() {
+            (&head[from..], &self.body[..])
+        } else {
+            (
+                &head[..0],
+                &self.body[(from - head.len()).min(self.body.len())..],
+            )
+        };
+        [head, body].into_iter().filter(|p| !p.is_empty())
+    }
+
+    /// The frame's bytes in one buffer (a copy).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.parts(0).flatten().copied().collect()
+    }
+}
+
+impl From<Vec<u8>> for Frame {
+    fn from(bytes: Vec<u8>) -> Frame {
+        Frame {
+            head: [0; ITEM_HEAD],
+            head_len: 0,
+            body: bytes.into(),
+        }
+    }
+}
+
+impl From<&[u8]> for Frame {
+    fn from(bytes: &[u8]) -> Frame {
+        Frame {
+            head: [0; ITEM_HEAD],
+            head_len: 0,
+            body: bytes.into(),
+        }
+    }
+}
 
 /// Who is on the other end of a connection, as the connector declares in `Hello`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -189,6 +252,10 @@ pub enum Msg {
     Gossip {
         data_type: u16,
         ttl: u8,
+        /// Set by the item's origin: 0 for the assignment's own messages (unique by their
+        /// text), random for each application's `ANNOUNCE`, so the same data announced twice
+        /// is two items. Part of the item's id.
+        nonce: u64,
         /// Shared, not copied, by every queue and record that holds the item.
         payload: Payload,
     },
@@ -226,6 +293,7 @@ pub enum Msg {
     SyncItem {
         data_type: u16,
         ttl: u8,
+        nonce: u64,
         payload: Payload,
     },
 
@@ -302,6 +370,44 @@ impl Msg {
     }
 
     /// The whole frame: length prefix and body.
+    /// The encoded frame, for queues: a `Gossip` or `SyncItem` frame keeps the item's own
+    /// payload (shared, not copied); any other is encoded into one shared buffer.
+    pub fn frame(&self) -> Frame {
+        match self {
+            Msg::Gossip {
+                data_type,
+                ttl,
+                nonce,
+                payload,
+            }
+            | Msg::SyncItem {
+                data_type,
+                ttl,
+                nonce,
+                payload,
+            } => {
+                let tag = if matches!(self, Msg::Gossip { .. }) {
+                    tag::GOSSIP
+                } else {
+                    tag::SYNC_ITEM
+                };
+                let len = (ITEM_HEAD - LEN_PREFIX + payload.len()) as u32;
+                let mut head = [0u8; ITEM_HEAD];
+                head[..LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+                head[4] = tag;
+                head[5..7].copy_from_slice(&data_type.to_be_bytes());
+                head[7] = *ttl;
+                head[8..16].copy_from_slice(&nonce.to_be_bytes());
+                Frame {
+                    head,
+                    head_len: ITEM_HEAD as u8,
+                    body: payload.clone(),
+                }
+            }
+            _ => Frame::from(self.encode()),
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![0u8; LEN_PREFIX];
         self.encode_body(&mut out);
@@ -385,11 +491,13 @@ impl Msg {
             Msg::Gossip {
                 data_type,
                 ttl,
+                nonce,
                 payload,
             } => {
                 out.push(tag::GOSSIP);
                 out.extend_from_slice(&data_type.to_be_bytes());
                 out.push(*ttl);
+                out.extend_from_slice(&nonce.to_be_bytes());
                 out.extend_from_slice(payload);
             }
             Msg::LivenessRequest { text } => {
@@ -437,11 +545,13 @@ impl Msg {
             Msg::SyncItem {
                 data_type,
                 ttl,
+                nonce,
                 payload,
             } => {
                 out.push(tag::SYNC_ITEM);
                 out.extend_from_slice(&data_type.to_be_bytes());
                 out.push(*ttl);
+                out.extend_from_slice(&nonce.to_be_bytes());
                 out.extend_from_slice(payload);
             }
             Msg::Vote {
@@ -529,6 +639,7 @@ impl Msg {
             tag::GOSSIP => Msg::Gossip {
                 data_type: r.u16()?,
                 ttl: r.u8()?,
+                nonce: r.u64()?,
                 payload: r.rest().into(),
             },
             tag::LIVENESS_REQUEST => Msg::LivenessRequest { text: r.text()? },
@@ -572,6 +683,7 @@ impl Msg {
             tag::SYNC_ITEM => Msg::SyncItem {
                 data_type: r.u16()?,
                 ttl: r.u8()?,
+                nonce: r.u64()?,
                 payload: r.rest().into(),
             },
             tag::VOTE => Msg::Vote {
@@ -904,11 +1016,13 @@ mod tests {
             Msg::Gossip {
                 data_type: 0,
                 ttl: 0,
+                nonce: 0,
                 payload: b"1795313883123:127.0.0.1:9101:3".as_slice().into(),
             },
             Msg::Gossip {
                 data_type: 1337,
                 ttl: 4,
+                nonce: u64::MAX - 1,
                 payload: Payload::from([]),
             },
             Msg::LivenessRequest {
@@ -938,6 +1052,7 @@ mod tests {
             Msg::SyncItem {
                 data_type: 0,
                 ttl: 2,
+                nonce: 7,
                 payload: b"1795313883123:127.0.0.1:9101:3".as_slice().into(),
             },
             Msg::Vote {
@@ -983,13 +1098,36 @@ mod tests {
     }
 
     #[test]
+    fn a_queued_frame_is_the_encoding_and_shares_an_items_payload() {
+        for msg in samples() {
+            let frame = msg.frame();
+            let bytes = msg.encode();
+            assert_eq!(frame.to_vec(), bytes, "{}", msg.name());
+            assert_eq!(frame.len(), bytes.len());
+            for from in 0..=bytes.len() {
+                let rest: Vec<u8> = frame.parts(from).flatten().copied().collect();
+                assert_eq!(rest, bytes[from..], "{} from {from}", msg.name());
+            }
+        }
+        let payload = Payload::from(vec![7u8; 1000]);
+        let msg = Msg::Gossip {
+            data_type: 3,
+            ttl: 1,
+            nonce: 9,
+            payload: payload.clone(),
+        };
+        let frame = msg.frame();
+        assert!(frame.parts(0).any(|p| std::ptr::eq(p, &payload[..])));
+    }
+
+    #[test]
     fn truncated_bodies_are_refused() {
         for msg in samples() {
             let frame = msg.encode();
             let body = &frame[LEN_PREFIX..];
             for cut in 0..body.len() {
                 // Gossip's payload is "the rest", so a cut inside it is a shorter payload.
-                if matches!(msg, Msg::Gossip { .. } | Msg::SyncItem { .. }) && cut >= 4 {
+                if matches!(msg, Msg::Gossip { .. } | Msg::SyncItem { .. }) && cut >= 12 {
                     continue;
                 }
                 assert!(Msg::decode(&body[..cut]).is_err(), "{msg:?} cut at {cut}");

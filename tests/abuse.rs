@@ -201,6 +201,7 @@ fn a_neighbour_flooding_gossip_or_liveness_requests_is_cut_off() {
         let msg = Msg::Gossip {
             data_type: 0,
             ttl: 0,
+            nonce: 0,
             payload: format!("{i}:flood").into_bytes().into(),
         };
         batch.extend(msg.encode());
@@ -366,6 +367,7 @@ fn an_item_over_gossip_max_item_cuts_the_sender_off_and_goes_no_further() {
     let big = Msg::Gossip {
         data_type: 0,
         ttl: 0,
+        nonce: 0,
         payload: vec![b'x'; 4097].into(),
     };
     let _ = s.write_all(&big.encode());
@@ -485,9 +487,12 @@ fn neighbours_that_never_read_large_items_are_dropped_and_memory_stays_bounded()
     // can reach three unanswered requests before the 4 MiB queue fills, and the sink is then
     // dropped as dead instead.
     // History is kept small so that what p holds is the sinks' queues, not its history.
+    // A sink's full queue only leaves items out for it (a slow reader keeps its link); its
+    // writer, blocked for `limits.write_timeout` (2 s here), drops it.
     let config = config("history_bytes: 1048576", "", "")
-        .replace("interval: 1s, misses: 3", "interval: 30s, misses: 3");
-    assert!(config.contains("interval: 30s"));
+        .replace("interval: 1s, misses: 3", "interval: 30s, misses: 3")
+        .replace("read_timeout: 1s", "read_timeout: 1s, write_timeout: 2s");
+    assert!(config.contains("interval: 30s") && config.contains("write_timeout: 2s"));
     let mut net = Net::new(1, &config);
     net.start_seeds();
     let (p, api) = net.start_api_peer();
@@ -544,6 +549,11 @@ fn neighbours_that_never_read_large_items_are_dropped_and_memory_stays_bounded()
         std::thread::sleep(Duration::from_millis(50));
     }
     let peak = proc_status(net.pid(p), "VmHWM");
+    eprintln!(
+        "memory: baseline {} KiB, peak {peak} KiB, after the drops {} KiB",
+        base.rss_kib,
+        proc_status(net.pid(p), "VmRSS")
+    );
     assert!(
         peak <= base.rss_kib + 64 * 1024,
         "peak memory {peak} KiB against a baseline of {} KiB",
@@ -579,6 +589,7 @@ fn several_flooding_links_are_throttled_at_the_first_hop_and_honest_peers_keep_t
                     let msg = Msg::Gossip {
                         data_type: 0,
                         ttl: 0,
+                        nonce: 0,
                         payload: format!("{k}-{i}:flood").into_bytes().into(),
                     };
                     if s.write_all(&msg.encode()).is_err() {

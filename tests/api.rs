@@ -173,6 +173,24 @@ fn an_announcement_reaches_the_other_peers_subscriber_and_not_the_announcer() {
 }
 
 #[test]
+fn the_same_data_announced_twice_is_delivered_twice() {
+    let (_net, api_a, api_b) = two_peers();
+    let mut on_b = Client::connect(api_b);
+    on_b.subscribe(api_b, 1337);
+    let mut on_a = Client::connect(api_a);
+    // Twice the same bytes, then a marker: the subscriber gets all three, in any order.
+    on_a.send(&announce(0, 1337, b"same"));
+    on_a.send(&announce(0, 1337, b"same"));
+    on_a.send(&announce(0, 1337, b"end"));
+    let mut got: Vec<Vec<u8>> = (0..3).map(|_| on_b.next_validated(true).data).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![b"end".to_vec(), b"same".to_vec(), b"same".to_vec()]
+    );
+}
+
+#[test]
 fn split_frames_unsubscribed_types_and_the_largest_payload() {
     let (_net, api_a, api_b) = two_peers();
     let mut on_b = Client::connect(api_b);

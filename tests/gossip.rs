@@ -95,7 +95,7 @@ fn every_message_reaches_every_peer_exactly_once() {
         assert_eq!(addr, from.to_string());
         assert_eq!(
             *id,
-            hex::encode(gossipnet::texts::message_id(0, text.as_bytes()))
+            hex::encode(gossipnet::texts::message_id(0, 0, text.as_bytes()))
         );
     }
     // Messages generated once the overlay was whole reach all nine other peers, once each.

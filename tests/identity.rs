@@ -579,8 +579,8 @@ fn unhex(s: &str) -> [u8; 32] {
 
 // ---- The attacker's client, from docs/PROTOCOL.md ----
 
-/// Our highest protocol version ("Versions": this document describes version 2).
-const VERSION: u16 = 2;
+/// Our highest protocol version ("Versions": this document describes version 3).
+const VERSION: u16 = 3;
 /// `limits.max_frame` default ("Framing").
 const MAX_FRAME: usize = 1 << 20;
 

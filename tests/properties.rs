@@ -112,11 +112,13 @@ fn msg() -> impl Strategy<Value = Msg> {
         (
             any::<u16>(),
             any::<u8>(),
+            any::<u64>(),
             proptest::collection::vec(any::<u8>(), 0..300)
         )
-            .prop_map(|(data_type, ttl, payload)| Msg::Gossip {
+            .prop_map(|(data_type, ttl, nonce, payload)| Msg::Gossip {
                 data_type,
                 ttl,
+                nonce,
                 payload: payload.into()
             }),
         text().prop_map(|text| Msg::LivenessRequest { text }),

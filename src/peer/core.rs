@@ -373,7 +373,7 @@ impl PeerCore {
 
     fn generate(&mut self, n: u32, now: Now, out: &mut Vec<Action>) {
         let text = texts::gossip_text(now.unix_ms, &self.me, n);
-        let item = Item::new(TEXT_DATA_TYPE, 0, text.as_bytes().into());
+        let item = Item::new(TEXT_DATA_TYPE, 0, 0, text.as_bytes().into());
         self.ml.first_receipt(item.id, None);
         out.push(records::gossip_sent(&item.id, &text).into());
         self.forward(item, None, now, out);
@@ -427,6 +427,7 @@ impl PeerCore {
         from: SocketAddr,
         data_type: u16,
         ttl: u8,
+        nonce: u64,
         payload: Payload,
         now: Now,
         out: &mut Vec<Action>,
@@ -439,7 +440,7 @@ impl PeerCore {
             );
             return self.reject(conn, from, reason, now, out);
         }
-        let id = texts::message_id(data_type, &payload);
+        let id = texts::message_id(data_type, nonce, &payload);
         // The rate limit counts new items: a neighbour forwards each item at most once, so a
         // receiver that fell behind and reads a backlog at once mostly reads repeats, which
         // have their own, looser bound. Checked before the item is recorded, so an item
@@ -488,6 +489,7 @@ impl PeerCore {
             id,
             data_type,
             ttl,
+            nonce,
             payload,
         };
         self.first_receipt(item, from, Via::Gossip, now, out);
@@ -717,6 +719,7 @@ impl PeerCore {
                         Msg::SyncItem {
                             data_type: item.data_type,
                             ttl: item.ttl,
+                            nonce: item.nonce,
                             payload: item.payload,
                         },
                     ));
@@ -725,8 +728,9 @@ impl PeerCore {
             Msg::SyncItem {
                 data_type,
                 ttl,
+                nonce,
                 payload,
-            } => self.on_sync_item(conn, from, data_type, ttl, payload, now, out),
+            } => self.on_sync_item(conn, from, data_type, ttl, nonce, payload, now, out),
             _ => {}
         }
     }
@@ -738,6 +742,7 @@ impl PeerCore {
         from: SocketAddr,
         data_type: u16,
         ttl: u8,
+        nonce: u64,
         payload: Payload,
         now: Now,
         out: &mut Vec<Action>,
@@ -750,7 +755,7 @@ impl PeerCore {
             );
             return self.reject(conn, from, reason, now, out);
         }
-        let id = texts::message_id(data_type, &payload);
+        let id = texts::message_id(data_type, nonce, &payload);
         let new = self.ml.get(&id).is_none();
         let Some(link) = self.overlay.link_mut(conn) else {
             return;
@@ -778,6 +783,7 @@ impl PeerCore {
             id,
             data_type,
             ttl,
+            nonce,
             payload,
         };
         self.first_receipt(item, from, Via::Sync, now, out);
@@ -858,7 +864,9 @@ impl PeerCore {
                     );
                     return self.reject_client(conn, why, now, out);
                 }
-                let item = Item::new(data_type, ttl, data.into());
+                // A nonce of its own: the same data announced twice is two items.
+                let nonce = self.rng.gen_range(1..=u64::MAX);
+                let item = Item::new(data_type, ttl, nonce, data.into());
                 if !self.ml.first_receipt(item.id, None) {
                     return;
                 }
@@ -1038,9 +1046,10 @@ impl PeerCore {
                 Msg::Gossip {
                     data_type,
                     ttl,
+                    nonce,
                     payload,
                 },
-            ) => self.on_gossip(conn, addr, data_type, ttl, payload, now, out),
+            ) => self.on_gossip(conn, addr, data_type, ttl, nonce, payload, now, out),
             (_, Msg::LivenessRequest { text }) => {
                 if !self.answer_liveness(conn, addr, &text, out) {
                     let reason = format!("malformed liveness request {text:?}");
@@ -1464,6 +1473,7 @@ mod tests {
         Msg::Gossip {
             data_type: 0,
             ttl,
+            nonce: 0,
             payload: text.as_bytes().into(),
         }
     }
@@ -1674,7 +1684,7 @@ mod tests {
             &mut out,
         );
         // A repeat only takes back our copy to its sender, if that is still held.
-        let id = texts::message_id(TEXT_DATA_TYPE, b"1:127.0.0.1:9102:1");
+        let id = texts::message_id(TEXT_DATA_TYPE, 0, b"1:127.0.0.1:9102:1");
         assert_eq!(out, vec![Action::Withdraw { conn: 12, id }]);
         assert_eq!(p.gossip_duplicates(), 1);
         // TTL 1: delivered here, forwarded nowhere.
@@ -1952,6 +1962,7 @@ mod tests {
         let item = Msg::Gossip {
             data_type: 7,
             ttl: 0,
+            nonce: 0,
             payload: b"x".as_slice().into(),
         };
         // No subscriber of type 8: stops here.
@@ -1961,6 +1972,7 @@ mod tests {
                 msg: Msg::Gossip {
                     data_type: 8,
                     ttl: 0,
+                    nonce: 0,
                     payload: b"y".as_slice().into(),
                 },
             },
@@ -2095,6 +2107,7 @@ mod tests {
             let item = Msg::SyncItem {
                 data_type: 0,
                 ttl: 0,
+                nonce: 0,
                 payload: format!("{n}:127.0.0.1:9102:{n}").into_bytes().into(),
             };
             let out = frame(&mut p, 10, item, now);

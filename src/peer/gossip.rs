@@ -24,15 +24,18 @@ pub struct Item {
     pub data_type: u16,
     /// The TTL it travels with from here (0 = unlimited).
     pub ttl: u8,
+    /// Its origin's nonce (see `Msg::Gossip`).
+    pub nonce: u64,
     pub payload: Payload,
 }
 
 impl Item {
-    pub fn new(data_type: u16, ttl: u8, payload: Payload) -> Item {
+    pub fn new(data_type: u16, ttl: u8, nonce: u64, payload: Payload) -> Item {
         Item {
-            id: texts::message_id(data_type, &payload),
+            id: texts::message_id(data_type, nonce, &payload),
             data_type,
             ttl,
+            nonce,
             payload,
         }
     }
@@ -42,6 +45,7 @@ impl Item {
         Msg::Gossip {
             data_type: self.data_type,
             ttl: self.ttl,
+            nonce: self.nonce,
             payload: self.payload.clone(),
         }
     }

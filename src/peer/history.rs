@@ -57,6 +57,7 @@ struct Offer {
     data_type: u16,
     /// The TTL it travels with from here.
     ttl: u8,
+    nonce: u64,
     payload: Payload,
 }
 
@@ -80,6 +81,7 @@ impl Held {
             id: self.id,
             data_type: self.data.data_type,
             ttl: self.data.ttl,
+            nonce: self.data.nonce,
             payload: self.data.payload.clone(),
         }
     }
@@ -196,6 +198,7 @@ impl History {
             data: Offer {
                 data_type: item.data_type,
                 ttl: item.ttl,
+                nonce: item.nonce,
                 payload: item.payload.clone(),
             },
             offered,
@@ -404,7 +407,12 @@ mod tests {
     use crate::texts::TEXT_DATA_TYPE;
 
     fn item(n: u32) -> Item {
-        Item::new(TEXT_DATA_TYPE, 0, format!("item {n}").into_bytes().into())
+        Item::new(
+            TEXT_DATA_TYPE,
+            0,
+            0,
+            format!("item {n}").into_bytes().into(),
+        )
     }
 
     fn history() -> History {

@@ -72,14 +72,27 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// What a young link remembers (see `YOUNG_LINK`).
+#[derive(Debug)]
+struct Young {
+    until: Instant,
+    items: Vec<Item>,
+    /// Payload bytes of `items`.
+    bytes: usize,
+}
+
 /// Why the losing one of two simultaneous links is closed (sent in a `Reject`).
 pub const DUPLICATE_LINK: &str = "duplicate link: keeping the one dialed by the smaller address";
-/// A new neighbour link remembers the items forwarded on it for this long (and at most
-/// `YOUNG_LINK_ITEMS` of them): if it turns out to be the losing one of two simultaneous
-/// links, they are sent again on the link kept, since the remote may have closed its end
-/// before reading them. Two simultaneous links meet within a handshake (`pow.timeout`).
+/// A new neighbour link remembers the items forwarded on it for this long (at most
+/// `YOUNG_LINK_ITEMS` of them, with `YOUNG_LINK_BYTES` of payload): if it turns out to be the
+/// losing one of two simultaneous links, they are sent again on the link kept, since the
+/// remote may have closed its end before reading them. Two simultaneous links meet within a
+/// handshake (`pow.timeout`).
 pub const YOUNG_LINK: Duration = Duration::from_secs(10);
 pub const YOUNG_LINK_ITEMS: usize = 1024;
+/// (Payloads are shared, so this bounds what young links can keep alive, not what they copy:
+/// items past it that a lost link's remote missed come to it by catch-up.)
+pub const YOUNG_LINK_BYTES: usize = 1 << 20;
 /// Repeats of known gossip items may come this many times faster than new ones; and a link
 /// sending new items this many times faster than `limits.gossip_per_second` is cut off (below
 /// that, its excess is dropped).
@@ -128,7 +141,7 @@ pub struct Link {
     /// Items this link sent over its rate and we dropped (for the log's sake).
     pub dropped: u64,
     /// While the link is young: the items forwarded on it (see `YOUNG_LINK`).
-    young: Option<(Instant, Vec<Item>)>,
+    young: Option<Young>,
     /// Catch-up with this neighbour (see `history`).
     pub catch_up: CatchUp,
 }
@@ -313,7 +326,11 @@ impl Overlay {
                 // some jitter on the way) has the burst to absorb the jitter.
                 egress_rate: RateLimiter::new(g - g / 10, g.saturating_mul(2), now),
                 dropped: 0,
-                young: (kind == LinkKind::Neighbour).then(|| (now + YOUNG_LINK, Vec::new())),
+                young: (kind == LinkKind::Neighbour).then(|| Young {
+                    until: now + YOUNG_LINK,
+                    items: Vec::new(),
+                    bytes: 0,
+                }),
                 heard: false,
                 catch_up: CatchUp::default(),
             },
@@ -377,7 +394,7 @@ impl Overlay {
             .links
             .remove(&loser)
             .and_then(|l| l.young)
-            .map(|(_, items)| items)
+            .map(|y| y.items)
             .unwrap_or_default();
         if replaced {
             self.neighbours.insert(addr, conn);
@@ -525,9 +542,12 @@ impl Overlay {
             return;
         }
         for conn in conns.iter().filter(|c| self.young.contains(c)) {
-            if let Some((_, items)) = self.links.get_mut(conn).and_then(|l| l.young.as_mut()) {
-                if items.len() < YOUNG_LINK_ITEMS {
-                    items.push(item.clone());
+            if let Some(y) = self.links.get_mut(conn).and_then(|l| l.young.as_mut()) {
+                if y.items.len() < YOUNG_LINK_ITEMS
+                    && y.bytes + item.payload.len() <= YOUNG_LINK_BYTES
+                {
+                    y.bytes += item.payload.len();
+                    y.items.push(item.clone());
                 }
             }
         }
@@ -540,7 +560,7 @@ impl Overlay {
             let Some(link) = links.get_mut(conn) else {
                 return false;
             };
-            if link.young.as_ref().is_some_and(|(until, _)| now >= *until) {
+            if link.young.as_ref().is_some_and(|y| now >= y.until) {
                 link.young = None;
             }
             link.young.is_some()
@@ -605,6 +625,28 @@ mod tests {
         };
         assert_eq!((loser, kept, replaced), (5, 6, true));
         assert!(big.link(5).is_none() && big.is_neighbour_link(6, &a(9100)));
+    }
+
+    #[test]
+    fn a_young_link_remembers_what_it_forwarded_within_a_byte_bound() {
+        let now = Instant::now();
+        let mut o = overlay(9100);
+        o.add_link(1, a(9200), [0; 32], LinkKind::Neighbour, false, now);
+        o.join(1, a(9200), false);
+        // 40 items of 64 KiB: only what fits in YOUNG_LINK_BYTES is kept.
+        for i in 0..40u8 {
+            let item = Item::new(0, 0, 0, vec![i; 64 * 1024].into());
+            o.remember(&[1], &item);
+        }
+        o.add_link(2, a(9200), [0; 32], LinkKind::Neighbour, true, now);
+        let Joined::Duplicate { resend, .. } = o.join(2, a(9200), true) else {
+            panic!("a duplicate")
+        };
+        assert_eq!(resend.len(), YOUNG_LINK_BYTES / (64 * 1024));
+        assert!(resend
+            .iter()
+            .enumerate()
+            .all(|(i, it)| it.payload[0] == i as u8));
     }
 
     #[test]
