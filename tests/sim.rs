@@ -77,6 +77,25 @@ fn the_same_rng_gives_the_same_run_action_for_action() {
 }
 
 #[test]
+fn a_sybil_host_gets_few_identities_listed_and_never_all_of_a_newcomers_neighbours() {
+    // 1,000 honest peers, then 500 identities from one attacker host (one public IP), then
+    // 100 honest newcomers.
+    let s = run(&params(Kind::Sybil, 1000, 100, 11));
+    assert_eq!(num(&s, "sybils"), 500, "{s}");
+    // limits.registrations_per_ip is 16 per seed; registrations in flight count against it,
+    // so a burst gets only a few past it (three seeds vote concurrently).
+    let listed = num(&s, "sybils_listed");
+    assert!((1..=24).contains(&listed), "{s}");
+    assert_eq!(num(&s, "newcomers_linked"), 100, "{s}");
+    assert_eq!(num(&s, "newcomers_all_sybil"), 0, "{s}");
+    // peer.max_per_subnet (2 on a public /24) bounds any one newcomer's share.
+    assert!(num(&s, "newcomer_sybil_neighbours_max") <= 2, "{s}");
+    assert_eq!(num(&s, "missed"), 0, "{s}");
+    assert_eq!(num(&s, "history_missed"), 0, "{s}");
+    assert_eq!(num(&s, "false_removals"), 0, "{s}");
+}
+
+#[test]
 fn late_joiners_catch_up_on_the_whole_history() {
     let s = run(&params(Kind::LateJoin, 300, 100, 5));
     assert_eq!(num(&s, "late_joiners"), 30, "{s}");

@@ -397,7 +397,20 @@ impl SeedCore {
         if limits.loopback_exempt && addr.ip().is_loopback() {
             return None;
         }
-        let (ip, net) = self.registry.listed_near(addr);
+        let (listed_ip, listed_net) = self.registry.listed_near(addr);
+        let (adding_ip, adding_net) = self.registry.adding_near(addr);
+        let net_of = crate::peer::overlay::subnet(addr);
+        let (mut dialing_ip, mut dialing_net) = (0, 0);
+        for a in self.dial_backs.keys().filter(|a| *a != addr) {
+            if crate::peer::overlay::subnet(a) == net_of {
+                dialing_net += 1;
+                dialing_ip += usize::from(a.ip() == addr.ip());
+            }
+        }
+        // Listed, being voted in, or being dialed back: a burst of registrations from one
+        // place meets the cap as it goes, not once the first ones are listed.
+        let ip = listed_ip + adding_ip + dialing_ip;
+        let net = listed_net + adding_net + dialing_net;
         let here = usize::from(self.registry.member(addr).is_some());
         if ip - here >= limits.registrations_per_ip {
             return Some(format!(
@@ -1529,5 +1542,73 @@ mod tests {
         );
         assert_eq!(sent_to(&out, 2), vec![Msg::Registered]);
         assert_eq!(s.members().len(), 1);
+    }
+
+    #[test]
+    fn registrations_in_flight_count_against_the_caps() {
+        // Three seeds, so nothing commits on this seed's vote alone.
+        let now = Now::real();
+        let capped = Config::parse(
+            "seeds: [\"127.0.0.1:9001\", \"127.0.0.1:9002\", \"127.0.0.1:9003\"]\nlimits: { loopback_exempt: false, registrations_per_ip: 1 }\n",
+        )
+        .unwrap();
+        let rng = rand::SeedableRng::seed_from_u64(1);
+        let mut s = SeedCore::new(a(9001), capped, rng, seed_key(9001));
+        let mut out = vec![];
+        for (conn, port) in [(2, 9101), (3, 9102)] {
+            s.handle(
+                Event::Connected {
+                    conn,
+                    remote: peer(a(port), 1),
+                },
+                now,
+                &mut out,
+            );
+        }
+        let register = |s: &mut SeedCore, conn, out: &mut Vec<Action>| {
+            out.clear();
+            s.handle(
+                Event::Frame {
+                    conn,
+                    msg: Msg::Register,
+                },
+                now,
+                out,
+            );
+        };
+        // The first is being dialed back: the second, from the same IP, is refused.
+        register(&mut s, 2, &mut out);
+        assert!(out
+            .iter()
+            .any(|x| matches!(x, Action::Dial { addr, .. } if *addr == a(9101))));
+        register(&mut s, 3, &mut out);
+        assert!(matches!(&sent_to(&out, 3)[..],
+            [Msg::Reject { reason }] if reason.contains("registrations_per_ip")));
+        // The first answers its dial-back: this seed votes for it (not listed yet, one vote
+        // of three), and the second is still refused.
+        s.handle(
+            Event::Connected {
+                conn: 4,
+                remote: Remote {
+                    dialed: Some(Purpose::Probe),
+                    ..peer(a(9101), 1)
+                },
+            },
+            now,
+            &mut out,
+        );
+        assert!(s.members().is_empty());
+        // (The refusal closed the second's connection: it connects again.)
+        s.handle(
+            Event::Connected {
+                conn: 5,
+                remote: peer(a(9102), 1),
+            },
+            now,
+            &mut out,
+        );
+        register(&mut s, 5, &mut out);
+        assert!(matches!(&sent_to(&out, 5)[..],
+            [Msg::Reject { reason }] if reason.contains("registrations_per_ip")));
     }
 }

@@ -113,6 +113,29 @@ impl Registry {
         (ip, net)
     }
 
+    /// How many members not listed yet have an open vote to add them on `addr`'s IP and in
+    /// its subnet (`addr` itself left out): registrations in flight, which the caps count too,
+    /// or a burst of registrations would all pass before the first is listed.
+    pub fn adding_near(&self, addr: &SocketAddr) -> (usize, usize) {
+        let net = subnet(addr);
+        let (mut ip, mut near) = (0, 0);
+        let mut last = None;
+        for (m, _) in self.tallies.keys().filter(|(_, op)| *op == VoteOp::Add) {
+            // Tallies are ordered by member: several incarnations of one address count once.
+            if m.addr == *addr || last == Some(m.addr) || self.members.contains_key(&m.addr) {
+                continue;
+            }
+            last = Some(m.addr);
+            if subnet(&m.addr) == net {
+                near += 1;
+                if m.addr.ip() == addr.ip() {
+                    ip += 1;
+                }
+            }
+        }
+        (ip, near)
+    }
+
     /// Is `m`'s address held by a listed member with another key?
     pub fn held_by_other(&self, m: &Member) -> Option<Member> {
         self.members

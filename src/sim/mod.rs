@@ -224,8 +224,12 @@ impl World {
     /// Creates a peer, not yet started. Its address is derived from its node id
     /// ([`peer_addr`]), so records name nodes without a lookup.
     pub fn add_peer(&mut self) -> NodeId {
+        self.add_peer_at(peer_addr(self.nodes.len()))
+    }
+
+    /// Creates a peer at `addr`, not yet started (a Sybil's identities share one host).
+    pub fn add_peer_at(&mut self, addr: SocketAddr) -> NodeId {
         let i = self.nodes.len();
-        let addr = peer_addr(i);
         let rng = StdRng::seed_from_u64(
             self.rng_seed ^ 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1),
         );
@@ -557,14 +561,6 @@ impl World {
             key: self.nodes[from].key,
             dialed: None,
         };
-        self.deliver(
-            to,
-            Event::Connected {
-                conn: b,
-                remote: connector,
-            },
-            observe,
-        );
         let acceptor = Remote {
             addr,
             role: self.nodes[to].role,
@@ -572,12 +568,25 @@ impl World {
             key: self.nodes[to].key,
             dialed: Some(purpose),
         };
+        // The `Welcome` goes on the connector's end first, so whatever the acceptor's core
+        // sends or does on hearing of the link (a `Reject` and a close, say) reaches the
+        // connector after it: Welcome first, as over TCP. (Queued the other way round, an
+        // acceptor that refused at once made the connector hear the close before the link and
+        // never hear of the link, its dial pending for good.)
         self.send_on(
             a,
             Event::Connected {
                 conn: a,
                 remote: acceptor,
             },
+        );
+        self.deliver(
+            to,
+            Event::Connected {
+                conn: b,
+                remote: connector,
+            },
+            observe,
         );
     }
 

@@ -11,6 +11,11 @@
 //!   overlay between the halves is cut (seeds stay reachable from both), at three quarters it
 //!   heals.
 //! - `late-join`: 10% more peers (at least one) join after the last item was generated.
+//! - `sybil`: one attacker host (`SYBIL_IP`, public) starts half as many identities as there
+//!   are honest peers, right after them; each is a real peer core, behaving well, so the
+//!   attack is numbers alone. After the last item 10% more honest peers join (the newcomers,
+//!   also counted as late joiners), and the summary says how many identities the seeds list and
+//!   what share of each newcomer's neighbours are the attacker's.
 //!
 //! An item must reach every peer that had a neighbour when it was generated and is still
 //! running at the end (`deliveries_expected`); `missed` counts those it did not reach. Late
@@ -41,6 +46,12 @@ const JOIN_GAP: Micros = 2_000;
 const MESSAGE_GAP: Micros = 20_000;
 /// Quiet time after the joins, and after the last item.
 const SETTLE: Micros = 5_000_000;
+/// The `sybil` scenario's attacker host: one public address (TEST-NET-2), a port per identity.
+pub const SYBIL_IP: [u8; 4] = [198, 51, 100, 7];
+
+fn sybil_addr(k: usize) -> SocketAddr {
+    SocketAddr::from((SYBIL_IP, 1024 + k as u16))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -50,6 +61,7 @@ pub enum Kind {
     Hang,
     Partition,
     LateJoin,
+    Sybil,
 }
 
 impl Kind {
@@ -61,6 +73,7 @@ impl Kind {
             "hang" => Kind::Hang,
             "partition" => Kind::Partition,
             "late-join" => Kind::LateJoin,
+            "sybil" => Kind::Sybil,
             _ => return None,
         })
     }
@@ -73,6 +86,7 @@ impl Kind {
             Kind::Hang => "hang",
             Kind::Partition => "partition",
             Kind::LateJoin => "late-join",
+            Kind::Sybil => "sybil",
         }
     }
 }
@@ -125,9 +139,15 @@ struct Tally {
     removed: HashMap<NodeId, (Micros, bool)>,
     /// When each peer last received an item by catch-up.
     last_caught_up: HashMap<NodeId, Micros>,
+    /// Nodes whose address is not made by `peer_addr` (the Sybil's identities).
+    other_addrs: HashMap<SocketAddr, NodeId>,
 }
 
 impl Tally {
+    fn node_of(&self, addr: &SocketAddr) -> Option<NodeId> {
+        peer_id(addr).or_else(|| self.other_addrs.get(addr).copied())
+    }
+
     fn observe(&mut self, o: &Observed) {
         match o.record.event {
             "gossip_received" => {
@@ -138,7 +158,7 @@ impl Tally {
                     id.as_str().and_then(|i| self.by_id.get(i)),
                     from.as_str()
                         .and_then(|f| f.parse::<SocketAddr>().ok())
-                        .and_then(|a| peer_id(&a)),
+                        .and_then(|a| self.node_of(&a)),
                 ) else {
                     return;
                 };
@@ -179,7 +199,7 @@ impl Tally {
                     .get("peer")
                     .and_then(|v| v.as_str())
                     .and_then(|p| p.parse::<SocketAddr>().ok())
-                    .and_then(|a| peer_id(&a));
+                    .and_then(|a| self.node_of(&a));
                 let dead = o.record.get("reason").and_then(|v| v.as_str()) == Some("dead");
                 if let Some(p) = peer {
                     self.removed.entry(p).or_insert((o.at, dead));
@@ -228,6 +248,7 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
     let mut faults = false;
     let mut late = Vec::new();
     let mut late_at: Vec<Micros> = Vec::new();
+    let mut sybils = Vec::new();
     match p.kind {
         Kind::Steady => {}
         Kind::Churn => {
@@ -266,7 +287,15 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
             w.schedule(window_start + window / 4, Step::Cut);
             w.schedule(window_start + window * 3 / 4, Step::Heal);
         }
-        Kind::LateJoin => {
+        Kind::LateJoin | Kind::Sybil => {
+            if p.kind == Kind::Sybil {
+                let start = 100_000 + p.peers as Micros * JOIN_GAP;
+                for k in 0..(p.peers / 2).min(60_000) {
+                    let id = w.add_peer_at(sybil_addr(k));
+                    w.start_at(start + k as Micros * JOIN_GAP / 4, id);
+                    sybils.push(id);
+                }
+            }
             let n = (p.peers / 10).max(1);
             for k in 0..n {
                 let id = w.add_peer();
@@ -290,7 +319,10 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
         end += late.len() as Micros * JOIN_GAP + 1_000_000;
     }
 
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        other_addrs: sybils.iter().map(|&id| (w.nodes[id].addr, id)).collect(),
+        ..Tally::default()
+    };
     let mut generated = 0usize;
     let mut last_progress = Instant::now();
     // Run in slices of virtual time so progress can be printed.
@@ -324,7 +356,10 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
             );
         }
     }
-    let summary = summarize(p, &w, &tally, generated, (&late, &late_at), wall);
+    let mut summary = summarize(p, &w, &tally, generated, (&late, &late_at), wall);
+    if p.kind == Kind::Sybil {
+        sybil_summary(&mut summary, &w, sybils.len(), &late);
+    }
     (summary, w.trace.take().unwrap_or_default())
 }
 
@@ -458,6 +493,35 @@ fn summarize(
     }
     out["wall_s"] = json!(round3(wall.elapsed().as_secs_f64()));
     out
+}
+
+/// What the attacker got: identities listed (at the first seed) and newcomers' neighbours.
+fn sybil_summary(out: &mut Value, w: &World, sybils: usize, newcomers: &[NodeId]) {
+    let attacker = |a: &SocketAddr| a.ip() == std::net::IpAddr::from(SYBIL_IP);
+    let listed = match &w.nodes[0].core {
+        NodeCore::Seed(s) => s.members().iter().filter(|m| attacker(&m.addr)).count(),
+        NodeCore::Peer(_) => 0,
+    };
+    let (mut all, mut most, mut share, mut linked) = (0, 0, 0.0, 0);
+    for p in newcomers.iter().filter_map(|&n| w.peer(n)) {
+        let ns = p.neighbours();
+        if ns.is_empty() {
+            continue;
+        }
+        linked += 1;
+        let theirs = ns.iter().filter(|a| attacker(a)).count();
+        most = most.max(theirs);
+        share += theirs as f64 / ns.len() as f64;
+        if theirs == ns.len() {
+            all += 1;
+        }
+    }
+    out["sybils"] = json!(sybils);
+    out["sybils_listed"] = json!(listed);
+    out["newcomers_linked"] = json!(linked);
+    out["newcomers_all_sybil"] = json!(all);
+    out["newcomer_sybil_neighbours_max"] = json!(most);
+    out["newcomer_sybil_share"] = json!(round3(share / f64::from(linked.max(1))));
 }
 
 fn round3(x: f64) -> f64 {
