@@ -224,6 +224,70 @@ fn start_network(
 }
 
 #[test]
+fn one_host_registers_no_more_peers_than_its_cap_and_other_hosts_still_join() {
+    let Some(mut hosts) = hosts_or_skip(4) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Two peers on each of three hosts, the cap at three per IP.
+    let (out, seeds, _) = start_network(
+        &mut hosts,
+        dir.path(),
+        |host, port| format!("{}:{port}", host_ip(host)),
+        "gossip: { interval: 500ms, count: 10 }\nliveness: { interval: 300ms, misses: 3, probe_timeout: 1s }\npow: { difficulty: 8, timeout: 3s }\nlimits: { loopback_exempt: false, registrations_per_ip: 3 }\n",
+    );
+    let config = dir.path().join("seeds.yaml");
+    // Host 1 starts a third peer (it fits) and host 2 one more; then host 1 a fourth, which
+    // does not.
+    let (third, fourth, other) = (
+        format!("{}:9103", host_ip(1)),
+        format!("{}:9104", host_ip(1)),
+        format!("{}:9103", host_ip(2)),
+    );
+    let seed_events = || -> Vec<Vec<serde_json::Value>> {
+        seeds
+            .iter()
+            .map(|s| {
+                let a: SocketAddr = s.parse().unwrap();
+                events(&out.join(format!("seed-{}-{}.jsonl", a.ip(), a.port())))
+            })
+            .collect()
+    };
+    let registered =
+        |evs: &[serde_json::Value], a: &str| strs(evs, "registered", "peer").iter().any(|p| p == a);
+    for (host, a) in [(1, &third), (2, &other)] {
+        let err = dir.path().join(format!("extra-{host}-{a}.stderr"));
+        let args = node_args(a.clone(), &config, &out);
+        hosts.spawn(host, env!("CARGO_BIN_EXE_peer"), &args, &err);
+    }
+    wait_until("host 1's third peer and host 2's are registered", || {
+        seed_events()
+            .iter()
+            .all(|evs| registered(evs, &third) && registered(evs, &other))
+    });
+    let err = dir.path().join("extra-fourth.stderr");
+    let args = node_args(fourth.clone(), &config, &out);
+    hosts.spawn(1, env!("CARGO_BIN_EXE_peer"), &args, &err);
+    wait_until("the fourth peer of host 1 is refused", || {
+        seed_events().iter().any(|evs| {
+            of(evs, "rejected").iter().any(|r| {
+                r["remote"].as_str() == Some(fourth.as_str())
+                    && r["reason"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("registrations_per_ip")
+            })
+        })
+    });
+    for evs in seed_events() {
+        assert!(
+            !registered(&evs, &fourth),
+            "a fourth peer of one IP was listed"
+        );
+    }
+}
+
+#[test]
 fn a_network_across_four_hosts_registers_gossips_and_removes_the_dead() {
     let Some(mut hosts) = hosts_or_skip(4) else {
         return;
