@@ -70,8 +70,9 @@ fi
 
 if (( FAST )); then
   GOSSIP="{ interval: 500ms, count: 10 }"; LIVENESS="{ interval: 1s, misses: 3, probe_timeout: 1s, reply_timeout: 500ms }"
-  POW="{ difficulty: 16, timeout: 10s }"; STATS="{ interval: 2s }"
-  GOSSIP_S=5; DETECT_S=5
+  # The seeds' check of a stopped peer waits for a handshake up to pow.timeout.
+  POW="{ difficulty: 16, timeout: 3s }"; STATS="{ interval: 2s }"
+  GOSSIP_S=5; DETECT_S=8
 else
   GOSSIP="{ interval: 5s, count: 10 }"; LIVENESS="{ interval: 13s, misses: 3 }"
   POW="{ difficulty: 20, timeout: 10s }"; STATS="{ interval: 10s }"

@@ -12,7 +12,7 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::keys::{short, verify, NodeKey};
 use crate::limits::RateLimiter;
-use crate::node::{Action, ConnId, Core, Event, Now, Purpose, Record, Remote, Timer};
+use crate::node::{Action, ConnId, Core, DialError, Event, Now, Purpose, Record, Remote, Timer};
 use crate::seed::registry::{Change, Registry};
 use crate::texts;
 use crate::wire::{
@@ -47,10 +47,23 @@ struct Link {
 #[derive(Debug)]
 struct Probe {
     member: Member,
+    /// When the next step is due: the link's answer, a dial's outcome, or the next dial.
     deadline: Instant,
-    /// The liveness request text sent over the peer's own connection, if any.
+    /// The liveness request text sent over the peer's own connection, if any (an answer to it
+    /// counts whenever it comes).
     request: Option<String>,
+    /// Until when the answer over the link is waited for; `None`: no link, or it failed.
+    link_until: Option<Instant>,
     reporters: Vec<SocketAddr>,
+    started: Instant,
+    /// A fresh dial is out.
+    dialing: bool,
+    /// The fresh dial failed for good (nothing listens, or no handshake within `pow.timeout`).
+    dial_failed: bool,
+    /// A dial that failed on the way (no route, reset) is made again at `deadline`.
+    redial: bool,
+    /// Dials made so far.
+    dials: u32,
 }
 
 #[derive(Debug)]
@@ -253,24 +266,86 @@ impl SeedCore {
             member,
             deadline,
             request: None,
+            link_until: None,
             reporters: reporter.into_iter().collect(),
+            started: now.mono,
+            dialing: false,
+            dial_failed: false,
+            redial: false,
+            dials: 0,
         };
-        match self.peer_conns.get(&member.addr) {
-            Some(&conn) => {
-                let text = texts::liveness_request(now.unix_ms, &self.me);
-                out.push(Action::send(
-                    conn,
-                    Msg::LivenessRequest { text: text.clone() },
-                ));
-                probe.request = Some(text);
-            }
-            None => out.push(Action::Dial {
-                addr: member.addr,
-                purpose: Purpose::Probe,
-                key: Some(member.key),
-            }),
+        // Over the peer's own link and over a fresh dial at once: either answer will do.
+        if let Some(&conn) = self.peer_conns.get(&member.addr) {
+            let text = texts::liveness_request(now.unix_ms, &self.me);
+            out.push(Action::send(
+                conn,
+                Msg::LivenessRequest { text: text.clone() },
+            ));
+            probe.request = Some(text);
+            probe.link_until = Some(deadline);
         }
+        Self::probe_dial(&mut probe, now, &self.config, out);
         self.probes.insert(member.addr, probe);
+    }
+
+    /// A fresh dial of the probed peer, expecting its key; its outcome (or the deadline, a
+    /// safety net past `pow.timeout`) decides the step.
+    fn probe_dial(probe: &mut Probe, now: Now, config: &Config, out: &mut Vec<Action>) {
+        probe.dialing = true;
+        probe.redial = false;
+        probe.dials += 1;
+        let wait = config.pow.timeout + config.liveness.probe_timeout;
+        probe.deadline = now.mono + wait;
+        out.push(Action::timer(wait, Timer::ProbeDeadline));
+        out.push(Action::Dial {
+            addr: probe.member.addr,
+            purpose: Purpose::Probe,
+            key: Some(probe.member.key),
+        });
+    }
+
+    /// The fresh dial failed (`why`). One that failed on the way (`transient`: no route, a
+    /// reset) is made again after a pause while `liveness.misses × liveness.interval` since
+    /// the probe began has not passed; nothing listening, or no handshake within
+    /// `pow.timeout`, is final. The peer is dead once the dial has failed for good and its
+    /// link (if any) has not answered either.
+    fn probe_dial_failed(
+        &mut self,
+        addr: SocketAddr,
+        why: &str,
+        transient: bool,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        let lv = &self.config.liveness;
+        let window = lv.interval * lv.misses;
+        let pause = lv.probe_timeout;
+        let Some(p) = self.probes.get_mut(&addr) else {
+            return;
+        };
+        p.dialing = false;
+        if transient && now.mono + pause < p.started + window {
+            log::info!("probe: dialing {addr} failed ({why}); dialing it again");
+            p.redial = true;
+            p.deadline = now.mono + pause;
+            out.push(Action::timer(pause, Timer::ProbeDeadline));
+            return;
+        }
+        p.dial_failed = true;
+        self.probe_verdict(addr, why, now, out);
+    }
+
+    /// Votes "dead" if both ways to the peer have failed: the dial for good, and the link
+    /// (none, closed, or no answer in time).
+    fn probe_verdict(&mut self, addr: SocketAddr, why: &str, now: Now, out: &mut Vec<Action>) {
+        let Some(p) = self.probes.get(&addr) else {
+            return;
+        };
+        if !p.dial_failed || p.link_until.is_some() {
+            return;
+        }
+        let why = format!("{why}; no answer over its link either, {} dial(s)", p.dials);
+        self.probe_result(addr, false, &why, now, out);
     }
 
     fn probe_result(
@@ -725,15 +800,29 @@ impl SeedCore {
     }
 
     /// Probes whose time is up find their peer dead.
+    /// Probes whose steps are due: a link that did not answer in time has failed, a dial
+    /// with no outcome in time has failed for good, a dial to be made again is made.
     fn expire_probes(&mut self, now: Now, out: &mut Vec<Action>) {
-        let expired: Vec<SocketAddr> = self
-            .probes
-            .iter()
-            .filter(|(_, p)| p.deadline <= now.mono)
-            .map(|(a, _)| *a)
-            .collect();
-        for addr in expired {
-            self.probe_result(addr, false, "no answer before the probe timeout", now, out);
+        let addrs: Vec<SocketAddr> = self.probes.keys().copied().collect();
+        for addr in addrs {
+            let Some(p) = self.probes.get_mut(&addr) else {
+                continue;
+            };
+            if p.link_until.is_some_and(|t| t <= now.mono) {
+                p.link_until = None;
+                self.probe_verdict(addr, "no answer over its link in time", now, out);
+            }
+            let Some(p) = self.probes.get_mut(&addr) else {
+                continue;
+            };
+            if p.deadline > now.mono {
+                continue;
+            }
+            if p.redial {
+                Self::probe_dial(p, now, &self.config, out);
+            } else if p.dialing {
+                self.probe_dial_failed(addr, "no handshake in time", false, now, out);
+            }
         }
     }
 
@@ -835,27 +924,10 @@ impl Core for SeedCore {
                             incarnation: link.incarnation,
                             key: link.key,
                         };
-                        if let Some(p) = self.probes.get(&link.addr) {
-                            // The probe's connection is gone; try a fresh one before deciding.
-                            if p.request.is_some() {
-                                let member = p.member;
-                                let deadline = p.deadline;
-                                let reporters = p.reporters.clone();
-                                self.probes.insert(
-                                    link.addr,
-                                    Probe {
-                                        member,
-                                        deadline,
-                                        request: None,
-                                        reporters,
-                                    },
-                                );
-                                out.push(Action::Dial {
-                                    addr: link.addr,
-                                    purpose: Purpose::Probe,
-                                    key: Some(member.key),
-                                });
-                            }
+                        if let Some(p) = self.probes.get_mut(&link.addr) {
+                            // The probe's link is gone: the fresh dial decides.
+                            p.link_until = None;
+                            self.probe_verdict(link.addr, "its link closed", now, out);
                         } else if !link.left && self.registry.contains(&member) {
                             // A registered peer dropped its connection without a goodbye: find
                             // out ourselves whether it is still alive.
@@ -883,7 +955,8 @@ impl Core for SeedCore {
                             self.refuse(registering, addr, why, out);
                         }
                     }
-                    self.probe_result(addr, false, &reason.to_string(), now, out)
+                    let transient = matches!(reason, DialError::Connect(_));
+                    self.probe_dial_failed(addr, &reason.to_string(), transient, now, out)
                 }
                 Purpose::Register | Purpose::Neighbour => {}
             },
@@ -1177,6 +1250,85 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_dials_again_within_misses_times_interval_before_it_votes() {
+        let (mut s, now) = registered_seed();
+        let mut out = vec![];
+        let report = || Event::Frame {
+            conn: 2,
+            msg: Msg::DeadNode {
+                text: texts::dead_node(&a(9102), now.unix_ms, &a(9101)),
+            },
+        };
+        s.handle(report(), now, &mut out);
+        let at = |secs: u64| now.after(Duration::from_secs(secs));
+        let failed = |reason| Event::DialFailed {
+            addr: a(9102),
+            purpose: Purpose::Probe,
+            reason,
+        };
+        let no_route = || failed(DialError::Connect(std::io::ErrorKind::NetworkUnreachable));
+        let voted = |out: &[Action]| {
+            sent_to(out, 1).iter().any(|m| {
+                matches!(
+                    m,
+                    Msg::Vote {
+                        op: VoteOp::Remove(RemovalReason::Dead),
+                        ..
+                    }
+                )
+            })
+        };
+        // The link does not answer (1 s); the dial fails on the way: a pause, another dial.
+        s.handle(Event::Timer(Timer::ProbeDeadline), at(2), &mut out);
+        s.handle(no_route(), at(3), &mut out);
+        assert!(!voted(&out));
+        out.clear();
+        s.handle(Event::Timer(Timer::ProbeDeadline), at(4), &mut out);
+        assert_eq!(dials_to(&out, a(9102)), 1, "dialed again");
+        // Still within 3 × 13 s of the start: again.
+        s.handle(no_route(), at(20), &mut out);
+        assert!(!voted(&out), "no vote within the window");
+        s.handle(Event::Timer(Timer::ProbeDeadline), at(21), &mut out);
+        // Past the window the next failure is the verdict.
+        out.clear();
+        s.handle(no_route(), at(40), &mut out);
+        assert!(voted(&out));
+        // A dial with no handshake within pow.timeout is final at once.
+        let (mut s, _) = registered_seed();
+        s.handle(report(), now, &mut out);
+        s.handle(Event::Timer(Timer::ProbeDeadline), at(2), &mut out);
+        out.clear();
+        s.handle(failed(DialError::TimedOut), at(10), &mut out);
+        assert!(voted(&out));
+        // And a peer whose link does not answer but whose fresh dial does is alive.
+        let (mut s, _) = registered_seed();
+        s.handle(report(), now, &mut out);
+        s.handle(Event::Timer(Timer::ProbeDeadline), at(2), &mut out);
+        out.clear();
+        s.handle(
+            Event::Connected {
+                conn: 9,
+                remote: Remote {
+                    dialed: Some(Purpose::Probe),
+                    ..peer(a(9102), 1)
+                },
+            },
+            at(3),
+            &mut out,
+        );
+        assert!(!voted(&out));
+        assert!(events(&out).contains(&"rejected"), "the report is refused");
+    }
+
+    fn dials_to(out: &[Action], to: SocketAddr) -> usize {
+        out.iter()
+            .filter(
+                |x| matches!(x, Action::Dial { addr, purpose: Purpose::Probe, .. } if *addr == to),
+            )
+            .count()
+    }
+
+    #[test]
     fn a_silent_peer_is_voted_out_with_a_second_seed() {
         let (mut s, now) = registered_seed();
         let mut out = vec![];
@@ -1189,9 +1341,27 @@ mod tests {
             now,
             &mut out,
         );
+        // Checked over its link and by a fresh dial at once.
+        assert_eq!(dials_to(&out, a(9102)), 1);
+        assert!(sent_to(&out, 3)
+            .iter()
+            .any(|m| matches!(m, Msg::LivenessRequest { .. })));
         out.clear();
+        // No answer over its link: no vote while the dial is out.
         s.handle(
             Event::Timer(Timer::ProbeDeadline),
+            now.after(Duration::from_secs(2)),
+            &mut out,
+        );
+        assert!(sent_to(&out, 1).is_empty(), "no vote yet");
+        out.clear();
+        // Nothing listens there: dead, no second try.
+        s.handle(
+            Event::DialFailed {
+                addr: a(9102),
+                purpose: Purpose::Probe,
+                reason: DialError::Refused,
+            },
             now.after(Duration::from_secs(2)),
             &mut out,
         );

@@ -243,8 +243,15 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
         w.schedule(window_start + k as Micros * MESSAGE_GAP, Step::Publish);
     }
     let lv = &w.config.liveness;
-    let detection_bound =
-        micros(lv.interval * (lv.misses + 1) + lv.probe_timeout * 2 + lv.reply_timeout);
+    // Neighbours' misses, then the seeds' probe: the link and a fresh dial at once, the dial
+    // failing after `pow.timeout` at most (the simulator has no transient dial errors, which
+    // a seed would retry).
+    let detection_bound = micros(
+        lv.interval * (lv.misses + 1)
+            + lv.probe_timeout * 2
+            + lv.reply_timeout
+            + w.config.pow.timeout,
+    );
     let mut faults = false;
     let mut late = Vec::new();
     let mut late_at: Vec<Micros> = Vec::new();
