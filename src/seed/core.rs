@@ -1024,6 +1024,32 @@ mod tests {
     }
 
     /// The peer on `conn` sends `Register` and answers the seed's dial-back.
+    /// A seed of `seeds` (the first is it) with `limits.registrations_per_ip: per_ip` and
+    /// loopback counted.
+    fn capped_seed(seeds: &[u16], per_ip: usize) -> SeedCore {
+        let list: Vec<String> = seeds.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        let capped = Config::parse(&format!(
+            "seeds: [{}]\nlimits: {{ loopback_exempt: false, registrations_per_ip: {per_ip} }}\n",
+            list.join(", ")
+        ))
+        .unwrap();
+        let rng = rand::SeedableRng::seed_from_u64(1);
+        SeedCore::new(a(seeds[0]), capped, rng, seed_key(seeds[0]))
+    }
+
+    /// Peer `port` (incarnation 1) connects on `conn`.
+    fn connect_peer(s: &mut SeedCore, conn: ConnId, port: u16, now: Now, out: &mut Vec<Action>) {
+        let remote = peer(a(port), 1);
+        s.handle(Event::Connected { conn, remote }, now, out);
+    }
+
+    /// A `Register` on `conn`, and nothing more; `out` holds what it did.
+    fn ask_register(s: &mut SeedCore, conn: ConnId, now: Now, out: &mut Vec<Action>) {
+        out.clear();
+        let msg = Msg::Register;
+        s.handle(Event::Frame { conn, msg }, now, out);
+    }
+
     fn register(s: &mut SeedCore, conn: ConnId, now: Now, out: &mut Vec<Action>) {
         s.handle(
             Event::Frame {
@@ -1664,52 +1690,17 @@ mod tests {
     #[test]
     fn registrations_per_ip_are_capped_unless_loopback_is_exempt() {
         let now = Now::real();
-        let capped = Config::parse(
-            "seeds: [\"127.0.0.1:9001\"]\nlimits: { loopback_exempt: false, registrations_per_ip: 1 }\n",
-        )
-        .unwrap();
-        let rng = rand::SeedableRng::seed_from_u64(1);
-        let mut s = SeedCore::new(a(9001), capped, rng, seed_key(9001));
+        let mut s = capped_seed(&[9001], 1);
         let mut out = vec![];
-        s.handle(
-            Event::Connected {
-                conn: 2,
-                remote: peer(a(9101), 1),
-            },
-            now,
-            &mut out,
-        );
+        connect_peer(&mut s, 2, 9101, now, &mut out);
         register(&mut s, 2, now, &mut out);
         assert_eq!(s.members().len(), 1, "one seed of one: committed");
         // A second address on the same IP is refused; the first may register again.
-        s.handle(
-            Event::Connected {
-                conn: 3,
-                remote: peer(a(9102), 1),
-            },
-            now,
-            &mut out,
-        );
-        out.clear();
-        s.handle(
-            Event::Frame {
-                conn: 3,
-                msg: Msg::Register,
-            },
-            now,
-            &mut out,
-        );
+        connect_peer(&mut s, 3, 9102, now, &mut out);
+        ask_register(&mut s, 3, now, &mut out);
         assert!(matches!(&sent_to(&out, 3)[..],
             [Msg::Reject { reason }] if reason.contains("registrations_per_ip")));
-        out.clear();
-        s.handle(
-            Event::Frame {
-                conn: 2,
-                msg: Msg::Register,
-            },
-            now,
-            &mut out,
-        );
+        ask_register(&mut s, 2, now, &mut out);
         assert_eq!(sent_to(&out, 2), vec![Msg::Registered]);
         assert_eq!(s.members().len(), 1);
     }
@@ -1718,40 +1709,16 @@ mod tests {
     fn registrations_in_flight_count_against_the_caps() {
         // Three seeds, so nothing commits on this seed's vote alone.
         let now = Now::real();
-        let capped = Config::parse(
-            "seeds: [\"127.0.0.1:9001\", \"127.0.0.1:9002\", \"127.0.0.1:9003\"]\nlimits: { loopback_exempt: false, registrations_per_ip: 1 }\n",
-        )
-        .unwrap();
-        let rng = rand::SeedableRng::seed_from_u64(1);
-        let mut s = SeedCore::new(a(9001), capped, rng, seed_key(9001));
+        let mut s = capped_seed(&[9001, 9002, 9003], 1);
         let mut out = vec![];
-        for (conn, port) in [(2, 9101), (3, 9102)] {
-            s.handle(
-                Event::Connected {
-                    conn,
-                    remote: peer(a(port), 1),
-                },
-                now,
-                &mut out,
-            );
-        }
-        let register = |s: &mut SeedCore, conn, out: &mut Vec<Action>| {
-            out.clear();
-            s.handle(
-                Event::Frame {
-                    conn,
-                    msg: Msg::Register,
-                },
-                now,
-                out,
-            );
-        };
+        connect_peer(&mut s, 2, 9101, now, &mut out);
+        connect_peer(&mut s, 3, 9102, now, &mut out);
         // The first is being dialed back: the second, from the same IP, is refused.
-        register(&mut s, 2, &mut out);
+        ask_register(&mut s, 2, now, &mut out);
         assert!(out
             .iter()
             .any(|x| matches!(x, Action::Dial { addr, .. } if *addr == a(9101))));
-        register(&mut s, 3, &mut out);
+        ask_register(&mut s, 3, now, &mut out);
         assert!(matches!(&sent_to(&out, 3)[..],
             [Msg::Reject { reason }] if reason.contains("registrations_per_ip")));
         // The first answers its dial-back: this seed votes for it (not listed yet, one vote
@@ -1769,15 +1736,8 @@ mod tests {
         );
         assert!(s.members().is_empty());
         // (The refusal closed the second's connection: it connects again.)
-        s.handle(
-            Event::Connected {
-                conn: 5,
-                remote: peer(a(9102), 1),
-            },
-            now,
-            &mut out,
-        );
-        register(&mut s, 5, &mut out);
+        connect_peer(&mut s, 5, 9102, now, &mut out);
+        ask_register(&mut s, 5, now, &mut out);
         assert!(matches!(&sent_to(&out, 5)[..],
             [Msg::Reject { reason }] if reason.contains("registrations_per_ip")));
     }
