@@ -700,13 +700,13 @@ mod tests {
             acceptor_key: [1; 32],
         };
         assert_eq!(
-            con.on_challenge(with(40, 3, 3), a(ACCEPTOR), None).err(),
+            con.on_challenge(with(40, 4, 4), a(ACCEPTOR), None).err(),
             Some(HandshakeError::TooHard { asked: 40, max: 24 })
         );
         // A seed does no work, so any difficulty is fine to it.
         let seed_key = NodeKey::from_secret([3; 32]);
         assert!(connector(&seed_key, Role::Seed)
-            .on_challenge(with(40, 3, 3), a(ACCEPTOR), None)
+            .on_challenge(with(40, 4, 4), a(ACCEPTOR), None)
             .is_ok());
         assert_eq!(
             con.on_challenge(with(0, 1, 9), a(ACCEPTOR), None)
@@ -722,10 +722,13 @@ mod tests {
             con.on_challenge(with(0, 1, 1), a(ACCEPTOR), None),
             Err(HandshakeError::NoCommonVersion { .. })
         ));
-        // Version 2's items have no nonce: a version-2 node is not talked to.
-        assert!(matches!(
-            con.on_challenge(with(0, 2, 2), a(ACCEPTOR), None),
-            Err(HandshakeError::NoCommonVersion { .. })
-        ));
+        // Version 2's items have no nonce, version 3's peer lists no certificates: neither is
+        // talked to.
+        for old in [2, 3] {
+            assert!(matches!(
+                con.on_challenge(with(0, old, old), a(ACCEPTOR), None),
+                Err(HandshakeError::NoCommonVersion { .. })
+            ));
+        }
     }
 }

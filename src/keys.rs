@@ -113,6 +113,52 @@ pub fn verify(key: &PublicKey, msg: &[u8], sig: &Signature) -> bool {
         .is_ok()
 }
 
+/// What a change's signatures prove, checked against the seeds' keys a node knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Certified {
+    /// At least a majority of distinct configured seeds signed it, each signature valid.
+    Yes,
+    /// Too few valid signatures from seeds whose keys are known, but enough if those of these
+    /// configured seeds, whose keys this node has not seen yet, are good.
+    KeysUnknown(Vec<SocketAddr>),
+    /// Too few good signatures whatever the unknown keys are.
+    No,
+}
+
+/// Checks the signatures of a change (`bytes`, as `wire::change_bytes` makes them): only
+/// configured seeds count, each once; a signature counts if it verifies under the key `keys`
+/// gives for its seed. Stops verifying once a majority is reached.
+pub fn certified(
+    bytes: &[u8],
+    signatures: &[(SocketAddr, Signature)],
+    majority: usize,
+    seeds: &[SocketAddr],
+    keys: &BTreeMap<SocketAddr, PublicKey>,
+) -> Certified {
+    let mut good: Vec<SocketAddr> = Vec::with_capacity(majority);
+    let mut unknown: Vec<SocketAddr> = Vec::new();
+    for (seed, sig) in signatures {
+        if good.len() >= majority {
+            break;
+        }
+        if !seeds.contains(seed) || good.contains(seed) || unknown.contains(seed) {
+            continue;
+        }
+        match keys.get(seed) {
+            Some(key) if verify(key, bytes, sig) => good.push(*seed),
+            Some(_) => {}
+            None => unknown.push(*seed),
+        }
+    }
+    if good.len() >= majority {
+        Certified::Yes
+    } else if good.len() + unknown.len() >= majority {
+        Certified::KeysUnknown(unknown)
+    } else {
+        Certified::No
+    }
+}
+
 /// A public key from 64 hex characters.
 pub fn parse_public(text: &str) -> Option<PublicKey> {
     let bytes = hex::decode(text.trim()).ok()?;

@@ -9,8 +9,8 @@ use std::fmt;
 use std::net::SocketAddr;
 
 /// Protocol versions this build speaks (negotiated in the handshake).
-pub const PROTOCOL_VERSION: u16 = 3;
-pub const MIN_PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
+pub const MIN_PROTOCOL_VERSION: u16 = 4;
 /// Bytes of the length prefix.
 pub const LEN_PREFIX: usize = 4;
 /// Bound on entries in one peer list or sync frame, so one frame stays far below the limit.
@@ -164,13 +164,28 @@ pub struct Certificate {
 /// 300 bytes, so a frame stays far below the 1 MiB frame limit); a longer list goes in several.
 pub const SYNC_CHUNK: usize = 2048;
 
-/// One entry of a peer list sent to a peer: the address, the key the peer there must show,
-/// and how many neighbours it reported.
+/// One entry of a peer list sent to a peer: the member (address, incarnation, the key the
+/// peer there must show), how many neighbours it reported, and the certificate of its
+/// registration (the signatures of the seeds that voted to add it), which the receiving peer
+/// checks before it trusts the entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerEntry {
     pub addr: SocketAddr,
+    pub incarnation: u64,
     pub key: PublicKey,
     pub degree: u16,
+    pub signatures: Vec<(SocketAddr, Signature)>,
+}
+
+impl PeerEntry {
+    /// The listed member this entry names.
+    pub fn member(&self) -> Member {
+        Member {
+            addr: self.addr,
+            incarnation: self.incarnation,
+            key: self.key,
+        }
+    }
 }
 
 /// One committed member as seeds exchange it: a peer address, its incarnation and the key it
@@ -470,9 +485,9 @@ impl Msg {
                 let peers = &peers[..peers.len().min(MAX_LIST_ENTRIES)];
                 out.extend_from_slice(&(peers.len() as u32).to_be_bytes());
                 for p in peers {
-                    put_addr(out, &p.addr);
-                    out.extend_from_slice(&p.key);
+                    put_member(out, &p.member());
                     out.extend_from_slice(&p.degree.to_be_bytes());
+                    put_signatures(out, &p.signatures);
                 }
             }
             Msg::Degree { neighbours } => {
@@ -571,12 +586,7 @@ impl Msg {
                 for c in certs {
                     out.push(c.op.code());
                     put_member(out, &c.member);
-                    let sigs = &c.signatures[..c.signatures.len().min(u8::MAX as usize)];
-                    out.push(sigs.len() as u8);
-                    for (seed, sig) in sigs {
-                        put_addr(out, seed);
-                        out.extend_from_slice(sig);
-                    }
+                    put_signatures(out, &c.signatures);
                 }
             }
         }
@@ -620,10 +630,14 @@ impl Msg {
                 let n = r.count()?;
                 let mut peers = Vec::with_capacity(n.min(64));
                 for _ in 0..n {
+                    let member = r.member()?;
+                    let degree = r.u16()?;
                     peers.push(PeerEntry {
-                        addr: r.addr()?,
-                        key: r.array32()?,
-                        degree: r.u16()?,
+                        addr: member.addr,
+                        incarnation: member.incarnation,
+                        key: member.key,
+                        degree,
+                        signatures: r.signatures()?,
                     });
                 }
                 Msg::PeerList { peers }
@@ -697,15 +711,10 @@ impl Msg {
                 for _ in 0..n {
                     let op = VoteOp::from_code(r.u8()?)?;
                     let member = r.member()?;
-                    let k = r.u8()? as usize;
-                    let mut signatures = Vec::with_capacity(k.min(8));
-                    for _ in 0..k {
-                        signatures.push((r.addr()?, r.array64()?));
-                    }
                     certs.push(Certificate {
                         op,
                         member,
-                        signatures,
+                        signatures: r.signatures()?,
                     });
                 }
                 Msg::Sync { certs }
@@ -874,6 +883,16 @@ fn put_member(out: &mut Vec<u8>, m: &Member) {
     out.extend_from_slice(&m.key);
 }
 
+/// A certificate's signatures: `n: u8`, then `n` × (`seed: addr`, `sig`).
+fn put_signatures(out: &mut Vec<u8>, sigs: &[(SocketAddr, Signature)]) {
+    let sigs = &sigs[..sigs.len().min(u8::MAX as usize)];
+    out.push(sigs.len() as u8);
+    for (seed, sig) in sigs {
+        put_addr(out, seed);
+        out.extend_from_slice(sig);
+    }
+}
+
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -949,6 +968,15 @@ impl<'a> Reader<'a> {
             key: self.array32()?,
         })
     }
+
+    fn signatures(&mut self) -> Result<Vec<(SocketAddr, Signature)>, WireError> {
+        let k = self.u8()? as usize;
+        let mut signatures = Vec::with_capacity(k.min(8));
+        for _ in 0..k {
+            signatures.push((self.addr()?, self.array64()?));
+        }
+        Ok(signatures)
+    }
 }
 
 #[cfg(test)]
@@ -996,13 +1024,20 @@ mod tests {
                 peers: vec![
                     PeerEntry {
                         addr: a("127.0.0.1:1"),
+                        incarnation: 7,
                         key: [1; 32],
                         degree: 3,
+                        signatures: vec![
+                            (a("127.0.0.1:9001"), [3; 64]),
+                            (a("[::1]:9002"), [4; 64]),
+                        ],
                     },
                     PeerEntry {
                         addr: a("[::1]:2"),
+                        incarnation: 0,
                         key: [2; 32],
                         degree: 0,
+                        signatures: vec![],
                     },
                 ],
             },

@@ -12,7 +12,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -498,6 +498,161 @@ fn drain_to_close(c: &mut Conn) -> Next {
     panic!("still open after 100 frames");
 }
 
+#[test]
+fn a_seed_that_lies_to_peers_gets_none_of_its_made_up_entries_dialed() {
+    // Three seeds listed with their keys: two real (A, B) and one the attacker runs with its
+    // own, listed key (a compromised seed). It answers a peer like a seed, but its PeerList
+    // names only made-up members (listeners of the test's that count who dials them), signed
+    // by itself and with a signature it claims is A's.
+    let dir = tempfile::tempdir().unwrap();
+    let (a_seed, b_seed, liar_at) = (addr(free_port()), addr(free_port()), addr(free_port()));
+    let liar_key = fresh_key();
+    let mut entries = keyed_seed_entries(dir.path(), &[a_seed, b_seed]);
+    entries.push(format!(
+        "{{ addr: \"{liar_at}\", key: \"{}\" }}",
+        hex(&liar_key.verifying_key().to_bytes())
+    ));
+    // A 2 s handshake deadline: a joining peer takes what lists it has after twice that.
+    let timers = CONFIG.replace("timeout: 30s", "timeout: 2s");
+    let config = dir.path().join("seeds.yaml");
+    std::fs::write(&config, fast_config(&entries, &timers)).unwrap();
+    let mut net = Net {
+        dir,
+        config,
+        seeds: vec![a_seed, b_seed],
+        nodes: Vec::new(),
+    };
+    let baits: Vec<Bait> = (0..3).map(|_| Bait::start()).collect();
+    let made_up: Vec<SocketAddr> = baits.iter().map(|b| b.at).collect();
+    let liar = Liar::start(liar_at, liar_key, a_seed, made_up.clone());
+
+    // A is up, B not yet: the peer that joins now has only A's registration under way and the
+    // liar's list in hand when its join deadline comes.
+    net.spawn("seed", a_seed);
+    net.wait_for_event("seed", a_seed, "started");
+    let p = addr(free_port());
+    net.spawn("peer", p);
+    net.wait_for_event("peer", p, "peer_list");
+    let listed = of(&net.events("peer", p), "peer_list")[0]["peers"].to_string();
+    assert!(
+        made_up.iter().all(|m| listed.contains(&m.to_string())),
+        "the peer did not get the liar's list: {listed}"
+    );
+    let log_path = net.dir.path().join(format!("peer-{}.log", p.port()));
+    wait_until("the peer says it left the uncertified entries out", || {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        made_up.iter().all(|m| {
+            log.lines()
+                .any(|l| l.contains(&m.to_string()) && l.contains("without a certificate"))
+        })
+    });
+    assert!(
+        liar.asked.load(Ordering::Relaxed),
+        "the liar was never asked for its list"
+    );
+    drop(liar);
+
+    // Honest gossip goes on: B comes up, another peer joins, and the two are neighbours.
+    net.spawn("seed", b_seed);
+    net.wait_for_event("seed", b_seed, "started");
+    let q = net.start_peer();
+    wait_until("the honest peers gossip with each other", || {
+        let got = net.events("peer", p);
+        of(&got, "gossip_received").iter().any(|e| {
+            e["text"]
+                .as_str()
+                .is_some_and(|t| t.contains(&q.to_string()))
+        })
+    });
+    for b in &baits {
+        assert_eq!(
+            b.dials.load(Ordering::Relaxed),
+            0,
+            "a made-up member at {} was dialed",
+            b.at
+        );
+    }
+}
+
+#[test]
+#[ignore = "unfinished: the seeds never answer the first Register sent from 127.0.0.2 (no log line at all); see the issue note"]
+fn many_fake_registrations_from_one_host_are_capped_and_go_when_their_listeners_die() {
+    // Loopback counts like any host here, and one IP may hold 6 registrations. The attacker
+    // is 127.0.0.2; the honest peers are 127.0.0.1.
+    let caps = format!("{CONFIG}\nlimits: {{ loopback_exempt: false, registrations_per_ip: 6 }}");
+    let (mut net, mut honest) = network(&caps);
+    let attacker = [127, 0, 0, 2];
+    let mut fakes = Vec::new();
+    let (mut listed, mut refused) = (0, Vec::new());
+    // 30 identities, each with a listener of its own that passes the seeds' dial-back.
+    for _ in 0..30 {
+        let key = fresh_key();
+        let fake = DialBack::start(attacker, key.clone());
+        let claimed = fake.at.to_string();
+        let mut registered = 0;
+        // A majority of the seeds, asked at once: a registration commits with two votes.
+        let dials: Vec<Dial> = net.seeds[..2]
+            .iter()
+            .map(|&seed| {
+                let mut d = welcomed_from(attacker, seed, &claimed, &key);
+                assert!(d.conn.send(&[&[0x10]]), "write failed");
+                d
+            })
+            .collect();
+        for mut d in dials {
+            match drain_until_answer(&mut d.conn) {
+                Answer::Registered => {
+                    registered += 1;
+                    fake.links.lock().unwrap().push(d.conn);
+                }
+                Answer::Rejected(reason) => refused.push(reason),
+            }
+        }
+        if registered == 2 {
+            listed += 1;
+        }
+        fakes.push(fake);
+    }
+    println!(
+        "registered {listed} of 30; refused {}: {:?}",
+        refused.len(),
+        refused.first()
+    );
+    assert!(
+        listed <= 6,
+        "{listed} identities of one IP listed at a cap of 6"
+    );
+    assert!(
+        refused.iter().any(|r| r.contains("registrations_per_ip")),
+        "no refusal names the cap: {refused:?}"
+    );
+    // Every seed lists at most the cap from the attacker's IP.
+    for (seed, list) in seed_lists(&net) {
+        let theirs = list.iter().filter(|a| a.starts_with("127.0.0.2:")).count();
+        assert!(
+            theirs <= 6,
+            "{seed} lists {theirs} of the attacker's identities"
+        );
+    }
+    // The attacker goes away: listeners and links close. Every fake is removed, and only the
+    // honest peers stay listed.
+    drop(fakes);
+    wait_until("every seed lists exactly the honest peers again", || {
+        lists_exactly(&net, &honest)
+    });
+    // A newcomer's neighbours are honest, and gossip reaches it.
+    honest_peers_go_on(&mut net, &mut honest);
+    let newcomer = *honest.last().unwrap();
+    wait_until("the newcomer receives gossip", || {
+        !of(&net.events("peer", newcomer), "gossip_received").is_empty()
+    });
+    let ups = strs(&net.events("peer", newcomer), "neighbour_up", "peer");
+    assert!(
+        ups.iter().all(|a| !a.starts_with("127.0.0.2:")),
+        "the newcomer linked to the attacker: {ups:?}"
+    );
+}
+
 // ---- The network under attack ----
 
 /// Three seeds (listed with their keys, as `Net::new` writes them) and two honest peers
@@ -579,8 +734,8 @@ fn unhex(s: &str) -> [u8; 32] {
 
 // ---- The attacker's client, from docs/PROTOCOL.md ----
 
-/// Our highest protocol version ("Versions": this document describes version 3).
-const VERSION: u16 = 3;
+/// Our highest protocol version ("Versions": this document describes version 4).
+const VERSION: u16 = 4;
 /// `limits.max_frame` default ("Framing").
 const MAX_FRAME: usize = 1 << 20;
 
@@ -991,7 +1146,8 @@ enum Fake {
     /// A Challenge showing a key of its own, not the listed one.
     OwnKey,
     /// The listed key in the Challenge; to a Hello it answers a Welcome signed by another key,
-    /// `Registered` and a `PeerList` (`list<addr, key, degree: u16>`).
+    /// `Registered` and a `PeerList` (`list<member, degree: u16, n: u8, n × (addr, sig)>`),
+    /// its one entry signed by no seed.
     ListedKeyForgedWelcome,
     /// The listed key and difficulty 40.
     WorkBomb,
@@ -1111,8 +1267,10 @@ fn serve_fake(
                             let mut list = vec![0x13];
                             list.extend_from_slice(&1u32.to_be_bytes());
                             put_addr(&mut list, shown);
+                            list.extend_from_slice(&1u64.to_be_bytes());
                             list.extend_from_slice(&own.verifying_key().to_bytes());
                             list.extend_from_slice(&0u16.to_be_bytes());
+                            list.push(0);
                             conn.send(&[&welcome, &[0x11], &list]);
                         }
                     }
@@ -1125,5 +1283,304 @@ fn serve_fake(
             }
             Next::Silent => return,
         }
+    }
+}
+
+// ---- A seed that lies to peers ----
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A listener that counts the connections made to it: a made-up member of a forged list.
+struct Bait {
+    at: SocketAddr,
+    dials: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Bait {
+    fn start() -> Bait {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let at = listener.local_addr().unwrap();
+        let dials = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (dials2, stop2) = (dials.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            while !stop2.load(Ordering::Relaxed) && start.elapsed() < 4 * PATIENCE {
+                if listener.accept().is_ok() {
+                    dials2.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Bait {
+            at,
+            dials,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Bait {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A configured seed (its key listed) that lies: to a peer's `Register` it answers
+/// `Registered`, to `GetPeers` a `PeerList` of made-up members. Connections from other seeds
+/// are closed after the Challenge.
+struct Liar {
+    asked: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Liar {
+    fn start(
+        at: SocketAddr,
+        key: SigningKey,
+        claimed: SocketAddr,
+        made_up: Vec<SocketAddr>,
+    ) -> Liar {
+        let listener = TcpListener::bind(at).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let asked = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (asked2, stop2) = (asked.clone(), stop.clone());
+        let key = Arc::new(key);
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut served = Vec::new();
+            while !stop2.load(Ordering::Relaxed) && start.elapsed() < 4 * PATIENCE {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        let (key, made_up, asked, stop) =
+                            (key.clone(), made_up.clone(), asked2.clone(), stop2.clone());
+                        served.push(std::thread::spawn(move || {
+                            serve_liar(Conn::new(s), at, &key, claimed, &made_up, &asked, &stop)
+                        }));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            for t in served {
+                let _ = t.join();
+            }
+        });
+        Liar {
+            asked,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Liar {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// 0x13 PeerList: `list<entry>`, an entry being `member`, `degree: u16`, `n: u8`, then `n` ×
+/// (`seed: addr`, `sig`), the signatures of the member's registration (`"gossipnet/2 change" |
+/// 1 | member`). Each made-up member is signed by the liar itself, and the same signature is
+/// claimed for `claimed` (another seed, whose key the liar does not have).
+fn lying_list(
+    me: SocketAddr,
+    key: &SigningKey,
+    claimed: SocketAddr,
+    made_up: &[SocketAddr],
+) -> Vec<u8> {
+    let mut b = vec![0x13];
+    b.extend_from_slice(&(made_up.len() as u32).to_be_bytes());
+    for m in made_up {
+        let mut member = Vec::new();
+        put_member(
+            &mut member,
+            &m.to_string(),
+            unix_ms(),
+            &fresh_key().verifying_key().to_bytes(),
+        );
+        let sig = key.sign(&[&b"gossipnet/2 change"[..], &[1], &member].concat());
+        b.extend_from_slice(&member);
+        b.extend_from_slice(&0u16.to_be_bytes());
+        b.push(2);
+        for seed in [me, claimed] {
+            put_addr(&mut b, &seed.to_string());
+            b.extend_from_slice(&sig.to_bytes());
+        }
+    }
+    b
+}
+
+fn serve_liar(
+    mut conn: Conn,
+    me: SocketAddr,
+    key: &SigningKey,
+    claimed: SocketAddr,
+    made_up: &[SocketAddr],
+    asked: &AtomicBool,
+    stop: &AtomicBool,
+) {
+    let ch = challenge_body(8, &me.to_string(), &key.verifying_key().to_bytes());
+    if !conn.send(&[&ch]) {
+        return;
+    }
+    let Next::Frame(hello) = conn.next() else {
+        return;
+    };
+    match parse_hello(&hello) {
+        Some(h) if h.role == ROLE_PEER => {}
+        _ => return,
+    }
+    conn.send(&[&welcome_body(&ch, &hello, key)]);
+    // Short reads from here, so the liar notices when it is told to stop.
+    conn.s
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        match conn.next() {
+            Next::Frame(body) => match body.first() {
+                Some(0x10) => {
+                    conn.send(&[&[0x11]]);
+                }
+                Some(0x12) => {
+                    asked.store(true, Ordering::Relaxed);
+                    conn.send(&[&lying_list(me, key, claimed, made_up)]);
+                }
+                _ => {}
+            },
+            Next::Closed => return,
+            _ => {}
+        }
+    }
+}
+
+// ---- Many identities from one host ----
+
+/// A TCP connection to `target` made from `ip` (a loopback address of the attacker's own), as
+/// if from another host.
+fn raw_from(ip: [u8; 4], target: SocketAddr) -> TcpStream {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    let [a, b, c, d] = ip;
+    bind(fd.as_raw_fd(), &SockaddrIn::new(a, b, c, d, 0)).unwrap();
+    let SocketAddr::V4(t) = target else {
+        panic!("IPv4 only: {target}")
+    };
+    connect(fd.as_raw_fd(), &SockaddrIn::from(t)).unwrap();
+    let s = TcpStream::from(fd);
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s
+}
+
+/// `welcomed`, from `ip`.
+fn welcomed_from(ip: [u8; 4], target: SocketAddr, claimed: &str, key: &SigningKey) -> Dial {
+    let mut conn = Conn::new(raw_from(ip, target));
+    let Next::Frame(body) = conn.next() else {
+        panic!("no Challenge from {target}");
+    };
+    let ch = parse_challenge(&body);
+    let mut d = Dial { conn, ch };
+    let hello = signed_hello(&d.ch, &hello_for(&d.ch, ROLE_PEER, claimed, key), key);
+    expect_welcome(&mut d, &hello);
+    d
+}
+
+enum Answer {
+    Registered,
+    Rejected(String),
+}
+
+/// Reads until `Registered` (0x11) or `Reject` (0x04) arrives; other frames (a seed's liveness
+/// probe, say) are skipped.
+fn drain_until_answer(c: &mut Conn) -> Answer {
+    for _ in 0..100 {
+        match c.next() {
+            Next::Frame(b) if b.first() == Some(&0x11) => return Answer::Registered,
+            Next::Frame(b) if b.first() == Some(&0x04) => {
+                return Answer::Rejected(reject_reason(&b).unwrap_or_default())
+            }
+            Next::Frame(_) => {}
+            other => panic!("no answer to Register: {other:?}"),
+        }
+    }
+    panic!("no answer to Register in 100 frames")
+}
+
+/// One fake identity: a listener at `ip` that answers the seeds' dial-back as the key's
+/// holder ("Joining", step 2: the `Challenge` must show the registering key), and the
+/// registration links, all closed when it is dropped.
+struct DialBack {
+    at: SocketAddr,
+    links: Arc<Mutex<Vec<Conn>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DialBack {
+    fn start(ip: [u8; 4], key: SigningKey) -> DialBack {
+        let listener = TcpListener::bind(SocketAddr::from((ip, 0))).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let at = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut open = Vec::new();
+            while !stop2.load(Ordering::Relaxed) && start.elapsed() < 4 * PATIENCE {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        let mut conn = Conn::new(s);
+                        let ch =
+                            challenge_body(8, &at.to_string(), &key.verifying_key().to_bytes());
+                        conn.send(&[&ch]);
+                        if let Next::Frame(hello) = conn.next() {
+                            conn.send(&[&welcome_body(&ch, &hello, &key)]);
+                        }
+                        // Held open (and unread) until the attacker goes.
+                        open.push(conn);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        DialBack {
+            at,
+            links: Arc::new(Mutex::new(Vec::new())),
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for DialBack {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.links.lock().unwrap().clear();
     }
 }

@@ -96,15 +96,39 @@ fn msg() -> impl Strategy<Value = Msg> {
         Just(Msg::Register),
         Just(Msg::Registered),
         Just(Msg::GetPeers),
-        proptest::collection::vec((socket_addr(), any::<[u8; 32]>(), any::<u16>()), 0..40)
-            .prop_map(|v| {
-                Msg::PeerList {
-                    peers: v
-                        .into_iter()
-                        .map(|(addr, key, degree)| PeerEntry { addr, key, degree })
-                        .collect(),
-                }
-            }),
+        proptest::collection::vec(
+            (
+                socket_addr(),
+                any::<u64>(),
+                any::<[u8; 32]>(),
+                any::<u16>(),
+                proptest::collection::vec((socket_addr(), any::<[u8; 32]>()), 0..4),
+            ),
+            0..40
+        )
+        .prop_map(|v| {
+            Msg::PeerList {
+                peers: v
+                    .into_iter()
+                    .map(|(addr, incarnation, key, degree, sigs)| PeerEntry {
+                        addr,
+                        incarnation,
+                        key,
+                        degree,
+                        // A signature is 64 bytes: two halves keep proptest's arrays small.
+                        signatures: sigs
+                            .into_iter()
+                            .map(|(seed, half)| {
+                                let mut sig = [0u8; 64];
+                                sig[..32].copy_from_slice(&half);
+                                sig[32..].copy_from_slice(&half);
+                                (seed, sig)
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            }
+        }),
         any::<u16>().prop_map(|neighbours| Msg::Degree { neighbours }),
         text().prop_map(|text| Msg::DeadNode { text }),
         Just(Msg::Leave),

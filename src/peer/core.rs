@@ -13,6 +13,7 @@ use rand::Rng;
 use crate::api::ApiMsg;
 use crate::config::Config;
 use crate::config::GossipMode;
+use crate::keys::Certified;
 use crate::node::{Action, CloseReason, ConnId, Core, Event, Now, Purpose, Record, Remote, Timer};
 use crate::peer::apps::{LocalApps, Verdict};
 use crate::peer::gossip::{next_ttl, Gate, Generator, Item, MessageList, Via};
@@ -45,6 +46,14 @@ fn worth_saying(before: u64, after: u64) -> bool {
         }
     }
     false
+}
+
+/// Which choice of neighbours a list is for.
+enum Pick<'a> {
+    /// The join's, from the union of the seeds' lists.
+    Initial(&'a [PeerEntry]),
+    /// A repair's, from one seed's fresh list.
+    Repair(Vec<PeerEntry>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +108,11 @@ impl PeerCore {
             leaving: false,
             rejoining: false,
             held_reports: std::collections::VecDeque::new(),
-            seeds: SeedSessions::new(config.seeds.clone(), config.majority()),
+            seeds: SeedSessions::new(
+                config.seeds.clone(),
+                config.majority(),
+                config.seed_keys.clone(),
+            ),
             overlay: Overlay::new(me, &config),
             liveness: Liveness::new(&config.liveness),
             ml: MessageList::new(config.gossip.message_list_capacity),
@@ -176,7 +189,7 @@ impl PeerCore {
         };
         out.push(records::peer_list(&union).into());
         self.phase = Phase::Connecting;
-        for (addr, key) in self.overlay.pick_initial(&union, &mut self.rng) {
+        for (addr, key) in self.pick_certified(Pick::Initial(&union), now, out) {
             out.push(Action::Dial {
                 addr,
                 purpose: Purpose::Neighbour,
@@ -184,6 +197,52 @@ impl PeerCore {
             });
         }
         self.maybe_start_gossip(now, out);
+    }
+
+    /// Neighbours chosen from a list, each entry's certificate checked once chosen: one that
+    /// fails is left out (and said), and seeds whose keys we lack to check one are linked to,
+    /// so their keys are known by the next list.
+    fn pick_certified(
+        &mut self,
+        pick: Pick,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) -> Vec<(SocketAddr, crate::wire::PublicKey)> {
+        let mut unknown = std::collections::BTreeSet::new();
+        let mut forged = Vec::new();
+        let seeds = &self.seeds;
+        let mut check = |e: &PeerEntry| match seeds.certified(e) {
+            Certified::Yes => true,
+            Certified::KeysUnknown(signers) => {
+                unknown.extend(signers);
+                false
+            }
+            Certified::No => {
+                forged.push(e.addr);
+                false
+            }
+        };
+        let chosen = match pick {
+            Pick::Initial(union) => self.overlay.pick_initial(union, &mut self.rng, &mut check),
+            Pick::Repair(list) => {
+                self.overlay
+                    .pick_repair(list, now.mono, &mut self.rng, &mut check)
+            }
+        };
+        for addr in forged {
+            log::warn!(
+                "a seed listed {addr} without a certificate signed by a majority of the seeds: not dialed"
+            );
+        }
+        for seed in unknown {
+            if self.seeds.add(seed) {
+                log::info!(
+                    "peer list entries are signed by seed {seed}, whose key this peer has not seen: linking to it to learn it (a key in seeds.yaml saves this)"
+                );
+                self.dial_seed(seed, out);
+            }
+        }
+        chosen
     }
 
     /// Reconnects lost seeds whose backoff is over and re-sends unconfirmed registrations.
@@ -359,7 +418,7 @@ impl PeerCore {
     }
 
     fn repair_from(&mut self, list: Vec<PeerEntry>, now: Now, out: &mut Vec<Action>) {
-        for (addr, key) in self.overlay.pick_repair(list, now.mono, &mut self.rng) {
+        for (addr, key) in self.pick_certified(Pick::Repair(list), now, out) {
             log::info!("repair: connecting to {addr}");
             out.push(Action::Dial {
                 addr,
@@ -1113,7 +1172,11 @@ impl PeerCore {
                 if self.phase == Phase::Joining {
                     self.seeds.list(&addr, peers);
                     self.maybe_finish_join(now, out);
-                } else if self.overlay.is_repairing() {
+                } else if self.overlay.is_repairing()
+                    || (self.phase == Phase::Running && self.overlay.wants_repair())
+                {
+                    // Asked for, or a list short of neighbours can use (a seed linked to
+                    // later sends one after `Registered`).
                     self.repair_from(peers, now, out);
                 }
             }
@@ -1184,7 +1247,7 @@ impl PeerCore {
             .add_link(conn, addr, key, kind, dialed.is_some(), now.mono);
         match kind {
             LinkKind::Seed => {
-                self.seeds.connected(addr, conn, now.mono);
+                self.seeds.connected(addr, key, conn, now.mono);
                 out.push(Action::send(conn, Msg::Register));
                 out.push(Action::timer(REGISTER_RETRY, Timer::SeedRetry));
             }
@@ -1467,6 +1530,78 @@ mod tests {
         }
         assert_eq!(p.neighbours().len(), 3);
         (p, now)
+    }
+
+    #[test]
+    fn only_list_entries_certified_by_the_seeds_are_dialed() {
+        use crate::keys::NodeKey;
+        use crate::wire::{change_bytes, VoteOp};
+        let seed_key = NodeKey::from_secret([9; 32]);
+        let other = NodeKey::from_secret([8; 32]);
+        let now = Now::real();
+        let mut p = PeerCore::new(a(ME), config(""), StdRng::seed_from_u64(1));
+        let mut out = vec![];
+        p.handle(Event::Started, now, &mut out);
+        let seed = Remote {
+            addr: a(9001),
+            role: Role::Seed,
+            incarnation: 0,
+            key: seed_key.public(),
+            dialed: Some(Purpose::Register),
+        };
+        p.handle(
+            Event::Connected {
+                conn: SEED_CONN,
+                remote: seed,
+            },
+            now,
+            &mut out,
+        );
+        p.handle(
+            Event::Frame {
+                conn: SEED_CONN,
+                msg: Msg::Registered,
+            },
+            now,
+            &mut out,
+        );
+        let entry = |port: u16, by: Option<&NodeKey>| {
+            let mut e = PeerEntry {
+                addr: a(port),
+                incarnation: 1,
+                key: [port as u8; 32],
+                degree: 0,
+                signatures: vec![],
+            };
+            if let Some(k) = by {
+                let sig = k.sign(&change_bytes(VoteOp::Add, &e.member()));
+                e.signatures.push((a(9001), sig));
+            }
+            e
+        };
+        // Signed by the seed; by nobody; by a key that is not the seed's.
+        let peers = vec![
+            entry(9101, Some(&seed_key)),
+            entry(9102, None),
+            entry(9103, Some(&other)),
+        ];
+        out.clear();
+        p.handle(
+            Event::Frame {
+                conn: SEED_CONN,
+                msg: Msg::PeerList { peers },
+            },
+            now,
+            &mut out,
+        );
+        let dials: Vec<SocketAddr> = out
+            .iter()
+            .filter_map(|x| match x {
+                Action::Dial { addr, .. } => Some(*addr),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dials, vec![a(9101)]);
     }
 
     fn gossip(text: &str, ttl: u8) -> Msg {

@@ -434,16 +434,49 @@ impl Overlay {
         self.lost.insert(addr, now);
     }
 
-    /// The join's choice of neighbours from the seeds' union: the peers to dial.
+    /// The join's choice of neighbours from the seeds' union: the peers to dial. `certified`
+    /// checks an entry's certificate; an entry is checked only once chosen (a peer dials a few
+    /// of the hundreds listed), and one that fails is replaced by another choice.
     pub fn pick_initial(
         &mut self,
         union: &[PeerEntry],
         rng: &mut StdRng,
+        certified: &mut dyn FnMut(&PeerEntry) -> bool,
     ) -> Vec<(SocketAddr, PublicKey)> {
-        let open = self.open_to_us(union);
-        let chosen = selection::select(&open, self.max_neighbours, self.selection, rng);
+        let chosen = self.choose_certified(union.to_vec(), self.max_neighbours, rng, certified);
         let dial = self.start_dials(chosen);
         with_keys(dial, union)
+    }
+
+    /// Up to `want` candidates chosen by the selection rule among those open to us, each
+    /// certified; a chosen entry that is not is dropped and the choice made again for the rest.
+    fn choose_certified(
+        &self,
+        mut pool: Vec<PeerEntry>,
+        want: usize,
+        rng: &mut StdRng,
+        certified: &mut dyn FnMut(&PeerEntry) -> bool,
+    ) -> Vec<SocketAddr> {
+        let mut picked = Vec::with_capacity(want);
+        while picked.len() < want && !pool.is_empty() {
+            let open = self.open_to_us(&pool);
+            let chosen = selection::select(&open, want - picked.len(), self.selection, rng);
+            if chosen.is_empty() {
+                break;
+            }
+            for addr in chosen {
+                let Some(i) = pool.iter().position(|p| p.addr == addr) else {
+                    continue;
+                };
+                let entry = pool.swap_remove(i);
+                if certified(&entry) {
+                    picked.push(addr);
+                }
+            }
+            // `select` sees candidates in address order whatever the removals did.
+            pool.sort_by_key(|p| p.addr);
+        }
+        picked
     }
 
     /// The candidates that can still take an inbound link by the degree the seeds report: a
@@ -496,6 +529,7 @@ impl Overlay {
         list: Vec<PeerEntry>,
         now: Instant,
         rng: &mut StdRng,
+        certified: &mut dyn FnMut(&PeerEntry) -> bool,
     ) -> Vec<(SocketAddr, PublicKey)> {
         self.repairing = false;
         let memory = self.lost_memory;
@@ -513,8 +547,7 @@ impl Overlay {
         let want = self
             .max_neighbours
             .saturating_sub(self.neighbours.len() + self.dialing.len());
-        let open = self.open_to_us(&candidates);
-        let dial = selection::select(&open, want, self.selection, rng);
+        let dial = self.choose_certified(candidates.clone(), want, rng, certified);
         let dial = self.start_dials(dial);
         with_keys(dial, &candidates)
     }
@@ -661,15 +694,9 @@ mod tests {
         assert!(o.wants_repair());
         o.set_repairing(true);
         assert!(!o.wants_repair(), "one repair at a time");
-        let list = (9100..9106)
-            .map(|p| PeerEntry {
-                addr: a(p),
-                key: [p as u8; 32],
-                degree: 0,
-            })
-            .collect();
+        let list = (9100..9106).map(|p| entry(a(p), [p as u8; 32])).collect();
         let mut rng = StdRng::seed_from_u64(1);
-        let mut dial = o.pick_repair(list, now, &mut rng);
+        let mut dial = o.pick_repair(list, now, &mut rng, &mut |_| true);
         dial.sort();
         let want: Vec<(SocketAddr, PublicKey)> =
             [9103, 9104, 9105].map(|p| (a(p), [p as u8; 32])).into();
@@ -711,18 +738,55 @@ mod tests {
         // Choosing neighbours leaves out a full subnet.
         let list: Vec<PeerEntry> = [a(9104), far(3)]
             .into_iter()
-            .map(|addr| PeerEntry {
-                addr,
-                key: [7; 32],
-                degree: 0,
-            })
+            .map(|addr| entry(addr, [7; 32]))
             .collect();
         let mut rng = StdRng::seed_from_u64(1);
         let picked: Vec<SocketAddr> = o
-            .pick_initial(&list, &mut rng)
+            .pick_initial(&list, &mut rng, &mut |_| true)
             .into_iter()
             .map(|p| p.0)
             .collect();
         assert_eq!(picked, vec![far(3)]);
+    }
+
+    fn entry(addr: SocketAddr, key: PublicKey) -> PeerEntry {
+        PeerEntry {
+            addr,
+            incarnation: 1,
+            key,
+            degree: 0,
+            signatures: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn entries_are_checked_once_chosen_and_a_failing_one_is_replaced_by_another_choice() {
+        let c =
+            Config::parse("seeds: [\"127.0.0.1:9001\"]\npeer: { max_neighbours: 3 }\n").unwrap();
+        let mut o = Overlay::new(a(9100), &c);
+        // Keys 1..=10; the odd ones do not carry a valid certificate.
+        let list: Vec<PeerEntry> = (1..=10u16)
+            .map(|p| entry(a(9100 + p), [p as u8; 32]))
+            .collect();
+        let mut checked = Vec::new();
+        let mut rng = StdRng::seed_from_u64(7);
+        let picked = o.pick_initial(&list, &mut rng, &mut |e| {
+            checked.push(e.addr);
+            e.key[0] % 2 == 0
+        });
+        assert_eq!(picked.len(), 3, "three certified neighbours: {picked:?}");
+        assert!(picked.iter().all(|(_, k)| k[0] % 2 == 0), "{picked:?}");
+        let mut unique = checked.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            checked.len(),
+            "each entry checked at most once"
+        );
+        assert!(checked.len() < list.len() || picked.len() == 3);
+        // Nothing certified: nobody is dialed.
+        let mut o = Overlay::new(a(9100), &c);
+        assert!(o.pick_initial(&list, &mut rng, &mut |_| false).is_empty());
     }
 }

@@ -12,9 +12,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use crate::backoff::Backoff;
+use crate::keys::{self, Certified};
 use crate::node::ConnId;
 use crate::peer::selection;
-use crate::wire::PeerEntry;
+use crate::wire::{change_bytes, PeerEntry, PublicKey, VoteOp};
 
 /// Resend `Register` to a seed that has not confirmed within this time (its vote may have been
 /// lost while the seeds were still linking up).
@@ -40,18 +41,49 @@ struct Session {
 pub struct SeedSessions {
     configured: Vec<SocketAddr>,
     majority: usize,
+    /// The seeds' keys this peer knows: from `seeds.yaml`, and those proven on its links to
+    /// them. A list entry counts only with a certificate they verify.
+    keys: BTreeMap<SocketAddr, PublicKey>,
     sessions: BTreeMap<SocketAddr, Session>,
     join_deadline: Option<Instant>,
 }
 
 impl SeedSessions {
-    pub fn new(configured: Vec<SocketAddr>, majority: usize) -> Self {
+    pub fn new(
+        configured: Vec<SocketAddr>,
+        majority: usize,
+        keys: BTreeMap<SocketAddr, PublicKey>,
+    ) -> Self {
         SeedSessions {
             configured,
             majority,
+            keys,
             sessions: BTreeMap::new(),
             join_deadline: None,
         }
+    }
+
+    /// Does this entry carry the certificate of its registration: signed by a majority of
+    /// the configured seeds, checked with the keys this peer knows?
+    pub fn certified(&self, entry: &PeerEntry) -> Certified {
+        let bytes = change_bytes(VoteOp::Add, &entry.member());
+        keys::certified(
+            &bytes,
+            &entry.signatures,
+            self.majority,
+            &self.configured,
+            &self.keys,
+        )
+    }
+
+    /// Opens a session to configured seed `addr` too (to learn its key), unless there is one.
+    /// True if the caller should dial it.
+    pub fn add(&mut self, addr: SocketAddr) -> bool {
+        if !self.configured.contains(&addr) || self.sessions.contains_key(&addr) {
+            return false;
+        }
+        self.dialing(addr);
+        true
     }
 
     /// The join starts: a random majority of the seeds to dial. The join waits for their lists
@@ -85,8 +117,10 @@ impl SeedSessions {
         spare.choose(rng).copied()
     }
 
-    /// Our connection to seed `addr` is up; we send `Register` on it now.
-    pub fn connected(&mut self, addr: SocketAddr, conn: ConnId, now: Instant) {
+    /// Our connection to seed `addr`, which proved `key`, is up; we send `Register` on it now.
+    pub fn connected(&mut self, addr: SocketAddr, key: PublicKey, conn: ConnId, now: Instant) {
+        // The runtime checked the key against the one configured or pinned for `addr`.
+        self.keys.entry(addr).or_insert(key);
         let s = self.sessions.entry(addr).or_default();
         s.conn = Some(conn);
         s.dialing = false;
@@ -126,7 +160,8 @@ impl SeedSessions {
         if !(all_in || timed_out) {
             return None;
         }
-        let union = selection::union(self.sessions.values().filter_map(|s| s.list.as_deref()), me);
+        let lists = self.sessions.values().filter_map(|s| s.list.as_deref());
+        let union = selection::union(lists, me, |e| self.certified(e) == Certified::Yes);
         for s in self.sessions.values_mut() {
             s.list = None;
         }
@@ -252,6 +287,7 @@ impl SeedSessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::NodeKey;
     use rand::SeedableRng;
 
     fn a(p: u16) -> SocketAddr {
@@ -261,20 +297,66 @@ mod tests {
     fn entry(p: u16) -> PeerEntry {
         PeerEntry {
             addr: a(p),
+            incarnation: 1,
             key: [p as u8; 32],
             degree: 0,
+            signatures: Vec::new(),
         }
+    }
+
+    fn seeds(n: u16) -> Vec<SocketAddr> {
+        (1..=n).map(|i| a(9000 + i)).collect()
+    }
+
+    #[test]
+    fn an_entry_counts_only_signed_by_a_majority_of_configured_seeds_whose_keys_are_known() {
+        let keys: Vec<NodeKey> = (1..=4u8).map(|i| NodeKey::from_secret([i; 32])).collect();
+        let known: BTreeMap<SocketAddr, PublicKey> =
+            (0..2).map(|i| (seeds(3)[i], keys[i].public())).collect();
+        let mut s = SeedSessions::new(seeds(3), 2, known);
+        let signed = |by: &[usize], e: &PeerEntry| -> Vec<(SocketAddr, crate::wire::Signature)> {
+            let bytes = change_bytes(VoteOp::Add, &e.member());
+            by.iter()
+                .map(|&i| (a(9001 + i as u16), keys[i].sign(&bytes)))
+                .collect()
+        };
+        let mut e = entry(9101);
+        e.signatures = signed(&[0, 1], &e);
+        assert_eq!(s.certified(&e), Certified::Yes);
+        // One seed alone, even twice.
+        let one = signed(&[0], &e);
+        e.signatures = [one.clone(), one].concat();
+        assert_eq!(s.certified(&e), Certified::No);
+        // Signed for another member: the key swapped.
+        let mut swapped = e.clone();
+        swapped.signatures = signed(&[0, 1], &e);
+        swapped.key = [0xee; 32];
+        assert_eq!(s.certified(&swapped), Certified::No);
+        // A seed not configured (key index 3 at 9004) does not count.
+        e.signatures = signed(&[0, 3], &e);
+        assert_eq!(s.certified(&e), Certified::No);
+        // The third seed's key is not known yet: it might, once it is.
+        e.signatures = signed(&[0, 2], &e);
+        assert_eq!(s.certified(&e), Certified::KeysUnknown(vec![a(9003)]));
+        let t0 = Instant::now();
+        assert!(s.add(a(9003)), "linked to, to learn its key");
+        assert!(
+            !s.add(a(9003)) && !s.add(a(9009)),
+            "once, and only a configured seed"
+        );
+        s.connected(a(9003), keys[2].public(), 5, t0);
+        assert_eq!(s.certified(&e), Certified::Yes);
     }
 
     #[test]
     fn the_join_takes_the_union_once_every_connected_seed_answered() {
         let mut rng = StdRng::seed_from_u64(1);
         let t0 = Instant::now();
-        let mut s = SeedSessions::new(vec![a(9001), a(9002), a(9003)], 2);
+        let mut s = SeedSessions::new(seeds(3), 2, BTreeMap::new());
         let chosen = s.start(&mut rng, t0, Duration::from_secs(20));
         assert_eq!(chosen.len(), 2);
-        s.connected(chosen[0], 1, t0);
-        s.connected(chosen[1], 2, t0);
+        s.connected(chosen[0], [1; 32], 1, t0);
+        s.connected(chosen[1], [2; 32], 2, t0);
         s.list(&chosen[0], vec![entry(9101), entry(9102)]);
         assert_eq!(s.join_result(t0, &a(9100)), None, "one list of two");
         s.list(&chosen[1], vec![entry(9102), entry(9103), entry(9100)]);
@@ -291,7 +373,7 @@ mod tests {
     fn an_unreachable_seed_is_replaced_while_joining_and_retried_with_backoff() {
         let mut rng = StdRng::seed_from_u64(1);
         let t0 = Instant::now();
-        let mut s = SeedSessions::new(vec![a(9001), a(9002), a(9003)], 2);
+        let mut s = SeedSessions::new(seeds(3), 2, BTreeMap::new());
         let chosen = s.start(&mut rng, t0, Duration::from_secs(20));
         let (wait, spare) = s.dial_failed(&chosen[0], t0, true, &mut rng);
         assert_eq!(wait, Some(Duration::from_millis(200)));
@@ -306,9 +388,9 @@ mod tests {
     fn an_unconfirmed_registration_is_sent_again() {
         let mut rng = StdRng::seed_from_u64(1);
         let t0 = Instant::now();
-        let mut s = SeedSessions::new(vec![a(9001)], 1);
+        let mut s = SeedSessions::new(seeds(1), 1, BTreeMap::new());
         s.start(&mut rng, t0, Duration::from_secs(20));
-        s.connected(a(9001), 7, t0);
+        s.connected(a(9001), [1; 32], 7, t0);
         assert_eq!(s.due(t0 + Duration::from_secs(1)).1, Vec::<ConnId>::new());
         assert_eq!(s.due(t0 + REGISTER_RETRY).1, vec![7]);
         assert!(s.registered(&a(9001)));

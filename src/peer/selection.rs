@@ -11,19 +11,28 @@ use crate::config::Selection;
 use crate::wire::PeerEntry;
 
 /// Union of several peer lists without `me`, one entry per address (the highest degree any
-/// seed reported; the key of the first list that names it: seeds agree on keys, as a listed
-/// address changes hands only by a majority's vote), sorted by address.
+/// seed reported), sorted by address. Honest seeds agree on an address's member (it changes
+/// hands only by a majority's certificate), so the first list's entry stands, unless another
+/// list names a different member there: then `certified` decides (checked only on such a
+/// conflict), so a lying seed cannot hide a real member behind a forged entry.
 pub fn union<'a>(
     lists: impl IntoIterator<Item = &'a [PeerEntry]>,
     me: &SocketAddr,
+    mut certified: impl FnMut(&PeerEntry) -> bool,
 ) -> Vec<PeerEntry> {
     let mut all: BTreeMap<SocketAddr, PeerEntry> = BTreeMap::new();
     for list in lists {
         for p in list {
-            if p.addr != *me {
-                let e = all.entry(p.addr).or_insert_with(|| p.clone());
-                e.degree = e.degree.max(p.degree);
+            if p.addr == *me {
+                continue;
             }
+            let e = all.entry(p.addr).or_insert_with(|| p.clone());
+            if e.member() != p.member() && !certified(e) && certified(p) {
+                let degree = e.degree;
+                *e = p.clone();
+                e.degree = e.degree.max(degree);
+            }
+            e.degree = e.degree.max(p.degree);
         }
     }
     all.into_values().collect()
@@ -69,8 +78,10 @@ mod tests {
     fn e(p: u16, degree: u16) -> PeerEntry {
         PeerEntry {
             addr: SocketAddr::from(([127, 0, 0, 1], p)),
+            incarnation: 1,
             key: [p as u8; 32],
             degree,
+            signatures: Vec::new(),
         }
     }
 
@@ -79,8 +90,25 @@ mod tests {
         let me = e(1, 0).addr;
         let a = vec![e(1, 0), e(2, 1), e(3, 0)];
         let b = vec![e(3, 5), e(4, 0)];
-        let u = union([a.as_slice(), b.as_slice()], &me);
+        let u = union([a.as_slice(), b.as_slice()], &me, |_| true);
         assert_eq!(u, vec![e(2, 1), e(3, 5), e(4, 0)]);
+    }
+
+    #[test]
+    fn a_forged_entry_does_not_hide_the_certified_member_at_its_address() {
+        let me = e(1, 0).addr;
+        let mut forged = e(2, 9);
+        forged.key = [0xee; 32];
+        let liar = vec![forged.clone(), e(3, 0)];
+        let honest = vec![e(2, 1)];
+        let certified = |p: &PeerEntry| p.key != [0xee; 32];
+        let u = union([liar.as_slice(), honest.as_slice()], &me, certified);
+        assert_eq!(u[0].key, e(2, 0).key, "the certified member stands");
+        // Lists that agree are never checked.
+        let u = union([honest.as_slice(), honest.as_slice()], &me, |_| {
+            panic!("checked")
+        });
+        assert_eq!(u, honest);
     }
 
     #[test]

@@ -627,8 +627,15 @@ impl SeedCore {
                     .into_iter()
                     .map(|m| PeerEntry {
                         addr: m.addr,
+                        incarnation: m.incarnation,
                         key: m.key,
                         degree: self.degrees.get(&m.addr).copied().unwrap_or(0),
+                        // The peer trusts an entry only with its certificate.
+                        signatures: self
+                            .registry
+                            .certificate(&m.addr)
+                            .map(|c| c.signatures.clone())
+                            .unwrap_or_default(),
                     })
                     .collect();
                 out.push(Action::send(conn, Msg::PeerList { peers }));

@@ -195,6 +195,11 @@ impl Registry {
             .collect()
     }
 
+    /// The certificate of listed member `addr`'s registration.
+    pub fn certificate(&self, addr: &SocketAddr) -> Option<&Certificate> {
+        self.certs.get(addr)
+    }
+
     /// Do the signatures in `c` come from at least a majority of distinct seeds, each valid?
     pub fn verifies(&self, c: &Certificate, check: CheckSignature) -> bool {
         let bytes = change_bytes(c.op, &c.member);

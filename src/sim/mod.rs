@@ -192,6 +192,12 @@ impl World {
             actions: Vec::new(),
             trace: None,
         };
+        // The seeds' keys are in the config, as the demo writes them into `seeds.yaml`: peers
+        // check the certificates in the seeds' lists with them.
+        for addr in w.config.seeds.clone() {
+            let key = crate::keys::NodeKey::from_secret(sim_key(&addr));
+            w.config.seed_keys.insert(addr, key.public());
+        }
         for (i, addr) in w.config.seeds.clone().into_iter().enumerate() {
             let rng = StdRng::seed_from_u64(rng ^ 0x5eed_0000_0000_0000 ^ i as u64);
             // Seeds sign their votes, so theirs are real keys (derived from the address).
