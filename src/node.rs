@@ -137,6 +137,8 @@ pub enum Timer {
     ProbeDeadline,
     /// Seed: send the peer list to the other seeds, expire old votes.
     Sync,
+    /// Seed: check the members it learned from other seeds that have no link to it.
+    Unlinked,
 }
 
 /// Why a connection ended without the core asking for it.

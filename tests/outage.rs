@@ -1,7 +1,9 @@
 //! Nothing lingers in a seed outage: with two of three seeds down for longer than a vote lives,
 //! a peer that dies meanwhile is still removed once the seeds are back (the seed that stayed up
 //! checks it again each time its vote expires, and reports held by peers without a seed reach
-//! the seeds when they are back), and the live peers stay listed.
+//! the seeds when they are back), and the live peers stay listed. A peer that dies while every
+//! seed it was linked to is down, with no neighbour to report it, is removed too: the returning
+//! seeds check the members they learn from the others that have not linked to them.
 
 mod common;
 
@@ -76,4 +78,50 @@ fn a_peer_that_dies_while_most_seeds_are_down_is_removed_once_they_are_back() {
             "a live peer was removed at {s}: {removed:?}"
         );
     }
+}
+
+#[test]
+fn a_peer_whose_seeds_were_all_down_when_it_died_is_removed_once_they_are_back() {
+    let mut net = Net::new(3, CONFIG);
+    net.start_seeds();
+    // One peer: no neighbour will ever report it.
+    let p = net.start_peer();
+    wait_until("every seed lists the peer", || {
+        net.seeds.iter().all(|&s| lists(&net, s, p))
+    });
+    let mine = strs(&net.events("peer", p), "registered_with", "seed");
+    let linked: Vec<SocketAddr> = net
+        .seeds
+        .iter()
+        .copied()
+        .filter(|s| mine.contains(&s.to_string()))
+        .collect();
+    let other = net
+        .seeds
+        .iter()
+        .copied()
+        .find(|s| !linked.contains(s))
+        .unwrap();
+    assert_eq!(linked.len(), 2, "registered with {mine:?}");
+    // Its seeds go down, then it dies: the seed left up never had a link to it.
+    for &s in &linked {
+        net.kill(s);
+    }
+    net.kill(p);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(lists(&net, other, p), "removed with no seed to check it");
+
+    for &s in &linked {
+        net.spawn("seed", s);
+    }
+    wait_until("every seed has removed the dead peer", || {
+        net.seeds.iter().all(|&s| !lists(&net, s, p))
+    });
+    // The first returning seed to check it votes, and the other checks on hearing that vote.
+    let checked = linked.iter().any(|s| {
+        std::fs::read_to_string(net.dir.path().join(format!("seed-{}.log", s.port())))
+            .unwrap_or_default()
+            .contains("members learned from other seeds that have no link here")
+    });
+    assert!(checked, "no returning seed checked what it learned");
 }

@@ -1389,7 +1389,11 @@ impl PeerCore {
                 }
             }
             Timer::ReplyDeadline => self.liveness_deadlines(now, out),
-            Timer::YoungLinks | Timer::SeedRedial | Timer::ProbeDeadline | Timer::Sync => {}
+            Timer::YoungLinks
+            | Timer::SeedRedial
+            | Timer::ProbeDeadline
+            | Timer::Sync
+            | Timer::Unlinked => {}
         }
     }
 

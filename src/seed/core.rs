@@ -97,6 +97,12 @@ pub struct SeedCore {
     /// the registering key there before it votes): the registering connection and member.
     dial_backs: BTreeMap<SocketAddr, (ConnId, Member)>,
     next_sync: Option<Instant>,
+    /// Members this seed learned from another seed's `Sync` (not by votes it heard) since it
+    /// started: it was down when they registered, or missed it. Each is checked once, a while
+    /// after the first arrives, unless it has linked to this seed by then: a peer whose seed
+    /// links all went while its seeds were down (and which died meanwhile) would otherwise
+    /// stay listed, since no seed saw its link close. `None` once checked.
+    caught_up: Option<BTreeSet<SocketAddr>>,
 }
 
 impl SeedCore {
@@ -119,6 +125,7 @@ impl SeedCore {
             probes: BTreeMap::new(),
             dial_backs: BTreeMap::new(),
             next_sync: None,
+            caught_up: Some(BTreeSet::new()),
         }
     }
 
@@ -747,6 +754,7 @@ impl SeedCore {
                     Self::seed_signed(keys, voter, bytes, sig)
                 };
                 let (changes, bad) = self.registry.merge(certs, &mut check);
+                self.note_caught_up(&changes, out);
                 if bad > 0 {
                     out.push(
                         Record::rejected(
@@ -830,6 +838,47 @@ impl SeedCore {
             } else if p.dialing {
                 self.probe_dial_failed(addr, "no handshake in time", false, now, out);
             }
+        }
+    }
+
+    /// Members added by a merge are checked `liveness.misses × liveness.interval` after the
+    /// first of them arrives (time for their links to reach this seed, if they are alive and
+    /// registered with it).
+    fn note_caught_up(&mut self, changes: &[Change], out: &mut Vec<Action>) {
+        let Some(caught_up) = &mut self.caught_up else {
+            return;
+        };
+        let first = caught_up.is_empty();
+        caught_up.extend(changes.iter().filter_map(|c| match c {
+            Change::Added(m) => Some(m.addr),
+            Change::Removed(..) => None,
+        }));
+        if first && !caught_up.is_empty() {
+            let lv = &self.config.liveness;
+            out.push(Action::timer(lv.interval * lv.misses, Timer::Unlinked));
+        }
+    }
+
+    /// The members learned from other seeds that have no link to this seed are checked (a
+    /// live one answers the dial; a dead one is voted out, as after a report).
+    fn check_unlinked(&mut self, now: Now, out: &mut Vec<Action>) {
+        let Some(caught_up) = self.caught_up.take() else {
+            return;
+        };
+        let unlinked: Vec<Member> = caught_up
+            .iter()
+            .filter(|a| !self.peer_conns.contains_key(a))
+            .filter_map(|a| self.registry.member(a))
+            .collect();
+        if !unlinked.is_empty() {
+            log::info!(
+                "checking {} of {} members learned from other seeds that have no link here",
+                unlinked.len(),
+                caught_up.len()
+            );
+        }
+        for m in unlinked {
+            self.start_probe(m, None, now, out);
         }
     }
 
@@ -970,6 +1019,7 @@ impl Core for SeedCore {
             Event::Timer(Timer::SeedRedial) => self.redial_due(now, out),
             Event::Timer(Timer::ProbeDeadline) => self.expire_probes(now, out),
             Event::Timer(Timer::Sync) => self.sync(now, out),
+            Event::Timer(Timer::Unlinked) => self.check_unlinked(now, out),
             Event::Timer(Timer::Waiting) => {
                 if let Some(line) = self.waiting() {
                     out.push(Record::new("waiting").line(line).into());
@@ -1651,6 +1701,87 @@ mod tests {
         );
         assert_eq!(s.members(), vec![made_up]);
         assert_eq!(events(&out), vec!["registered"]);
+    }
+
+    #[test]
+    fn members_learned_from_other_seeds_without_a_link_here_are_checked_once() {
+        let now = Now::real();
+        let mut s = new_seed(9001);
+        let mut out = vec![];
+        let remote = seed(a(9002));
+        s.handle(Event::Connected { conn: 1, remote }, now, &mut out);
+        let member = |port: u16| Member {
+            addr: a(port),
+            incarnation: 1,
+            key: [port as u8; 32],
+        };
+        let cert = |m: Member| crate::wire::Certificate {
+            op: VoteOp::Add,
+            member: m,
+            signatures: [9001, 9002]
+                .iter()
+                .map(|p| (a(*p), seed_key(*p).sign(&change_bytes(VoteOp::Add, &m))))
+                .collect(),
+        };
+        // Two members registered while this seed was down arrive in a Sync; the timer to
+        // check them is set once.
+        out.clear();
+        let certs = vec![cert(member(9101)), cert(member(9102))];
+        s.handle(
+            Event::Frame {
+                conn: 1,
+                msg: Msg::Sync { certs },
+            },
+            now,
+            &mut out,
+        );
+        let timers = |out: &[Action]| {
+            out.iter()
+                .filter(|x| {
+                    matches!(
+                        x,
+                        Action::SetTimer {
+                            timer: Timer::Unlinked,
+                            ..
+                        }
+                    )
+                })
+                .count()
+        };
+        assert_eq!(timers(&out), 1);
+        // One of them links to this seed meanwhile.
+        out.clear();
+        let mut remote = peer(a(9102), 1);
+        remote.key = member(9102).key;
+        s.handle(Event::Connected { conn: 2, remote }, now, &mut out);
+        s.handle(
+            Event::Frame {
+                conn: 2,
+                msg: Msg::Register,
+            },
+            now,
+            &mut out,
+        );
+        assert_eq!(dials_to(&out, a(9102)), 0, "its own registration, no check");
+        // Time is up: the one with no link here is checked, the other is not.
+        out.clear();
+        s.handle(Event::Timer(Timer::Unlinked), now, &mut out);
+        assert_eq!(dials_to(&out, a(9101)), 1);
+        assert_eq!(dials_to(&out, a(9102)), 0);
+        // Once only: later merges do not start another round.
+        out.clear();
+        let certs = vec![cert(member(9103))];
+        s.handle(
+            Event::Frame {
+                conn: 1,
+                msg: Msg::Sync { certs },
+            },
+            now,
+            &mut out,
+        );
+        assert_eq!(timers(&out), 0);
+        s.handle(Event::Timer(Timer::Unlinked), now, &mut out);
+        assert_eq!(dials_to(&out, a(9103)), 0);
     }
 
     #[test]
