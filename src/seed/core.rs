@@ -19,6 +19,16 @@ use crate::wire::{
     change_bytes, Member, Msg, PeerEntry, PublicKey, RemovalReason, Role, VoteOp, SYNC_CHUNK,
 };
 
+/// A connect error on this seed's own side: its network is down or has no route, or it has
+/// no local address or port to dial from. Such a failure says nothing about the peer dialed.
+fn own_failure(kind: &std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        kind,
+        NetworkDown | NetworkUnreachable | AddrNotAvailable | AddrInUse | OutOfMemory
+    )
+}
+
 /// How often a seed without enough other seeds to commit anything says so.
 const WAITING_NOTE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -64,6 +74,9 @@ struct Probe {
     redial: bool,
     /// Dials made so far.
     dials: u32,
+    /// The last dial failed on this seed's side (its network down or unreachable, no local
+    /// address or port): a failure that says nothing about the peer.
+    own_failure: bool,
 }
 
 #[derive(Debug)]
@@ -103,6 +116,9 @@ pub struct SeedCore {
     /// links all went while its seeds were down (and which died meanwhile) would otherwise
     /// stay listed, since no seed saw its link close. `None` once checked.
     caught_up: Option<BTreeSet<SocketAddr>>,
+    /// Members whose check this seed abstained from (its own dialing or scheduling failed
+    /// during it): checked again at the next sync tick.
+    recheck: BTreeSet<SocketAddr>,
 }
 
 impl SeedCore {
@@ -126,6 +142,7 @@ impl SeedCore {
             dial_backs: BTreeMap::new(),
             next_sync: None,
             caught_up: Some(BTreeSet::new()),
+            recheck: BTreeSet::new(),
         }
     }
 
@@ -280,6 +297,7 @@ impl SeedCore {
             dial_failed: false,
             redial: false,
             dials: 0,
+            own_failure: false,
         };
         // Over the peer's own link and over a fresh dial at once: either answer will do.
         if let Some(&conn) = self.peer_conns.get(&member.addr) {
@@ -312,15 +330,16 @@ impl SeedCore {
     }
 
     /// The fresh dial failed (`why`). One that failed on the way (`transient`: no route, a
-    /// reset) is made again after a pause while `liveness.misses × liveness.interval` since
-    /// the probe began has not passed; nothing listening, or no handshake within
-    /// `pow.timeout`, is final. The peer is dead once the dial has failed for good and its
-    /// link (if any) has not answered either.
+    /// reset, or this seed's `own` failure) is made again after a pause while
+    /// `liveness.misses × liveness.interval` since the probe began has not passed; nothing
+    /// listening, or no handshake within `pow.timeout`, is final. The peer is dead once the
+    /// dial has failed for good and its link (if any) has not answered either; a dial that
+    /// still fails on this seed's side makes it abstain instead.
     fn probe_dial_failed(
         &mut self,
         addr: SocketAddr,
         why: &str,
-        transient: bool,
+        (transient, own): (bool, bool),
         now: Now,
         out: &mut Vec<Action>,
     ) {
@@ -331,6 +350,7 @@ impl SeedCore {
             return;
         };
         p.dialing = false;
+        p.own_failure = own;
         if transient && now.mono + pause < p.started + window {
             log::info!("probe: dialing {addr} failed ({why}); dialing it again");
             p.redial = true;
@@ -351,8 +371,25 @@ impl SeedCore {
         if !p.dial_failed || p.link_until.is_some() {
             return;
         }
+        if p.own_failure {
+            return self.abstain(
+                addr,
+                &format!("dialing it fails on this seed's side ({why})"),
+            );
+        }
         let why = format!("{why}; no answer over its link either, {} dial(s)", p.dials);
         self.probe_result(addr, false, &why, now, out);
+    }
+
+    /// Drops a check whose failure may be this seed's own, without a vote: a seed whose own
+    /// dialing fails, or that was stalled past the check's deadlines (overloaded, stopped),
+    /// cannot tell a dead peer from its own trouble. Other seeds' checks go on, and this one
+    /// checks again at its next sync tick.
+    fn abstain(&mut self, addr: SocketAddr, why: &str) {
+        if self.probes.remove(&addr).is_some() {
+            log::warn!("probe: abstaining from a verdict on {addr}: {why}; checking again later");
+            self.recheck.insert(addr);
+        }
     }
 
     fn probe_result(
@@ -823,6 +860,22 @@ impl SeedCore {
             let Some(p) = self.probes.get_mut(&addr) else {
                 continue;
             };
+            // A deadline seen more than a probe timeout late: this seed was stalled (stopped,
+            // overloaded), so the silence it finds may be its own.
+            let late = [p.link_until, Some(p.deadline)]
+                .into_iter()
+                .flatten()
+                .filter(|t| *t <= now.mono)
+                .map(|t| now.mono - t)
+                .max();
+            if late.is_some_and(|l| l > self.config.liveness.probe_timeout) {
+                let late = late.unwrap_or_default();
+                self.abstain(
+                    addr,
+                    &format!("this seed was stalled {late:?} past the check's deadline"),
+                );
+                continue;
+            }
             if p.link_until.is_some_and(|t| t <= now.mono) {
                 p.link_until = None;
                 self.probe_verdict(addr, "no answer over its link in time", now, out);
@@ -836,7 +889,7 @@ impl SeedCore {
             if p.redial {
                 Self::probe_dial(p, now, &self.config, out);
             } else if p.dialing {
-                self.probe_dial_failed(addr, "no handshake in time", false, now, out);
+                self.probe_dial_failed(addr, "no handshake in time", (false, false), now, out);
             }
         }
     }
@@ -895,6 +948,11 @@ impl SeedCore {
             for msg in self.sync_msgs() {
                 let to = to.clone();
                 out.push(Action::Send { to, msg });
+            }
+        }
+        for addr in std::mem::take(&mut self.recheck) {
+            if let Some(member) = self.registry.member(&addr) {
+                self.start_probe(member, None, now, out);
             }
         }
         for member in self.registry.expire(now.mono, &self.me) {
@@ -1012,7 +1070,9 @@ impl Core for SeedCore {
                         }
                     }
                     let transient = matches!(reason, DialError::Connect(_));
-                    self.probe_dial_failed(addr, &reason.to_string(), transient, now, out)
+                    let own = matches!(&reason, DialError::Connect(kind) if own_failure(kind));
+                    let why = reason.to_string();
+                    self.probe_dial_failed(addr, &why, (transient, own), now, out)
                 }
                 Purpose::Register | Purpose::Neighbour => {}
             },
@@ -1349,7 +1409,7 @@ mod tests {
             purpose: Purpose::Probe,
             reason,
         };
-        let no_route = || failed(DialError::Connect(std::io::ErrorKind::NetworkUnreachable));
+        let no_route = || failed(DialError::Connect(std::io::ErrorKind::HostUnreachable));
         let voted = |out: &[Action]| {
             sent_to(out, 1).iter().any(|m| {
                 matches!(
@@ -1401,6 +1461,55 @@ mod tests {
         );
         assert!(!voted(&out));
         assert!(events(&out).contains(&"rejected"), "the report is refused");
+    }
+
+    #[test]
+    fn a_seed_whose_own_dialing_or_scheduling_fails_abstains_and_checks_again() {
+        let (mut s, now) = registered_seed();
+        let mut out = vec![];
+        let at = |secs: u64| now.after(Duration::from_secs(secs));
+        let report = |s: &mut SeedCore, out: &mut Vec<Action>| {
+            let text = texts::dead_node(&a(9102), now.unix_ms, &a(9101));
+            let msg = Msg::DeadNode { text };
+            s.handle(Event::Frame { conn: 2, msg }, now, out);
+        };
+        let voted = |out: &[Action]| {
+            sent_to(out, 1)
+                .iter()
+                .any(|m| matches!(m, Msg::Vote { .. }))
+        };
+        // This seed's network is down: every dial fails here, past the whole window.
+        report(&mut s, &mut out);
+        s.handle(Event::Timer(Timer::ProbeDeadline), at(2), &mut out);
+        let down = || Event::DialFailed {
+            addr: a(9102),
+            purpose: Purpose::Probe,
+            reason: DialError::Connect(std::io::ErrorKind::NetworkDown),
+        };
+        s.handle(down(), at(40), &mut out);
+        assert!(!voted(&out), "no vote on its own failure");
+        // It checks again at its next sync tick, and votes once its dial fails for the peer's
+        // reason.
+        out.clear();
+        s.handle(Event::Timer(Timer::Sync), at(45), &mut out);
+        assert_eq!(dials_to(&out, a(9102)), 1, "checked again");
+        let later = now.after(Duration::from_secs(47));
+        s.handle(Event::Timer(Timer::ProbeDeadline), later, &mut out);
+        let refused = Event::DialFailed {
+            addr: a(9102),
+            purpose: Purpose::Probe,
+            reason: DialError::Refused,
+        };
+        s.handle(refused, later, &mut out);
+        assert!(voted(&out));
+
+        // A seed stalled (stopped, overloaded) far past a check's deadline abstains too.
+        let (mut s, _) = registered_seed();
+        report(&mut s, &mut out);
+        out.clear();
+        s.handle(Event::Timer(Timer::ProbeDeadline), at(30), &mut out);
+        assert!(!voted(&out), "no vote after a stall");
+        assert_eq!(dials_to(&out, a(9102)), 0);
     }
 
     fn dials_to(out: &[Action], to: SocketAddr) -> usize {
