@@ -987,6 +987,12 @@ impl<C: Core> Runtime<C> {
     pub fn shutdown(self: &Arc<Self>) {
         self.stopping.store(true, Ordering::Relaxed);
         self.dispatch(Event::Shutdown);
+        // A goodbye waiting for a connection (a `Leave` with no seed up): dials and their
+        // `Connected` events go on meanwhile, for at most one handshake's time.
+        let until = Instant::now() + self.config.pow.timeout;
+        while self.core.lock().holds_goodbye() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let wait = |done: &dyn Fn(&ConnTable) -> bool| {
             let until = Instant::now() + SHUTDOWN_FLUSH;
             while Instant::now() < until && !done(&self.conns.lock()) {

@@ -359,6 +359,13 @@ pub trait Core: Send + 'static {
     fn gossip_dropped(&self) -> u64 {
         0
     }
+
+    /// After `Event::Shutdown`: a goodbye the core could not send yet (a peer's `Leave` with
+    /// no seed connection up) and is dialing for. The runtime keeps serving events for a
+    /// bounded while (`pow.timeout`) until this is false, then stops.
+    fn holds_goodbye(&self) -> bool {
+        false
+    }
 }
 
 /// Timers a core asked for, earliest first: the TCP runtime keeps one, and so can a test that

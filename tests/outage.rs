@@ -125,3 +125,47 @@ fn a_peer_whose_seeds_were_all_down_when_it_died_is_removed_once_they_are_back()
     });
     assert!(checked, "no returning seed checked what it learned");
 }
+
+#[test]
+fn a_peer_leaving_with_no_seed_connection_up_dials_the_seeds_to_say_so() {
+    let mut net = Net::new(3, CONFIG);
+    net.start_seeds();
+    let p = net.start_peer();
+    wait_until("every seed lists the peer", || {
+        net.seeds.iter().all(|&s| lists(&net, s, p))
+    });
+    let mine = strs(&net.events("peer", p), "registered_with", "seed");
+    let other = net
+        .seeds
+        .iter()
+        .copied()
+        .find(|s| !mine.contains(&s.to_string()))
+        .unwrap();
+    // The seeds it is linked to go down: it has no seed connection when told to stop.
+    let linked: Vec<SocketAddr> = net.seeds.iter().copied().filter(|s| *s != other).collect();
+    for &s in &linked {
+        net.kill(s);
+    }
+    let peer_log = net.dir.path().join(format!("peer-{}.log", p.port()));
+    wait_until("the peer sees its seed links go", || {
+        std::fs::read_to_string(&peer_log)
+            .unwrap_or_default()
+            .contains("unreachable")
+    });
+    let status = net.terminate(p);
+    assert!(status.success(), "exit status {status:?}");
+    // It dialed the seeds, and the one still up took its Leave.
+    let log = std::fs::read_to_string(net.dir.path().join(format!("seed-{}.log", other.port())))
+        .unwrap_or_default();
+    assert!(
+        log.contains(&format!("{p} is leaving")),
+        "the seed left up never heard the Leave:\n{log}"
+    );
+    // Once the others are back, it is removed everywhere.
+    for &s in &linked {
+        net.spawn("seed", s);
+    }
+    wait_until("every seed has removed the peer", || {
+        net.seeds.iter().all(|&s| !lists(&net, s, p))
+    });
+}

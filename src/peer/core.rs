@@ -77,6 +77,10 @@ pub struct PeerCore {
     rejoining: bool,
     /// Dead-node reports made while no seed was reachable, sent when one is.
     held_reports: std::collections::VecDeque<String>,
+    /// Shutting down with no seed connection up: the `Leave` goes to each seed dialed that
+    /// answers, until a majority has taken it (or the runtime's wait ends).
+    leave_held: bool,
+    leave_taken: usize,
     seeds: SeedSessions,
     overlay: Overlay,
     liveness: Liveness,
@@ -108,6 +112,8 @@ impl PeerCore {
             leaving: false,
             rejoining: false,
             held_reports: std::collections::VecDeque::new(),
+            leave_held: false,
+            leave_taken: 0,
             seeds: SeedSessions::new(
                 config.seeds.clone(),
                 config.majority(),
@@ -1219,6 +1225,14 @@ impl PeerCore {
             (Role::Peer, _) => LinkKind::Neighbour,
         };
         if self.leaving {
+            if self.leave_held && kind == LinkKind::Seed {
+                // The goodbye that found no seed up at shutdown.
+                log::info!("seed {addr} reached: sending the Leave held since shutdown");
+                self.leave_taken += 1;
+                self.leave_held = self.leave_taken < self.config.majority();
+                out.push(Action::send(conn, Msg::Leave));
+                return;
+            }
             out.push(Action::Close { conn });
             return;
         }
@@ -1399,6 +1413,18 @@ impl PeerCore {
 
     fn on_shutdown(&mut self, out: &mut Vec<Action>) {
         self.leaving = true;
+        if self.seeds.conns().is_empty() {
+            // No seed would hear the Leave: dial them all; the first to answer takes it.
+            log::warn!("leaving with no seed connection up: dialing the seeds to say so");
+            self.leave_held = true;
+            for &addr in &self.config.seeds {
+                out.push(Action::Dial {
+                    addr,
+                    purpose: Purpose::Register,
+                    key: None,
+                });
+            }
+        }
         let to: Vec<ConnId> = self
             .seeds
             .conns()
@@ -1442,6 +1468,10 @@ impl Core for PeerCore {
 
     fn gossip_dropped(&self) -> u64 {
         self.dropped
+    }
+
+    fn holds_goodbye(&self) -> bool {
+        self.leave_held
     }
 }
 

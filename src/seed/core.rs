@@ -724,6 +724,7 @@ impl SeedCore {
                     l.left = true;
                 }
                 if self.registry.contains(&member) {
+                    log::info!("{addr} is leaving: voting to remove it (left)");
                     self.cast_vote(VoteOp::Remove(RemovalReason::Left), member, now, out);
                 }
             }
