@@ -9,6 +9,7 @@
 //! cargo run --release --example bench -- detection 20         # kill one, stop one; 13 s × 3
 //! cargo run --release --example bench -- floor                # loopback TCP ping-pong
 //! cargo run --release --example bench -- node 60000           # one peer's CPU per frame
+//! cargo run --release --example bench -- join 500 20 200       # N peers joining at difficulty D, P ms apart
 //! ```
 //!
 //! Every run starts its own seeds and peers (binaries from `GOSSIPNET_BIN` or
@@ -398,6 +399,124 @@ fn gossip_keys(window: Option<String>, mode: &str) -> String {
         keys += &format!(", mode: {mode}");
     }
     keys
+}
+
+/// One connector-side handshake at `difficulty`, measured here: the proof of work (mean of
+/// `solves` random challenges) and the Ed25519 work (sign the Hello, verify the Welcome).
+fn handshake_cost(difficulty: u8, solves: usize) -> (Duration, Duration) {
+    use gossipnet::keys::{verify, NodeKey};
+    use gossipnet::pow;
+    let connector: SocketAddr = "127.0.0.1:9101".parse().unwrap();
+    let acceptor: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let key = NodeKey::from_secret([9; 32]);
+    let public = key.public();
+    let t = Instant::now();
+    for i in 0..solves {
+        let mut challenge = [0u8; 32];
+        challenge[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+        let b = pow::Bound {
+            challenge: &challenge,
+            key: &public,
+            connector: &connector,
+            acceptor: &acceptor,
+        };
+        pow::solve(b, difficulty, 0, None).expect("no deadline");
+    }
+    let work = t.elapsed() / solves as u32;
+    let rounds = 200;
+    let t = Instant::now();
+    for i in 0..rounds {
+        let sig = key.sign(&(i as u64).to_be_bytes());
+        assert!(verify(&public, &(i as u64).to_be_bytes(), &sig));
+    }
+    (work, t.elapsed() / rounds)
+}
+
+fn join(n: usize, difficulty: u8, pace: Duration) {
+    let body = format!(
+        "gossip: {{ interval: 1h, count: 1 }}\nliveness: {{ interval: 13s, misses: 3 }}\npow: {{ difficulty: {difficulty} }}\nlimits: {{ max_connections: 4096 }}\nstats: {{ interval: 1h }}",
+    );
+    let (work, sign_verify) = handshake_cost(difficulty, 40);
+    let t0 = Instant::now();
+    let mut net = Network::start_paced(n, &body, pace);
+    let joined_s = t0.elapsed().as_secs_f64();
+    // Let the last dials to neighbours finish.
+    std::thread::sleep(Duration::from_secs(3));
+    let peer_cpu: f64 = net.pids().iter().map(|p| cpu_seconds(*p)).sum();
+    let seed_cpu: f64 = net.seeds.iter().map(|(_, c)| cpu_seconds(c.id())).sum();
+    let mut to_list = Vec::new();
+    let mut to_link = Vec::new();
+    let mut dials = Vec::new();
+    for (a, _) in &net.peers {
+        let text = std::fs::read_to_string(net.jsonl("peer", *a)).unwrap_or_default();
+        let evs = parse_jsonl(&text);
+        let at = |name: &str| {
+            evs.iter()
+                .find(|e| e["event"] == name)
+                .and_then(|e| e["ts_us"].as_u64())
+        };
+        let (Some(start), Some(list)) = (at("started"), at("peer_list")) else {
+            continue;
+        };
+        to_list.push((list - start) as f64 / 1000.0);
+        if let Some(up) = at("neighbour_up") {
+            to_link.push((up.max(list) - start) as f64 / 1000.0);
+        }
+        // Connections this peer opened: one per seed it registered with, one per neighbour
+        // it chose from the list (its first neighbours, up to max_neighbours).
+        let seeds = evs
+            .iter()
+            .filter(|e| e["event"] == "registered_with")
+            .count();
+        let ups = evs.iter().filter(|e| e["event"] == "neighbour_up").count();
+        dials.push((seeds + ups.min(4)) as f64);
+    }
+    net.stop();
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(((v.len().max(1) - 1) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let dials_mean = dials.iter().sum::<f64>() / dials.len().max(1) as f64;
+    let handshake_ms = ms(work) + ms(sign_verify);
+    let list_p50 = pct(&mut to_list, 0.5);
+    println!(
+        "== join: {n} peers + 3 seeds, joins {} ms apart, difficulty {difficulty}",
+        pace.as_millis()
+    );
+    println!("   run directory: {}", net.dir.display());
+    println!(
+        "   all joined in {joined_s:.1} s ({} peers with a peer list)",
+        to_list.len()
+    );
+    println!(
+        "   start to peer list (registered with a majority, lists in): p50 {:.1} ms  p99 {:.1} ms",
+        list_p50,
+        pct(&mut to_list, 0.99)
+    );
+    println!(
+        "   start to first neighbour: p50 {:.1} ms  p99 {:.1} ms",
+        pct(&mut to_link, 0.5),
+        pct(&mut to_link, 0.99)
+    );
+    println!(
+        "   one handshake, connector side: proof of work {:.2} ms (mean of 40) + sign and verify {:.3} ms",
+        ms(work),
+        ms(sign_verify)
+    );
+    let per_join_ms = peer_cpu / n as f64 * 1e3;
+    println!(
+        "   CPU per join: peer {per_join_ms:.1} ms, seeds {:.2} ms (all CPU of the run divided by {n})",
+        seed_cpu / n as f64 * 1e3
+    );
+    println!(
+        "   connections a peer opened: {dials_mean:.1} on average; their handshakes {:.1} ms of CPU: {:.0}% of a peer's CPU per join; the two before its peer list {:.0}% of the median time to it",
+        dials_mean * handshake_ms,
+        100.0 * dials_mean * handshake_ms / per_join_ms,
+        100.0 * 2.0 * handshake_ms / list_p50
+    );
 }
 
 /// `keys`: extra `gossip` keys (`gossip_keys`).
@@ -886,6 +1005,17 @@ enum What {
         #[arg(default_value_t = 20, value_parser = at_least(3))]
         peers: usize,
     },
+    /// N peers joining at difficulty D, 50 ms apart: join time, CPU per join, and the share
+    /// of it the handshakes (proof of work, signatures) take.
+    Join {
+        #[arg(default_value_t = 500, value_parser = at_least(2))]
+        peers: usize,
+        #[arg(default_value_t = 20)]
+        difficulty: u8,
+        /// Milliseconds between two peers' starts.
+        #[arg(default_value_t = 200)]
+        pace_ms: u64,
+    },
     /// One loopback TCP hop: half the median ping-pong round trip.
     Floor,
     /// One peer's CPU per frame received, fed MESSAGES messages by 8 fake neighbours.
@@ -915,6 +1045,11 @@ fn main() -> std::process::ExitCode {
         } => throughput(peers, rate, &gossip_keys(window, &args.mode)),
         What::Detection { peers } => detection(peers),
         What::Node { messages } => node(messages),
+        What::Join {
+            peers,
+            difficulty,
+            pace_ms,
+        } => join(peers, difficulty, Duration::from_millis(pace_ms)),
         What::Floor => println!(
             "one loopback TCP hop (half the median ping-pong round trip): {:.1} µs",
             floor_us()
