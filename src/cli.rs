@@ -313,7 +313,7 @@ pub fn run(role: Role, args: CommonArgs, api_addr: Option<SocketAddr>) -> Result
             args.out_dir.display()
         ))
     })?;
-    let public_hex = key.public_hex();
+    let public = key.public();
     let identity = Identity {
         role,
         addr,
@@ -341,7 +341,7 @@ pub fn run(role: Role, args: CommonArgs, api_addr: Option<SocketAddr>) -> Result
         Role::Peer => {
             let rng = rand::rngs::StdRng::from_entropy();
             let mut core = PeerCore::new(addr, config.clone(), rng);
-            core.set_key(public_hex);
+            core.set_key(public);
             let rt = Runtime::start(core, listener, identity, seed_keys, config, output);
             serve(rt, api, rx)
         }

@@ -138,9 +138,11 @@ impl PeerCore {
         }
     }
 
-    /// The public key this node is known by (hex), written in its `started` record.
-    pub fn set_key(&mut self, key: String) {
-        self.key = Some(key);
+    /// The public key this node is known by: written (hex) in its `started` record, and
+    /// compared by the duplicate-link rule.
+    pub fn set_key(&mut self, key: crate::wire::PublicKey) {
+        self.overlay.set_key(key);
+        self.key = Some(hex::encode(key));
     }
 
     /// How many neighbour links this peer has.
@@ -321,12 +323,12 @@ impl PeerCore {
     fn on_neighbour_link(
         &mut self,
         conn: ConnId,
-        addr: SocketAddr,
+        (addr, key): (SocketAddr, crate::wire::PublicKey),
         dialed: bool,
         now: Now,
         out: &mut Vec<Action>,
     ) {
-        match self.overlay.join(conn, addr, dialed) {
+        match self.overlay.join(conn, addr, &key, dialed) {
             Joined::New => {
                 if let Some(t) = &mut self.tree {
                     t.reset(&addr);
@@ -1267,7 +1269,7 @@ impl PeerCore {
             }
             LinkKind::Neighbour => {
                 out.push(Action::timer(YOUNG_LINK, Timer::YoungLinks));
-                self.on_neighbour_link(conn, addr, dialed.is_some(), now, out);
+                self.on_neighbour_link(conn, (addr, key), dialed.is_some(), now, out);
             }
             LinkKind::SeedProbe => {}
         }
@@ -1788,7 +1790,7 @@ mod tests {
             Event::Frame {
                 conn: 11,
                 msg: Msg::Reject {
-                    reason: "duplicate link:\nkeeping the one dialed by the smaller address".into(),
+                    reason: "duplicate link:\nkeeping the one dialed by the smaller key".into(),
                 },
             },
             now,
@@ -1805,7 +1807,7 @@ mod tests {
         assert_eq!(
             logged.as_deref(),
             Some(
-                "closed by the remote: duplicate link:\\nkeeping the one dialed by the smaller address"
+                "closed by the remote: duplicate link:\\nkeeping the one dialed by the smaller key"
             ),
             "the remote's words on one line, its newline escaped"
         );

@@ -8,7 +8,8 @@
 //! - Below the target (a loss, a short list at the join), it asks a seed for a fresh list and
 //!   dials the difference, leaving out peers it lost recently (the seeds may still list them).
 //! - Of two links between the same pair (both dialed at once), both ends keep the one dialed
-//!   by the smaller address, so they agree without talking.
+//!   by the end with the smaller key, so they agree without talking (an impostor lacks the key
+//!   and is refused before this rule, see `admit`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -82,7 +83,7 @@ struct Young {
 }
 
 /// Why the losing one of two simultaneous links is closed (sent in a `Reject`).
-pub const DUPLICATE_LINK: &str = "duplicate link: keeping the one dialed by the smaller address";
+pub const DUPLICATE_LINK: &str = "duplicate link: keeping the one dialed by the smaller key";
 /// A new neighbour link remembers the items forwarded on it for this long (at most
 /// `YOUNG_LINK_ITEMS` of them, with `YOUNG_LINK_BYTES` of payload): if it turns out to be the
 /// losing one of two simultaneous links, they are sent again on the link kept, since the
@@ -197,6 +198,8 @@ pub enum Joined {
 #[derive(Debug)]
 pub struct Overlay {
     me: SocketAddr,
+    /// This peer's key, for the duplicate-link rule (addresses decide while none is set).
+    me_key: Option<PublicKey>,
     max_neighbours: usize,
     max_inbound: usize,
     max_per_subnet: usize,
@@ -224,6 +227,7 @@ impl Overlay {
         let lv = &config.liveness;
         Overlay {
             me,
+            me_key: None,
             max_neighbours: config.peer.max_neighbours,
             max_inbound: config.peer.max_inbound,
             max_per_subnet: config.peer.max_per_subnet,
@@ -375,16 +379,32 @@ impl Overlay {
         !self.dialing.is_empty()
     }
 
-    /// A neighbour link (`conn`, just added with `add_link`) is up. Applies the duplicate-link
-    /// rule if `addr` is a neighbour already.
-    pub fn join(&mut self, conn: ConnId, addr: SocketAddr, dialed: bool) -> Joined {
+    /// This peer's key (the duplicate-link rule compares keys).
+    pub fn set_key(&mut self, key: PublicKey) {
+        self.me_key = Some(key);
+    }
+
+    /// A neighbour link (`conn`, just added with `add_link`) with the neighbour at `addr`,
+    /// which proved `key`, is up. Applies the duplicate-link rule if `addr` is a neighbour
+    /// already: the link dialed by the end with the smaller key is kept.
+    pub fn join(
+        &mut self,
+        conn: ConnId,
+        addr: SocketAddr,
+        key: &PublicKey,
+        dialed: bool,
+    ) -> Joined {
         self.dialing.remove(&addr);
         let Some(&existing) = self.neighbours.get(&addr) else {
             self.neighbours.insert(addr, conn);
             self.changed();
             return Joined::New;
         };
-        let replaced = (self.me < addr) == dialed;
+        let mine_smaller = match &self.me_key {
+            Some(mine) => mine < key,
+            None => self.me < addr,
+        };
+        let replaced = mine_smaller == dialed;
         let (loser, kept) = if replaced {
             (existing, conn)
         } else {
@@ -630,14 +650,17 @@ mod tests {
         // 9100 < 9200. At 9100: the link it dialed (conn 2) wins over the accepted one (1).
         let mut small = overlay(9100);
         small.add_link(1, a(9200), [0; 32], LinkKind::Neighbour, false, now);
-        assert!(matches!(small.join(1, a(9200), false), Joined::New));
+        assert!(matches!(
+            small.join(1, a(9200), &[0; 32], false),
+            Joined::New
+        ));
         small.add_link(2, a(9200), [0; 32], LinkKind::Neighbour, true, now);
         let Joined::Duplicate {
             loser,
             kept,
             replaced,
             ..
-        } = small.join(2, a(9200), true)
+        } = small.join(2, a(9200), &[0; 32], true)
         else {
             panic!("a duplicate")
         };
@@ -645,14 +668,14 @@ mod tests {
         // At 9200 the same pair of links: the one it accepted (from 9100) wins.
         let mut big = overlay(9200);
         big.add_link(5, a(9100), [0; 32], LinkKind::Neighbour, true, now);
-        big.join(5, a(9100), true);
+        big.join(5, a(9100), &[0; 32], true);
         big.add_link(6, a(9100), [0; 32], LinkKind::Neighbour, false, now);
         let Joined::Duplicate {
             loser,
             kept,
             replaced,
             ..
-        } = big.join(6, a(9100), false)
+        } = big.join(6, a(9100), &[0; 32], false)
         else {
             panic!("a duplicate")
         };
@@ -661,18 +684,43 @@ mod tests {
     }
 
     #[test]
+    fn with_keys_set_both_ends_keep_the_link_the_smaller_key_dialed() {
+        let now = Instant::now();
+        // 9100 < 9200 by address, but 9200's key is the smaller: its dial wins at both ends.
+        let (k100, k200) = ([9; 32], [1; 32]);
+        let mut small = overlay(9100);
+        small.set_key(k100);
+        small.add_link(1, a(9200), k200, LinkKind::Neighbour, true, now);
+        small.join(1, a(9200), &k200, true);
+        small.add_link(2, a(9200), k200, LinkKind::Neighbour, false, now);
+        let Joined::Duplicate { kept, loser, .. } = small.join(2, a(9200), &k200, false) else {
+            panic!("a duplicate")
+        };
+        assert_eq!((kept, loser), (2, 1), "at 9100: the link 9200 dialed");
+        let mut big = overlay(9200);
+        big.set_key(k200);
+        big.add_link(5, a(9100), k100, LinkKind::Neighbour, false, now);
+        big.join(5, a(9100), &k100, false);
+        big.add_link(6, a(9100), k100, LinkKind::Neighbour, true, now);
+        let Joined::Duplicate { kept, loser, .. } = big.join(6, a(9100), &k100, true) else {
+            panic!("a duplicate")
+        };
+        assert_eq!((kept, loser), (6, 5), "at 9200: the link it dialed");
+    }
+
+    #[test]
     fn a_young_link_remembers_what_it_forwarded_within_a_byte_bound() {
         let now = Instant::now();
         let mut o = overlay(9100);
         o.add_link(1, a(9200), [0; 32], LinkKind::Neighbour, false, now);
-        o.join(1, a(9200), false);
+        o.join(1, a(9200), &[0; 32], false);
         // 40 items of 64 KiB: only what fits in YOUNG_LINK_BYTES is kept.
         for i in 0..40u8 {
             let item = Item::new(0, 0, 0, vec![i; 64 * 1024].into());
             o.remember(&[1], &item);
         }
         o.add_link(2, a(9200), [0; 32], LinkKind::Neighbour, true, now);
-        let Joined::Duplicate { resend, .. } = o.join(2, a(9200), true) else {
+        let Joined::Duplicate { resend, .. } = o.join(2, a(9200), &[0; 32], true) else {
             panic!("a duplicate")
         };
         assert_eq!(resend.len(), YOUNG_LINK_BYTES / (64 * 1024));
@@ -687,9 +735,9 @@ mod tests {
         let now = Instant::now();
         let mut o = overlay(9100);
         o.add_link(1, a(9101), [0; 32], LinkKind::Neighbour, true, now);
-        o.join(1, a(9101), true);
+        o.join(1, a(9101), &[0; 32], true);
         o.add_link(2, a(9102), [0; 32], LinkKind::Neighbour, true, now);
-        o.join(2, a(9102), true);
+        o.join(2, a(9102), &[0; 32], true);
         assert_eq!(o.drop_neighbour(&a(9102), now), Some(2));
         assert!(o.wants_repair());
         o.set_repairing(true);
@@ -715,7 +763,7 @@ mod tests {
         let link = |o: &mut Overlay, conn, at: SocketAddr, key, dialed| {
             o.admit(&at, &key, dialed)?;
             o.add_link(conn, at, key, LinkKind::Neighbour, dialed, now);
-            o.join(conn, at, dialed);
+            o.join(conn, at, &[0; 32], dialed);
             Ok::<(), Refusal>(())
         };
         let far = |n: u8| SocketAddr::from(([192, 0, n, 1], 9000));

@@ -239,7 +239,9 @@ impl World {
         let rng = StdRng::seed_from_u64(
             self.rng_seed ^ 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1),
         );
-        let core = PeerCore::new(addr, self.config.clone(), rng);
+        let mut core = PeerCore::new(addr, self.config.clone(), rng);
+        // The key it shows in handshakes: the duplicate-link rule compares keys.
+        core.set_key(sim_key(&addr));
         self.add(addr, Role::Peer, NodeCore::Peer(Box::new(core)))
     }
 
