@@ -204,7 +204,7 @@ pub struct Overlay {
     selection: Selection,
     gossip_per_second: u32,
     control_per_second: u32,
-    links: BTreeMap<ConnId, Link>,
+    links: Links,
     neighbours: BTreeMap<SocketAddr, ConnId>,
     /// The neighbours' addresses, rebuilt when they change: the message list keeps a reference
     /// to it for each item forwarded (where the item went).
@@ -231,7 +231,7 @@ impl Overlay {
             selection: config.peer.selection,
             gossip_per_second: config.limits.gossip_per_second,
             control_per_second: config.limits.control_per_second,
-            links: BTreeMap::new(),
+            links: Links::default(),
             neighbours: BTreeMap::new(),
             current: Arc::from([]),
             dialing: BTreeSet::new(),
@@ -565,6 +565,46 @@ impl Overlay {
             }
             link.young.is_some()
         });
+    }
+}
+
+/// The link table: a handful of links (neighbours, seeds, probes), looked up by connection on
+/// every frame received and forwarded. The ids sit apart from the links in one small array, so
+/// a lookup scans a cache line or two instead of walking a tree whose nodes hold the links
+/// themselves (a 392-byte `Link` each). Nothing depends on its order: it is never iterated.
+#[derive(Debug, Default)]
+struct Links {
+    ids: Vec<ConnId>,
+    links: Vec<Link>,
+}
+
+impl Links {
+    fn position(&self, conn: &ConnId) -> Option<usize> {
+        self.ids.iter().position(|c| c == conn)
+    }
+
+    fn get(&self, conn: &ConnId) -> Option<&Link> {
+        self.position(conn).map(|i| &self.links[i])
+    }
+
+    fn get_mut(&mut self, conn: &ConnId) -> Option<&mut Link> {
+        self.position(conn).map(|i| &mut self.links[i])
+    }
+
+    fn insert(&mut self, conn: ConnId, link: Link) {
+        match self.position(&conn) {
+            Some(i) => self.links[i] = link,
+            None => {
+                self.ids.push(conn);
+                self.links.push(link);
+            }
+        }
+    }
+
+    fn remove(&mut self, conn: &ConnId) -> Option<Link> {
+        let i = self.position(conn)?;
+        self.ids.swap_remove(i);
+        Some(self.links.swap_remove(i))
     }
 }
 

@@ -38,8 +38,10 @@ pub type Micros = u64;
 /// A node, numbered in the order it was created; never reused.
 pub type NodeId = usize;
 
-/// Events due within this much of the present go to the small, busy heap.
-const NEAR: Micros = 100_000;
+/// The timing wheel's span: events due within this many microseconds of the present wait in
+/// its buckets (one per microsecond), later ones in the far heap. Frames take milliseconds, so
+/// nearly every event goes straight into a bucket and comes out in order without a heap.
+const WHEEL: usize = 1 << 17;
 
 /// The Unix time at which every run starts (texts and message ids depend on it).
 const EPOCH_UNIX_MS: u64 = 1_800_000_000_000;
@@ -134,11 +136,17 @@ pub struct World {
     pub config: Config,
     pub now: Micros,
     base: Instant,
-    /// Deadlines with a tie-breaking sequence number and the slot of what is due; the events
-    /// themselves wait in `slots` so the heap moves 24-byte entries. `queue` holds what is
-    /// due within `NEAR` (frames in flight, mostly); `far` the rest (timers, seconds away), so
-    /// the busy heap stays small.
-    queue: BinaryHeap<Reverse<(Micros, u64, u32)>>,
+    /// What is due, in the order of (time, order of scheduling). The events themselves wait in
+    /// `slots`; `wheel` holds the slots due within `WHEEL` of `now`, a bucket per microsecond
+    /// (bucket `t % WHEEL` holds time `t`), each in the order they were scheduled; `taken` is
+    /// how much of the bucket of `now` has been handed out; `occupied` marks the non-empty
+    /// buckets. `far` holds the rest (timers, seconds away), with a tie-breaking sequence
+    /// number, and feeds the wheel as the clock comes within `WHEEL` of them: before anything
+    /// else can be scheduled at their time, so a bucket stays in the order of scheduling.
+    wheel: Vec<Vec<u32>>,
+    occupied: Vec<u64>,
+    in_wheel: usize,
+    taken: usize,
     far: BinaryHeap<Reverse<(Micros, u64, u32)>>,
     slots: Vec<Option<Pending>>,
     free: Vec<u32>,
@@ -170,7 +178,10 @@ impl World {
             config,
             now: 0,
             base: Instant::now(),
-            queue: BinaryHeap::new(),
+            wheel: vec![Vec::new(); WHEEL],
+            occupied: vec![0; WHEEL / 64],
+            in_wheel: 0,
+            taken: 0,
             far: BinaryHeap::new(),
             slots: Vec::new(),
             free: Vec::new(),
@@ -256,28 +267,84 @@ impl World {
                 (self.slots.len() - 1) as u32
             }
         };
-        let entry = Reverse((at, self.seq, slot));
-        if at <= self.now + NEAR {
-            self.queue.push(entry);
+        // Nothing is scheduled in the past; were it, it would be due at once.
+        let at = at.max(self.now);
+        if at < self.now + WHEEL as Micros {
+            self.put_in_bucket(at, slot);
         } else {
-            self.far.push(entry);
+            self.far.push(Reverse((at, self.seq, slot)));
         }
     }
 
-    /// The next entry due, from either heap: far entries move to the near heap once they are
-    /// within `NEAR` or earlier than everything there.
-    fn peek_next(&mut self) -> Option<(Micros, u32)> {
-        let horizon = self.now + NEAR;
-        while let Some(&Reverse((at, _, _))) = self.far.peek() {
-            let near_first = self.queue.peek().map(|Reverse(e)| e.0);
-            if at <= horizon || near_first.is_none_or(|n| at <= n) {
-                let e = self.far.pop().expect("peeked");
-                self.queue.push(e);
-            } else {
+    fn put_in_bucket(&mut self, at: Micros, slot: u32) {
+        let b = at as usize % WHEEL;
+        self.wheel[b].push(slot);
+        self.occupied[b / 64] |= 1 << (b % 64);
+        self.in_wheel += 1;
+    }
+
+    /// Moves the clock to `t` (no earlier than now, nothing due in between): far entries now
+    /// within `WHEEL` go into their buckets, behind nothing (nothing could be scheduled at
+    /// their time while they were beyond the wheel).
+    fn advance(&mut self, t: Micros) {
+        if t == self.now {
+            return;
+        }
+        self.now = t;
+        self.taken = 0;
+        while let Some(&Reverse((at, _, slot))) = self.far.peek() {
+            if at >= t + WHEEL as Micros {
                 break;
             }
+            self.far.pop();
+            self.put_in_bucket(at, slot);
         }
-        self.queue.peek().map(|&Reverse((at, _, slot))| (at, slot))
+    }
+
+    /// The time of the first non-empty bucket after now's (the wheel is not empty).
+    fn next_in_wheel(&self) -> Micros {
+        let start = (self.now as usize + 1) % WHEEL;
+        let mut w = start / 64;
+        let mut bits = self.occupied[w] & (u64::MAX << (start % 64));
+        loop {
+            if bits != 0 {
+                let b = w * 64 + bits.trailing_zeros() as usize;
+                let ahead = (b + WHEEL - start) % WHEEL + 1;
+                return self.now + ahead as Micros;
+            }
+            w = (w + 1) % self.occupied.len();
+            bits = self.occupied[w];
+        }
+    }
+
+    /// Takes the next event due no later than `until`, moving the clock to its time.
+    fn next_due(&mut self, until: Micros) -> Option<u32> {
+        loop {
+            let b = self.now as usize % WHEEL;
+            if self.taken < self.wheel[b].len() {
+                if self.now > until {
+                    return None;
+                }
+                let slot = self.wheel[b][self.taken];
+                self.taken += 1;
+                self.in_wheel -= 1;
+                return Some(slot);
+            }
+            if self.taken > 0 {
+                self.wheel[b].clear();
+                self.occupied[b / 64] &= !(1 << (b % 64));
+                self.taken = 0;
+            }
+            let next = if self.in_wheel > 0 {
+                self.next_in_wheel()
+            } else {
+                self.far.peek()?.0 .0
+            };
+            if next > until {
+                return None;
+            }
+            self.advance(next);
+        }
     }
 
     pub fn schedule(&mut self, at: Micros, step: scenario::Step) {
@@ -328,12 +395,7 @@ impl World {
         until: Micros,
         observe: &mut dyn FnMut(&Observed),
     ) -> Option<scenario::Step> {
-        while let Some((at, slot)) = self.peek_next() {
-            if at > until {
-                break;
-            }
-            self.queue.pop();
-            self.now = at;
+        while let Some(slot) = self.next_due(until) {
             let what = self.slots[slot as usize]
                 .take()
                 .expect("a queued slot holds its event");
@@ -369,7 +431,7 @@ impl World {
                 Pending::Step(st) => return Some(st),
             }
         }
-        self.now = self.now.max(until);
+        self.advance(self.now.max(until));
         None
     }
 
