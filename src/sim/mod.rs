@@ -17,7 +17,6 @@
 
 pub mod scenario;
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -124,6 +123,35 @@ enum Pending {
     Step(scenario::Step),
 }
 
+/// An event due beyond the wheel, ordered for the far heap: earliest first, then in the order
+/// of scheduling.
+struct Far {
+    at: Micros,
+    seq: u64,
+    what: Pending,
+}
+
+impl PartialEq for Far {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Far {}
+
+impl PartialOrd for Far {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Far {
+    /// Reversed, so the max-heap pops the earliest.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
 /// Something a core wrote to its output, as the simulator's observers see it.
 pub struct Observed<'a> {
     pub at: Micros,
@@ -136,20 +164,19 @@ pub struct World {
     pub config: Config,
     pub now: Micros,
     base: Instant,
-    /// What is due, in the order of (time, order of scheduling). The events themselves wait in
-    /// `slots`; `wheel` holds the slots due within `WHEEL` of `now`, a bucket per microsecond
-    /// (bucket `t % WHEEL` holds time `t`), each in the order they were scheduled; `taken` is
-    /// how much of the bucket of `now` has been handed out; `occupied` marks the non-empty
-    /// buckets. `far` holds the rest (timers, seconds away), with a tie-breaking sequence
-    /// number, and feeds the wheel as the clock comes within `WHEEL` of them: before anything
-    /// else can be scheduled at their time, so a bucket stays in the order of scheduling.
-    wheel: Vec<Vec<u32>>,
+    /// What is due, in the order of (time, order of scheduling). `wheel` holds what is due
+    /// within `WHEEL` of `now`, a bucket per microsecond (bucket `t % WHEEL` holds time `t`),
+    /// each in the order it was scheduled; `occupied` marks the non-empty buckets. The bucket
+    /// of `now` is taken whole into `current` and handed out from there (what is scheduled for
+    /// `now` meanwhile goes into the bucket again, behind it). `far` holds the rest (timers,
+    /// seconds away) by time and a tie-breaking sequence number, and feeds the wheel as the
+    /// clock comes within `WHEEL` of them: before anything else can be scheduled at their
+    /// time, so a bucket stays in the order of scheduling.
+    wheel: Vec<Vec<Pending>>,
     occupied: Vec<u64>,
     in_wheel: usize,
-    taken: usize,
-    far: BinaryHeap<Reverse<(Micros, u64, u32)>>,
-    slots: Vec<Option<Pending>>,
-    free: Vec<u32>,
+    current: std::vec::IntoIter<Pending>,
+    far: BinaryHeap<Far>,
     seq: u64,
     pub rng: StdRng,
     rng_seed: u64,
@@ -178,13 +205,11 @@ impl World {
             config,
             now: 0,
             base: Instant::now(),
-            wheel: vec![Vec::new(); WHEEL],
+            wheel: (0..WHEEL).map(|_| Vec::new()).collect(),
             occupied: vec![0; WHEEL / 64],
             in_wheel: 0,
-            taken: 0,
+            current: Vec::new().into_iter(),
             far: BinaryHeap::new(),
-            slots: Vec::new(),
-            free: Vec::new(),
             seq: 0,
             rng: StdRng::seed_from_u64(rng),
             rng_seed: rng,
@@ -257,28 +282,22 @@ impl World {
 
     fn push(&mut self, at: Micros, what: Pending) {
         self.seq += 1;
-        let slot = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some(what);
-                i
-            }
-            None => {
-                self.slots.push(Some(what));
-                (self.slots.len() - 1) as u32
-            }
-        };
         // Nothing is scheduled in the past; were it, it would be due at once.
         let at = at.max(self.now);
         if at < self.now + WHEEL as Micros {
-            self.put_in_bucket(at, slot);
+            self.put_in_bucket(at, what);
         } else {
-            self.far.push(Reverse((at, self.seq, slot)));
+            self.far.push(Far {
+                at,
+                seq: self.seq,
+                what,
+            });
         }
     }
 
-    fn put_in_bucket(&mut self, at: Micros, slot: u32) {
+    fn put_in_bucket(&mut self, at: Micros, what: Pending) {
         let b = at as usize % WHEEL;
-        self.wheel[b].push(slot);
+        self.wheel[b].push(what);
         self.occupied[b / 64] |= 1 << (b % 64);
         self.in_wheel += 1;
     }
@@ -291,13 +310,9 @@ impl World {
             return;
         }
         self.now = t;
-        self.taken = 0;
-        while let Some(&Reverse((at, _, slot))) = self.far.peek() {
-            if at >= t + WHEEL as Micros {
-                break;
-            }
-            self.far.pop();
-            self.put_in_bucket(at, slot);
+        while self.far.peek().is_some_and(|f| f.at < t + WHEEL as Micros) {
+            let f = self.far.pop().expect("peeked");
+            self.put_in_bucket(f.at, f.what);
         }
     }
 
@@ -318,27 +333,26 @@ impl World {
     }
 
     /// Takes the next event due no later than `until`, moving the clock to its time.
-    fn next_due(&mut self, until: Micros) -> Option<u32> {
+    fn next_due(&mut self, until: Micros) -> Option<Pending> {
         loop {
-            let b = self.now as usize % WHEEL;
-            if self.taken < self.wheel[b].len() {
-                if self.now > until {
-                    return None;
-                }
-                let slot = self.wheel[b][self.taken];
-                self.taken += 1;
-                self.in_wheel -= 1;
-                return Some(slot);
+            if self.now > until {
+                return None;
             }
-            if self.taken > 0 {
-                self.wheel[b].clear();
+            if let Some(what) = self.current.next() {
+                return Some(what);
+            }
+            let b = self.now as usize % WHEEL;
+            if !self.wheel[b].is_empty() {
+                let bucket = std::mem::take(&mut self.wheel[b]);
+                self.in_wheel -= bucket.len();
                 self.occupied[b / 64] &= !(1 << (b % 64));
-                self.taken = 0;
+                self.current = bucket.into_iter();
+                continue;
             }
             let next = if self.in_wheel > 0 {
                 self.next_in_wheel()
             } else {
-                self.far.peek()?.0 .0
+                self.far.peek()?.at
             };
             if next > until {
                 return None;
@@ -395,11 +409,7 @@ impl World {
         until: Micros,
         observe: &mut dyn FnMut(&Observed),
     ) -> Option<scenario::Step> {
-        while let Some(slot) = self.next_due(until) {
-            let what = self.slots[slot as usize]
-                .take()
-                .expect("a queued slot holds its event");
-            self.free.push(slot);
+        while let Some(what) = self.next_due(until) {
             match what {
                 Pending::Deliver { node, event } => self.deliver(node, event, observe),
                 Pending::Timer { node, timer } => {
