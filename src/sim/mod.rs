@@ -77,7 +77,8 @@ pub struct Node {
     pub fault_at: Option<Micros>,
     /// Its connection ends, open or not.
     conns: Vec<ConnId>,
-    /// Bytes of the frames it was sent, as encoded on the wire, when counted (late joiners).
+    /// Bytes of the frames it was sent, as encoded on the wire, when counted (late joiners;
+    /// see [`World::count_bytes_in`]).
     pub bytes_in: Option<u64>,
     /// What its `Hello` carries; raised by [`Action::Reincarnate`].
     incarnation: u64,
@@ -190,6 +191,9 @@ pub struct World {
     pub events: u64,
     pub frames: u64,
     actions: Vec<Action>,
+    /// Whether any node counts the bytes it is sent: if none does, a frame sent need not look
+    /// at its receiver (one cache miss fewer per frame in a large run).
+    counting_bytes: bool,
     /// When set, every action every core returns, in order, with its time and node: two runs
     /// with the same parameters must produce the same trace.
     pub trace: Option<Vec<String>>,
@@ -226,6 +230,7 @@ impl World {
             events: 0,
             frames: 0,
             actions: Vec::new(),
+            counting_bytes: false,
             trace: None,
         };
         for (i, addr) in w.config.seeds.clone().into_iter().enumerate() {
@@ -490,8 +495,12 @@ impl World {
         for action in actions.drain(..) {
             match action {
                 Action::Send { to, msg } | Action::Forward { to, msg, .. } => {
-                    for conn in to {
-                        self.send_frame(node, conn, msg.clone());
+                    // The last link takes the frame itself: one reference count less to touch.
+                    if let Some((&last, rest)) = to.split_last() {
+                        for &conn in rest {
+                            self.send_frame(node, conn, msg.clone());
+                        }
+                        self.send_frame(node, last, msg);
                     }
                 }
                 Action::Withdraw { .. } | Action::SendApi { .. } => {}
@@ -521,9 +530,11 @@ impl World {
             return;
         }
         let other = end.other;
-        let to = self.conns[other as usize].node;
-        if let Some(bytes) = &mut self.nodes[to].bytes_in {
-            *bytes += msg.encode().len() as u64;
+        if self.counting_bytes {
+            let to = self.conns[other as usize].node;
+            if let Some(bytes) = &mut self.nodes[to].bytes_in {
+                *bytes += msg.encode().len() as u64;
+            }
         }
         self.send_on(other, Event::Frame { conn: other, msg });
     }
@@ -680,6 +691,12 @@ impl World {
             self.nodes[node].state = NodeState::Hung;
             self.nodes[node].fault_at = Some(self.now);
         }
+    }
+
+    /// From now on, node `node` counts the bytes of the frames it is sent (`Node::bytes_in`).
+    pub fn count_bytes_in(&mut self, node: NodeId) {
+        self.nodes[node].bytes_in.get_or_insert(0);
+        self.counting_bytes = true;
     }
 
     pub fn peer(&self, node: NodeId) -> Option<&PeerCore> {

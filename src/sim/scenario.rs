@@ -310,7 +310,7 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
                 let id = w.add_peer();
                 let at = window_end + 1_000_000 + k as Micros * JOIN_GAP;
                 w.schedule(at, Step::Join(id));
-                w.nodes[id].bytes_in = Some(0);
+                w.count_bytes_in(id);
                 late.push(id);
                 late_at.push(at);
             }
