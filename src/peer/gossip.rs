@@ -159,8 +159,18 @@ impl Seen {
 /// as all 32; the key keeps a sender from crowding one slot); equality compares all 32 bytes.
 /// Beside each slot, the sequence number of its entry in `entries` (oldest first), which holds
 /// what is remembered of the item.
+///
+/// The ids of the last `RECENT` first receipts are also kept in the list itself: the repeats
+/// of an item come within milliseconds of its first receipt, mostly before the next item, so
+/// they are found there, in memory fetched with the peer, without a second, dependent cache
+/// miss into the table.
 #[derive(Debug)]
 pub struct MessageList {
+    /// The ids of the newest first receipts and their sequence numbers (slot `n % RECENT`
+    /// for sequence number `n`; an all-zero id is never looked up here, so the zeros of an
+    /// unused slot match nothing).
+    recent: [Slot; RECENT],
+    recent_seqs: [u32; RECENT],
     capacity: usize,
     /// Oldest first; `entries[i]` has sequence number `first + i` (wrapping).
     entries: VecDeque<Entry>,
@@ -183,22 +193,29 @@ struct Slot([u8; 32]);
 
 const FREE: Slot = Slot([0; 32]);
 
+/// First receipts remembered in the list itself (see `MessageList`).
+const RECENT: usize = 4;
+
 #[derive(Debug)]
 struct Entry {
     id: [u8; 32],
     seen: Seen,
 }
 
-/// Where an id is: its table slot, or the all-zero id's place.
+/// Where an id is: its table slot, the all-zero id's place, or among the recent ones (with
+/// its sequence number).
 #[derive(Clone, Copy)]
 enum Place {
     Slot(usize),
     Zero,
+    Recent(u32),
 }
 
 impl MessageList {
     pub fn new(capacity: usize) -> Self {
         MessageList {
+            recent: [FREE; RECENT],
+            recent_seqs: [0; RECENT],
             capacity: capacity.max(1),
             entries: VecDeque::new(),
             first: 0,
@@ -233,6 +250,23 @@ impl MessageList {
         if *id == FREE.0 {
             return self.zero.map(|_| Place::Zero);
         }
+        for k in 0..RECENT {
+            if self.recent[k].0 == *id {
+                let seq = self.recent_seqs[k];
+                // Still in the list (not forgotten since).
+                if (seq.wrapping_sub(self.first) as usize) < self.entries.len() {
+                    return Some(Place::Recent(seq));
+                }
+            }
+        }
+        self.find_in_table(id)
+    }
+
+    /// `find` without looking at the recent ids.
+    fn find_in_table(&self, id: &[u8; 32]) -> Option<Place> {
+        if *id == FREE.0 {
+            return self.zero.map(|_| Place::Zero);
+        }
         if self.ids.is_empty() {
             return None;
         }
@@ -255,6 +289,7 @@ impl MessageList {
         let seq = match place {
             Place::Slot(i) => self.seqs[i],
             Place::Zero => self.zero.unwrap_or(self.first),
+            Place::Recent(seq) => seq,
         };
         seq.wrapping_sub(self.first) as usize
     }
@@ -285,6 +320,8 @@ impl MessageList {
                 self.grow();
             }
             self.place(id, seq);
+            self.recent[seq as usize % RECENT] = Slot(id);
+            self.recent_seqs[seq as usize % RECENT] = seq;
         }
         self.entries.push_back(Entry {
             id,
@@ -313,7 +350,7 @@ impl MessageList {
         let Some(oldest) = self.entries.front() else {
             return;
         };
-        match self.find(&oldest.id) {
+        match self.find_in_table(&oldest.id) {
             Some(Place::Slot(mut hole)) => {
                 let mask = self.ids.len() - 1;
                 let mut j = hole;
@@ -332,7 +369,7 @@ impl MessageList {
                 self.ids[hole] = FREE;
             }
             Some(Place::Zero) => self.zero = None,
-            None => {}
+            Some(Place::Recent(_)) | None => {}
         }
         self.entries.pop_front();
         self.first = self.first.wrapping_add(1);
@@ -435,6 +472,22 @@ mod tests {
         assert!(ml.get(&[0; 32]).is_none(), "forgotten in its turn");
         assert_eq!(ml.len(), 100);
         assert_eq!(ml.duplicates(), 1001);
+    }
+
+    #[test]
+    fn an_id_forgotten_while_still_among_the_recent_ones_is_new_again() {
+        let mut ml = MessageList::new(2);
+        for i in 1..=3u8 {
+            assert!(ml.first_receipt([i; 32], None));
+        }
+        assert!(
+            ml.get(&[1; 32]).is_none(),
+            "forgotten, though among the last four"
+        );
+        assert!(ml.first_receipt([1; 32], Some(a(9))));
+        assert_eq!(ml.get(&[1; 32]).unwrap().from, Some(a(9)));
+        assert!(ml.get(&[2; 32]).is_none());
+        assert!(!ml.first_receipt([3; 32], None));
     }
 
     #[test]
