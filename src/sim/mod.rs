@@ -176,7 +176,11 @@ pub struct World {
     wheel: Vec<Vec<Pending>>,
     occupied: Vec<u64>,
     in_wheel: usize,
-    current: std::vec::IntoIter<Pending>,
+    /// The bucket being handed out, reversed (the next event last).
+    current: Vec<Pending>,
+    /// Emptied buckets, kept for reuse: a bucket is filled and emptied every microsecond of a
+    /// busy run, and allocating each anew cost more than the queue's own work.
+    spare: Vec<Vec<Pending>>,
     far: BinaryHeap<Far>,
     seq: u64,
     pub rng: StdRng,
@@ -212,7 +216,8 @@ impl World {
             wheel: (0..WHEEL).map(|_| Vec::new()).collect(),
             occupied: vec![0; WHEEL / 64],
             in_wheel: 0,
-            current: Vec::new().into_iter(),
+            current: Vec::new(),
+            spare: Vec::new(),
             far: BinaryHeap::new(),
             seq: 0,
             rng: StdRng::seed_from_u64(rng),
@@ -302,6 +307,11 @@ impl World {
 
     fn put_in_bucket(&mut self, at: Micros, what: Pending) {
         let b = at as usize % WHEEL;
+        if self.wheel[b].capacity() == 0 {
+            if let Some(v) = self.spare.pop() {
+                self.wheel[b] = v;
+            }
+        }
         self.wheel[b].push(what);
         self.occupied[b / 64] |= 1 << (b % 64);
         self.in_wheel += 1;
@@ -343,15 +353,19 @@ impl World {
             if self.now > until {
                 return None;
             }
-            if let Some(what) = self.current.next() {
+            if let Some(what) = self.current.pop() {
                 return Some(what);
             }
             let b = self.now as usize % WHEEL;
             if !self.wheel[b].is_empty() {
-                let bucket = std::mem::take(&mut self.wheel[b]);
+                let mut bucket = std::mem::take(&mut self.wheel[b]);
                 self.in_wheel -= bucket.len();
                 self.occupied[b / 64] &= !(1 << (b % 64));
-                self.current = bucket.into_iter();
+                bucket.reverse();
+                let emptied = std::mem::replace(&mut self.current, bucket);
+                if emptied.capacity() > 0 {
+                    self.spare.push(emptied);
+                }
                 continue;
             }
             let next = if self.in_wheel > 0 {
