@@ -7,8 +7,9 @@
 //! Application items (types other than the assignment's text) are forwarded only once every
 //! local subscriber has validated them (`apps`); until then they wait here.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, VecDeque};
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -127,20 +128,6 @@ impl Gate {
     }
 }
 
-/// A message id as a map key. Ids are SHA-256 digests, so their first eight bytes, hashed with
-/// the map's random SipHash key, spread as well as all 32 at a quarter of the hashing (this
-/// lookup runs for every frame received). Equality still compares all 32 bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Key([u8; 32]);
-
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let mut head = [0u8; 8];
-        head.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_le_bytes(head));
-    }
-}
-
 /// What the ML remembers of one item: where it came from and where it went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {
@@ -164,20 +151,78 @@ impl Seen {
 }
 
 /// Message ids seen, with a fixed capacity; the oldest is forgotten first.
+///
+/// Laid out for the lookup on every frame received: an open-addressed table of the ids
+/// themselves (linear probing, at most half full, 32-byte aligned), so deciding whether an
+/// item is new reads one cache line. A slot is found by hashing the id's first eight bytes
+/// with this list's random SipHash key (ids are SHA-256 digests, so those bytes spread as well
+/// as all 32; the key keeps a sender from crowding one slot); equality compares all 32 bytes.
+/// Beside each slot, the sequence number of its entry in `entries` (oldest first), which holds
+/// what is remembered of the item.
+///
+/// The ids of the last `RECENT` first receipts are also kept in the list itself: the repeats
+/// of an item come within milliseconds of its first receipt, mostly before the next item, so
+/// they are found there, in memory fetched with the peer, without a second, dependent cache
+/// miss into the table.
 #[derive(Debug)]
 pub struct MessageList {
+    /// The ids of the newest first receipts and their sequence numbers (slot `n % RECENT`
+    /// for sequence number `n`; an all-zero id is never looked up here, so the zeros of an
+    /// unused slot match nothing).
+    recent: [Slot; RECENT],
+    recent_seqs: [u32; RECENT],
     capacity: usize,
-    entries: HashMap<Key, Seen>,
-    order: VecDeque<[u8; 32]>,
+    /// Oldest first; `entries[i]` has sequence number `first + i` (wrapping).
+    entries: VecDeque<Entry>,
+    first: u32,
+    /// The ids, all zeros for a free slot; a power of two long, at least twice the number of
+    /// entries (or empty while there are none).
+    ids: Vec<Slot>,
+    /// The sequence number of the entry in each used slot.
+    seqs: Vec<u32>,
+    /// The sequence number of the all-zero id, which cannot sit in the table (it marks a free
+    /// slot), if it was seen.
+    zero: Option<u32>,
+    hasher: RandomState,
     duplicates: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(align(32))]
+struct Slot([u8; 32]);
+
+const FREE: Slot = Slot([0; 32]);
+
+/// First receipts remembered in the list itself (see `MessageList`).
+const RECENT: usize = 4;
+
+#[derive(Debug)]
+struct Entry {
+    id: [u8; 32],
+    seen: Seen,
+}
+
+/// Where an id is: its table slot, the all-zero id's place, or among the recent ones (with
+/// its sequence number).
+#[derive(Clone, Copy)]
+enum Place {
+    Slot(usize),
+    Zero,
+    Recent(u32),
 }
 
 impl MessageList {
     pub fn new(capacity: usize) -> Self {
         MessageList {
+            recent: [FREE; RECENT],
+            recent_seqs: [0; RECENT],
             capacity: capacity.max(1),
-            entries: HashMap::new(),
-            order: VecDeque::new(),
+            entries: VecDeque::new(),
+            first: 0,
+            ids: Vec::new(),
+            seqs: Vec::new(),
+            zero: None,
+            hasher: RandomState::new(),
             duplicates: 0,
         }
     }
@@ -194,8 +239,63 @@ impl MessageList {
         self.duplicates
     }
 
+    /// Where `id` starts its probe.
+    fn home(&self, id: &[u8; 32]) -> usize {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&id[..8]);
+        self.hasher.hash_one(u64::from_le_bytes(head)) as usize & (self.ids.len() - 1)
+    }
+
+    fn find(&self, id: &[u8; 32]) -> Option<Place> {
+        if *id == FREE.0 {
+            return self.zero.map(|_| Place::Zero);
+        }
+        for k in 0..RECENT {
+            if self.recent[k].0 == *id {
+                let seq = self.recent_seqs[k];
+                // Still in the list (not forgotten since).
+                if (seq.wrapping_sub(self.first) as usize) < self.entries.len() {
+                    return Some(Place::Recent(seq));
+                }
+            }
+        }
+        self.find_in_table(id)
+    }
+
+    /// `find` without looking at the recent ids.
+    fn find_in_table(&self, id: &[u8; 32]) -> Option<Place> {
+        if *id == FREE.0 {
+            return self.zero.map(|_| Place::Zero);
+        }
+        if self.ids.is_empty() {
+            return None;
+        }
+        let mask = self.ids.len() - 1;
+        let mut i = self.home(id);
+        loop {
+            let slot = &self.ids[i];
+            if slot.0 == *id {
+                return Some(Place::Slot(i));
+            }
+            if *slot == FREE {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// The position in `entries` of what is at `place`.
+    fn position(&self, place: Place) -> usize {
+        let seq = match place {
+            Place::Slot(i) => self.seqs[i],
+            Place::Zero => self.zero.unwrap_or(self.first),
+            Place::Recent(seq) => seq,
+        };
+        seq.wrapping_sub(self.first) as usize
+    }
+
     pub fn get(&self, id: &[u8; 32]) -> Option<&Seen> {
-        self.entries.get(&Key(*id))
+        self.find(id).map(|p| &self.entries[self.position(p)].seen)
     }
 
     /// Counts a repeat the caller already found in the list (`get`).
@@ -205,33 +305,98 @@ impl MessageList {
 
     /// Records a receipt. True on first receipt; a repeat is counted and returns false.
     pub fn first_receipt(&mut self, id: [u8; 32], from: Option<SocketAddr>) -> bool {
-        if self.entries.contains_key(&Key(id)) {
+        if self.find(&id).is_some() {
             self.duplicates += 1;
             return false;
         }
         while self.entries.len() >= self.capacity {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.entries.remove(&Key(old));
-                }
-                None => break,
-            }
+            self.forget_oldest();
         }
-        self.entries.insert(
-            Key(id),
-            Seen {
+        let seq = self.first.wrapping_add(self.entries.len() as u32);
+        if id == FREE.0 {
+            self.zero = Some(seq);
+        } else {
+            if 2 * (self.entries.len() + 1) > self.ids.len() {
+                self.grow();
+            }
+            self.place(id, seq);
+            self.recent[seq as usize % RECENT] = Slot(id);
+            self.recent_seqs[seq as usize % RECENT] = seq;
+        }
+        self.entries.push_back(Entry {
+            id,
+            seen: Seen {
                 from,
                 neighbours: None,
             },
-        );
-        self.order.push_back(id);
+        });
         true
+    }
+
+    /// Puts `id` in the first free slot of its probe.
+    fn place(&mut self, id: [u8; 32], seq: u32) {
+        let mask = self.ids.len() - 1;
+        let mut i = self.home(&id);
+        while self.ids[i] != FREE {
+            i = (i + 1) & mask;
+        }
+        self.ids[i] = Slot(id);
+        self.seqs[i] = seq;
+    }
+
+    /// Drops the oldest entry, closing the gap it leaves in the table (backward shift: each id
+    /// after it in its run moves up unless its own probe starts after the gap).
+    fn forget_oldest(&mut self) {
+        let Some(oldest) = self.entries.front() else {
+            return;
+        };
+        match self.find_in_table(&oldest.id) {
+            Some(Place::Slot(mut hole)) => {
+                let mask = self.ids.len() - 1;
+                let mut j = hole;
+                loop {
+                    j = (j + 1) & mask;
+                    if self.ids[j] == FREE {
+                        break;
+                    }
+                    let home = self.home(&self.ids[j].0);
+                    if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
+                        self.ids[hole] = self.ids[j];
+                        self.seqs[hole] = self.seqs[j];
+                        hole = j;
+                    }
+                }
+                self.ids[hole] = FREE;
+            }
+            Some(Place::Zero) => self.zero = None,
+            Some(Place::Recent(_)) | None => {}
+        }
+        self.entries.pop_front();
+        self.first = self.first.wrapping_add(1);
+    }
+
+    /// Doubles the table (at least 16 slots) and places every id again.
+    fn grow(&mut self) {
+        let len = (self.ids.len() * 2).max(16);
+        self.ids = vec![FREE; len];
+        self.seqs = vec![0; len];
+        let placed: Vec<([u8; 32], u32)> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.id != FREE.0)
+            .map(|(k, e)| (e.id, self.first.wrapping_add(k as u32)))
+            .collect();
+        for (id, seq) in placed {
+            self.place(id, seq);
+        }
     }
 
     /// The item went to every one of `neighbours` except the one it came from.
     pub fn record_sent(&mut self, id: &[u8; 32], neighbours: &Arc<[SocketAddr]>) {
-        if let Some(seen) = self.entries.get_mut(&Key(*id)) {
-            seen.neighbours = Some(neighbours.clone());
+        if let Some(p) = self.find(id) {
+            let pos = self.position(p);
+            self.entries[pos].seen.neighbours = Some(neighbours.clone());
         }
     }
 }
@@ -278,6 +443,51 @@ mod tests {
         ml.record_sent(&[1; 32], &ns);
         let sent: Vec<_> = ml.get(&[1; 32]).unwrap().sent_to().collect();
         assert_eq!(sent, vec![a(2), a(3)], "every neighbour but the sender");
+    }
+
+    #[test]
+    fn a_full_list_keeps_exactly_its_newest_entries() {
+        let id = |n: u32| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&n.to_le_bytes());
+            id[31] = 7;
+            id
+        };
+        let mut ml = MessageList::new(100);
+        assert!(
+            ml.first_receipt([0; 32], None),
+            "the all-zero id is an id like any other"
+        );
+        assert!(!ml.first_receipt([0; 32], None));
+        for n in 0..1000u32 {
+            assert!(ml.first_receipt(id(n), None));
+            assert!(!ml.first_receipt(id(n), None));
+            let oldest = n.saturating_sub(99);
+            if n % 97 == 0 {
+                for k in 0..=n {
+                    assert_eq!(ml.get(&id(k)).is_some(), k >= oldest, "{k} after {n}");
+                }
+            }
+        }
+        assert!(ml.get(&[0; 32]).is_none(), "forgotten in its turn");
+        assert_eq!(ml.len(), 100);
+        assert_eq!(ml.duplicates(), 1001);
+    }
+
+    #[test]
+    fn an_id_forgotten_while_still_among_the_recent_ones_is_new_again() {
+        let mut ml = MessageList::new(2);
+        for i in 1..=3u8 {
+            assert!(ml.first_receipt([i; 32], None));
+        }
+        assert!(
+            ml.get(&[1; 32]).is_none(),
+            "forgotten, though among the last four"
+        );
+        assert!(ml.first_receipt([1; 32], Some(a(9))));
+        assert_eq!(ml.get(&[1; 32]).unwrap().from, Some(a(9)));
+        assert!(ml.get(&[2; 32]).is_none());
+        assert!(!ml.first_receipt([3; 32], None));
     }
 
     #[test]

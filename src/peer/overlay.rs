@@ -207,7 +207,7 @@ pub struct Overlay {
     selection: Selection,
     gossip_per_second: u32,
     control_per_second: u32,
-    links: BTreeMap<ConnId, Link>,
+    links: Links,
     neighbours: BTreeMap<SocketAddr, ConnId>,
     /// The neighbours' addresses, rebuilt when they change: the message list keeps a reference
     /// to it for each item forwarded (where the item went).
@@ -235,7 +235,7 @@ impl Overlay {
             selection: config.peer.selection,
             gossip_per_second: config.limits.gossip_per_second,
             control_per_second: config.limits.control_per_second,
-            links: BTreeMap::new(),
+            links: Links::default(),
             neighbours: BTreeMap::new(),
             current: Arc::from([]),
             dialing: BTreeSet::new(),
@@ -621,6 +621,89 @@ impl Overlay {
     }
 }
 
+/// The link table: a handful of links (neighbours, seeds, probes), looked up by connection on
+/// every frame received and forwarded. The first `INLINE_LINKS` connection ids sit in the table
+/// itself (so in the peer's own memory, fetched with it) and the links apart, in one array in
+/// the same order: a lookup scans a cache line or two of ids and then reads the link, instead
+/// of walking a tree whose nodes hold the links themselves (a 392-byte `Link` each). Nothing
+/// depends on its order: it is never iterated.
+#[derive(Debug, Default)]
+struct Links {
+    /// The ids of `links[..INLINE_LINKS]`; `more` those of the rest.
+    first: [ConnId; INLINE_LINKS],
+    more: Vec<ConnId>,
+    links: Vec<Link>,
+}
+
+/// Links whose ids are kept inline: a peer has its neighbours (about twice
+/// `peer.max_neighbours`) and a link to each seed.
+const INLINE_LINKS: usize = 16;
+
+impl Links {
+    fn id(&self, i: usize) -> ConnId {
+        if i < INLINE_LINKS {
+            self.first[i]
+        } else {
+            self.more[i - INLINE_LINKS]
+        }
+    }
+
+    fn set_id(&mut self, i: usize, conn: ConnId) {
+        if i < INLINE_LINKS {
+            self.first[i] = conn;
+        } else {
+            self.more[i - INLINE_LINKS] = conn;
+        }
+    }
+
+    fn position(&self, conn: &ConnId) -> Option<usize> {
+        let n = self.links.len();
+        self.first[..n.min(INLINE_LINKS)]
+            .iter()
+            .position(|c| c == conn)
+            .or_else(|| {
+                self.more
+                    .iter()
+                    .position(|c| c == conn)
+                    .map(|i| i + INLINE_LINKS)
+            })
+    }
+
+    fn get(&self, conn: &ConnId) -> Option<&Link> {
+        self.position(conn).map(|i| &self.links[i])
+    }
+
+    fn get_mut(&mut self, conn: &ConnId) -> Option<&mut Link> {
+        self.position(conn).map(|i| &mut self.links[i])
+    }
+
+    fn insert(&mut self, conn: ConnId, link: Link) {
+        match self.position(&conn) {
+            Some(i) => self.links[i] = link,
+            None => {
+                let n = self.links.len();
+                if n < INLINE_LINKS {
+                    self.first[n] = conn;
+                } else {
+                    self.more.push(conn);
+                }
+                self.links.push(link);
+            }
+        }
+    }
+
+    /// Takes a link out; the last one takes its place.
+    fn remove(&mut self, conn: &ConnId) -> Option<Link> {
+        let i = self.position(conn)?;
+        let last = self.links.len() - 1;
+        self.set_id(i, self.id(last));
+        if last >= INLINE_LINKS {
+            self.more.pop();
+        }
+        Some(self.links.swap_remove(i))
+    }
+}
+
 /// The chosen addresses with the keys their list entries name (a neighbour must show it).
 fn with_keys(chosen: Vec<SocketAddr>, from: &[PeerEntry]) -> Vec<(SocketAddr, PublicKey)> {
     let keys: BTreeMap<SocketAddr, PublicKey> = from.iter().map(|p| (p.addr, p.key)).collect();
@@ -642,6 +725,37 @@ mod tests {
     fn overlay(me: u16) -> Overlay {
         let c = Config::parse("seeds: [\"127.0.0.1:9001\"]\n").unwrap();
         Overlay::new(a(me), &c)
+    }
+
+    #[test]
+    fn the_link_table_finds_every_link_past_its_inline_ids_and_after_removals() {
+        let now = Instant::now();
+        let mut o = overlay(9000);
+        let port = |c: ConnId| 10_000 + c as u16;
+        let mut live: Vec<ConnId> = Vec::new();
+        for c in 1..=40 {
+            o.add_link(
+                c * 7,
+                a(port(c * 7)),
+                [0; 32],
+                LinkKind::Neighbour,
+                true,
+                now,
+            );
+            live.push(c * 7);
+        }
+        // Out of the middle, the inline part and the end, in turn.
+        for c in [14, 280, 7, 119, 273, 63, 112] {
+            assert_eq!(o.remove_link(c).map(|l| l.addr), Some(a(port(c))));
+            assert!(o.remove_link(c).is_none());
+            live.retain(|&l| l != c);
+        }
+        o.add_link(1000, a(port(1000)), [0; 32], LinkKind::Seed, true, now);
+        live.push(1000);
+        for c in 0..=1001 {
+            let found = o.link(c).map(|l| l.addr);
+            assert_eq!(found, live.contains(&c).then(|| a(port(c))), "conn {c}");
+        }
     }
 
     #[test]

@@ -121,8 +121,10 @@ struct Item {
     at: Micros,
     /// Hops from the origin to each node that has it (`u8::MAX`: not received).
     hops: Vec<u8>,
-    /// Who must receive it (had a neighbour when it was generated).
-    expected: Vec<NodeId>,
+    /// Who must receive it (had a neighbour when it was generated), in node order; 32-bit
+    /// node ids, as a run has fewer than 2^32 nodes (a list per item: 100,000 peers and 1,000
+    /// items make 10^8 of them).
+    expected: Vec<u32>,
     /// The latest first receipt among `expected`.
     last: Micros,
 }
@@ -308,7 +310,7 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
                 let id = w.add_peer();
                 let at = window_end + 1_000_000 + k as Micros * JOIN_GAP;
                 w.schedule(at, Step::Join(id));
-                w.nodes[id].bytes_in = Some(0);
+                w.count_bytes_in(id);
                 late.push(id);
                 late_at.push(at);
             }
@@ -382,7 +384,11 @@ fn publish(w: &mut World, tally: &mut Tally) -> bool {
     let Some(&origin) = linked.get(w.rng.gen_range(0..linked.len().max(1))) else {
         return false;
     };
-    let expected = linked.into_iter().filter(|&id| id != origin).collect();
+    let expected = linked
+        .into_iter()
+        .filter(|&id| id != origin)
+        .map(|id| id as u32)
+        .collect();
     tally.items.push(Item {
         at: w.now,
         hops: vec![u8::MAX; w.nodes.len()],
@@ -410,7 +416,7 @@ fn summarize(
     for item in &tally.items {
         let mut all = true;
         let mut pulled = false;
-        for &n in &item.expected {
+        for n in item.expected.iter().map(|&n| n as NodeId) {
             if !running(n) {
                 continue;
             }
