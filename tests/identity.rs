@@ -576,6 +576,46 @@ fn a_seed_that_lies_to_peers_gets_none_of_its_made_up_entries_dialed() {
 }
 
 #[test]
+fn peers_whose_seeds_include_one_that_never_votes_still_get_listed() {
+    // Two real seeds and a compromised one (listed key) that answers `Registered` at once and
+    // never votes. A peer that registers with it and one real seed waits for a commit that
+    // needs a second real vote: it must register with the other real seed as well.
+    let dir = tempfile::tempdir().unwrap();
+    let (a_seed, b_seed, liar_at) = (addr(free_port()), addr(free_port()), addr(free_port()));
+    let liar_key = fresh_key();
+    let mut entries = keyed_seed_entries(dir.path(), &[a_seed, b_seed]);
+    entries.push(format!(
+        "{{ addr: \"{liar_at}\", key: \"{}\" }}",
+        hex(&liar_key.verifying_key().to_bytes())
+    ));
+    let config = dir.path().join("seeds.yaml");
+    std::fs::write(&config, fast_config(&entries, CONFIG)).unwrap();
+    let mut net = Net {
+        dir,
+        config,
+        seeds: vec![a_seed, b_seed],
+        nodes: Vec::new(),
+    };
+    let _liar = Liar::start(liar_at, liar_key, a_seed, Vec::new());
+    net.start_seeds();
+    // Each peer picks two of the three seeds at random: with three peers, some pick the liar.
+    let peers: Vec<SocketAddr> = (0..3)
+        .map(|_| {
+            let p = addr(free_port());
+            net.spawn("peer", p);
+            p
+        })
+        .collect();
+    wait_until("both real seeds list every peer", || {
+        lists_exactly(&net, &peers)
+    });
+    for &p in &peers {
+        let with = strs(&net.events("peer", p), "registered_with", "seed");
+        println!("{p} registered with {with:?}");
+    }
+}
+
+#[test]
 fn many_fake_registrations_from_one_host_are_capped_and_go_when_their_listeners_die() {
     // Loopback counts like any host here, and one IP may hold 6 registrations. The attacker
     // is 127.0.0.2; the honest peers are 127.0.0.1.

@@ -21,7 +21,7 @@ use crate::peer::history::{short_id, History, MAX_SYNC_IDS};
 use crate::peer::liveness::Liveness;
 use crate::peer::overlay::{Admit, Joined, LinkKind, Overlay, DUPLICATE_LINK, YOUNG_LINK};
 use crate::peer::records;
-use crate::peer::seeds::{SeedSessions, REGISTER_RETRY};
+use crate::peer::seeds::{SeedSessions, REGISTER_RETRY, SPARE_AFTER};
 use crate::peer::tree::{Tree, MAX_IDS};
 use crate::texts::{self, TEXT_DATA_TYPE};
 use crate::wire::{Msg, Payload, PeerEntry, Role};
@@ -262,6 +262,16 @@ impl PeerCore {
         }
         for addr in redial {
             self.dial_seed(addr, out);
+        }
+        if let Some(spare) = self.seeds.unconfirmed_spare(now.mono, &mut self.rng) {
+            log::warn!(
+                "a seed has left this peer's registration unconfirmed for {SPARE_AFTER:?}: registering with seed {spare} as well"
+            );
+            out.push(Action::Dial {
+                addr: spare,
+                purpose: Purpose::Register,
+                key: None,
+            });
         }
     }
 

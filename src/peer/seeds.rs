@@ -20,6 +20,10 @@ use crate::wire::{change_bytes, PeerEntry, PublicKey, VoteOp};
 /// Resend `Register` to a seed that has not confirmed within this time (its vote may have been
 /// lost while the seeds were still linking up).
 pub const REGISTER_RETRY: Duration = Duration::from_secs(2);
+/// A registration still unconfirmed this long after the seed link came up is not going to be
+/// (a seed that cannot reach the others, or one that answers but never votes): the peer
+/// registers with a seed it has not used as well.
+pub const SPARE_AFTER: Duration = Duration::from_secs(6);
 
 #[derive(Debug, Default)]
 struct Session {
@@ -34,6 +38,10 @@ struct Session {
     list: Option<Vec<PeerEntry>>,
     /// Its being unreachable was said once at warning level; retries are quieter.
     warned: bool,
+    /// When this connection came up.
+    connected_at: Option<Instant>,
+    /// A spare seed was added for this one's unconfirmed registration.
+    spared: bool,
 }
 
 /// The seeds this peer uses and where it stands with each.
@@ -126,6 +134,27 @@ impl SeedSessions {
         s.dialing = false;
         s.backoff.reset();
         s.last_register = Some(now);
+        s.connected_at = Some(now);
+    }
+
+    /// A seed to register with as well, once one connected seed has left our registration
+    /// unconfirmed for `SPARE_AFTER` while fewer than a majority have confirmed it (each such
+    /// session asks for one spare, once).
+    pub fn unconfirmed_spare(&mut self, now: Instant, rng: &mut StdRng) -> Option<SocketAddr> {
+        let confirmed = self.sessions.values().filter(|s| s.registered).count();
+        if confirmed >= self.majority {
+            return None;
+        }
+        let stuck = self.sessions.values_mut().find(|s| {
+            s.conn.is_some()
+                && !s.registered
+                && !s.spared
+                && s.connected_at.is_some_and(|t| now >= t + SPARE_AFTER)
+        })?;
+        stuck.spared = true;
+        let spare = self.spare(rng)?;
+        self.dialing(spare);
+        Some(spare)
     }
 
     /// The seed confirmed our registration; true the first time.
@@ -367,6 +396,31 @@ mod tests {
             vec![a(9101), a(9102), a(9103)],
             "no duplicates, not me"
         );
+    }
+
+    #[test]
+    fn a_registration_left_unconfirmed_brings_in_a_spare_seed_once() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let t0 = Instant::now();
+        let mut s = SeedSessions::new(seeds(3), 2, BTreeMap::new());
+        let chosen = s.start(&mut rng, t0, Duration::from_secs(20));
+        s.connected(chosen[0], [1; 32], 1, t0);
+        s.connected(chosen[1], [2; 32], 2, t0);
+        // One seed confirms at once; the other never does.
+        assert!(s.registered(&chosen[0]));
+        assert_eq!(
+            s.unconfirmed_spare(t0 + REGISTER_RETRY, &mut rng),
+            None,
+            "not yet"
+        );
+        let later = t0 + SPARE_AFTER;
+        let spare = s.unconfirmed_spare(later, &mut rng).expect("a spare");
+        assert!(!chosen.contains(&spare));
+        assert_eq!(s.unconfirmed_spare(later, &mut rng), None, "once");
+        // Confirmed by a majority: nothing more to do.
+        s.connected(spare, [3; 32], 3, later);
+        assert!(s.registered(&spare));
+        assert_eq!(s.unconfirmed_spare(later + SPARE_AFTER, &mut rng), None);
     }
 
     #[test]
