@@ -153,9 +153,10 @@ impl Bucket {
     }
 }
 
-/// A link, its fields in a fixed order: what each gossip frame reads (the buckets, the young
-/// link's memory, the flags) first, in the link's first two cache lines, and what the rest of
-/// the protocol reads after them; the young link's memory and catch-up state are boxed.
+/// A link, its fields in a fixed order: what every frame reads (the flags, the address, the
+/// bucket of repeats, most frames being repeats) first, then what a new item reads (its
+/// buckets, the egress bucket of the links it goes out on, the young link's memory), then the
+/// rest; the young link's memory and catch-up state are boxed.
 #[derive(Debug)]
 #[repr(C)]
 pub struct Link {
@@ -164,6 +165,12 @@ pub struct Link {
     /// What this remote may send: new gossip items (first receipts), repeats, everything else.
     /// Repeats are cheap to drop, so they have a looser bound.
     repeat_rate: Bucket,
+    /// Whether a frame has come in on it since the handshake.
+    pub heard: bool,
+    pub kind: LinkKind,
+    /// Whether we dialed this connection (used to pick one of two simultaneous links).
+    pub dialed: bool,
+    pub addr: SocketAddr,
     /// New items past this are cut off (see `ABUSE_RATE_FACTOR`).
     abuse_rate: Bucket,
     gossip_rate: Bucket,
@@ -172,15 +179,9 @@ pub struct Link {
     egress_rate: Bucket,
     /// While the link is young: the items forwarded on it (see `YOUNG_LINK`).
     young: Option<Box<Young>>,
-    /// Whether a frame has come in on it since the handshake.
-    pub heard: bool,
-    pub kind: LinkKind,
-    /// Whether we dialed this connection (used to pick one of two simultaneous links).
-    pub dialed: bool,
     control_rate: Bucket,
     /// Items this link sent over its rate and we dropped (for the log's sake).
     pub dropped: u64,
-    pub addr: SocketAddr,
     /// The key the remote proved in the handshake.
     pub key: PublicKey,
     /// Catch-up with this neighbour (see `history`).
