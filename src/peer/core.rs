@@ -512,7 +512,7 @@ impl PeerCore {
         // receiver that fell behind and reads a backlog at once mostly reads repeats, which
         // have their own, looser bound. Checked before the item is recorded, so an item
         // refused here can still arrive from an honest neighbour.
-        let new = self.ml.get(&id).is_none();
+        let new = !self.ml.contains(&id);
         let Some(link) = self.overlay.link_mut(conn) else {
             return;
         };
@@ -629,7 +629,7 @@ impl PeerCore {
             Msg::IHave { ids } => {
                 if let Some(t) = &mut self.tree {
                     let ml = &self.ml;
-                    t.ihave(from, &ids, |id| ml.get(id).is_some(), now.mono);
+                    t.ihave(from, &ids, |id| ml.contains(id), now.mono);
                     if let Some(wait) = t.next_wake(now.mono) {
                         out.push(Action::timer(wait, Timer::Tree));
                     }
@@ -823,7 +823,7 @@ impl PeerCore {
             return self.reject(conn, from, reason, now, out);
         }
         let id = texts::message_id(data_type, nonce, &payload);
-        let new = self.ml.get(&id).is_none();
+        let new = !self.ml.contains(&id);
         let Some(link) = self.overlay.link_mut(conn) else {
             return;
         };
