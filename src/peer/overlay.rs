@@ -244,8 +244,18 @@ pub enum Joined {
     },
 }
 
+/// Its fields in a fixed order: the link table (read by every frame) first, then what
+/// forwarding reads, then the rest.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Overlay {
+    links: Links,
+    neighbours: BTreeMap<SocketAddr, ConnId>,
+    /// The neighbours' addresses, rebuilt when they change: the message list keeps a reference
+    /// to it for each item forwarded (where the item went).
+    current: Arc<[SocketAddr]>,
+    /// Links that are young (may hold forwarded items), so forwarding looks only at them.
+    young: BTreeSet<ConnId>,
     me: SocketAddr,
     /// This peer's key, for the duplicate-link rule (addresses decide while none is set).
     me_key: Option<PublicKey>,
@@ -256,19 +266,12 @@ pub struct Overlay {
     selection: Selection,
     gossip_per_second: u32,
     control_per_second: u32,
-    links: Links,
-    neighbours: BTreeMap<SocketAddr, ConnId>,
-    /// The neighbours' addresses, rebuilt when they change: the message list keeps a reference
-    /// to it for each item forwarded (where the item went).
-    current: Arc<[SocketAddr]>,
     dialing: BTreeSet<SocketAddr>,
     /// Neighbours lost recently, not to be picked again while the seeds may still list them.
     lost: BTreeMap<SocketAddr, Instant>,
     lost_memory: Duration,
     /// A repair asked a seed for a list and waits for it.
     repairing: bool,
-    /// Links that are young (may hold forwarded items), so forwarding looks only at them.
-    young: BTreeSet<ConnId>,
 }
 
 impl Overlay {
