@@ -294,6 +294,12 @@ impl MessageList {
         seq.wrapping_sub(self.first) as usize
     }
 
+    /// Is `id` in the list? (`get(id).is_some()`, without reading its entry: one cache miss
+    /// fewer on the repeats' path.)
+    pub fn contains(&self, id: &[u8; 32]) -> bool {
+        self.find(id).is_some()
+    }
+
     pub fn get(&self, id: &[u8; 32]) -> Option<&Seen> {
         self.find(id).map(|p| &self.entries[self.position(p)].seen)
     }

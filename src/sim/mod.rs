@@ -97,18 +97,29 @@ struct ConnEnd {
     last_at: Micros,
 }
 
-/// What the event queue holds.
+/// What the event queue holds. Kept small (events are moved in and out of the queue's buckets,
+/// tens of millions of them in a large run): a gossip frame, nearly every event, has its own
+/// variant with the frame's fields; other events (an `Event` holds the largest `Msg`, a
+/// `Hello`, some 200 bytes) are boxed.
 enum Pending {
     /// An event for a node's core.
     Deliver {
         node: NodeId,
-        event: Event,
+        event: Box<Event>,
     },
     /// An event arriving on a connection end (a frame, or the remote's close); dropped if that
     /// end was closed meanwhile.
     OnConn {
         conn: ConnId,
-        event: Event,
+        event: Box<Event>,
+    },
+    /// A `Msg::Gossip` frame arriving on a connection end, as `OnConn` would carry it.
+    Gossip {
+        conn: ConnId,
+        data_type: u16,
+        ttl: u8,
+        nonce: u64,
+        payload: crate::wire::Payload,
     },
     /// A dial reaches the acceptor.
     Accept {
@@ -121,7 +132,7 @@ enum Pending {
         timer: Timer,
     },
     /// A step of the scenario.
-    Step(scenario::Step),
+    Step(Box<scenario::Step>),
 }
 
 /// An event due beyond the wheel, ordered for the far heap: earliest first, then in the order
@@ -389,7 +400,7 @@ impl World {
     }
 
     pub fn schedule(&mut self, at: Micros, step: scenario::Step) {
-        self.push(at, Pending::Step(step));
+        self.push(at, Pending::Step(Box::new(step)));
     }
 
     /// Starts node `id` at `at`.
@@ -398,7 +409,7 @@ impl World {
             at,
             Pending::Deliver {
                 node: id,
-                event: Event::Started,
+                event: Box::new(Event::Started),
             },
         );
     }
@@ -415,9 +426,15 @@ impl World {
     /// Schedules `event` to arrive at connection end `conn`, in order after what is already on
     /// its way there.
     fn send_on(&mut self, conn: ConnId, event: Event) {
+        let event = Box::new(event);
+        self.send_pending(conn, Pending::OnConn { conn, event });
+    }
+
+    /// Schedules `what` (arriving at connection end `conn`) as `send_on` does.
+    fn send_pending(&mut self, conn: ConnId, what: Pending) {
         let at = (self.now + self.latency()).max(self.conns[conn as usize].last_at);
         self.conns[conn as usize].last_at = at;
-        self.push(at, Pending::OnConn { conn, event });
+        self.push(at, what);
     }
 
     /// Is the path between two nodes cut?
@@ -438,7 +455,7 @@ impl World {
     ) -> Option<scenario::Step> {
         while let Some(what) = self.next_due(until) {
             match what {
-                Pending::Deliver { node, event } => self.deliver(node, event, observe),
+                Pending::Deliver { node, event } => self.deliver(node, *event, observe),
                 Pending::Timer { node, timer } => {
                     if self.nodes[node].state == NodeState::Running {
                         self.deliver(node, Event::Timer(timer), observe);
@@ -450,10 +467,10 @@ impl World {
                         continue;
                     }
                     let node = end.node;
-                    if matches!(event, Event::Closed { .. }) {
+                    if matches!(*event, Event::Closed { .. }) {
                         self.conns[conn as usize].open = false;
                     }
-                    if matches!(event, Event::Frame { .. }) {
+                    if matches!(*event, Event::Frame { .. }) {
                         self.frames += 1;
                         if self.blocked(
                             node,
@@ -462,10 +479,34 @@ impl World {
                             continue;
                         }
                     }
-                    self.deliver(node, event, observe);
+                    self.deliver(node, *event, observe);
+                }
+                Pending::Gossip {
+                    conn,
+                    data_type,
+                    ttl,
+                    nonce,
+                    payload,
+                } => {
+                    let end = &self.conns[conn as usize];
+                    if !end.open {
+                        continue;
+                    }
+                    let node = end.node;
+                    self.frames += 1;
+                    if self.blocked(node, self.conns[end.other as usize].node) {
+                        continue;
+                    }
+                    let msg = Msg::Gossip {
+                        data_type,
+                        ttl,
+                        nonce,
+                        payload,
+                    };
+                    self.deliver(node, Event::Frame { conn, msg }, observe);
                 }
                 Pending::Accept { from, to, purpose } => self.accept(from, to, purpose, observe),
-                Pending::Step(st) => return Some(st),
+                Pending::Step(st) => return Some(*st),
             }
         }
         self.advance(self.now.max(until));
@@ -558,7 +599,25 @@ impl World {
                 *bytes += msg.encode().len() as u64;
             }
         }
-        self.send_on(other, Event::Frame { conn: other, msg });
+        let what = match msg {
+            Msg::Gossip {
+                data_type,
+                ttl,
+                nonce,
+                payload,
+            } => Pending::Gossip {
+                conn: other,
+                data_type,
+                ttl,
+                nonce,
+                payload,
+            },
+            msg => Pending::OnConn {
+                conn: other,
+                event: Box::new(Event::Frame { conn: other, msg }),
+            },
+        };
+        self.send_pending(other, what);
     }
 
     /// Closes one end; the other end hears `reason` after the frames already on their way.
@@ -595,6 +654,7 @@ impl World {
             purpose,
             reason,
         };
+        let event = Box::new(event);
         self.push(at, Pending::Deliver { node: from, event });
     }
 
