@@ -1334,12 +1334,39 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// A thread that serves until it is told to stop (or its time is up): told and joined when
+/// dropped.
+struct Serving {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Serving {
+    /// Runs `serve` on a thread of its own, with the flag that says stop.
+    fn start(serve: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> Serving {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        Serving {
+            stop,
+            thread: Some(std::thread::spawn(move || serve(flag))),
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A listener that counts the connections made to it: a made-up member of a forged list.
 struct Bait {
     at: SocketAddr,
     dials: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _serving: Serving,
 }
 
 impl Bait {
@@ -1348,13 +1375,12 @@ impl Bait {
         listener.set_nonblocking(true).unwrap();
         let at = listener.local_addr().unwrap();
         let dials = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (dials2, stop2) = (dials.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
+        let counted = dials.clone();
+        let serving = Serving::start(move |stop| {
             let start = Instant::now();
-            while !stop2.load(Ordering::Relaxed) && start.elapsed() < 4 * PATIENCE {
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < 4 * PATIENCE {
                 if listener.accept().is_ok() {
-                    dials2.fetch_add(1, Ordering::Relaxed);
+                    counted.fetch_add(1, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -1362,17 +1388,7 @@ impl Bait {
         Bait {
             at,
             dials,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Bait {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            _serving: serving,
         }
     }
 }
@@ -1382,8 +1398,7 @@ impl Drop for Bait {
 /// are closed after the Challenge.
 struct Liar {
     asked: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _serving: Serving,
 }
 
 impl Liar {
@@ -1396,18 +1411,17 @@ impl Liar {
         let listener = TcpListener::bind(at).unwrap();
         listener.set_nonblocking(true).unwrap();
         let asked = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (asked2, stop2) = (asked.clone(), stop.clone());
+        let asked2 = asked.clone();
         let key = Arc::new(key);
-        let thread = std::thread::spawn(move || {
+        let serving = Serving::start(move |stop| {
             let start = Instant::now();
             let mut served = Vec::new();
-            while !stop2.load(Ordering::Relaxed) && start.elapsed() < 4 * PATIENCE {
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < 4 * PATIENCE {
                 match listener.accept() {
                     Ok((s, _)) => {
                         s.set_nonblocking(false).unwrap();
                         let (key, made_up, asked, stop) =
-                            (key.clone(), made_up.clone(), asked2.clone(), stop2.clone());
+                            (key.clone(), made_up.clone(), asked2.clone(), stop.clone());
                         served.push(std::thread::spawn(move || {
                             serve_liar(Conn::new(s), at, &key, claimed, &made_up, &asked, &stop)
                         }));
@@ -1421,17 +1435,7 @@ impl Liar {
         });
         Liar {
             asked,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Liar {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            _serving: serving,
         }
     }
 }
@@ -1583,9 +1587,9 @@ fn drain_until_answer(c: &mut Conn) -> Answer {
 /// registration links, all closed when it is dropped.
 struct DialBack {
     at: SocketAddr,
+    /// Dropped after the listener's thread (fields drop in order): then the links close.
+    _serving: Serving,
     links: Arc<Mutex<Vec<Conn>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl DialBack {
@@ -1593,12 +1597,10 @@ impl DialBack {
         let listener = TcpListener::bind(SocketAddr::from((ip, 0))).unwrap();
         listener.set_nonblocking(true).unwrap();
         let at = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::spawn(move || {
+        let serving = Serving::start(move |stop| {
             let start = Instant::now();
             let mut open = Vec::new();
-            while !stop2.load(Ordering::Relaxed) && start.elapsed() < 4 * PATIENCE {
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < 4 * PATIENCE {
                 match listener.accept() {
                     Ok((s, _)) => {
                         s.set_nonblocking(false).unwrap();
@@ -1618,19 +1620,8 @@ impl DialBack {
         });
         DialBack {
             at,
+            _serving: serving,
             links: Arc::new(Mutex::new(Vec::new())),
-            stop,
-            thread: Some(thread),
         }
-    }
-}
-
-impl Drop for DialBack {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.links.lock().unwrap().clear();
     }
 }
