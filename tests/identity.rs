@@ -505,24 +505,10 @@ fn a_seed_that_lies_to_peers_gets_none_of_its_made_up_entries_dialed() {
     // own, listed key (a compromised seed). It answers a peer like a seed, but its PeerList
     // names only made-up members (listeners of the test's that count who dials them), signed
     // by itself and with a signature it claims is A's.
-    let dir = tempfile::tempdir().unwrap();
-    let (a_seed, b_seed, liar_at) = (addr(free_port()), addr(free_port()), addr(free_port()));
-    let liar_key = fresh_key();
-    let mut entries = keyed_seed_entries(dir.path(), &[a_seed, b_seed]);
-    entries.push(format!(
-        "{{ addr: \"{liar_at}\", key: \"{}\" }}",
-        hex(&liar_key.verifying_key().to_bytes())
-    ));
     // A 2 s handshake deadline: a joining peer takes what lists it has after twice that.
     let timers = CONFIG.replace("timeout: 30s", "timeout: 2s");
-    let config = dir.path().join("seeds.yaml");
-    std::fs::write(&config, fast_config(&entries, &timers)).unwrap();
-    let mut net = Net {
-        dir,
-        config,
-        seeds: vec![a_seed, b_seed],
-        nodes: Vec::new(),
-    };
+    let (mut net, liar_at, liar_key) = with_a_listed_liar(&timers);
+    let (a_seed, b_seed) = (net.seeds[0], net.seeds[1]);
     let baits: Vec<Bait> = (0..3).map(|_| Bait::start()).collect();
     let made_up: Vec<SocketAddr> = baits.iter().map(|b| b.at).collect();
     let liar = Liar::start(liar_at, liar_key, a_seed, made_up.clone());
@@ -580,22 +566,8 @@ fn peers_whose_seeds_include_one_that_never_votes_still_get_listed() {
     // Two real seeds and a compromised one (listed key) that answers `Registered` at once and
     // never votes. A peer that registers with it and one real seed waits for a commit that
     // needs a second real vote: it must register with the other real seed as well.
-    let dir = tempfile::tempdir().unwrap();
-    let (a_seed, b_seed, liar_at) = (addr(free_port()), addr(free_port()), addr(free_port()));
-    let liar_key = fresh_key();
-    let mut entries = keyed_seed_entries(dir.path(), &[a_seed, b_seed]);
-    entries.push(format!(
-        "{{ addr: \"{liar_at}\", key: \"{}\" }}",
-        hex(&liar_key.verifying_key().to_bytes())
-    ));
-    let config = dir.path().join("seeds.yaml");
-    std::fs::write(&config, fast_config(&entries, CONFIG)).unwrap();
-    let mut net = Net {
-        dir,
-        config,
-        seeds: vec![a_seed, b_seed],
-        nodes: Vec::new(),
-    };
+    let (mut net, liar_at, liar_key) = with_a_listed_liar(CONFIG);
+    let a_seed = net.seeds[0];
     let _liar = Liar::start(liar_at, liar_key, a_seed, Vec::new());
     net.start_seeds();
     // Each peer picks two of the three seeds at random: with three peers, some pick the liar.
@@ -1329,6 +1301,28 @@ fn serve_fake(
 }
 
 // ---- A seed that lies to peers ----
+
+/// Two real seeds (`net.seeds`, not started) and a third listed with a key of the attacker's
+/// (a compromised seed), with `timers`: the network, the third seed's address and its key.
+fn with_a_listed_liar(timers: &str) -> (Net, SocketAddr, SigningKey) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_seed, b_seed, liar_at) = (addr(free_port()), addr(free_port()), addr(free_port()));
+    let liar_key = fresh_key();
+    let mut entries = keyed_seed_entries(dir.path(), &[a_seed, b_seed]);
+    entries.push(format!(
+        "{{ addr: \"{liar_at}\", key: \"{}\" }}",
+        hex(&liar_key.verifying_key().to_bytes())
+    ));
+    let config = dir.path().join("seeds.yaml");
+    std::fs::write(&config, fast_config(&entries, timers)).unwrap();
+    let net = Net {
+        dir,
+        config,
+        seeds: vec![a_seed, b_seed],
+        nodes: Vec::new(),
+    };
+    (net, liar_at, liar_key)
+}
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
