@@ -253,6 +253,17 @@ impl<C: Core> Runtime<C> {
             for (_, h) in &done.overflowed {
                 h.close();
             }
+            // The records, in the order the core decided them: they are written after the
+            // lock, but queued now, so a thread that took the lock later cannot write its
+            // records first (a `removed` above the `registered` it follows).
+            let records: Vec<Record> = actions
+                .iter_mut()
+                .filter_map(|a| match a {
+                    Action::Log(rec) => Some(std::mem::replace(rec, Record::new(""))),
+                    _ => None,
+                })
+                .collect();
+            self.output.enqueue(records, at_us);
             done
         };
         if done.withdrawn > 0 {
@@ -283,11 +294,10 @@ impl<C: Core> Runtime<C> {
                 When::Scheduled => {}
             }
         }
-        let mut records = Vec::new();
         for action in actions {
             match action {
                 Action::Dial { addr, purpose, key } => self.dial(addr, purpose, key),
-                Action::Log(rec) => records.push(rec),
+                Action::Log(_) => {}
                 Action::Reincarnate => {
                     let old = self.identity.incarnation.load(Ordering::Relaxed);
                     let new = crate::node::unix_ms().max(old + 1);
@@ -309,7 +319,7 @@ impl<C: Core> Runtime<C> {
                 | Action::Close { .. } => {}
             }
         }
-        self.output.record_all(records, at_us);
+        self.output.write_pending();
         for (conn, _) in done.overflowed {
             self.dispatch(Event::Closed {
                 conn,

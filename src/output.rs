@@ -36,6 +36,8 @@ pub struct Output {
     /// The node's address as a JSON string, quoted and escaped once.
     node_json: String,
     files: Mutex<(File, File)>,
+    /// Records decided but not yet written, in the order they were decided (see `enqueue`).
+    pending: Mutex<std::collections::VecDeque<(Vec<Record>, u64)>>,
     echo: bool,
     txt_path: PathBuf,
     jsonl_path: PathBuf,
@@ -72,6 +74,7 @@ impl Output {
         Ok(Output {
             node_json: serde_json::to_string(&addr.to_string()).unwrap_or_default(),
             files: Mutex::new((txt, jsonl)),
+            pending: Mutex::new(Default::default()),
             echo,
             txt_path,
             jsonl_path,
@@ -98,9 +101,39 @@ impl Output {
         self.record_all(vec![rec], ts_us);
     }
 
+    /// Queues records decided together (under the node's core lock, so queues are in decision
+    /// order) for `write_pending`.
+    pub fn enqueue(&self, recs: Vec<Record>, ts_us: u64) {
+        if !recs.is_empty() {
+            self.pending.lock().push_back((recs, ts_us));
+        }
+    }
+
+    /// Writes every queued batch, oldest first. The files stay locked while the queue is
+    /// drained, so no batch queued later is written before one queued earlier, whichever
+    /// thread writes it.
+    pub fn write_pending(&self) {
+        let mut files = self.files.lock();
+        loop {
+            let next = self.pending.lock().pop_front();
+            let Some((recs, ts_us)) = next else {
+                return;
+            };
+            self.write_locked(&mut files, recs, ts_us);
+        }
+    }
+
     /// Writes records that share one moment with one `write` per file, so a burst of events
     /// handled together costs two system calls, not two per record.
     pub fn record_all(&self, recs: Vec<Record>, ts_us: u64) {
+        if recs.is_empty() {
+            return;
+        }
+        let mut files = self.files.lock();
+        self.write_locked(&mut files, recs, ts_us);
+    }
+
+    fn write_locked(&self, files: &mut (File, File), recs: Vec<Record>, ts_us: u64) {
         if recs.is_empty() {
             return;
         }
@@ -134,7 +167,6 @@ impl Output {
                 lines.push('\n');
             }
         }
-        let mut files = self.files.lock();
         if let Err(e) = files.1.write_all(&json) {
             log::warn!("cannot write {}: {e}", self.jsonl_path.display());
         }

@@ -861,15 +861,21 @@ impl SeedCore {
             let Some(p) = self.probes.get_mut(&addr) else {
                 continue;
             };
-            // A deadline seen more than a probe timeout late: this seed was stalled (stopped,
-            // overloaded), so the silence it finds may be its own.
+            // A deadline seen more than a handshake's time late (`pow.timeout`, and at least a
+            // probe timeout): this seed was stalled (stopped, or starved of CPU for that long),
+            // so the silence it finds may be its own. A merely busy seed is late by far less.
+            let stall = self
+                .config
+                .pow
+                .timeout
+                .max(self.config.liveness.probe_timeout);
             let late = [p.link_until, Some(p.deadline)]
                 .into_iter()
                 .flatten()
                 .filter(|t| *t <= now.mono)
                 .map(|t| now.mono - t)
                 .max();
-            if late.is_some_and(|l| l > self.config.liveness.probe_timeout) {
+            if late.is_some_and(|l| l > stall) {
                 let late = late.unwrap_or_default();
                 self.abstain(
                     addr,
