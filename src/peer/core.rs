@@ -251,7 +251,7 @@ impl PeerCore {
             );
         }
         for seed in unknown {
-            if self.seeds.add(seed) {
+            if self.seeds.is_unused(&seed) {
                 log::info!(
                     "peer list entries are signed by seed {seed}, whose key this peer has not seen: linking to it to learn it (a key in seeds.yaml saves this)"
                 );
@@ -275,11 +275,7 @@ impl PeerCore {
             log::warn!(
                 "a seed has left this peer's registration unconfirmed for {SPARE_AFTER:?}: registering with seed {spare} as well"
             );
-            out.push(Action::Dial {
-                addr: spare,
-                purpose: Purpose::Register,
-                key: None,
-            });
+            self.dial_seed(spare, out);
         }
     }
 
@@ -1537,33 +1533,8 @@ mod tests {
     /// A peer that has joined through one seed and has neighbours on conns 10, 11, 12
     /// (ports 9101..9103).
     fn joined(extra: &str) -> (PeerCore, Now) {
-        let now = Now::real();
-        let mut p = PeerCore::new(a(ME), config(extra), StdRng::seed_from_u64(1));
+        let (mut p, now) = registered(extra, [0; 32]);
         let mut out = vec![];
-        p.handle(Event::Started, now, &mut out);
-        let seed = Remote {
-            addr: a(9001),
-            role: Role::Seed,
-            incarnation: 0,
-            key: [0; 32],
-            dialed: Some(Purpose::Register),
-        };
-        p.handle(
-            Event::Connected {
-                conn: SEED_CONN,
-                remote: seed,
-            },
-            now,
-            &mut out,
-        );
-        p.handle(
-            Event::Frame {
-                conn: SEED_CONN,
-                msg: Msg::Registered,
-            },
-            now,
-            &mut out,
-        );
         p.handle(
             Event::Frame {
                 conn: SEED_CONN,
@@ -1586,21 +1557,17 @@ mod tests {
         (p, now)
     }
 
-    #[test]
-    fn only_list_entries_certified_by_the_seeds_are_dialed() {
-        use crate::keys::NodeKey;
-        use crate::wire::{change_bytes, VoteOp};
-        let seed_key = NodeKey::from_secret([9; 32]);
-        let other = NodeKey::from_secret([8; 32]);
+    /// A peer registered through one seed (at 9001, showing `seed_key`), its list not in yet.
+    fn registered(extra: &str, seed_key: crate::wire::PublicKey) -> (PeerCore, Now) {
         let now = Now::real();
-        let mut p = PeerCore::new(a(ME), config(""), StdRng::seed_from_u64(1));
+        let mut p = PeerCore::new(a(ME), config(extra), StdRng::seed_from_u64(1));
         let mut out = vec![];
         p.handle(Event::Started, now, &mut out);
         let seed = Remote {
             addr: a(9001),
             role: Role::Seed,
             incarnation: 0,
-            key: seed_key.public(),
+            key: seed_key,
             dialed: Some(Purpose::Register),
         };
         p.handle(
@@ -1619,6 +1586,17 @@ mod tests {
             now,
             &mut out,
         );
+        (p, now)
+    }
+
+    #[test]
+    fn only_list_entries_certified_by_the_seeds_are_dialed() {
+        use crate::keys::NodeKey;
+        use crate::wire::{change_bytes, VoteOp};
+        let seed_key = NodeKey::from_secret([9; 32]);
+        let other = NodeKey::from_secret([8; 32]);
+        let (mut p, now) = registered("", seed_key.public());
+        let mut out = vec![];
         let entry = |port: u16, by: Option<&NodeKey>| {
             let mut e = PeerEntry {
                 addr: a(port),

@@ -84,14 +84,10 @@ impl SeedSessions {
         )
     }
 
-    /// Opens a session to configured seed `addr` too (to learn its key), unless there is one.
-    /// True if the caller should dial it.
-    pub fn add(&mut self, addr: SocketAddr) -> bool {
-        if !self.configured.contains(&addr) || self.sessions.contains_key(&addr) {
-            return false;
-        }
-        self.dialing(addr);
-        true
+    /// Is `addr` a configured seed this peer has no session with (one to dial, to learn its
+    /// key or to register with as well)?
+    pub fn is_unused(&self, addr: &SocketAddr) -> bool {
+        self.configured.contains(addr) && !self.sessions.contains_key(addr)
     }
 
     /// The join starts: a random majority of the seeds to dial. The join waits for their lists
@@ -137,9 +133,9 @@ impl SeedSessions {
         s.connected_at = Some(now);
     }
 
-    /// A seed to register with as well, once one connected seed has left our registration
-    /// unconfirmed for `SPARE_AFTER` while fewer than a majority have confirmed it (each such
-    /// session asks for one spare, once).
+    /// A seed to register with as well (the caller dials it), once one connected seed has
+    /// left our registration unconfirmed for `SPARE_AFTER` while fewer than a majority have
+    /// confirmed it (each such session asks for one spare, once).
     pub fn unconfirmed_spare(&mut self, now: Instant, rng: &mut StdRng) -> Option<SocketAddr> {
         let confirmed = self.sessions.values().filter(|s| s.registered).count();
         if confirmed >= self.majority {
@@ -152,9 +148,7 @@ impl SeedSessions {
                 && s.connected_at.is_some_and(|t| now >= t + SPARE_AFTER)
         })?;
         stuck.spared = true;
-        let spare = self.spare(rng)?;
-        self.dialing(spare);
-        Some(spare)
+        self.spare(rng)
     }
 
     /// The seed confirmed our registration; true the first time.
@@ -368,12 +362,10 @@ mod tests {
         e.signatures = signed(&[0, 2], &e);
         assert_eq!(s.certified(&e), Certified::KeysUnknown(vec![a(9003)]));
         let t0 = Instant::now();
-        assert!(s.add(a(9003)), "linked to, to learn its key");
-        assert!(
-            !s.add(a(9003)) && !s.add(a(9009)),
-            "once, and only a configured seed"
-        );
+        assert!(s.is_unused(&a(9003)), "to be linked to, to learn its key");
+        assert!(!s.is_unused(&a(9009)), "only a configured seed");
         s.connected(a(9003), keys[2].public(), 5, t0);
+        assert!(!s.is_unused(&a(9003)), "once");
         assert_eq!(s.certified(&e), Certified::Yes);
     }
 
@@ -416,6 +408,7 @@ mod tests {
         let later = t0 + SPARE_AFTER;
         let spare = s.unconfirmed_spare(later, &mut rng).expect("a spare");
         assert!(!chosen.contains(&spare));
+        s.dialing(spare);
         assert_eq!(s.unconfirmed_spare(later, &mut rng), None, "once");
         // Confirmed by a majority: nothing more to do.
         s.connected(spare, [3; 32], 3, later);
