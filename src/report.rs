@@ -463,16 +463,27 @@ impl Run {
             "registered",
             "registered_with",
         ];
+        // Each node's last activity, read once; then the latest of every node but one is the
+        // latest overall unless that node holds it (one pass, not one per goodbye).
+        let mut last: Vec<(u64, &str)> = self
+            .peers
+            .iter()
+            .chain(&self.seeds)
+            .map(|(n, evs)| {
+                let t = evs
+                    .iter()
+                    .filter(|e| ACTIVITY.iter().any(|a| e["event"] == *a))
+                    .map(ts)
+                    .max()
+                    .unwrap_or(0);
+                (t, n.as_str())
+            })
+            .collect();
+        last.sort_unstable_by(|a, b| b.cmp(a));
         let last_activity = |except: &str| {
-            self.peers
-                .iter()
-                .chain(&self.seeds)
-                .filter(|(n, _)| n.as_str() != except)
-                .flat_map(|(_, evs)| evs.iter())
-                .filter(|e| ACTIVITY.iter().any(|a| e["event"] == *a))
-                .map(ts)
-                .max()
-                .unwrap_or(0)
+            last.iter()
+                .find(|(_, n)| *n != except)
+                .map_or(0, |(t, _)| *t)
         };
         bye.into_iter()
             .filter(|(p, t)| last_activity(p) > t + 1000)
