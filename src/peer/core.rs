@@ -561,7 +561,7 @@ impl PeerCore {
             // not go (the flooding rule is unchanged: it only saves a duplicate).
             out.push(Action::Withdraw { conn, id });
             // Tree mode: a redundant path; the sender sends ids only from now on.
-            if self.tree.as_mut().is_some_and(|t| t.repeat(from)) {
+            if self.tree.as_mut().is_some_and(|t| t.repeat(from, now.mono)) {
                 out.push(Action::send(conn, Msg::Prune));
             }
             return;

@@ -265,6 +265,8 @@ pub struct Overlay {
     loopback_exempt: bool,
     selection: Selection,
     gossip_per_second: u32,
+    /// Other frames a neighbour may send per second: `limits.control_per_second` and tree
+    /// mode's allowance.
     control_per_second: u32,
     dialing: BTreeSet<SocketAddr>,
     /// Neighbours lost recently, not to be picked again while the seeds may still list them.
@@ -286,7 +288,14 @@ impl Overlay {
             loopback_exempt: config.limits.loopback_exempt,
             selection: config.peer.selection,
             gossip_per_second: config.limits.gossip_per_second,
-            control_per_second: config.limits.control_per_second,
+            // Tree mode's frames (announcements, grafts, prunes) come on top of the other
+            // control frames, at most `FRAMES_PER_TIMEOUT` per graft timeout from an honest
+            // neighbour (counted whatever our mode: a neighbour may run the other).
+            control_per_second: config.limits.control_per_second.saturating_add(
+                (f64::from(crate::peer::tree::FRAMES_PER_TIMEOUT)
+                    / config.gossip.graft_timeout.as_secs_f64().max(1e-3))
+                .ceil() as u32,
+            ),
             links: Links::default(),
             neighbours: BTreeMap::new(),
             current: Arc::from([]),

@@ -4,9 +4,17 @@
 //! item we already have is on a redundant path: we make it *lazy* and tell it so (`Prune`);
 //! from then on it gets only the ids of new items (`IHave`, gathered for half a
 //! `gossip.graft_timeout` and sent together). An id announced by a lazy neighbour that does not
-//! arrive whole within `gossip.graft_timeout` is asked for (`Graft`), which also makes that
+//! arrive whole within the graft wait is asked for (`Graft`), which also makes that
 //! neighbour eager again: the tree repairs itself where a push path broke (a crash, a cut
 //! link). A neighbour that pushes us a new item, or grafts, is eager.
+//!
+//! The graft wait is `gossip.graft_timeout`, or longer when pushes are seen to come later
+//! than that: under load a push waits in its links' batch windows (up to
+//! `gossip.max_batch_window` a hop) while announcements travel on quiet links, and grafting
+//! for items that are only slow costs a duplicate, a prune and a broken tree each. The wait
+//! follows how late announced items arrive by push (smoothed like TCP's retransmission
+//! timer: mean plus four deviations), at most [`MAX_WAIT_FACTOR`] timeouts. Grafts due
+//! within a quarter timeout of each other go in one frame.
 //!
 //! Only the lazy set is kept: every other neighbour is eager, so a new link is eager on both
 //! sides and a lost one needs no bookkeeping beyond forgetting it. What does not arrive even by
@@ -21,11 +29,23 @@ pub const MAX_IDS: usize = 4096;
 /// The most ids announced but not yet received that a peer waits for at once; announcements
 /// past it are ignored (catch-up still finds the items).
 pub const MAX_MISSING: usize = 16_384;
+/// The graft wait grows with late pushes to at most this many `gossip.graft_timeout`s, so a
+/// broken push path is still repaired within seconds (and a neighbour that announces items
+/// before they could have come cannot stretch it further).
+pub const MAX_WAIT_FACTOR: u32 = 10;
+/// Tree frames (`IHave`, `Graft`, `Prune`) an honest neighbour sends per `graft_timeout` at
+/// most: announcements every half timeout, grafts at most every quarter, a prune per graft.
+/// The control rate of a link allows this many on top of `limits.control_per_second`.
+pub const FRAMES_PER_TIMEOUT: u32 = 8;
 
 #[derive(Debug)]
 struct Missing {
     /// When to graft the next announcer.
     due: Instant,
+    /// When the first announcement came.
+    heard: Instant,
+    /// Grafted already: an arrival now says nothing of how late pushes are.
+    grafted: bool,
     /// Neighbours that announced it, in order, not yet asked.
     announcers: VecDeque<SocketAddr>,
 }
@@ -40,8 +60,13 @@ pub struct Tree {
     announce_since: Option<Instant>,
     /// The wake-up already asked for (none when `None`).
     wake: Option<Instant>,
-    /// Spreads the first graft of each id over a second `graft_timeout` (see `first_due`).
+    /// Spreads the first graft of each id over a second wait (see `first_due`).
     salt: u64,
+    /// How late announced items come by push: smoothed mean and deviation, in nanoseconds
+    /// (none seen yet: `None`).
+    lag: Option<(u64, u64)>,
+    /// When each neighbour was last sent `Prune`.
+    pruned: BTreeMap<SocketAddr, Instant>,
 }
 
 /// What the tree asks the peer to send.
@@ -61,7 +86,29 @@ impl Tree {
             announce: BTreeMap::new(),
             announce_since: None,
             wake: None,
+            lag: None,
+            pruned: BTreeMap::new(),
         }
+    }
+
+    /// How long an announced id may take to arrive by push before it is grafted.
+    pub fn wait(&self) -> Duration {
+        let late = self.lag.map_or(Duration::ZERO, |(mean, dev)| {
+            Duration::from_nanos(mean + 4 * dev)
+        });
+        late.clamp(self.graft_timeout, self.graft_timeout * MAX_WAIT_FACTOR)
+    }
+
+    /// An announced item came by push `late` after its first announcement.
+    fn observe(&mut self, late: Duration) {
+        let x = late.as_nanos().min(u128::from(u64::MAX / 8)) as u64;
+        self.lag = Some(match self.lag {
+            None => (x, x / 2),
+            Some((mean, dev)) => (
+                mean - mean / 8 + x / 8,
+                dev - dev / 4 + mean.abs_diff(x) / 4,
+            ),
+        });
     }
 
     pub fn is_eager(&self, addr: &SocketAddr) -> bool {
@@ -71,6 +118,7 @@ impl Tree {
     /// A neighbour link came up or went: either way it starts over as eager.
     pub fn reset(&mut self, addr: &SocketAddr) {
         self.lazy.remove(addr);
+        self.pruned.remove(addr);
         self.announce.remove(addr);
         for m in self.missing.values_mut() {
             m.announcers.retain(|a| a != addr);
@@ -86,9 +134,12 @@ impl Tree {
         lazy: impl IntoIterator<Item = SocketAddr>,
         now: Instant,
     ) {
-        self.missing.remove(&id);
+        let missed = self.missing.remove(&id);
         if let Some(f) = from {
             self.lazy.remove(&f);
+            if let Some(m) = missed.filter(|m| !m.grafted) {
+                self.observe(now.saturating_duration_since(m.heard));
+            }
         }
         for n in lazy {
             if Some(n) != from && self.lazy.contains(&n) {
@@ -103,9 +154,23 @@ impl Tree {
         self.missing.remove(id);
     }
 
-    /// A repeat pushed by `from`: true when it was eager and must be told `Prune`.
-    pub fn repeat(&mut self, from: SocketAddr) -> bool {
-        self.lazy.insert(from)
+    /// A repeat pushed by `from`: true when it was eager and must be told `Prune`, unless it
+    /// was told so less than a `graft_timeout` ago. Under load a neighbour's queue to us holds
+    /// items it pushed before our `Prune` reached it; each that is new here makes it eager
+    /// again and each repeat lazy again, and a prune per flip would be a prune per item.
+    pub fn repeat(&mut self, from: SocketAddr, now: Instant) -> bool {
+        if !self.lazy.insert(from) {
+            return false;
+        }
+        let recent = self
+            .pruned
+            .get(&from)
+            .is_some_and(|at| now.saturating_duration_since(*at) < self.graft_timeout);
+        if recent {
+            return false;
+        }
+        self.pruned.insert(from, now);
+        true
     }
 
     pub fn prune(&mut self, from: SocketAddr) {
@@ -143,13 +208,15 @@ impl Tree {
                 *id,
                 Missing {
                     due: self.first_due(id, now),
+                    heard: now,
+                    grafted: false,
                     announcers: VecDeque::from([from]),
                 },
             );
         }
     }
 
-    /// When to graft an id first heard of at `now`: after `graft_timeout` and a share of a
+    /// When to graft an id first heard of at `now`: after the graft wait and a share of a
     /// second one drawn from the id and this peer's salt. Every peer cut off from the push
     /// tree hears of a missing id at about the same moment; spread out, the first one to
     /// graft pushes the item on to the others before they graft too (which would join the
@@ -159,11 +226,13 @@ impl Tree {
         h.copy_from_slice(&id[..8]);
         let h = (u64::from_le_bytes(h) ^ self.salt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let share = (h >> 54) as u32; // 0..1024
-        now + self.graft_timeout + self.graft_timeout * share / 1024
+        let wait = self.wait();
+        now + wait + wait * share / 1024
     }
 
     /// At a wake-up: the announcements due, and grafts for ids that did not arrive in time
-    /// (each to the next neighbour that announced it, which becomes eager).
+    /// (each to the next neighbour that announced it, which becomes eager), with those due
+    /// within a quarter `graft_timeout`, so grafts go a few frames a timeout, not one per id.
     pub fn due(&mut self, now: Instant) -> TreeOut {
         self.wake = None;
         let mut out = TreeOut::default();
@@ -179,16 +248,18 @@ impl Tree {
             }
         }
         let mut grafts: BTreeMap<SocketAddr, Vec<[u8; 32]>> = BTreeMap::new();
-        let timeout = self.graft_timeout;
+        let wait = self.wait();
+        let soon = now + self.graft_timeout / 4;
         self.missing.retain(|id, m| {
-            if m.due > now {
+            if m.due > soon {
                 return true;
             }
             let Some(to) = m.announcers.pop_front() else {
                 return false;
             };
             grafts.entry(to).or_default().push(*id);
-            m.due = now + timeout;
+            m.due = now + wait;
+            m.grafted = true;
             true
         });
         for (to, ids) in grafts {
@@ -227,11 +298,18 @@ mod tests {
     fn a_repeat_prunes_its_sender_once_and_a_push_or_graft_makes_it_eager_again() {
         let mut t = Tree::new(T, 0);
         assert!(t.is_eager(&a(1)));
-        assert!(t.repeat(a(1)), "first repeat: prune");
-        assert!(!t.repeat(a(1)), "already lazy");
+        let now = Instant::now();
+        assert!(t.repeat(a(1), now), "first repeat: prune");
+        assert!(!t.repeat(a(1), now), "already lazy");
         assert!(!t.is_eager(&a(1)));
-        t.first_receipt([1; 32], Some(a(1)), [], Instant::now());
+        t.first_receipt([1; 32], Some(a(1)), [], now);
         assert!(t.is_eager(&a(1)));
+        // Eager again and a repeat again at once (its queue to us was full of pushes sent
+        // before our prune): lazy, but not told again within a graft timeout.
+        assert!(!t.repeat(a(1), now + T / 2));
+        assert!(!t.is_eager(&a(1)));
+        t.first_receipt([2; 32], Some(a(1)), [], now + T);
+        assert!(t.repeat(a(1), now + T), "told again a timeout later");
         t.prune(a(2));
         assert!(!t.is_eager(&a(2)));
         t.graft(a(2));
@@ -284,7 +362,7 @@ mod tests {
         let first = t.next_wake(now).unwrap();
         assert!(first >= T && first < 2 * T, "{first:?}");
         assert_eq!(
-            t.due(now + first - Duration::from_millis(1)),
+            t.due(now + first - T / 4 - Duration::from_millis(1)),
             TreeOut::default()
         );
         let out = t.due(now + first);
@@ -297,6 +375,72 @@ mod tests {
         // Nobody left to ask: forgotten (catch-up will find it).
         assert_eq!(t.due(now + first + 2 * T), TreeOut::default());
         assert_eq!(t.next_wake(now + first + 2 * T), None);
+    }
+
+    #[test]
+    fn pushes_seen_to_come_late_lengthen_the_graft_wait_up_to_a_bound() {
+        let now = Instant::now();
+        let mut t = Tree::new(T, 0);
+        assert_eq!(t.wait(), T, "nothing seen yet");
+        // Announced items keep coming whole 300 ms after their announcement.
+        for k in 0..20u8 {
+            let at = now + Duration::from_millis(10 * u64::from(k));
+            t.ihave(a(1), &[[k; 32]], |_| false, at);
+            t.first_receipt([k; 32], Some(a(2)), [], at + Duration::from_millis(300));
+        }
+        let w = t.wait();
+        assert!(
+            w >= Duration::from_millis(300) && w < T * MAX_WAIT_FACTOR,
+            "{w:?}"
+        );
+        // A new announcement is not grafted before that wait.
+        let later = now + Duration::from_secs(1);
+        t.ihave(a(1), &[[99; 32]], |_| false, later);
+        assert!(t.next_wake(later).unwrap() >= w);
+        // However late pushes come, the wait stays bounded; an item that came after a graft
+        // says nothing about pushes.
+        for k in 20..40u8 {
+            t.ihave(a(1), &[[k; 32]], |_| false, later);
+            t.first_receipt([k; 32], Some(a(2)), [], later + Duration::from_secs(60));
+        }
+        assert_eq!(t.wait(), T * MAX_WAIT_FACTOR);
+        let mut u = Tree::new(T, 0);
+        u.ihave(a(1), &[[1; 32]], |_| false, now);
+        let out = u.due(now + 3 * T);
+        assert_eq!(out.graft, vec![(a(1), vec![[1; 32]])]);
+        u.first_receipt([1; 32], Some(a(1)), [], now + Duration::from_secs(5));
+        assert_eq!(u.wait(), T);
+    }
+
+    #[test]
+    fn grafts_due_close_together_go_in_one_frame() {
+        let now = Instant::now();
+        let mut t = Tree::new(T, 0);
+        let ids: Vec<[u8; 32]> = (0..50u8).map(|k| [k; 32]).collect();
+        for (k, id) in ids.iter().enumerate() {
+            t.ihave(
+                a(1),
+                &[*id],
+                |_| false,
+                now + Duration::from_millis(k as u64),
+            );
+        }
+        let mut frames = 0;
+        let mut grafted = 0;
+        let mut at = now;
+        while let Some(w) = t.next_wake(at) {
+            at += w;
+            for (_, ids) in t.due(at).graft {
+                frames += 1;
+                grafted += ids.len();
+            }
+            if grafted == ids.len() {
+                break;
+            }
+        }
+        assert_eq!(grafted, ids.len());
+        // Due over about 1.5 timeouts: a frame per quarter timeout at most.
+        assert!(frames <= 8, "{frames} graft frames");
     }
 
     #[test]
