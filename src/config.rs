@@ -58,9 +58,9 @@ pub struct GossipConfig {
     pub max_item: usize,
     /// Frames for a connection that sent less than a window ago wait and go out together
     /// when the window ends: a busy link sends one segment per window instead of one per
-    /// frame, an idle one sends at once. The window is this long on a quiet link and grows
-    /// with the link's frame rate (see `outbox::Batching`) up to `max_batch_window`. Zero
-    /// (both) sends every frame at once.
+    /// frame, an idle one sends at once. The window is at least this long (default zero:
+    /// natural batching, nothing held on a quiet link) and grows with the link's frame rate
+    /// (see `outbox::Batching`) up to `max_batch_window`. Zero (both) never holds.
     pub batch_window: Duration,
     pub max_batch_window: Duration,
     /// How items spread: the assignment's flooding, or Plumtree's tree push.
@@ -380,9 +380,10 @@ pub mod defaults {
     /// The largest item an API client can announce (a 16-bit message size) fits; a megabyte
     /// item would cost every peer a megabyte per neighbour.
     pub const GOSSIP_MAX_ITEM: usize = 64 * 1024;
-    /// See BENCHMARKS.md: long enough to gather a busy link's frames into one segment, short
-    /// next to the scheduling delays of a loaded machine.
-    pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
+    /// Natural batching: a quiet link holds nothing (a frame goes at once when nothing is
+    /// being written), and the window grows from zero with the square of the link's frame
+    /// rate, so only a busy link holds its frames (see BENCHMARKS.md, "Natural batching").
+    pub const BATCH_WINDOW: Duration = Duration::ZERO;
     /// The window a busy link grows to (see `outbox::Batching` and BENCHMARKS.md, section
     /// 4): at 1,000 messages/s in a 100-peer network a link carries about 550 frames/s, a
     /// hundred per window.
@@ -1041,7 +1042,7 @@ mod tests {
     fn batch_window_may_be_zero_but_not_long_and_reply_timeout_must_be_positive() {
         let seeds = "seeds: [\"127.0.0.1:9001\"]\n";
         let c = Config::parse(seeds).unwrap();
-        assert_eq!(c.gossip.batch_window, Duration::from_millis(2));
+        assert_eq!(c.gossip.batch_window, Duration::ZERO);
         assert_eq!(c.liveness.reply_timeout, Duration::from_secs(3));
         let c = Config::parse(&format!("{seeds}gossip: {{ batch_window: 0ms }}\n")).unwrap();
         assert_eq!(c.gossip.batch_window, Duration::ZERO);

@@ -128,9 +128,10 @@ const ITEM_SHARE: usize = 7;
 
 /// Frames a second from which a link holds its frames for the whole `max` window. Below it
 /// the window shrinks with the square of the rate: a link carrying `r` frames a second holds
-/// them for `max × (r / 500)²` (at least `min`). With the defaults (2 ms, 200 ms) a link under
-/// 50 frames a second is not held beyond the quiet window, so a light load keeps its latency,
-/// while a link at 500 frames a second sends five segments of a hundred frames a second. No
+/// them for `max × (r / 500)²` (at least `min`). With the defaults (0, 200 ms) a link at 50 frames
+/// a second holds them 2 ms and a quieter one less (nothing at the first frame after a pause),
+/// so a light load keeps its latency, while a link at 500 frames a second sends five segments
+/// of a hundred frames a second. No
 /// link sends more than about `(BUSY_RATE² / max)^⅓` times a second (about 100).
 pub const BUSY_RATE: f64 = 500.0;
 
