@@ -970,25 +970,34 @@ impl<C: Core> Runtime<C> {
 
     pub fn write_stats(&self) {
         let c = &self.counters;
-        let (dups, dropped) = {
+        let (dups, dropped, tree) = {
             let core = self.core.lock();
-            (core.gossip_duplicates(), core.gossip_dropped())
+            (
+                core.gossip_duplicates(),
+                core.gossip_dropped(),
+                core.tree_counters(),
+            )
         };
-        self.output.record(
-            Record::new("stats")
-                .field("frames_in", c.frames_in.load(Ordering::Relaxed))
-                .field("frames_out", c.frames_out.load(Ordering::Relaxed))
-                .field("bytes_in", c.bytes_in.load(Ordering::Relaxed))
-                .field("bytes_out", c.bytes_out.load(Ordering::Relaxed))
-                .field("gossip_duplicates", dups)
-                .field("gossip_withdrawn", c.withdrawn.load(Ordering::Relaxed))
-                .field("gossip_skipped", c.skipped.load(Ordering::Relaxed))
-                .field("gossip_dropped", dropped)
-                .field("reads", c.reads.load(Ordering::Relaxed))
-                .field("writes", c.writes.load(Ordering::Relaxed))
-                .field("connections", c.connections.load(Ordering::Relaxed) as u64)
-                .field("threads", c.threads.load(Ordering::Relaxed) as u64),
-        );
+        let mut rec = Record::new("stats")
+            .field("frames_in", c.frames_in.load(Ordering::Relaxed))
+            .field("frames_out", c.frames_out.load(Ordering::Relaxed))
+            .field("bytes_in", c.bytes_in.load(Ordering::Relaxed))
+            .field("bytes_out", c.bytes_out.load(Ordering::Relaxed))
+            .field("gossip_duplicates", dups)
+            .field("gossip_withdrawn", c.withdrawn.load(Ordering::Relaxed))
+            .field("gossip_skipped", c.skipped.load(Ordering::Relaxed))
+            .field("gossip_dropped", dropped)
+            .field("reads", c.reads.load(Ordering::Relaxed))
+            .field("writes", c.writes.load(Ordering::Relaxed))
+            .field("connections", c.connections.load(Ordering::Relaxed) as u64)
+            .field("threads", c.threads.load(Ordering::Relaxed) as u64);
+        if let Some([prunes, grafted, eager]) = tree {
+            rec = rec
+                .field("tree_prunes", prunes)
+                .field("tree_grafted", grafted)
+                .field("tree_eager", eager);
+        }
+        self.output.record(rec);
     }
 
     /// Clean shutdown: stop accepting work, let the core say goodbye, wait until the goodbyes

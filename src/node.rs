@@ -360,6 +360,12 @@ pub trait Core: Send + 'static {
         0
     }
 
+    /// Tree mode (for `stats`): `Prune` frames sent and ids grafted so far, and the
+    /// neighbours pushed items whole now. `None` in flood mode and for seeds.
+    fn tree_counters(&self) -> Option<[u64; 3]> {
+        None
+    }
+
     /// After `Event::Shutdown`: a goodbye the core could not send yet (a peer's `Leave` with
     /// no seed connection up) and is dialing for. The runtime keeps serving events for a
     /// bounded while (`pow.timeout`) until this is false, then stops.

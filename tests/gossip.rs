@@ -343,4 +343,16 @@ fn tree_mode_delivers_every_message_to_every_peer_once_with_fewer_duplicates() {
         summary.duplicates_per_delivery < 1.0,
         "tree mode should prune redundant pushes: {summary:?}"
     );
+    // Each peer says how its tree stands: prunes sent, ids grafted, neighbours still eager.
+    for p in &peers {
+        let stats = net
+            .events("peer", *p)
+            .into_iter()
+            .filter(|e| e["event"] == "stats")
+            .last()
+            .unwrap_or_else(|| panic!("{p} wrote no stats"));
+        for key in ["tree_prunes", "tree_grafted", "tree_eager"] {
+            assert!(stats[key].is_u64(), "stats.{key} in {stats}");
+        }
+    }
 }

@@ -1486,6 +1486,16 @@ impl Core for PeerCore {
         self.dropped
     }
 
+    fn tree_counters(&self) -> Option<[u64; 3]> {
+        let t = self.tree.as_ref()?;
+        let eager = self
+            .overlay
+            .neighbours()
+            .filter(|(a, _)| t.is_eager(a))
+            .count();
+        Some([t.prunes_sent, t.ids_grafted, eager as u64])
+    }
+
     fn holds_goodbye(&self) -> bool {
         self.leave_held
     }

@@ -67,6 +67,9 @@ pub struct Tree {
     lag: Option<(u64, u64)>,
     /// When each neighbour was last sent `Prune`.
     pruned: BTreeMap<SocketAddr, Instant>,
+    /// `Prune` frames sent and ids grafted so far (for `stats`).
+    pub prunes_sent: u64,
+    pub ids_grafted: u64,
 }
 
 /// What the tree asks the peer to send.
@@ -88,6 +91,8 @@ impl Tree {
             wake: None,
             lag: None,
             pruned: BTreeMap::new(),
+            prunes_sent: 0,
+            ids_grafted: 0,
         }
     }
 
@@ -154,14 +159,14 @@ impl Tree {
         self.missing.remove(id);
     }
 
-    /// A repeat pushed by `from`: true when it was eager and must be told `Prune`, unless it
-    /// was told so less than a `graft_timeout` ago. Under load a neighbour's queue to us holds
-    /// items it pushed before our `Prune` reached it; each that is new here makes it eager
-    /// again and each repeat lazy again, and a prune per flip would be a prune per item.
+    /// A repeat pushed by `from`: it is lazy from now on, and true when it must be told
+    /// `Prune`: unless it was told less than a `graft_timeout` ago, whether or not it was
+    /// lazy here already. A neighbour that pushes a repeat takes us for eager whatever we
+    /// take it for (under load, pushes it queued before our `Prune` reached it make it eager
+    /// here again and then repeats; once we have it lazy, only telling it again stops it),
+    /// and a prune per repeat would be a prune per item.
     pub fn repeat(&mut self, from: SocketAddr, now: Instant) -> bool {
-        if !self.lazy.insert(from) {
-            return false;
-        }
+        self.lazy.insert(from);
         let recent = self
             .pruned
             .get(&from)
@@ -170,6 +175,7 @@ impl Tree {
             return false;
         }
         self.pruned.insert(from, now);
+        self.prunes_sent += 1;
         true
     }
 
@@ -258,6 +264,7 @@ impl Tree {
                 return false;
             };
             grafts.entry(to).or_default().push(*id);
+            self.ids_grafted += 1;
             m.due = now + wait;
             m.grafted = true;
             true
@@ -300,7 +307,7 @@ mod tests {
         assert!(t.is_eager(&a(1)));
         let now = Instant::now();
         assert!(t.repeat(a(1), now), "first repeat: prune");
-        assert!(!t.repeat(a(1), now), "already lazy");
+        assert!(!t.repeat(a(1), now), "told already");
         assert!(!t.is_eager(&a(1)));
         t.first_receipt([1; 32], Some(a(1)), [], now);
         assert!(t.is_eager(&a(1)));
@@ -308,8 +315,9 @@ mod tests {
         // before our prune): lazy, but not told again within a graft timeout.
         assert!(!t.repeat(a(1), now + T / 2));
         assert!(!t.is_eager(&a(1)));
-        t.first_receipt([2; 32], Some(a(1)), [], now + T);
+        // Still pushing repeats a timeout later, lazy here all along: told again.
         assert!(t.repeat(a(1), now + T), "told again a timeout later");
+        assert!(!t.is_eager(&a(1)));
         t.prune(a(2));
         assert!(!t.is_eager(&a(2)));
         t.graft(a(2));
