@@ -348,8 +348,7 @@ fn tree_mode_delivers_every_message_to_every_peer_once_with_fewer_duplicates() {
         let stats = net
             .events("peer", *p)
             .into_iter()
-            .filter(|e| e["event"] == "stats")
-            .last()
+            .rfind(|e| e["event"] == "stats")
             .unwrap_or_else(|| panic!("{p} wrote no stats"));
         for key in ["tree_prunes", "tree_grafted", "tree_eager"] {
             assert!(stats[key].is_u64(), "stats.{key} in {stats}");
