@@ -4,17 +4,13 @@
 //! item we already have is on a redundant path: we make it *lazy* and tell it so (`Prune`);
 //! from then on it gets only the ids of new items (`IHave`, gathered for half a
 //! `gossip.graft_timeout` and sent together). An id announced by a lazy neighbour that does not
-//! arrive whole within the graft wait is asked for (`Graft`), which also makes that
+//! arrive whole within `gossip.graft_timeout` is asked for (`Graft`), which also makes that
 //! neighbour eager again: the tree repairs itself where a push path broke (a crash, a cut
 //! link). A neighbour that pushes us a new item, or grafts, is eager.
 //!
-//! The graft wait is `gossip.graft_timeout`, or longer when pushes are seen to come later
-//! than that: under load a push waits in its links' batch windows (up to
-//! `gossip.max_batch_window` a hop) while announcements travel on quiet links, and grafting
-//! for items that are only slow costs a duplicate, a prune and a broken tree each. The wait
-//! follows how late announced items arrive by push (smoothed like TCP's retransmission
-//! timer: mean plus four deviations), at most [`MAX_WAIT_FACTOR`] timeouts. Grafts due
-//! within a quarter timeout of each other go in one frame.
+//! Grafts due within a quarter timeout of each other go in one frame, and a neighbour is
+//! told `Prune` at most once a timeout, so an honest neighbour's tree frames stay within
+//! [`FRAMES_PER_TIMEOUT`] per timeout.
 //!
 //! Only the lazy set is kept: every other neighbour is eager, so a new link is eager on both
 //! sides and a lost one needs no bookkeeping beyond forgetting it. What does not arrive even by
@@ -29,10 +25,6 @@ pub const MAX_IDS: usize = 4096;
 /// The most ids announced but not yet received that a peer waits for at once; announcements
 /// past it are ignored (catch-up still finds the items).
 pub const MAX_MISSING: usize = 16_384;
-/// The graft wait grows with late pushes to at most this many `gossip.graft_timeout`s, so a
-/// broken push path is still repaired within seconds (and a neighbour that announces items
-/// before they could have come cannot stretch it further).
-pub const MAX_WAIT_FACTOR: u32 = 10;
 /// Tree frames (`IHave`, `Graft`, `Prune`) an honest neighbour sends per `graft_timeout` at
 /// most: announcements every half timeout, grafts at most every quarter, a prune per graft.
 /// The control rate of a link allows this many on top of `limits.control_per_second`.
@@ -42,10 +34,6 @@ pub const FRAMES_PER_TIMEOUT: u32 = 8;
 struct Missing {
     /// When to graft the next announcer.
     due: Instant,
-    /// When the first announcement came.
-    heard: Instant,
-    /// Grafted already: an arrival now says nothing of how late pushes are.
-    grafted: bool,
     /// Neighbours that announced it, in order, not yet asked.
     announcers: VecDeque<SocketAddr>,
 }
@@ -60,11 +48,8 @@ pub struct Tree {
     announce_since: Option<Instant>,
     /// The wake-up already asked for (none when `None`).
     wake: Option<Instant>,
-    /// Spreads the first graft of each id over a second wait (see `first_due`).
+    /// Spreads the first graft of each id over a second `graft_timeout` (see `first_due`).
     salt: u64,
-    /// How late announced items come by push: smoothed mean and deviation, in nanoseconds
-    /// (none seen yet: `None`).
-    lag: Option<(u64, u64)>,
     /// When each neighbour was last sent `Prune`.
     pruned: BTreeMap<SocketAddr, Instant>,
     /// `Prune` frames sent and ids grafted so far (for `stats`).
@@ -89,31 +74,10 @@ impl Tree {
             announce: BTreeMap::new(),
             announce_since: None,
             wake: None,
-            lag: None,
             pruned: BTreeMap::new(),
             prunes_sent: 0,
             ids_grafted: 0,
         }
-    }
-
-    /// How long an announced id may take to arrive by push before it is grafted.
-    pub fn wait(&self) -> Duration {
-        let late = self.lag.map_or(Duration::ZERO, |(mean, dev)| {
-            Duration::from_nanos(mean + 4 * dev)
-        });
-        late.clamp(self.graft_timeout, self.graft_timeout * MAX_WAIT_FACTOR)
-    }
-
-    /// An announced item came by push `late` after its first announcement.
-    fn observe(&mut self, late: Duration) {
-        let x = late.as_nanos().min(u128::from(u64::MAX / 8)) as u64;
-        self.lag = Some(match self.lag {
-            None => (x, x / 2),
-            Some((mean, dev)) => (
-                mean - mean / 8 + x / 8,
-                dev - dev / 4 + mean.abs_diff(x) / 4,
-            ),
-        });
     }
 
     pub fn is_eager(&self, addr: &SocketAddr) -> bool {
@@ -139,12 +103,9 @@ impl Tree {
         lazy: impl IntoIterator<Item = SocketAddr>,
         now: Instant,
     ) {
-        let missed = self.missing.remove(&id);
+        self.missing.remove(&id);
         if let Some(f) = from {
             self.lazy.remove(&f);
-            if let Some(m) = missed.filter(|m| !m.grafted) {
-                self.observe(now.saturating_duration_since(m.heard));
-            }
         }
         for n in lazy {
             if Some(n) != from && self.lazy.contains(&n) {
@@ -214,15 +175,13 @@ impl Tree {
                 *id,
                 Missing {
                     due: self.first_due(id, now),
-                    heard: now,
-                    grafted: false,
                     announcers: VecDeque::from([from]),
                 },
             );
         }
     }
 
-    /// When to graft an id first heard of at `now`: after the graft wait and a share of a
+    /// When to graft an id first heard of at `now`: after `graft_timeout` and a share of a
     /// second one drawn from the id and this peer's salt. Every peer cut off from the push
     /// tree hears of a missing id at about the same moment; spread out, the first one to
     /// graft pushes the item on to the others before they graft too (which would join the
@@ -232,8 +191,7 @@ impl Tree {
         h.copy_from_slice(&id[..8]);
         let h = (u64::from_le_bytes(h) ^ self.salt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let share = (h >> 54) as u32; // 0..1024
-        let wait = self.wait();
-        now + wait + wait * share / 1024
+        now + self.graft_timeout + self.graft_timeout * share / 1024
     }
 
     /// At a wake-up: the announcements due, and grafts for ids that did not arrive in time
@@ -254,8 +212,8 @@ impl Tree {
             }
         }
         let mut grafts: BTreeMap<SocketAddr, Vec<[u8; 32]>> = BTreeMap::new();
-        let wait = self.wait();
-        let soon = now + self.graft_timeout / 4;
+        let timeout = self.graft_timeout;
+        let soon = now + timeout / 4;
         self.missing.retain(|id, m| {
             if m.due > soon {
                 return true;
@@ -265,8 +223,7 @@ impl Tree {
             };
             grafts.entry(to).or_default().push(*id);
             self.ids_grafted += 1;
-            m.due = now + wait;
-            m.grafted = true;
+            m.due = now + timeout;
             true
         });
         for (to, ids) in grafts {
@@ -383,41 +340,6 @@ mod tests {
         // Nobody left to ask: forgotten (catch-up will find it).
         assert_eq!(t.due(now + first + 2 * T), TreeOut::default());
         assert_eq!(t.next_wake(now + first + 2 * T), None);
-    }
-
-    #[test]
-    fn pushes_seen_to_come_late_lengthen_the_graft_wait_up_to_a_bound() {
-        let now = Instant::now();
-        let mut t = Tree::new(T, 0);
-        assert_eq!(t.wait(), T, "nothing seen yet");
-        // Announced items keep coming whole 300 ms after their announcement.
-        for k in 0..20u8 {
-            let at = now + Duration::from_millis(10 * u64::from(k));
-            t.ihave(a(1), &[[k; 32]], |_| false, at);
-            t.first_receipt([k; 32], Some(a(2)), [], at + Duration::from_millis(300));
-        }
-        let w = t.wait();
-        assert!(
-            w >= Duration::from_millis(300) && w < T * MAX_WAIT_FACTOR,
-            "{w:?}"
-        );
-        // A new announcement is not grafted before that wait.
-        let later = now + Duration::from_secs(1);
-        t.ihave(a(1), &[[99; 32]], |_| false, later);
-        assert!(t.next_wake(later).unwrap() >= w);
-        // However late pushes come, the wait stays bounded; an item that came after a graft
-        // says nothing about pushes.
-        for k in 20..40u8 {
-            t.ihave(a(1), &[[k; 32]], |_| false, later);
-            t.first_receipt([k; 32], Some(a(2)), [], later + Duration::from_secs(60));
-        }
-        assert_eq!(t.wait(), T * MAX_WAIT_FACTOR);
-        let mut u = Tree::new(T, 0);
-        u.ihave(a(1), &[[1; 32]], |_| false, now);
-        let out = u.due(now + 3 * T);
-        assert_eq!(out.graft, vec![(a(1), vec![[1; 32]])]);
-        u.first_receipt([1; 32], Some(a(1)), [], now + Duration::from_secs(5));
-        assert_eq!(u.wait(), T);
     }
 
     #[test]
