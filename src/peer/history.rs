@@ -92,10 +92,6 @@ struct Bucket {
     summary: Summary,
     /// Oldest first.
     items: VecDeque<Held>,
-    /// The short id of each of `items`, in the same order: whether an id is held is a scan of
-    /// a few cache lines, not of the items themselves (about 40 of them at the default bound,
-    /// on every first receipt).
-    shorts: VecDeque<u64>,
     /// The first `settled` items are the settled ones: items enter a bucket and settle in the
     /// order they arrived, and leave it oldest first.
     settled: usize,
@@ -185,17 +181,11 @@ impl History {
         let short = short_id(&item.id);
         let bucket = &mut self.buckets[bucket_of(short)];
         // Usually the item was noted (`know`) just before it is offered: the newest of its
-        // bucket.
+        // bucket, found without a walk along the bucket.
         let newest = bucket.items.len().checked_sub(1);
         let held = newest
             .filter(|&k| bucket.items[k].id == item.id)
-            .or_else(|| {
-                let shorts = bucket.shorts.iter().enumerate();
-                shorts
-                    .filter(|(_, s)| **s == short)
-                    .map(|(k, _)| k)
-                    .find(|&k| bucket.items[k].id == item.id)
-            });
+            .or_else(|| bucket.items.iter().position(|h| h.id == item.id));
         if let Some(k) = held {
             let held = &mut bucket.items[k];
             held.offered = true;
@@ -215,7 +205,6 @@ impl History {
         self.bytes += item.payload.len();
         let bucket = &mut self.buckets[b];
         self.unsettled.push_back((now, item.id));
-        bucket.shorts.push_back(short);
         bucket.items.push_back(Held {
             at: now,
             id: item.id,
@@ -279,7 +268,6 @@ impl History {
                 bucket.summary.count -= 1;
                 bucket.summary.sum = bucket.summary.sum.wrapping_sub(short);
             }
-            bucket.shorts.pop_front();
             self.bytes -= held.data.payload.len();
         }
     }
@@ -335,7 +323,10 @@ impl History {
     }
 
     pub fn knows_short(&self, short: u64) -> bool {
-        self.buckets[bucket_of(short)].shorts.contains(&short)
+        self.buckets[bucket_of(short)]
+            .items
+            .iter()
+            .any(|h| short_id(&h.id) == short)
     }
 
     /// Step 4: the items asked for that this side offers, oldest first, until `max_bytes` of
@@ -343,9 +334,11 @@ impl History {
     pub fn serve(&self, wanted: &[u64], max_bytes: usize) -> Vec<Item> {
         let mut found: Vec<(Instant, Item)> = Vec::new();
         for &s in wanted {
-            let bucket = &self.buckets[bucket_of(s)];
-            let held = bucket.shorts.iter().position(|x| *x == s);
-            if let Some(h) = held.map(|k| &bucket.items[k]).filter(|h| h.offered) {
+            let held = self.buckets[bucket_of(s)]
+                .items
+                .iter()
+                .find(|h| short_id(&h.id) == s);
+            if let Some(h) = held.filter(|h| h.offered) {
                 found.push((h.at, h.item()));
             }
         }
