@@ -146,6 +146,20 @@ impl PeerCore {
         }
     }
 
+    /// A cache hint (see [`crate::hint`]) for a gossip frame to come: the lines of this core
+    /// that every gossip frame reads (the message list, the link table). The simulator calls
+    /// it a few events before the frame, then [`PeerCore::prefetch_link`].
+    pub fn prefetch_frame(&self) {
+        crate::hint::prefetch_lines(&self.ml, std::mem::size_of::<MessageList>().div_ceil(64));
+        self.overlay.prefetch_table();
+        crate::hint::prefetch(&self.max_item);
+    }
+
+    /// A cache hint for a gossip frame to come on `conn`: the first lines of its link.
+    pub fn prefetch_link(&self, conn: ConnId) {
+        self.overlay.prefetch_link(conn);
+    }
+
     /// The public key this node is known by: written (hex) in its `started` record, and
     /// compared by the duplicate-link rule.
     pub fn set_key(&mut self, key: crate::wire::PublicKey) {

@@ -405,6 +405,19 @@ impl Overlay {
         self.links.get_mut(&conn)
     }
 
+    /// A cache hint (see [`crate::hint`]): the lines of the link table and of `conn`'s link
+    /// that a frame on it reads first. The simulator calls it a few events before the frame.
+    pub fn prefetch_link(&self, conn: ConnId) {
+        if let Some(link) = self.links.get(&conn) {
+            crate::hint::prefetch_lines(link, 2);
+        }
+    }
+
+    /// A cache hint: the link table's inline ids and where its links are.
+    pub fn prefetch_table(&self) {
+        crate::hint::prefetch_lines(&self.links, 2);
+    }
+
     pub fn remove_link(&mut self, conn: ConnId) -> Option<Link> {
         self.links.remove(&conn)
     }
