@@ -535,7 +535,10 @@ impl PeerCore {
             );
             return self.reject(conn, from, reason, now, out);
         }
-        let id = texts::message_id(data_type, nonce, &payload);
+        let id = self
+            .ml
+            .known_id(data_type, nonce, &payload)
+            .unwrap_or_else(|| texts::message_id(data_type, nonce, &payload));
         // The rate limit counts new items: a neighbour forwards each item at most once, so a
         // receiver that fell behind and reads a backlog at once mostly reads repeats, which
         // have their own, looser bound. Checked before the item is recorded, so an item
@@ -603,6 +606,8 @@ impl PeerCore {
     ) {
         let (id, data_type) = (item.id, item.data_type);
         self.ml.first_receipt(id, Some(from));
+        self.ml
+            .note_payload(&id, data_type, item.nonce, &item.payload);
         self.history.know(&item, now.mono);
         if let Some(t) = &mut self.tree {
             t.arrived(&id);
