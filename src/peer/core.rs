@@ -155,9 +155,15 @@ impl PeerCore {
         crate::hint::prefetch(&self.max_item);
     }
 
-    /// A cache hint for a gossip frame to come on `conn`: the first lines of its link.
-    pub fn prefetch_link(&self, conn: ConnId) {
+    /// A cache hint for a gossip frame to come on `conn` with the payload at address `payload`
+    /// (`Arc::as_ptr`): the first lines of its link, and if the payload is not a recent one
+    /// (likely a first receipt, to be recorded and forwarded) what forwarding reads.
+    pub fn prefetch_link(&self, conn: ConnId, payload: usize) {
         self.overlay.prefetch_link(conn);
+        if !self.ml.knows_payload(payload) {
+            self.ml.prefetch_first_receipt();
+            self.overlay.prefetch_forwarding();
+        }
     }
 
     /// The public key this node is known by: written (hex) in its `started` record, and

@@ -368,6 +368,22 @@ impl MessageList {
         })
     }
 
+    /// Is the payload at address `addr` (`Arc::as_ptr`) one of the recent ones noted? If not, a frame
+    /// carrying it is likely a first receipt (a cache hint's guess, see [`crate::hint`]).
+    pub fn knows_payload(&self, addr: usize) -> bool {
+        self.recent_payloads
+            .iter()
+            .flatten()
+            .any(|(p, _, _)| Arc::as_ptr(p) as *const u8 as usize == addr)
+    }
+
+    /// A cache hint for a first receipt to come: where its entry goes.
+    pub fn prefetch_first_receipt(&self) {
+        if let Some(newest) = self.entries.back() {
+            crate::hint::prefetch_lines(newest, 2);
+        }
+    }
+
     /// Puts `id` in the first free slot of its probe.
     fn place(&mut self, id: [u8; 32], seq: u32) {
         let mask = self.ids.len() - 1;

@@ -415,7 +415,17 @@ impl Overlay {
 
     /// A cache hint: the link table's inline ids and where its links are.
     pub fn prefetch_table(&self) {
-        crate::hint::prefetch_lines(&self.links, 2);
+        crate::hint::prefetch_lines(self, std::mem::size_of::<Overlay>().div_ceil(64));
+    }
+
+    /// A cache hint for an item to forward: what `targets` reads of every link (its birth and
+    /// egress bucket) and the neighbour list the message list will reference.
+    pub fn prefetch_forwarding(&self) {
+        for link in &self.links.links {
+            crate::hint::prefetch(link);
+            crate::hint::prefetch(&link.egress_rate);
+        }
+        crate::hint::prefetch(Arc::as_ptr(&self.current) as *const u8);
     }
 
     pub fn remove_link(&mut self, conn: ConnId) -> Option<Link> {

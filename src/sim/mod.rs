@@ -19,6 +19,7 @@ pub mod scenario;
 
 use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -218,7 +219,7 @@ pub struct World {
     counting_bytes: bool,
     /// The connections of the gossip frames predicted to come next (0: none), by the number of
     /// events taken (`taken`) at which each is due; see `prefetch`.
-    ahead: [ConnId; AHEAD_RING],
+    ahead: [(ConnId, usize); AHEAD_RING],
     taken: usize,
     /// When set, every action every core returns, in order, with its time and node: two runs
     /// with the same parameters must produce the same trace.
@@ -261,7 +262,7 @@ impl World {
             frames: 0,
             actions: Vec::new(),
             counting_bytes: false,
-            ahead: [0; AHEAD_RING],
+            ahead: [(0, 0); AHEAD_RING],
             taken: 0,
             trace: None,
         };
@@ -449,16 +450,18 @@ impl World {
     fn prefetch(&mut self) {
         self.taken = self.taken.wrapping_add(1);
         let far = match self.ahead(3 * AHEAD) {
-            Some(Pending::Gossip { conn, .. }) => *conn,
-            _ => 0,
+            Some(Pending::Gossip { conn, payload, .. }) => {
+                (*conn, Arc::as_ptr(payload) as *const u8 as usize)
+            }
+            _ => (0, 0),
         };
         let slot = |d: usize| (self.taken + d) % AHEAD_RING;
         self.ahead[slot(3 * AHEAD)] = far;
-        if let Some(end) = self.conns.get(far as usize) {
+        if let Some(end) = self.conns.get(far.0 as usize) {
             crate::hint::prefetch(end);
         }
         let node_of = |conn: ConnId| self.conns.get(conn as usize).map(|e| e.node);
-        if let Some(node) = node_of(self.ahead[slot(2 * AHEAD)]).and_then(|n| self.nodes.get(n)) {
+        if let Some(node) = node_of(self.ahead[slot(2 * AHEAD)].0).and_then(|n| self.nodes.get(n)) {
             crate::hint::prefetch_lines(node, 2);
         }
         let core_of = |conn: ConnId| match node_of(conn).and_then(|n| self.nodes.get(n)) {
@@ -468,12 +471,12 @@ impl World {
             }) => Some(p),
             _ => None,
         };
-        if let Some(core) = core_of(self.ahead[slot(AHEAD)]) {
+        if let Some(core) = core_of(self.ahead[slot(AHEAD)].0) {
             core.prefetch_frame();
         }
-        let conn = self.ahead[slot(AHEAD / 2)];
+        let (conn, payload) = self.ahead[slot(AHEAD / 2)];
         if let Some(core) = core_of(conn) {
-            core.prefetch_link(conn);
+            core.prefetch_link(conn, payload);
         }
     }
 
