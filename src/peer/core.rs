@@ -156,12 +156,13 @@ impl PeerCore {
     }
 
     /// A cache hint for a gossip frame to come on `conn` with the payload at address `payload`
-    /// (`Arc::as_ptr`): the first lines of its link, and if the payload is not a recent one
-    /// (likely a first receipt, to be recorded and forwarded) what forwarding reads.
-    pub fn prefetch_link(&self, conn: ConnId, payload: usize) {
+    /// (`Arc::as_ptr`) of item `id`: the first lines of its link, and if the payload is not a
+    /// recent one (likely a first receipt, to be recorded and forwarded) the message list's
+    /// slot for `id` and what forwarding reads.
+    pub fn prefetch_link(&self, conn: ConnId, payload: usize, id: &[u8; 32]) {
         self.overlay.prefetch_link(conn);
         if !self.ml.knows_payload(payload) {
-            self.ml.prefetch_first_receipt();
+            self.ml.prefetch_first_receipt(id);
             self.overlay.prefetch_forwarding();
         }
     }

@@ -377,8 +377,14 @@ impl MessageList {
             .any(|(p, _, _)| Arc::as_ptr(p) as *const u8 as usize == addr)
     }
 
-    /// A cache hint for a first receipt to come: where its entry goes.
-    pub fn prefetch_first_receipt(&self) {
+    /// A cache hint for the first receipt of `id` to come: the table slot its lookup starts
+    /// at, and where its entry goes.
+    pub fn prefetch_first_receipt(&self, id: &[u8; 32]) {
+        if !self.ids.is_empty() {
+            let i = self.home(id);
+            crate::hint::prefetch(&self.ids[i]);
+            crate::hint::prefetch(&self.seqs[i]);
+        }
         if let Some(newest) = self.entries.back() {
             crate::hint::prefetch_lines(newest, 2);
         }

@@ -172,6 +172,18 @@ impl Ord for Far {
     }
 }
 
+/// A gossip frame predicted to come (see `World::prefetch`).
+#[derive(Clone, Copy, Default)]
+struct Ahead {
+    /// 0: none.
+    conn: ConnId,
+    /// Its payload's address (`Arc::as_ptr`).
+    payload: usize,
+    /// Its item's id, for the receiver's message list to fetch the slot it will probe (when
+    /// the frame is likely the first receipt there).
+    id: [u8; 32],
+}
+
 /// Something a core wrote to its output, as the simulator's observers see it.
 pub struct Observed<'a> {
     pub at: Micros,
@@ -219,8 +231,12 @@ pub struct World {
     counting_bytes: bool,
     /// The connections of the gossip frames predicted to come next (0: none), by the number of
     /// events taken (`taken`) at which each is due; see `prefetch`.
-    ahead: [(ConnId, usize); AHEAD_RING],
+    ahead: [Ahead; AHEAD_RING],
     taken: usize,
+    /// The ids of the last few payloads seen ahead (see `Ahead::id`), by the payload's address,
+    /// type and nonce, the next to replace at `ids_next`.
+    ids: [(usize, u16, u64, [u8; 32]); 4],
+    ids_next: usize,
     /// When set, every action every core returns, in order, with its time and node: two runs
     /// with the same parameters must produce the same trace.
     pub trace: Option<Vec<String>>,
@@ -262,8 +278,10 @@ impl World {
             frames: 0,
             actions: Vec::new(),
             counting_bytes: false,
-            ahead: [(0, 0); AHEAD_RING],
+            ahead: [Ahead::default(); AHEAD_RING],
             taken: 0,
+            ids: [(0, 0, 0, [0; 32]); 4],
+            ids_next: 0,
             trace: None,
         };
         // The seeds' keys are in the config, as the demo writes them into `seeds.yaml`: peers
@@ -449,19 +467,48 @@ impl World {
     /// what it touches in the cache. Hints only: nothing here changes what happens.
     fn prefetch(&mut self) {
         self.taken = self.taken.wrapping_add(1);
-        let far = match self.ahead(3 * AHEAD) {
-            Some(Pending::Gossip { conn, payload, .. }) => {
-                (*conn, Arc::as_ptr(payload) as *const u8 as usize)
-            }
-            _ => (0, 0),
-        };
+        let mut far = Ahead::default();
+        let mut new_id = None;
+        if let Some(Pending::Gossip {
+            conn,
+            data_type,
+            nonce,
+            payload,
+            ..
+        }) = self.ahead(3 * AHEAD)
+        {
+            let at = Arc::as_ptr(payload) as *const u8 as usize;
+            let known = self
+                .ids
+                .iter()
+                .find(|k| (k.0, k.1, k.2) == (at, *data_type, *nonce));
+            let id = match known {
+                Some(k) => k.3,
+                None => {
+                    let id = crate::texts::message_id(*data_type, *nonce, payload);
+                    new_id = Some((at, *data_type, *nonce, id));
+                    id
+                }
+            };
+            far = Ahead {
+                conn: *conn,
+                payload: at,
+                id,
+            };
+        }
+        if let Some(k) = new_id {
+            self.ids[self.ids_next] = k;
+            self.ids_next = (self.ids_next + 1) % self.ids.len();
+        }
         let slot = |d: usize| (self.taken + d) % AHEAD_RING;
         self.ahead[slot(3 * AHEAD)] = far;
-        if let Some(end) = self.conns.get(far.0 as usize) {
+        if let Some(end) = self.conns.get(far.conn as usize) {
             crate::hint::prefetch(end);
         }
         let node_of = |conn: ConnId| self.conns.get(conn as usize).map(|e| e.node);
-        if let Some(node) = node_of(self.ahead[slot(2 * AHEAD)].0).and_then(|n| self.nodes.get(n)) {
+        if let Some(node) =
+            node_of(self.ahead[slot(2 * AHEAD)].conn).and_then(|n| self.nodes.get(n))
+        {
             crate::hint::prefetch_lines(node, 2);
         }
         let core_of = |conn: ConnId| match node_of(conn).and_then(|n| self.nodes.get(n)) {
@@ -471,12 +518,12 @@ impl World {
             }) => Some(p),
             _ => None,
         };
-        if let Some(core) = core_of(self.ahead[slot(AHEAD)].0) {
+        if let Some(core) = core_of(self.ahead[slot(AHEAD)].conn) {
             core.prefetch_frame();
         }
-        let (conn, payload) = self.ahead[slot(AHEAD / 2)];
-        if let Some(core) = core_of(conn) {
-            core.prefetch_link(conn, payload);
+        let next = &self.ahead[slot(AHEAD / 2)];
+        if let Some(core) = core_of(next.conn) {
+            core.prefetch_link(next.conn, next.payload, &next.id);
         }
     }
 
