@@ -117,6 +117,39 @@ pub fn parse_dead_node(text: &str) -> Option<DeadNodeReport> {
 /// How much of a remote's text the output files show.
 pub const MAX_SHOWN: usize = 200;
 
+/// `addr.to_string()`, written digit by digit for IPv4 (a record per delivery names its
+/// sender, a joining peer's record its whole peer list).
+pub fn addr_text(addr: &SocketAddr) -> String {
+    fn push_decimal(out: &mut String, mut n: u32) {
+        let mut digits = [0u8; 10];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend(digits[i..].iter().map(|&d| d as char));
+    }
+    match addr {
+        SocketAddr::V4(a) => {
+            let mut out = String::with_capacity(21);
+            for (i, octet) in a.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_decimal(&mut out, octet.into());
+            }
+            out.push(':');
+            push_decimal(&mut out, a.port().into());
+            out
+        }
+        SocketAddr::V6(_) => addr.to_string(),
+    }
+}
+
 /// A message id in lowercase hex, as `hex::encode` writes it (a record per delivery has one:
 /// this is a table lookup a byte, not a character iterator).
 pub fn id_hex(id: &[u8; 32]) -> String {
@@ -156,6 +189,21 @@ pub fn printable(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addr_text_is_to_string() {
+        for a in [
+            "0.0.0.0:0",
+            "127.0.0.1:9000",
+            "255.255.255.255:65535",
+            "10.20.3.40:80",
+            "[::1]:9000",
+        ] {
+            let addr: SocketAddr = a.parse().unwrap();
+            assert_eq!(addr_text(&addr), addr.to_string());
+            assert_eq!(addr_text(&addr), a);
+        }
+    }
 
     #[test]
     fn id_hex_is_hex_encode() {

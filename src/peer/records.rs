@@ -19,7 +19,7 @@ pub fn started(me: &SocketAddr, key: Option<&str>) -> Record {
 }
 
 pub fn peer_list(union: &[PeerEntry]) -> Record {
-    let peers: Vec<String> = union.iter().map(|p| p.addr.to_string()).collect();
+    let peers: Vec<String> = union.iter().map(|p| texts::addr_text(&p.addr)).collect();
     let line = if peers.is_empty() {
         "Peer list from the seeds: (empty, this is the first peer)".to_string()
     } else {
@@ -90,7 +90,7 @@ pub fn gossip_received(
     if caught_up {
         rec = rec.field("via", "sync");
     }
-    let from = from.to_string();
+    let from = texts::addr_text(from);
     if data_type == TEXT_DATA_TYPE {
         let text = printable(&String::from_utf8_lossy(payload), MAX_SHOWN);
         let line = if caught_up {
