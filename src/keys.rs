@@ -104,8 +104,37 @@ impl NodeKey {
 }
 
 /// Does `sig` sign `msg` under `key`? Strict verification: a malformed key, a small-order key
-/// or a non-canonical signature is simply `false`.
+/// or a non-canonical signature is simply `false`. On a thread that called
+/// [`remember_verifications`], each answer is remembered and given again for the same
+/// arguments.
 pub fn verify(key: &PublicKey, msg: &[u8], sig: &Signature) -> bool {
+    REMEMBERED.with(|remembered| match remembered.borrow_mut().as_mut() {
+        None => verify_now(key, msg, sig),
+        Some(map) => *map
+            .entry((*key, *sig, msg.to_vec()))
+            .or_insert_with(|| verify_now(key, msg, sig)),
+    })
+}
+
+/// The answers of [`verify`] on this thread, once [`remember_verifications`] was called.
+type Remembered = std::collections::HashMap<(PublicKey, Signature, Vec<u8>), bool>;
+
+thread_local! {
+    static REMEMBERED: std::cell::RefCell<Option<Remembered>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// From now on this thread remembers what [`verify`] answered (a pure function of its
+/// arguments, so the answers are the same; only the work is saved). For the simulator, which
+/// runs every node on one thread: thousands of peers check the same seeds' signatures on the
+/// same list entries, and the seeds each other's votes, each an Ed25519 verification.
+pub fn remember_verifications() {
+    REMEMBERED.with(|remembered| {
+        remembered.borrow_mut().get_or_insert_with(Remembered::new);
+    });
+}
+
+fn verify_now(key: &PublicKey, msg: &[u8], sig: &Signature) -> bool {
     let Ok(key) = VerifyingKey::from_bytes(key) else {
         return false;
     };
@@ -303,6 +332,28 @@ mod tests {
         std::fs::write(&path, "not a key\n").unwrap();
         let e = NodeKey::load_or_create(&path).err().unwrap();
         assert!(e.0.contains("64 hex characters"), "{e}");
+    }
+
+    #[test]
+    fn remembered_verifications_give_the_same_answers() {
+        let a = NodeKey::from_secret([7; 32]);
+        let sig = a.sign(b"hello");
+        let cases = [
+            (a.public(), &b"hello"[..], sig, true),
+            (a.public(), &b"hellp"[..], sig, false),
+            ([0; 32], &b"hello"[..], sig, false),
+        ];
+        // A thread of its own: the memory is the thread's.
+        std::thread::spawn(move || {
+            remember_verifications();
+            for _ in 0..2 {
+                for (key, msg, sig, good) in cases {
+                    assert_eq!(verify(&key, msg, &sig), good);
+                }
+            }
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

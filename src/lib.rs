@@ -18,7 +18,7 @@
 //! under a lock and carries out its actions. [`output`] writes the per-node `.txt` and `.jsonl`
 //! files; [`config`] reads `seeds.yaml`; [`texts`] formats and parses the assignment's texts.
 //! [`cli`] holds what the two binaries share.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod backoff;
@@ -26,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod executor;
 pub mod handshake;
+pub mod hint;
 pub mod keys;
 pub mod limits;
 pub mod net;

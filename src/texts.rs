@@ -117,10 +117,60 @@ pub fn parse_dead_node(text: &str) -> Option<DeadNodeReport> {
 /// How much of a remote's text the output files show.
 pub const MAX_SHOWN: usize = 200;
 
+/// `addr.to_string()`, written digit by digit for IPv4 (a record per delivery names its
+/// sender, a joining peer's record its whole peer list).
+pub fn addr_text(addr: &SocketAddr) -> String {
+    fn push_decimal(out: &mut String, mut n: u32) {
+        let mut digits = [0u8; 10];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend(digits[i..].iter().map(|&d| d as char));
+    }
+    match addr {
+        SocketAddr::V4(a) => {
+            let mut out = String::with_capacity(21);
+            for (i, octet) in a.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_decimal(&mut out, octet.into());
+            }
+            out.push(':');
+            push_decimal(&mut out, a.port().into());
+            out
+        }
+        SocketAddr::V6(_) => addr.to_string(),
+    }
+}
+
+/// A message id in lowercase hex, as `hex::encode` writes it (a record per delivery has one:
+/// this is a table lookup a byte, not a character iterator).
+pub fn id_hex(id: &[u8; 32]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for &b in id {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
+}
+
 /// A remote's text as it may appear in an output file: on one line, with control characters
 /// escaped (`\n`, `\u{1b}`, …) so no remote can write a line of its own or drive a terminal,
 /// and cut to `max` characters (an ellipsis says it was cut).
 pub fn printable(text: &str, max: usize) -> String {
+    // Most texts need nothing done: short, printable ASCII (a byte a character, none a
+    // control character), copied as they are.
+    if text.len() <= max && text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return text.to_string();
+    }
     let mut out = String::with_capacity(text.len().min(max + 8));
     for (n, c) in text.chars().enumerate() {
         if n == max {
@@ -139,6 +189,35 @@ pub fn printable(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addr_text_is_to_string() {
+        for a in [
+            "0.0.0.0:0",
+            "127.0.0.1:9000",
+            "255.255.255.255:65535",
+            "10.20.3.40:80",
+            "[::1]:9000",
+        ] {
+            let addr: SocketAddr = a.parse().unwrap();
+            assert_eq!(addr_text(&addr), addr.to_string());
+            assert_eq!(addr_text(&addr), a);
+        }
+    }
+
+    #[test]
+    fn id_hex_is_hex_encode() {
+        let id: [u8; 32] = std::array::from_fn(|i| (i * 37 + 5) as u8);
+        assert_eq!(id_hex(&id), hex::encode(id));
+    }
+
+    #[test]
+    fn printable_copies_short_printable_ascii_and_cuts_at_max() {
+        assert_eq!(printable("abc ~", 5), "abc ~");
+        assert_eq!(printable("abcdef", 5), "abcde…");
+        assert_eq!(printable("ab\x7f", 5), "ab\\u{7f}");
+        assert_eq!(printable("é", 5), "é");
+    }
 
     #[test]
     fn printable_text_is_one_short_line_without_control_characters() {

@@ -56,8 +56,12 @@ fn duration(s: &str) -> Option<Duration> {
 /// advised for transparent huge pages, grown 32 MiB at a time so each growth is worth
 /// advising. A large run spends most of its time on cache misses into the peers' state, and
 /// with 4 KiB pages each miss also walks the page tables; with 2 MiB pages the run is about
-/// a sixth shorter (BENCHMARKS, "Simulator run times").
-const TUNABLES: &str = "glibc.malloc.hugetlb=1:glibc.malloc.top_pad=33554432";
+/// a sixth shorter (BENCHMARKS, "Simulator run times"). Freed memory is kept, neither
+/// trimmed from the heap's top nor unmapped (allocations under 32 MiB come from the heap):
+/// memory given back is zeroed again by the kernel when it is taken again, and a run that did
+/// so spent more than a tenth of its time there.
+const TUNABLES: &str = "glibc.malloc.hugetlb=1:glibc.malloc.top_pad=33554432:\
+                        glibc.malloc.trim_threshold=4294967296:glibc.malloc.mmap_threshold=33554432";
 
 /// Runs this program again with `TUNABLES`, unless the environment already sets glibc
 /// tunables (then they are the caller's choice, and this is the second start). Returns only

@@ -146,6 +146,27 @@ impl PeerCore {
         }
     }
 
+    /// A cache hint (see [`crate::hint`]) for a gossip frame to come: the lines of this core
+    /// that every gossip frame reads (the message list, the link table). The simulator calls
+    /// it a few events before the frame, then [`PeerCore::prefetch_link`].
+    pub fn prefetch_frame(&self) {
+        crate::hint::prefetch_lines(&self.ml, std::mem::size_of::<MessageList>().div_ceil(64));
+        self.overlay.prefetch_table();
+        crate::hint::prefetch(&self.max_item);
+    }
+
+    /// A cache hint for a gossip frame to come on `conn` with the payload at address `payload`
+    /// (`Arc::as_ptr`) of item `id`: the first lines of its link, and if the payload is not a
+    /// recent one (likely a first receipt, to be recorded and forwarded) the message list's
+    /// slot for `id` and what forwarding reads.
+    pub fn prefetch_link(&self, conn: ConnId, payload: usize, id: &[u8; 32]) {
+        self.overlay.prefetch_link(conn);
+        if !self.ml.knows_payload(payload) {
+            self.ml.prefetch_first_receipt(id);
+            self.overlay.prefetch_forwarding();
+        }
+    }
+
     /// The public key this node is known by: written (hex) in its `started` record, and
     /// compared by the duplicate-link rule.
     pub fn set_key(&mut self, key: crate::wire::PublicKey) {
@@ -521,7 +542,10 @@ impl PeerCore {
             );
             return self.reject(conn, from, reason, now, out);
         }
-        let id = texts::message_id(data_type, nonce, &payload);
+        let id = self
+            .ml
+            .known_id(data_type, nonce, &payload)
+            .unwrap_or_else(|| texts::message_id(data_type, nonce, &payload));
         // The rate limit counts new items: a neighbour forwards each item at most once, so a
         // receiver that fell behind and reads a backlog at once mostly reads repeats, which
         // have their own, looser bound. Checked before the item is recorded, so an item
@@ -589,6 +613,8 @@ impl PeerCore {
     ) {
         let (id, data_type) = (item.id, item.data_type);
         self.ml.first_receipt(id, Some(from));
+        self.ml
+            .note_payload(&id, data_type, item.nonce, &item.payload);
         self.history.know(&item, now.mono);
         if let Some(t) = &mut self.tree {
             t.arrived(&id);

@@ -171,6 +171,10 @@ pub struct MessageList {
     /// unused slot match nothing).
     recent: [Slot; RECENT],
     recent_seqs: [u32; RECENT],
+    /// What each recent id is the id of, when the caller said (`note_payload`): a frame that
+    /// shares that payload (the same allocation: the simulator sends one payload to every
+    /// peer) has that id, found without hashing the payload again (`known_id`).
+    recent_payloads: [Option<(Payload, u16, u64)>; RECENT],
     capacity: usize,
     /// Oldest first; `entries[i]` has sequence number `first + i` (wrapping).
     entries: VecDeque<Entry>,
@@ -216,6 +220,7 @@ impl MessageList {
         MessageList {
             recent: [FREE; RECENT],
             recent_seqs: [0; RECENT],
+            recent_payloads: Default::default(),
             capacity: capacity.max(1),
             entries: VecDeque::new(),
             first: 0,
@@ -328,6 +333,7 @@ impl MessageList {
             self.place(id, seq);
             self.recent[seq as usize % RECENT] = Slot(id);
             self.recent_seqs[seq as usize % RECENT] = seq;
+            self.recent_payloads[seq as usize % RECENT] = None;
         }
         self.entries.push_back(Entry {
             id,
@@ -337,6 +343,51 @@ impl MessageList {
             },
         });
         true
+    }
+
+    /// `id` (just recorded by `first_receipt`) is `texts::message_id(data_type, nonce,
+    /// payload)`: a repeat sharing `payload` need not hash it (`known_id`).
+    pub fn note_payload(&mut self, id: &[u8; 32], data_type: u16, nonce: u64, payload: &Payload) {
+        let Some(newest) = self.entries.len().checked_sub(1) else {
+            return;
+        };
+        let k = self.first.wrapping_add(newest as u32) as usize % RECENT;
+        if self.recent[k].0 == *id && *id != FREE.0 {
+            self.recent_payloads[k] = Some((payload.clone(), data_type, nonce));
+        }
+    }
+
+    /// `texts::message_id(data_type, nonce, payload)` if `payload` is one of the recent ones
+    /// noted (the same allocation, so the same bytes) with the same type and nonce.
+    pub fn known_id(&self, data_type: u16, nonce: u64, payload: &Payload) -> Option<[u8; 32]> {
+        (0..RECENT).find_map(|k| match &self.recent_payloads[k] {
+            Some((p, t, n)) if Arc::ptr_eq(p, payload) && *t == data_type && *n == nonce => {
+                Some(self.recent[k].0)
+            }
+            _ => None,
+        })
+    }
+
+    /// Is the payload at address `addr` (`Arc::as_ptr`) one of the recent ones noted? If not, a frame
+    /// carrying it is likely a first receipt (a cache hint's guess, see [`crate::hint`]).
+    pub fn knows_payload(&self, addr: usize) -> bool {
+        self.recent_payloads
+            .iter()
+            .flatten()
+            .any(|(p, _, _)| Arc::as_ptr(p) as *const u8 as usize == addr)
+    }
+
+    /// A cache hint for the first receipt of `id` to come: the table slot its lookup starts
+    /// at, and where its entry goes.
+    pub fn prefetch_first_receipt(&self, id: &[u8; 32]) {
+        if !self.ids.is_empty() {
+            let i = self.home(id);
+            crate::hint::prefetch(&self.ids[i]);
+            crate::hint::prefetch(&self.seqs[i]);
+        }
+        if let Some(newest) = self.entries.back() {
+            crate::hint::prefetch_lines(newest, 2);
+        }
     }
 
     /// Puts `id` in the first free slot of its probe.
@@ -435,6 +486,28 @@ mod tests {
 
     fn a(p: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    #[test]
+    fn a_noted_payload_gives_its_id_for_the_same_allocation_only_while_recent() {
+        let mut ml = MessageList::new(100);
+        let payload = Payload::from(&b"hello"[..]);
+        let id = texts::message_id(0, 7, &payload);
+        ml.first_receipt(id, None);
+        ml.note_payload(&id, 0, 7, &payload);
+        assert_eq!(ml.known_id(0, 7, &payload.clone()), Some(id));
+        // The same bytes elsewhere, another type or nonce: hashed as usual.
+        assert_eq!(ml.known_id(0, 7, &Payload::from(&b"hello"[..])), None);
+        assert_eq!(ml.known_id(1, 7, &payload), None);
+        assert_eq!(ml.known_id(0, 8, &payload), None);
+        // A note that does not name the newest receipt is ignored.
+        let other = Payload::from(&b"other"[..]);
+        ml.note_payload(&[9; 32], 0, 0, &other);
+        assert_eq!(ml.known_id(0, 0, &other), None);
+        for k in 1..=RECENT as u8 {
+            ml.first_receipt([k; 32], None);
+        }
+        assert_eq!(ml.known_id(0, 7, &payload), None);
     }
 
     #[test]

@@ -414,6 +414,29 @@ impl Overlay {
         self.links.get_mut(&conn)
     }
 
+    /// A cache hint (see [`crate::hint`]): the lines of the link table and of `conn`'s link
+    /// that a frame on it reads first. The simulator calls it a few events before the frame.
+    pub fn prefetch_link(&self, conn: ConnId) {
+        if let Some(link) = self.links.get(&conn) {
+            crate::hint::prefetch_lines(link, 2);
+        }
+    }
+
+    /// A cache hint: the link table's inline ids and where its links are.
+    pub fn prefetch_table(&self) {
+        crate::hint::prefetch_lines(self, std::mem::size_of::<Overlay>().div_ceil(64));
+    }
+
+    /// A cache hint for an item to forward: what `targets` reads of every link (its birth and
+    /// egress bucket) and the neighbour list the message list will reference.
+    pub fn prefetch_forwarding(&self) {
+        for link in &self.links.links {
+            crate::hint::prefetch(link);
+            crate::hint::prefetch(&link.egress_rate);
+        }
+        crate::hint::prefetch(Arc::as_ptr(&self.current) as *const u8);
+    }
+
     pub fn remove_link(&mut self, conn: ConnId) -> Option<Link> {
         self.links.remove(&conn)
     }

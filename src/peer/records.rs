@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use crate::node::Record;
 use crate::peer::gossip::Via;
-use crate::texts::{printable, MAX_SHOWN, TEXT_DATA_TYPE};
+use crate::texts::{self, printable, MAX_SHOWN, TEXT_DATA_TYPE};
 use crate::wire::PeerEntry;
 
 pub fn started(me: &SocketAddr, key: Option<&str>) -> Record {
@@ -19,7 +19,7 @@ pub fn started(me: &SocketAddr, key: Option<&str>) -> Record {
 }
 
 pub fn peer_list(union: &[PeerEntry]) -> Record {
-    let peers: Vec<String> = union.iter().map(|p| p.addr.to_string()).collect();
+    let peers: Vec<String> = union.iter().map(|p| texts::addr_text(&p.addr)).collect();
     let line = if peers.is_empty() {
         "Peer list from the seeds: (empty, this is the first peer)".to_string()
     } else {
@@ -67,7 +67,7 @@ pub fn neighbour_down(peer: &SocketAddr, reason: &str) -> Record {
 
 pub fn gossip_sent(id: &[u8; 32], text: &str) -> Record {
     Record::new("gossip_sent")
-        .field("id", hex::encode(id))
+        .field("id", texts::id_hex(id))
         .field("text", text)
         .line(format!("Generated {text}"))
 }
@@ -85,12 +85,12 @@ pub fn gossip_received(
     from: &SocketAddr,
     via: Via,
 ) -> Record {
-    let mut rec = Record::new("gossip_received").field("id", hex::encode(id));
+    let mut rec = Record::new("gossip_received").field("id", texts::id_hex(id));
     let caught_up = via == Via::Sync;
     if caught_up {
         rec = rec.field("via", "sync");
     }
-    let from = from.to_string();
+    let from = texts::addr_text(from);
     if data_type == TEXT_DATA_TYPE {
         let text = printable(&String::from_utf8_lossy(payload), MAX_SHOWN);
         let line = if caught_up {
@@ -113,7 +113,7 @@ pub fn gossip_received(
 
 pub fn announced(id: &[u8; 32], data_type: u16, bytes: usize) -> Record {
     Record::new("announced")
-        .field("id", hex::encode(id))
+        .field("id", texts::id_hex(id))
         .field("data_type", data_type)
         .field("bytes", bytes)
 }

@@ -19,6 +19,7 @@ pub mod scenario;
 
 use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -41,6 +42,13 @@ pub type NodeId = usize;
 /// its buckets (one per microsecond), later ones in the far heap. Frames take milliseconds, so
 /// nearly every event goes straight into a bucket and comes out in order without a heap.
 const WHEEL: usize = 1 << 17;
+
+/// How far ahead the event loop starts fetching what a gossip frame will touch (see
+/// `World::prefetch`), in events: the connection end at `3 * AHEAD`, the receiving node at
+/// `2 * AHEAD`, its core's hot lines at `AHEAD`, its link at `AHEAD / 2`.
+const AHEAD: usize = 8;
+/// The ring of connections predicted ahead: a power of two above `3 * AHEAD`.
+const AHEAD_RING: usize = 32;
 
 /// The Unix time at which every run starts (texts and message ids depend on it).
 const EPOCH_UNIX_MS: u64 = 1_800_000_000_000;
@@ -164,6 +172,18 @@ impl Ord for Far {
     }
 }
 
+/// A gossip frame predicted to come (see `World::prefetch`).
+#[derive(Clone, Copy, Default)]
+struct Ahead {
+    /// 0: none.
+    conn: ConnId,
+    /// Its payload's address (`Arc::as_ptr`).
+    payload: usize,
+    /// Its item's id, for the receiver's message list to fetch the slot it will probe (when
+    /// the frame is likely the first receipt there).
+    id: [u8; 32],
+}
+
 /// Something a core wrote to its output, as the simulator's observers see it.
 pub struct Observed<'a> {
     pub at: Micros,
@@ -209,6 +229,14 @@ pub struct World {
     /// Whether any node counts the bytes it is sent: if none does, a frame sent need not look
     /// at its receiver (one cache miss fewer per frame in a large run).
     counting_bytes: bool,
+    /// The connections of the gossip frames predicted to come next (0: none), by the number of
+    /// events taken (`taken`) at which each is due; see `prefetch`.
+    ahead: [Ahead; AHEAD_RING],
+    taken: usize,
+    /// The ids of the last few payloads seen ahead (see `Ahead::id`), by the payload's address,
+    /// type and nonce, the next to replace at `ids_next`.
+    ids: [(usize, u16, u64, [u8; 32]); 4],
+    ids_next: usize,
     /// When set, every action every core returns, in order, with its time and node: two runs
     /// with the same parameters must produce the same trace.
     pub trace: Option<Vec<String>>,
@@ -220,6 +248,9 @@ impl World {
         config.seeds = (0..seeds)
             .map(|i| SocketAddr::from(([127, 0, 0, 1], 9001 + i as u16)))
             .collect();
+        // Every node runs on this thread and checks the same few seeds' signatures: each is
+        // verified once.
+        crate::keys::remember_verifications();
         let mut w = World {
             config,
             now: 0,
@@ -247,6 +278,10 @@ impl World {
             frames: 0,
             actions: Vec::new(),
             counting_bytes: false,
+            ahead: [Ahead::default(); AHEAD_RING],
+            taken: 0,
+            ids: [(0, 0, 0, [0; 32]); 4],
+            ids_next: 0,
             trace: None,
         };
         // The seeds' keys are in the config, as the demo writes them into `seeds.yaml`: peers
@@ -399,6 +434,99 @@ impl World {
         }
     }
 
+    /// The event `k` places behind the next one, as the queue stands now (events scheduled
+    /// meanwhile may come before it), if it is due within about a millisecond.
+    fn ahead(&self, k: usize) -> Option<&Pending> {
+        let n = self.current.len();
+        if k < n {
+            return Some(&self.current[n - 1 - k]);
+        }
+        let mut rest = k - n;
+        let start = (self.now as usize + 1) % WHEEL;
+        let mut w = start / 64;
+        let mut bits = self.occupied[w] & (u64::MAX << (start % 64));
+        for _ in 0..16 {
+            while bits != 0 {
+                let bucket = &self.wheel[w * 64 + bits.trailing_zeros() as usize];
+                if rest < bucket.len() {
+                    return Some(&bucket[rest]);
+                }
+                rest -= bucket.len();
+                bits &= bits - 1;
+            }
+            w = (w + 1) % self.occupied.len();
+            bits = self.occupied[w];
+        }
+        None
+    }
+
+    /// Cache hints for the gossip frames to come, called as each event is taken: nearly every
+    /// event is a frame to a random peer whose state is out of the cache, and the queue knows
+    /// them before they run. Each is fetched in stages, one dependent step per stage (its
+    /// connection end, its node, its core, its link), a few events apart, so a frame finds
+    /// what it touches in the cache. Hints only: nothing here changes what happens.
+    fn prefetch(&mut self) {
+        self.taken = self.taken.wrapping_add(1);
+        let mut far = Ahead::default();
+        let mut new_id = None;
+        if let Some(Pending::Gossip {
+            conn,
+            data_type,
+            nonce,
+            payload,
+            ..
+        }) = self.ahead(3 * AHEAD)
+        {
+            let at = Arc::as_ptr(payload) as *const u8 as usize;
+            let known = self
+                .ids
+                .iter()
+                .find(|k| (k.0, k.1, k.2) == (at, *data_type, *nonce));
+            let id = match known {
+                Some(k) => k.3,
+                None => {
+                    let id = crate::texts::message_id(*data_type, *nonce, payload);
+                    new_id = Some((at, *data_type, *nonce, id));
+                    id
+                }
+            };
+            far = Ahead {
+                conn: *conn,
+                payload: at,
+                id,
+            };
+        }
+        if let Some(k) = new_id {
+            self.ids[self.ids_next] = k;
+            self.ids_next = (self.ids_next + 1) % self.ids.len();
+        }
+        let slot = |d: usize| (self.taken + d) % AHEAD_RING;
+        self.ahead[slot(3 * AHEAD)] = far;
+        if let Some(end) = self.conns.get(far.conn as usize) {
+            crate::hint::prefetch(end);
+        }
+        let node_of = |conn: ConnId| self.conns.get(conn as usize).map(|e| e.node);
+        if let Some(node) =
+            node_of(self.ahead[slot(2 * AHEAD)].conn).and_then(|n| self.nodes.get(n))
+        {
+            crate::hint::prefetch_lines(node, 2);
+        }
+        let core_of = |conn: ConnId| match node_of(conn).and_then(|n| self.nodes.get(n)) {
+            Some(Node {
+                core: NodeCore::Peer(p),
+                ..
+            }) => Some(p),
+            _ => None,
+        };
+        if let Some(core) = core_of(self.ahead[slot(AHEAD)].conn) {
+            core.prefetch_frame();
+        }
+        let next = &self.ahead[slot(AHEAD / 2)];
+        if let Some(core) = core_of(next.conn) {
+            core.prefetch_link(next.conn, next.payload, &next.id);
+        }
+    }
+
     pub fn schedule(&mut self, at: Micros, step: scenario::Step) {
         self.push(at, Pending::Step(Box::new(step)));
     }
@@ -454,6 +582,7 @@ impl World {
         observe: &mut dyn FnMut(&Observed),
     ) -> Option<scenario::Step> {
         while let Some(what) = self.next_due(until) {
+            self.prefetch();
             match what {
                 Pending::Deliver { node, event } => self.deliver(node, *event, observe),
                 Pending::Timer { node, timer } => {

@@ -127,7 +127,13 @@ struct Item {
     expected: Vec<u32>,
     /// The latest first receipt among `expected`.
     last: Micros,
+    /// Its id (hex), once its `gossip_sent` is seen.
+    id: Option<String>,
 }
+
+/// Items looked up among the newest before the map (`Tally::item`): deliveries are nearly all
+/// of the last few items generated.
+const NEWEST: usize = 4;
 
 #[derive(Default)]
 struct Tally {
@@ -150,14 +156,25 @@ impl Tally {
         peer_id(addr).or_else(|| self.other_addrs.get(addr).copied())
     }
 
+    /// The item with hex id `id`: looked for among the newest first (comparing the strings),
+    /// then in the map (hashing them).
+    fn item(&self, id: &str) -> Option<usize> {
+        let n = self.items.len();
+        let newest = n.saturating_sub(NEWEST)..n;
+        newest
+            .rev()
+            .find(|&i| self.items[i].id.as_deref() == Some(id))
+            .or_else(|| self.by_id.get(id).copied())
+    }
+
     fn observe(&mut self, o: &Observed) {
         match o.record.event {
             "gossip_received" => {
                 let (Some(id), Some(from)) = (o.record.get("id"), o.record.get("from")) else {
                     return;
                 };
-                let (Some(&idx), Some(from)) = (
-                    id.as_str().and_then(|i| self.by_id.get(i)),
+                let (Some(idx), Some(from)) = (
+                    id.as_str().and_then(|i| self.item(i)),
                     from.as_str()
                         .and_then(|f| f.parse::<SocketAddr>().ok())
                         .and_then(|a| self.node_of(&a)),
@@ -187,6 +204,7 @@ impl Tally {
                     if let Some(item) = self.items.last_mut() {
                         if item.at == o.at && !self.by_id.contains_key(id) {
                             self.by_id.insert(id.to_string(), idx);
+                            item.id = Some(id.to_string());
                             if item.hops.len() <= o.node {
                                 item.hops.resize(o.node + 1, u8::MAX);
                             }
@@ -394,6 +412,7 @@ fn publish(w: &mut World, tally: &mut Tally) -> bool {
         hops: vec![u8::MAX; w.nodes.len()],
         expected,
         last: w.now,
+        id: None,
     });
     w.publish(origin, &mut |o| tally.observe(o));
     true
