@@ -18,6 +18,8 @@
 //! under a lock and carries out its actions. [`output`] writes the per-node `.txt` and `.jsonl`
 //! files; [`config`] reads `seeds.yaml`; [`texts`] formats and parses the assignment's texts.
 //! [`cli`] holds what the two binaries share.
+// `deny`, not `forbid`: the one exception is `hint::prefetch` (a cache hint, which reads
+// nothing and cannot fault), allowed where it stands; the binaries forbid unsafe code.
 #![deny(unsafe_code)]
 
 pub mod api;
