@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks that BENCHMARKS.md reports, on 127.0.0.1 only, and prints the figures
-# beside the targets. Takes about 30 minutes on a 2-core machine.
+# beside the targets. Takes about 40 minutes on a 2-core machine.
 #
 #   scripts/bench.sh            # everything
 #   scripts/bench.sh quick      # N = 50 only, and the proof of work
@@ -42,10 +42,17 @@ $B/bench node 200000
 echo
 $B/bench latency 200
 echo
+$B/bench --mode tree latency 200
+echo
 $B/bench latency 500
 echo
-for rate in 250 500 1000 1500; do
+for rate in 250 500 1000 1500 3000; do
   $B/bench throughput 100 "$rate"
+  echo
+done
+# Tree mode side by side with flooding (BENCHMARKS, "Dissemination: flood and tree").
+for rate in 1500 3000; do
+  $B/bench --mode tree throughput 100 "$rate"
   echo
 done
 # N = 200 near its capacity: where the tail of time-to-all is longest.
