@@ -642,6 +642,24 @@ fn throughput(n: usize, rate: usize, keys: &str) {
         "   messages {}  coverage {:.4} ({} of {})  time to reach all p50 {:.2} ms p99 {:.2} ms  duplicates/delivery {:.2} (+{:.2} withdrawn)  frames per read {:.1}, per send {:.1}  CPU {:.2} cores",
         s.messages, s.coverage, s.deliveries, s.expected_deliveries, s.latency_ms.p50, s.latency_ms.p99, s.duplicates_per_delivery, s.withdrawn_per_delivery, s.frames_per_read, s.frames_per_write, cores
     );
+    // Tree mode: how the tree held (each peer's last `stats`, summed).
+    let tree_sum = |key: &str| -> Option<u64> {
+        run.peers
+            .values()
+            .map(|evs| {
+                evs.iter()
+                    .rev()
+                    .find(|e| e["event"] == "stats")
+                    .and_then(|e| e[key].as_u64())
+            })
+            .sum()
+    };
+    if let (Some(prunes), Some(grafted)) = (tree_sum("tree_prunes"), tree_sum("tree_grafted")) {
+        println!(
+            "   tree: {grafted} ids grafted ({:.3} per delivery), {prunes} prunes sent",
+            grafted as f64 / s.deliveries.max(1) as f64
+        );
+    }
     // Sustained means the queues do not grow: time to reach all stays flat through the run
     // instead of climbing as a backlog builds.
     let c = &s.completions;

@@ -462,9 +462,17 @@ fn summarize(
     }
     times.sort_by(f64::total_cmp);
     let mut duplicates = 0u64;
+    // Tree mode: prunes sent, ids grafted, eager links at the end (summed over peers).
+    let mut tree: Option<[u64; 3]> = None;
     for n in &w.nodes {
         if let NodeCore::Peer(c) = &n.core {
             duplicates += c.gossip_duplicates();
+            if let Some(t) = c.tree_counters() {
+                let sum = tree.get_or_insert([0; 3]);
+                for (s, x) in sum.iter_mut().zip(t) {
+                    *s += x;
+                }
+            }
         }
     }
     let mut false_removals = 0u64;
@@ -508,6 +516,11 @@ fn summarize(
         "events": w.events,
         "frames": w.frames,
     });
+    if let Some([prunes, grafted, eager]) = tree {
+        out["tree_prunes"] = json!(prunes);
+        out["tree_grafted"] = json!(grafted);
+        out["tree_eager_links"] = json!(eager);
+    }
     if !late.is_empty() {
         out["late_joiners"] = json!(late.len());
         out["history_missed"] = json!(history_missed);
