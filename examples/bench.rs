@@ -730,6 +730,64 @@ fn throughput(n: usize, rate: usize, keys: &str) {
     println!("   target: ≥ 1000 messages/s at N = 100 with 100% delivery, sustained (flat, not climbing)");
 }
 
+/// N peers generate about ITEMS items in all, then one more peer joins: how long it takes to
+/// hold every one of them (by catch-up: digests, ids, pulls; nothing is pushed to it), and the
+/// bytes it was sent by the end of the run.
+fn catchup(n: usize, items: usize, keys: &str) {
+    let count = (items / n).max(1);
+    let interval_ms = 20;
+    let body = format!(
+        "gossip: {{ interval: {interval_ms}ms, count: {count}{keys} }}\nliveness: {{ interval: 13s, misses: 3 }}\npow: {{ difficulty: 12 }}\nstats: {{ interval: 1h }}",
+    );
+    let mut net = Network::start(n, &body);
+    wait_gossip_done(
+        &net,
+        count,
+        Duration::from_millis((interval_ms * count) as u64),
+    );
+    // An item enters the catch-up digest once held for a second.
+    std::thread::sleep(Duration::from_secs(2));
+    let total = count * n;
+    let a = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let child = net.spawn("peer", a);
+    net.peers.push((a, child));
+    let until = Instant::now() + PATIENCE;
+    while net.count("peer", a, "gossip_received") < total && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    net.stop();
+    let evs = parse_jsonl(&std::fs::read_to_string(net.jsonl("peer", a)).unwrap_or_default());
+    let ts = |e: &serde_json::Value| e["ts_us"].as_u64().unwrap_or(0);
+    let start = evs.first().map(ts).unwrap_or(0);
+    let got: Vec<&serde_json::Value> = evs
+        .iter()
+        .filter(|e| e["event"] == "gossip_received")
+        .collect();
+    let last = got.iter().map(|e| ts(e)).max().unwrap_or(start);
+    let by_sync = got.iter().filter(|e| e["via"] == "sync").count();
+    let bytes_in = evs
+        .iter()
+        .rev()
+        .find(|e| e["event"] == "stats")
+        .and_then(|e| e["bytes_in"].as_u64())
+        .unwrap_or(0);
+    println!(
+        "== catch-up: {n} peers, {total} items generated, then one more peer joins{}",
+        if keys.is_empty() {
+            String::new()
+        } else {
+            format!("; gossip keys{keys}")
+        }
+    );
+    println!("   run directory: {}", net.dir.display());
+    println!(
+        "   the late joiner received {} of {total} ({by_sync} by catch-up); the last {:.2} s after its start; {:.1} kB sent to it in all (every frame, to the end of the run)",
+        got.len(),
+        last.saturating_sub(start) as f64 / 1e6,
+        bytes_in as f64 / 1000.0
+    );
+}
+
 fn detection(n: usize) {
     let body = "gossip: { interval: 5s, count: 0 }\nliveness: { interval: 13s, misses: 3 }\npow: { difficulty: 12 }\nstats: { interval: 5s }";
     let mut net = Network::start(n, body);
@@ -1034,6 +1092,13 @@ enum What {
         #[arg(default_value_t = 200)]
         pace_ms: u64,
     },
+    /// N peers generate ITEMS items, then a late joiner catches up: its time and bytes.
+    Catchup {
+        #[arg(default_value_t = 50, value_parser = at_least(2))]
+        peers: usize,
+        #[arg(default_value_t = 1000, value_parser = at_least(1))]
+        items: usize,
+    },
     /// One loopback TCP hop: half the median ping-pong round trip.
     Floor,
     /// One peer's CPU per frame received, fed MESSAGES messages by 8 fake neighbours.
@@ -1062,6 +1127,7 @@ fn main() -> std::process::ExitCode {
             window,
         } => throughput(peers, rate, &gossip_keys(window, &args.mode)),
         What::Detection { peers } => detection(peers),
+        What::Catchup { peers, items } => catchup(peers, items, &gossip_keys(None, &args.mode)),
         What::Node { messages } => node(messages),
         What::Join {
             peers,

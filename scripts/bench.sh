@@ -55,6 +55,9 @@ for rate in 1500 3000; do
   $B/bench --mode tree throughput 100 "$rate"
   echo
 done
+# A late joiner catching up on the whole default history.
+$B/bench catchup 100 10000
+echo
 # N = 200 near its capacity: where the tail of time-to-all is longest.
 $B/bench throughput 200 100
 echo
