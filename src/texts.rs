@@ -151,15 +151,13 @@ pub fn addr_text(addr: &SocketAddr) -> String {
 }
 
 /// A message id in lowercase hex, as `hex::encode` writes it (a record per delivery has one:
-/// this is a table lookup a byte, not a character iterator).
+/// written into a buffer, not through a character iterator).
 pub fn id_hex(id: &[u8; 32]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for &b in id {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
+    let mut buf = [0u8; 64];
+    match hex::encode_to_slice(id, &mut buf) {
+        Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
+        Err(_) => hex::encode(id),
     }
-    out
 }
 
 /// A remote's text as it may appear in an output file: on one line, with control characters

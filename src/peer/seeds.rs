@@ -369,8 +369,8 @@ mod tests {
         assert_eq!(s.certified(&e), Certified::Yes);
     }
 
-    #[test]
-    fn the_join_takes_the_union_once_every_connected_seed_answered() {
+    /// Sessions with two of three seeds chosen and linked, when, and the draws' source.
+    fn two_of_three_linked() -> (SeedSessions, Vec<SocketAddr>, Instant, StdRng) {
         let mut rng = StdRng::seed_from_u64(1);
         let t0 = Instant::now();
         let mut s = SeedSessions::new(seeds(3), 2, BTreeMap::new());
@@ -378,6 +378,12 @@ mod tests {
         assert_eq!(chosen.len(), 2);
         s.connected(chosen[0], [1; 32], 1, t0);
         s.connected(chosen[1], [2; 32], 2, t0);
+        (s, chosen, t0, rng)
+    }
+
+    #[test]
+    fn the_join_takes_the_union_once_every_connected_seed_answered() {
+        let (mut s, chosen, t0, _) = two_of_three_linked();
         s.list(&chosen[0], vec![entry(9101), entry(9102)]);
         assert_eq!(s.join_result(t0, &a(9100)), None, "one list of two");
         s.list(&chosen[1], vec![entry(9102), entry(9103), entry(9100)]);
@@ -392,12 +398,7 @@ mod tests {
 
     #[test]
     fn a_registration_left_unconfirmed_brings_in_a_spare_seed_once() {
-        let mut rng = StdRng::seed_from_u64(1);
-        let t0 = Instant::now();
-        let mut s = SeedSessions::new(seeds(3), 2, BTreeMap::new());
-        let chosen = s.start(&mut rng, t0, Duration::from_secs(20));
-        s.connected(chosen[0], [1; 32], 1, t0);
-        s.connected(chosen[1], [2; 32], 2, t0);
+        let (mut s, chosen, t0, mut rng) = two_of_three_linked();
         // One seed confirms at once; the other never does.
         assert!(s.registered(&chosen[0]));
         assert_eq!(
