@@ -78,9 +78,9 @@ fn id_key(id: &[u8; 32]) -> u64 {
 }
 
 /// The rate is updated at most this often (seconds) ...
-const RATE_SAMPLE: f64 = 0.01;
+pub(crate) const RATE_SAMPLE: f64 = 0.01;
 /// ... and smoothed over about this long (seconds).
-const RATE_TAU: f64 = 0.25;
+pub(crate) const RATE_TAU: f64 = 0.25;
 
 impl State {
     /// Leaves withdrawn frames out of `queue` and forgets which frames could be withdrawn:

@@ -25,6 +25,13 @@ struct Args {
     /// Items generated in the whole run, by peers drawn at random, 20 ms apart.
     #[arg(long, default_value_t = 1000)]
     messages: usize,
+    /// Items generated a second network-wide, instead of one every 20 ms.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Model each connection's batch window (`gossip.batch_window`, `gossip.max_batch_window`):
+    /// a busy link holds frames as a real node's queue does. Without it a frame leaves at once.
+    #[arg(long)]
+    batching: bool,
     /// Seed of the run's randomness: the same flags give the same summary (wall_s aside).
     #[arg(long, default_value_t = 1)]
     rng: u64,
@@ -128,6 +135,8 @@ fn main() -> ExitCode {
         peers: args.peers,
         seeds: args.seeds,
         messages: args.messages,
+        rate: args.rate,
+        batching: args.batching,
         rng: args.rng,
         kind,
         latency,

@@ -7,9 +7,11 @@
 //! order, a dial that takes two round trips (TCP, then the handshake) and fails at once on a
 //! crashed node or after `pow.timeout` on a hung one, a crash (every link of the node resets), a
 //! hang (the node stops reading and answering, its links stay open), and a cut between two sets
-//! of peers (frames across it are lost, dials across it time out). What it does not model:
-//! proof of work (admission is free), bandwidth and queues (no batching: `Withdraw` is a no-op,
-//! no queue fills up), the API.
+//! of peers (frames across it are lost, dials across it time out), and with `--batching` the
+//! batch window of each connection's queue (a busy link holds frames as a real node's does,
+//! see [`World::model_batching`]). What it does not model: proof of work (admission is free),
+//! bandwidth, a queue's bounds and the time a node spends per frame (no queue fills up, no
+//! node falls behind; `Withdraw` is a no-op), the API.
 //!
 //! Everything is deterministic: one RNG seeded from `--rng` draws latencies and the scenario,
 //! each core gets its own RNG seeded from it, every map whose order reaches an action is
@@ -29,6 +31,7 @@ use crate::config::Config;
 use crate::node::{
     Action, CloseReason, ConnId, Core, DialError, Event, Now, Purpose, Remote, Timer,
 };
+use crate::outbox::{Batching, RATE_SAMPLE, RATE_TAU};
 use crate::peer::PeerCore;
 use crate::seed::SeedCore;
 use crate::wire::{Msg, PublicKey, Role};
@@ -240,6 +243,23 @@ pub struct World {
     /// When set, every action every core returns, in order, with its time and node: two runs
     /// with the same parameters must produce the same trace.
     pub trace: Option<Vec<String>>,
+    /// The batch window modelled on every connection (`model_batching`), and each
+    /// connection end's queue state, by the end frames arrive at.
+    batching: Option<Batching>,
+    queues: Vec<Queue>,
+}
+
+/// What the model of a connection's send queue keeps (see `World::depart`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Queue {
+    /// When frames last went out, if ever.
+    last_send: Option<Micros>,
+    /// The end of the window frames are held for now, if any.
+    flush_at: Option<Micros>,
+    /// Frames queued a second, smoothed as the real queue does.
+    rate: f64,
+    counted: u32,
+    rate_at: Option<Micros>,
 }
 
 impl World {
@@ -283,6 +303,8 @@ impl World {
             ids: [(0, 0, 0, [0; 32]); 4],
             ids_next: 0,
             trace: None,
+            batching: None,
+            queues: Vec::new(),
         };
         // The seeds' keys are in the config, as the demo writes them into `seeds.yaml`: peers
         // check the certificates in the seeds' lists with them.
@@ -558,9 +580,66 @@ impl World {
         self.send_pending(conn, Pending::OnConn { conn, event });
     }
 
+    /// Holds frames on busy connections as a real node's queue does (`outbox::Batching`
+    /// with the config's `gossip.batch_window` and `gossip.max_batch_window`): a frame queued
+    /// less than a window after the last send leaves at the window's end, with every other
+    /// frame queued meanwhile. What it leaves out: a queue's bounds and its half-full rule
+    /// (sends at once), the writer thread, and the time a node spends on each frame.
+    pub fn model_batching(&mut self) {
+        self.batching = Some(Batching {
+            min: self.config.gossip.batch_window,
+            max: self.config.gossip.max_batch_window,
+        });
+    }
+
+    /// When a frame queued now for connection end `conn` leaves the sender.
+    fn depart(&mut self, conn: ConnId) -> Micros {
+        let now = self.now;
+        let Some(batching) = self.batching else {
+            return now;
+        };
+        let i = conn as usize;
+        if self.queues.len() <= i {
+            self.queues.resize(i + 1, Queue::default());
+        }
+        let q = &mut self.queues[i];
+        q.counted += 1;
+        match q.rate_at {
+            None => q.rate_at = Some(now),
+            Some(since) => {
+                let dt = now.saturating_sub(since) as f64 / 1e6;
+                if dt >= RATE_SAMPLE {
+                    let sample = f64::from(q.counted) / dt;
+                    q.rate += (1.0 - (-dt / RATE_TAU).exp()) * (sample - q.rate);
+                    q.counted = 0;
+                    q.rate_at = Some(now);
+                }
+            }
+        }
+        if let Some(at) = q.flush_at {
+            if at >= now {
+                return at;
+            }
+            q.last_send = Some(at);
+            q.flush_at = None;
+        }
+        let window = micros(batching.window(q.rate));
+        match q.last_send {
+            Some(t) if now < t + window => {
+                q.flush_at = Some(t + window);
+                t + window
+            }
+            _ => {
+                q.last_send = Some(now);
+                now
+            }
+        }
+    }
+
     /// Schedules `what` (arriving at connection end `conn`) as `send_on` does.
     fn send_pending(&mut self, conn: ConnId, what: Pending) {
-        let at = (self.now + self.latency()).max(self.conns[conn as usize].last_at);
+        let depart = self.depart(conn);
+        let at = (depart + self.latency()).max(self.conns[conn as usize].last_at);
         self.conns[conn as usize].last_at = at;
         self.push(at, what);
     }

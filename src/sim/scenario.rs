@@ -97,6 +97,10 @@ pub struct Params {
     pub peers: usize,
     pub seeds: usize,
     pub messages: usize,
+    /// Items generated a second (network-wide); `None`: one every 20 ms.
+    pub rate: Option<f64>,
+    /// Model the batch window of every connection's queue (see `World::batching`).
+    pub batching: bool,
     pub rng: u64,
     pub kind: Kind,
     pub latency: (Duration, Duration),
@@ -243,6 +247,9 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
     // The simulator decides who generates when.
     config.gossip.count = 0;
     let mut w = World::new(config, p.seeds.max(1), p.latency, p.rng);
+    if p.batching {
+        w.model_batching();
+    }
     if trace {
         w.trace = Some(Vec::new());
     }
@@ -257,10 +264,14 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
         initial.push(id);
     }
     let window_start = 100_000 + p.peers as Micros * JOIN_GAP + SETTLE;
-    let window = p.messages as Micros * MESSAGE_GAP;
+    let gap = p
+        .rate
+        .filter(|r| *r > 0.0)
+        .map_or(MESSAGE_GAP, |r| (1e6 / r).max(1.0) as Micros);
+    let window = p.messages as Micros * gap;
     let window_end = window_start + window;
     for k in 0..p.messages {
-        w.schedule(window_start + k as Micros * MESSAGE_GAP, Step::Publish);
+        w.schedule(window_start + k as Micros * gap, Step::Publish);
     }
     let lv = &w.config.liveness;
     // Neighbours' misses, then the seeds' probe: the link and a fresh dial at once, the dial
