@@ -175,6 +175,10 @@ pub struct MessageList {
     /// shares that payload (the same allocation: the simulator sends one payload to every
     /// peer) has that id, found without hashing the payload again (`known_id`).
     recent_payloads: [Option<(Payload, u16, u64)>; RECENT],
+    /// Whether `note_payload` keeps anything: only where payloads are shared among peers
+    /// ([`share_payloads`]); over TCP every frame has a payload of its own, and keeping them
+    /// would cost each first receipt a reference count and each frame a look for nothing.
+    sharing: bool,
     capacity: usize,
     /// Oldest first; `entries[i]` has sequence number `first + i` (wrapping).
     entries: VecDeque<Entry>,
@@ -215,12 +219,23 @@ enum Place {
     Recent(u32),
 }
 
+thread_local! {
+    static SHARING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Message lists made on this thread from now on note payloads (`note_payload`,
+/// `known_id`): for the simulator, which hands one payload allocation to every peer.
+pub fn share_payloads() {
+    SHARING.with(|s| s.set(true));
+}
+
 impl MessageList {
     pub fn new(capacity: usize) -> Self {
         MessageList {
             recent: [FREE; RECENT],
             recent_seqs: [0; RECENT],
             recent_payloads: Default::default(),
+            sharing: SHARING.with(std::cell::Cell::get),
             capacity: capacity.max(1),
             entries: VecDeque::new(),
             first: 0,
@@ -348,6 +363,9 @@ impl MessageList {
     /// `id` (just recorded by `first_receipt`) is `texts::message_id(data_type, nonce,
     /// payload)`: a repeat sharing `payload` need not hash it (`known_id`).
     pub fn note_payload(&mut self, id: &[u8; 32], data_type: u16, nonce: u64, payload: &Payload) {
+        if !self.sharing {
+            return;
+        }
         let Some(newest) = self.entries.len().checked_sub(1) else {
             return;
         };
@@ -360,6 +378,9 @@ impl MessageList {
     /// `texts::message_id(data_type, nonce, payload)` if `payload` is one of the recent ones
     /// noted (the same allocation, so the same bytes) with the same type and nonce.
     pub fn known_id(&self, data_type: u16, nonce: u64, payload: &Payload) -> Option<[u8; 32]> {
+        if !self.sharing {
+            return None;
+        }
         (0..RECENT).find_map(|k| match &self.recent_payloads[k] {
             Some((p, t, n)) if Arc::ptr_eq(p, payload) && *t == data_type && *n == nonce => {
                 Some(self.recent[k].0)
@@ -490,6 +511,13 @@ mod tests {
 
     #[test]
     fn a_noted_payload_gives_its_id_for_the_same_allocation_only_while_recent() {
+        let mut plain = MessageList::new(100);
+        let payload = Payload::from(&b"hello"[..]);
+        let id = texts::message_id(0, 7, &payload);
+        plain.first_receipt(id, None);
+        plain.note_payload(&id, 0, 7, &payload);
+        assert_eq!(plain.known_id(0, 7, &payload), None, "not sharing payloads");
+        share_payloads();
         let mut ml = MessageList::new(100);
         let payload = Payload::from(&b"hello"[..]);
         let id = texts::message_id(0, 7, &payload);

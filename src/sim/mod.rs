@@ -271,6 +271,9 @@ impl World {
         // Every node runs on this thread and checks the same few seeds' signatures: each is
         // verified once.
         crate::keys::remember_verifications();
+        // One payload allocation reaches every peer: a repeat sharing it is known without
+        // hashing it again.
+        crate::peer::gossip::share_payloads();
         let mut w = World {
             config,
             now: 0,
