@@ -14,6 +14,7 @@ fn params(kind: Kind, peers: usize, messages: usize, rng: u64) -> Params {
         messages,
         rate: None,
         batching: false,
+        cpus: None,
         rng,
         kind,
         latency: (Duration::from_millis(1), Duration::from_millis(5)),
@@ -183,4 +184,16 @@ fn a_modelled_batch_window_holds_busy_links_and_loses_nothing() {
     let (_, t1) = run_traced(&held, true);
     let (_, t2) = run_traced(&held, true);
     assert!(t1 == t2, "same flags, same actions");
+    // One CPU for the whole network, each frame read costing 5 µs and each send 50 µs:
+    // frames wait for it, so items take longer still, and nothing is lost.
+    let busy = Params {
+        cpus: Some(gossipnet::sim::Cpus::new(1, 5, 50)),
+        ..held.clone()
+    };
+    let c = run(&busy);
+    assert_eq!(num(&c, "missed"), 0, "{c}");
+    assert!(p50(&c) > p50(&b), "frames wait for the CPU: {c}");
+    let (_, t3) = run_traced(&busy, true);
+    let (_, t4) = run_traced(&busy, true);
+    assert!(t3 == t4, "same flags, same actions");
 }

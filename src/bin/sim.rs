@@ -32,6 +32,16 @@ struct Args {
     /// a busy link holds frames as a real node's queue does. Without it a frame leaves at once.
     #[arg(long)]
     batching: bool,
+    /// Model N CPUs shared by every node, as processes share a machine's cores: each frame
+    /// read takes one for --frame-cost µs, each send for --send-cost µs.
+    #[arg(long)]
+    cpus: Option<usize>,
+    /// With --cpus: CPU time to read and handle one frame, in µs.
+    #[arg(long, default_value_t = 20)]
+    frame_cost: u64,
+    /// With --cpus: CPU time of one send (a system call and the receiver's wake-up), in µs.
+    #[arg(long, default_value_t = 50)]
+    send_cost: u64,
     /// Seed of the run's randomness: the same flags give the same summary (wall_s aside).
     #[arg(long, default_value_t = 1)]
     rng: u64,
@@ -137,6 +147,9 @@ fn main() -> ExitCode {
         messages: args.messages,
         rate: args.rate,
         batching: args.batching,
+        cpus: args
+            .cpus
+            .map(|n| gossipnet::sim::Cpus::new(n, args.frame_cost, args.send_cost)),
         rng: args.rng,
         kind,
         latency,

@@ -9,9 +9,10 @@
 //! hang (the node stops reading and answering, its links stay open), and a cut between two sets
 //! of peers (frames across it are lost, dials across it time out), and with `--batching` the
 //! batch window of each connection's queue (a busy link holds frames as a real node's does,
-//! see [`World::model_batching`]). What it does not model: proof of work (admission is free),
-//! bandwidth, a queue's bounds and the time a node spends per frame (no queue fills up, no
-//! node falls behind; `Withdraw` is a no-op), the API.
+//! see [`World::model_batching`]), and with `--cpus` a pool of CPUs every node shares, as the
+//! processes of a local network share a machine ([`Cpus`]). What it does not model: proof of
+//! work (admission is free), bandwidth, a queue's bounds (no queue fills up; `Withdraw` is a
+//! no-op), the API.
 //!
 //! Everything is deterministic: one RNG seeded from `--rng` draws latencies and the scenario,
 //! each core gets its own RNG seeded from it, every map whose order reaches an action is
@@ -132,6 +133,8 @@ enum Pending {
         nonce: u64,
         payload: crate::wire::Payload,
     },
+    /// A frame (`OnConn` or `Gossip`) that waited for a CPU and has one now (see `Cpus`).
+    Reserved(Box<Pending>),
     /// A dial reaches the acceptor.
     Accept {
         from: NodeId,
@@ -247,6 +250,46 @@ pub struct World {
     /// connection end's queue state, by the end frames arrive at.
     batching: Option<Batching>,
     queues: Vec<Queue>,
+    /// The CPUs modelled (`model_cpus`), if any.
+    cpus: Option<Cpus>,
+}
+
+/// A pool of CPUs every node shares, as a hundred processes share the cores of one machine:
+/// a frame is read when a CPU is free and takes it for `frame` µs; each send (a frame that
+/// leaves at once, or a batch at the end of its window) takes one for `send` µs.
+#[derive(Debug, Clone)]
+pub struct Cpus {
+    /// When each CPU is next free.
+    free: Vec<Micros>,
+    pub frame: Micros,
+    pub send: Micros,
+}
+
+impl Cpus {
+    pub fn new(n: usize, frame: Micros, send: Micros) -> Cpus {
+        Cpus {
+            free: vec![0; n.max(1)],
+            frame,
+            send,
+        }
+    }
+
+    /// The CPU free first, and when.
+    fn first_free(&self) -> (usize, Micros) {
+        let mut best = (0, self.free[0]);
+        for (i, f) in self.free.iter().enumerate() {
+            if *f < best.1 {
+                best = (i, *f);
+            }
+        }
+        best
+    }
+
+    /// Takes the first free CPU for `cost` from `at` (or from when it is free).
+    fn charge(&mut self, at: Micros, cost: Micros) {
+        let (i, f) = self.first_free();
+        self.free[i] = f.max(at) + cost;
+    }
 }
 
 /// What the model of a connection's send queue keeps (see `World::depart`).
@@ -308,6 +351,7 @@ impl World {
             trace: None,
             batching: None,
             queues: Vec::new(),
+            cpus: None,
         };
         // The seeds' keys are in the config, as the demo writes them into `seeds.yaml`: peers
         // check the certificates in the seeds' lists with them.
@@ -595,10 +639,38 @@ impl World {
         });
     }
 
+    /// Models CPUs shared by every node (see [`Cpus`]).
+    pub fn model_cpus(&mut self, cpus: Cpus) {
+        self.cpus = Some(cpus);
+    }
+
+    /// With CPUs modelled, for a frame that arrived now (and has no CPU yet: not
+    /// `reserved`): the first free CPU is taken for reading it, and if that is later than now,
+    /// when (the frame waits until then, in the order frames arrived).
+    fn cpu_wait(&mut self, reserved: bool) -> Option<Micros> {
+        if reserved {
+            return None;
+        }
+        let now = self.now;
+        let cpus = self.cpus.as_mut()?;
+        let (i, f) = cpus.first_free();
+        let start = f.max(now);
+        cpus.free[i] = start + cpus.frame;
+        (start > now).then_some(start)
+    }
+
+    fn charge_send(&mut self, at: Micros) {
+        if let Some(c) = &mut self.cpus {
+            let cost = c.send;
+            c.charge(at, cost);
+        }
+    }
+
     /// When a frame queued now for connection end `conn` leaves the sender.
     fn depart(&mut self, conn: ConnId) -> Micros {
         let now = self.now;
         let Some(batching) = self.batching else {
+            self.charge_send(now);
             return now;
         };
         let i = conn as usize;
@@ -627,7 +699,7 @@ impl World {
             q.flush_at = None;
         }
         let window = micros(batching.window(q.rate));
-        match q.last_send {
+        let at = match q.last_send {
             Some(t) if now < t + window => {
                 q.flush_at = Some(t + window);
                 t + window
@@ -636,7 +708,11 @@ impl World {
                 q.last_send = Some(now);
                 now
             }
-        }
+        };
+        // A send held for the window's end is charged now: a CPU taken from now until then
+        // would model a machine idle in between.
+        self.charge_send(now);
+        at
     }
 
     /// Schedules `what` (arriving at connection end `conn`) as `send_on` does.
@@ -665,6 +741,10 @@ impl World {
     ) -> Option<scenario::Step> {
         while let Some(what) = self.next_due(until) {
             self.prefetch();
+            let (what, reserved) = match what {
+                Pending::Reserved(what) => (*what, true),
+                what => (what, false),
+            };
             match what {
                 Pending::Deliver { node, event } => self.deliver(node, *event, observe),
                 Pending::Timer { node, timer } => {
@@ -682,6 +762,11 @@ impl World {
                         self.conns[conn as usize].open = false;
                     }
                     if matches!(*event, Event::Frame { .. }) {
+                        if let Some(at) = self.cpu_wait(reserved) {
+                            let what = Pending::OnConn { conn, event };
+                            self.push(at, Pending::Reserved(Box::new(what)));
+                            continue;
+                        }
                         self.frames += 1;
                         if self.blocked(
                             node,
@@ -699,10 +784,21 @@ impl World {
                     nonce,
                     payload,
                 } => {
-                    let end = &self.conns[conn as usize];
-                    if !end.open {
+                    if !self.conns[conn as usize].open {
                         continue;
                     }
+                    if let Some(at) = self.cpu_wait(reserved) {
+                        let what = Pending::Gossip {
+                            conn,
+                            data_type,
+                            ttl,
+                            nonce,
+                            payload,
+                        };
+                        self.push(at, Pending::Reserved(Box::new(what)));
+                        continue;
+                    }
+                    let end = &self.conns[conn as usize];
                     let node = end.node;
                     self.frames += 1;
                     if self.blocked(node, self.conns[end.other as usize].node) {
@@ -718,6 +814,8 @@ impl World {
                 }
                 Pending::Accept { from, to, purpose } => self.accept(from, to, purpose, observe),
                 Pending::Step(st) => return Some(*st),
+                // Unwrapped above; a frame is reserved once.
+                Pending::Reserved(_) => {}
             }
         }
         self.advance(self.now.max(until));

@@ -101,6 +101,8 @@ pub struct Params {
     pub rate: Option<f64>,
     /// Model the batch window of every connection's queue (see `World::batching`).
     pub batching: bool,
+    /// Model CPUs every node shares (see `World::model_cpus`).
+    pub cpus: Option<crate::sim::Cpus>,
     pub rng: u64,
     pub kind: Kind,
     pub latency: (Duration, Duration),
@@ -249,6 +251,9 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
     let mut w = World::new(config, p.seeds.max(1), p.latency, p.rng);
     if p.batching {
         w.model_batching();
+    }
+    if let Some(c) = &p.cpus {
+        w.model_cpus(c.clone());
     }
     if trace {
         w.trace = Some(Vec::new());
