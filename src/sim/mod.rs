@@ -631,7 +631,7 @@ impl World {
     /// with the config's `gossip.batch_window` and `gossip.max_batch_window`): a frame queued
     /// less than a window after the last send leaves at the window's end, with every other
     /// frame queued meanwhile. What it leaves out: a queue's bounds and its half-full rule
-    /// (sends at once), the writer thread, and the time a node spends on each frame.
+    /// (sends at once) and the writer thread; the time nodes spend is `model_cpus`'.
     pub fn model_batching(&mut self) {
         self.batching = Some(Batching {
             min: self.config.gossip.batch_window,
@@ -644,9 +644,10 @@ impl World {
         self.cpus = Some(cpus);
     }
 
-    /// With CPUs modelled, for a frame that arrived now (and has no CPU yet: not
+    /// With CPUs modelled, for a frame (or a close) that arrived now and has no CPU yet (not
     /// `reserved`): the first free CPU is taken for reading it, and if that is later than now,
-    /// when (the frame waits until then, in the order frames arrived).
+    /// when (it waits until then; waits end in the order frames arrived, as first-free times
+    /// only grow).
     fn cpu_wait(&mut self, reserved: bool) -> Option<Micros> {
         if reserved {
             return None;
@@ -758,15 +759,16 @@ impl World {
                         continue;
                     }
                     let node = end.node;
+                    // A close waits for a CPU too: it must not overtake the frames before it.
+                    if let Some(at) = self.cpu_wait(reserved) {
+                        let what = Pending::OnConn { conn, event };
+                        self.push(at, Pending::Reserved(Box::new(what)));
+                        continue;
+                    }
                     if matches!(*event, Event::Closed { .. }) {
                         self.conns[conn as usize].open = false;
                     }
                     if matches!(*event, Event::Frame { .. }) {
-                        if let Some(at) = self.cpu_wait(reserved) {
-                            let what = Pending::OnConn { conn, event };
-                            self.push(at, Pending::Reserved(Box::new(what)));
-                            continue;
-                        }
                         self.frames += 1;
                         if self.blocked(
                             node,
