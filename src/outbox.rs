@@ -54,10 +54,8 @@ struct State {
     /// Withdrawn frames still in `queue`: left out (all in one pass) just before the frames go
     /// to the socket, so a withdrawal costs a lookup, not a move of the queue behind it.
     gone: usize,
-    /// Frames queued per second, smoothed over about `RATE_TAU`.
-    rate: f64,
-    /// Frames queued since `rate` was last updated, and when that was.
-    counted: u32,
+    /// Frames queued per second, and when that was last updated.
+    rate: FrameRate,
     rate_at: Option<Instant>,
 }
 
@@ -78,9 +76,37 @@ fn id_key(id: &[u8; 32]) -> u64 {
 }
 
 /// The rate is updated at most this often (seconds) ...
-pub(crate) const RATE_SAMPLE: f64 = 0.01;
+const RATE_SAMPLE: f64 = 0.01;
 /// ... and smoothed over about this long (seconds).
-pub(crate) const RATE_TAU: f64 = 0.25;
+const RATE_TAU: f64 = 0.25;
+
+/// Frames a second on a link, smoothed over about [`RATE_TAU`]: what its batch window grows
+/// with. The time of the last update is the caller's (an `Instant` here, virtual time in the
+/// simulator, which models these queues).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FrameRate {
+    pub rate: f64,
+    /// Frames counted since the last update.
+    counted: u32,
+}
+
+impl FrameRate {
+    pub fn count(&mut self) {
+        self.counted += 1;
+    }
+
+    /// `dt` seconds after the last update: true when updated (the update time is now), false
+    /// when that was less than [`RATE_SAMPLE`] ago.
+    pub fn update(&mut self, dt: f64) -> bool {
+        if dt < RATE_SAMPLE {
+            return false;
+        }
+        let sample = f64::from(self.counted) / dt;
+        self.rate += (1.0 - (-dt / RATE_TAU).exp()) * (sample - self.rate);
+        self.counted = 0;
+        true
+    }
+}
 
 impl State {
     /// Leaves withdrawn frames out of `queue` and forgets which frames could be withdrawn:
@@ -106,18 +132,16 @@ impl State {
     }
 
     fn update_rate(&mut self, now: Instant) {
-        let Some(since) = self.rate_at else {
-            self.rate_at = Some(now);
-            return;
+        let updated = match self.rate_at {
+            None => true,
+            Some(since) => {
+                let dt = now.saturating_duration_since(since).as_secs_f64();
+                self.rate.update(dt)
+            }
         };
-        let dt = now.saturating_duration_since(since).as_secs_f64();
-        if dt < RATE_SAMPLE {
-            return;
+        if updated {
+            self.rate_at = Some(now);
         }
-        let sample = f64::from(self.counted) / dt;
-        self.rate += (1.0 - (-dt / RATE_TAU).exp()) * (sample - self.rate);
-        self.counted = 0;
-        self.rate_at = Some(now);
     }
 }
 
@@ -337,7 +361,7 @@ impl Outbox {
             gone: false,
         });
         s.frames += 1;
-        s.counted += 1;
+        s.rate.count();
         self.wake_if_half_full(&s);
         true
     }
@@ -392,7 +416,7 @@ impl Outbox {
         if s.scheduled {
             return When::Scheduled;
         }
-        let window = batching.window(s.rate);
+        let window = batching.window(s.rate.rate);
         match s.last_send {
             Some(t) if now < t + window => {
                 s.scheduled = true;
@@ -484,7 +508,7 @@ impl Outbox {
                 } else {
                     let now = Instant::now();
                     s.update_rate(now);
-                    let window = batching.window(s.rate);
+                    let window = batching.window(s.rate.rate);
                     let ends = s.last_send.map(|t| t + window).filter(|e| *e > now);
                     if let Some(ends) = ends.filter(|_| !self.half_full(&s)) {
                         self.wake.wait_until(&mut s, ends);

@@ -71,8 +71,6 @@ struct Held {
     /// has it is not asked for it, but nobody is sent it from here. It is still shown to a
     /// local client that subscribes to its type later.
     offered: bool,
-    /// Counted in the digest (held for [`SETTLE`] already).
-    settled: bool,
 }
 
 impl Held {
@@ -92,8 +90,9 @@ struct Bucket {
     summary: Summary,
     /// Oldest first.
     items: VecDeque<Held>,
-    /// The first `settled` items are the settled ones: items enter a bucket and settle in the
-    /// order they arrived, and leave it oldest first.
+    /// The first `settled` items are the settled ones, counted in the digest (held for
+    /// [`SETTLE`] already): items enter a bucket and settle in the order they arrived, and
+    /// leave it oldest first.
     settled: usize,
 }
 
@@ -145,8 +144,7 @@ impl History {
             let bucket = &mut self.buckets[bucket_of(short)];
             // The oldest unsettled item of its bucket, unless the bounds took it already.
             let next = bucket.settled;
-            if let Some(h) = bucket.items.get_mut(next).filter(|h| h.id == id) {
-                h.settled = true;
+            if bucket.items.get(next).is_some_and(|h| h.id == id) {
                 bucket.settled += 1;
                 bucket.summary.count += 1;
                 bucket.summary.sum = bucket.summary.sum.wrapping_add(short);
@@ -215,7 +213,6 @@ impl History {
                 payload: item.payload.clone(),
             },
             offered,
-            settled: false,
         });
         self.order.push_back(b as u8);
         // Also keeps `unsettled` to the items of the last `settle`, when nothing asks for a
@@ -262,11 +259,11 @@ impl History {
         };
         let bucket = &mut self.buckets[b as usize];
         if let Some(held) = bucket.items.pop_front() {
-            let short = short_id(&held.id);
-            if held.settled {
+            // The oldest of its bucket: settled if any is.
+            if bucket.settled > 0 {
                 bucket.settled -= 1;
                 bucket.summary.count -= 1;
-                bucket.summary.sum = bucket.summary.sum.wrapping_sub(short);
+                bucket.summary.sum = bucket.summary.sum.wrapping_sub(short_id(&held.id));
             }
             self.bytes -= held.data.payload.len();
         }
@@ -292,10 +289,12 @@ impl History {
                 continue;
             }
             let offered = || {
+                // The settled ones are the first `settled`.
                 bucket
                     .items
                     .iter()
-                    .filter(|h| h.offered && h.settled)
+                    .take(bucket.settled)
+                    .filter(|h| h.offered)
                     .map(|h| short_id(&h.id))
             };
             let n = offered().count();

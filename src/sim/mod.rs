@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::node::{
     Action, CloseReason, ConnId, Core, DialError, Event, Now, Purpose, Remote, Timer,
 };
-use crate::outbox::{Batching, RATE_SAMPLE, RATE_TAU};
+use crate::outbox::{Batching, FrameRate};
 use crate::peer::PeerCore;
 use crate::seed::SeedCore;
 use crate::wire::{Msg, PublicKey, Role};
@@ -299,9 +299,8 @@ struct Queue {
     last_send: Option<Micros>,
     /// The end of the window frames are held for now, if any.
     flush_at: Option<Micros>,
-    /// Frames queued a second, smoothed as the real queue does.
-    rate: f64,
-    counted: u32,
+    /// Frames queued a second, as the real queue counts them, and when last updated.
+    rate: FrameRate,
     rate_at: Option<Micros>,
 }
 
@@ -679,18 +678,13 @@ impl World {
             self.queues.resize(i + 1, Queue::default());
         }
         let q = &mut self.queues[i];
-        q.counted += 1;
-        match q.rate_at {
-            None => q.rate_at = Some(now),
-            Some(since) => {
-                let dt = now.saturating_sub(since) as f64 / 1e6;
-                if dt >= RATE_SAMPLE {
-                    let sample = f64::from(q.counted) / dt;
-                    q.rate += (1.0 - (-dt / RATE_TAU).exp()) * (sample - q.rate);
-                    q.counted = 0;
-                    q.rate_at = Some(now);
-                }
-            }
+        q.rate.count();
+        let updated = match q.rate_at {
+            None => true,
+            Some(since) => q.rate.update(now.saturating_sub(since) as f64 / 1e6),
+        };
+        if updated {
+            q.rate_at = Some(now);
         }
         if let Some(at) = q.flush_at {
             if at >= now {
@@ -699,7 +693,7 @@ impl World {
             q.last_send = Some(at);
             q.flush_at = None;
         }
-        let window = micros(batching.window(q.rate));
+        let window = micros(batching.window(q.rate.rate));
         let at = match q.last_send {
             Some(t) if now < t + window => {
                 q.flush_at = Some(t + window);
