@@ -24,6 +24,8 @@ def pct(v, q):
     return v[min(len(v) - 1, int(len(v) * q))]
 
 
+if len(sys.argv) != 2:
+    sys.exit(__doc__)
 run = sys.argv[1]
 at, parent, generated, via = {}, {}, {}, {}
 for f in glob.glob(run + "/peer-*.jsonl"):
