@@ -106,6 +106,12 @@ impl FrameRate {
         self.counted = 0;
         true
     }
+
+    /// As `update`, `dt` seconds after the last update if there was one; true when the
+    /// caller is to take now as the time of the last update (always at the first).
+    pub fn update_since(&mut self, dt: Option<f64>) -> bool {
+        dt.is_none_or(|dt| self.update(dt))
+    }
 }
 
 impl State {
@@ -132,14 +138,10 @@ impl State {
     }
 
     fn update_rate(&mut self, now: Instant) {
-        let updated = match self.rate_at {
-            None => true,
-            Some(since) => {
-                let dt = now.saturating_duration_since(since).as_secs_f64();
-                self.rate.update(dt)
-            }
-        };
-        if updated {
+        let dt = self
+            .rate_at
+            .map(|since| now.saturating_duration_since(since).as_secs_f64());
+        if self.rate.update_since(dt) {
             self.rate_at = Some(now);
         }
     }

@@ -285,10 +285,13 @@ impl Cpus {
         best
     }
 
-    /// Takes the first free CPU for `cost` from `at` (or from when it is free).
-    fn charge(&mut self, at: Micros, cost: Micros) {
+    /// Takes the first free CPU for `cost` from `at` (or from when it is free); when the
+    /// work starts.
+    fn take(&mut self, at: Micros, cost: Micros) -> Micros {
         let (i, f) = self.first_free();
-        self.free[i] = f.max(at) + cost;
+        let start = f.max(at);
+        self.free[i] = start + cost;
+        start
     }
 }
 
@@ -653,16 +656,13 @@ impl World {
         }
         let now = self.now;
         let cpus = self.cpus.as_mut()?;
-        let (i, f) = cpus.first_free();
-        let start = f.max(now);
-        cpus.free[i] = start + cpus.frame;
+        let start = cpus.take(now, cpus.frame);
         (start > now).then_some(start)
     }
 
     fn charge_send(&mut self, at: Micros) {
         if let Some(c) = &mut self.cpus {
-            let cost = c.send;
-            c.charge(at, cost);
+            c.take(at, c.send);
         }
     }
 
@@ -679,11 +679,10 @@ impl World {
         }
         let q = &mut self.queues[i];
         q.rate.count();
-        let updated = match q.rate_at {
-            None => true,
-            Some(since) => q.rate.update(now.saturating_sub(since) as f64 / 1e6),
-        };
-        if updated {
+        let dt = q
+            .rate_at
+            .map(|since| now.saturating_sub(since) as f64 / 1e6);
+        if q.rate.update_since(dt) {
             q.rate_at = Some(now);
         }
         if let Some(at) = q.flush_at {
