@@ -1054,7 +1054,7 @@ struct Args {
     #[command(subcommand)]
     what: What,
     /// `gossip.mode` of every peer (latency and throughput).
-    #[arg(long, global = true, default_value = "flood", value_parser = ["flood", "tree"])]
+    #[arg(long, global = true, default_value = "flood", value_parser = ["flood", "tree", "rooted"])]
     mode: String,
 }
 

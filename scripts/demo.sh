@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs a local gossipnet network on 127.0.0.1 and shows it working.
 #
-#   scripts/demo.sh [--seeds N] [--peers N] [--kill K] [--fast] [--mode flood|tree] [--hosts H] [--duration S] [--out DIR]
+#   scripts/demo.sh [--seeds N] [--peers N] [--kill K] [--fast] [--mode flood|tree|rooted] [--hosts H] [--duration S] [--out DIR]
 #
 # Builds the release binaries, writes the run's seeds.yaml into the run directory, starts the
 # seeds and then the peers, shows live progress on one line, optionally kills K peers mid-run
@@ -44,7 +44,7 @@ for v in SEEDS PEERS KILL HOSTS; do
 done
 [[ -z "$DURATION" || $DURATION =~ ^[0-9]+$ ]] || { echo "demo.sh: --duration takes whole seconds" >&2; exit 2; }
 (( SEEDS >= 1 )) || { echo "demo.sh: at least one seed" >&2; exit 2; }
-[[ $MODE == flood || $MODE == tree ]] || { echo "demo.sh: --mode is flood or tree (gossip.mode)" >&2; exit 2; }
+[[ $MODE == flood || $MODE == tree || $MODE == rooted ]] || { echo "demo.sh: --mode is flood, tree or rooted (gossip.mode)" >&2; exit 2; }
 if (( HOSTS )); then
   (( HOSTS >= 2 )) || { echo "demo.sh: --hosts needs at least 2 (seeds on one, peers on the others)" >&2; exit 2; }
   [[ $(id -u) == 0 ]] || { echo "demo.sh: --hosts builds network namespaces and needs root" >&2; exit 2; }

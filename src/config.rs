@@ -43,6 +43,9 @@ pub enum GossipMode {
     Flood,
     /// Whole items along a spanning tree, ids to the other neighbours (`peer::tree`).
     Tree,
+    /// Tree mode whose tree hangs from the oldest peer, each peer by its nearest neighbour
+    /// (`peer::tree`, the rooted shape): the same for every origin, not shaped by prunes.
+    Rooted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +66,8 @@ pub struct GossipConfig {
     /// (see `outbox::Batching`) up to `max_batch_window`. Zero (both) never holds.
     pub batch_window: Duration,
     pub max_batch_window: Duration,
-    /// How items spread: the assignment's flooding, or Plumtree's tree push.
+    /// How items spread: the assignment's flooding, Plumtree's tree push, or a tree push
+    /// along a tree rooted at the oldest peer.
     pub mode: GossipMode,
     /// Tree mode: how long an id announced by a lazy neighbour may stay missing before it is
     /// grafted.
@@ -664,9 +668,10 @@ impl RawConfig {
                 Some(leaf) => match leaf.value.trim() {
                     "flood" => GossipMode::Flood,
                     "tree" => GossipMode::Tree,
+                    "rooted" => GossipMode::Rooted,
                     other => {
                         return Err(ConfigError(format!(
-                            "gossip.mode: expected \"flood\" or \"tree\", got \"{other}\" {}",
+                            "gossip.mode: expected \"flood\", \"tree\" or \"rooted\", got \"{other}\" {}",
                             at(leaf)
                         )))
                     }

@@ -700,13 +700,22 @@ mod tests {
             acceptor_key: [1; 32],
         };
         assert_eq!(
-            con.on_challenge(with(40, 4, 4), a(ACCEPTOR), None).err(),
+            con.on_challenge(
+                with(40, PROTOCOL_VERSION, PROTOCOL_VERSION),
+                a(ACCEPTOR),
+                None
+            )
+            .err(),
             Some(HandshakeError::TooHard { asked: 40, max: 24 })
         );
         // A seed does no work, so any difficulty is fine to it.
         let seed_key = NodeKey::from_secret([3; 32]);
         assert!(connector(&seed_key, Role::Seed)
-            .on_challenge(with(40, 4, 4), a(ACCEPTOR), None)
+            .on_challenge(
+                with(40, PROTOCOL_VERSION, PROTOCOL_VERSION),
+                a(ACCEPTOR),
+                None
+            )
             .is_ok());
         assert_eq!(
             con.on_challenge(with(0, 1, 9), a(ACCEPTOR), None)
@@ -715,16 +724,16 @@ mod tests {
             PROTOCOL_VERSION
         );
         assert!(matches!(
-            con.on_challenge(with(0, 5, 9), a(ACCEPTOR), None),
+            con.on_challenge(with(0, PROTOCOL_VERSION + 1, 9), a(ACCEPTOR), None),
             Err(HandshakeError::NoCommonVersion { .. })
         ));
         assert!(matches!(
             con.on_challenge(with(0, 1, 1), a(ACCEPTOR), None),
             Err(HandshakeError::NoCommonVersion { .. })
         ));
-        // Version 2's items have no nonce, version 3's peer lists no certificates: neither is
-        // talked to.
-        for old in [2, 3] {
+        // Version 2's items have no nonce, version 3's peer lists no certificates, version 4
+        // has no `TreeRoot`: none is talked to.
+        for old in [2, 3, 4] {
             assert!(matches!(
                 con.on_challenge(with(0, old, old), a(ACCEPTOR), None),
                 Err(HandshakeError::NoCommonVersion { .. })

@@ -366,6 +366,12 @@ pub trait Core: Send + 'static {
         None
     }
 
+    /// Rooted mode: the root this peer's tree hangs from and its distance to it in links.
+    /// `None` in the other modes, before a peer's first neighbour, and for seeds.
+    fn tree_root(&self) -> Option<(SocketAddr, u8)> {
+        None
+    }
+
     /// After `Event::Shutdown`: a goodbye the core could not send yet (a peer's `Leave` with
     /// no seed connection up) and is dialing for. The runtime keeps serving events for a
     /// bounded while (`pow.timeout`) until this is false, then stops.

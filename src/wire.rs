@@ -9,8 +9,8 @@ use std::fmt;
 use std::net::SocketAddr;
 
 /// Protocol versions this build speaks (negotiated in the handshake).
-pub const PROTOCOL_VERSION: u16 = 4;
-pub const MIN_PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
+pub const MIN_PROTOCOL_VERSION: u16 = 5;
 /// Bytes of the length prefix.
 pub const LEN_PREFIX: usize = 4;
 /// Bound on entries in one peer list or sync frame, so one frame stays far below the limit.
@@ -292,6 +292,20 @@ pub enum Msg {
     },
     /// Tree mode: you are on a redundant path; send me ids only.
     Prune,
+    /// Rooted mode: the root this peer's tree hangs from, the root's sequence number it
+    /// carries, its distance to the root in links (32 and over: none), whether the receiver
+    /// is its parent (its next link towards the root), and whether it asks for a newer
+    /// number (flags byte: bit 0 parent, bit 1 want; the other bits zero).
+    TreeRoot {
+        root: SocketAddr,
+        /// When the root's first neighbour link came up (unix ms): the oldest root wins, so
+        /// newcomers do not reshape the tree.
+        since: u64,
+        seq: u32,
+        dist: u8,
+        parent: bool,
+        want: bool,
+    },
     /// Catch-up, step 1: a summary of every bucket of the sender's history.
     SyncDigest {
         buckets: Vec<Summary>,
@@ -349,6 +363,7 @@ mod tag {
     pub const IHAVE: u8 = 0x27;
     pub const GRAFT: u8 = 0x28;
     pub const PRUNE: u8 = 0x29;
+    pub const TREE_ROOT: u8 = 0x2A;
     pub const VOTE: u8 = 0x30;
     pub const SYNC: u8 = 0x31;
 }
@@ -379,6 +394,7 @@ impl Msg {
             Msg::IHave { .. } => "IHave",
             Msg::Graft { .. } => "Graft",
             Msg::Prune => "Prune",
+            Msg::TreeRoot { .. } => "TreeRoot",
             Msg::Vote { .. } => "Vote",
             Msg::Sync { .. } => "Sync",
         }
@@ -557,6 +573,21 @@ impl Msg {
                 }
             }
             Msg::Prune => out.push(tag::PRUNE),
+            Msg::TreeRoot {
+                root,
+                since,
+                seq,
+                dist,
+                parent,
+                want,
+            } => {
+                out.push(tag::TREE_ROOT);
+                put_addr(out, root);
+                out.extend_from_slice(&since.to_be_bytes());
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.push(*dist);
+                out.push(u8::from(*parent) | u8::from(*want) << 1);
+            }
             Msg::SyncItem {
                 data_type,
                 ttl,
@@ -694,6 +725,21 @@ impl Msg {
                 }
             }
             tag::PRUNE => Msg::Prune,
+            tag::TREE_ROOT => {
+                let (root, since, seq, dist) = (r.addr()?, r.u64()?, r.u32()?, r.u8()?);
+                let flags = r.u8()?;
+                if flags > 0b11 {
+                    return Err(WireError::BadValue("TreeRoot flags", flags.into()));
+                }
+                Msg::TreeRoot {
+                    root,
+                    since,
+                    seq,
+                    dist,
+                    parent: flags & 1 != 0,
+                    want: flags & 2 != 0,
+                }
+            }
             tag::SYNC_ITEM => Msg::SyncItem {
                 data_type: r.u16()?,
                 ttl: r.u8()?,
@@ -1084,6 +1130,14 @@ mod tests {
             },
             Msg::Graft { ids: vec![[3; 32]] },
             Msg::Prune,
+            Msg::TreeRoot {
+                root: "127.0.0.1:9101".parse().unwrap(),
+                since: 1_795_313_883_123,
+                seq: 41,
+                dist: 3,
+                parent: true,
+                want: true,
+            },
             Msg::SyncItem {
                 data_type: 0,
                 ttl: 2,

@@ -319,10 +319,21 @@ fn a_false_dead_report_is_refused() {
 
 #[test]
 fn tree_mode_delivers_every_message_to_every_peer_once_with_fewer_duplicates() {
-    let (net, peers, connected_at) = ten_peers_gossip(
-        "gossip: { interval: 100ms, count: 40, mode: tree, sync_interval: 0s }\nliveness: { interval: 500ms, misses: 3 }\npow: { difficulty: 8, timeout: 3s }\nstats: { interval: 500ms }",
-        40,
+    tree_delivers_everything_once("tree");
+}
+
+#[test]
+fn rooted_mode_delivers_every_message_to_every_peer_once_with_fewer_duplicates() {
+    tree_delivers_everything_once("rooted");
+}
+
+/// Tree or rooted mode (`mode`): every message to every peer, once each, with fewer
+/// duplicates than flooding, catch-up off.
+fn tree_delivers_everything_once(mode: &str) {
+    let config = format!(
+        "gossip: {{ interval: 100ms, count: 40, mode: {mode}, sync_interval: 0s }}\nliveness: {{ interval: 500ms, misses: 3 }}\npow: {{ difficulty: 8, timeout: 3s }}\nstats: {{ interval: 500ms }}"
     );
+    let (net, peers, connected_at) = ten_peers_gossip(&config, 40);
     // Catch-up is off: what arrives came by the tree (pushes and grafts).
     let late: Vec<_> = sent_after(&net, &peers, connected_at);
     assert!(late.len() > 100, "{}", late.len());
@@ -341,7 +352,7 @@ fn tree_mode_delivers_every_message_to_every_peer_once_with_fewer_duplicates() {
     assert_eq!(summary.coverage, 1.0, "{summary:?}");
     assert!(
         summary.duplicates_per_delivery < 1.0,
-        "tree mode should prune redundant pushes: {summary:?}"
+        "{mode} mode should push along a tree: {summary:?}"
     );
     // Each peer says how its tree stands: prunes sent, ids grafted, neighbours still eager.
     for p in &peers {

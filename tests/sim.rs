@@ -159,6 +159,59 @@ fn tree_mode_delivers_everything_with_few_duplicates_steady_and_under_churn() {
     assert_eq!(num(&s, "false_removals"), 0, "{s}");
 }
 
+fn rooted(kind: Kind, peers: usize, messages: usize, rng: u64) -> Params {
+    let mut p = params(kind, peers, messages, rng);
+    p.config = Config::parse("seeds: [\"127.0.0.1:9001\"]\ngossip: { mode: rooted }\n").unwrap();
+    p
+}
+
+#[test]
+fn rooted_mode_is_one_tree_with_no_duplicates_in_steady_state() {
+    let s = run(&rooted(Kind::Steady, 1000, 100, 7));
+    assert_eq!(num(&s, "missed"), 0, "{s}");
+    assert_eq!(
+        num(&s, "caught_up"),
+        0,
+        "the tree alone carried every item: {s}"
+    );
+    assert_eq!(num(&s, "tree_roots"), 1, "{s}");
+    // A spanning tree: one parent per peer but the root, seen from both ends.
+    assert_eq!(num(&s, "tree_eager_links"), 2 * (1000 - 1), "{s}");
+    let dups = s["duplicates_per_delivery"].as_f64().unwrap();
+    assert!(dups <= 0.01, "{s}");
+    let tree = run(&tree(Kind::Steady, 1000, 100, 7));
+    assert!(
+        num(&s, "last_delivery_hop_max") <= num(&tree, "last_delivery_hop_max"),
+        "rooted {s}\ntree {tree}"
+    );
+}
+
+#[test]
+fn rooted_mode_misses_nothing_under_churn_partition_and_the_loss_of_its_root() {
+    for kind in [Kind::Churn, Kind::Partition, Kind::CrashRoot, Kind::Hang] {
+        let s = run(&rooted(kind, 500, 100, 5));
+        assert_eq!(num(&s, "missed"), 0, "{s}");
+        assert_eq!(num(&s, "false_removals"), 0, "{s}");
+        assert_eq!(num(&s, "tree_roots"), 1, "one tree again at the end: {s}");
+    }
+}
+
+#[test]
+fn rooted_mode_replaces_a_lost_root_without_counting_to_infinity() {
+    // Without sequence numbers the peers would take each other's stale routes to the crashed
+    // root, one link longer each round, up to 32: thousands of frames a peer.
+    let steady = run(&rooted(Kind::Steady, 300, 100, 2));
+    let crash = run(&rooted(Kind::CrashRoot, 300, 100, 2));
+    assert_eq!(num(&crash, "missed"), 0, "{crash}");
+    assert_eq!(num(&crash, "tree_roots"), 1, "{crash}");
+    // The crash run lasts longer (detection): compare frames a virtual second.
+    let rate = |s: &Value| num(s, "frames") as f64 / s["virtual_s"].as_f64().unwrap();
+    assert!(
+        rate(&crash) < rate(&steady) * 2.0,
+        "crash {crash}\nsteady {steady}"
+    );
+}
+
 #[test]
 fn a_modelled_batch_window_holds_busy_links_and_loses_nothing() {
     // 1,000 items a second: every link is busy, so with the batch window modelled frames

@@ -21,6 +21,7 @@ use crate::peer::history::{short_id, History, MAX_SYNC_IDS};
 use crate::peer::liveness::Liveness;
 use crate::peer::overlay::{Admit, Joined, LinkKind, Overlay, DUPLICATE_LINK, YOUNG_LINK};
 use crate::peer::records;
+use crate::peer::rooted::{Place, Tell};
 use crate::peer::seeds::{SeedSessions, REGISTER_RETRY, SPARE_AFTER};
 use crate::peer::tree::{Tree, MAX_IDS};
 use crate::texts::{self, TEXT_DATA_TYPE};
@@ -110,8 +111,10 @@ pub struct PeerCore {
 
 impl PeerCore {
     pub fn new(me: SocketAddr, config: Config, mut rng: StdRng) -> Self {
-        let tree = (config.gossip.mode == GossipMode::Tree)
-            .then(|| Tree::new(config.gossip.graft_timeout, rng.gen()));
+        let tree = matches!(config.gossip.mode, GossipMode::Tree | GossipMode::Rooted).then(|| {
+            let rooted = config.gossip.mode == GossipMode::Rooted;
+            Tree::new(config.gossip.graft_timeout, rng.gen(), rooted)
+        });
         PeerCore {
             me,
             rng,
@@ -368,6 +371,7 @@ impl PeerCore {
                 if let Some(t) = &mut self.tree {
                     t.reset(&addr);
                 }
+                self.rooted_up(addr, now, out);
                 self.liveness.watch(addr);
                 out.push(records::neighbour_up(&addr).into());
                 self.arm_liveness(now, out);
@@ -390,6 +394,10 @@ impl PeerCore {
                 out.push(Action::Close { conn: loser });
                 if replaced {
                     self.liveness.watch(addr);
+                }
+                // Our place in a rooted tree may have gone out on the losing link.
+                if self.tree.as_ref().is_some_and(|t| t.rooted().is_some()) {
+                    self.announce_place(Some(addr), out);
                 }
                 // What went out on the losing link may never have been read: send it again on
                 // the link kept (the remote ignores what it already has).
@@ -439,6 +447,13 @@ impl PeerCore {
         self.liveness.unwatch(&addr);
         if let Some(t) = &mut self.tree {
             t.reset(&addr);
+        }
+        if self
+            .tree
+            .as_mut()
+            .is_some_and(|t| t.rooted_down(&addr, now.mono))
+        {
+            self.announce_place(None, out);
         }
         if close {
             out.push(Action::Close { conn });
@@ -645,7 +660,20 @@ impl PeerCore {
     fn pass_on(&mut self, item: Item, from: SocketAddr, via: Via, now: Now, out: &mut Vec<Action>) {
         match via {
             Via::Gossip => self.forward(item, Some(from), now, out),
-            Via::Sync => self.history.offer(&item, now.mono),
+            Via::Sync => {
+                self.history.offer(&item, now.mono);
+                if let Some(t) = &mut self.tree {
+                    t.caught_up(
+                        item.id,
+                        from,
+                        self.overlay.neighbours().map(|(a, _)| a),
+                        now.mono,
+                    );
+                    if let Some(wait) = t.next_wake(now.mono) {
+                        out.push(Action::timer(wait, Timer::Tree));
+                    }
+                }
+            }
         }
     }
 
@@ -696,7 +724,76 @@ impl PeerCore {
                     t.prune(from);
                 }
             }
+            Msg::TreeRoot {
+                root,
+                since,
+                seq,
+                dist,
+                parent,
+                want,
+            } => {
+                let Some(t) = &mut self.tree else {
+                    return;
+                };
+                let place = Place {
+                    root: (since, root),
+                    seq,
+                    dist,
+                };
+                let tell = t.heard_place(from, place, parent, want, now.mono);
+                if let Some(wait) = t.next_wake(now.mono) {
+                    out.push(Action::timer(wait, Timer::Tree));
+                }
+                match tell {
+                    Tell::All => self.announce_place(None, out),
+                    Tell::Parent => {
+                        let parent = t.rooted().and_then(|r| r.parent());
+                        if parent.is_some() {
+                            self.announce_place(parent, out);
+                        }
+                    }
+                    Tell::Nobody => {}
+                }
+            }
             _ => {}
+        }
+    }
+
+    /// Rooted shape: a neighbour link came up (the first starts this peer's place); the new
+    /// neighbour is told the place.
+    fn rooted_up(&mut self, addr: SocketAddr, now: Now, out: &mut Vec<Action>) {
+        let Some(t) = &mut self.tree else {
+            return;
+        };
+        t.rooted_up(self.me, now.unix_ms, now.mono);
+        if t.rooted().is_none() {
+            return;
+        }
+        if let Some(wait) = t.next_wake(now.mono) {
+            out.push(Action::timer(wait, Timer::Tree));
+        }
+        self.announce_place(Some(addr), out);
+    }
+
+    /// Tells one neighbour (or all) this peer's place in the rooted tree.
+    fn announce_place(&mut self, only: Option<SocketAddr>, out: &mut Vec<Action>) {
+        let Some(r) = self.tree.as_ref().and_then(|t| t.rooted()) else {
+            return;
+        };
+        for (n, conn) in self.overlay.neighbours() {
+            if only.is_some_and(|o| o != n) {
+                continue;
+            }
+            let (place, parent, want) = r.announcement(&n);
+            let msg = Msg::TreeRoot {
+                root: place.root.1,
+                since: place.root.0,
+                seq: place.seq,
+                dist: place.dist,
+                parent,
+                want,
+            };
+            out.push(Action::send(conn, msg));
         }
     }
 
@@ -708,6 +805,9 @@ impl PeerCore {
         let due = t.due(now.mono);
         if let Some(wait) = t.next_wake(now.mono) {
             out.push(Action::timer(wait, Timer::Tree));
+        }
+        if due.place_changed {
+            self.announce_place(None, out);
         }
         for (to, ids) in due.ihave {
             if let Some(conn) = self.overlay.conn_of(&to) {
@@ -1179,9 +1279,10 @@ impl PeerCore {
                 | Msg::SyncWant { .. }
                 | Msg::SyncItem { .. }),
             ) => self.on_catch_up(conn, addr, msg, now, out),
-            (LinkKind::Neighbour, msg @ (Msg::IHave { .. } | Msg::Graft { .. } | Msg::Prune)) => {
-                self.on_tree(conn, addr, msg, now, out)
-            }
+            (
+                LinkKind::Neighbour,
+                msg @ (Msg::IHave { .. } | Msg::Graft { .. } | Msg::Prune | Msg::TreeRoot { .. }),
+            ) => self.on_tree(conn, addr, msg, now, out),
             (LinkKind::Neighbour, Msg::Leave) => self.drop_link(conn, addr, "left", now, out),
             (LinkKind::Neighbour, Msg::Reject { reason }) => {
                 // The remote closes this link on purpose (most often the losing one of two
@@ -1520,6 +1621,10 @@ impl Core for PeerCore {
             .filter(|(a, _)| t.is_eager(a))
             .count();
         Some([t.prunes_sent, t.ids_grafted, eager as u64])
+    }
+
+    fn tree_root(&self) -> Option<(SocketAddr, u8)> {
+        self.tree.as_ref()?.root()
     }
 
     fn holds_goodbye(&self) -> bool {

@@ -5,7 +5,8 @@
 //! - `gossip`: the gossip rule, items, the message list, generation, the API gate (`apps` holds
 //!   the local applications and their validations);
 //! - `history`: the items kept for catch-up and the digest comparison neighbours run;
-//! - `tree`: `gossip.mode: tree` (Plumtree: eager and lazy neighbours, grafts, prunes);
+//! - `tree`: `gossip.mode: tree` (Plumtree: eager and lazy neighbours, grafts, prunes) and
+//!   `rooted` (pushes along a tree rooted at the oldest peer; `rooted` finds the tree);
 //! - `liveness`: the liveness rule and its round timer;
 //! - `records`: the lines and records written for people and tools;
 //! - `core`: `PeerCore`, which routes events between them and turns their answers into actions.
@@ -17,6 +18,7 @@ pub mod history;
 pub mod liveness;
 pub mod overlay;
 pub mod records;
+pub mod rooted;
 pub mod seeds;
 pub mod selection;
 pub mod tree;

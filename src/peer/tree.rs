@@ -15,18 +15,32 @@
 //! Only the lazy set is kept: every other neighbour is eager, so a new link is eager on both
 //! sides and a lost one needs no bookkeeping beyond forgetting it. What does not arrive even by
 //! grafting is left to catch-up (`history`).
+//!
+//! `gossip.mode: rooted` keeps the announcements and grafts but not the shaping: items are
+//! pushed along a tree that hangs from one root, each peer by its neighbour nearest to it
+//! (`rooted`), and never pruned. A tree shaped by which copy came first is cut when items from
+//! different origins cross (each prunes a different link of the same cycle) and deepens as
+//! repairs join it where they can; one shaped by distances to a root is neither. Each id is
+//! announced to one neighbour off the tree only (to all of them, ids would cost what
+//! flooding's duplicates cost), and grafted after ten times the timeout (pushes are never cut,
+//! so an id announced before its push came is late far more often than lost). An item that
+//! reached a peer by catch-up is announced along the tree, and grafted at once there.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use crate::peer::rooted::{Place, Rooted, Tell, REFRESH_TIMEOUTS};
 
 /// The most ids in one `IHave` or `Graft`.
 pub const MAX_IDS: usize = 4096;
 /// The most ids announced but not yet received that a peer waits for at once; announcements
 /// past it are ignored (catch-up still finds the items).
 pub const MAX_MISSING: usize = 16_384;
-/// Tree frames (`IHave`, `Graft`, `Prune`) an honest neighbour sends per `graft_timeout` at
-/// most: announcements every half timeout, grafts at most every quarter, a prune per graft.
+/// Tree frames (`IHave`, `Graft`, `Prune`, `TreeRoot`) an honest neighbour sends per
+/// `graft_timeout` at most: announcements every half timeout, grafts at most every quarter, a
+/// prune per graft (and a place in the rooted tree when it changes, rarely but in bursts,
+/// which the link's burst allowance takes).
 /// The control rate of a link allows this many on top of `limits.control_per_second`.
 pub const FRAMES_PER_TIMEOUT: u32 = 8;
 
@@ -55,17 +69,27 @@ pub struct Tree {
     /// `Prune` frames sent and ids grafted so far (for `stats`).
     pub prunes_sent: u64,
     pub ids_grafted: u64,
+    /// `gossip.mode: rooted`.
+    rooted_mode: bool,
+    /// The rooted shape, from the first neighbour link on (see `rooted`).
+    rooted: Option<Rooted>,
 }
+
+/// The rooted shape waits this many `graft_timeout`s before grafting (see `graft_wait`).
+pub const ROOTED_GRAFT_WAIT: u32 = 10;
 
 /// What the tree asks the peer to send.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct TreeOut {
     pub ihave: Vec<(SocketAddr, Vec<[u8; 32]>)>,
     pub graft: Vec<(SocketAddr, Vec<[u8; 32]>)>,
+    /// Rooted shape: this peer's place changed; every neighbour is to be told.
+    pub place_changed: bool,
 }
 
 impl Tree {
-    pub fn new(graft_timeout: Duration, salt: u64) -> Self {
+    /// `rooted`: the rooted shape (`gossip.mode: rooted`), else Plumtree's.
+    pub fn new(graft_timeout: Duration, salt: u64, rooted: bool) -> Self {
         Tree {
             salt,
             graft_timeout: graft_timeout.max(Duration::from_millis(1)),
@@ -77,10 +101,75 @@ impl Tree {
             pruned: BTreeMap::new(),
             prunes_sent: 0,
             ids_grafted: 0,
+            rooted_mode: rooted,
+            rooted: None,
         }
     }
 
+    /// How long an announced id may stay missing before its first graft (plus a share of as
+    /// much again): `graft_timeout`, and [`ROOTED_GRAFT_WAIT`] times that in the rooted shape,
+    /// whose pushes are never cut by prunes, so an id announced and not yet pushed is late in
+    /// a busy queue far more often than lost.
+    fn graft_wait(&self) -> Duration {
+        if self.rooted_mode {
+            self.graft_timeout * ROOTED_GRAFT_WAIT
+        } else {
+            self.graft_timeout
+        }
+    }
+
+    /// Rooted shape: a neighbour link came up. The first one starts this peer's place, as
+    /// the peer at `me` whose first link came up at `unix_ms`.
+    pub fn rooted_up(&mut self, me: SocketAddr, unix_ms: u64, now: Instant) {
+        if self.rooted_mode && self.rooted.is_none() {
+            let refresh = self.graft_timeout * REFRESH_TIMEOUTS;
+            self.rooted = Some(Rooted::new(me, unix_ms, refresh, now));
+        }
+    }
+
+    /// Rooted shape: a neighbour link went; true if this peer's place changed.
+    pub fn rooted_down(&mut self, addr: &SocketAddr, now: Instant) -> bool {
+        self.rooted.as_mut().is_some_and(|r| r.link_down(addr, now))
+    }
+
+    /// Rooted shape: a neighbour's place (see `Rooted::heard`); whom to tell of this
+    /// peer's own.
+    pub fn heard_place(
+        &mut self,
+        from: SocketAddr,
+        place: Place,
+        child: bool,
+        want: bool,
+        now: Instant,
+    ) -> Tell {
+        match &mut self.rooted {
+            Some(r) => r.heard(from, place, child, want, now),
+            None => Tell::Nobody,
+        }
+    }
+
+    /// Rooted shape: this peer's place in the tree.
+    pub fn rooted(&self) -> Option<&Rooted> {
+        self.rooted.as_ref()
+    }
+
+    /// The root this peer hangs from, and its distance to it.
+    pub fn root(&self) -> Option<(SocketAddr, u8)> {
+        self.rooted
+            .as_ref()
+            .map(|r| (r.place().root.1, r.place().dist))
+    }
+
+    fn in_backbone(&self, n: &SocketAddr) -> bool {
+        self.rooted.as_ref().is_some_and(|r| r.backbone(n))
+    }
+
+    /// Pushed items whole: in the rooted shape the backbone, in Plumtree's every neighbour
+    /// not pruned.
     pub fn is_eager(&self, addr: &SocketAddr) -> bool {
+        if self.rooted_mode {
+            return self.in_backbone(addr);
+        }
         !self.lazy.contains(addr)
     }
 
@@ -96,6 +185,8 @@ impl Tree {
 
     /// First receipt of `id`, pushed by `from` (`None`: generated or announced here): it is no
     /// longer missing and its sender is eager. `lazy` are the neighbours to announce it to.
+    /// In the rooted shape the backbone alone is eager, and the id goes to one lazy
+    /// neighbour.
     pub fn first_receipt(
         &mut self,
         id: [u8; 32],
@@ -104,15 +195,35 @@ impl Tree {
         now: Instant,
     ) {
         self.missing.remove(&id);
+        if self.rooted_mode {
+            // The backbone decides who is eager; the id goes to one lazy neighbour, drawn
+            // per item and peer (to all of them it would cost what flooding's duplicates
+            // cost: an id is a third of a short item's frame).
+            let targets: Vec<SocketAddr> = lazy
+                .into_iter()
+                .filter(|n| Some(*n) != from && !self.in_backbone(n))
+                .collect();
+            if !targets.is_empty() {
+                let mut h = [0u8; 8];
+                h.copy_from_slice(&id[8..16]);
+                let pick = (u64::from_le_bytes(h) ^ self.salt) % targets.len() as u64;
+                self.queue_announcement(targets[pick as usize], id, now);
+            }
+            return;
+        }
         if let Some(f) = from {
             self.lazy.remove(&f);
         }
         for n in lazy {
             if Some(n) != from && self.lazy.contains(&n) {
-                self.announce.entry(n).or_default().push(id);
-                self.announce_since.get_or_insert(now);
+                self.queue_announcement(n, id, now);
             }
         }
+    }
+
+    fn queue_announcement(&mut self, to: SocketAddr, id: [u8; 32], now: Instant) {
+        self.announce.entry(to).or_default().push(id);
+        self.announce_since.get_or_insert(now);
     }
 
     /// `id` arrived some other way (catch-up): no graft for it.
@@ -120,13 +231,41 @@ impl Tree {
         self.missing.remove(id);
     }
 
+    /// Rooted shape: `id`, new here, came by catch-up from `from`, so the tree never pushed
+    /// it here, and likely not to this peer's parent and children either (a healed
+    /// partition, a repaired cut): it is announced to them, and they graft it at once (an
+    /// announcement over the backbone means no push is coming). Grafted, it goes on as a
+    /// push along the rest of the tree. A late joiner's catch-up costs its parent only the
+    /// ids, which it has.
+    pub fn caught_up(
+        &mut self,
+        id: [u8; 32],
+        from: SocketAddr,
+        neighbours: impl IntoIterator<Item = SocketAddr>,
+        now: Instant,
+    ) {
+        if !self.rooted_mode {
+            return;
+        }
+        for n in neighbours {
+            if n != from && self.in_backbone(&n) {
+                self.queue_announcement(n, id, now);
+            }
+        }
+    }
+
     /// A repeat pushed by `from`: it is lazy from now on, and true when it must be told
     /// `Prune`: unless it was told less than a `graft_timeout` ago, whether or not it was
     /// lazy here already. A neighbour that pushes a repeat takes us for eager whatever we
     /// take it for (under load, pushes it queued before our `Prune` reached it make it eager
     /// here again and then repeats; once we have it lazy, only telling it again stops it),
-    /// and a prune per repeat would be a prune per item.
+    /// and a prune per repeat would be a prune per item. Never a backbone neighbour in the
+    /// rooted shape.
     pub fn repeat(&mut self, from: SocketAddr, now: Instant) -> bool {
+        if self.rooted_mode {
+            // Who pushes is the backbone's business: nothing to prune.
+            return false;
+        }
         self.lazy.insert(from);
         let recent = self
             .pruned
@@ -140,12 +279,15 @@ impl Tree {
         true
     }
 
+    /// `from` is told to send ids only (ignored in the rooted shape, where the backbone
+    /// decides).
     pub fn prune(&mut self, from: SocketAddr) {
         self.lazy.insert(from);
     }
 
-    /// `from` asks for items: it is eager from now on. Ids already waiting to be announced
-    /// to it still go: those items were not pushed to it.
+    /// `from` asks for items: it is eager from now on (not in the rooted shape, where the
+    /// backbone decides). Ids already waiting to be announced to it still go: those items
+    /// were not pushed to it.
     pub fn graft(&mut self, from: SocketAddr) {
         self.lazy.remove(&from);
     }
@@ -171,10 +313,16 @@ impl Tree {
             if self.missing.len() >= MAX_MISSING {
                 continue;
             }
+            // Over the backbone an id comes announced only when no push is coming.
+            let due = if self.in_backbone(&from) {
+                now
+            } else {
+                self.first_due(id, now)
+            };
             self.missing.insert(
                 *id,
                 Missing {
-                    due: self.first_due(id, now),
+                    due,
                     announcers: VecDeque::from([from]),
                 },
             );
@@ -191,7 +339,8 @@ impl Tree {
         h.copy_from_slice(&id[..8]);
         let h = (u64::from_le_bytes(h) ^ self.salt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let share = (h >> 54) as u32; // 0..1024
-        now + self.graft_timeout + self.graft_timeout * share / 1024
+        let wait = self.graft_wait();
+        now + wait + wait * share / 1024
     }
 
     /// At a wake-up: the announcements due, and grafts for ids that did not arrive in time
@@ -199,10 +348,13 @@ impl Tree {
     /// within a quarter `graft_timeout`, so grafts go a few frames a timeout, not one per id.
     pub fn due(&mut self, now: Instant) -> TreeOut {
         self.wake = None;
-        let mut out = TreeOut::default();
+        let mut out = TreeOut {
+            place_changed: self.rooted.as_mut().is_some_and(|r| r.tick(now)),
+            ..TreeOut::default()
+        };
         if self
             .announce_since
-            .is_some_and(|at| now >= at + self.graft_timeout / 2)
+            .is_some_and(|at| now >= at + (self.graft_timeout / 2))
         {
             self.announce_since = None;
             for (n, ids) in std::mem::take(&mut self.announce) {
@@ -237,9 +389,10 @@ impl Tree {
 
     /// The next wake-up to ask for, if one is needed and not already asked for (earlier).
     pub fn next_wake(&mut self, now: Instant) -> Option<Duration> {
-        let announce = self.announce_since.map(|at| at + self.graft_timeout / 2);
+        let announce = self.announce_since.map(|at| at + (self.graft_timeout / 2));
         let graft = self.missing.values().map(|m| m.due).min();
-        let at = announce.into_iter().chain(graft).min()?;
+        let tick = self.rooted.as_ref().map(Rooted::next_tick);
+        let at = announce.into_iter().chain(graft).chain(tick).min()?;
         if self.wake.is_some_and(|w| w <= at) {
             return None;
         }
@@ -260,7 +413,7 @@ mod tests {
 
     #[test]
     fn a_repeat_prunes_its_sender_once_and_a_push_or_graft_makes_it_eager_again() {
-        let mut t = Tree::new(T, 0);
+        let mut t = Tree::new(T, 0, false);
         assert!(t.is_eager(&a(1)));
         let now = Instant::now();
         assert!(t.repeat(a(1), now), "first repeat: prune");
@@ -284,7 +437,7 @@ mod tests {
     #[test]
     fn lazy_neighbours_get_ids_in_batches_after_half_the_graft_timeout() {
         let now = Instant::now();
-        let mut t = Tree::new(T, 0);
+        let mut t = Tree::new(T, 0, false);
         t.prune(a(2));
         t.prune(a(3));
         t.first_receipt([1; 32], Some(a(3)), [a(1), a(2), a(3)], now);
@@ -302,7 +455,7 @@ mod tests {
         // The item was not pushed to a(2) (it was lazy when the item came): if the queued
         // announcement were dropped when a(2) turns eager, a(2) would never hear of the item.
         let now = Instant::now();
-        let mut t = Tree::new(T, 0);
+        let mut t = Tree::new(T, 0, false);
         t.prune(a(2));
         t.prune(a(3));
         t.first_receipt([1; 32], None, [a(2), a(3)], now);
@@ -318,7 +471,7 @@ mod tests {
     #[test]
     fn an_announced_item_that_does_not_come_is_grafted_from_each_announcer_in_turn() {
         let now = Instant::now();
-        let mut t = Tree::new(T, 0);
+        let mut t = Tree::new(T, 0, false);
         t.prune(a(1));
         t.prune(a(2));
         t.ihave(a(1), &[[7; 32], [8; 32]], |id| id == &[8; 32], now);
@@ -345,7 +498,7 @@ mod tests {
     #[test]
     fn grafts_due_close_together_go_in_one_frame() {
         let now = Instant::now();
-        let mut t = Tree::new(T, 0);
+        let mut t = Tree::new(T, 0, false);
         let ids: Vec<[u8; 32]> = (0..50u8).map(|k| [k; 32]).collect();
         for (k, id) in ids.iter().enumerate() {
             t.ihave(
@@ -376,7 +529,7 @@ mod tests {
     #[test]
     fn an_item_that_arrives_is_not_grafted_and_a_lost_link_is_not_asked() {
         let now = Instant::now();
-        let mut t = Tree::new(T, 0);
+        let mut t = Tree::new(T, 0, false);
         t.ihave(a(1), &[[7; 32]], |_| false, now);
         t.ihave(a(2), &[[9; 32]], |_| false, now);
         t.first_receipt([7; 32], Some(a(3)), [], now);
@@ -387,7 +540,7 @@ mod tests {
     #[test]
     fn missing_ids_are_bounded() {
         let now = Instant::now();
-        let mut t = Tree::new(T, 0);
+        let mut t = Tree::new(T, 0, false);
         let ids: Vec<[u8; 32]> = (0..MAX_MISSING as u32 + 10)
             .map(|i| {
                 let mut id = [0u8; 32];
@@ -397,5 +550,100 @@ mod tests {
             .collect();
         t.ihave(a(1), &ids, |_| false, now);
         assert_eq!(t.missing.len(), MAX_MISSING);
+    }
+
+    /// A rooted tree at a peer (port 10) whose parent is a(1) and child a(2); a(3) and a(4)
+    /// are other neighbours.
+    fn rooted(now: Instant) -> Tree {
+        let mut t = Tree::new(T, 7, true);
+        t.rooted_up(a(10), 1000, now);
+        let root = (500, a(99));
+        let at = |seq, dist| Place { root, seq, dist };
+        t.heard_place(a(1), at(1, 1), false, false, now);
+        t.heard_place(a(2), at(1, 3), true, false, now);
+        t.heard_place(a(3), at(1, 2), false, false, now);
+        t.heard_place(a(4), at(1, 3), false, false, now);
+        assert_eq!(t.root(), Some((a(99), 2)));
+        t
+    }
+
+    #[test]
+    fn rooted_the_backbone_alone_is_eager_and_never_pruned() {
+        let now = Instant::now();
+        let mut t = rooted(now);
+        let eager: Vec<u16> = (1..=4).filter(|p| t.is_eager(&a(*p))).collect();
+        assert_eq!(eager, vec![1, 2]);
+        // Repeats prune no one; a prune or a graft changes nothing.
+        assert!(!t.repeat(a(1), now));
+        assert!(!t.repeat(a(3), now));
+        t.prune(a(2));
+        t.graft(a(3));
+        let eager: Vec<u16> = (1..=4).filter(|p| t.is_eager(&a(*p))).collect();
+        assert_eq!(eager, vec![1, 2]);
+        // Nor does a push from off the tree.
+        t.first_receipt([1; 32], Some(a(4)), (1..=4).map(a), now);
+        assert!(!t.is_eager(&a(4)));
+    }
+
+    #[test]
+    fn rooted_each_id_is_announced_to_one_neighbour_off_the_tree() {
+        let now = Instant::now();
+        let mut t = rooted(now);
+        for k in 0..64u8 {
+            t.first_receipt([k; 32], Some(a(1)), (1..=4).map(a), now);
+        }
+        let out = t.due(now + T);
+        let mut told = 0;
+        for (to, ids) in &out.ihave {
+            assert!([a(3), a(4)].contains(to), "never the backbone");
+            told += ids.len();
+        }
+        assert_eq!(told, 64, "each id once");
+        assert_eq!(out.ihave.len(), 2, "spread over both");
+    }
+
+    #[test]
+    fn rooted_ids_over_the_backbone_are_grafted_at_once_others_after_ten_timeouts() {
+        let now = Instant::now();
+        let mut t = rooted(now);
+        t.ihave(a(3), &[[1; 32]], |_| false, now);
+        t.ihave(a(1), &[[2; 32]], |_| false, now);
+        let out = t.due(now);
+        assert_eq!(out.graft, vec![(a(1), vec![[2; 32]])]);
+        assert!(t.due(now + T * 9).graft.is_empty());
+        let late = now + T * ROOTED_GRAFT_WAIT * 2;
+        assert_eq!(t.due(late).graft, vec![(a(3), vec![[1; 32]])]);
+        assert!(!t.is_eager(&a(3)), "grafting makes no one eager");
+    }
+
+    #[test]
+    fn rooted_an_item_caught_up_is_announced_along_the_backbone() {
+        let now = Instant::now();
+        let mut t = rooted(now);
+        t.caught_up([5; 32], a(3), (1..=4).map(a), now);
+        t.caught_up([6; 32], a(1), (1..=4).map(a), now);
+        let mut out = t.due(now + T).ihave;
+        out.sort();
+        assert_eq!(
+            out,
+            vec![(a(1), vec![[5; 32]]), (a(2), vec![[5; 32], [6; 32]])],
+            "to parent and child, not back to the sender"
+        );
+        // Plumtree's shape has no backbone: nothing.
+        let mut p = Tree::new(T, 0, false);
+        p.caught_up([5; 32], a(3), (1..=4).map(a), now);
+        assert!(p.due(now + T).ihave.is_empty());
+    }
+
+    #[test]
+    fn rooted_the_root_refreshes_through_the_wake_up() {
+        let now = Instant::now();
+        let mut t = Tree::new(T, 7, true);
+        t.rooted_up(a(10), 1000, now);
+        let refresh = T * REFRESH_TIMEOUTS;
+        assert_eq!(t.next_wake(now), Some(refresh));
+        assert!(!t.due(now + refresh / 2).place_changed);
+        assert!(t.due(now + refresh).place_changed);
+        assert_eq!(t.rooted().map(|r| r.place().seq), Some(1));
     }
 }

@@ -7,6 +7,8 @@
 //! - `churn`: 20% of the peers crash at random moments of the message window, and as many new
 //!   peers join at random moments of it.
 //! - `crash` / `hang`: 1% of the peers (at least one) crash, or hang, a quarter into the window.
+//! - `crash-root`: in `gossip.mode: rooted`, the root of the tree crashes a quarter into the
+//!   window (the peers must choose another); in the other modes, the first peer started.
 //! - `partition`: the peers are split in two halves at random; a quarter into the window the
 //!   overlay between the halves is cut (seeds stay reachable from both), at three quarters it
 //!   heals.
@@ -58,6 +60,7 @@ pub enum Kind {
     Steady,
     Churn,
     Crash,
+    CrashRoot,
     Hang,
     Partition,
     LateJoin,
@@ -70,6 +73,7 @@ impl Kind {
             "steady" => Kind::Steady,
             "churn" => Kind::Churn,
             "crash" => Kind::Crash,
+            "crash-root" => Kind::CrashRoot,
             "hang" => Kind::Hang,
             "partition" => Kind::Partition,
             "late-join" => Kind::LateJoin,
@@ -83,6 +87,7 @@ impl Kind {
             Kind::Steady => "steady",
             Kind::Churn => "churn",
             Kind::Crash => "crash",
+            Kind::CrashRoot => "crash-root",
             Kind::Hang => "hang",
             Kind::Partition => "partition",
             Kind::LateJoin => "late-join",
@@ -118,6 +123,8 @@ pub enum Step {
     Join(NodeId),
     Crash(NodeId),
     Hang(NodeId),
+    /// The root of the rooted tree (or the first peer) crashes.
+    CrashRoot(NodeId),
     Cut,
     Heal,
 }
@@ -201,7 +208,9 @@ impl Tally {
                 }
                 let hop = item.hops[from].saturating_add(1).min(CAUGHT_UP - 1);
                 item.hops[o.node] = hop;
-                item.last = item.last.max(o.at);
+                if item.expected.binary_search(&(o.node as u32)).is_ok() {
+                    item.last = item.last.max(o.at);
+                }
                 self.hop_max = self.hop_max.max(hop);
             }
             "gossip_sent" => {
@@ -323,6 +332,10 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
                 w.schedule(window_start + window / 4, step);
             }
         }
+        Kind::CrashRoot => {
+            faults = true;
+            w.schedule(window_start + window / 4, Step::CrashRoot(initial[0]));
+        }
         Kind::Partition => {
             for &id in &initial {
                 w.nodes[id].side = w.rng.gen_range(0..2);
@@ -383,6 +396,14 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
                 Step::Join(id) => w.start_at(w.now, id),
                 Step::Crash(id) => w.crash(id),
                 Step::Hang(id) => w.hang(id),
+                Step::CrashRoot(first) => {
+                    let root = (0..w.nodes.len()).find(|&n| {
+                        w.nodes[n].state == NodeState::Running
+                            && w.peer(n)
+                                .is_some_and(|c| c.tree_root().is_some_and(|r| r.1 == 0))
+                    });
+                    w.crash(root.unwrap_or(first));
+                }
                 Step::Cut => w.cut = true,
                 Step::Heal => w.cut = false,
             }
@@ -480,8 +501,14 @@ fn summarize(
     let mut duplicates = 0u64;
     // Tree mode: prunes sent, ids grafted, eager links at the end (summed over peers).
     let mut tree: Option<[u64; 3]> = None;
+    // Rooted mode: the roots the running peers hang from at the end (one when the tree is
+    // whole).
+    let mut roots = std::collections::BTreeSet::new();
     for n in &w.nodes {
         if let NodeCore::Peer(c) = &n.core {
+            if n.state == NodeState::Running {
+                roots.extend(c.tree_root().map(|r| r.0));
+            }
             duplicates += c.gossip_duplicates();
             if let Some(t) = c.tree_counters() {
                 let sum = tree.get_or_insert([0; 3]);
@@ -536,6 +563,9 @@ fn summarize(
         out["tree_prunes"] = json!(prunes);
         out["tree_grafted"] = json!(grafted);
         out["tree_eager_links"] = json!(eager);
+    }
+    if !roots.is_empty() {
+        out["tree_roots"] = json!(roots.len());
     }
     if !late.is_empty() {
         out["late_joiners"] = json!(late.len());

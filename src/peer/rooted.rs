@@ -1,0 +1,582 @@
+//! `gossip.mode: rooted`: where this peer hangs in a tree rooted at the oldest peer.
+//!
+//! Every peer hangs from the oldest root it hears of (a root is a peer named by when its first
+//! neighbour link came up and its address; older wins, then the lower address), by the
+//! neighbour nearest to it: a breadth-first tree, the same for every origin, not shaped by
+//! which copy of an item came first. The links to the parent and to the children (neighbours
+//! whose parent this peer is) are the *backbone*: items are pushed along it whole; every other
+//! link gets ids only (`tree`).
+//!
+//! Neighbours tell each other their place (`TreeRoot`: root, sequence number, distance,
+//! "you are my parent") when it changes. This is a distance vector, and a distance vector
+//! whose root is gone counts to infinity: every peer takes a neighbour's stale route, one
+//! link longer each round. Three rules, Babel's, stop that:
+//! - **Sequence numbers.** The root numbers its announcements and sends a new number every
+//!   `refresh`; each peer passes on the number of the route it holds. A root whose number has
+//!   not grown for [`LOST_REFRESHES`] refreshes is lost: its routes are refused from then on
+//!   unless they carry a newer number (a root that was only cut off comes back so).
+//! - **Feasibility.** A route to the same root is taken only if its number is newer than the
+//!   one this peer last passed on, or the same number and a shorter distance than it passed
+//!   on. A route through this peer's own subtree is never shorter, so no loop forms; a peer
+//!   with no such route says it is unreachable (distance [`MAX_DIST`]) and asks for a newer
+//!   number: the request goes from parent to parent up to the root, which sends one at once
+//!   (at most every `refresh / 10`), so the peer hangs again within a few round trips.
+//! - **Poison reverse.** A neighbour whose parent is this peer is no way to the root.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A root: when its first neighbour link came up (unix ms), its address. Older sorts first.
+pub type RootId = (u64, SocketAddr);
+
+/// The distance that means "no route": routes this long are not taken.
+pub const MAX_DIST: u8 = 32;
+/// The root sends a new sequence number every `graft_timeout` times this (2 s by default).
+pub const REFRESH_TIMEOUTS: u32 = 20;
+/// Refreshes without a newer number after which a root is taken for lost.
+pub const LOST_REFRESHES: u32 = 3;
+/// Lost roots remembered (the oldest forgotten first).
+pub const MAX_LOST: usize = 64;
+/// The root sends a number asked for at most every `refresh` divided by this.
+pub const REQUESTS_PER_REFRESH: u32 = 10;
+
+/// Whom a change of place is to be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tell {
+    Nobody,
+    /// Only the parent: a request for a newer number, passed on towards the root.
+    Parent,
+    All,
+}
+
+/// A place in a tree, as announced: its root, the root's sequence number it carries, the
+/// distance in links (`MAX_DIST`: unreachable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    pub root: RootId,
+    pub seq: u32,
+    pub dist: u8,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    place: Place,
+    /// Its parent is this peer.
+    child: bool,
+}
+
+#[derive(Debug)]
+pub struct Rooted {
+    me: RootId,
+    refresh: Duration,
+    heard: BTreeMap<SocketAddr, Heard>,
+    place: Place,
+    parent: Option<SocketAddr>,
+    /// The sequence number this peer sends as a root.
+    own_seq: u32,
+    /// Feasibility: the newest number passed on for `place.root`, and the shortest distance
+    /// passed on with it.
+    feasible: (u32, u8),
+    /// When `place.root`'s number last grew here (or it was first taken).
+    fresh_at: Instant,
+    /// As the root: when to send the next number.
+    next_refresh: Instant,
+    /// Roots taken for lost, with the newest number heard from them.
+    lost: BTreeMap<RootId, u32>,
+    /// A newer number than this is asked for (this peer is unreachable, or passes on a
+    /// request from a neighbour that is).
+    want: Option<u32>,
+    /// As the root: when a number was last sent.
+    last_number: Instant,
+}
+
+impl Rooted {
+    /// A peer at `me` whose first neighbour link came up at `since` (unix ms): its own root
+    /// until it hears of an older one.
+    pub fn new(me: SocketAddr, since: u64, refresh: Duration, now: Instant) -> Self {
+        let me = (since, me);
+        Rooted {
+            me,
+            refresh,
+            heard: BTreeMap::new(),
+            place: Place {
+                root: me,
+                seq: 0,
+                dist: 0,
+            },
+            parent: None,
+            own_seq: 0,
+            feasible: (0, 0),
+            fresh_at: now,
+            next_refresh: now + refresh,
+            lost: BTreeMap::new(),
+            want: None,
+            last_number: now,
+        }
+    }
+
+    pub fn place(&self) -> Place {
+        self.place
+    }
+
+    pub fn parent(&self) -> Option<SocketAddr> {
+        self.parent
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.place.root == self.me
+    }
+
+    /// Parent or child: items go to it whole.
+    pub fn backbone(&self, n: &SocketAddr) -> bool {
+        self.parent == Some(*n) || self.heard.get(n).is_some_and(|h| h.child)
+    }
+
+    /// Children: neighbours whose parent this peer is.
+    pub fn children(&self) -> usize {
+        self.heard.values().filter(|h| h.child).count()
+    }
+
+    /// What to tell neighbour `to`: this peer's place, whether `to` is its parent, and
+    /// whether a newer number is asked for (of the parent, or of every neighbour when this
+    /// peer is unreachable).
+    pub fn announcement(&self, to: &SocketAddr) -> (Place, bool, bool) {
+        let parent = self.parent == Some(*to);
+        let want = self.want.is_some() && (parent || self.place.dist >= MAX_DIST);
+        (self.place, parent, want)
+    }
+
+    /// A neighbour's place (`child`: its parent is this peer; `want`: it asks for a newer
+    /// number); whom to tell of this peer's own.
+    pub fn heard(
+        &mut self,
+        from: SocketAddr,
+        place: Place,
+        child: bool,
+        want: bool,
+        now: Instant,
+    ) -> Tell {
+        if let Some(seq) = self.lost.get(&place.root) {
+            if place.seq > *seq && place.dist < MAX_DIST {
+                // Not lost after all (it was cut off): taken again.
+                self.lost.remove(&place.root);
+            }
+        }
+        self.heard.insert(from, Heard { place, child });
+        if self.choose(now) {
+            return Tell::All;
+        }
+        if !want || place.root != self.place.root || self.place.dist >= MAX_DIST {
+            return Tell::Nobody;
+        }
+        if self.is_root() {
+            let gap = self.refresh / REQUESTS_PER_REFRESH;
+            self.next_refresh = self.next_refresh.min(self.last_number + gap);
+            return if self.tick(now) {
+                Tell::All
+            } else {
+                Tell::Nobody
+            };
+        }
+        if self.want.is_some_and(|w| w >= self.place.seq) {
+            return Tell::Nobody; // asked already
+        }
+        self.want = Some(self.place.seq);
+        Tell::Parent
+    }
+
+    /// A neighbour link went; true if this peer's place changed.
+    pub fn link_down(&mut self, n: &SocketAddr, now: Instant) -> bool {
+        self.heard.remove(n).is_some() && self.choose(now)
+    }
+
+    /// When [`Rooted::tick`] has something to do.
+    pub fn next_tick(&self) -> Instant {
+        if self.is_root() {
+            self.next_refresh
+        } else {
+            self.fresh_at + self.refresh * LOST_REFRESHES
+        }
+    }
+
+    /// As the root: a new number when due. Otherwise: the root is lost when its number has
+    /// not grown for `LOST_REFRESHES` refreshes. True if this peer's place changed.
+    pub fn tick(&mut self, now: Instant) -> bool {
+        if now < self.next_tick() {
+            return false;
+        }
+        if self.is_root() {
+            self.own_seq = self.own_seq.wrapping_add(1);
+            self.place.seq = self.own_seq;
+            self.feasible = (self.own_seq, 0);
+            self.next_refresh = now + self.refresh;
+            self.last_number = now;
+            return true;
+        }
+        let root = self.place.root;
+        let newest = self
+            .heard
+            .values()
+            .filter(|h| h.place.root == root)
+            .map(|h| h.place.seq)
+            .chain([self.place.seq])
+            .max()
+            .unwrap_or(0);
+        if self.lost.len() >= MAX_LOST {
+            let oldest = *self.lost.keys().next().expect("not empty");
+            self.lost.remove(&oldest);
+        }
+        self.lost.insert(root, newest);
+        log::info!(
+            "tree root {} lost: no new announcement for {:?}",
+            root.1,
+            self.refresh * LOST_REFRESHES
+        );
+        self.choose(now)
+    }
+
+    fn usable(&self, h: &Heard) -> bool {
+        !h.child
+            && h.place.dist < MAX_DIST
+            && self
+                .lost
+                .get(&h.place.root)
+                .is_none_or(|&seq| h.place.seq > seq)
+    }
+
+    /// Chooses root, parent and distance again; true if the place or parent changed.
+    fn choose(&mut self, now: Instant) -> bool {
+        let before = (self.place, self.parent);
+        let mut root = self.me;
+        for h in self.heard.values() {
+            if self.usable(h) && h.place.root < root {
+                root = h.place.root;
+            }
+        }
+        // The root held stays, unreachable if need be, until it is lost.
+        let held = self.place.root;
+        if held != self.me && held < root && !self.lost.contains_key(&held) {
+            root = held;
+        }
+        if root == self.me {
+            if !self.is_root() {
+                // A new number: whoever took this peer for lost takes it again.
+                self.own_seq = self.own_seq.wrapping_add(1);
+                self.next_refresh = now + self.refresh;
+                self.last_number = now;
+            }
+            self.want = None;
+            self.place = Place {
+                root,
+                seq: self.own_seq,
+                dist: 0,
+            };
+            self.parent = None;
+            self.feasible = (self.own_seq, 0);
+            return (self.place, self.parent) != before;
+        }
+        let switching = root != held;
+        let (fseq, fdist) = self.feasible;
+        // The best feasible route, and the best one at all (see below).
+        let mut best: Option<(u8, bool, SocketAddr, u32)> = None;
+        let mut any: Option<(u8, bool, SocketAddr, u32)> = None;
+        for (n, h) in &self.heard {
+            let p = h.place;
+            if p.root != root || !self.usable(h) {
+                continue;
+            }
+            // Fewest links, then the parent held (no switching between equals), then the
+            // lowest address.
+            let cand = (p.dist, self.parent != Some(*n), *n, p.seq);
+            let better = |b: Option<(u8, bool, SocketAddr, u32)>| {
+                b.is_none_or(|b| (cand.0, cand.1, cand.2) < (b.0, b.1, b.2))
+            };
+            if better(any) {
+                any = Some(cand);
+            }
+            let feasible = switching || p.seq > fseq || (p.seq == fseq && p.dist < fdist);
+            if feasible && better(best) {
+                best = Some(cand);
+            }
+        }
+        match best {
+            Some((dist, _, n, seq)) => {
+                let dist = dist + 1;
+                if switching || seq > self.place.seq {
+                    self.fresh_at = now;
+                }
+                if switching || seq > fseq {
+                    self.feasible = (seq, dist);
+                } else {
+                    self.feasible.1 = fdist.min(dist);
+                }
+                self.place = Place { root, seq, dist };
+                self.parent = Some(n);
+                if switching || self.want.is_some_and(|w| seq > w) {
+                    self.want = None;
+                }
+            }
+            None => {
+                // No feasible route to the root held: unreachable until a newer number,
+                // asked for. Meanwhile items still come from the nearest neighbour: no one
+                // takes this peer's distance, so a loop through its own subtree carries no
+                // route, only repeats, and a neighbour outside it carries the items.
+                self.place.dist = MAX_DIST;
+                self.parent = any.map(|a| a.2);
+                self.want = Some(fseq);
+            }
+        }
+        (self.place, self.parent) != before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    const REFRESH: Duration = Duration::from_secs(2);
+
+    fn place(root: RootId, seq: u32, dist: u8) -> Place {
+        Place { root, seq, dist }
+    }
+
+    /// Peer at port 10, joined at 1000.
+    fn peer(now: Instant) -> Rooted {
+        Rooted::new(a(10), 1000, REFRESH, now)
+    }
+
+    #[test]
+    fn alone_a_peer_is_its_own_root_and_numbers_refreshes() {
+        let now = Instant::now();
+        let mut r = peer(now);
+        assert!(r.is_root());
+        assert_eq!(r.place(), place((1000, a(10)), 0, 0));
+        assert!(!r.tick(now + REFRESH / 2));
+        assert!(r.tick(now + REFRESH));
+        assert_eq!(r.place().seq, 1);
+        assert_eq!(r.next_tick(), now + REFRESH * 2);
+    }
+
+    #[test]
+    fn the_oldest_root_wins_then_the_fewest_links() {
+        let now = Instant::now();
+        let mut r = peer(now);
+        let old = (500, a(1));
+        let older = (400, a(2));
+        assert_eq!(
+            r.heard(a(20), place(old, 7, 3), false, false, now),
+            Tell::All
+        );
+        assert_eq!((r.place(), r.parent()), (place(old, 7, 4), Some(a(20))));
+        // A newer root than this peer's own is not taken.
+        assert_eq!(
+            r.heard(a(21), place((2000, a(3)), 1, 0), false, false, now),
+            Tell::Nobody
+        );
+        // Fewer links to the same root.
+        assert_eq!(
+            r.heard(a(22), place(old, 7, 1), false, false, now),
+            Tell::All
+        );
+        assert_eq!((r.place(), r.parent()), (place(old, 7, 2), Some(a(22))));
+        // An older root, however far.
+        assert_eq!(
+            r.heard(a(23), place(older, 1, 9), false, false, now),
+            Tell::All
+        );
+        assert_eq!((r.place(), r.parent()), (place(older, 1, 10), Some(a(23))));
+        assert!(r.backbone(&a(23)) && !r.backbone(&a(22)));
+    }
+
+    #[test]
+    fn equal_routes_keep_the_parent_held() {
+        let now = Instant::now();
+        let mut r = peer(now);
+        let root = (500, a(1));
+        r.heard(a(30), place(root, 1, 2), false, false, now);
+        assert_eq!(r.parent(), Some(a(30)));
+        assert_eq!(
+            r.heard(a(20), place(root, 1, 2), false, false, now),
+            Tell::Nobody
+        );
+        assert_eq!(
+            r.parent(),
+            Some(a(30)),
+            "not switched to an equal, lower address"
+        );
+    }
+
+    #[test]
+    fn a_child_is_no_way_to_the_root_and_is_backbone() {
+        let now = Instant::now();
+        let mut r = peer(now);
+        let root = (500, a(1));
+        r.heard(a(20), place(root, 1, 1), false, false, now);
+        assert_eq!(
+            r.heard(a(21), place(root, 1, 3), true, false, now),
+            Tell::Nobody
+        );
+        assert!(r.backbone(&a(21)));
+        assert_eq!(r.children(), 1);
+        // Even a child claiming fewer links is not taken as parent (poison reverse).
+        r.heard(a(21), place(root, 1, 0), true, false, now);
+        assert_eq!(r.parent(), Some(a(20)));
+    }
+
+    #[test]
+    fn a_longer_route_on_the_same_number_is_not_feasible() {
+        let now = Instant::now();
+        let mut r = peer(now);
+        let root = (500, a(1));
+        r.heard(a(20), place(root, 5, 1), false, false, now);
+        r.heard(a(21), place(root, 5, 2), false, false, now);
+        assert_eq!(r.place(), place(root, 5, 2));
+        // The parent goes: the neighbour at distance 2 may be reaching the root through this
+        // peer, so its route is refused, and this peer says it is unreachable.
+        assert!(r.link_down(&a(20), now));
+        assert_eq!(r.place().dist, MAX_DIST);
+        // Items still come through it meanwhile (its distance is no route for anyone).
+        assert_eq!(r.parent(), Some(a(21)));
+        assert!(r.backbone(&a(21)));
+        // A newer number is feasible whatever its length.
+        assert_eq!(
+            r.heard(a(21), place(root, 6, 2), false, false, now),
+            Tell::All
+        );
+        assert_eq!((r.place(), r.parent()), (place(root, 6, 3), Some(a(21))));
+    }
+
+    #[test]
+    fn a_shorter_route_on_the_same_number_is_taken_after_the_parent_goes() {
+        let now = Instant::now();
+        let mut r = peer(now);
+        let root = (500, a(1));
+        r.heard(a(20), place(root, 5, 2), false, false, now);
+        r.heard(a(21), place(root, 5, 2), false, false, now);
+        assert_eq!(r.parent(), Some(a(20)));
+        assert!(r.link_down(&a(20), now));
+        assert_eq!((r.place(), r.parent()), (place(root, 5, 3), Some(a(21))));
+    }
+
+    #[test]
+    fn a_silent_root_is_lost_and_the_next_oldest_taken() {
+        let now = Instant::now();
+        let mut r = peer(now);
+        let root = (500, a(1));
+        r.heard(a(20), place(root, 5, 1), false, false, now);
+        r.heard(a(21), place((600, a(2)), 1, 1), false, false, now);
+        assert_eq!(r.place().root, root);
+        let lost_at = now + REFRESH * LOST_REFRESHES;
+        assert_eq!(r.next_tick(), lost_at);
+        assert!(!r.tick(lost_at - Duration::from_millis(1)));
+        assert!(r.tick(lost_at));
+        assert_eq!(
+            (r.place(), r.parent()),
+            (place((600, a(2)), 1, 2), Some(a(21)))
+        );
+        // Stale routes to the lost root, still going round, are refused...
+        assert_eq!(
+            r.heard(a(20), place(root, 5, 1), false, false, lost_at),
+            Tell::Nobody
+        );
+        assert_eq!(r.place().root, (600, a(2)));
+        // ...a newer number brings it back (it was cut off, not gone).
+        assert_eq!(
+            r.heard(a(20), place(root, 6, 1), false, false, lost_at),
+            Tell::All
+        );
+        assert_eq!(r.place(), place(root, 6, 2));
+    }
+
+    #[test]
+    fn a_growing_number_keeps_the_root() {
+        let now = Instant::now();
+        let mut r = peer(now);
+        let root = (500, a(1));
+        r.heard(a(20), place(root, 5, 1), false, false, now);
+        let later = now + REFRESH * 2;
+        assert_eq!(
+            r.heard(a(20), place(root, 6, 1), false, false, later),
+            Tell::All
+        );
+        assert_eq!(r.next_tick(), later + REFRESH * LOST_REFRESHES);
+        assert!(!r.tick(now + REFRESH * LOST_REFRESHES));
+        assert_eq!(r.place().root, root);
+    }
+
+    #[test]
+    fn with_no_older_root_left_a_peer_becomes_root_with_a_new_number() {
+        let now = Instant::now();
+        let mut r = peer(now);
+        let root = (500, a(1));
+        r.heard(a(20), place(root, 5, 1), false, false, now);
+        assert!(r.tick(now + REFRESH * LOST_REFRESHES));
+        assert!(r.is_root());
+        assert_eq!(r.place(), place((1000, a(10)), 1, 0));
+    }
+
+    #[test]
+    fn an_unreachable_peer_asks_and_the_request_goes_up_to_the_root() {
+        let now = Instant::now();
+        let root = (500, a(1));
+        // This peer, unreachable, asks every neighbour.
+        let mut r = peer(now);
+        r.heard(a(20), place(root, 5, 1), false, false, now);
+        r.heard(a(21), place(root, 5, 2), false, false, now);
+        assert!(r.link_down(&a(20), now));
+        assert_eq!(
+            r.announcement(&a(21)),
+            (place(root, 5, MAX_DIST), true, true)
+        );
+        // A peer in the tree passes the request to its parent only, once per number.
+        let mut m = peer(now);
+        m.heard(a(20), place(root, 5, 1), false, false, now);
+        let asked = m.heard(a(21), place(root, 5, MAX_DIST), false, true, now);
+        assert_eq!(asked, Tell::Parent);
+        assert_eq!(m.announcement(&a(20)), (place(root, 5, 2), true, true));
+        assert!(!m.announcement(&a(21)).2);
+        assert_eq!(
+            m.heard(a(22), place(root, 5, MAX_DIST), false, true, now),
+            Tell::Nobody
+        );
+        // The newer number clears it.
+        assert_eq!(
+            m.heard(a(20), place(root, 6, 1), false, false, now),
+            Tell::All
+        );
+        assert!(!m.announcement(&a(20)).2);
+        // The root sends a newer number at once, then not more than every refresh / 10.
+        let mut top = Rooted::new(a(1), 500, REFRESH, now);
+        let later = now + REFRESH / 2;
+        assert_eq!(
+            top.heard(a(20), place(root, 0, 1), true, true, later),
+            Tell::All
+        );
+        assert_eq!(top.place().seq, 1);
+        let soon = later + Duration::from_millis(1);
+        assert_eq!(
+            top.heard(a(20), place(root, 1, 1), true, true, soon),
+            Tell::Nobody
+        );
+        assert_eq!(top.next_tick(), later + REFRESH / REQUESTS_PER_REFRESH);
+    }
+
+    #[test]
+    fn lost_roots_are_bounded() {
+        let now = Instant::now();
+        let mut r = peer(now);
+        let mut t = now;
+        for k in 0..(MAX_LOST as u16 + 10) {
+            let root = (1 + u64::from(k), a(100 + k));
+            r.heard(a(20), place(root, 1, 0), false, false, t);
+            t += REFRESH * LOST_REFRESHES;
+            r.tick(t);
+        }
+        assert!(r.lost.len() <= MAX_LOST);
+    }
+}
