@@ -430,6 +430,26 @@ impl<C: Core> Runtime<C> {
         self.output.record(Record::rejected(remote, reason));
     }
 
+    /// Before closing a connection for what it sent: a `Reject` with the reason, queued after
+    /// whatever the core queued and flushed if the socket has room, so the remote knows it was
+    /// cut off on purpose (and does not take the close for a crash).
+    fn tell_reject(&self, conn: ConnId, reason: &CloseReason) {
+        let handle = self
+            .conns
+            .lock()
+            .by_id
+            .get(&conn)
+            .map(|h| (h.outbox.clone(), h.stream.clone()));
+        if let Some((outbox, stream)) = handle {
+            let msg = Msg::Reject {
+                reason: reason.to_string(),
+            };
+            if outbox.push(Frame::from(msg.encode())) {
+                self.flush(&outbox, &stream);
+            }
+        }
+    }
+
     // ---------------------------------------------------------------- accepting
 
     /// Accepts until shutdown, handing each connection and its remote address to `serve`.
@@ -798,6 +818,7 @@ impl<C: Core> Runtime<C> {
             if let Some(e) = malformed {
                 let reason = CloseReason::Malformed(e);
                 self.reject(peer, &reason);
+                self.tell_reject(conn, &reason);
                 return reason;
             }
             partial_since = if reader.pending() == 0 {
@@ -824,6 +845,7 @@ impl<C: Core> Runtime<C> {
                         if t.elapsed() > read_timeout {
                             let reason = CloseReason::Stalled(read_timeout);
                             self.reject(peer, &reason);
+                            self.tell_reject(conn, &reason);
                             return reason;
                         }
                     }

@@ -21,7 +21,7 @@ use crate::peer::history::{short_id, History, MAX_SYNC_IDS};
 use crate::peer::liveness::Liveness;
 use crate::peer::overlay::{Admit, Joined, LinkKind, Overlay, DUPLICATE_LINK, YOUNG_LINK};
 use crate::peer::records;
-use crate::peer::rooted::{Place, Tell};
+use crate::peer::rooted::{Place, Rooted, Tell};
 use crate::peer::seeds::{SeedSessions, REGISTER_RETRY, SPARE_AFTER};
 use crate::peer::tree::{Tree, MAX_IDS};
 use crate::texts::{self, TEXT_DATA_TYPE};
@@ -397,7 +397,7 @@ impl PeerCore {
                 }
                 // Our place in a rooted tree may have gone out on the losing link.
                 if self.tree.as_ref().is_some_and(|t| t.rooted().is_some()) {
-                    self.announce_place(Some(addr), out);
+                    self.announce_place(Some(addr), now, out);
                 }
                 // What went out on the losing link may never have been read: send it again on
                 // the link kept (the remote ignores what it already has).
@@ -453,7 +453,7 @@ impl PeerCore {
             .as_mut()
             .is_some_and(|t| t.rooted_down(&addr, now.mono))
         {
-            self.announce_place(None, out);
+            self.announce_place(None, now, out);
         }
         if close {
             out.push(Action::Close { conn });
@@ -745,11 +745,11 @@ impl PeerCore {
                     out.push(Action::timer(wait, Timer::Tree));
                 }
                 match tell {
-                    Tell::All => self.announce_place(None, out),
+                    Tell::All => self.announce_place(None, now, out),
                     Tell::Parent => {
                         let parent = t.rooted().and_then(|r| r.parent());
                         if parent.is_some() {
-                            self.announce_place(parent, out);
+                            self.announce_place(parent, now, out);
                         }
                     }
                     Tell::Nobody => {}
@@ -772,28 +772,26 @@ impl PeerCore {
         if let Some(wait) = t.next_wake(now.mono) {
             out.push(Action::timer(wait, Timer::Tree));
         }
-        self.announce_place(Some(addr), out);
+        self.announce_place(Some(addr), now, out);
     }
 
-    /// Tells one neighbour (or all) this peer's place in the rooted tree.
-    fn announce_place(&mut self, only: Option<SocketAddr>, out: &mut Vec<Action>) {
-        let Some(r) = self.tree.as_ref().and_then(|t| t.rooted()) else {
+    /// Tells one neighbour (or all) this peer's place in the rooted tree; a neighbour told
+    /// too recently is told the latest place when its gap has passed (`Rooted::may_tell`).
+    fn announce_place(&mut self, only: Option<SocketAddr>, now: Now, out: &mut Vec<Action>) {
+        let Some(t) = self.tree.as_mut() else {
+            return;
+        };
+        let Some(r) = t.rooted_mut() else {
             return;
         };
         for (n, conn) in self.overlay.neighbours() {
-            if only.is_some_and(|o| o != n) {
+            if only.is_some_and(|o| o != n) || !r.may_tell(n, now.mono) {
                 continue;
             }
-            let (place, parent, want) = r.announcement(&n);
-            let msg = Msg::TreeRoot {
-                root: place.root.1,
-                since: place.root.0,
-                seq: place.seq,
-                dist: place.dist,
-                parent,
-                want,
-            };
-            out.push(Action::send(conn, msg));
+            out.push(place_frame(r, n, conn));
+        }
+        if let Some(wait) = t.next_wake(now.mono) {
+            out.push(Action::timer(wait, Timer::Tree));
         }
     }
 
@@ -806,8 +804,15 @@ impl PeerCore {
         if let Some(wait) = t.next_wake(now.mono) {
             out.push(Action::timer(wait, Timer::Tree));
         }
+        if let Some(r) = self.tree.as_ref().and_then(Tree::rooted) {
+            for n in due.tell {
+                if let Some(conn) = self.overlay.conn_of(&n) {
+                    out.push(place_frame(r, n, conn));
+                }
+            }
+        }
         if due.place_changed {
-            self.announce_place(None, out);
+            self.announce_place(None, now, out);
         }
         for (to, ids) in due.ihave {
             if let Some(conn) = self.overlay.conn_of(&to) {
@@ -1455,6 +1460,11 @@ impl PeerCore {
             let why = format!("closed before it sent anything ({reason})");
             return self.drop_neighbour(addr, &why, false, now, out);
         }
+        if matches!(reason, CloseReason::Malformed(_) | CloseReason::Stalled(_)) {
+            // Cut off here for what it sent (and told so): a violation, not a crash.
+            let why = format!("cut off: {reason}");
+            return self.drop_neighbour(addr, &why, false, now, out);
+        }
         // No goodbye: a crash. Report at once; the seeds confirm before removing.
         let why = format!("connection lost without a goodbye ({reason})");
         self.report_dead(addr, &why, now, out);
@@ -1630,6 +1640,22 @@ impl Core for PeerCore {
     fn holds_goodbye(&self) -> bool {
         self.leave_held
     }
+}
+
+/// `TreeRoot` with this peer's place, for neighbour `to` on `conn`.
+fn place_frame(r: &Rooted, to: SocketAddr, conn: ConnId) -> Action {
+    let (place, parent, want) = r.announcement(&to);
+    Action::send(
+        conn,
+        Msg::TreeRoot {
+            root: place.root.1,
+            since: place.root.0,
+            seq: place.seq,
+            dist: place.dist,
+            parent,
+            want,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -2060,6 +2086,36 @@ mod tests {
         assert!(events(&out).contains(&"dead_reported"));
         assert!(events(&out).contains(&"neighbour_down"));
         assert_eq!(p.neighbours().len(), 1);
+    }
+
+    #[test]
+    fn a_link_cut_off_here_for_a_malformed_or_stalled_frame_is_not_reported_dead() {
+        for reason in [
+            CloseReason::Malformed("bad TreeRoot flags value 4".into()),
+            CloseReason::Stalled(Duration::from_secs(1)),
+        ] {
+            let (mut p, now) = joined("");
+            let mut out = vec![];
+            let text = texts::liveness_request(now.unix_ms, &a(9102));
+            p.handle(
+                Event::Frame {
+                    conn: 11,
+                    msg: Msg::LivenessRequest { text },
+                },
+                now,
+                &mut out,
+            );
+            out.clear();
+            p.handle(Event::Closed { conn: 11, reason }, now, &mut out);
+            assert!(
+                !sends(&out)
+                    .iter()
+                    .any(|(_, m)| matches!(m, Msg::DeadNode { .. })),
+                "{out:?}"
+            );
+            assert_eq!(events(&out), vec!["neighbour_down"]);
+            assert_eq!(p.neighbours().len(), 2);
+        }
     }
 
     #[test]

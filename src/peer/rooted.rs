@@ -23,7 +23,7 @@
 //!   (at most every `refresh / 10`), so the peer hangs again within a few round trips.
 //! - **Poison reverse.** A neighbour whose parent is this peer is no way to the root.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,12 @@ pub const LOST_REFRESHES: u32 = 3;
 pub const MAX_LOST: usize = 64;
 /// The root sends a number asked for at most every `refresh` divided by this.
 pub const REQUESTS_PER_REFRESH: u32 = 10;
+/// A neighbour is told this peer's place at most this many times a `refresh` on average, in
+/// bursts of [`TOLD_BURST`] (the latest place when its turn comes): a place that changes
+/// faster, say a neighbour lying about its root with a new number every few milliseconds, is
+/// not passed on frame for frame.
+pub const TOLD_PER_REFRESH: u32 = 20;
+pub const TOLD_BURST: f64 = 4.0;
 
 /// Whom a change of place is to be told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +95,10 @@ pub struct Rooted {
     want: Option<u32>,
     /// As the root: when a number was last sent.
     last_number: Instant,
+    /// Each neighbour's allowance of places (tokens, when last counted).
+    told: BTreeMap<SocketAddr, (f64, Instant)>,
+    /// Neighbours owed the latest place (told too recently to be told at once).
+    owed: BTreeSet<SocketAddr>,
 }
 
 impl Rooted {
@@ -113,6 +123,8 @@ impl Rooted {
             lost: BTreeMap::new(),
             want: None,
             last_number: now,
+            told: BTreeMap::new(),
+            owed: BTreeSet::new(),
         }
     }
 
@@ -188,7 +200,68 @@ impl Rooted {
 
     /// A neighbour link went; true if this peer's place changed.
     pub fn link_down(&mut self, n: &SocketAddr, now: Instant) -> bool {
+        self.told.remove(n);
+        self.owed.remove(n);
         self.heard.remove(n).is_some() && self.choose(now)
+    }
+
+    fn told_gap(&self) -> Duration {
+        self.refresh / TOLD_PER_REFRESH
+    }
+
+    /// `to`'s allowance now: tokens (a place each), refilled one per gap up to the burst.
+    fn allowance(&self, to: &SocketAddr, now: Instant) -> f64 {
+        match self.told.get(to) {
+            None => TOLD_BURST,
+            Some(&(tokens, at)) => {
+                let gained =
+                    now.saturating_duration_since(at).as_secs_f64() / self.told_gap().as_secs_f64();
+                (tokens + gained).min(TOLD_BURST)
+            }
+        }
+    }
+
+    /// Whether neighbour `to` may be told this peer's place now (then it counts as told);
+    /// if not, it is owed the place when its allowance has grown (see [`Rooted::owed_due`]).
+    pub fn may_tell(&mut self, to: SocketAddr, now: Instant) -> bool {
+        let tokens = self.allowance(&to, now);
+        if tokens < 1.0 {
+            self.told.insert(to, (tokens, now));
+            self.owed.insert(to);
+            return false;
+        }
+        self.told.insert(to, (tokens - 1.0, now));
+        self.owed.remove(&to);
+        true
+    }
+
+    /// The neighbours owed the latest place whose allowance has grown (counted as told now).
+    pub fn owed_due(&mut self, now: Instant) -> Vec<SocketAddr> {
+        let due: Vec<SocketAddr> = self
+            .owed
+            .iter()
+            .filter(|n| self.allowance(n, now) >= 1.0 - 1e-9)
+            .copied()
+            .collect();
+        for n in &due {
+            let tokens = self.allowance(n, now).max(1.0);
+            self.told.insert(*n, (tokens - 1.0, now));
+            self.owed.remove(n);
+        }
+        due
+    }
+
+    /// When the next neighbour owed the place may be told.
+    pub fn next_owed(&self) -> Option<Instant> {
+        let gap = self.told_gap().as_secs_f64();
+        self.owed
+            .iter()
+            .filter_map(|n| self.told.get(n))
+            // Rounded up to the microsecond, so the allowance has grown when it is due.
+            .map(|&(tokens, at)| {
+                at + Duration::from_micros(((1.0 - tokens).max(0.0) * gap * 1e6).ceil() as u64 + 1)
+            })
+            .min()
     }
 
     /// When [`Rooted::tick`] has something to do.
@@ -564,6 +637,32 @@ mod tests {
             Tell::Nobody
         );
         assert_eq!(top.next_tick(), later + REFRESH / REQUESTS_PER_REFRESH);
+    }
+
+    #[test]
+    fn a_neighbour_is_told_in_bursts_then_at_most_every_gap_and_then_the_latest() {
+        let now = Instant::now();
+        let mut r = peer(now);
+        let gap = REFRESH / TOLD_PER_REFRESH;
+        for _ in 0..TOLD_BURST as usize {
+            assert!(r.may_tell(a(20), now));
+        }
+        assert!(r.may_tell(a(21), now));
+        assert!(!r.may_tell(a(20), now + gap / 2));
+        assert!(!r.may_tell(a(20), now + gap / 2));
+        let due = r.next_owed().unwrap();
+        assert!(due >= now + gap && due <= now + gap + Duration::from_micros(2));
+        assert!(r.owed_due(now + gap / 2).is_empty());
+        assert_eq!(r.owed_due(now + gap), vec![a(20)]);
+        assert_eq!(r.next_owed(), None);
+        // Sustained changes: one a gap.
+        assert!(!r.may_tell(a(20), now + gap + gap / 2));
+        assert_eq!(r.owed_due(now + gap * 2), vec![a(20)]);
+        // A link gone owes nothing, and a new link to it is told at once.
+        assert!(!r.may_tell(a(20), now + gap * 2));
+        r.link_down(&a(20), now + gap * 2);
+        assert_eq!(r.next_owed(), None);
+        assert!(r.may_tell(a(20), now + gap * 2));
     }
 
     #[test]

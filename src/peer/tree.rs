@@ -85,6 +85,8 @@ pub struct TreeOut {
     pub graft: Vec<(SocketAddr, Vec<[u8; 32]>)>,
     /// Rooted shape: this peer's place changed; every neighbour is to be told.
     pub place_changed: bool,
+    /// Rooted shape: neighbours owed the latest place, now due.
+    pub tell: Vec<SocketAddr>,
 }
 
 impl Tree {
@@ -151,6 +153,10 @@ impl Tree {
     /// Rooted shape: this peer's place in the tree.
     pub fn rooted(&self) -> Option<&Rooted> {
         self.rooted.as_ref()
+    }
+
+    pub fn rooted_mut(&mut self) -> Option<&mut Rooted> {
+        self.rooted.as_mut()
     }
 
     /// The root this peer hangs from, and its distance to it.
@@ -348,10 +354,11 @@ impl Tree {
     /// within a quarter `graft_timeout`, so grafts go a few frames a timeout, not one per id.
     pub fn due(&mut self, now: Instant) -> TreeOut {
         self.wake = None;
-        let mut out = TreeOut {
-            place_changed: self.rooted.as_mut().is_some_and(|r| r.tick(now)),
-            ..TreeOut::default()
-        };
+        let mut out = TreeOut::default();
+        if let Some(r) = &mut self.rooted {
+            out.place_changed = r.tick(now);
+            out.tell = r.owed_due(now);
+        }
         if self
             .announce_since
             .is_some_and(|at| now >= at + (self.graft_timeout / 2))
@@ -392,7 +399,13 @@ impl Tree {
         let announce = self.announce_since.map(|at| at + (self.graft_timeout / 2));
         let graft = self.missing.values().map(|m| m.due).min();
         let tick = self.rooted.as_ref().map(Rooted::next_tick);
-        let at = announce.into_iter().chain(graft).chain(tick).min()?;
+        let owed = self.rooted.as_ref().and_then(Rooted::next_owed);
+        let at = announce
+            .into_iter()
+            .chain(graft)
+            .chain(tick)
+            .chain(owed)
+            .min()?;
         if self.wake.is_some_and(|w| w <= at) {
             return None;
         }

@@ -40,6 +40,9 @@ use crate::sim::{micros, peer_id, Micros, NodeCore, NodeId, NodeState, Observed,
 
 /// The hop count of a node that got an item by catch-up.
 const CAUGHT_UP: u8 = u8::MAX - 1;
+/// The hop count of a node that got an item by gossip from one that caught it up (in rooted
+/// mode what catch-up brings is announced along the tree and grafted).
+const PASSED_ON: u8 = u8::MAX - 2;
 /// Catch-up rounds the partition scenario runs after the halves heal.
 const PARTITION_ROUNDS: u32 = 20;
 /// Peers start this far apart.
@@ -206,7 +209,13 @@ impl Tally {
                     self.last_caught_up.insert(o.node, o.at);
                     return;
                 }
-                let hop = item.hops[from].saturating_add(1).min(CAUGHT_UP - 1);
+                if item.hops[from] >= PASSED_ON {
+                    // Passed on from a peer that caught it up: hops unknown, and it reached
+                    // this one by catch-up in the end.
+                    item.hops[o.node] = PASSED_ON;
+                    return;
+                }
+                let hop = item.hops[from].saturating_add(1).min(PASSED_ON - 1);
                 item.hops[o.node] = hop;
                 if item.expected.binary_search(&(o.node as u32)).is_ok() {
                     item.last = item.last.max(o.at);
@@ -478,7 +487,7 @@ fn summarize(
             }
             expected += 1;
             match item.hops.get(n) {
-                Some(&CAUGHT_UP) => {
+                Some(&(CAUGHT_UP | PASSED_ON)) => {
                     got += 1;
                     pulled = true;
                 }
