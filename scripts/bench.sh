@@ -44,15 +44,19 @@ $B/bench latency 200
 echo
 $B/bench --mode tree latency 200
 echo
+$B/bench --mode rooted latency 200
+echo
 $B/bench latency 500
 echo
 for rate in 250 500 1000 1500 3000; do
   $B/bench throughput 100 "$rate"
   echo
 done
-# Tree mode side by side with flooding (BENCHMARKS, "Dissemination: flood and tree").
+# Tree and rooted mode side by side with flooding (BENCHMARKS, "Dissemination: flood and tree").
 for rate in 1500 3000; do
   $B/bench --mode tree throughput 100 "$rate"
+  echo
+  $B/bench --mode rooted throughput 100 "$rate"
   echo
 done
 # A late joiner catching up on the whole default history.

@@ -514,6 +514,18 @@ impl PeerCore {
         let tree = &self.tree;
         let eager = |a: &SocketAddr| tree.as_ref().is_none_or(|t| t.is_eager(a));
         let (to, neighbours, held) = self.overlay.targets(from, eager, now.mono);
+        let neighbours = neighbours.clone();
+        self.push(&item, (to, neighbours, held), out);
+    }
+
+    /// Sends `item` whole on the links `targets` chose (`Overlay::targets`: the connections,
+    /// the neighbours, how many were held back for their rate).
+    fn push(
+        &mut self,
+        item: &Item,
+        (to, neighbours, held): (Vec<ConnId>, std::sync::Arc<[SocketAddr]>, u64),
+        out: &mut Vec<Action>,
+    ) {
         if held > 0 {
             let before = self.dropped;
             self.dropped += held;
@@ -528,8 +540,8 @@ impl PeerCore {
         if to.is_empty() {
             return;
         }
-        self.ml.record_sent(&item.id, neighbours);
-        self.overlay.remember(&to, &item);
+        self.ml.record_sent(&item.id, &neighbours);
+        self.overlay.remember(&to, item);
         out.push(Action::Forward {
             to,
             msg: item.msg(),
@@ -662,17 +674,22 @@ impl PeerCore {
             Via::Gossip => self.forward(item, Some(from), now, out),
             Via::Sync => {
                 self.history.offer(&item, now.mono);
-                if let Some(t) = &mut self.tree {
-                    t.caught_up(
-                        item.id,
-                        from,
-                        self.overlay.neighbours().map(|(a, _)| a),
-                        now.mono,
-                    );
-                    if let Some(wait) = t.next_wake(now.mono) {
-                        out.push(Action::timer(wait, Timer::Tree));
-                    }
+                let Some(t) = self.tree.as_mut().filter(|t| t.rooted().is_some()) else {
+                    return;
+                };
+                // Rooted: the tree never pushed it here, so it never went on to the children
+                // either (a healed partition; under load, a push still on its way, which
+                // will come as a repeat and stop here): pushed to them now, and announced to
+                // the parent (see `Tree::caught_up`).
+                t.caught_up(item.id, from, now.mono);
+                if let Some(wait) = t.next_wake(now.mono) {
+                    out.push(Action::timer(wait, Timer::Tree));
                 }
+                let tree = &self.tree;
+                let child = |a: &SocketAddr| tree.as_ref().is_some_and(|t| t.is_child(a));
+                let (to, neighbours, held) = self.overlay.targets(Some(from), child, now.mono);
+                let neighbours = neighbours.clone();
+                self.push(&item, (to, neighbours, held), out);
             }
         }
     }

@@ -24,7 +24,8 @@
 //! announced to one neighbour off the tree only (to all of them, ids would cost what
 //! flooding's duplicates cost), and grafted after ten times the timeout (pushes are never cut,
 //! so an id announced before its push came is late far more often than lost). An item that
-//! reached a peer by catch-up is announced along the tree, and grafted at once there.
+//! reached a peer by catch-up is pushed to its children and announced to its parent, which
+//! grafts it at once if it lacks it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -238,26 +239,23 @@ impl Tree {
     }
 
     /// Rooted shape: `id`, new here, came by catch-up from `from`, so the tree never pushed
-    /// it here, and likely not to this peer's parent and children either (a healed
-    /// partition, a repaired cut): it is announced to them, and they graft it at once (an
-    /// announcement over the backbone means no push is coming). Grafted, it goes on as a
-    /// push along the rest of the tree. A late joiner's catch-up costs its parent only the
-    /// ids, which it has.
-    pub fn caught_up(
-        &mut self,
-        id: [u8; 32],
-        from: SocketAddr,
-        neighbours: impl IntoIterator<Item = SocketAddr>,
-        now: Instant,
-    ) {
-        if !self.rooted_mode {
-            return;
+    /// it here and this peer never pushed it on: the peer pushes it to its children itself,
+    /// and it is announced to the parent, which grafts it at once if it lacks it too (an
+    /// announcement over the backbone means no push is coming) and so pushes it along the
+    /// rest of the tree. A healed partition's items spread so, not a catch-up round per link;
+    /// a late joiner's catch-up costs its parent only the ids, which it has.
+    pub fn caught_up(&mut self, id: [u8; 32], from: SocketAddr, now: Instant) {
+        let parent = self.rooted.as_ref().and_then(Rooted::parent);
+        if let Some(p) = parent.filter(|p| *p != from) {
+            self.queue_announcement(p, id, now);
         }
-        for n in neighbours {
-            if n != from && self.in_backbone(&n) {
-                self.queue_announcement(n, id, now);
-            }
-        }
+    }
+
+    /// Rooted shape: `n`'s parent is this peer.
+    pub fn is_child(&self, n: &SocketAddr) -> bool {
+        self.rooted
+            .as_ref()
+            .is_some_and(|r| r.backbone(n) && r.parent() != Some(*n))
     }
 
     /// A repeat pushed by `from`: it is lazy from now on, and true when it must be told
@@ -630,21 +628,20 @@ mod tests {
     }
 
     #[test]
-    fn rooted_an_item_caught_up_is_announced_along_the_backbone() {
+    fn rooted_an_item_caught_up_is_announced_to_the_parent() {
         let now = Instant::now();
         let mut t = rooted(now);
-        t.caught_up([5; 32], a(3), (1..=4).map(a), now);
-        t.caught_up([6; 32], a(1), (1..=4).map(a), now);
-        let mut out = t.due(now + T).ihave;
-        out.sort();
+        assert!(t.is_child(&a(2)) && !t.is_child(&a(1)) && !t.is_child(&a(3)));
+        t.caught_up([5; 32], a(3), now);
+        t.caught_up([6; 32], a(1), now);
         assert_eq!(
-            out,
-            vec![(a(1), vec![[5; 32]]), (a(2), vec![[5; 32], [6; 32]])],
-            "to parent and child, not back to the sender"
+            t.due(now + T).ihave,
+            vec![(a(1), vec![[5; 32]])],
+            "to the parent, not back to the sender"
         );
-        // Plumtree's shape has no backbone: nothing.
+        // Plumtree's shape has no parent: nothing.
         let mut p = Tree::new(T, 0, false);
-        p.caught_up([5; 32], a(3), (1..=4).map(a), now);
+        p.caught_up([5; 32], a(3), now);
         assert!(p.due(now + T).ihave.is_empty());
     }
 
