@@ -152,66 +152,6 @@ fn overlay_connected(net: &Net, peers: &[SocketAddr]) -> bool {
     seen.len() == peers.len()
 }
 
-struct Baseline {
-    threads: u64,
-    rss_kib: u64,
-}
-
-fn baseline(pid: u32) -> Baseline {
-    // Let connection threads of the joins finish first.
-    std::thread::sleep(Duration::from_millis(300));
-    Baseline {
-        threads: proc_status(pid, "Threads"),
-        rss_kib: proc_status(pid, "VmRSS"),
-    }
-}
-
-/// The node survived: alive, threads back near the baseline, memory within a bound, and a
-/// message generated now by `p` still reaches `q`.
-fn still_healthy(net: &mut Net, node: SocketAddr, base: &Baseline, p: SocketAddr, q: SocketAddr) {
-    assert!(net.alive(node), "{node} died");
-    let pid = net.pid(node);
-    wait_until("threads back near the baseline", || {
-        proc_status(pid, "Threads") <= base.threads + 2
-    });
-    let rss = proc_status(pid, "VmRSS");
-    assert!(
-        rss <= base.rss_kib + 32 * 1024,
-        "memory grew from {} KiB to {rss} KiB",
-        base.rss_kib
-    );
-    let since = gossipnet::node::unix_ms();
-    wait_until("honest gossip goes on", || {
-        let fresh: Vec<String> = of(&net.events("peer", p), "gossip_sent")
-            .iter()
-            .filter(|e| e["ts_ms"].as_u64().unwrap() > since)
-            .map(|e| e["id"].as_str().unwrap().to_string())
-            .collect();
-        let got = strs(&net.events("peer", q), "gossip_received", "id");
-        fresh.iter().any(|id| got.contains(id))
-    });
-}
-
-fn rejected_reasons(net: &Net, role: &str, a: SocketAddr) -> Vec<String> {
-    of(&net.events(role, a), "rejected")
-        .iter()
-        .map(|e| e["reason"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// The whole frames in `bytes`, decoded (what a remote sent before closing).
-fn frames_in(bytes: &[u8]) -> Vec<Msg> {
-    let mut fr = gossipnet::wire::FrameReader::new(1 << 16);
-    fr.push(bytes);
-    let mut out = Vec::new();
-    while let Ok(Some(body)) = fr.next_frame() {
-        if let Ok(m) = Msg::decode(&body) {
-            out.push(m);
-        }
-    }
-    out
-}
-
 /// The reasons of the `Reject` frames among `said`.
 fn rejects(said: &[Msg]) -> Vec<String> {
     said.iter()
