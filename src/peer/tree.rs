@@ -359,7 +359,7 @@ impl Tree {
         }
         if self
             .announce_since
-            .is_some_and(|at| now >= at + (self.graft_timeout / 2))
+            .is_some_and(|at| now >= at + self.graft_timeout / 2)
         {
             self.announce_since = None;
             for (n, ids) in std::mem::take(&mut self.announce) {
@@ -394,7 +394,7 @@ impl Tree {
 
     /// The next wake-up to ask for, if one is needed and not already asked for (earlier).
     pub fn next_wake(&mut self, now: Instant) -> Option<Duration> {
-        let announce = self.announce_since.map(|at| at + (self.graft_timeout / 2));
+        let announce = self.announce_since.map(|at| at + self.graft_timeout / 2);
         let graft = self.missing.values().map(|m| m.due).min();
         let tick = self.rooted.as_ref().map(Rooted::next_tick);
         let owed = self.rooted.as_ref().and_then(Rooted::next_owed);
