@@ -12,24 +12,6 @@ use common::*;
 use gossipnet::wire::{Msg, Role};
 use rand::RngCore;
 
-/// The test network's config; each argument is the inside of one section's braces, added to
-/// that section's defaults here.
-fn config(gossip: &str, pow: &str, limits: &str) -> String {
-    let join = |base: &str, more: &str| {
-        if more.is_empty() {
-            base.to_string()
-        } else {
-            format!("{base}, {more}")
-        }
-    };
-    format!(
-        "gossip: {{ {} }}\nliveness: {{ interval: 1s, misses: 3 }}\npow: {{ {} }}\nlimits: {{ {} }}",
-        join("interval: 300ms, count: 100000", gossip),
-        if pow.is_empty() { "difficulty: 8, timeout: 1s" } else { pow },
-        join("read_timeout: 1s", limits),
-    )
-}
-
 /// One seed and two honest peers that gossip with each other.
 fn honest_network(config: String) -> (Net, SocketAddr, SocketAddr) {
     let mut net = Net::new(1, &config);
@@ -45,7 +27,7 @@ fn honest_network(config: String) -> (Net, SocketAddr, SocketAddr) {
 
 #[test]
 fn garbage_oversized_truncated_and_megabytes_of_noise() {
-    let (mut net, p, q) = honest_network(config("", "", ""));
+    let (mut net, p, q) = honest_network(attack_config("", "", ""));
     let seed = net.seeds[0];
     let base = baseline(net.pid(seed));
     let mut rng = rand::thread_rng();
@@ -106,7 +88,7 @@ fn garbage_oversized_truncated_and_megabytes_of_noise() {
 
 #[test]
 fn slowloris_and_a_connection_flood() {
-    let (mut net, p, q) = honest_network(config("", "", ""));
+    let (mut net, p, q) = honest_network(attack_config("", "", ""));
     let seed = net.seeds[0];
     let base = baseline(net.pid(seed));
     // 30 silent connections and 10 that send one byte every 100 ms, for at most 3 s.
@@ -141,7 +123,7 @@ fn slowloris_and_a_connection_flood() {
 
 #[test]
 fn a_neighbour_flooding_gossip_or_liveness_requests_is_cut_off() {
-    let (mut net, p, q) = honest_network(config(
+    let (mut net, p, q) = honest_network(attack_config(
         "message_list_capacity: 1000",
         "",
         "gossip_per_second: 200",
@@ -199,7 +181,7 @@ fn a_neighbour_flooding_gossip_or_liveness_requests_is_cut_off() {
 
 #[test]
 fn one_host_cannot_hold_more_connections_than_its_cap() {
-    let (mut net, p, q) = honest_network(config(
+    let (mut net, p, q) = honest_network(attack_config(
         "",
         "",
         "loopback_exempt: false, max_connections_per_ip: 6",
@@ -240,7 +222,7 @@ fn one_host_cannot_hold_more_connections_than_its_cap() {
 
 #[test]
 fn a_handshake_flood_raises_the_difficulty_and_honest_peers_still_join() {
-    let (mut net, p, q) = honest_network(config(
+    let (mut net, p, q) = honest_network(attack_config(
         "",
         "difficulty: 8, timeout: 2s, flood_threshold: 20, max_difficulty: 14",
         "",
@@ -301,7 +283,7 @@ fn a_handshake_flood_raises_the_difficulty_and_honest_peers_still_join() {
 
 #[test]
 fn an_item_over_gossip_max_item_cuts_the_sender_off_and_goes_no_further() {
-    let (mut net, p, q) = honest_network(config("max_item: 4096", "", ""));
+    let (mut net, p, q) = honest_network(attack_config("max_item: 4096", "", ""));
     let base = baseline(net.pid(p));
     let (mut s, _) = handshake_as(Role::Peer, addr(free_port()), p).unwrap();
     let big = Msg::Gossip {
@@ -345,7 +327,7 @@ fn in_tree_mode_grafts_for_unknown_ids_cost_nothing_and_an_oversized_announcemen
         frame.extend_from_slice(&body);
         frame
     }
-    let (mut net, p, q) = honest_network(config("mode: tree", "", ""));
+    let (mut net, p, q) = honest_network(attack_config("mode: tree", "", ""));
     let base = baseline(net.pid(p));
     let (mut s, _) = handshake_as(Role::Peer, addr(free_port()), p).unwrap();
     let mut rng = rand::thread_rng();
@@ -379,7 +361,7 @@ fn in_tree_mode_grafts_for_unknown_ids_cost_nothing_and_an_oversized_announcemen
 fn a_flood_of_connections_reset_before_they_are_read_does_not_stall_the_listener() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let (mut net, p, q) = honest_network(config("", "", ""));
+    let (mut net, p, q) = honest_network(attack_config("", "", ""));
     let seed = net.seeds[0];
     let base = baseline(net.pid(seed));
     // Connect and reset at once (SO_LINGER 0): the listener meets sockets already gone. Bounded
@@ -429,7 +411,7 @@ fn neighbours_that_never_read_large_items_are_dropped_and_memory_stays_bounded()
     // History is kept small so that what p holds is the sinks' queues, not its history.
     // A sink's full queue only leaves items out for it (a slow reader keeps its link); its
     // writer, blocked for `limits.write_timeout` (2 s here), drops it.
-    let config = config("history_bytes: 1048576", "", "")
+    let config = attack_config("history_bytes: 1048576", "", "")
         .replace("interval: 1s, misses: 3", "interval: 30s, misses: 3")
         .replace("read_timeout: 1s", "read_timeout: 1s, write_timeout: 2s");
     assert!(config.contains("interval: 30s") && config.contains("write_timeout: 2s"));
@@ -509,7 +491,7 @@ fn several_flooding_links_are_throttled_at_the_first_hop_and_honest_peers_keep_t
     // 90% of the per-link rate (200/s here), for 3 s: 2,160 items, four times what p may
     // forward on any one link.
     let (mut net, p, q) = honest_network(
-        config(
+        attack_config(
             "message_list_capacity: 100000",
             "",
             "gossip_per_second: 200",

@@ -19,22 +19,14 @@ use std::time::{Duration, Instant};
 use common::*;
 use gossipnet::wire::{Msg, Role};
 
-/// The test network's config (as in `tests/abuse.rs`, in rooted mode); each argument is the
-/// inside of one section's braces, added to that section's defaults here.
+/// The attack tests' config (`attack_config`) in rooted mode.
 fn config(gossip: &str, pow: &str, limits: &str) -> String {
-    let join = |base: &str, more: &str| {
-        if more.is_empty() {
-            base.to_string()
-        } else {
-            format!("{base}, {more}")
-        }
+    let gossip = if gossip.is_empty() {
+        "mode: rooted".to_string()
+    } else {
+        format!("mode: rooted, {gossip}")
     };
-    format!(
-        "gossip: {{ {} }}\nliveness: {{ interval: 1s, misses: 3 }}\npow: {{ {} }}\nlimits: {{ {} }}",
-        join("interval: 300ms, count: 100000, mode: rooted", gossip),
-        if pow.is_empty() { "difficulty: 8, timeout: 1s" } else { pow },
-        join("read_timeout: 1s", limits),
-    )
+    attack_config(&gossip, pow, limits)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -145,11 +145,6 @@ impl Rooted {
         self.parent == Some(*n) || self.heard.get(n).is_some_and(|h| h.child)
     }
 
-    /// Children: neighbours whose parent this peer is.
-    pub fn children(&self) -> usize {
-        self.heard.values().filter(|h| h.child).count()
-    }
-
     /// What to tell neighbour `to`: this peer's place, whether `to` is its parent, and
     /// whether a newer number is asked for (of the parent, or of every neighbour when this
     /// peer is unreachable).
@@ -495,7 +490,6 @@ mod tests {
             Tell::Nobody
         );
         assert!(r.backbone(&a(21)));
-        assert_eq!(r.children(), 1);
         // Even a child claiming fewer links is not taken as parent (poison reverse).
         r.heard(a(21), place(root, 1, 0), true, false, now);
         assert_eq!(r.parent(), Some(a(20)));

@@ -203,18 +203,16 @@ impl Tree {
     ) {
         self.missing.remove(&id);
         if self.rooted_mode {
-            // The backbone decides who is eager; the id goes to one lazy neighbour, drawn
+            // The backbone decides who is eager; the id goes to one neighbour off it, drawn
             // per item and peer (to all of them it would cost what flooding's duplicates
-            // cost: an id is a third of a short item's frame).
-            let targets: Vec<SocketAddr> = lazy
+            // cost: an id is a third of a short item's frame): the one whose address hashes
+            // lowest with the id, in one pass.
+            let pick = lazy
                 .into_iter()
                 .filter(|n| Some(*n) != from && !self.in_backbone(n))
-                .collect();
-            if !targets.is_empty() {
-                let mut h = [0u8; 8];
-                h.copy_from_slice(&id[8..16]);
-                let pick = (u64::from_le_bytes(h) ^ self.salt) % targets.len() as u64;
-                self.queue_announcement(targets[pick as usize], id, now);
+                .min_by_key(|n| self.draw(&id, n));
+            if let Some(n) = pick {
+                self.queue_announcement(n, id, now);
             }
             return;
         }
@@ -226,6 +224,21 @@ impl Tree {
                 self.queue_announcement(n, id, now);
             }
         }
+    }
+
+    /// A number drawn from `id`, neighbour `n` and this peer's salt.
+    fn draw(&self, id: &[u8; 32], n: &SocketAddr) -> u64 {
+        let mut h = [0u8; 8];
+        h.copy_from_slice(&id[8..16]);
+        let port = u64::from(n.port());
+        let ip = match n.ip() {
+            std::net::IpAddr::V4(v4) => u64::from(u32::from(v4)),
+            std::net::IpAddr::V6(v6) => {
+                let b = v6.octets();
+                u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"))
+            }
+        };
+        (u64::from_le_bytes(h) ^ self.salt ^ (ip << 16 | port)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 
     fn queue_announcement(&mut self, to: SocketAddr, id: [u8; 32], now: Instant) {

@@ -469,7 +469,26 @@ pub fn handshake_as(
     }
 }
 
-// ---- Attacks: what a node looked like before, and whether it is still well after ----
+// ---- Attacks: the network's config, what a node looked like before, and whether it is still
+// well after ----
+
+/// The config of an attack test's network (`tests/abuse.rs`, `tests/rooted.rs`); each argument is the inside of one section's braces, added to
+/// that section's defaults here.
+pub fn attack_config(gossip: &str, pow: &str, limits: &str) -> String {
+    let join = |base: &str, more: &str| {
+        if more.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}, {more}")
+        }
+    };
+    format!(
+        "gossip: {{ {} }}\nliveness: {{ interval: 1s, misses: 3 }}\npow: {{ {} }}\nlimits: {{ {} }}",
+        join("interval: 300ms, count: 100000", gossip),
+        if pow.is_empty() { "difficulty: 8, timeout: 1s" } else { pow },
+        join("read_timeout: 1s", limits),
+    )
+}
 
 /// A node's threads and memory before an attack (`baseline`), to compare with after it.
 pub struct Baseline {
