@@ -14,10 +14,12 @@
 //!
 //! Every run starts its own seeds and peers (binaries from `GOSSIPNET_BIN` or
 //! `target/release`), stops every process it started, and keeps the run directory (printed)
-//! for `report`. Loops are bounded in count and time.
+//! for `report`. Loops are bounded in count and time. With `BENCH_VERBOSE=1` every node also
+//! writes its debug log there (`log-peer-PORT.txt`, `log-seed-PORT.txt`).
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -140,6 +142,11 @@ impl Network {
             .arg(&self.dir)
             // Keys are created under the working directory.
             .current_dir(&self.dir)
+            // BENCH_VERBOSE=1: each node's debug log in the run directory.
+            .args(std::env::var_os("BENCH_VERBOSE").into_iter().flat_map(|_| {
+                let log = self.dir.join(format!("log-{role}-{}.txt", a.port()));
+                [OsString::from("-v"), "--log-file".into(), log.into()]
+            }))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

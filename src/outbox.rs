@@ -10,8 +10,11 @@
 //! Batching: a connection that sent less than a batch window ago holds new frames until the
 //! window ends, and a flusher sends them together. An idle link therefore sends a frame at once;
 //! a busy one sends one segment per window, however many frames it carries. The window grows
-//! with the link's frame rate ([`Batching`]): on a loaded machine the system calls and thread
-//! wake-ups per segment, not the frames, are what a node spends its CPU on.
+//! with the link's rate of sends ([`Batching`]): on a loaded machine the system calls and
+//! thread wake-ups per segment, not the frames, are what a node spends its CPU on. Frames
+//! queued together (by one event: a catch-up answer, a read of many frames) count as one
+//! send: a burst is not a busy link, and counted frame by frame it held the link's next
+//! frames for up to 200 ms for a quarter of a second after it.
 //!
 //! The queue is bounded in frames and in bytes: a remote that stops reading fills it and is
 //! dropped instead of growing this node's memory.
@@ -80,8 +83,8 @@ const RATE_SAMPLE: f64 = 0.01;
 /// ... and smoothed over about this long (seconds).
 const RATE_TAU: f64 = 0.25;
 
-/// Frames a second on a link, smoothed over about [`RATE_TAU`]: what its batch window grows
-/// with. The time of the last update is the caller's (an `Instant` here, virtual time in the
+/// Sends a second on a link (events that queued frames on it), smoothed over about
+/// [`RATE_TAU`]: what its batch window grows with. The time of the last update is the caller's (an `Instant` here, virtual time in the
 /// simulator, which models these queues).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FrameRate {
@@ -152,12 +155,12 @@ impl State {
 /// reader's queue full of items leaves items out instead of closing the link.
 const ITEM_SHARE: usize = 7;
 
-/// Frames a second from which a link holds its frames for the whole `max` window. Below it
-/// the window shrinks with the square of the rate: a link carrying `r` frames a second holds
-/// them for `max × (r / 500)²` (at least `min`). With the defaults (0, 200 ms) a link at 50 frames
-/// a second holds them 2 ms and a quieter one less (nothing at the first frame after a pause),
-/// so a light load keeps its latency, while a link at 500 frames a second sends five segments
-/// of a hundred frames a second. No
+/// Sends a second from which a link holds its frames for the whole `max` window. Below it
+/// the window shrinks with the square of the rate: a link with `r` sends a second holds
+/// them for `max × (r / 500)²` (at least `min`). With the defaults (0, 200 ms) a link at 50
+/// sends a second holds them 2 ms and a quieter one less (nothing at the first frame after a
+/// pause), so a light load keeps its latency, while a link at 500 a second sends five
+/// segments of a hundred frames a second. No
 /// link sends more than about `(BUSY_RATE² / max)^⅓` times a second (about 100).
 pub const BUSY_RATE: f64 = 500.0;
 
@@ -169,7 +172,7 @@ pub struct Batching {
 }
 
 impl Batching {
-    /// The window for a link carrying `rate` frames a second.
+    /// The window for a link with `rate` sends a second.
     pub fn window(&self, rate: f64) -> Duration {
         let share = (rate / BUSY_RATE).powi(2);
         // `as` saturates (and maps NaN to 0).
@@ -363,7 +366,6 @@ impl Outbox {
             gone: false,
         });
         s.frames += 1;
-        s.rate.count();
         self.wake_if_half_full(&s);
         true
     }
@@ -408,6 +410,7 @@ impl Outbox {
     /// `At` schedules it).
     pub fn when(&self, now: Instant, batching: Batching) -> When {
         let mut s = self.state.lock();
+        s.rate.count();
         s.update_rate(now);
         // A window never holds more than half the queue: at rates where it would, the frames
         // go now, so a fast link is never dropped for a full queue while waiting for its
@@ -918,6 +921,28 @@ mod tests {
         assert_eq!(b.window(1e9), Duration::from_millis(200));
         assert_eq!(b.window(f64::NAN), Duration::from_millis(2));
         assert_eq!(fixed(Duration::ZERO).window(1e6), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_burst_queued_at_once_counts_as_one_send_not_as_a_rate() {
+        // A late joiner's catch-up: a thousand frames queued by one event. Counted frame by
+        // frame they made the link's rate look like thousands a second, and its next frames
+        // waited out a 200 ms window for a quarter of a second after the burst.
+        let b = Batching {
+            min: Duration::from_millis(2),
+            max: Duration::from_millis(200),
+        };
+        let ob = Outbox::new(1 << 20, 1 << 30);
+        let t0 = Instant::now();
+        for _ in 0..1000 {
+            ob.push(fr(b"x"));
+        }
+        assert_eq!(ob.when(t0, b), When::Now);
+        ob.flush(t0, |b| Ok(total(b)));
+        // 20 ms later, one frame: the link sent 20 ms ago, its window is the minimum.
+        let t1 = t0 + Duration::from_millis(20);
+        ob.push(fr(b"y"));
+        assert_eq!(ob.when(t1, b), When::Now);
     }
 
     /// Feeds `per_second` frames a second for `secs` seconds, flushing whenever `when` says

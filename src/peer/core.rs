@@ -455,6 +455,7 @@ impl PeerCore {
         {
             self.announce_place(None, now, out);
         }
+        self.send_backfills(out);
         if close {
             out.push(Action::Close { conn });
         }
@@ -771,8 +772,29 @@ impl PeerCore {
                     }
                     Tell::Nobody => {}
                 }
+                // After the place: a new parent takes the ids for its child's once it knows.
+                self.send_backfills(out);
             }
             _ => {}
+        }
+    }
+
+    /// Rooted shape: the ids owed to neighbours that joined the backbone (`Tree::backfill`).
+    fn send_backfills(&mut self, out: &mut Vec<Action>) {
+        let Some(t) = &mut self.tree else {
+            return;
+        };
+        for (to, ids) in t.take_backfills() {
+            if let Some(conn) = self.overlay.conn_of(&to) {
+                for chunk in ids.chunks(MAX_IDS) {
+                    out.push(Action::send(
+                        conn,
+                        Msg::IHave {
+                            ids: chunk.to_vec(),
+                        },
+                    ));
+                }
+            }
         }
     }
 

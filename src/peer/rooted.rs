@@ -145,6 +145,14 @@ impl Rooted {
         self.parent == Some(*n) || self.heard.get(n).is_some_and(|h| h.child)
     }
 
+    /// The backbone: the parent (if any) and the children, in address order after it.
+    pub fn backbone_list(&self) -> Vec<SocketAddr> {
+        self.parent
+            .into_iter()
+            .chain(self.heard.iter().filter(|(_, h)| h.child).map(|(n, _)| *n))
+            .collect()
+    }
+
     /// What to tell neighbour `to`: this peer's place, whether `to` is its parent, and
     /// whether a newer number is asked for (of the parent, or of every neighbour when this
     /// peer is unreachable).

@@ -25,7 +25,9 @@
 //! flooding's duplicates cost), and grafted after ten times the timeout (pushes are never cut,
 //! so an id announced before its push came is late far more often than lost). An item that
 //! reached a peer by catch-up is pushed to its children and announced to its parent, which
-//! grafts it at once if it lacks it.
+//! grafts it at once if it lacks it. A neighbour that joins the backbone (a new child, a new
+//! parent) is told at once the ids received in the last moments (`backfill`): what was pushed
+//! along the tree before its link was in it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -74,7 +76,18 @@ pub struct Tree {
     rooted_mode: bool,
     /// The rooted shape, from the first neighbour link on (see `rooted`).
     rooted: Option<Rooted>,
+    /// Rooted shape: the backbone as last seen, and the announcements owed to the
+    /// neighbours that joined it since (see `backfill`).
+    backbone: Vec<SocketAddr>,
+    backfills: Vec<(SocketAddr, Vec<[u8; 32]>)>,
+    /// Rooted shape: the ids of the latest first receipts, when and from whom each came
+    /// (at most [`MAX_IDS`], none older than [`BACKFILL_TIMEOUTS`] `graft_timeout`s).
+    recent: VecDeque<(Instant, [u8; 32], Option<SocketAddr>)>,
 }
+
+/// A neighbour that joins this peer's backbone is told the ids this peer received in the last
+/// this many `graft_timeout`s (see `Tree::backfill`).
+pub const BACKFILL_TIMEOUTS: u32 = 2;
 
 /// The rooted shape waits this many `graft_timeout`s before grafting (see `graft_wait`).
 pub const ROOTED_GRAFT_WAIT: u32 = 10;
@@ -106,6 +119,9 @@ impl Tree {
             ids_grafted: 0,
             rooted_mode: rooted,
             rooted: None,
+            backbone: Vec::new(),
+            backfills: Vec::new(),
+            recent: VecDeque::new(),
         }
     }
 
@@ -132,7 +148,9 @@ impl Tree {
 
     /// Rooted shape: a neighbour link went; true if this peer's place changed.
     pub fn rooted_down(&mut self, addr: &SocketAddr, now: Instant) -> bool {
-        self.rooted.as_mut().is_some_and(|r| r.link_down(addr, now))
+        let changed = self.rooted.as_mut().is_some_and(|r| r.link_down(addr, now));
+        self.backfill(now);
+        changed
     }
 
     /// Rooted shape: a neighbour's place (see `Rooted::heard`); whom to tell of this
@@ -145,9 +163,64 @@ impl Tree {
         want: bool,
         now: Instant,
     ) -> Tell {
-        match &mut self.rooted {
+        let tell = match &mut self.rooted {
             Some(r) => r.heard(from, place, child, want, now),
             None => Tell::Nobody,
+        };
+        self.backfill(now);
+        tell
+    }
+
+    /// Rooted shape: a neighbour that joined the backbone since the last look is told the
+    /// ids this peer received in the last [`BACKFILL_TIMEOUTS`] `graft_timeout`s (but those
+    /// it sent). Until its link was in the backbone, items pushed along the tree did not go
+    /// to it: a peer that just joined, or changed parent, while items were on their way
+    /// would otherwise wait for a graft or a catch-up round for them. It grafts at once the
+    /// ones it lacks (an `IHave` over the backbone means no push is coming). The
+    /// announcements go at once, not with the next batch (`take_backfills`).
+    fn backfill(&mut self, now: Instant) {
+        let Some(r) = &self.rooted else {
+            return;
+        };
+        let backbone = r.backbone_list();
+        if backbone == self.backbone {
+            return;
+        }
+        let joined: Vec<SocketAddr> = backbone
+            .iter()
+            .filter(|n| !self.backbone.contains(n))
+            .copied()
+            .collect();
+        self.backbone = backbone;
+        self.forget_recent(now);
+        for n in joined {
+            let ids: Vec<[u8; 32]> = self
+                .recent
+                .iter()
+                .filter(|(_, _, from)| *from != Some(n))
+                .map(|(_, id, _)| *id)
+                .collect();
+            if !ids.is_empty() {
+                self.backfills.push((n, ids));
+            }
+        }
+    }
+
+    /// The announcements owed to neighbours that joined the backbone (see `backfill`), to
+    /// send now.
+    pub fn take_backfills(&mut self) -> Vec<(SocketAddr, Vec<[u8; 32]>)> {
+        std::mem::take(&mut self.backfills)
+    }
+
+    /// Drops the recent ids too old to backfill.
+    fn forget_recent(&mut self, now: Instant) {
+        let window = self.graft_timeout * BACKFILL_TIMEOUTS;
+        while self
+            .recent
+            .front()
+            .is_some_and(|(at, _, _)| now.saturating_duration_since(*at) > window)
+        {
+            self.recent.pop_front();
         }
     }
 
@@ -203,6 +276,10 @@ impl Tree {
     ) {
         self.missing.remove(&id);
         if self.rooted_mode {
+            if self.recent.len() >= MAX_IDS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((now, id, from));
             // The backbone decides who is eager; the id goes to one neighbour off it, drawn
             // per item and peer (to all of them it would cost what flooding's duplicates
             // cost: an id is a third of a short item's frame): the one whose address hashes
@@ -369,6 +446,8 @@ impl Tree {
         if let Some(r) = &mut self.rooted {
             out.place_changed = r.tick(now);
             out.tell = r.owed_due(now);
+            self.backfill(now);
+            out.ihave.append(&mut self.backfills);
         }
         if self
             .announce_since
@@ -656,6 +735,76 @@ mod tests {
         let mut p = Tree::new(T, 0, false);
         p.caught_up([5; 32], a(3), now);
         assert!(p.due(now + T).ihave.is_empty());
+    }
+
+    #[test]
+    fn rooted_a_neighbour_joining_the_backbone_is_told_the_recent_ids_it_did_not_send() {
+        let now = Instant::now();
+        let mut t = rooted(now);
+        assert!(t.take_backfills().is_empty(), "nothing received yet");
+        let root = (500, a(99));
+        let window = T * BACKFILL_TIMEOUTS;
+        // Too old by the time a(4) joins, then recent ones: from the parent, from a(4),
+        // generated here.
+        t.first_receipt([1; 32], Some(a(1)), (1..=4).map(a), now);
+        let later = now + window;
+        t.first_receipt([2; 32], Some(a(1)), (1..=4).map(a), later);
+        t.first_receipt([3; 32], Some(a(4)), (1..=4).map(a), later);
+        t.first_receipt([4; 32], None, (1..=4).map(a), later);
+        let joins = later + T / 2;
+        // a(4) names this peer its parent: a new child.
+        let at = |seq, dist| Place { root, seq, dist };
+        t.heard_place(a(4), at(1, 3), true, false, joins);
+        assert_eq!(
+            t.take_backfills(),
+            vec![(a(4), vec![[2; 32], [4; 32]])],
+            "recent ones only, and not those a(4) sent"
+        );
+        assert!(t.take_backfills().is_empty(), "once");
+        // A place that changes nothing in the backbone backfills no one.
+        t.heard_place(a(4), at(1, 3), true, false, joins);
+        assert!(t.take_backfills().is_empty());
+        // A new parent (a(3) comes nearer the root) is told them too, a(1) no longer in the
+        // backbone is not.
+        t.heard_place(a(3), at(1, 0), false, false, joins);
+        assert_eq!(t.rooted().and_then(Rooted::parent), Some(a(3)));
+        assert_eq!(
+            t.take_backfills(),
+            vec![(a(3), vec![[2; 32], [3; 32], [4; 32]])]
+        );
+        // Over the backbone an announcement is grafted at once: what a(4) lacks comes now.
+        let mut child = Tree::new(T, 1, true);
+        child.rooted_up(a(4), 2000, joins);
+        child.heard_place(a(10), at(1, 2), false, false, joins);
+        child.ihave(a(10), &[[2; 32], [4; 32]], |id| id == &[4; 32], joins);
+        assert_eq!(child.due(joins).graft, vec![(a(10), vec![[2; 32]])]);
+    }
+
+    #[test]
+    fn rooted_the_recent_ids_are_bounded() {
+        let now = Instant::now();
+        let mut t = rooted(now);
+        for k in 0..MAX_IDS as u32 + 100 {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&k.to_be_bytes());
+            t.first_receipt(id, Some(a(1)), (1..=4).map(a), now);
+        }
+        assert_eq!(t.recent.len(), MAX_IDS);
+        let root = (500, a(99));
+        t.heard_place(
+            a(4),
+            Place {
+                root,
+                seq: 1,
+                dist: 3,
+            },
+            true,
+            false,
+            now,
+        );
+        let backfills = t.take_backfills();
+        assert_eq!(backfills.len(), 1);
+        assert_eq!(backfills[0].1.len(), MAX_IDS, "one frame's worth");
     }
 
     #[test]

@@ -302,9 +302,11 @@ struct Queue {
     last_send: Option<Micros>,
     /// The end of the window frames are held for now, if any.
     flush_at: Option<Micros>,
-    /// Frames queued a second, as the real queue counts them, and when last updated.
+    /// Sends a second, as the real queue counts them (frames queued at one moment are one
+    /// send), when last updated, and the moment last counted.
     rate: FrameRate,
     rate_at: Option<Micros>,
+    counted_at: Option<Micros>,
 }
 
 impl World {
@@ -678,7 +680,11 @@ impl World {
             self.queues.resize(i + 1, Queue::default());
         }
         let q = &mut self.queues[i];
-        q.rate.count();
+        // Frames queued together (one event's) are one send to batch.
+        if q.counted_at != Some(now) {
+            q.counted_at = Some(now);
+            q.rate.count();
+        }
         let dt = q
             .rate_at
             .map(|since| now.saturating_sub(since) as f64 / 1e6);
