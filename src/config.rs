@@ -63,7 +63,7 @@ pub struct GossipConfig {
     /// when the window ends: a busy link sends one segment per window instead of one per
     /// frame, an idle one sends at once. The window is at least this long (default zero:
     /// natural batching, nothing held on a quiet link) and grows with the link's rate of
-    /// sends (see `outbox::Batching`) up to `max_batch_window`. Zero (both) never holds.
+    /// pushes (see `outbox::Batching`) up to `max_batch_window`. Zero (both) never holds.
     pub batch_window: Duration,
     pub max_batch_window: Duration,
     /// How items spread: the assignment's flooding, Plumtree's tree push, or a tree push

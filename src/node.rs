@@ -248,8 +248,10 @@ pub enum Event {
 pub enum Action {
     /// Queue one message (encoded once) to each of these connections.
     Send { to: Vec<ConnId>, msg: Msg },
-    /// Like `Send`, for a gossip item with this message id: while the frame is still held in
-    /// a connection's queue (the batch window), a `Withdraw` can take it back.
+    /// Like `Send`, for a gossip item pushed as it spreads, with this message id: while the
+    /// frame is still held in a connection's queue (the batch window), a `Withdraw` can take
+    /// it back. These pushes are what a link's batch window grows with (`outbox`); an item
+    /// sent as an answer (catch-up, a graft) goes by `Send`.
     Forward {
         to: Vec<ConnId>,
         msg: Msg,

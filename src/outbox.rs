@@ -10,11 +10,11 @@
 //! Batching: a connection that sent less than a batch window ago holds new frames until the
 //! window ends, and a flusher sends them together. An idle link therefore sends a frame at once;
 //! a busy one sends one segment per window, however many frames it carries. The window grows
-//! with the link's rate of sends ([`Batching`]): on a loaded machine the system calls and
-//! thread wake-ups per segment, not the frames, are what a node spends its CPU on. Frames
-//! queued together (by one event: a catch-up answer, a read of many frames) count as one
-//! send: a burst is not a busy link, and counted frame by frame it held the link's next
-//! frames for up to 200 ms for a quarter of a second after it.
+//! with the link's rate of pushes, the gossip items forwarded on it ([`Batching`]): on a loaded
+//! machine the system calls and thread wake-ups per segment, not the frames, are what a node
+//! spends its CPU on. Answers (catch-up and grafted items) and control frames do not count:
+//! they come in bursts, and a burst is not a busy link (counted, a newcomer's catch-up held
+//! the pushes on its link for up to 200 ms for a quarter of a second after it).
 //!
 //! The queue is bounded in frames and in bytes: a remote that stops reading fills it and is
 //! dropped instead of growing this node's memory.
@@ -83,7 +83,7 @@ const RATE_SAMPLE: f64 = 0.01;
 /// ... and smoothed over about this long (seconds).
 const RATE_TAU: f64 = 0.25;
 
-/// Sends a second on a link (events that queued frames on it), smoothed over about
+/// Pushes a second on a link (gossip items forwarded on it), smoothed over about
 /// [`RATE_TAU`]: what its batch window grows with. The time of the last update is the caller's (an `Instant` here, virtual time in the
 /// simulator, which models these queues).
 #[derive(Debug, Default, Clone, Copy)]
@@ -155,10 +155,10 @@ impl State {
 /// reader's queue full of items leaves items out instead of closing the link.
 const ITEM_SHARE: usize = 7;
 
-/// Sends a second from which a link holds its frames for the whole `max` window. Below it
-/// the window shrinks with the square of the rate: a link with `r` sends a second holds
+/// Pushes a second from which a link holds its frames for the whole `max` window. Below it
+/// the window shrinks with the square of the rate: a link with `r` pushes a second holds
 /// them for `max × (r / 500)²` (at least `min`). With the defaults (0, 200 ms) a link at 50
-/// sends a second holds them 2 ms and a quieter one less (nothing at the first frame after a
+/// pushes a second holds them 2 ms and a quieter one less (nothing at the first frame after a
 /// pause), so a light load keeps its latency, while a link at 500 a second sends five
 /// segments of a hundred frames a second. No
 /// link sends more than about `(BUSY_RATE² / max)^⅓` times a second (about 100).
@@ -172,7 +172,7 @@ pub struct Batching {
 }
 
 impl Batching {
-    /// The window for a link with `rate` sends a second.
+    /// The window for a link with `rate` pushes a second.
     pub fn window(&self, rate: f64) -> Duration {
         let share = (rate / BUSY_RATE).powi(2);
         // `as` saturates (and maps NaN to 0).
@@ -366,6 +366,9 @@ impl Outbox {
             gone: false,
         });
         s.frames += 1;
+        if id.is_some() {
+            s.rate.count();
+        }
         self.wake_if_half_full(&s);
         true
     }
@@ -410,7 +413,6 @@ impl Outbox {
     /// `At` schedules it).
     pub fn when(&self, now: Instant, batching: Batching) -> When {
         let mut s = self.state.lock();
-        s.rate.count();
         s.update_rate(now);
         // A window never holds more than half the queue: at rates where it would, the frames
         // go now, so a fast link is never dropped for a full queue while waiting for its
@@ -924,10 +926,10 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_queued_at_once_counts_as_one_send_not_as_a_rate() {
-        // A late joiner's catch-up: a thousand frames queued by one event. Counted frame by
-        // frame they made the link's rate look like thousands a second, and its next frames
-        // waited out a 200 ms window for a quarter of a second after the burst.
+    fn answers_do_not_count_in_the_links_rate_pushes_do() {
+        // A late joiner's catch-up: a thousand items queued as one answer. Counted, they made
+        // the link's rate look like thousands a second, and its next pushes waited out a
+        // 200 ms window for a quarter of a second after the burst.
         let b = Batching {
             min: Duration::from_millis(2),
             max: Duration::from_millis(200),
@@ -943,9 +945,18 @@ mod tests {
         let t1 = t0 + Duration::from_millis(20);
         ob.push(fr(b"y"));
         assert_eq!(ob.when(t1, b), When::Now);
+        ob.flush(t1, |b| Ok(total(b)));
+        // A thousand pushes in 20 ms: a busy link, which holds the next ones.
+        for k in 0..1000u32 {
+            let mut id = [1u8; 32];
+            id[..4].copy_from_slice(&k.to_le_bytes());
+            ob.push_item(fr(b"z"), Some(id));
+        }
+        let t2 = t1 + Duration::from_millis(20);
+        assert!(matches!(ob.when(t2, b), When::At(_)));
     }
 
-    /// Feeds `per_second` frames a second for `secs` seconds, flushing whenever `when` says
+    /// Feeds `per_second` pushes a second for `secs` seconds, flushing whenever `when` says
     /// so (at once, or when the window it named ends); returns the sends of the last second.
     fn sends_in_last_second(per_second: u32, secs: u32) -> (u32, u32) {
         let b = Batching {
@@ -967,7 +978,9 @@ mod tests {
                 }
                 due = None;
             }
-            ob.push(fr(b"x"));
+            let mut id = [1u8; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            ob.push_item(fr(b"x"), Some(id));
             match ob.when(now, b) {
                 When::Now => {
                     let done = ob.flush(now, |b| Ok(total(b)));

@@ -729,12 +729,9 @@ impl PeerCore {
                 // `gossip.sync_bytes` a round by grafting.
                 let interval = self.config.gossip.sync_interval.max(Duration::from_secs(1));
                 let wanted: Vec<u64> = ids.iter().map(short_id).collect();
+                // An answer, not a push: it does not count in the link's rate (`outbox`).
                 for item in self.serve_from_history(conn, from, &wanted, interval, now) {
-                    out.push(Action::Forward {
-                        to: vec![conn],
-                        msg: item.msg(),
-                        id: item.id,
-                    });
+                    out.push(Action::send(conn, item.msg()));
                 }
             }
             Msg::Prune => {
@@ -805,6 +802,7 @@ impl PeerCore {
             return;
         };
         t.rooted_up(self.me, now.unix_ms, now.mono);
+        t.link_up(addr, now.mono);
         if t.rooted().is_none() {
             return;
         }

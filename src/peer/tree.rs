@@ -80,6 +80,12 @@ pub struct Tree {
     /// neighbours that joined it since (see `backfill`).
     backbone: Vec<SocketAddr>,
     backfills: Vec<(SocketAddr, Vec<[u8; 32]>)>,
+    /// Rooted shape: when each neighbour's link came up; the parent as last seen, and when
+    /// this peer last took a parent while it had none or its old one had gone (see
+    /// `backfill`).
+    linked: BTreeMap<SocketAddr, Instant>,
+    parent: Option<SocketAddr>,
+    orphaned_at: Option<Instant>,
     /// Rooted shape: the ids of the latest first receipts, when and from whom each came
     /// (at most [`MAX_IDS`], none older than [`BACKFILL_TIMEOUTS`] `graft_timeout`s).
     recent: VecDeque<(Instant, [u8; 32], Option<SocketAddr>)>,
@@ -88,6 +94,9 @@ pub struct Tree {
 /// A neighbour that joins this peer's backbone is told the ids this peer received in the last
 /// this many `graft_timeout`s (see `Tree::backfill`).
 pub const BACKFILL_TIMEOUTS: u32 = 2;
+/// A parent taken this many `graft_timeout`s ago or less, when this peer had none or its old
+/// one had gone, is new for the backfill's purposes.
+pub const BACKFILL_YOUNG_TIMEOUTS: u32 = 10;
 
 /// The rooted shape waits this many `graft_timeout`s before grafting (see `graft_wait`).
 pub const ROOTED_GRAFT_WAIT: u32 = 10;
@@ -121,6 +130,9 @@ impl Tree {
             rooted: None,
             backbone: Vec::new(),
             backfills: Vec::new(),
+            linked: BTreeMap::new(),
+            parent: None,
+            orphaned_at: None,
             recent: VecDeque::new(),
         }
     }
@@ -143,6 +155,13 @@ impl Tree {
         if self.rooted_mode && self.rooted.is_none() {
             let refresh = self.graft_timeout * REFRESH_TIMEOUTS;
             self.rooted = Some(Rooted::new(me, unix_ms, refresh, now));
+        }
+    }
+
+    /// Rooted shape: `addr`'s link came up (see `backfill`).
+    pub fn link_up(&mut self, addr: SocketAddr, now: Instant) {
+        if self.rooted_mode {
+            self.linked.insert(addr, now);
         }
     }
 
@@ -171,24 +190,40 @@ impl Tree {
         tell
     }
 
-    /// Rooted shape: a neighbour that joined the backbone since the last look is told the
-    /// ids this peer received in the last [`BACKFILL_TIMEOUTS`] `graft_timeout`s (but those
-    /// it sent). Until its link was in the backbone, items pushed along the tree did not go
-    /// to it: a peer that just joined, or changed parent, while items were on their way
-    /// would otherwise wait for a graft or a catch-up round for them. It grafts at once the
-    /// ones it lacks (an `IHave` over the backbone means no push is coming). The
-    /// announcements go at once, not with the next batch (`take_backfills`).
+    /// Rooted shape: a neighbour that joined the backbone since the last look is told the ids
+    /// this peer received in the last [`BACKFILL_TIMEOUTS`] `graft_timeout`s (but those it
+    /// sent), at once, not with the next batch (`take_backfills`). Until its link was in the
+    /// backbone, items pushed along the tree did not go to it: a peer that just joined, or
+    /// whose parent went, while items were on their way would otherwise wait for a graft or a
+    /// catch-up round for them.
+    ///
+    /// A new child is always told; it grafts the ones it lacks at once if it was cut off
+    /// from pushes until then, and otherwise after the usual wait (`backbone_due`): its old
+    /// parent was pushing to it until it changed, and under load what that parent still has
+    /// queued for it would be grafted a second time. A new parent is told
+    /// only by a peer whose old parent went (or that had none), which then may have pushed
+    /// items to a link that never delivered them.
     fn backfill(&mut self, now: Instant) {
         let Some(r) = &self.rooted else {
             return;
         };
+        let parent = r.parent();
+        if parent != self.parent {
+            let old_alive = self.parent.is_some_and(|p| self.linked.contains_key(&p));
+            if !old_alive {
+                self.orphaned_at = Some(now);
+            }
+            self.parent = parent;
+        }
         let backbone = r.backbone_list();
         if backbone == self.backbone {
             return;
         }
+        let orphaned = self.orphaned(now);
         let joined: Vec<SocketAddr> = backbone
             .iter()
             .filter(|n| !self.backbone.contains(n))
+            .filter(|n| Some(**n) != parent || orphaned)
             .copied()
             .collect();
         self.backbone = backbone;
@@ -203,6 +238,29 @@ impl Tree {
             if !ids.is_empty() {
                 self.backfills.push((n, ids));
             }
+        }
+    }
+
+    /// Rooted shape: this peer's parent changed in the last [`BACKFILL_YOUNG_TIMEOUTS`]
+    /// `graft_timeout`s from none, or from one whose link went.
+    fn orphaned(&self, now: Instant) -> bool {
+        let young = self.graft_timeout * BACKFILL_YOUNG_TIMEOUTS;
+        self.orphaned_at
+            .is_some_and(|at| now.saturating_duration_since(at) < young)
+    }
+
+    /// Rooted shape: when to graft `id`, announced at `now` by backbone neighbour `from`.
+    /// A child announces only what reached it outside the tree (catch-up, a backfill after
+    /// its parent went): no push of it is coming, so at once. The parent announces ids to a
+    /// new child (`backfill`): at once too if this peer was cut off from pushes before (it
+    /// had no parent or its parent's link went); else after the usual wait, as an
+    /// announcement off the tree: its old parent was pushing to it until the change, and
+    /// under load what that parent still had queued for it takes seconds to arrive.
+    fn backbone_due(&self, id: &[u8; 32], from: &SocketAddr, now: Instant) -> Instant {
+        if self.parent != Some(*from) || self.orphaned(now) {
+            now
+        } else {
+            self.first_due(id, now)
         }
     }
 
@@ -256,6 +314,7 @@ impl Tree {
     /// A neighbour link came up or went: either way it starts over as eager.
     pub fn reset(&mut self, addr: &SocketAddr) {
         self.lazy.remove(addr);
+        self.linked.remove(addr);
         self.pruned.remove(addr);
         self.announce.remove(addr);
         for m in self.missing.values_mut() {
@@ -407,9 +466,8 @@ impl Tree {
             if self.missing.len() >= MAX_MISSING {
                 continue;
             }
-            // Over the backbone an id comes announced only when no push is coming.
             let due = if self.in_backbone(&from) {
-                now
+                self.backbone_due(id, &from, now)
             } else {
                 self.first_due(id, now)
             };
@@ -778,6 +836,45 @@ mod tests {
         child.heard_place(a(10), at(1, 2), false, false, joins);
         child.ihave(a(10), &[[2; 32], [4; 32]], |id| id == &[4; 32], joins);
         assert_eq!(child.due(joins).graft, vec![(a(10), vec![[2; 32]])]);
+    }
+
+    #[test]
+    fn rooted_a_change_between_live_parents_is_not_grafted_at_once() {
+        // Links up long ago: parent a(1), then a(3) comes nearer the root while a(1) stays.
+        let t0 = Instant::now();
+        let now = t0 + T * BACKFILL_YOUNG_TIMEOUTS * 2;
+        let mut t = Tree::new(T, 7, true);
+        t.rooted_up(a(10), 1000, t0);
+        for p in 1..=3 {
+            t.link_up(a(p), t0);
+        }
+        let root = (500, a(99));
+        let at = |seq, dist| Place { root, seq, dist };
+        t.heard_place(a(1), at(1, 1), false, false, t0);
+        t.heard_place(a(2), at(1, 3), true, false, t0);
+        t.first_receipt([1; 32], Some(a(2)), (1..=3).map(a), now);
+        assert_eq!(t.rooted().and_then(Rooted::parent), Some(a(1)));
+        t.take_backfills();
+        t.heard_place(a(3), at(1, 0), false, false, now);
+        assert_eq!(t.rooted().and_then(Rooted::parent), Some(a(3)));
+        assert!(
+            t.take_backfills().is_empty(),
+            "the old parent was pushing until now: the new one is not told"
+        );
+        // Told by the new parent what it had: grafted after the usual wait, not at once
+        // (what the old parent had queued is on its way).
+        t.ihave(a(3), &[[2; 32]], |_| false, now);
+        assert!(t.due(now + T).graft.is_empty());
+        let late = now + T * ROOTED_GRAFT_WAIT * 2;
+        assert_eq!(t.due(late).graft, vec![(a(3), vec![[2; 32]])]);
+        // Its parent's link goes: the next parent is told, and grafts from it go at once.
+        t.first_receipt([4; 32], Some(a(2)), (1..=3).map(a), late);
+        t.reset(&a(3));
+        t.rooted_down(&a(3), late);
+        assert_eq!(t.rooted().and_then(Rooted::parent), Some(a(1)));
+        assert_eq!(t.take_backfills(), vec![(a(1), vec![[4; 32]])]);
+        t.ihave(a(1), &[[3; 32]], |_| false, late);
+        assert_eq!(t.due(late).graft, vec![(a(1), vec![[3; 32]])]);
     }
 
     #[test]

@@ -302,11 +302,10 @@ struct Queue {
     last_send: Option<Micros>,
     /// The end of the window frames are held for now, if any.
     flush_at: Option<Micros>,
-    /// Sends a second, as the real queue counts them (frames queued at one moment are one
-    /// send), when last updated, and the moment last counted.
+    /// Pushes a second (gossip items forwarded), as the real queue counts them, and when
+    /// last updated.
     rate: FrameRate,
     rate_at: Option<Micros>,
-    counted_at: Option<Micros>,
 }
 
 impl World {
@@ -628,7 +627,7 @@ impl World {
     /// its way there.
     fn send_on(&mut self, conn: ConnId, event: Event) {
         let event = Box::new(event);
-        self.send_pending(conn, Pending::OnConn { conn, event });
+        self.send_pending(conn, Pending::OnConn { conn, event }, false);
     }
 
     /// Holds frames on busy connections as a real node's queue does (`outbox::Batching`
@@ -669,7 +668,7 @@ impl World {
     }
 
     /// When a frame queued now for connection end `conn` leaves the sender.
-    fn depart(&mut self, conn: ConnId) -> Micros {
+    fn depart(&mut self, conn: ConnId, push: bool) -> Micros {
         let now = self.now;
         let Some(batching) = self.batching else {
             self.charge_send(now);
@@ -680,9 +679,7 @@ impl World {
             self.queues.resize(i + 1, Queue::default());
         }
         let q = &mut self.queues[i];
-        // Frames queued together (one event's) are one send to batch.
-        if q.counted_at != Some(now) {
-            q.counted_at = Some(now);
+        if push {
             q.rate.count();
         }
         let dt = q
@@ -716,8 +713,8 @@ impl World {
     }
 
     /// Schedules `what` (arriving at connection end `conn`) as `send_on` does.
-    fn send_pending(&mut self, conn: ConnId, what: Pending) {
-        let depart = self.depart(conn);
+    fn send_pending(&mut self, conn: ConnId, what: Pending, push: bool) {
+        let depart = self.depart(conn, push);
         let at = (depart + self.latency()).max(self.conns[conn as usize].last_at);
         self.conns[conn as usize].last_at = at;
         self.push(at, what);
@@ -866,14 +863,17 @@ impl World {
             }
         }
         for action in actions.drain(..) {
+            // Forwarded items are what a link's batch window grows with (as in `outbox`),
+            // answers and control frames are not.
+            let push = matches!(action, Action::Forward { .. });
             match action {
                 Action::Send { to, msg } | Action::Forward { to, msg, .. } => {
                     // The last link takes the frame itself: one reference count less to touch.
                     if let Some((&last, rest)) = to.split_last() {
                         for &conn in rest {
-                            self.send_frame(node, conn, msg.clone());
+                            self.send_frame(node, conn, msg.clone(), push);
                         }
-                        self.send_frame(node, last, msg);
+                        self.send_frame(node, last, msg, push);
                     }
                 }
                 Action::Withdraw { .. } | Action::SendApi { .. } => {}
@@ -895,7 +895,7 @@ impl World {
         }
     }
 
-    fn send_frame(&mut self, node: NodeId, conn: ConnId, msg: Msg) {
+    fn send_frame(&mut self, node: NodeId, conn: ConnId, msg: Msg, push: bool) {
         let Some(end) = self.conns.get(conn as usize) else {
             return;
         };
@@ -927,7 +927,7 @@ impl World {
                 event: Box::new(Event::Frame { conn: other, msg }),
             },
         };
-        self.send_pending(other, what);
+        self.send_pending(other, what, push);
     }
 
     /// Closes one end; the other end hears `reason` after the frames already on their way.
