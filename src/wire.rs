@@ -9,8 +9,8 @@ use std::fmt;
 use std::net::SocketAddr;
 
 /// Protocol versions this build speaks (negotiated in the handshake).
-pub const PROTOCOL_VERSION: u16 = 5;
-pub const MIN_PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
+pub const MIN_PROTOCOL_VERSION: u16 = 6;
 /// Bytes of the length prefix.
 pub const LEN_PREFIX: usize = 4;
 /// Bound on entries in one peer list or sync frame, so one frame stays far below the limit.
@@ -294,8 +294,10 @@ pub enum Msg {
     Prune,
     /// Rooted mode: the root this peer's tree hangs from, the root's sequence number it
     /// carries, its distance to the root in links (32 and over: none), whether the receiver
-    /// is its parent (its next link towards the root), and whether it asks for a newer
-    /// number (flags byte: bit 0 parent, bit 1 want; the other bits zero).
+    /// is its parent (its next link towards the root), whether it asks for a newer number,
+    /// and whether it releases the receiver, which no longer names it parent: every push it
+    /// queued for the receiver as its child went before this frame (flags byte: bit 0
+    /// parent, bit 1 want, bit 2 released; the other bits zero).
     TreeRoot {
         root: SocketAddr,
         /// When the root's first neighbour link came up (unix ms): the oldest root wins, so
@@ -305,6 +307,7 @@ pub enum Msg {
         dist: u8,
         parent: bool,
         want: bool,
+        released: bool,
     },
     /// Catch-up, step 1: a summary of every bucket of the sender's history.
     SyncDigest {
@@ -580,13 +583,14 @@ impl Msg {
                 dist,
                 parent,
                 want,
+                released,
             } => {
                 out.push(tag::TREE_ROOT);
                 put_addr(out, root);
                 out.extend_from_slice(&since.to_be_bytes());
                 out.extend_from_slice(&seq.to_be_bytes());
                 out.push(*dist);
-                out.push(u8::from(*parent) | u8::from(*want) << 1);
+                out.push(u8::from(*parent) | u8::from(*want) << 1 | u8::from(*released) << 2);
             }
             Msg::SyncItem {
                 data_type,
@@ -728,7 +732,7 @@ impl Msg {
             tag::TREE_ROOT => {
                 let (root, since, seq, dist) = (r.addr()?, r.u64()?, r.u32()?, r.u8()?);
                 let flags = r.u8()?;
-                if flags > 0b11 {
+                if flags > 0b111 {
                     return Err(WireError::BadValue("TreeRoot flags", flags.into()));
                 }
                 Msg::TreeRoot {
@@ -738,6 +742,7 @@ impl Msg {
                     dist,
                     parent: flags & 1 != 0,
                     want: flags & 2 != 0,
+                    released: flags & 4 != 0,
                 }
             }
             tag::SYNC_ITEM => Msg::SyncItem {
@@ -1137,6 +1142,7 @@ mod tests {
                 dist: 3,
                 parent: true,
                 want: true,
+                released: true,
             },
             Msg::SyncItem {
                 data_type: 0,

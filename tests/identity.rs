@@ -748,8 +748,8 @@ fn unhex(s: &str) -> [u8; 32] {
 
 // ---- The attacker's client, from docs/PROTOCOL.md ----
 
-/// Our highest protocol version ("Versions": this document describes version 5).
-const VERSION: u16 = 5;
+/// Our highest protocol version ("Versions": this document describes version 6).
+const VERSION: u16 = 6;
 /// `limits.max_frame` default ("Framing").
 const MAX_FRAME: usize = 1 << 20;
 

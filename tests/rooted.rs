@@ -42,7 +42,8 @@ fn frame(body: &[u8]) -> Vec<u8> {
 
 /// The body of a `TreeRoot` (0x2A): `root: addr` (`n: u8` then `n` ASCII bytes of `ip:port`),
 /// `since: u64` (unix ms), `seq: u32`, `dist: u8`, `flags: u8` (bit 0: the receiver is the
-/// sender's parent; bit 1: the sender asks for a newer `seq`).
+/// sender's parent; bit 1: the sender asks for a newer `seq`; bit 2: the sender releases the
+/// receiver, its former child).
 fn tree_root_body(root: &str, since: u64, seq: u32, dist: u8, flags: u8) -> Vec<u8> {
     let mut body = vec![0x2A, root.len() as u8];
     body.extend_from_slice(root.as_bytes());
@@ -164,6 +165,8 @@ struct Seen {
     /// `TreeRoot` frames the peer sent us, and of those how many named us its parent (bit 0).
     tree_roots: usize,
     named_parent: usize,
+    /// Of those, how many released us (bit 2: we were its child and no longer name it).
+    released: usize,
     /// The last `TreeRoot` the peer sent us.
     last_root: Option<(String, u64, u32, u8, u8)>,
     /// Whole items (`Gossip`, 0x20) the peer pushed to us: what the tree drew through us.
@@ -277,6 +280,9 @@ impl AttackLink {
                                     if tr.4 & 1 == 1 {
                                         seen.named_parent += 1;
                                     }
+                                    if tr.4 & 4 == 4 {
+                                        seen.released += 1;
+                                    }
                                     seen.last_root = Some(tr);
                                 }
                             }
@@ -380,6 +386,43 @@ fn quiet() -> Lie {
 // The tests.
 // ---------------------------------------------------------------------------------------------
 
+/// PROTOCOL.md, "Release": a peer whose child stops naming it parent sends that neighbour, at
+/// once, a `TreeRoot` with flag bit 2; naming it parent earns none. A neighbour that flips bit 0
+/// twenty times (a frame every 100 ms, within the control allowance) gets exactly ten releases:
+/// never more frames back than it sends, and it keeps its link.
+#[test]
+fn a_child_that_leaves_is_released_once_per_leaving() {
+    let (_net, peers) = honest_network(config("", "", ""), 2);
+    let p = peers[0];
+    // A root younger than any (since = u64::MAX), so p's own tree stays as it is.
+    let flips = lie(
+        Duration::from_millis(100),
+        1,
+        20,
+        Duration::from_secs(10),
+        |n| {
+            tree_root(
+                "127.0.0.1:1",
+                u64::MAX,
+                1,
+                5,
+                if n % 2 == 0 { 1 } else { 0 },
+            )
+        },
+    );
+    let mut link = AttackLink::open(p, flips, Arc::new(AtomicU32::new(0)));
+    wait_within("the flips are told", Duration::from_secs(20), || {
+        link.seen().told
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = link.close();
+    assert_eq!(seen.released, 10, "{seen:?}");
+    assert!(
+        seen.rejects.is_empty() && seen.closed_after.is_none(),
+        "{seen:?}"
+    );
+}
+
 /// PROTOCOL.md, rate limits: at most `limits.control_per_second` (50) frames a second plus 8 per
 /// `gossip.graft_timeout` (100 ms) for `TreeRoot` and the tree frames: 130 a second, bursts of
 /// 260. A neighbour writing 20,000 well-formed `TreeRoot`s as fast as it can is told why and cut.
@@ -441,7 +484,7 @@ fn a_neighbour_flooding_tree_root_frames_is_cut_off() {
     still_healthy(&mut net, p, &base, p, q);
 }
 
-/// "Framing": a body must be consumed exactly by its message; `flags` has bits 0 and 1 only.
+/// "Framing": a body must be consumed exactly by its message; `flags` has bits 0 to 2 only.
 /// A bad flags byte, a truncated `TreeRoot`, one with a trailing byte and one whose root is not
 /// an address, each on its own connection: each link is closed and logged as `rejected`
 /// naming what was wrong; another neighbour link of the same kind stays up, and so do the
@@ -460,13 +503,13 @@ fn a_malformed_tree_root_closes_only_that_link() {
     type Spoil = fn(&[u8]) -> Vec<u8>;
     let cases: Vec<(&str, Spoil, &str)> = vec![
         (
-            "flags 0x04",
+            "flags 0x08",
             |b| {
                 let mut b = b.to_vec();
-                *b.last_mut().unwrap() = 0x04;
+                *b.last_mut().unwrap() = 0x08;
                 b
             },
-            "bad TreeRoot flags value 4",
+            "bad TreeRoot flags value 8",
         ),
         (
             "flags 0xFF",
@@ -535,7 +578,7 @@ fn a_malformed_tree_root_closes_only_that_link() {
 /// PROTOCOL.md, rate limits: "a peer first sends a neighbour it cuts off (for its rate or any
 /// other violation) a `Reject` with the reason, so the neighbour does not take the close for a
 /// crash". A neighbour whose link is up (it sent a good `TreeRoot`, and p answered) and that then
-/// sends a `TreeRoot` with flags 0x04 is told why (`Reject` naming the flags) before the close,
+/// sends a `TreeRoot` with flags 0x08 is told why (`Reject` naming the flags) before the close,
 /// and p, which cut it off itself, does not report it dead to its seed.
 #[test]
 fn a_neighbour_cut_off_for_a_malformed_tree_root_is_told_why() {
@@ -548,12 +591,12 @@ fn a_neighbour_cut_off_for_a_malformed_tree_root_is_told_why() {
         neighbours(&net.events("peer", p)).contains(&me.to_string())
     });
     std::thread::sleep(Duration::from_millis(500));
-    send(&mut s, &tree_root(&me.to_string(), u64::MAX, 2, 0, 0x04));
+    send(&mut s, &tree_root(&me.to_string(), u64::MAX, 2, 0, 0x08));
     let said = frames_in(&read_to_close(&mut s));
     wait_until("the bad flags are logged as rejected", || {
         rejected_reasons(&net, "peer", p)
             .iter()
-            .any(|r| r.contains("bad TreeRoot flags value 4"))
+            .any(|r| r.contains("bad TreeRoot flags value 8"))
     });
     let dead: Vec<String> = strs(&net.events("peer", p), "dead_reported", "dead")
         .into_iter()

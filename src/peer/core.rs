@@ -746,6 +746,7 @@ impl PeerCore {
                 dist,
                 parent,
                 want,
+                released,
             } => {
                 let Some(t) = &mut self.tree else {
                     return;
@@ -755,9 +756,20 @@ impl PeerCore {
                     seq,
                     dist,
                 };
+                let was_child = t.is_child(&from);
                 let tell = t.heard_place(from, place, parent, want, now.mono);
+                if released {
+                    t.released(from, now.mono);
+                }
                 if let Some(wait) = t.next_wake(now.mono) {
                     out.push(Action::timer(wait, Timer::Tree));
+                }
+                // A child that left: told, after every push queued for it, that no more are
+                // coming (it grafts what its new parent announced without waiting for them).
+                if was_child && !t.is_child(&from) {
+                    if let Some(r) = t.rooted() {
+                        out.push(place_frame(r, from, conn, true));
+                    }
                 }
                 match tell {
                     Tell::All => self.announce_place(None, now, out),
@@ -825,7 +837,7 @@ impl PeerCore {
             if only.is_some_and(|o| o != n) || !r.may_tell(n, now.mono) {
                 continue;
             }
-            out.push(place_frame(r, n, conn));
+            out.push(place_frame(r, n, conn, false));
         }
         if let Some(wait) = t.next_wake(now.mono) {
             out.push(Action::timer(wait, Timer::Tree));
@@ -844,7 +856,7 @@ impl PeerCore {
         if let Some(r) = self.tree.as_ref().and_then(Tree::rooted) {
             for n in due.tell {
                 if let Some(conn) = self.overlay.conn_of(&n) {
-                    out.push(place_frame(r, n, conn));
+                    out.push(place_frame(r, n, conn, false));
                 }
             }
         }
@@ -1680,7 +1692,7 @@ impl Core for PeerCore {
 }
 
 /// `TreeRoot` with this peer's place, for neighbour `to` on `conn`.
-fn place_frame(r: &Rooted, to: SocketAddr, conn: ConnId) -> Action {
+fn place_frame(r: &Rooted, to: SocketAddr, conn: ConnId, released: bool) -> Action {
     let (place, parent, want) = r.announcement(&to);
     Action::send(
         conn,
@@ -1691,6 +1703,7 @@ fn place_frame(r: &Rooted, to: SocketAddr, conn: ConnId) -> Action {
             dist: place.dist,
             parent,
             want,
+            released,
         },
     )
 }

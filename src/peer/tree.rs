@@ -86,6 +86,9 @@ pub struct Tree {
     linked: BTreeMap<SocketAddr, Instant>,
     parent: Option<SocketAddr>,
     orphaned_at: Option<Instant>,
+    /// Rooted shape: the old parent, still linked, whose pushes may still be on their way
+    /// since this peer left it, until it says it sent the last (`released`).
+    awaiting: Option<SocketAddr>,
     /// Rooted shape: the ids of the latest first receipts, when and from whom each came
     /// (at most [`MAX_IDS`], none older than [`BACKFILL_TIMEOUTS`] `graft_timeout`s).
     recent: VecDeque<(Instant, [u8; 32], Option<SocketAddr>)>,
@@ -133,6 +136,7 @@ impl Tree {
             linked: BTreeMap::new(),
             parent: None,
             orphaned_at: None,
+            awaiting: None,
             recent: VecDeque::new(),
         }
     }
@@ -209,10 +213,11 @@ impl Tree {
         };
         let parent = r.parent();
         if parent != self.parent {
-            let old_alive = self.parent.is_some_and(|p| self.linked.contains_key(&p));
-            if !old_alive {
+            let old = self.parent.filter(|p| self.linked.contains_key(p));
+            if old.is_none() {
                 self.orphaned_at = Some(now);
             }
+            self.awaiting = old;
             self.parent = parent;
         }
         let backbone = r.backbone_list();
@@ -252,16 +257,35 @@ impl Tree {
     /// Rooted shape: when to graft `id`, announced at `now` by backbone neighbour `from`.
     /// A child announces only what reached it outside the tree (catch-up, a backfill after
     /// its parent went): no push of it is coming, so at once. The parent announces ids to a
-    /// new child (`backfill`): at once too if this peer was cut off from pushes before (it
-    /// had no parent or its parent's link went); else after the usual wait, as an
-    /// announcement off the tree: its old parent was pushing to it until the change, and
-    /// under load what that parent still had queued for it takes seconds to arrive.
+    /// new child (`backfill`): at once too unless this peer left a parent that is still
+    /// linked and has not yet said it sent its last push here (`released`): until then what
+    /// that parent had queued for it (seconds of pushes under load) may still come, so the
+    /// ids wait as an announcement off the tree does.
     fn backbone_due(&self, id: &[u8; 32], from: &SocketAddr, now: Instant) -> Instant {
-        if self.parent != Some(*from) || self.orphaned(now) {
+        if self.parent != Some(*from) || self.awaiting.is_none() {
             now
         } else {
             self.first_due(id, now)
         }
+    }
+
+    /// Rooted shape: `from` released this peer (`TreeRoot` flag bit 2): every push it had
+    /// queued here as this peer's parent has arrived. If it is the old parent awaited, the
+    /// ids the new parent announced and still missing are grafted now.
+    pub fn released(&mut self, from: SocketAddr, now: Instant) {
+        if self.awaiting != Some(from) {
+            return;
+        }
+        self.awaiting = None;
+        let Some(parent) = self.parent else {
+            return;
+        };
+        for m in self.missing.values_mut() {
+            if m.announcers.front() == Some(&parent) {
+                m.due = m.due.min(now);
+            }
+        }
+        self.wake = None;
     }
 
     /// The announcements owed to neighbours that joined the backbone (see `backfill`), to
@@ -315,6 +339,9 @@ impl Tree {
     pub fn reset(&mut self, addr: &SocketAddr) {
         self.lazy.remove(addr);
         self.linked.remove(addr);
+        if self.awaiting == Some(*addr) {
+            self.awaiting = None;
+        }
         self.pruned.remove(addr);
         self.announce.remove(addr);
         for m in self.missing.values_mut() {
@@ -839,7 +866,7 @@ mod tests {
     }
 
     #[test]
-    fn rooted_a_change_between_live_parents_is_not_grafted_at_once() {
+    fn rooted_after_a_change_between_live_parents_grafts_wait_for_the_old_ones_release() {
         // Links up long ago: parent a(1), then a(3) comes nearer the root while a(1) stays.
         let t0 = Instant::now();
         let now = t0 + T * BACKFILL_YOUNG_TIMEOUTS * 2;
@@ -867,6 +894,20 @@ mod tests {
         assert!(t.due(now + T).graft.is_empty());
         let late = now + T * ROOTED_GRAFT_WAIT * 2;
         assert_eq!(t.due(late).graft, vec![(a(3), vec![[2; 32]])]);
+        // Until the old parent says its last push went (`TreeRoot` bit 2): then what the new
+        // one announced and is still missing is grafted at once.
+        t.ihave(a(3), &[[5; 32]], |_| false, late);
+        t.released(a(2), late);
+        assert!(t.due(late).graft.is_empty(), "only the old parent releases");
+        t.released(a(1), late);
+        assert_eq!(t.next_wake(late), Some(Duration::ZERO));
+        assert_eq!(t.due(late).graft, vec![(a(3), vec![[5; 32]])]);
+        t.ihave(a(3), &[[6; 32]], |_| false, late);
+        assert_eq!(
+            t.due(late).graft,
+            vec![(a(3), vec![[6; 32]])],
+            "and from then on"
+        );
         // Its parent's link goes: the next parent is told, and grafts from it go at once.
         t.first_receipt([4; 32], Some(a(2)), (1..=3).map(a), late);
         t.reset(&a(3));
