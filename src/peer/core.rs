@@ -814,7 +814,7 @@ impl PeerCore {
             return;
         };
         t.rooted_up(self.me, now.unix_ms, now.mono);
-        t.link_up(addr, now.mono);
+        t.link_up(addr);
         if t.rooted().is_none() {
             return;
         }

@@ -25,9 +25,10 @@
 //! flooding's duplicates cost), and grafted after ten times the timeout (pushes are never cut,
 //! so an id announced before its push came is late far more often than lost). An item that
 //! reached a peer by catch-up is pushed to its children and announced to its parent, which
-//! grafts it at once if it lacks it. A neighbour that joins the backbone (a new child, a new
-//! parent) is told at once the ids received in the last moments (`backfill`): what was pushed
-//! along the tree before its link was in it.
+//! grafts it at once if it lacks it. A new child is told at once the ids received in the last
+//! moments (`backfill`): what was pushed along the tree before its link was in it; it grafts
+//! what it lacks once its old parent, if still linked, has released it (sent the last push
+//! it had queued for it).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -80,10 +81,10 @@ pub struct Tree {
     /// neighbours that joined it since (see `backfill`).
     backbone: Vec<SocketAddr>,
     backfills: Vec<(SocketAddr, Vec<[u8; 32]>)>,
-    /// Rooted shape: when each neighbour's link came up; the parent as last seen, and when
+    /// Rooted shape: the neighbours whose links are up; the parent as last seen, and when
     /// this peer last took a parent while it had none or its old one had gone (see
     /// `backfill`).
-    linked: BTreeMap<SocketAddr, Instant>,
+    linked: BTreeSet<SocketAddr>,
     parent: Option<SocketAddr>,
     orphaned_at: Option<Instant>,
     /// Rooted shape: the old parent, still linked, whose pushes may still be on their way
@@ -133,7 +134,7 @@ impl Tree {
             rooted: None,
             backbone: Vec::new(),
             backfills: Vec::new(),
-            linked: BTreeMap::new(),
+            linked: BTreeSet::new(),
             parent: None,
             orphaned_at: None,
             awaiting: None,
@@ -163,9 +164,9 @@ impl Tree {
     }
 
     /// Rooted shape: `addr`'s link came up (see `backfill`).
-    pub fn link_up(&mut self, addr: SocketAddr, now: Instant) {
+    pub fn link_up(&mut self, addr: SocketAddr) {
         if self.rooted_mode {
-            self.linked.insert(addr, now);
+            self.linked.insert(addr);
         }
     }
 
@@ -213,7 +214,7 @@ impl Tree {
         };
         let parent = r.parent();
         if parent != self.parent {
-            let old = self.parent.filter(|p| self.linked.contains_key(p));
+            let old = self.parent.filter(|p| self.linked.contains(p));
             if old.is_none() {
                 self.orphaned_at = Some(now);
             }
@@ -873,7 +874,7 @@ mod tests {
         let mut t = Tree::new(T, 7, true);
         t.rooted_up(a(10), 1000, t0);
         for p in 1..=3 {
-            t.link_up(a(p), t0);
+            t.link_up(a(p));
         }
         let root = (500, a(99));
         let at = |seq, dist| Place { root, seq, dist };
