@@ -363,6 +363,7 @@ impl Tree {
     ) {
         self.missing.remove(&id);
         if self.rooted_mode {
+            self.forget_recent(now);
             if self.recent.len() >= MAX_IDS {
                 self.recent.pop_front();
             }
@@ -944,6 +945,11 @@ mod tests {
         let backfills = t.take_backfills();
         assert_eq!(backfills.len(), 1);
         assert_eq!(backfills[0].1.len(), MAX_IDS, "one frame's worth");
+        // And in time: what is older than the window goes as new ids come, backbone change
+        // or not (a steady tree would otherwise keep MAX_IDS of them per peer).
+        let later = now + T * BACKFILL_TIMEOUTS + T;
+        t.first_receipt([9; 32], Some(a(1)), (1..=4).map(a), later);
+        assert_eq!(t.recent.len(), 1);
     }
 
     #[test]
