@@ -84,8 +84,8 @@ const RATE_SAMPLE: f64 = 0.01;
 const RATE_TAU: f64 = 0.25;
 
 /// Pushes a second on a link (gossip items forwarded on it), smoothed over about
-/// [`RATE_TAU`]: what its batch window grows with. The time of the last update is the caller's (an `Instant` here, virtual time in the
-/// simulator, which models these queues).
+/// [`RATE_TAU`]: what its batch window grows with. The time of the last update is the
+/// caller's (an `Instant` here, virtual time in the simulator, which models these queues).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FrameRate {
     pub rate: f64,
@@ -344,8 +344,9 @@ impl Outbox {
     }
 
     /// Queues the frame of a gossip item, if the items' share of the queue has room for it;
-    /// with the item's `id`, `withdraw` can take it back until it is handed to the socket.
-    /// False if there is no room: the caller leaves the item out for this connection.
+    /// with the item's `id` (a push, `Action::Forward`), `withdraw` can take it back until it
+    /// is handed to the socket, and it counts in the link's rate (see [`Batching`]); an item
+    /// sent as an answer comes without one. False if there is no room: the caller leaves the item out for this connection.
     pub fn push_item(&self, frame: Frame, id: Option<[u8; 32]>) -> bool {
         self.queue(frame, true, id)
     }

@@ -100,7 +100,7 @@ pub struct Tree {
 pub const BACKFILL_TIMEOUTS: u32 = 2;
 /// A parent taken this many `graft_timeout`s ago or less, when this peer had none or its old
 /// one had gone, is new for the backfill's purposes.
-pub const BACKFILL_YOUNG_TIMEOUTS: u32 = 10;
+pub const NEW_PARENT_TIMEOUTS: u32 = 10;
 
 /// The rooted shape waits this many `graft_timeout`s before grafting (see `graft_wait`).
 pub const ROOTED_GRAFT_WAIT: u32 = 10;
@@ -247,12 +247,12 @@ impl Tree {
         }
     }
 
-    /// Rooted shape: this peer's parent changed in the last [`BACKFILL_YOUNG_TIMEOUTS`]
+    /// Rooted shape: this peer's parent changed in the last [`NEW_PARENT_TIMEOUTS`]
     /// `graft_timeout`s from none, or from one whose link went.
     fn orphaned(&self, now: Instant) -> bool {
-        let young = self.graft_timeout * BACKFILL_YOUNG_TIMEOUTS;
+        let window = self.graft_timeout * NEW_PARENT_TIMEOUTS;
         self.orphaned_at
-            .is_some_and(|at| now.saturating_duration_since(at) < young)
+            .is_some_and(|at| now.saturating_duration_since(at) < window)
     }
 
     /// Rooted shape: when to graft `id`, announced at `now` by backbone neighbour `from`.
@@ -871,7 +871,7 @@ mod tests {
     fn rooted_after_a_change_between_live_parents_grafts_wait_for_the_old_ones_release() {
         // Links up long ago: parent a(1), then a(3) comes nearer the root while a(1) stays.
         let t0 = Instant::now();
-        let now = t0 + T * BACKFILL_YOUNG_TIMEOUTS * 2;
+        let now = t0 + T * NEW_PARENT_TIMEOUTS * 2;
         let mut t = Tree::new(T, 7, true);
         t.rooted_up(a(10), 1000, t0);
         for p in 1..=3 {
