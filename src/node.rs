@@ -374,6 +374,11 @@ pub trait Core: Send + 'static {
         None
     }
 
+    /// Rooted mode: how many neighbours name this peer parent (`None` as for `tree_root`).
+    fn tree_children(&self) -> Option<usize> {
+        None
+    }
+
     /// After `Event::Shutdown`: a goodbye the core could not send yet (a peer's `Leave` with
     /// no seed connection up) and is dialing for. The runtime keeps serving events for a
     /// bounded while (`pow.timeout`) until this is false, then stops.

@@ -1686,6 +1686,10 @@ impl Core for PeerCore {
         self.tree.as_ref()?.root()
     }
 
+    fn tree_children(&self) -> Option<usize> {
+        Some(self.tree.as_ref()?.rooted()?.children())
+    }
+
     fn holds_goodbye(&self) -> bool {
         self.leave_held
     }

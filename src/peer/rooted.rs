@@ -153,6 +153,11 @@ impl Rooted {
             .collect()
     }
 
+    /// How many neighbours name this peer parent.
+    pub fn children(&self) -> usize {
+        self.heard.values().filter(|h| h.child).count()
+    }
+
     /// What to tell neighbour `to`: this peer's place, whether `to` is its parent, and
     /// whether a newer number is asked for (of the parent, or of every neighbour when this
     /// peer is unreachable).

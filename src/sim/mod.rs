@@ -92,6 +92,8 @@ pub struct Node {
     /// Bytes of the frames it was sent, as encoded on the wire, when counted (late joiners;
     /// see [`World::count_bytes_in`]).
     pub bytes_in: Option<u64>,
+    /// Frames it sent that reached the other end (a hot spot of a tree shows here).
+    pub frames_out: u64,
     /// What its `Hello` carries; raised by [`Action::Reincarnate`].
     incarnation: u64,
     /// The key it shows in a handshake.
@@ -384,6 +386,7 @@ impl World {
             fault_at: None,
             conns: Vec::new(),
             bytes_in: None,
+            frames_out: 0,
             incarnation: 1,
             key: sim_key(&addr),
         });
@@ -766,10 +769,9 @@ impl World {
                     }
                     if matches!(*event, Event::Frame { .. }) {
                         self.frames += 1;
-                        if self.blocked(
-                            node,
-                            self.conns[self.conns[conn as usize].other as usize].node,
-                        ) {
+                        let from = self.conns[self.conns[conn as usize].other as usize].node;
+                        self.nodes[from].frames_out += 1;
+                        if self.blocked(node, from) {
                             continue;
                         }
                     }
@@ -798,8 +800,10 @@ impl World {
                     }
                     let end = &self.conns[conn as usize];
                     let node = end.node;
+                    let from = self.conns[end.other as usize].node;
                     self.frames += 1;
-                    if self.blocked(node, self.conns[end.other as usize].node) {
+                    self.nodes[from].frames_out += 1;
+                    if self.blocked(node, from) {
                         continue;
                     }
                     let msg = Msg::Gossip {

@@ -513,10 +513,12 @@ fn summarize(
     // Rooted mode: the roots the running peers hang from at the end (one when the tree is
     // whole).
     let mut roots = std::collections::BTreeSet::new();
+    let mut children_max = 0;
     for n in &w.nodes {
         if let NodeCore::Peer(c) = &n.core {
             if n.state == NodeState::Running {
                 roots.extend(c.tree_root().map(|r| r.0));
+                children_max = children_max.max(c.tree_children().unwrap_or(0));
             }
             duplicates += c.gossip_duplicates();
             if let Some(t) = c.tree_counters() {
@@ -568,6 +570,18 @@ fn summarize(
         "events": w.events,
         "frames": w.frames,
     });
+    // The busiest peer's frames sent, against the median peer's: 1 when the work is even.
+    let mut sent: Vec<u64> = w
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.core, NodeCore::Peer(_)))
+        .map(|n| n.frames_out)
+        .collect();
+    sent.sort_unstable();
+    if let (Some(&max), Some(&median)) = (sent.last(), sent.get(sent.len() / 2)) {
+        out["frames_sent_max"] = json!(max);
+        out["frames_sent_max_over_median"] = json!(round3(max as f64 / median.max(1) as f64));
+    }
     if let Some([prunes, grafted, eager]) = tree {
         out["tree_prunes"] = json!(prunes);
         out["tree_grafted"] = json!(grafted);
@@ -575,6 +589,7 @@ fn summarize(
     }
     if !roots.is_empty() {
         out["tree_roots"] = json!(roots.len());
+        out["tree_children_max"] = json!(children_max);
     }
     if !late.is_empty() {
         out["late_joiners"] = json!(late.len());
