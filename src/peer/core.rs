@@ -1301,6 +1301,9 @@ impl PeerCore {
             let reason = "control frames faster than the rate limit".to_string();
             return self.reject(conn, addr, reason, now, out);
         }
+        if let Some(t) = &mut self.tree {
+            t.heard_from(&addr, now.mono);
+        }
         match (kind, msg) {
             (
                 LinkKind::Neighbour,

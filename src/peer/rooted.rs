@@ -14,7 +14,15 @@
 //! - **Sequence numbers.** The root numbers its announcements and sends a new number every
 //!   `refresh`; each peer passes on the number of the route it holds. A root whose number has
 //!   not grown for [`LOST_REFRESHES`] refreshes is lost: its routes are refused from then on
-//!   unless they carry a newer number (a root that was only cut off comes back so).
+//!   unless they carry a newer number (a root that was only cut off comes back so). Not
+//!   while the peer has a route and its parent's link brought a frame in the last refresh,
+//!   though: the parent is nearer the root and will say when it loses it, and a number that
+//!   is late while frames still come is late in a queue (a peer that falls seconds behind
+//!   under load read every number seconds late, took the root for lost, and made its whole
+//!   subtree change parents twice, which sent everything pushed meanwhile twice). The peer
+//!   that sees its parent's link fall quiet, or has no route left, decides; and any peer
+//!   after [`MAX_LOST_REFRESHES`], so a parent that sends frames but no numbers (a lie
+//!   abandoned) holds it no longer than that.
 //! - **Feasibility.** A route to the same root is taken only if its number is newer than the
 //!   one this peer last passed on, or the same number and a shorter distance than it passed
 //!   on. A route through this peer's own subtree is never shorter, so no loop forms; a peer
@@ -36,6 +44,9 @@ pub const MAX_DIST: u8 = 32;
 pub const REFRESH_TIMEOUTS: u32 = 20;
 /// Refreshes without a newer number after which a root is taken for lost.
 pub const LOST_REFRESHES: u32 = 3;
+/// ... and after which it is, however busy the parent's link (see the module doc): a parent
+/// that sends frames but no numbers holds its subtree no longer than this.
+pub const MAX_LOST_REFRESHES: u32 = 8;
 /// Lost roots remembered (the oldest forgotten first).
 pub const MAX_LOST: usize = 64;
 /// The root sends a number asked for at most every `refresh` divided by this.
@@ -95,6 +106,8 @@ pub struct Rooted {
     want: Option<u32>,
     /// As the root: when a number was last sent.
     last_number: Instant,
+    /// When the parent's link last brought a frame (since it became the parent).
+    parent_heard: Option<Instant>,
     /// Each neighbour's allowance of places (tokens, when last counted).
     told: BTreeMap<SocketAddr, (f64, Instant)>,
     /// Neighbours owed the latest place (told too recently to be told at once).
@@ -123,6 +136,7 @@ impl Rooted {
             lost: BTreeMap::new(),
             want: None,
             last_number: now,
+            parent_heard: None,
             told: BTreeMap::new(),
             owed: BTreeSet::new(),
         }
@@ -272,12 +286,25 @@ impl Rooted {
             .min()
     }
 
+    /// A frame came from neighbour `n` (see the module doc: a root is not lost while the
+    /// parent's link is busy).
+    pub fn heard_from(&mut self, n: &SocketAddr, now: Instant) {
+        if self.parent == Some(*n) {
+            self.parent_heard = Some(now);
+        }
+    }
+
     /// When [`Rooted::tick`] has something to do.
     pub fn next_tick(&self) -> Instant {
         if self.is_root() {
-            self.next_refresh
-        } else {
-            self.fresh_at + self.refresh * LOST_REFRESHES
+            return self.next_refresh;
+        }
+        let lost = self.fresh_at + self.refresh * LOST_REFRESHES;
+        match self.parent_heard {
+            Some(at) if self.place.dist < MAX_DIST => lost
+                .max(at + self.refresh)
+                .min(self.fresh_at + self.refresh * MAX_LOST_REFRESHES),
+            _ => lost,
         }
     }
 
@@ -312,7 +339,7 @@ impl Rooted {
         log::info!(
             "tree root {} lost: no new announcement for {:?}",
             root.1,
-            self.refresh * LOST_REFRESHES
+            now.saturating_duration_since(self.fresh_at)
         );
         self.choose(now)
     }
@@ -328,6 +355,15 @@ impl Rooted {
 
     /// Chooses root, parent and distance again; true if the place or parent changed.
     fn choose(&mut self, now: Instant) -> bool {
+        let parent = self.parent;
+        let changed = self.choose_again(now);
+        if self.parent != parent {
+            self.parent_heard = None;
+        }
+        changed
+    }
+
+    fn choose_again(&mut self, now: Instant) -> bool {
         let before = (self.place, self.parent);
         let mut root = self.me;
         for h in self.heard.values() {
@@ -541,6 +577,67 @@ mod tests {
         assert_eq!(r.parent(), Some(a(20)));
         assert!(r.link_down(&a(20), now));
         assert_eq!((r.place(), r.parent()), (place(root, 5, 3), Some(a(21))));
+    }
+
+    #[test]
+    fn a_root_is_not_lost_while_the_parent_link_brings_frames_but_is_once_it_falls_quiet() {
+        let now = Instant::now();
+        let mut r = peer(now);
+        let root = (500, a(1));
+        r.heard(a(20), place(root, 5, 2), false, false, now);
+        r.heard(a(21), place((600, a(2)), 1, 1), false, false, now);
+        assert_eq!(r.parent(), Some(a(20)));
+        let lost_at = now + REFRESH * LOST_REFRESHES;
+        // Frames from another neighbour do not count; the parent's do, a refresh long.
+        r.heard_from(&a(21), lost_at - Duration::from_millis(10));
+        assert_eq!(r.next_tick(), lost_at);
+        let last = lost_at - Duration::from_millis(10);
+        r.heard_from(&a(20), last);
+        assert_eq!(r.next_tick(), last + REFRESH);
+        assert!(!r.tick(lost_at));
+        assert!(!r.tick(last + REFRESH - Duration::from_millis(1)));
+        assert_eq!(r.place().root, root);
+        // The parent's link falls quiet: lost.
+        assert!(r.tick(last + REFRESH));
+        assert_eq!(r.place().root, (600, a(2)));
+    }
+
+    #[test]
+    fn a_busy_parent_link_holds_a_silent_root_for_a_bounded_while() {
+        let now = Instant::now();
+        let mut r = peer(now);
+        let root = (500, a(1));
+        r.heard(a(20), place(root, 5, 2), false, false, now);
+        r.heard(a(21), place((600, a(2)), 1, 1), false, false, now);
+        let cap = now + REFRESH * MAX_LOST_REFRESHES;
+        let mut t = now;
+        while t < cap - REFRESH / 2 {
+            t += REFRESH / 4;
+            r.heard_from(&a(20), t);
+            assert!(!r.tick(t), "lost at {:?}", t - now);
+        }
+        assert_eq!(r.next_tick(), cap);
+        assert!(r.tick(cap));
+        assert_eq!(r.place().root, (600, a(2)));
+    }
+
+    #[test]
+    fn a_peer_with_no_route_loses_the_root_however_busy_the_link_it_hangs_from() {
+        let now = Instant::now();
+        let mut r = peer(now);
+        let root = (500, a(1));
+        r.heard(a(20), place(root, 5, 1), false, false, now);
+        r.heard(a(21), place(root, 5, 2), false, false, now);
+        assert_eq!(r.place(), place(root, 5, 2));
+        // The parent goes; the other route is longer on the same number: unreachable, and
+        // items still come from the neighbour left.
+        assert!(r.link_down(&a(20), now));
+        assert_eq!((r.place().dist, r.parent()), (MAX_DIST, Some(a(21))));
+        let lost_at = now + REFRESH * LOST_REFRESHES;
+        r.heard_from(&a(21), lost_at - Duration::from_millis(10));
+        assert_eq!(r.next_tick(), lost_at);
+        assert!(r.tick(lost_at));
+        assert!(r.is_root());
     }
 
     #[test]

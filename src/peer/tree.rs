@@ -307,6 +307,13 @@ impl Tree {
         }
     }
 
+    /// A frame came from neighbour `n` (see `Rooted::heard_from`).
+    pub fn heard_from(&mut self, n: &SocketAddr, now: Instant) {
+        if let Some(r) = &mut self.rooted {
+            r.heard_from(n, now);
+        }
+    }
+
     /// Rooted shape: this peer's place in the tree.
     pub fn rooted(&self) -> Option<&Rooted> {
         self.rooted.as_ref()
