@@ -61,6 +61,11 @@ pub struct Tree {
     graft_timeout: Duration,
     lazy: BTreeSet<SocketAddr>,
     missing: BTreeMap<[u8; 32], Missing>,
+    /// No later than the first `due` in `missing` (`None`: nothing missing): the next
+    /// graft's wake-up without a walk of `missing`, which a peer seconds behind fills with
+    /// thousands of ids announced before their pushes came (walked once per delivery, that
+    /// cost grew with the lag and made it fall further behind).
+    graft_at: Option<Instant>,
     /// Ids waiting to be announced to each lazy neighbour, and since when the oldest waits.
     announce: BTreeMap<SocketAddr, Vec<[u8; 32]>>,
     announce_since: Option<Instant>,
@@ -124,6 +129,7 @@ impl Tree {
             graft_timeout: graft_timeout.max(Duration::from_millis(1)),
             lazy: BTreeSet::new(),
             missing: BTreeMap::new(),
+            graft_at: None,
             announce: BTreeMap::new(),
             announce_since: None,
             wake: None,
@@ -284,6 +290,7 @@ impl Tree {
         for m in self.missing.values_mut() {
             if m.announcers.front() == Some(&parent) {
                 m.due = m.due.min(now);
+                self.graft_at = Some(now);
             }
         }
         self.wake = None;
@@ -507,6 +514,7 @@ impl Tree {
             } else {
                 self.first_due(id, now)
             };
+            self.graft_at = Some(self.graft_at.map_or(due, |at| at.min(due)));
             self.missing.insert(
                 *id,
                 Missing {
@@ -557,18 +565,22 @@ impl Tree {
         let mut grafts: BTreeMap<SocketAddr, Vec<[u8; 32]>> = BTreeMap::new();
         let timeout = self.graft_timeout;
         let soon = now + timeout / 4;
-        self.missing.retain(|id, m| {
-            if m.due > soon {
-                return true;
-            }
-            let Some(to) = m.announcers.pop_front() else {
-                return false;
-            };
-            grafts.entry(to).or_default().push(*id);
-            self.ids_grafted += 1;
-            m.due = now + timeout;
-            true
-        });
+        if self.graft_at.is_some_and(|at| at <= soon) {
+            let mut next: Option<Instant> = None;
+            self.missing.retain(|id, m| {
+                if m.due <= soon {
+                    let Some(to) = m.announcers.pop_front() else {
+                        return false;
+                    };
+                    grafts.entry(to).or_default().push(*id);
+                    self.ids_grafted += 1;
+                    m.due = now + timeout;
+                }
+                next = Some(next.map_or(m.due, |at| at.min(m.due)));
+                true
+            });
+            self.graft_at = next;
+        }
         for (to, ids) in grafts {
             self.lazy.remove(&to);
             for chunk in ids.chunks(MAX_IDS) {
@@ -581,7 +593,7 @@ impl Tree {
     /// The next wake-up to ask for, if one is needed and not already asked for (earlier).
     pub fn next_wake(&mut self, now: Instant) -> Option<Duration> {
         let announce = self.announce_since.map(|at| at + self.graft_timeout / 2);
-        let graft = self.missing.values().map(|m| m.due).min();
+        let graft = self.graft_at;
         let tick = self.rooted.as_ref().map(Rooted::next_tick);
         let owed = self.rooted.as_ref().and_then(Rooted::next_owed);
         let at = announce
@@ -747,6 +759,32 @@ mod tests {
             .collect();
         t.ihave(a(1), &ids, |_| false, now);
         assert_eq!(t.missing.len(), MAX_MISSING);
+    }
+
+    #[test]
+    fn the_next_graft_wake_up_is_the_first_due_and_ids_that_arrive_leave_none() {
+        let now = Instant::now();
+        let mut t = Tree::new(T, 0, false);
+        let id = |i: u32| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            id
+        };
+        t.ihave(a(1), &[id(1), id(2)], |_| false, now);
+        let first = t.missing.values().map(|m| m.due).min().unwrap();
+        t.ihave(a(2), &[id(3)], |_| false, now + T / 2);
+        assert_eq!(t.next_wake(now), Some(first - now));
+        // All arrive: at most one wake-up left, which grafts nothing and asks for no other.
+        for i in 1..=3 {
+            t.arrived(&id(i));
+        }
+        assert_eq!(t.due(first), TreeOut::default());
+        assert_eq!(t.next_wake(first), None);
+        // One announced again is grafted at its own time.
+        t.ihave(a(1), &[id(4)], |_| false, first);
+        let due = t.missing[&id(4)].due;
+        assert_eq!(t.next_wake(first), Some(due - first));
+        assert_eq!(t.due(due).graft, vec![(a(1), vec![id(4)])]);
     }
 
     /// A rooted tree at a peer (port 10) whose parent is a(1) and child a(2); a(3) and a(4)
