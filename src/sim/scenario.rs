@@ -574,8 +574,9 @@ fn summarize(
     let mut sent: Vec<u64> = w
         .nodes
         .iter()
-        .filter(|n| matches!(n.core, NodeCore::Peer(_)))
-        .map(|n| n.frames_out)
+        .zip(&w.frames_out)
+        .filter(|(n, _)| matches!(n.core, NodeCore::Peer(_)))
+        .map(|(_, &f)| f)
         .collect();
     sent.sort_unstable();
     if let (Some(&max), Some(&median)) = (sent.last(), sent.get(sent.len() / 2)) {
