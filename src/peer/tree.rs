@@ -61,11 +61,11 @@ pub struct Tree {
     graft_timeout: Duration,
     lazy: BTreeSet<SocketAddr>,
     missing: BTreeMap<[u8; 32], Missing>,
-    /// No later than the first `due` in `missing` (`None`: nothing missing): the next
-    /// graft's wake-up without a walk of `missing`, which a peer seconds behind fills with
+    /// Every `missing` id by its `due`: the next graft's wake-up, and the ids due at a
+    /// wake-up, without a walk of `missing`, which a peer seconds behind fills with
     /// thousands of ids announced before their pushes came (walked once per delivery, that
     /// cost grew with the lag and made it fall further behind).
-    graft_at: Option<Instant>,
+    dues: BTreeSet<(Instant, [u8; 32])>,
     /// Ids waiting to be announced to each lazy neighbour, and since when the oldest waits.
     announce: BTreeMap<SocketAddr, Vec<[u8; 32]>>,
     announce_since: Option<Instant>,
@@ -129,7 +129,7 @@ impl Tree {
             graft_timeout: graft_timeout.max(Duration::from_millis(1)),
             lazy: BTreeSet::new(),
             missing: BTreeMap::new(),
-            graft_at: None,
+            dues: BTreeSet::new(),
             announce: BTreeMap::new(),
             announce_since: None,
             wake: None,
@@ -287,10 +287,11 @@ impl Tree {
         let Some(parent) = self.parent else {
             return;
         };
-        for m in self.missing.values_mut() {
-            if m.announcers.front() == Some(&parent) {
-                m.due = m.due.min(now);
-                self.graft_at = Some(now);
+        for (id, m) in self.missing.iter_mut() {
+            if m.announcers.front() == Some(&parent) && m.due > now {
+                self.dues.remove(&(m.due, *id));
+                m.due = now;
+                self.dues.insert((now, *id));
             }
         }
         self.wake = None;
@@ -375,7 +376,7 @@ impl Tree {
         lazy: impl IntoIterator<Item = SocketAddr>,
         now: Instant,
     ) {
-        self.missing.remove(&id);
+        self.forget_missing(&id);
         if self.rooted_mode {
             self.forget_recent(now);
             if self.recent.len() >= MAX_IDS {
@@ -427,7 +428,13 @@ impl Tree {
 
     /// `id` arrived some other way (catch-up): no graft for it.
     pub fn arrived(&mut self, id: &[u8; 32]) {
-        self.missing.remove(id);
+        self.forget_missing(id);
+    }
+
+    fn forget_missing(&mut self, id: &[u8; 32]) {
+        if let Some(m) = self.missing.remove(id) {
+            self.dues.remove(&(m.due, *id));
+        }
     }
 
     /// Rooted shape: `id`, new here, came by catch-up from `from`, so the tree never pushed
@@ -514,7 +521,7 @@ impl Tree {
             } else {
                 self.first_due(id, now)
             };
-            self.graft_at = Some(self.graft_at.map_or(due, |at| at.min(due)));
+            self.dues.insert((due, *id));
             self.missing.insert(
                 *id,
                 Missing {
@@ -565,21 +572,28 @@ impl Tree {
         let mut grafts: BTreeMap<SocketAddr, Vec<[u8; 32]>> = BTreeMap::new();
         let timeout = self.graft_timeout;
         let soon = now + timeout / 4;
-        if self.graft_at.is_some_and(|at| at <= soon) {
-            let mut next: Option<Instant> = None;
-            self.missing.retain(|id, m| {
-                if m.due <= soon {
-                    let Some(to) = m.announcers.pop_front() else {
-                        return false;
-                    };
-                    grafts.entry(to).or_default().push(*id);
-                    self.ids_grafted += 1;
-                    m.due = now + timeout;
-                }
-                next = Some(next.map_or(m.due, |at| at.min(m.due)));
-                true
-            });
-            self.graft_at = next;
+        // The ids due, in id order (as a walk of `missing` would find them).
+        let mut ids = Vec::new();
+        while let Some(&(due, id)) = self.dues.first() {
+            if due > soon {
+                break;
+            }
+            self.dues.pop_first();
+            ids.push(id);
+        }
+        ids.sort_unstable();
+        for id in ids {
+            let Some(m) = self.missing.get_mut(&id) else {
+                continue;
+            };
+            let Some(to) = m.announcers.pop_front() else {
+                self.missing.remove(&id);
+                continue;
+            };
+            grafts.entry(to).or_default().push(id);
+            self.ids_grafted += 1;
+            m.due = now + timeout;
+            self.dues.insert((m.due, id));
         }
         for (to, ids) in grafts {
             self.lazy.remove(&to);
@@ -593,7 +607,7 @@ impl Tree {
     /// The next wake-up to ask for, if one is needed and not already asked for (earlier).
     pub fn next_wake(&mut self, now: Instant) -> Option<Duration> {
         let announce = self.announce_since.map(|at| at + self.graft_timeout / 2);
-        let graft = self.graft_at;
+        let graft = self.dues.first().map(|(at, _)| *at);
         let tick = self.rooted.as_ref().map(Rooted::next_tick);
         let owed = self.rooted.as_ref().and_then(Rooted::next_owed);
         let at = announce
