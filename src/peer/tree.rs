@@ -788,10 +788,11 @@ mod tests {
         let first = t.missing.values().map(|m| m.due).min().unwrap();
         t.ihave(a(2), &[id(3)], |_| false, now + T / 2);
         assert_eq!(t.next_wake(now), Some(first - now));
-        // All arrive: at most one wake-up left, which grafts nothing and asks for no other.
+        // All arrive: no graft wake-up is left (the one asked for grafts nothing).
         for i in 1..=3 {
             t.arrived(&id(i));
         }
+        assert_eq!(t.dues.first(), None);
         assert_eq!(t.due(first), TreeOut::default());
         assert_eq!(t.next_wake(first), None);
         // One announced again is grafted at its own time.
