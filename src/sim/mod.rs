@@ -231,8 +231,9 @@ pub struct World {
     /// Events handed to cores, and frames among them.
     pub events: u64,
     pub frames: u64,
-    /// Each node's frames sent that reached the other end (a hot spot of a tree shows here);
-    /// apart from `nodes`, so counting one is no cache miss in a large run.
+    /// Each node's frames sent, those lost across a cut too, as `frames` counts them (a hot
+    /// spot of a tree shows here); apart from `nodes`, so counting one is no cache miss in a
+    /// large run.
     pub frames_out: Vec<u64>,
     actions: Vec<Action>,
     /// Whether any node counts the bytes it is sent: if none does, a frame sent need not look
