@@ -346,7 +346,8 @@ impl Outbox {
     /// Queues the frame of a gossip item, if the items' share of the queue has room for it;
     /// with the item's `id` (a push, `Action::Forward`), `withdraw` can take it back until it
     /// is handed to the socket, and it counts in the link's rate (see [`Batching`]); an item
-    /// sent as an answer comes without one. False if there is no room: the caller leaves the item out for this connection.
+    /// sent as an answer comes without one. False if there is no room: the caller leaves the
+    /// item out for this connection.
     pub fn push_item(&self, frame: Frame, id: Option<[u8; 32]>) -> bool {
         self.queue(frame, true, id)
     }
