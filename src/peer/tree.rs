@@ -69,8 +69,13 @@ pub struct Tree {
     /// Ids waiting to be announced to each lazy neighbour, and since when the oldest waits.
     announce: BTreeMap<SocketAddr, Vec<[u8; 32]>>,
     announce_since: Option<Instant>,
-    /// The wake-up already asked for (none when `None`).
-    wake: Option<Instant>,
+    /// The wake-ups asked for and not yet come (a few at most): one is asked for only when
+    /// none of these comes soon enough. Timers cannot be taken back, so one overtaken by an
+    /// earlier one stays here until it fires; were it forgotten, the tree would ask again for
+    /// the same instant, and each of the two would ask for the next wake-up when it came, and
+    /// so on: every such overtaking used to add a timer to every wake-up for good (a third of
+    /// a 3,000-peer simulation's events were these).
+    wakes: Vec<Instant>,
     /// Spreads the first graft of each id over a second `graft_timeout` (see `first_due`).
     salt: u64,
     /// When each neighbour was last sent `Prune`.
@@ -132,7 +137,7 @@ impl Tree {
             dues: BTreeSet::new(),
             announce: BTreeMap::new(),
             announce_since: None,
-            wake: None,
+            wakes: Vec::new(),
             pruned: BTreeMap::new(),
             prunes_sent: 0,
             ids_grafted: 0,
@@ -294,7 +299,6 @@ impl Tree {
                 self.dues.insert((now, *id));
             }
         }
-        self.wake = None;
     }
 
     /// The announcements owed to neighbours that joined the backbone (see `backfill`), to
@@ -550,7 +554,7 @@ impl Tree {
     /// (each to the next neighbour that announced it, which becomes eager), with those due
     /// within a quarter `graft_timeout`, so grafts go a few frames a timeout, not one per id.
     pub fn due(&mut self, now: Instant) -> TreeOut {
-        self.wake = None;
+        self.wakes.retain(|w| *w > now);
         let mut out = TreeOut::default();
         if let Some(r) = &mut self.rooted {
             out.place_changed = r.tick(now);
@@ -616,10 +620,10 @@ impl Tree {
             .chain(tick)
             .chain(owed)
             .min()?;
-        if self.wake.is_some_and(|w| w <= at) {
+        if self.wakes.iter().any(|w| *w <= at) {
             return None;
         }
-        self.wake = Some(at);
+        self.wakes.push(at);
         Some(at.saturating_duration_since(now))
     }
 }
@@ -671,6 +675,33 @@ mod tests {
         let out = t.due(now + T / 2);
         // a(1) is eager (gets items whole); a(3) pushed item 1, so it is eager again.
         assert_eq!(out.ihave, vec![(a(2), vec![[1; 32], [2; 32]])]);
+    }
+
+    #[test]
+    fn a_wake_up_overtaken_by_an_earlier_one_is_not_asked_for_again() {
+        let now = Instant::now();
+        let mut t = Tree::new(T, 0, false);
+        t.prune(a(1));
+        t.prune(a(2));
+        // A graft due at `first` (between one and two timeouts), then an announcement due
+        // at half a timeout: two timers, the second overtaking the first.
+        t.ihave(a(1), &[[7; 32]], |_| false, now);
+        let first = t.next_wake(now).unwrap();
+        t.first_receipt([1; 32], None, [a(2)], now);
+        assert_eq!(t.next_wake(now), Some(T / 2));
+        // At half a timeout: the announcement goes; the graft's timer is still to come, so
+        // nothing more is asked for.
+        assert_eq!(t.due(now + T / 2).ihave, vec![(a(2), vec![[1; 32]])]);
+        assert_eq!(
+            t.next_wake(now + T / 2),
+            None,
+            "the graft's timer still comes"
+        );
+        // It comes: the graft goes, and the next one (a timeout later) is asked for once.
+        let out = t.due(now + first);
+        assert_eq!(out.graft, vec![(a(1), vec![[7; 32]])]);
+        assert_eq!(t.next_wake(now + first), Some(T));
+        assert_eq!(t.next_wake(now + first), None);
     }
 
     #[test]
