@@ -66,13 +66,12 @@ pub struct Tree {
     /// thousands of ids announced before their pushes came (walked once per delivery, that
     /// cost grew with the lag and made it fall further behind).
     dues: BTreeSet<(Instant, [u8; 32])>,
-    /// Ids waiting to be announced to each lazy neighbour, and since when the oldest waits.
-    announce: BTreeMap<SocketAddr, Vec<[u8; 32]>>,
-    announce_since: Option<Instant>,
+    /// Ids waiting to be announced to each lazy neighbour, gathered for half a
+    /// `graft_timeout`.
+    announce: Gathered,
     /// Rooted shape: the same for the neighbours off the backbone, gathered for
     /// [`ROOTED_ANNOUNCE_WAIT`] `graft_timeout`s (see there).
-    announce_off: BTreeMap<SocketAddr, Vec<[u8; 32]>>,
-    announce_off_since: Option<Instant>,
+    announce_off: Gathered,
     /// The wake-ups asked for and not yet come (a few at most): one is asked for only when
     /// none of these comes soon enough. Timers cannot be taken back, so one overtaken by an
     /// earlier one stays here until it fires; were it forgotten, the tree would ask again for
@@ -128,6 +127,43 @@ pub const ROOTED_GRAFT_WAIT: u32 = 10;
 /// reads and sends, and a fifth of the machine's CPU at 1,000 items a second (N = 100).
 pub const ROOTED_ANNOUNCE_WAIT: u32 = 5;
 
+/// Ids gathered to be announced, per neighbour, and since when the oldest waits.
+#[derive(Debug, Default)]
+struct Gathered {
+    ids: BTreeMap<SocketAddr, Vec<[u8; 32]>>,
+    since: Option<Instant>,
+}
+
+impl Gathered {
+    fn push(&mut self, to: SocketAddr, id: [u8; 32], now: Instant) {
+        self.ids.entry(to).or_default().push(id);
+        self.since.get_or_insert(now);
+    }
+
+    /// When they are due, gathered for `wait`.
+    fn due(&self, wait: Duration) -> Option<Instant> {
+        self.since.map(|at| at + wait)
+    }
+
+    /// If due at `now`, all of them, as `IHave` frames (at most `MAX_IDS` ids each).
+    fn take_due(
+        &mut self,
+        now: Instant,
+        wait: Duration,
+        ihave: &mut Vec<(SocketAddr, Vec<[u8; 32]>)>,
+    ) {
+        if self.due(wait).is_none_or(|at| now < at) {
+            return;
+        }
+        self.since = None;
+        for (n, ids) in std::mem::take(&mut self.ids) {
+            for chunk in ids.chunks(MAX_IDS) {
+                ihave.push((n, chunk.to_vec()));
+            }
+        }
+    }
+}
+
 /// What the tree asks the peer to send.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct TreeOut {
@@ -148,10 +184,8 @@ impl Tree {
             lazy: BTreeSet::new(),
             missing: BTreeMap::new(),
             dues: BTreeSet::new(),
-            announce: BTreeMap::new(),
-            announce_since: None,
-            announce_off: BTreeMap::new(),
-            announce_off_since: None,
+            announce: Gathered::default(),
+            announce_off: Gathered::default(),
             wakes: Vec::new(),
             pruned: BTreeMap::new(),
             prunes_sent: 0,
@@ -378,8 +412,8 @@ impl Tree {
             self.awaiting = None;
         }
         self.pruned.remove(addr);
-        self.announce.remove(addr);
-        self.announce_off.remove(addr);
+        self.announce.ids.remove(addr);
+        self.announce_off.ids.remove(addr);
         for m in self.missing.values_mut() {
             m.announcers.retain(|a| a != addr);
         }
@@ -412,8 +446,7 @@ impl Tree {
                 .filter(|n| Some(*n) != from && !self.in_backbone(n))
                 .min_by_key(|n| self.draw(&id, n));
             if let Some(n) = pick {
-                self.announce_off.entry(n).or_default().push(id);
-                self.announce_off_since.get_or_insert(now);
+                self.announce_off.push(n, id, now);
             }
             return;
         }
@@ -443,8 +476,7 @@ impl Tree {
     }
 
     fn queue_announcement(&mut self, to: SocketAddr, id: [u8; 32], now: Instant) {
-        self.announce.entry(to).or_default().push(id);
-        self.announce_since.get_or_insert(now);
+        self.announce.push(to, id, now);
     }
 
     /// `id` arrived some other way (catch-up): no graft for it.
@@ -579,28 +611,9 @@ impl Tree {
             self.backfill(now);
             out.ihave.append(&mut self.backfills);
         }
-        if self
-            .announce_since
-            .is_some_and(|at| now >= at + self.graft_timeout / 2)
-        {
-            self.announce_since = None;
-            for (n, ids) in std::mem::take(&mut self.announce) {
-                for chunk in ids.chunks(MAX_IDS) {
-                    out.ihave.push((n, chunk.to_vec()));
-                }
-            }
-        }
-        if self
-            .announce_off_since
-            .is_some_and(|at| now >= at + self.graft_timeout * ROOTED_ANNOUNCE_WAIT)
-        {
-            self.announce_off_since = None;
-            for (n, ids) in std::mem::take(&mut self.announce_off) {
-                for chunk in ids.chunks(MAX_IDS) {
-                    out.ihave.push((n, chunk.to_vec()));
-                }
-            }
-        }
+        let (half, off) = self.announce_waits();
+        self.announce.take_due(now, half, &mut out.ihave);
+        self.announce_off.take_due(now, off, &mut out.ihave);
         let mut grafts: BTreeMap<SocketAddr, Vec<[u8; 32]>> = BTreeMap::new();
         let timeout = self.graft_timeout;
         let soon = now + timeout / 4;
@@ -636,12 +649,20 @@ impl Tree {
         out
     }
 
+    /// How long ids are gathered for a lazy neighbour, and (rooted shape) for one off the
+    /// backbone.
+    fn announce_waits(&self) -> (Duration, Duration) {
+        (
+            self.graft_timeout / 2,
+            self.graft_timeout * ROOTED_ANNOUNCE_WAIT,
+        )
+    }
+
     /// The next wake-up to ask for, if one is needed and not already asked for (earlier).
     pub fn next_wake(&mut self, now: Instant) -> Option<Duration> {
-        let announce = self.announce_since.map(|at| at + self.graft_timeout / 2);
-        let off = self
-            .announce_off_since
-            .map(|at| at + self.graft_timeout * ROOTED_ANNOUNCE_WAIT);
+        let (half, off) = self.announce_waits();
+        let announce = self.announce.due(half);
+        let off = self.announce_off.due(off);
         let graft = self.dues.first().map(|(at, _)| *at);
         let tick = self.rooted.as_ref().map(Rooted::next_tick);
         let owed = self.rooted.as_ref().and_then(Rooted::next_owed);
