@@ -17,17 +17,43 @@ use serde_json::Value;
 /// happens, not how fast; a busy machine only makes them slower.
 pub const PATIENCE: Duration = Duration::from_secs(90);
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, below the kernel's range of ephemeral ports: a port from
+/// that range (what binding port 0 gives) can be taken, between the moment it is found free and
+/// the moment a node binds it, as the source port of any connection some test opens meanwhile,
+/// and the node then exits with "Address already in use". Below the range only an explicit
+/// bind takes a port. Each process starts at a random place in the range it uses, so test
+/// processes running at once rarely try the same ports.
 pub fn free_port() -> u16 {
-    // The kernel may hand a released port out again; never give the same one twice.
+    use std::hash::{BuildHasher, Hasher};
+    // Never the same port twice in one process (a node may still hold it, or be about to).
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let low = 10_000u32;
+    let mut given = GIVEN.lock().unwrap();
+    if ephemeral_low > low + 1_000 {
+        let span = ephemeral_low - low;
+        let start = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish() as u32
+            % span;
+        for k in 0..span {
+            let port = (low + (start + k) % span) as u16;
+            if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.push(port);
+                return port;
+            }
+        }
+    }
+    // No room below the ephemeral range: what the kernel hands out.
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut given = GIVEN.lock().unwrap();
         if !given.contains(&port) {
             given.push(port);
             return port;
