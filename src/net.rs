@@ -245,9 +245,7 @@ impl<C: Core> Runtime<C> {
             let mut conns = self.conns.lock();
             let done = execute(&actions, &mut conns.by_id);
             for h in &done.closing {
-                // What the core queued before deciding to close (a reason, a goodbye) goes
-                // out if the socket has room.
-                self.flush(&h.outbox, &h.stream);
+                self.flush_before_close(&h.outbox, &h.stream);
                 h.close();
             }
             for (_, h) in &done.overflowed {
@@ -353,6 +351,25 @@ impl<C: Core> Runtime<C> {
             self.counters.writes.fetch_add(writes, Ordering::Relaxed);
         }
         self.count_out(done);
+    }
+
+    /// What the core queued on a link before deciding to close it (a `Reject` with its reason,
+    /// a goodbye) goes out if the socket has room. Another thread may be in the middle of a
+    /// send on that link (the core decided on another connection's thread: a seed refusing a
+    /// registration when the dial-back failed, say); that send goes on with what was queued
+    /// meanwhile, and closing under it dropped those frames (a client saw the link close
+    /// without the `Reject`). So the close waits for it, at most 20 ms (a non-blocking send
+    /// takes microseconds; a remote that does not read gets the link taken over by its
+    /// writer thread, and is closed without waiting).
+    fn flush_before_close(&self, outbox: &Outbox, stream: &TcpStream) {
+        let give_up = Instant::now() + Duration::from_millis(20);
+        loop {
+            self.flush(outbox, stream);
+            if !outbox.is_sending() || Instant::now() >= give_up {
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     fn schedule(&self, at: Instant, outbox: Arc<Outbox>, stream: Arc<TcpStream>) {

@@ -538,6 +538,12 @@ impl Outbox {
         self.state.lock().writing = false;
     }
 
+    /// Another thread's non-blocking send (`flush`) is handing frames to the socket; it sends
+    /// what was queued meanwhile too before it stops.
+    pub fn is_sending(&self) -> bool {
+        self.state.lock().sending
+    }
+
     /// Nothing queued and nothing being written.
     pub fn is_idle(&self) -> bool {
         let s = self.state.lock();
