@@ -1009,12 +1009,14 @@ impl<C: Core> Runtime<C> {
 
     pub fn write_stats(&self) {
         let c = &self.counters;
-        let (dups, dropped, tree) = {
+        let (dups, dropped, tree, root, children) = {
             let core = self.core.lock();
             (
                 core.gossip_duplicates(),
                 core.gossip_dropped(),
                 core.tree_counters(),
+                core.tree_root(),
+                core.tree_children(),
             )
         };
         let mut rec = Record::new("stats")
@@ -1035,6 +1037,12 @@ impl<C: Core> Runtime<C> {
                 .field("tree_prunes", prunes)
                 .field("tree_grafted", grafted)
                 .field("tree_eager", eager);
+        }
+        if let Some((root, dist)) = root {
+            rec = rec
+                .field("tree_root", root.to_string())
+                .field("tree_dist", dist)
+                .field("tree_children", children.unwrap_or(0));
         }
         self.output.record(rec);
     }

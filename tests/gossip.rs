@@ -363,7 +363,9 @@ fn tree_delivers_everything_once(mode: &str, sync: &str) {
         summary.completed_by_catch_up * 20 <= summary.messages as u64,
         "nearly everything by the tree: {summary:?}"
     );
-    // Each peer says how its tree stands: prunes sent, ids grafted, neighbours still eager.
+    // Each peer says how its tree stands: prunes sent, ids grafted, neighbours still eager;
+    // in rooted mode also its root, its distance from it and its children.
+    let mut roots = std::collections::BTreeMap::new();
     for p in &peers {
         let stats = net
             .events("peer", *p)
@@ -373,5 +375,22 @@ fn tree_delivers_everything_once(mode: &str, sync: &str) {
         for key in ["tree_prunes", "tree_grafted", "tree_eager"] {
             assert!(stats[key].is_u64(), "stats.{key} in {stats}");
         }
+        if mode == "rooted" {
+            let root = stats["tree_root"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{stats}"));
+            let dist = stats["tree_dist"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{stats}"));
+            assert!(stats["tree_children"].is_u64(), "{stats}");
+            assert_eq!(dist == 0, root == p.to_string(), "{p}: {stats}");
+            assert!(dist < 32, "{p} has a route: {stats}");
+            roots.insert(root.to_string(), *p);
+        } else {
+            assert!(stats.get("tree_root").is_none(), "{stats}");
+        }
+    }
+    if mode == "rooted" {
+        assert_eq!(roots.len(), 1, "one tree: {roots:?}");
     }
 }

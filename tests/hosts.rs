@@ -465,9 +465,21 @@ fn forwarder_ip() -> String {
 
 #[test]
 fn across_hosts_with_delay_and_loss_between_them_every_message_arrives_and_the_dead_go() {
-    // Every link passes a user-space forwarder in the bridge namespace that holds each chunk
-    // 30 ms each way, and one chunk in a hundred 200 ms more (what a lost segment costs TCP):
-    // nodes bind their host's address and advertise the forwarder's (`--advertise`).
+    delay_and_loss_between_hosts("flood");
+}
+
+#[test]
+fn in_rooted_mode_across_hosts_with_delay_and_loss_every_message_arrives_and_the_dead_go() {
+    // Pushes along the tree wait behind late chunks, so announcements and grafts (after
+    // 10 × `graft_timeout`) and catch-up are tried over links slower than the defaults assume.
+    delay_and_loss_between_hosts("rooted");
+}
+
+/// Every link passes a user-space forwarder in the bridge namespace that holds each chunk
+/// 30 ms each way, and one chunk in a hundred 200 ms more (what a lost segment costs TCP):
+/// nodes bind their host's address and advertise the forwarder's (`--advertise`).
+/// `mode`: `gossip.mode`.
+fn delay_and_loss_between_hosts(mode: &str) {
     let Some(mut hosts) = hosts_or_skip(4) else {
         return;
     };
@@ -530,7 +542,7 @@ fn across_hosts_with_delay_and_loss_between_them_every_message_arrives_and_the_d
     std::fs::write(
         &config,
         format!(
-            "seeds: [{}]\ngossip: {{ interval: 500ms, count: 16 }}\nliveness: {{ interval: 500ms, misses: 3, probe_timeout: 2s, reply_timeout: 1s }}\npow: {{ difficulty: 8, timeout: 5s }}\nlimits: {{ loopback_exempt: false, max_connections_per_ip: 200 }}\nstats: {{ interval: 1s }}\n",
+            "seeds: [{}]\ngossip: {{ interval: 500ms, count: 16, mode: {mode} }}\nliveness: {{ interval: 500ms, misses: 3, probe_timeout: 2s, reply_timeout: 1s }}\npow: {{ difficulty: 8, timeout: 5s }}\nlimits: {{ loopback_exempt: false, max_connections_per_ip: 200 }}\nstats: {{ interval: 1s }}\n",
             seeds.join(", ")
         ),
     )
@@ -595,9 +607,17 @@ fn across_hosts_with_delay_and_loss_between_them_every_message_arrives_and_the_d
         .output()
         .unwrap();
     eprintln!(
-        "across hosts, {delay_ms} ms each way, 1% of chunks 200 ms late:\n{}",
+        "across hosts ({mode}), {delay_ms} ms each way, 1% of chunks 200 ms late:\n{}",
         String::from_utf8_lossy(&report.stdout)
     );
+    // KEEP_OUT=DIR: the run's output files are copied to DIR/MODE, for a look afterwards.
+    if let Some(keep) = std::env::var_os("KEEP_OUT") {
+        let to = Path::new(&keep).join(mode);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(&out).unwrap().flatten() {
+            let _ = std::fs::copy(f.path(), to.join(f.file_name()));
+        }
+    }
 }
 
 /// Not a test on its own: run in the bridge namespace by the test above. `GOSSIPNET_FORWARD`
@@ -729,10 +749,22 @@ fn a_network_across_hosts_over_ipv6_registers_gossips_and_removes_the_dead() {
 
 #[test]
 fn the_halves_of_a_partition_between_hosts_end_up_holding_every_item_once_it_heals() {
-    // Host 3 is cut off from hosts 1 and 2 (blackhole routes both ways; the seeds on host 0
-    // stay reachable from all) for longer than detection, while every peer keeps generating:
-    // the links across the cut die, and what each side sent meanwhile crosses only by
-    // catch-up once the routes are back.
+    partition_between_hosts_heals("flood");
+}
+
+#[test]
+fn in_rooted_mode_the_halves_of_a_partition_end_up_holding_every_item_under_one_root() {
+    // While cut, host 3's half has no route to the other half's root (and hangs from a root
+    // of its own once that one is taken for lost); once healed, one root again, and what each
+    // half sent meanwhile crosses by catch-up and spreads along the tree.
+    partition_between_hosts_heals("rooted");
+}
+
+/// Host 3 is cut off from hosts 1 and 2 (blackhole routes both ways; the seeds on host 0
+/// stay reachable from all) for longer than detection, while every peer keeps generating:
+/// the links across the cut die, and what each side sent meanwhile crosses only by catch-up
+/// once the routes are back. `mode`: `gossip.mode`.
+fn partition_between_hosts_heals(mode: &str) {
     let Some(mut hosts) = hosts_or_skip(4) else {
         return;
     };
@@ -741,7 +773,7 @@ fn the_halves_of_a_partition_between_hosts_end_up_holding_every_item_once_it_hea
         &mut hosts,
         dir.path(),
         |host, port| format!("{}:{port}", host_ip(host)),
-        "gossip: { interval: 250ms, count: 60, sync_interval: 500ms }\nliveness: { interval: 300ms, misses: 3, probe_timeout: 1s }\npow: { difficulty: 8, timeout: 3s }\nlimits: { loopback_exempt: false }\nstats: { interval: 1s }\n",
+        &format!("gossip: {{ interval: 250ms, count: 60, sync_interval: 500ms, mode: {mode} }}\nliveness: {{ interval: 300ms, misses: 3, probe_timeout: 1s }}\npow: {{ difficulty: 8, timeout: 3s }}\nlimits: {{ loopback_exempt: false }}\nstats: {{ interval: 1s }}\n"),
     );
     let files = peer_files(&out);
     let on_host3 = |f: &PathBuf| {
@@ -797,4 +829,16 @@ fn the_halves_of_a_partition_between_hosts_end_up_holding_every_item_once_it_hea
         })
         .sum();
     assert!(caught_up > 0, "nothing crossed by catch-up");
+    if mode == "rooted" {
+        // One tree again: every peer's stats (every second) name the same root.
+        let root_of = |f: &PathBuf| {
+            of(&events(f), "stats")
+                .last()
+                .and_then(|s| s["tree_root"].as_str().map(str::to_string))
+        };
+        wait_until("every peer hangs from one root", || {
+            let roots: std::collections::BTreeSet<_> = files.iter().map(root_of).collect();
+            roots.len() == 1 && roots.iter().all(Option::is_some)
+        });
+    }
 }
