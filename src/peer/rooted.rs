@@ -88,6 +88,10 @@ pub struct Rooted {
     me: RootId,
     refresh: Duration,
     heard: BTreeMap<SocketAddr, Heard>,
+    /// The neighbours whose last place named this peer parent (`heard`'s `child`), in address
+    /// order: asked of every neighbour for every item pushed on, so a few words to scan
+    /// rather than a walk of `heard`.
+    children: Vec<SocketAddr>,
     place: Place,
     parent: Option<SocketAddr>,
     /// The sequence number this peer sends as a root.
@@ -123,6 +127,7 @@ impl Rooted {
             me,
             refresh,
             heard: BTreeMap::new(),
+            children: Vec::new(),
             place: Place {
                 root: me,
                 seq: 0,
@@ -156,20 +161,20 @@ impl Rooted {
 
     /// Parent or child: items go to it whole.
     pub fn backbone(&self, n: &SocketAddr) -> bool {
-        self.parent == Some(*n) || self.heard.get(n).is_some_and(|h| h.child)
+        self.parent == Some(*n) || self.children.contains(n)
     }
 
     /// The backbone: the parent (if any) and the children, in address order after it.
     pub fn backbone_list(&self) -> Vec<SocketAddr> {
         self.parent
             .into_iter()
-            .chain(self.heard.iter().filter(|(_, h)| h.child).map(|(n, _)| *n))
+            .chain(self.children.iter().copied())
             .collect()
     }
 
     /// How many neighbours name this peer parent.
     pub fn children(&self) -> usize {
-        self.heard.values().filter(|h| h.child).count()
+        self.children.len()
     }
 
     /// What to tell neighbour `to`: this peer's place, whether `to` is its parent, and
@@ -198,6 +203,7 @@ impl Rooted {
             }
         }
         self.heard.insert(from, Heard { place, child });
+        self.set_child(from, child);
         if self.choose(now) {
             return Tell::All;
         }
@@ -224,7 +230,19 @@ impl Rooted {
     pub fn link_down(&mut self, n: &SocketAddr, now: Instant) -> bool {
         self.told.remove(n);
         self.owed.remove(n);
+        self.set_child(*n, false);
         self.heard.remove(n).is_some() && self.choose(now)
+    }
+
+    /// Keeps `children` in step with `heard`.
+    fn set_child(&mut self, n: SocketAddr, child: bool) {
+        match (self.children.binary_search(&n), child) {
+            (Err(at), true) => self.children.insert(at, n),
+            (Ok(at), false) => {
+                self.children.remove(at);
+            }
+            _ => {}
+        }
     }
 
     fn told_gap(&self) -> Duration {

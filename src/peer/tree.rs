@@ -130,19 +130,26 @@ pub const ROOTED_ANNOUNCE_WAIT: u32 = 5;
 /// Ids gathered to be announced, per neighbour, and since when the oldest waits.
 #[derive(Debug, Default)]
 struct Gathered {
-    ids: BTreeMap<SocketAddr, Vec<[u8; 32]>>,
+    /// In address order; one entry per neighbour at most, so a handful: found by a binary
+    /// search of a few words (this runs for every item received) rather than a tree's walk.
+    ids: Vec<(SocketAddr, Vec<[u8; 32]>)>,
     since: Option<Instant>,
 }
 
 impl Gathered {
     fn push(&mut self, to: SocketAddr, id: [u8; 32], now: Instant) {
-        self.ids.entry(to).or_default().push(id);
+        match self.ids.binary_search_by_key(&to, |(n, _)| *n) {
+            Ok(k) => self.ids[k].1.push(id),
+            Err(k) => self.ids.insert(k, (to, vec![id])),
+        }
         self.since.get_or_insert(now);
     }
 
     /// Ids for `to` are dropped (its link went).
     fn forget(&mut self, to: &SocketAddr) {
-        self.ids.remove(to);
+        if let Ok(k) = self.ids.binary_search_by_key(to, |(n, _)| *n) {
+            self.ids.remove(k);
+        }
     }
 
     /// When they are due, gathered for `wait`.
