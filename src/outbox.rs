@@ -243,7 +243,9 @@ fn write_entries(
         bytes: 0,
         stopped: None,
     };
-    let mut slices = Vec::with_capacity(MAX_SLICES);
+    // Two slices a frame at most: sized to the batch, so a quiet link's flush of one frame
+    // asks for a few dozen bytes, not `MAX_SLICES` slices' 8 KiB.
+    let mut slices = Vec::with_capacity((2 * entries.len() + 2).min(MAX_SLICES));
     while p.frames < entries.len() {
         slices.clear();
         let mut skip = p.at;
