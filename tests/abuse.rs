@@ -87,6 +87,46 @@ fn garbage_oversized_truncated_and_megabytes_of_noise() {
 }
 
 #[test]
+fn a_frame_cut_short_after_a_quiet_spell_is_still_cut_off() {
+    // A reader with nothing pending may block for long spells (a quiet link need not wake it);
+    // once part of a frame arrives it must watch for a stall again, and close the link
+    // `limits.read_timeout` (1 s here) later, not at its next long wake (30 s).
+    let (mut net, p, q) = honest_network(attack_config("", "", ""));
+    let seed = net.seeds[0];
+    let base = baseline(net.pid(seed));
+    let (mut admitted, _) = handshake_as(Role::Peer, addr(free_port()), seed).unwrap();
+    // Longer than a reader's 500 ms wake: the seed's reader has gone quiet by now.
+    std::thread::sleep(Duration::from_secs(2));
+    send(&mut admitted, &[0, 0, 0, 50, 0x12]);
+    admitted
+        .set_read_timeout(Some(Duration::from_secs(25)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match std::io::Read::read(&mut admitted, &mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                assert!(
+                    !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "a frame cut short was not cut off within 25 s"
+                );
+                break;
+            }
+        }
+    }
+    wait_until("the stall is logged as rejected", || {
+        rejected_reasons(&net, "seed", seed)
+            .iter()
+            .any(|r| r.contains("incomplete frame"))
+    });
+    still_healthy(&mut net, seed, &base, p, q);
+}
+
+#[test]
 fn slowloris_and_a_connection_flood() {
     let (mut net, p, q) = honest_network(attack_config("", "", ""));
     let seed = net.seeds[0];
