@@ -41,6 +41,13 @@ use crate::wire::{Frame, FrameReader, Msg, PublicKey, Role};
 
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 16 * 1024;
+/// A thread keeps its action buffer between dispatches up to this many actions (60 KiB);
+/// a larger one, from a burst, goes.
+const KEPT_ACTIONS: usize = 256;
+
+thread_local! {
+    static ACTIONS: std::cell::RefCell<Vec<Action>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 /// How often a blocked reader wakes while part of a frame is waiting for the rest (to cut off
 /// a remote that stalls mid-frame, `limits.read_timeout`).
 const IDLE_WAKE: Duration = Duration::from_millis(500);
@@ -240,7 +247,12 @@ impl<C: Core> Runtime<C> {
     /// `events` is left empty, its buffer kept for the caller's next read.
     fn dispatch_all(self: &Arc<Self>, events: &mut Vec<Event>, at_us: u64) {
         let now = Now::real();
-        let mut actions = Vec::with_capacity(events.len() + 4);
+        // The thread's action buffer from its last dispatch (taken, so a dispatch nested in
+        // this one gets a fresh one): an action is 240 bytes, so a new buffer per dispatch
+        // was a request of a kilobyte or more every time, which makes glibc's `malloc` sweep
+        // its small free chunks first.
+        let mut actions = ACTIONS.with(|a| std::mem::take(&mut *a.borrow_mut()));
+        actions.reserve(events.len() + 4);
         let done = {
             let mut core = self.core.lock();
             for event in events.drain(..) {
@@ -299,7 +311,7 @@ impl<C: Core> Runtime<C> {
                 When::Scheduled => {}
             }
         }
-        for action in actions {
+        for action in actions.drain(..) {
             match action {
                 Action::Dial { addr, purpose, key } => self.dial(addr, purpose, key),
                 Action::Log(_) => {}
@@ -323,6 +335,9 @@ impl<C: Core> Runtime<C> {
                 | Action::SendApi { .. }
                 | Action::Close { .. } => {}
             }
+        }
+        if actions.capacity() <= KEPT_ACTIONS {
+            ACTIONS.with(|a| *a.borrow_mut() = actions);
         }
         self.output.write_pending();
         for (conn, _) in done.overflowed {
