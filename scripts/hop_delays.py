@@ -10,7 +10,10 @@
   they were generated (seconds from the first), and how many receipts were that late
   (catch-up receipts, by peers that joined after the item spread, are left out).
 
-    python3 scripts/hop_delays.py RUN_DIR
+    python3 scripts/hop_delays.py RUN_DIR [--after SECONDS]
+
+With --after, only the items generated more than SECONDS after the first one count (say the
+items generated once every peer had joined, leaving out the tree's forming).
 
 Only first receipts by gossip (not `via: "sync"`) count as hops; the records' `ts_us` (taken
 when the frame was read) are compared, so every peer must log to the same clock (one host).
@@ -24,9 +27,14 @@ def pct(v, q):
     return v[min(len(v) - 1, int(len(v) * q))]
 
 
-if len(sys.argv) != 2:
+args = sys.argv[1:]
+after = None
+if len(args) == 3 and args[1] == "--after":
+    after = float(args[2])
+    args = args[:1]
+if len(args) != 1:
     sys.exit(__doc__)
-run = sys.argv[1]
+run = args[0]
 at, parent, generated, via = {}, {}, {}, {}
 for f in glob.glob(run + "/peer-*.jsonl"):
     for line in open(f):
@@ -42,6 +50,15 @@ for f in glob.glob(run + "/peer-*.jsonl"):
             via[key] = e.get("via", "gossip")
 if not generated:
     sys.exit("no gossip_sent records in " + run)
+if after is not None:
+    first = min(generated.values())
+    kept = {i for i, t in generated.items() if t - first > after * 1e6}
+    at = {k: v for k, v in at.items() if k[1] in kept}
+    parent = {k: v for k, v in parent.items() if k[1] in kept}
+    via = {k: v for k, v in via.items() if k[1] in kept}
+    generated = {i: t for i, t in generated.items() if i in kept}
+    if not generated:
+        sys.exit(f"no items generated more than {after} s after the first")
 
 hops = sorted(
     (at[k] - at[(p, k[1])]) / 1000
