@@ -400,8 +400,9 @@ impl PeerCore {
                     self.announce_place(Some(addr), now, out);
                 }
                 // What went out on the losing link may never have been read: send it again on
-                // the link kept (the remote ignores what it already has).
-                for item in resend {
+                // the link kept (the remote ignores what it already has), as far as the
+                // history still holds it.
+                for item in self.history.offered(&resend) {
                     self.overlay.remember(&[kept], &item);
                     out.push(Action::Forward {
                         to: vec![kept],

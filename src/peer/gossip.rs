@@ -18,7 +18,7 @@ use crate::texts;
 use crate::wire::{Msg, Payload};
 
 /// One gossip item, as this peer holds it. Its payload is shared, so the copies held for each
-/// neighbour, the young-link memory and the gate cost a reference each.
+/// neighbour, the history and the gate cost a reference each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
     pub id: [u8; 32],

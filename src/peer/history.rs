@@ -328,6 +328,21 @@ impl History {
             .any(|h| short_id(&h.id) == short)
     }
 
+    /// The items named (short ids) that this side offers, in the order named: what went out
+    /// on a link that is closing, to send again on another.
+    pub fn offered(&self, shorts: &[u64]) -> Vec<Item> {
+        shorts
+            .iter()
+            .filter_map(|&s| {
+                self.buckets[bucket_of(s)]
+                    .items
+                    .iter()
+                    .find(|h| h.offered && short_id(&h.id) == s)
+                    .map(Held::item)
+            })
+            .collect()
+    }
+
     /// Step 4: the items asked for that this side offers, oldest first, until `max_bytes` of
     /// payload (at least one item, so an item larger than the bound still goes).
     pub fn serve(&self, wanted: &[u64], max_bytes: usize) -> Vec<Item> {

@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use crate::config::{Config, Selection};
 use crate::node::ConnId;
 use crate::peer::gossip::{forward_targets, Item};
-use crate::peer::history::CatchUp;
+use crate::peer::history::{short_id, CatchUp};
 use crate::peer::selection;
 use crate::wire::{PeerEntry, PublicKey};
 
@@ -72,12 +72,16 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// What a young link remembers (see `YOUNG_LINK`).
+/// What a young link remembers (see `YOUNG_LINK`): the short ids of the items forwarded on
+/// it, in order (the items themselves are in the history, which the peer sends them again
+/// from). Eight bytes an item: a link holding its items cost 64 bytes an item, and in a
+/// simulated network whose links are all young while the items spread, that was half the
+/// memory.
 #[derive(Debug)]
 struct Young {
     until: Instant,
-    items: Vec<Item>,
-    /// Payload bytes of `items`.
+    ids: Vec<u64>,
+    /// Payload bytes of the items named in `ids`.
     bytes: usize,
 }
 
@@ -85,13 +89,13 @@ struct Young {
 pub const DUPLICATE_LINK: &str = "duplicate link: keeping the one dialed by the smaller key";
 /// A new neighbour link remembers the items forwarded on it for this long (at most
 /// `YOUNG_LINK_ITEMS` of them, with `YOUNG_LINK_BYTES` of payload): if it turns out to be the
-/// losing one of two simultaneous links, they are sent again on the link kept, since the
-/// remote may have closed its end before reading them. Two simultaneous links meet within a
-/// handshake (`pow.timeout`).
+/// losing one of two simultaneous links, they are sent again on the link kept (those still in
+/// the history), since the remote may have closed its end before reading them. Two
+/// simultaneous links meet within a handshake (`pow.timeout`).
 pub const YOUNG_LINK: Duration = Duration::from_secs(10);
 pub const YOUNG_LINK_ITEMS: usize = 1024;
-/// (Payloads are shared, so this bounds what young links can keep alive, not what they copy:
-/// items past it that a lost link's remote missed come to it by catch-up.)
+/// (This bounds the burst sent again on the link kept: items past it that a lost link's
+/// remote missed come to it by catch-up.)
 pub const YOUNG_LINK_BYTES: usize = 1 << 20;
 /// Repeats of known gossip items may come this many times faster than new ones; and a link
 /// sending new items this many times faster than `limits.gossip_per_second` is cut off (below
@@ -235,12 +239,12 @@ pub enum Joined {
     New,
     /// A second link to a neighbour: `loser` is to be closed (it is already forgotten), `kept`
     /// stays; `replaced` says the new link is the one kept. `resend` is what went out on the
-    /// loser while it was young, to forward again on `kept`.
+    /// loser while it was young (short ids, in the order sent), to forward again on `kept`.
     Duplicate {
         loser: ConnId,
         kept: ConnId,
         replaced: bool,
-        resend: Vec<Item>,
+        resend: Vec<u64>,
     },
 }
 
@@ -393,7 +397,7 @@ impl Overlay {
                 young: (kind == LinkKind::Neighbour).then(|| {
                     Box::new(Young {
                         until: now + YOUNG_LINK,
-                        items: Vec::new(),
+                        ids: Vec::new(),
                         bytes: 0,
                     })
                 }),
@@ -499,7 +503,7 @@ impl Overlay {
             .links
             .remove(&loser)
             .and_then(|l| l.young)
-            .map(|y| y.items)
+            .map(|y| y.ids)
             .unwrap_or_default();
         if replaced {
             self.neighbours.insert(addr, conn);
@@ -681,11 +685,11 @@ impl Overlay {
         }
         for conn in conns.iter().filter(|c| self.young.contains(c)) {
             if let Some(y) = self.links.get_mut(conn).and_then(|l| l.young.as_mut()) {
-                if y.items.len() < YOUNG_LINK_ITEMS
+                if y.ids.len() < YOUNG_LINK_ITEMS
                     && y.bytes + item.payload.len() <= YOUNG_LINK_BYTES
                 {
                     y.bytes += item.payload.len();
-                    y.items.push(item.clone());
+                    y.ids.push(short_id(&item.id));
                 }
             }
         }
@@ -926,7 +930,7 @@ mod tests {
         assert!(resend
             .iter()
             .enumerate()
-            .all(|(i, it)| it.payload[0] == i as u8));
+            .all(|(i, s)| *s == short_id(&Item::new(0, 0, 0, vec![i as u8; 64 * 1024].into()).id)));
     }
 
     #[test]
