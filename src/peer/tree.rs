@@ -145,10 +145,13 @@ impl Gathered {
         self.since.get_or_insert(now);
     }
 
-    /// Ids for `to` are dropped (its link went).
+    /// Ids for `to` are dropped (its link went); with nothing left, nothing is due.
     fn forget(&mut self, to: &SocketAddr) {
         if let Ok(k) = self.ids.binary_search_by_key(to, |(n, _)| *n) {
             self.ids.remove(k);
+        }
+        if self.ids.is_empty() {
+            self.since = None;
         }
     }
 
@@ -925,6 +928,21 @@ mod tests {
         // Nor does a push from off the tree.
         t.first_receipt([1; 32], Some(a(4)), (1..=4).map(a), now);
         assert!(!t.is_eager(&a(4)));
+    }
+
+    #[test]
+    fn ids_gathered_for_a_link_that_went_are_not_due() {
+        let now = Instant::now();
+        let mut g = Gathered::default();
+        g.push(a(1), [1; 32], now);
+        g.push(a(2), [2; 32], now);
+        g.forget(&a(1));
+        assert_eq!(g.due(T), Some(now + T), "a(2)'s id still waits");
+        g.forget(&a(2));
+        assert_eq!(g.due(T), None, "nothing left: no wake-up for it");
+        let mut ihave = vec![];
+        g.take_due(now + T, T, &mut ihave);
+        assert!(ihave.is_empty());
     }
 
     #[test]
