@@ -263,10 +263,6 @@ impl<C: Core> Runtime<C> {
             // blocks.
             let mut conns = self.conns.lock();
             let done = execute(&actions, &mut conns.by_id);
-            for h in &done.closing {
-                self.flush_before_close(&h.outbox, &h.stream);
-                h.close();
-            }
             for (_, h) in &done.overflowed {
                 h.close();
             }
@@ -283,6 +279,13 @@ impl<C: Core> Runtime<C> {
             self.output.enqueue(records, at_us);
             done
         };
+        // A connection the core closed is out of the table already, so nothing more can be
+        // queued on it: what was queued goes out (if the socket takes it) after the locks,
+        // where waiting for another thread's send in progress holds up nobody else.
+        for h in &done.closing {
+            self.flush_before_close(&h.outbox, &h.stream);
+            h.close();
+        }
         if done.withdrawn > 0 {
             self.counters
                 .withdrawn
@@ -382,7 +385,7 @@ impl<C: Core> Runtime<C> {
     /// meanwhile, and closing under it dropped those frames (a client saw the link close
     /// without the `Reject`). So the close waits for it, at most 20 ms (a non-blocking send
     /// takes microseconds; a remote that does not read gets the link taken over by its
-    /// writer thread, and is closed without waiting).
+    /// writer thread, and is closed without waiting). Called with no lock held.
     fn flush_before_close(&self, outbox: &Outbox, stream: &TcpStream) {
         let give_up = Instant::now() + Duration::from_millis(20);
         loop {
