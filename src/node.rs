@@ -44,7 +44,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::api::ApiMsg;
-use crate::wire::{Msg, Role};
+use crate::wire::{Msg, Payload, Role};
 
 /// A connection, numbered by the runtime; never reused within a process.
 pub type ConnId = u64;
@@ -301,6 +301,25 @@ pub struct Record {
     pub fields: Vec<(&'static str, Value)>,
     /// Written to the `.txt` file and the screen, after the local time.
     pub line: Option<String>,
+    /// A `gossip_received` record kept raw until it is written (`expanded`): then `fields`
+    /// and `line` are empty.
+    pub receipt: Option<Receipt>,
+}
+
+/// The first receipt of a gossip item, as a record keeps it until it is written. It is the
+/// record of every delivery: its words (the id in hex, the text made printable, the sender's
+/// address) were made in the core, before the frames it decided went out, with half a dozen
+/// allocations; now they are made when the record is written, after the sends and outside
+/// the core's lock, and the simulator, which reads the record and writes nothing, never
+/// makes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub id: [u8; 32],
+    pub data_type: u16,
+    pub payload: Payload,
+    pub from: SocketAddr,
+    /// Pulled by catch-up (`via: "sync"`), not pushed by gossip.
+    pub caught_up: bool,
 }
 
 impl Record {
@@ -309,6 +328,23 @@ impl Record {
             event,
             fields: Vec::new(),
             line: None,
+            receipt: None,
+        }
+    }
+
+    /// A `gossip_received` record, its words made when it is written.
+    pub fn received(receipt: Receipt) -> Record {
+        Record {
+            receipt: Some(receipt),
+            ..Record::new("gossip_received")
+        }
+    }
+
+    /// The record with its words: fields and line (what a raw receipt leaves to the writer).
+    pub fn expanded(self) -> Record {
+        match &self.receipt {
+            Some(r) => crate::peer::records::receipt_words(r),
+            None => self,
         }
     }
 

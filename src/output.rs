@@ -167,6 +167,7 @@ impl Output {
         // The same moment as the .jsonl lines, in local time.
         let mut stamp = None;
         for rec in recs {
+            let rec = rec.expanded();
             let _ = write!(json, "{{\"ts_ms\":{},\"node\":", ts_us / 1000);
             json.extend_from_slice(self.node_json.as_bytes());
             json.extend_from_slice(b",\"event\":");

@@ -2499,7 +2499,7 @@ mod tests {
             let rec = out
                 .iter()
                 .find_map(|a| match a {
-                    Action::Log(r) if r.event == "gossip_received" => Some(r),
+                    Action::Log(r) if r.event == "gossip_received" => Some(r.clone().expanded()),
                     _ => None,
                 })
                 .expect("received");

@@ -3,10 +3,10 @@
 
 use std::net::SocketAddr;
 
-use crate::node::Record;
+use crate::node::{Receipt, Record};
 use crate::peer::gossip::Via;
 use crate::texts::{self, printable, MAX_SHOWN, TEXT_DATA_TYPE};
-use crate::wire::PeerEntry;
+use crate::wire::{Payload, PeerEntry};
 
 pub fn started(me: &SocketAddr, key: Option<&str>) -> Record {
     let rec = Record::new("started")
@@ -72,28 +72,39 @@ pub fn gossip_sent(id: &[u8; 32], text: &str) -> Record {
         .line(format!("Generated {text}"))
 }
 
-/// First receipt of an item: the assignment's messages with their text (one line, control
+/// First receipt of an item, kept raw until written (see [`Receipt`] and [`receipt_words`]).
+pub fn gossip_received(
+    id: &[u8; 32],
+    data_type: u16,
+    payload: &Payload,
+    from: &SocketAddr,
+    via: Via,
+) -> Record {
+    Record::received(Receipt {
+        id: *id,
+        data_type,
+        payload: payload.clone(),
+        from: *from,
+        caught_up: via == Via::Sync,
+    })
+}
+
+/// The words of a first receipt: the assignment's messages with their text (one line, control
 /// characters escaped, at most `MAX_SHOWN` characters, with its size when cut), other types by
 /// size and id only. No remote byte reaches the files raw.
 ///
 /// Items pulled by catch-up carry `via: "sync"` and their line says so; items pushed by gossip
 /// carry no `via`, and their line is the assignment's.
-pub fn gossip_received(
-    id: &[u8; 32],
-    data_type: u16,
-    payload: &[u8],
-    from: &SocketAddr,
-    via: Via,
-) -> Record {
-    let mut rec = Record::new("gossip_received").field("id", texts::id_hex(id));
-    let caught_up = via == Via::Sync;
-    if caught_up {
+pub fn receipt_words(r: &Receipt) -> Record {
+    let mut rec = Record::new("gossip_received").field("id", texts::id_hex(&r.id));
+    if r.caught_up {
         rec = rec.field("via", "sync");
     }
-    let from = texts::addr_text(from);
-    if data_type == TEXT_DATA_TYPE {
+    let from = texts::addr_text(&r.from);
+    let payload = &r.payload;
+    if r.data_type == TEXT_DATA_TYPE {
         let text = printable(&String::from_utf8_lossy(payload), MAX_SHOWN);
-        let line = if caught_up {
+        let line = if r.caught_up {
             format!("Received {text} from {from} (catch-up)")
         } else {
             format!("Received {text} from {from}")
@@ -106,7 +117,7 @@ pub fn gossip_received(
         }
     } else {
         rec.field("from", from)
-            .field("data_type", data_type)
+            .field("data_type", r.data_type)
             .field("bytes", payload.len())
     }
 }
@@ -154,10 +165,11 @@ mod tests {
         let r = gossip_received(
             &[7; 32],
             0,
-            b"1:a\n00:00 Removed peer x (dead)\x1b[2J",
+            &b"1:a\n00:00 Removed peer x (dead)\x1b[2J"[..].into(),
             &from,
             Via::Gossip,
-        );
+        )
+        .expanded();
         let line = r.line.clone().unwrap();
         assert!(!line.chars().any(|c| c.is_control()), "{line}");
         assert!(r.get("bytes").is_none(), "short texts are whole");
@@ -166,7 +178,14 @@ mod tests {
     #[test]
     fn items_of_other_types_are_logged_by_size() {
         let from = SocketAddr::from(([127, 0, 0, 1], 9101));
-        let r = gossip_received(&[7; 32], 1337, b"\x00\x01secret", &from, Via::Sync);
+        let r = gossip_received(
+            &[7; 32],
+            1337,
+            &b"\x00\x01secret"[..].into(),
+            &from,
+            Via::Sync,
+        )
+        .expanded();
         assert_eq!(r.get("via").unwrap(), "sync");
         assert_eq!(r.get("bytes").unwrap(), 8);
         assert!(r.get("text").is_none() && r.line.is_none());

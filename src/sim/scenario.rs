@@ -143,8 +143,8 @@ struct Item {
     expected: Vec<u32>,
     /// The latest first receipt among `expected`.
     last: Micros,
-    /// Its id (hex), once its `gossip_sent` is seen.
-    id: Option<String>,
+    /// Its id, once its `gossip_sent` is seen.
+    id: Option<[u8; 32]>,
 }
 
 /// Items looked up among the newest before the map (`Tally::item`): deliveries are nearly all
@@ -154,7 +154,7 @@ const NEWEST: usize = 4;
 #[derive(Default)]
 struct Tally {
     items: Vec<Item>,
-    by_id: HashMap<String, usize>,
+    by_id: HashMap<[u8; 32], usize>,
     deliveries: u64,
     /// Deliveries by catch-up (`via: "sync"`).
     caught_up: u64,
@@ -172,29 +172,23 @@ impl Tally {
         peer_id(addr).or_else(|| self.other_addrs.get(addr).copied())
     }
 
-    /// The item with hex id `id`: looked for among the newest first (comparing the strings),
-    /// then in the map (hashing them).
-    fn item(&self, id: &str) -> Option<usize> {
+    /// The item with id `id`: looked for among the newest first, then in the map.
+    fn item(&self, id: &[u8; 32]) -> Option<usize> {
         let n = self.items.len();
         let newest = n.saturating_sub(NEWEST)..n;
         newest
             .rev()
-            .find(|&i| self.items[i].id.as_deref() == Some(id))
+            .find(|&i| self.items[i].id.as_ref() == Some(id))
             .or_else(|| self.by_id.get(id).copied())
     }
 
     fn observe(&mut self, o: &Observed) {
         match o.record.event {
             "gossip_received" => {
-                let (Some(id), Some(from)) = (o.record.get("id"), o.record.get("from")) else {
+                let Some(r) = &o.record.receipt else {
                     return;
                 };
-                let (Some(idx), Some(from)) = (
-                    id.as_str().and_then(|i| self.item(i)),
-                    from.as_str()
-                        .and_then(|f| f.parse::<SocketAddr>().ok())
-                        .and_then(|a| self.node_of(&a)),
-                ) else {
+                let (Some(idx), Some(from)) = (self.item(&r.id), self.node_of(&r.from)) else {
                     return;
                 };
                 let item = &mut self.items[idx];
@@ -202,7 +196,7 @@ impl Tally {
                     item.hops.resize(o.node.max(from) + 1, u8::MAX);
                 }
                 self.deliveries += 1;
-                if o.record.get("via").is_some() {
+                if r.caught_up {
                     // Pulled by catch-up: delivered, but not by spreading.
                     item.hops[o.node] = CAUGHT_UP;
                     self.caught_up += 1;
@@ -223,12 +217,17 @@ impl Tally {
                 self.hop_max = self.hop_max.max(hop);
             }
             "gossip_sent" => {
-                if let Some(id) = o.record.get("id").and_then(|v| v.as_str()) {
+                let id = o
+                    .record
+                    .get("id")
+                    .and_then(|v| v.as_str())
+                    .and_then(|h| <[u8; 32]>::try_from(hex::decode(h).ok()?).ok());
+                if let Some(id) = id {
                     let idx = self.items.len().wrapping_sub(1);
                     if let Some(item) = self.items.last_mut() {
-                        if item.at == o.at && !self.by_id.contains_key(id) {
-                            self.by_id.insert(id.to_string(), idx);
-                            item.id = Some(id.to_string());
+                        if item.at == o.at && !self.by_id.contains_key(&id) {
+                            self.by_id.insert(id, idx);
+                            item.id = Some(id);
                             if item.hops.len() <= o.node {
                                 item.hops.resize(o.node + 1, u8::MAX);
                             }
