@@ -258,6 +258,9 @@ pub struct Overlay {
     /// The neighbours' addresses, rebuilt when they change: the message list keeps a reference
     /// to it for each item forwarded (where the item went).
     current: Arc<[SocketAddr]>,
+    /// Their connections, in the same order: with `current`, what `neighbours` walks (two
+    /// short arrays, not the map's nodes; this runs for every item forwarded).
+    current_conns: Vec<ConnId>,
     /// Links that are young (may hold forwarded items), so forwarding looks only at them.
     young: BTreeSet<ConnId>,
     me: SocketAddr,
@@ -303,6 +306,7 @@ impl Overlay {
             links: Links::default(),
             neighbours: BTreeMap::new(),
             current: Arc::from([]),
+            current_conns: Vec::new(),
             dialing: BTreeSet::new(),
             lost: BTreeMap::new(),
             // Long enough for the seeds to confirm a death and remove the peer.
@@ -452,7 +456,10 @@ impl Overlay {
 
     /// Neighbours and their links, in address order.
     pub fn neighbours(&self) -> impl Iterator<Item = (SocketAddr, ConnId)> + '_ {
-        self.neighbours.iter().map(|(a, c)| (*a, *c))
+        self.current
+            .iter()
+            .copied()
+            .zip(self.current_conns.iter().copied())
     }
 
     /// The link a neighbour is known by.
@@ -507,6 +514,7 @@ impl Overlay {
             .unwrap_or_default();
         if replaced {
             self.neighbours.insert(addr, conn);
+            self.conns_changed();
         }
         Joined::Duplicate {
             loser,
@@ -528,6 +536,13 @@ impl Overlay {
 
     fn changed(&mut self) {
         self.current = self.neighbours.keys().copied().collect();
+        self.conns_changed();
+    }
+
+    /// A neighbour's link changed (the addresses did not).
+    fn conns_changed(&mut self) {
+        self.current_conns.clear();
+        self.current_conns.extend(self.neighbours.values().copied());
     }
 
     /// Forgets a neighbour without holding it against anyone (we are leaving).
