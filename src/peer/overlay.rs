@@ -436,13 +436,16 @@ impl Overlay {
     }
 
     /// A cache hint for an item to forward: what `targets` reads of every link (its birth and
-    /// egress bucket) and the neighbour list the message list will reference.
+    /// egress bucket) and the neighbour list (addresses, which the message list will
+    /// reference, and connections).
     pub fn prefetch_forwarding(&self) {
         for link in &self.links.links {
             crate::hint::prefetch(link);
             crate::hint::prefetch(&link.egress_rate);
         }
-        crate::hint::prefetch(Arc::as_ptr(&self.current) as *const u8);
+        let current = Arc::as_ptr(&self.current) as *const u8;
+        crate::hint::prefetch_lines(current, (self.current.len() * 32).div_ceil(64));
+        crate::hint::prefetch(self.current_conns.as_ptr());
     }
 
     pub fn remove_link(&mut self, conn: ConnId) -> Option<Link> {
