@@ -167,6 +167,21 @@ impl PeerCore {
         if !self.ml.knows_payload(payload) {
             self.ml.prefetch_first_receipt(id);
             self.overlay.prefetch_forwarding();
+            if let Some(t) = &self.tree {
+                t.prefetch_fields();
+            }
+        }
+    }
+
+    /// The last cache hint for that frame, a couple of events before it: what the tree's
+    /// lines fetched by `prefetch_link` point to.
+    pub fn prefetch_tree(&self, payload: usize) {
+        if let Some(t) = self
+            .tree
+            .as_ref()
+            .filter(|_| !self.ml.knows_payload(payload))
+        {
+            t.prefetch_heap();
         }
     }
 

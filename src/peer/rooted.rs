@@ -160,6 +160,11 @@ impl Rooted {
     }
 
     /// Parent or child: items go to it whole.
+    /// A cache hint: the children list that `backbone` reads.
+    pub fn prefetch(&self) {
+        crate::hint::prefetch(self.children.as_ptr());
+    }
+
     pub fn backbone(&self, n: &SocketAddr) -> bool {
         self.parent == Some(*n) || self.children.contains(n)
     }

@@ -383,6 +383,30 @@ impl Tree {
         }
     }
 
+    /// Cache hints (see [`crate::hint`]) for a first receipt to come, in two steps a few
+    /// events apart: first the lines of this tree that `first_receipt` and `next_wake` read,
+    /// then (`prefetch_heap`, those lines in the cache by then) what they point to.
+    pub fn prefetch_fields(&self) {
+        crate::hint::prefetch(&self.wakes);
+        crate::hint::prefetch(&self.recent);
+        crate::hint::prefetch(&self.announce_off);
+        crate::hint::prefetch(&self.rooted);
+    }
+
+    pub fn prefetch_heap(&self) {
+        crate::hint::prefetch(self.wakes.as_ptr());
+        if let Some(f) = self.recent.front() {
+            crate::hint::prefetch(f);
+        }
+        if let Some(b) = self.recent.back() {
+            crate::hint::prefetch(b);
+        }
+        crate::hint::prefetch(self.announce_off.ids.as_ptr());
+        if let Some(r) = &self.rooted {
+            r.prefetch();
+        }
+    }
+
     /// A frame came from neighbour `n` (see `Rooted::heard_from`).
     pub fn heard_from(&mut self, n: &SocketAddr, now: Instant) {
         if let Some(r) = &mut self.rooted {

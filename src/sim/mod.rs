@@ -49,7 +49,8 @@ const WHEEL: usize = 1 << 17;
 
 /// How far ahead the event loop starts fetching what a gossip frame will touch (see
 /// `World::prefetch`), in events: the connection end at `3 * AHEAD`, the receiving node at
-/// `2 * AHEAD`, its core's hot lines at `AHEAD`, its link at `AHEAD / 2`.
+/// `2 * AHEAD`, its core's hot lines at `AHEAD`, its link at `AHEAD / 2`, what its tree
+/// points to at `AHEAD / 4`.
 const AHEAD: usize = 8;
 /// The ring of connections predicted ahead: a power of two above `3 * AHEAD`.
 const AHEAD_RING: usize = 32;
@@ -602,6 +603,10 @@ impl World {
         let next = &self.ahead[slot(AHEAD / 2)];
         if let Some(core) = core_of(next.conn) {
             core.prefetch_link(next.conn, next.payload, &next.id);
+        }
+        let nearest = &self.ahead[slot(AHEAD / 4)];
+        if let Some(core) = core_of(nearest.conn) {
+            core.prefetch_tree(nearest.payload);
         }
     }
 
