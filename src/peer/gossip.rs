@@ -421,6 +421,13 @@ impl MessageList {
             .any(|(p, _, _)| Arc::as_ptr(p) as *const u8 as usize == addr)
     }
 
+    /// A cache hint for a lookup of `id` to come: the table slot it starts at.
+    pub fn prefetch_lookup(&self, id: &[u8; 32]) {
+        if !self.table.is_empty() {
+            crate::hint::prefetch(&self.table[self.home(key_of(id))]);
+        }
+    }
+
     /// A cache hint for the first receipt of `id` to come: the table slot its lookup starts
     /// at, and where its entry goes.
     pub fn prefetch_first_receipt(&self, id: &[u8; 32]) {
