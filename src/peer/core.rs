@@ -417,7 +417,9 @@ impl PeerCore {
                 // What went out on the losing link may never have been read: send it again on
                 // the link kept (the remote ignores what it already has), as far as the
                 // history still holds it.
-                for item in self.history.offered(&resend) {
+                let mut again = self.history.offered(&resend.ids);
+                again.extend(resend.items);
+                for item in again {
                     self.overlay.remember(&[kept], &item);
                     out.push(Action::Forward {
                         to: vec![kept],
@@ -1900,76 +1902,80 @@ mod tests {
 
     #[test]
     fn items_sent_on_the_losing_one_of_two_simultaneous_links_are_sent_again_on_the_other() {
-        let (mut p, now) = joined("");
-        let mut out = vec![];
-        // An item from 9102 goes out on every other link, 9101's accepted conn 10 included.
-        p.handle(
-            Event::Frame {
-                conn: 11,
-                msg: gossip("1795313883123:127.0.0.1:9102:1", 0),
-            },
-            now,
-            &mut out,
-        );
-        assert!(sends(&out).iter().any(|(to, _)| to.contains(&10)));
-        // Then the link ME dialed to 9101 arrives: it is kept (ME is the smaller address) and
-        // conn 10 closes, so the item goes again on conn 20.
-        out.clear();
-        let dialed = Remote {
-            addr: a(9101),
-            role: Role::Peer,
-            incarnation: 1,
-            key: [0; 32],
-            dialed: Some(Purpose::Neighbour),
-        };
-        p.handle(
-            Event::Connected {
-                conn: 20,
-                remote: dialed.clone(),
-            },
-            now,
-            &mut out,
-        );
-        assert!(out.contains(&Action::Close { conn: 10 }));
-        let again: Vec<_> = sends(&out)
-            .into_iter()
-            .filter(|(to, _)| to == &vec![20])
-            .collect();
-        assert_eq!(
-            again,
-            vec![(vec![20], gossip("1795313883123:127.0.0.1:9102:1", 0))]
-        );
-        // A link past its first seconds no longer keeps what it sent: the same race later,
-        // on 9102's accepted conn 11, sends nothing again (and the list is gone from memory).
-        let later = now.after(YOUNG_LINK);
-        p.handle(Event::Timer(Timer::YoungLinks), later, &mut out);
-        p.handle(
-            Event::Frame {
-                conn: 12,
-                msg: gossip("1795313883123:127.0.0.1:9103:1", 0),
-            },
-            later,
-            &mut out,
-        );
-        out.clear();
-        p.handle(
-            Event::Connected {
-                conn: 40,
-                remote: Remote {
-                    addr: a(9102),
-                    ..dialed
+        // Sent again from the history; or, where the history may not keep them (here:
+        // none), from the items the young link kept.
+        for extra in ["", "gossip: { history: 0 }\n"] {
+            let (mut p, now) = joined(extra);
+            let mut out = vec![];
+            // An item from 9102 goes out on every other link, 9101's accepted conn 10 included.
+            p.handle(
+                Event::Frame {
+                    conn: 11,
+                    msg: gossip("1795313883123:127.0.0.1:9102:1", 0),
                 },
-            },
-            later,
-            &mut out,
-        );
-        assert!(out.contains(&Action::Close { conn: 11 }));
-        assert!(
-            !sends(&out)
-                .iter()
-                .any(|(_, m)| matches!(m, Msg::Gossip { .. })),
-            "{out:?}"
-        );
+                now,
+                &mut out,
+            );
+            assert!(sends(&out).iter().any(|(to, _)| to.contains(&10)));
+            // Then the link ME dialed to 9101 arrives: it is kept (ME is the smaller address) and
+            // conn 10 closes, so the item goes again on conn 20.
+            out.clear();
+            let dialed = Remote {
+                addr: a(9101),
+                role: Role::Peer,
+                incarnation: 1,
+                key: [0; 32],
+                dialed: Some(Purpose::Neighbour),
+            };
+            p.handle(
+                Event::Connected {
+                    conn: 20,
+                    remote: dialed.clone(),
+                },
+                now,
+                &mut out,
+            );
+            assert!(out.contains(&Action::Close { conn: 10 }));
+            let again: Vec<_> = sends(&out)
+                .into_iter()
+                .filter(|(to, _)| to == &vec![20])
+                .collect();
+            assert_eq!(
+                again,
+                vec![(vec![20], gossip("1795313883123:127.0.0.1:9102:1", 0))]
+            );
+            // A link past its first seconds no longer keeps what it sent: the same race later,
+            // on 9102's accepted conn 11, sends nothing again (and the list is gone from memory).
+            let later = now.after(YOUNG_LINK);
+            p.handle(Event::Timer(Timer::YoungLinks), later, &mut out);
+            p.handle(
+                Event::Frame {
+                    conn: 12,
+                    msg: gossip("1795313883123:127.0.0.1:9103:1", 0),
+                },
+                later,
+                &mut out,
+            );
+            out.clear();
+            p.handle(
+                Event::Connected {
+                    conn: 40,
+                    remote: Remote {
+                        addr: a(9102),
+                        ..dialed
+                    },
+                },
+                later,
+                &mut out,
+            );
+            assert!(out.contains(&Action::Close { conn: 11 }));
+            assert!(
+                !sends(&out)
+                    .iter()
+                    .any(|(_, m)| matches!(m, Msg::Gossip { .. })),
+                "{out:?}"
+            );
+        }
     }
 
     #[test]

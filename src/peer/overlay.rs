@@ -76,13 +76,25 @@ impl std::fmt::Display for Refusal {
 /// it, in order (the items themselves are in the history, which the peer sends them again
 /// from). Eight bytes an item: a link holding its items cost 64 bytes an item, and in a
 /// simulated network whose links are all young while the items spread, that was half the
-/// memory.
+/// memory. A peer whose history may not keep items for `YOUNG_LINK` (`gossip.history` or
+/// `gossip.history_bytes` 0, `gossip.history_age` shorter) keeps the items themselves.
 #[derive(Debug)]
 struct Young {
     until: Instant,
     ids: Vec<u64>,
-    /// Payload bytes of the items named in `ids`.
+    items: Vec<Item>,
+    /// Payload bytes of the items remembered.
     bytes: usize,
+}
+
+/// What went out on the losing one of two simultaneous links while it was young (see
+/// `Young`), in the order it went out.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Resend {
+    /// Short ids, to be sent again from the history.
+    pub ids: Vec<u64>,
+    /// Items kept whole (the history may not hold them).
+    pub items: Vec<Item>,
 }
 
 /// Why the losing one of two simultaneous links is closed (sent in a `Reject`).
@@ -244,7 +256,7 @@ pub enum Joined {
         loser: ConnId,
         kept: ConnId,
         replaced: bool,
-        resend: Vec<u64>,
+        resend: Resend,
     },
 }
 
@@ -263,6 +275,8 @@ pub struct Overlay {
     current_conns: Vec<ConnId>,
     /// Links that are young (may hold forwarded items), so forwarding looks only at them.
     young: BTreeSet<ConnId>,
+    /// Whether young links keep the items they forward, not only their ids (see `Young`).
+    keep_items: bool,
     me: SocketAddr,
     /// This peer's key, for the duplicate-link rule (addresses decide while none is set).
     me_key: Option<PublicKey>,
@@ -313,6 +327,9 @@ impl Overlay {
             lost_memory: lv.interval * (lv.misses + 1) + lv.probe_timeout * 2,
             repairing: false,
             young: BTreeSet::new(),
+            keep_items: config.gossip.history == 0
+                || config.gossip.history_bytes == 0
+                || config.gossip.history_age < YOUNG_LINK,
         }
     }
 
@@ -402,6 +419,7 @@ impl Overlay {
                     Box::new(Young {
                         until: now + YOUNG_LINK,
                         ids: Vec::new(),
+                        items: Vec::new(),
                         bytes: 0,
                     })
                 }),
@@ -513,7 +531,10 @@ impl Overlay {
             .links
             .remove(&loser)
             .and_then(|l| l.young)
-            .map(|y| y.ids)
+            .map(|y| Resend {
+                ids: y.ids,
+                items: y.items,
+            })
             .unwrap_or_default();
         if replaced {
             self.neighbours.insert(addr, conn);
@@ -703,11 +724,15 @@ impl Overlay {
         }
         for conn in conns.iter().filter(|c| self.young.contains(c)) {
             if let Some(y) = self.links.get_mut(conn).and_then(|l| l.young.as_mut()) {
-                if y.ids.len() < YOUNG_LINK_ITEMS
+                if y.ids.len() + y.items.len() < YOUNG_LINK_ITEMS
                     && y.bytes + item.payload.len() <= YOUNG_LINK_BYTES
                 {
                     y.bytes += item.payload.len();
-                    y.ids.push(short_id(&item.id));
+                    if self.keep_items {
+                        y.items.push(item.clone());
+                    } else {
+                        y.ids.push(short_id(&item.id));
+                    }
                 }
             }
         }
@@ -944,6 +969,8 @@ mod tests {
         let Joined::Duplicate { resend, .. } = o.join(2, a(9200), &[0; 32], true) else {
             panic!("a duplicate")
         };
+        assert!(resend.items.is_empty(), "the history keeps them");
+        let resend = resend.ids;
         assert_eq!(resend.len(), YOUNG_LINK_BYTES / (64 * 1024));
         assert!(resend
             .iter()
