@@ -1799,17 +1799,23 @@ mod tests {
             &mut out,
         );
         for (conn, port) in [(10, 9101), (11, 9102), (12, 9103)] {
-            let r = Remote {
-                addr: a(port),
-                role: Role::Peer,
-                incarnation: 1,
-                key: [0; 32],
-                dialed: None,
-            };
-            p.handle(Event::Connected { conn, remote: r }, now, &mut out);
+            let remote = peer_remote(port, None);
+            p.handle(Event::Connected { conn, remote }, now, &mut out);
         }
         assert_eq!(p.neighbours().len(), 3);
         (p, now)
+    }
+
+    /// Peer `port` (incarnation 1, the zero key) on a link we accepted (`dialed` None) or
+    /// dialed.
+    fn peer_remote(port: u16, dialed: Option<Purpose>) -> Remote {
+        Remote {
+            addr: a(port),
+            role: Role::Peer,
+            incarnation: 1,
+            key: [0; 32],
+            dialed,
+        }
     }
 
     /// A peer registered through one seed (at 9001, showing `seed_key`), its list not in yet.
@@ -1920,17 +1926,10 @@ mod tests {
             // Then the link ME dialed to 9101 arrives: it is kept (ME is the smaller address) and
             // conn 10 closes, so the item goes again on conn 20.
             out.clear();
-            let dialed = Remote {
-                addr: a(9101),
-                role: Role::Peer,
-                incarnation: 1,
-                key: [0; 32],
-                dialed: Some(Purpose::Neighbour),
-            };
             p.handle(
                 Event::Connected {
                     conn: 20,
-                    remote: dialed.clone(),
+                    remote: peer_remote(9101, Some(Purpose::Neighbour)),
                 },
                 now,
                 &mut out,
@@ -1960,10 +1959,7 @@ mod tests {
             p.handle(
                 Event::Connected {
                     conn: 40,
-                    remote: Remote {
-                        addr: a(9102),
-                        ..dialed
-                    },
+                    remote: peer_remote(9102, Some(Purpose::Neighbour)),
                 },
                 later,
                 &mut out,
@@ -2001,13 +1997,7 @@ mod tests {
         // 9101 (conn 10, accepted) is larger than ME: both ends keep the link ME dialed.
         let (mut p, now) = joined("");
         let mut out = vec![];
-        let dialed = Remote {
-            addr: a(9101),
-            role: Role::Peer,
-            incarnation: 1,
-            key: [0; 32],
-            dialed: Some(Purpose::Neighbour),
-        };
+        let dialed = peer_remote(9101, Some(Purpose::Neighbour));
         p.handle(
             Event::Connected {
                 conn: 20,

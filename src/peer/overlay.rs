@@ -251,7 +251,7 @@ pub enum Joined {
     New,
     /// A second link to a neighbour: `loser` is to be closed (it is already forgotten), `kept`
     /// stays; `replaced` says the new link is the one kept. `resend` is what went out on the
-    /// loser while it was young (short ids, in the order sent), to forward again on `kept`.
+    /// loser while it was young (see `Resend`), to forward again on `kept`.
     Duplicate {
         loser: ConnId,
         kept: ConnId,
