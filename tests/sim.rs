@@ -20,6 +20,7 @@ fn params(kind: Kind, peers: usize, messages: usize, rng: u64) -> Params {
         latency: (Duration::from_millis(1), Duration::from_millis(5)),
         config: Config::parse("seeds: [\"127.0.0.1:9001\"]\n").unwrap(),
         progress: false,
+        frame_types: false,
     }
 }
 

@@ -59,6 +59,10 @@ struct Args {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Count the frames delivered by type (`frame_types` in the summary: `Gossip`, `IHave`,
+    /// `TreeRoot`, ...).
+    #[arg(long)]
+    frame_types: bool,
 }
 
 fn duration(s: &str) -> Option<Duration> {
@@ -155,6 +159,7 @@ fn main() -> ExitCode {
         latency,
         config,
         progress: true,
+        frame_types: args.frame_types,
     };
     let summary = scenario::run(&params);
     if args.json {

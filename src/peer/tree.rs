@@ -22,7 +22,8 @@
 //! different origins cross (each prunes a different link of the same cycle) and deepens as
 //! repairs join it where they can; one shaped by distances to a root is neither. Each id is
 //! announced to one neighbour off the tree only (to all of them, ids would cost what
-//! flooding's duplicates cost), and grafted after ten times the timeout (pushes are never cut,
+//! flooding's duplicates cost), the same one for all the ids gathered together (one frame),
+//! and grafted after ten times the timeout (pushes are never cut,
 //! so an id announced before its push came is late far more often than lost). An item that
 //! reached a peer by catch-up is pushed to its children and announced to its parent, which
 //! grafts it at once if it lacks it. A new child is told at once the ids received in the last
@@ -72,6 +73,9 @@ pub struct Tree {
     /// Rooted shape: the same for the neighbours off the backbone, gathered for
     /// [`ROOTED_ANNOUNCE_WAIT`] `graft_timeout`s (see there).
     announce_off: Gathered,
+    /// Rooted shape: the neighbour off the backbone that the ids gathered now go to, drawn
+    /// with the first of them; drawn again once they are sent.
+    off_pick: Option<SocketAddr>,
     /// The wake-ups asked for and not yet come (a few at most): one is asked for only when
     /// none of these comes soon enough. Timers cannot be taken back, so one overtaken by an
     /// earlier one stays here until it fires; were it forgotten, the tree would ask again for
@@ -201,6 +205,7 @@ impl Tree {
             dues: BTreeSet::new(),
             announce: Gathered::default(),
             announce_off: Gathered::default(),
+            off_pick: None,
             wakes: Vec::new(),
             pruned: BTreeMap::new(),
             prunes_sent: 0,
@@ -453,6 +458,9 @@ impl Tree {
         self.pruned.remove(addr);
         self.announce.forget(addr);
         self.announce_off.forget(addr);
+        if self.off_pick == Some(*addr) {
+            self.off_pick = None;
+        }
         for m in self.missing.values_mut() {
             m.announcers.retain(|a| a != addr);
         }
@@ -476,15 +484,29 @@ impl Tree {
                 self.recent.pop_front();
             }
             self.recent.push_back((now, id, from));
-            // The backbone decides who is eager; the id goes to one neighbour off it, drawn
-            // per item and peer (to all of them it would cost what flooding's duplicates
-            // cost: an id is a third of a short item's frame): the one whose address hashes
-            // lowest with the id, in one pass.
+            // The backbone decides who is eager; the id goes to one neighbour off it (to
+            // all of them it would cost what flooding's duplicates cost: an id is a third of
+            // a short item's frame). The same one for every id gathered until they are sent
+            // (`off_pick`), so they go in one frame, not one to each such link; the next
+            // gathering draws again: the one whose address hashes lowest with its first id.
+            // (`reset` forgets a pick whose link went.)
+            if let Some(n) = self
+                .off_pick
+                .filter(|n| Some(*n) != from && !self.in_backbone(n))
+            {
+                self.announce_off.push(n, id, now);
+                return;
+            }
             let pick = lazy
                 .into_iter()
                 .filter(|n| Some(*n) != from && !self.in_backbone(n))
                 .min_by_key(|n| self.draw(&id, n));
             if let Some(n) = pick {
+                // An id from the window's pick itself (after a catch-up) goes to another; a
+                // pick that joined the backbone is drawn again.
+                if self.off_pick.is_none_or(|p| self.in_backbone(&p)) {
+                    self.off_pick = Some(n);
+                }
                 self.announce_off.push(n, id, now);
             }
             return;
@@ -649,6 +671,9 @@ impl Tree {
         let (half, off) = self.announce_waits();
         self.announce.take_due(now, half, &mut out.ihave);
         self.announce_off.take_due(now, off, &mut out.ihave);
+        if self.announce_off.since.is_none() {
+            self.off_pick = None;
+        }
         let mut grafts: BTreeMap<SocketAddr, Vec<[u8; 32]>> = BTreeMap::new();
         let timeout = self.graft_timeout;
         let soon = now + timeout / 4;
@@ -987,7 +1012,47 @@ mod tests {
             told += ids.len();
         }
         assert_eq!(told, 64, "each id once");
-        assert_eq!(out.ihave.len(), 2, "spread over both");
+        assert_eq!(out.ihave.len(), 1, "all to one neighbour: one frame");
+        // The next gathering draws again: over a few, both get some.
+        let mut to = BTreeSet::new();
+        for w in 1..=8u8 {
+            let at = now + wait * u32::from(w);
+            t.first_receipt([w; 32], Some(a(1)), (1..=4).map(a), at);
+            t.first_receipt([w + 100; 32], Some(a(1)), (1..=4).map(a), at);
+            let out = t.due(at + wait);
+            assert_eq!(out.ihave.len(), 1);
+            to.insert(out.ihave[0].0);
+        }
+        assert_eq!(to, BTreeSet::from([a(3), a(4)]), "spread over both");
+    }
+
+    #[test]
+    fn rooted_an_id_is_not_announced_to_the_neighbour_it_came_from() {
+        let now = Instant::now();
+        let mut t = rooted(now);
+        t.first_receipt([1; 32], Some(a(1)), (1..=4).map(a), now);
+        let window = t.off_pick.expect("drawn");
+        let other = if window == a(3) { a(4) } else { a(3) };
+        // By catch-up from the window's pick: to the other one, and the window stays.
+        t.first_receipt([2; 32], Some(window), (1..=4).map(a), now);
+        t.first_receipt([3; 32], Some(a(1)), (1..=4).map(a), now);
+        let mut out = t.due(now + T * ROOTED_ANNOUNCE_WAIT).ihave;
+        out.sort();
+        let mut want = vec![(window, vec![[1; 32], [3; 32]]), (other, vec![[2; 32]])];
+        want.sort();
+        assert_eq!(out, want);
+        // Its link goes: the next id draws another.
+        t.first_receipt([4; 32], Some(a(1)), (1..=4).map(a), now);
+        let pick = t.off_pick.expect("drawn");
+        t.reset(&pick);
+        t.first_receipt(
+            [5; 32],
+            Some(a(1)),
+            [1, 2, 3, 4].map(a).into_iter().filter(|n| *n != pick),
+            now,
+        );
+        assert_ne!(t.off_pick, Some(pick));
+        assert!(t.off_pick.is_some());
     }
 
     #[test]

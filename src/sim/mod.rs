@@ -236,6 +236,9 @@ pub struct World {
     /// spot of a tree shows here); apart from `nodes`, so counting one is no cache miss in a
     /// large run.
     pub frames_out: Vec<u64>,
+    /// Frames delivered by type, when counted (`count_frame_types`; off, a large run pays
+    /// nothing for it).
+    pub frame_types: Option<std::collections::BTreeMap<&'static str, u64>>,
     actions: Vec<Action>,
     /// Whether any node counts the bytes it is sent: if none does, a frame sent need not look
     /// at its receiver (one cache miss fewer per frame in a large run).
@@ -350,6 +353,7 @@ impl World {
             cut: false,
             events: 0,
             frames: 0,
+            frame_types: None,
             frames_out: Vec::new(),
             actions: Vec::new(),
             counting_bytes: false,
@@ -832,8 +836,16 @@ impl World {
         None
     }
 
+    /// Counts the frames delivered from now on by type (`frame_types`).
+    pub fn count_frame_types(&mut self) {
+        self.frame_types.get_or_insert_with(Default::default);
+    }
+
     /// Hands one event to a node's core and carries out its actions.
     fn deliver(&mut self, node: NodeId, event: Event, observe: &mut dyn FnMut(&Observed)) {
+        if let (Some(types), Event::Frame { msg, .. }) = (&mut self.frame_types, &event) {
+            *types.entry(msg.name()).or_insert(0) += 1;
+        }
         match self.nodes[node].state {
             NodeState::Running => {}
             NodeState::Waiting if event == Event::Started => {

@@ -117,6 +117,8 @@ pub struct Params {
     pub config: Config,
     /// Print a progress line on stderr every few seconds of wall time.
     pub progress: bool,
+    /// Count the frames delivered by type (`frame_types` in the summary).
+    pub frame_types: bool,
 }
 
 /// A step of a scenario, scheduled on the world's clock.
@@ -274,6 +276,9 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
     }
     if trace {
         w.trace = Some(Vec::new());
+    }
+    if p.frame_types {
+        w.count_frame_types();
     }
     let seeds = w.nodes.len();
     for id in 0..seeds {
@@ -581,6 +586,9 @@ fn summarize(
     if let (Some(&max), Some(&median)) = (sent.last(), sent.get(sent.len() / 2)) {
         out["frames_sent_max"] = json!(max);
         out["frames_sent_max_over_median"] = json!(round3(max as f64 / median.max(1) as f64));
+    }
+    if let Some(types) = &w.frame_types {
+        out["frame_types"] = json!(types);
     }
     if let Some([prunes, grafted, eager]) = tree {
         out["tree_prunes"] = json!(prunes);
