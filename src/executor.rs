@@ -244,7 +244,10 @@ mod tests {
             },
             Action::Send {
                 to: vec![1, 2],
-                msg: Msg::Registered,
+                msg: Msg::Registered {
+                    incarnation: 1,
+                    signatures: vec![],
+                },
             },
             Action::send(1, Msg::Leave),
         ];
@@ -254,7 +257,14 @@ mod tests {
         assert!(!t.contains_key(&1));
         assert_eq!(
             frames(&t, 2),
-            vec![Msg::GetPeers.encode(), Msg::Registered.encode()]
+            vec![
+                Msg::GetPeers.encode(),
+                Msg::Registered {
+                    incarnation: 1,
+                    signatures: vec![]
+                }
+                .encode()
+            ]
         );
     }
 

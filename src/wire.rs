@@ -9,8 +9,8 @@ use std::fmt;
 use std::net::SocketAddr;
 
 /// Protocol versions this build speaks (negotiated in the handshake).
-pub const PROTOCOL_VERSION: u16 = 6;
-pub const MIN_PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
+pub const MIN_PROTOCOL_VERSION: u16 = 7;
 /// Bytes of the length prefix.
 pub const LEN_PREFIX: usize = 4;
 /// Bound on entries in one peer list or sync frame, so one frame stays far below the limit.
@@ -242,7 +242,12 @@ pub enum Msg {
 
     // --- peer ↔ seed ---
     Register,
-    Registered,
+    /// Seed → peer: the registration is committed; the certificate of it (the peer as a
+    /// member: its address, this incarnation, its key), as a peer list entry carries it.
+    Registered {
+        incarnation: u64,
+        signatures: Vec<(SocketAddr, Signature)>,
+    },
     GetPeers,
     PeerList {
         peers: Vec<PeerEntry>,
@@ -380,7 +385,7 @@ impl Msg {
             Msg::Welcome { .. } => "Welcome",
             Msg::Reject { .. } => "Reject",
             Msg::Register => "Register",
-            Msg::Registered => "Registered",
+            Msg::Registered { .. } => "Registered",
             Msg::GetPeers => "GetPeers",
             Msg::PeerList { .. } => "PeerList",
             Msg::Degree { .. } => "Degree",
@@ -497,7 +502,14 @@ impl Msg {
                 put_str(out, truncate(reason, MAX_TEXT));
             }
             Msg::Register => out.push(tag::REGISTER),
-            Msg::Registered => out.push(tag::REGISTERED),
+            Msg::Registered {
+                incarnation,
+                signatures,
+            } => {
+                out.push(tag::REGISTERED);
+                out.extend_from_slice(&incarnation.to_be_bytes());
+                put_signatures(out, signatures);
+            }
             Msg::GetPeers => out.push(tag::GET_PEERS),
             Msg::PeerList { peers } => {
                 out.push(tag::PEER_LIST);
@@ -659,7 +671,10 @@ impl Msg {
             },
             tag::REJECT => Msg::Reject { reason: r.text()? },
             tag::REGISTER => Msg::Register,
-            tag::REGISTERED => Msg::Registered,
+            tag::REGISTERED => Msg::Registered {
+                incarnation: r.u64()?,
+                signatures: r.signatures()?,
+            },
             tag::GET_PEERS => Msg::GetPeers,
             tag::PEER_LIST => {
                 let n = r.count()?;
@@ -1069,7 +1084,14 @@ mod tests {
                 reason: "bad nonce".into(),
             },
             Msg::Register,
-            Msg::Registered,
+            Msg::Registered {
+                incarnation: 1_764_000_000_000,
+                signatures: vec![(a("127.0.0.1:9001"), [8; 64]), (a("[::1]:9002"), [9; 64])],
+            },
+            Msg::Registered {
+                incarnation: 0,
+                signatures: vec![],
+            },
             Msg::GetPeers,
             Msg::PeerList {
                 peers: vec![

@@ -420,6 +420,91 @@ fn a_registration_for_an_address_nobody_serves_is_refused() {
 }
 
 #[test]
+fn a_registration_must_start_near_the_seeds_clock_and_is_confirmed_with_its_certificate() {
+    let mut net = Net::new(3, CONFIG);
+    net.start_seeds();
+    let ip = [127, 0, 0, 1];
+    let hour = 3_600_000;
+    let key = fresh_key();
+    // A listener that passes the seeds' dial-back as this key's holder.
+    let fake = DialBack::start(ip, key.clone());
+    let claimed = fake.at.to_string();
+    // ("Joining", step 2) Not listed, and an incarnation an hour before the seed's clock:
+    // `Removed` with that incarnation, then the seed closes.
+    let old = unix_ms() - hour;
+    let mut d = welcomed_from(ip, net.seeds[0], &claimed, old, &key);
+    assert!(d.conn.send(&[&[0x10]]), "write failed");
+    match d.conn.next() {
+        Next::Frame(b) => {
+            let mut f = Fields(&b);
+            assert_eq!(f.u8(), 0x17, "not Removed: {b:?}");
+            assert_eq!(f.u64(), old);
+            f.end();
+        }
+        other => panic!("no answer to an old incarnation's Register: {other:?}"),
+    }
+    assert!(matches!(drain_to_close(&mut d.conn), Next::Closed));
+    // An hour ahead of it: refused, naming the clock.
+    let mut d = welcomed_from(ip, net.seeds[0], &claimed, unix_ms() + hour, &key);
+    let reason = reject_after(&mut d, &[0x10]);
+    println!("Register an hour ahead: {reason}");
+    assert!(reason.contains("clock"), "{reason}");
+    // Now, with a majority of the seeds (two of three) at once: each confirms with
+    // `Registered`: this incarnation, and the certificate of the registration, signatures of
+    // two distinct seeds over "gossipnet/2 change" | 1 | member, each under that seed's key
+    // (the key its Challenge showed).
+    let mut keys = std::collections::BTreeMap::new();
+    for &seed in &net.seeds {
+        let mut conn = Conn::new(raw_from(ip, seed));
+        let Next::Frame(body) = conn.next() else {
+            panic!("no Challenge from {seed}");
+        };
+        let ch = parse_challenge(&body);
+        keys.insert(ch.acceptor, ch.acceptor_key);
+    }
+    let now = unix_ms();
+    let dials: Vec<Dial> = net.seeds[..2]
+        .iter()
+        .map(|&seed| {
+            let mut d = welcomed_from(ip, seed, &claimed, now, &key);
+            assert!(d.conn.send(&[&[0x10]]), "write failed");
+            d
+        })
+        .collect();
+    let mut member = Vec::new();
+    put_member(&mut member, &claimed, now, &key.verifying_key().to_bytes());
+    let signed = [&b"gossipnet/2 change"[..], &[1], &member].concat();
+    for mut d in dials {
+        let body = (0..100)
+            .find_map(|_| match d.conn.next() {
+                Next::Frame(b) if b.first() == Some(&0x11) => Some(b),
+                Next::Frame(b) if b.first() == Some(&0x04) => {
+                    panic!("refused: {:?}", reject_reason(&b))
+                }
+                Next::Frame(_) => None,
+                other => panic!("no answer to Register: {other:?}"),
+            })
+            .expect("Registered");
+        let mut f = Fields(&body[1..]);
+        assert_eq!(f.u64(), now, "the incarnation registered");
+        let n = f.u8();
+        let mut signers = BTreeSet::new();
+        for _ in 0..n {
+            let seed = f.addr();
+            let sig: [u8; 64] = f.take(64).try_into().unwrap();
+            let seed_key = VerifyingKey::from_bytes(&keys[&seed]).unwrap();
+            seed_key
+                .verify_strict(&signed, &Signature::from_bytes(&sig))
+                .unwrap_or_else(|e| panic!("{seed}'s signature does not verify: {e}"));
+            signers.insert(seed);
+        }
+        f.end();
+        assert!(signers.len() >= 2, "signed by {signers:?}");
+    }
+    drop(fake);
+}
+
+#[test]
 fn a_dead_report_cannot_borrow_the_victims_address_or_outvote_its_probe() {
     let (mut net, mut honest) = network(CONFIG);
     let victim = honest[0];
@@ -748,8 +833,8 @@ fn unhex(s: &str) -> [u8; 32] {
 
 // ---- The attacker's client, from docs/PROTOCOL.md ----
 
-/// Our highest protocol version ("Versions": this document describes version 6).
-const VERSION: u16 = 6;
+/// Our highest protocol version ("Versions": this document describes version 7).
+const VERSION: u16 = 7;
 /// `limits.max_frame` default ("Framing").
 const MAX_FRAME: usize = 1 << 20;
 
@@ -1050,6 +1135,15 @@ fn reject_reason(body: &[u8]) -> Option<String> {
     Some(reason)
 }
 
+/// `Registered` (0x11) as a seed that signs nothing sends it: an `incarnation: u64` and a
+/// certificate of no signatures (`n: u8` = 0).
+fn registered_uncertified() -> Vec<u8> {
+    let mut b = vec![0x11];
+    b.extend_from_slice(&unix_ms().to_be_bytes());
+    b.push(0);
+    b
+}
+
 /// A `member`: `addr`, `incarnation: u64`, then `key` ("Field types").
 fn put_member(out: &mut Vec<u8>, addr: &str, incarnation: u64, key: &[u8; 32]) {
     put_addr(out, addr);
@@ -1285,7 +1379,7 @@ fn serve_fake(
                             list.extend_from_slice(&own.verifying_key().to_bytes());
                             list.extend_from_slice(&0u16.to_be_bytes());
                             list.push(0);
-                            conn.send(&[&welcome, &[0x11], &list]);
+                            conn.send(&[&welcome, &registered_uncertified(), &list]);
                         }
                     }
                     None => seen.lock().unwrap()[i].after.push(body[0]),
@@ -1495,7 +1589,7 @@ fn serve_liar(
         match conn.next() {
             Next::Frame(body) => match body.first() {
                 Some(0x10) => {
-                    conn.send(&[&[0x11]]);
+                    conn.send(&[&registered_uncertified()]);
                 }
                 Some(0x12) => {
                     asked.store(true, Ordering::Relaxed);

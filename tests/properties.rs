@@ -94,7 +94,14 @@ fn msg() -> impl Strategy<Value = Msg> {
         signature().prop_map(|signature| Msg::Welcome { signature }),
         text().prop_map(|reason| Msg::Reject { reason }),
         Just(Msg::Register),
-        Just(Msg::Registered),
+        (
+            any::<u64>(),
+            proptest::collection::vec((socket_addr(), signature()), 0..4)
+        )
+            .prop_map(|(incarnation, signatures)| Msg::Registered {
+                incarnation,
+                signatures
+            }),
         Just(Msg::GetPeers),
         proptest::collection::vec(
             (

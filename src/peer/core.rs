@@ -107,6 +107,10 @@ pub struct PeerCore {
     api_clients: std::collections::BTreeSet<ConnId>,
     /// This node's public key, for the `started` record.
     key: Option<String>,
+    /// The certificate of this peer's latest registration (its incarnation and the seeds'
+    /// signatures), from `Registered`, checked: proof of its age to peers further away.
+    certificate: Option<(u64, Vec<(SocketAddr, crate::wire::Signature)>)>,
+    own_key: Option<crate::wire::PublicKey>,
 }
 
 impl PeerCore {
@@ -145,6 +149,8 @@ impl PeerCore {
             apps: LocalApps::new(config.api.max_pending, config.api.validation_timeout),
             api_clients: Default::default(),
             key: None,
+            certificate: None,
+            own_key: None,
             config,
         }
     }
@@ -188,6 +194,7 @@ impl PeerCore {
     /// The public key this node is known by: written (hex) in its `started` record, and
     /// compared by the duplicate-link rule.
     pub fn set_key(&mut self, key: crate::wire::PublicKey) {
+        self.own_key = Some(key);
         self.overlay.set_key(key);
         self.key = Some(hex::encode(key));
     }
@@ -1391,7 +1398,14 @@ impl PeerCore {
             (LinkKind::Seed, Msg::Removed { incarnation }) => {
                 self.on_removed(addr, incarnation, now, out)
             }
-            (LinkKind::Seed, Msg::Registered) => {
+            (
+                LinkKind::Seed,
+                Msg::Registered {
+                    incarnation,
+                    signatures,
+                },
+            ) => {
+                self.keep_certificate(&addr, incarnation, signatures);
                 if self.seeds.registered(&addr) {
                     out.push(records::registered_with(&addr).into());
                     if std::mem::take(&mut self.rejoining) {
@@ -1422,6 +1436,47 @@ impl PeerCore {
                 self.reject(conn, addr, reason, now, out)
             }
         }
+    }
+
+    /// Keeps the certificate a seed sent with `Registered` if it proves this peer's
+    /// registration (its address and key, signed by a majority of the configured seeds) and is
+    /// of its latest incarnation so far.
+    fn keep_certificate(
+        &mut self,
+        seed: &SocketAddr,
+        incarnation: u64,
+        signatures: Vec<(SocketAddr, crate::wire::Signature)>,
+    ) {
+        let Some(key) = self.own_key else {
+            return;
+        };
+        if self
+            .certificate
+            .as_ref()
+            .is_some_and(|c| c.0 >= incarnation)
+        {
+            return;
+        }
+        let entry = crate::wire::PeerEntry {
+            addr: self.me,
+            incarnation,
+            key,
+            degree: 0,
+            signatures,
+        };
+        match self.seeds.certified(&entry) {
+            crate::keys::Certified::Yes => {
+                self.certificate = Some((incarnation, entry.signatures));
+            }
+            other => log::warn!(
+                "seed {seed} confirmed the registration of incarnation {incarnation} without a certificate this peer can check ({other:?})"
+            ),
+        }
+    }
+
+    /// The certificate of this peer's latest registration, if it has one.
+    pub fn certificate(&self) -> Option<&(u64, Vec<(SocketAddr, crate::wire::Signature)>)> {
+        self.certificate.as_ref()
     }
 
     /// A seed says this incarnation of us was removed (taken for dead while we were frozen or
@@ -1842,12 +1897,86 @@ mod tests {
         p.handle(
             Event::Frame {
                 conn: SEED_CONN,
-                msg: Msg::Registered,
+                msg: Msg::Registered {
+                    incarnation: 1,
+                    signatures: vec![],
+                },
             },
             now,
             &mut out,
         );
         (p, now)
+    }
+
+    #[test]
+    fn a_peer_keeps_the_certificate_of_its_latest_registration_if_it_checks() {
+        use crate::keys::NodeKey;
+        use crate::wire::{change_bytes, Member, VoteOp};
+        let seed_key = NodeKey::from_secret([9; 32]);
+        let other = NodeKey::from_secret([8; 32]);
+        let (mut p, now) = registered("", seed_key.public());
+        // Not told its key yet (`set_key`): nothing kept, whatever came.
+        assert!(p.certificate().is_none());
+        let me = [3; 32];
+        p.set_key(me);
+        let registered = |inc: u64, by: &NodeKey, key: [u8; 32]| {
+            let m = Member {
+                addr: a(ME),
+                incarnation: inc,
+                key,
+            };
+            Msg::Registered {
+                incarnation: inc,
+                signatures: vec![(a(9001), by.sign(&change_bytes(VoteOp::Add, &m)))],
+            }
+        };
+        let mut out = vec![];
+        for msg in [
+            // Signed by a key that is not the seed's, or for another key of this address.
+            registered(5, &other, me),
+            registered(5, &seed_key, [4; 32]),
+        ] {
+            p.handle(
+                Event::Frame {
+                    conn: SEED_CONN,
+                    msg,
+                },
+                now,
+                &mut out,
+            );
+            assert!(p.certificate().is_none());
+        }
+        let msg = registered(5, &seed_key, me);
+        p.handle(
+            Event::Frame {
+                conn: SEED_CONN,
+                msg,
+            },
+            now,
+            &mut out,
+        );
+        assert_eq!(p.certificate().map(|c| c.0), Some(5));
+        // An older incarnation's, arriving late, does not replace it; a newer one does.
+        let msg = registered(4, &seed_key, me);
+        p.handle(
+            Event::Frame {
+                conn: SEED_CONN,
+                msg,
+            },
+            now,
+            &mut out,
+        );
+        assert_eq!(p.certificate().map(|c| c.0), Some(5));
+        let msg = registered(6, &seed_key, me);
+        p.handle(
+            Event::Frame {
+                conn: SEED_CONN,
+                msg,
+            },
+            now,
+            &mut out,
+        );
+        assert_eq!(p.certificate().map(|c| c.0), Some(6));
     }
 
     #[test]
@@ -2245,7 +2374,10 @@ mod tests {
         p.handle(
             Event::Frame {
                 conn: 77,
-                msg: Msg::Registered,
+                msg: Msg::Registered {
+                    incarnation: 1,
+                    signatures: vec![],
+                },
             },
             now,
             &mut out,

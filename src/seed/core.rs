@@ -30,6 +30,30 @@ fn own_failure(kind: &std::io::ErrorKind) -> bool {
 }
 
 /// How often a seed without enough other seeds to commit anything says so.
+/// How far a new registration's incarnation (the peer's start, Unix ms) may be from a seed's
+/// clock: peers take a certified incarnation as the peer's age (the rooted tree hangs from
+/// the oldest), so none may claim one much older than its registration; clocks on the hosts
+/// must agree within this.
+pub const MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(600);
+
+#[derive(Debug, PartialEq, Eq)]
+enum Skew {
+    Fine,
+    Old(std::time::Duration),
+    Ahead(std::time::Duration),
+}
+
+fn incarnation_skew(incarnation: u64, now_ms: u64) -> Skew {
+    let max = MAX_CLOCK_SKEW.as_millis() as u64;
+    if incarnation.saturating_add(max) < now_ms {
+        Skew::Old(std::time::Duration::from_millis(now_ms - incarnation))
+    } else if incarnation > now_ms.saturating_add(max) {
+        Skew::Ahead(std::time::Duration::from_millis(incarnation - now_ms))
+    } else {
+        Skew::Fine
+    }
+}
+
 const WAITING_NOTE: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +218,19 @@ impl SeedCore {
         keys.get(voter).is_some_and(|k| verify(k, bytes, sig))
     }
 
+    /// `Registered` for a committed member, with its certificate.
+    fn registered(&self, m: &Member) -> Msg {
+        Msg::Registered {
+            incarnation: m.incarnation,
+            signatures: self
+                .registry
+                .certificate(&m.addr)
+                .filter(|c| c.member == *m)
+                .map(|c| c.signatures.clone())
+                .unwrap_or_default(),
+        }
+    }
+
     fn seed_conns(&self) -> Vec<ConnId> {
         self.seed_links.values().copied().collect()
     }
@@ -235,7 +272,7 @@ impl SeedCore {
                         .get(&conn)
                         .is_some_and(|l| l.incarnation == m.incarnation)
                     {
-                        out.push(Action::send(conn, Msg::Registered));
+                        out.push(Action::send(conn, self.registered(&m)));
                     }
                 }
             }
@@ -609,7 +646,36 @@ impl SeedCore {
             return self.refuse(conn, addr, reason, out);
         }
         if self.registry.contains(&member) {
-            return out.push(Action::send(conn, Msg::Registered));
+            return out.push(Action::send(conn, self.registered(&member)));
+        }
+        // A new registration: its incarnation is when the peer started (Unix ms), which
+        // peers take as its age. No older than this seed's clock allows: one too old gets
+        // `Removed`, so the peer registers again as a new incarnation (one that ran long
+        // and is listed nowhere any more, say after every seed restarted); one from the
+        // future is refused.
+        match incarnation_skew(member.incarnation, now.unix_ms) {
+            Skew::Fine => {}
+            Skew::Old(by) => {
+                log::info!(
+                    "{addr} registers incarnation {} ({by:?} before this seed's clock): telling it to register anew",
+                    member.incarnation
+                );
+                out.push(Action::send(
+                    conn,
+                    Msg::Removed {
+                        incarnation: member.incarnation,
+                    },
+                ));
+                self.forget(conn);
+                return out.push(Action::Close { conn });
+            }
+            Skew::Ahead(by) => {
+                let reason = format!(
+                    "incarnation {} is {by:?} ahead of this seed's clock (at most {MAX_CLOCK_SKEW:?}): check the clock",
+                    member.incarnation
+                );
+                return self.refuse(conn, addr, reason, out);
+            }
         }
         if let Some(reason) = self.over_caps(&addr) {
             return self.refuse(conn, addr, reason, out);
@@ -1132,6 +1198,15 @@ mod tests {
         Arc::new(NodeKey::from_secret(secret))
     }
 
+    /// Now, on a clock that started at the Unix epoch: the test peers' small incarnations
+    /// are recent on it.
+    fn test_now() -> Now {
+        Now {
+            mono: std::time::Instant::now(),
+            unix_ms: 1_000,
+        }
+    }
+
     fn new_seed(port: u16) -> SeedCore {
         let rng = rand::SeedableRng::seed_from_u64(1);
         SeedCore::new(a(port), config(), rng, seed_key(port))
@@ -1209,7 +1284,7 @@ mod tests {
 
     /// Seed 9001 linked to seed 9002 (conn 1), peer 9101 (incarnation 7) connected on conn 2.
     fn seed_with_a_peer() -> (SeedCore, Now) {
-        let now = Now::real();
+        let now = test_now();
         let mut s = new_seed(9001);
         let mut out = vec![];
         let link = Event::Connected {
@@ -1255,7 +1330,7 @@ mod tests {
 
     #[test]
     fn the_smaller_address_dials() {
-        let now = Now::real();
+        let now = test_now();
         let mut s = new_seed(9002);
         let mut out = vec![];
         s.handle(Event::Started, now, &mut out);
@@ -1267,6 +1342,59 @@ mod tests {
             })
             .collect();
         assert_eq!(dials, vec![a(9003)]);
+    }
+
+    #[test]
+    fn a_new_registration_must_be_near_the_seeds_clock() {
+        let skew = MAX_CLOCK_SKEW.as_millis() as u64;
+        let mut s = new_seed(9001);
+        let mut out = vec![];
+        let mut now = test_now();
+        now.unix_ms = 1 + skew + 1;
+        let voted_or_dialed = |out: &[Action]| {
+            out.iter().any(|x| {
+                matches!(
+                    x,
+                    Action::Dial { .. }
+                        | Action::Send {
+                            msg: Msg::Vote { .. },
+                            ..
+                        }
+                )
+            })
+        };
+        // Started long before this seed's clock (incarnation 1): told to register anew.
+        connect_peer(&mut s, 2, 9101, now, &mut out);
+        ask_register(&mut s, 2, now, &mut out);
+        assert_eq!(sent_to(&out, 2), vec![Msg::Removed { incarnation: 1 }]);
+        assert!(out.contains(&Action::Close { conn: 2 }));
+        assert!(!voted_or_dialed(&out));
+        // From the future: refused, naming the clock.
+        let remote = peer(a(9102), now.unix_ms + skew + 1);
+        s.handle(Event::Connected { conn: 3, remote }, now, &mut out);
+        ask_register(&mut s, 3, now, &mut out);
+        assert!(matches!(&sent_to(&out, 3)[..],
+            [Msg::Reject { reason }] if reason.contains("clock")));
+        assert!(!voted_or_dialed(&out));
+        // Within the skew either way: dialed back, as any registration.
+        for (conn, port, inc) in [(4, 9103, now.unix_ms - skew), (5, 9104, now.unix_ms + skew)] {
+            let remote = peer(a(port), inc);
+            s.handle(Event::Connected { conn, remote }, now, &mut out);
+            ask_register(&mut s, conn, now, &mut out);
+            assert!(voted_or_dialed(&out), "{port}");
+        }
+    }
+
+    #[test]
+    fn a_listed_member_registers_again_whatever_its_age() {
+        let (mut s, mut now) = registered_seed();
+        // A day on: peer 9101 (incarnation 1) is listed, so its `Register` (a new link to
+        // this seed) is confirmed, with its certificate.
+        now.unix_ms += 86_400_000;
+        let mut out = vec![];
+        ask_register(&mut s, 2, now, &mut out);
+        assert!(matches!(&sent_to(&out, 2)[..],
+            [Msg::Registered { incarnation: 1, signatures }] if signatures.len() == 2));
     }
 
     #[test]
@@ -1307,12 +1435,15 @@ mod tests {
             &mut out,
         );
         assert_eq!(events(&out), vec!["registered"]);
-        assert_eq!(sent_to(&out, 2), vec![Msg::Registered]);
+        // With the certificate: both seeds' signatures.
+        assert!(matches!(&sent_to(&out, 2)[..],
+            [Msg::Registered { incarnation, signatures }]
+                if *incarnation == 7 && signatures.len() == 2));
         assert_eq!(s.members().len(), 1);
     }
 
     fn registered_seed() -> (SeedCore, Now) {
-        let now = Now::real();
+        let now = test_now();
         let mut s = new_seed(9001);
         let mut out = vec![];
         s.handle(
@@ -1717,7 +1848,7 @@ mod tests {
 
     #[test]
     fn another_key_at_a_registered_address_cannot_register_leave_or_take_its_connection() {
-        let now = Now::real();
+        let now = test_now();
         let mut s = new_seed(9001);
         let mut out = vec![];
         let connected = |conn, remote| Event::Connected { conn, remote };
@@ -1765,7 +1896,7 @@ mod tests {
 
     #[test]
     fn a_sync_needs_certificates_signed_by_a_majority() {
-        let now = Now::real();
+        let now = test_now();
         let mut s = new_seed(9001);
         let mut out = vec![];
         s.handle(
@@ -1821,7 +1952,7 @@ mod tests {
 
     #[test]
     fn members_learned_from_other_seeds_without_a_link_here_are_checked_once() {
-        let now = Now::real();
+        let now = test_now();
         let mut s = new_seed(9001);
         let mut out = vec![];
         let remote = seed(a(9002));
@@ -1943,7 +2074,7 @@ mod tests {
 
     #[test]
     fn registrations_per_ip_are_capped_unless_loopback_is_exempt() {
-        let now = Now::real();
+        let now = test_now();
         let mut s = capped_seed(&[9001], 1);
         let mut out = vec![];
         connect_peer(&mut s, 2, 9101, now, &mut out);
@@ -1955,14 +2086,14 @@ mod tests {
         assert!(matches!(&sent_to(&out, 3)[..],
             [Msg::Reject { reason }] if reason.contains("registrations_per_ip")));
         ask_register(&mut s, 2, now, &mut out);
-        assert_eq!(sent_to(&out, 2), vec![Msg::Registered]);
+        assert!(matches!(&sent_to(&out, 2)[..], [Msg::Registered { .. }]));
         assert_eq!(s.members().len(), 1);
     }
 
     #[test]
     fn registrations_in_flight_count_against_the_caps() {
         // Three seeds, so nothing commits on this seed's vote alone.
-        let now = Now::real();
+        let now = test_now();
         let mut s = capped_seed(&[9001, 9002, 9003], 1);
         let mut out = vec![];
         connect_peer(&mut s, 2, 9101, now, &mut out);

@@ -850,6 +850,8 @@ impl World {
             NodeState::Running => {}
             NodeState::Waiting if event == Event::Started => {
                 self.nodes[node].state = NodeState::Running;
+                // Its start in Unix ms, as a real node's (seeds check it against their clock).
+                self.nodes[node].incarnation = self.at_now().unix_ms;
             }
             // A crashed node's links were reset when it crashed; a hung one reads nothing.
             _ => return,
@@ -901,7 +903,11 @@ impl World {
                     }
                 }
                 Action::Withdraw { .. } | Action::SendApi { .. } => {}
-                Action::Reincarnate => self.nodes[node].incarnation += 1,
+                Action::Reincarnate => {
+                    let now_ms = self.at_now().unix_ms;
+                    let n = &mut self.nodes[node];
+                    n.incarnation = (n.incarnation + 1).max(now_ms);
+                }
                 Action::Close { conn } => self.close(node, conn, CloseReason::EndOfStream),
                 Action::Dial { addr, purpose, key } => self.dial(node, addr, purpose, key),
                 Action::SetTimer { after, timer } => {
