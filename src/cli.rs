@@ -313,7 +313,6 @@ pub fn run(role: Role, args: CommonArgs, api_addr: Option<SocketAddr>) -> Result
             args.out_dir.display()
         ))
     })?;
-    let public = key.public();
     let identity = Identity {
         role,
         addr,
@@ -341,7 +340,7 @@ pub fn run(role: Role, args: CommonArgs, api_addr: Option<SocketAddr>) -> Result
         Role::Peer => {
             let rng = rand::rngs::StdRng::from_entropy();
             let mut core = PeerCore::new(addr, config.clone(), rng);
-            core.set_key(public);
+            core.set_signer(identity.key.clone());
             let rt = Runtime::start(core, listener, identity, seed_keys, config, output);
             serve(rt, api, rx)
         }

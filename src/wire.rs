@@ -151,6 +151,62 @@ pub fn change_bytes(op: VoteOp, member: &Member) -> Vec<u8> {
 /// The domain of a vote's signature.
 pub const CHANGE_DOMAIN: &[u8] = b"gossipnet/2 change";
 
+/// The domain of a root's signature over its number.
+pub const ROOT_DOMAIN: &[u8] = b"gossipnet/7 root";
+
+/// Rooted mode: a root's number, provable to anyone who knows the seeds' keys. The root is a
+/// registered peer: its address, the incarnation it registered (its start, Unix ms: the
+/// older root wins) and its key, with the certificate of that registration (as a `PeerList`
+/// entry carries it); `seq` its number, `anchor` the end of the number's distance chain, and
+/// the root's signature over both ([`root_number_bytes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootNumber {
+    pub root: SocketAddr,
+    pub incarnation: u64,
+    pub key: PublicKey,
+    pub certificate: Vec<(SocketAddr, Signature)>,
+    pub seq: u32,
+    pub anchor: [u8; 32],
+    pub signature: Signature,
+}
+
+impl RootNumber {
+    /// The root as a registered member (what its certificate signs).
+    pub fn member(&self) -> Member {
+        Member {
+            addr: self.root,
+            incarnation: self.incarnation,
+            key: self.key,
+        }
+    }
+}
+
+/// What a root signs for its number: `ROOT_DOMAIN | root: addr | incarnation: u64 | seq: u32
+/// | anchor`.
+pub fn root_number_bytes(
+    root: &SocketAddr,
+    incarnation: u64,
+    seq: u32,
+    anchor: &[u8; 32],
+) -> Vec<u8> {
+    let mut out = ROOT_DOMAIN.to_vec();
+    put_addr(&mut out, root);
+    out.extend_from_slice(&incarnation.to_be_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(anchor);
+    out
+}
+
+fn put_root_number(out: &mut Vec<u8>, n: &RootNumber) {
+    put_addr(out, &n.root);
+    out.extend_from_slice(&n.incarnation.to_be_bytes());
+    out.extend_from_slice(&n.key);
+    put_signatures(out, &n.certificate);
+    out.extend_from_slice(&n.seq.to_be_bytes());
+    out.extend_from_slice(&n.anchor);
+    out.extend_from_slice(&n.signature);
+}
+
 /// A committed change: the signatures of the seeds that voted for it (a majority of the
 /// configured seeds, each under its own key). Seeds sync certificates, never bare lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,19 +353,19 @@ pub enum Msg {
     },
     /// Tree mode: you are on a redundant path; send me ids only.
     Prune,
-    /// Rooted mode: the root this peer's tree hangs from, the root's sequence number it
-    /// carries, its distance to the root in links (32 and over: none), whether the receiver
-    /// is its parent (its next link towards the root), whether it asks for a newer number,
-    /// and whether it releases the receiver, which no longer names it parent: every push it
-    /// queued for the receiver as its child went before this frame (flags byte: bit 0
-    /// parent, bit 1 want, bit 2 released; the other bits zero).
+    /// Rooted mode: the root this peer's tree hangs from and the root's number it carries,
+    /// as the root signed it (`number`); its distance to the root in links (32 and over:
+    /// none) and the element of the number's distance chain for it (`value`: hashed
+    /// `32 - dist` times it gives the signed anchor, so no one can claim to be nearer than
+    /// the neighbour it heard from); whether the receiver is its parent (its next link
+    /// towards the root), whether it asks for a newer number, and whether it releases the
+    /// receiver, which no longer names it parent: every push it queued for the receiver as
+    /// its child went before this frame (flags byte: bit 0 parent, bit 1 want, bit 2
+    /// released; the other bits zero).
     TreeRoot {
-        root: SocketAddr,
-        /// When the root's first neighbour link came up (unix ms): the oldest root wins, so
-        /// newcomers do not reshape the tree.
-        since: u64,
-        seq: u32,
+        number: std::sync::Arc<RootNumber>,
         dist: u8,
+        value: [u8; 32],
         parent: bool,
         want: bool,
         released: bool,
@@ -589,19 +645,17 @@ impl Msg {
             }
             Msg::Prune => out.push(tag::PRUNE),
             Msg::TreeRoot {
-                root,
-                since,
-                seq,
+                number,
                 dist,
+                value,
                 parent,
                 want,
                 released,
             } => {
                 out.push(tag::TREE_ROOT);
-                put_addr(out, root);
-                out.extend_from_slice(&since.to_be_bytes());
-                out.extend_from_slice(&seq.to_be_bytes());
+                put_root_number(out, number);
                 out.push(*dist);
+                out.extend_from_slice(value);
                 out.push(u8::from(*parent) | u8::from(*want) << 1 | u8::from(*released) << 2);
             }
             Msg::SyncItem {
@@ -745,16 +799,16 @@ impl Msg {
             }
             tag::PRUNE => Msg::Prune,
             tag::TREE_ROOT => {
-                let (root, since, seq, dist) = (r.addr()?, r.u64()?, r.u32()?, r.u8()?);
+                let number = std::sync::Arc::new(r.root_number()?);
+                let (dist, value) = (r.u8()?, r.array32()?);
                 let flags = r.u8()?;
                 if flags > 0b111 {
                     return Err(WireError::BadValue("TreeRoot flags", flags.into()));
                 }
                 Msg::TreeRoot {
-                    root,
-                    since,
-                    seq,
+                    number,
                     dist,
+                    value,
                     parent: flags & 1 != 0,
                     want: flags & 2 != 0,
                     released: flags & 4 != 0,
@@ -1035,6 +1089,18 @@ impl<'a> Reader<'a> {
         })
     }
 
+    fn root_number(&mut self) -> Result<RootNumber, WireError> {
+        Ok(RootNumber {
+            root: self.addr()?,
+            incarnation: self.u64()?,
+            key: self.array32()?,
+            certificate: self.signatures()?,
+            seq: self.u32()?,
+            anchor: self.array32()?,
+            signature: self.array64()?,
+        })
+    }
+
     fn signatures(&mut self) -> Result<Vec<(SocketAddr, Signature)>, WireError> {
         let k = self.u8()? as usize;
         let mut signatures = Vec::with_capacity(k.min(8));
@@ -1158,10 +1224,17 @@ mod tests {
             Msg::Graft { ids: vec![[3; 32]] },
             Msg::Prune,
             Msg::TreeRoot {
-                root: "127.0.0.1:9101".parse().unwrap(),
-                since: 1_795_313_883_123,
-                seq: 41,
+                number: std::sync::Arc::new(RootNumber {
+                    root: "127.0.0.1:9101".parse().unwrap(),
+                    incarnation: 1_795_313_883_123,
+                    key: [3; 32],
+                    certificate: vec![(a("127.0.0.1:9001"), [4; 64]), (a("[::1]:9002"), [5; 64])],
+                    seq: 41,
+                    anchor: [6; 32],
+                    signature: [7; 64],
+                }),
                 dist: 3,
+                value: [8; 32],
                 parent: true,
                 want: true,
                 released: true,

@@ -9,7 +9,7 @@ use gossipnet::api::{ApiMsg, ApiReader};
 use gossipnet::config::Config;
 use gossipnet::texts;
 use gossipnet::wire::{
-    Certificate, FrameReader, Member, Msg, PeerEntry, RemovalReason, Role, VoteOp,
+    Certificate, FrameReader, Member, Msg, PeerEntry, RemovalReason, Role, RootNumber, VoteOp,
 };
 
 fn socket_addr() -> impl Strategy<Value = SocketAddr> {
@@ -152,6 +152,34 @@ fn msg() -> impl Strategy<Value = Msg> {
                 nonce,
                 payload: payload.into()
             }),
+        (
+            member(),
+            proptest::collection::vec((socket_addr(), signature()), 0..4),
+            any::<u32>(),
+            any::<[u8; 32]>(),
+            signature(),
+            any::<u8>(),
+            any::<[u8; 32]>(),
+            0u8..8
+        )
+            .prop_map(
+                |(m, certificate, seq, anchor, signature, dist, value, flags)| Msg::TreeRoot {
+                    number: std::sync::Arc::new(RootNumber {
+                        root: m.addr,
+                        incarnation: m.incarnation,
+                        key: m.key,
+                        certificate,
+                        seq,
+                        anchor,
+                        signature
+                    }),
+                    dist,
+                    value,
+                    parent: flags & 1 != 0,
+                    want: flags & 2 != 0,
+                    released: flags & 4 != 0
+                }
+            ),
         text().prop_map(|text| Msg::LivenessRequest { text }),
         text().prop_map(|text| Msg::LivenessReply { text }),
         (0u8..3, member(), signature()).prop_map(|(op, member, signature)| Msg::Vote {

@@ -20,8 +20,9 @@ use crate::peer::gossip::{next_ttl, Gate, Generator, Item, MessageList, Via};
 use crate::peer::history::{short_id, History, MAX_SYNC_IDS};
 use crate::peer::liveness::Liveness;
 use crate::peer::overlay::{Admit, Joined, LinkKind, Overlay, DUPLICATE_LINK, YOUNG_LINK};
+use crate::peer::proof::{Checked, Proofs};
 use crate::peer::records;
-use crate::peer::rooted::{Place, Rooted, Tell};
+use crate::peer::rooted::{Place, Rooted, Tell, MAX_DIST};
 use crate::peer::seeds::{SeedSessions, REGISTER_RETRY, SPARE_AFTER};
 use crate::peer::tree::{Tree, MAX_IDS};
 use crate::texts::{self, TEXT_DATA_TYPE};
@@ -111,6 +112,10 @@ pub struct PeerCore {
     /// signatures), from `Registered`, checked: proof of its age to peers further away.
     certificate: Option<(u64, Vec<(SocketAddr, crate::wire::Signature)>)>,
     own_key: Option<crate::wire::PublicKey>,
+    /// Signs this peer's numbers when it is the root of the rooted tree.
+    signer: Option<std::sync::Arc<crate::keys::NodeKey>>,
+    /// Rooted mode: what neighbours said of roots, checked.
+    proofs: Proofs,
 }
 
 impl PeerCore {
@@ -151,6 +156,8 @@ impl PeerCore {
             key: None,
             certificate: None,
             own_key: None,
+            signer: None,
+            proofs: Proofs::default(),
             config,
         }
     }
@@ -193,6 +200,13 @@ impl PeerCore {
 
     /// The public key this node is known by: written (hex) in its `started` record, and
     /// compared by the duplicate-link rule.
+    /// This peer's key pair: its public key (`set_key`), and what signs its numbers as a
+    /// root in rooted mode.
+    pub fn set_signer(&mut self, key: std::sync::Arc<crate::keys::NodeKey>) {
+        self.set_key(key.public());
+        self.signer = Some(key);
+    }
+
     pub fn set_key(&mut self, key: crate::wire::PublicKey) {
         self.own_key = Some(key);
         self.overlay.set_key(key);
@@ -473,6 +487,7 @@ impl PeerCore {
         if let Some(t) = &mut self.tree {
             t.reset(&addr);
         }
+        self.proofs.forget(&addr);
         if self
             .tree
             .as_mut()
@@ -778,22 +793,68 @@ impl PeerCore {
                 }
             }
             Msg::TreeRoot {
-                root,
-                since,
-                seq,
+                number,
                 dist,
+                value,
                 parent,
                 want,
                 released,
             } => {
+                let Some(t) = &self.tree else {
+                    return;
+                };
+                let root = (number.incarnation, number.root);
+                // This peer's own name: its current one only (an older incarnation's, which a
+                // neighbour may still hold for a moment, is no route).
+                let checked = if number.root == self.me && t.rooted().map(Rooted::me) != Some(root)
+                {
+                    Checked::Unproven
+                } else {
+                    let seeds = &self.seeds;
+                    self.proofs.check(from, &number, dist, &value, |n| {
+                        seeds.certified(&PeerEntry {
+                            addr: n.root,
+                            incarnation: n.incarnation,
+                            key: n.key,
+                            degree: 0,
+                            signatures: n.certificate.clone(),
+                        })
+                    })
+                };
+                if checked == Checked::False {
+                    // A lie (an honest peer passes on only what checked): cut off, as for a
+                    // malformed frame.
+                    let reason = format!(
+                        "TreeRoot: the proof of root {} (number {}, distance {dist}) does not check",
+                        number.root, number.seq
+                    );
+                    return self.reject(conn, from, reason, now, out);
+                }
+                let checked = checked == Checked::Holds;
                 let Some(t) = &mut self.tree else {
                     return;
                 };
-                let place = Place {
-                    root: (since, root),
-                    seq,
-                    dist,
+                let place = if checked {
+                    Place {
+                        root,
+                        seq: number.seq,
+                        dist,
+                    }
+                } else {
+                    // Not proven here (signed by seeds whose keys this peer has not seen yet):
+                    // no route (nor a number) from there; whether it names this peer parent
+                    // still counts.
+                    log::debug!(
+                        "{from}'s place under root {} cannot be checked here: taken as no route",
+                        number.root
+                    );
+                    Place {
+                        root,
+                        seq: 0,
+                        dist: MAX_DIST,
+                    }
                 };
+                let want = want && checked;
                 let was_child = t.is_child(&from);
                 let tell = t.heard_place(from, place, parent, want, now.mono);
                 if released {
@@ -806,7 +867,11 @@ impl PeerCore {
                 // coming (it grafts what its new parent announced without waiting for them).
                 if was_child && !t.is_child(&from) {
                     if let Some(r) = t.rooted() {
-                        out.push(place_frame(r, from, conn, true));
+                        let own = Own {
+                            signer: self.signer.as_deref(),
+                            certificate: self.certificate.as_ref(),
+                        };
+                        out.extend(place_frame(r, &mut self.proofs, own, (from, conn), true));
                     }
                 }
                 match tell {
@@ -851,7 +916,10 @@ impl PeerCore {
         let Some(t) = &mut self.tree else {
             return;
         };
-        t.rooted_up(self.me, now.unix_ms, now.mono);
+        // Named by its certified incarnation; one not registered yet (no certificate) is no
+        // root to anyone else, and the youngest to itself.
+        let since = self.certificate.as_ref().map_or(u64::MAX, |c| c.0);
+        t.rooted_up(self.me, since, now.mono);
         t.link_up(addr);
         if t.rooted().is_none() {
             return;
@@ -875,7 +943,11 @@ impl PeerCore {
             if only.is_some_and(|o| o != n) || !r.may_tell(n, now.mono) {
                 continue;
             }
-            out.push(place_frame(r, n, conn, false));
+            let own = Own {
+                signer: self.signer.as_deref(),
+                certificate: self.certificate.as_ref(),
+            };
+            out.extend(place_frame(r, &mut self.proofs, own, (n, conn), false));
         }
         if let Some(wait) = t.next_wake(now.mono) {
             out.push(Action::timer(wait, Timer::Tree));
@@ -894,7 +966,11 @@ impl PeerCore {
         if let Some(r) = self.tree.as_ref().and_then(Tree::rooted) {
             for n in due.tell {
                 if let Some(conn) = self.overlay.conn_of(&n) {
-                    out.push(place_frame(r, n, conn, false));
+                    let own = Own {
+                        signer: self.signer.as_deref(),
+                        certificate: self.certificate.as_ref(),
+                    };
+                    out.extend(place_frame(r, &mut self.proofs, own, (n, conn), false));
                 }
             }
         }
@@ -1405,7 +1481,7 @@ impl PeerCore {
                     signatures,
                 },
             ) => {
-                self.keep_certificate(&addr, incarnation, signatures);
+                self.keep_certificate(&addr, incarnation, signatures, now, out);
                 if self.seeds.registered(&addr) {
                     out.push(records::registered_with(&addr).into());
                     if std::mem::take(&mut self.rejoining) {
@@ -1446,6 +1522,8 @@ impl PeerCore {
         seed: &SocketAddr,
         incarnation: u64,
         signatures: Vec<(SocketAddr, crate::wire::Signature)>,
+        now: Now,
+        out: &mut Vec<Action>,
     ) {
         let Some(key) = self.own_key else {
             return;
@@ -1467,6 +1545,14 @@ impl PeerCore {
         match self.seeds.certified(&entry) {
             crate::keys::Certified::Yes => {
                 self.certificate = Some((incarnation, entry.signatures));
+                // Rooted mode: this peer's name as a root is its certified incarnation.
+                if self
+                    .tree
+                    .as_mut()
+                    .is_some_and(|t| t.set_me((incarnation, self.me), now.mono))
+                {
+                    self.announce_place(None, now, out);
+                }
             }
             other => log::warn!(
                 "seed {seed} confirmed the registration of incarnation {incarnation} without a certificate this peer can check ({other:?})"
@@ -1784,21 +1870,52 @@ impl Core for PeerCore {
     }
 }
 
-/// `TreeRoot` with this peer's place, for neighbour `to` on `conn`.
-fn place_frame(r: &Rooted, to: SocketAddr, conn: ConnId, released: bool) -> Action {
+/// What a peer proves itself with as a root: its key pair, and the certificate of its
+/// registration (incarnation, signatures).
+#[derive(Clone, Copy)]
+struct Own<'a> {
+    signer: Option<&'a crate::keys::NodeKey>,
+    certificate: Option<&'a (u64, Vec<(SocketAddr, crate::wire::Signature)>)>,
+}
+
+/// `TreeRoot` with this peer's place, for neighbour `to` on `conn`: the root's number as the
+/// root signed it and the chain value for this peer's distance (`proof`). None if this peer
+/// cannot prove it: it has no key to sign with as a root, or no longer knows its root's
+/// number (a place is taken only from a number that checked, and the last few are kept).
+fn place_frame(
+    r: &Rooted,
+    proofs: &mut Proofs,
+    own: Own<'_>,
+    (to, conn): (SocketAddr, ConnId),
+    released: bool,
+) -> Option<Action> {
     let (place, parent, want) = r.announcement(&to);
-    Action::send(
+    let (number, value) = if r.is_root() {
+        // Not registered yet: nothing to prove itself with (a neighbour would cut it off).
+        let certificate = &own.certificate?.1;
+        proofs.own_number(place.root, own.signer?, certificate, place.seq)
+    } else {
+        // Unreachable, this peer may tell a newer number than the one it passed on last.
+        let number = proofs
+            .number(place.root, place.seq)
+            .or_else(|| proofs.newest(place.root))?;
+        let value = match r.parent() {
+            Some(p) if place.dist < MAX_DIST => proofs.value_below(&p)?,
+            _ => [0; 32],
+        };
+        (number, value)
+    };
+    Some(Action::send(
         conn,
         Msg::TreeRoot {
-            root: place.root.1,
-            since: place.root.0,
-            seq: place.seq,
+            number,
             dist: place.dist,
+            value,
             parent,
             want,
             released,
         },
-    )
+    ))
 }
 
 #[cfg(test)]
@@ -1873,6 +1990,18 @@ mod tests {
         }
     }
 
+    /// `msg` from the seed the peer registered with.
+    fn seed_says(p: &mut PeerCore, msg: Msg, now: Now, out: &mut Vec<Action>) {
+        p.handle(
+            Event::Frame {
+                conn: SEED_CONN,
+                msg,
+            },
+            now,
+            out,
+        );
+    }
+
     /// A peer registered through one seed (at 9001, showing `seed_key`), its list not in yet.
     fn registered(extra: &str, seed_key: crate::wire::PublicKey) -> (PeerCore, Now) {
         let now = Now::real();
@@ -1936,47 +2065,129 @@ mod tests {
             registered(5, &other, me),
             registered(5, &seed_key, [4; 32]),
         ] {
-            p.handle(
-                Event::Frame {
-                    conn: SEED_CONN,
-                    msg,
-                },
-                now,
-                &mut out,
-            );
+            seed_says(&mut p, msg, now, &mut out);
             assert!(p.certificate().is_none());
         }
         let msg = registered(5, &seed_key, me);
-        p.handle(
-            Event::Frame {
-                conn: SEED_CONN,
-                msg,
-            },
-            now,
-            &mut out,
-        );
+        seed_says(&mut p, msg, now, &mut out);
         assert_eq!(p.certificate().map(|c| c.0), Some(5));
         // An older incarnation's, arriving late, does not replace it; a newer one does.
         let msg = registered(4, &seed_key, me);
-        p.handle(
-            Event::Frame {
-                conn: SEED_CONN,
-                msg,
-            },
-            now,
-            &mut out,
-        );
+        seed_says(&mut p, msg, now, &mut out);
         assert_eq!(p.certificate().map(|c| c.0), Some(5));
         let msg = registered(6, &seed_key, me);
-        p.handle(
-            Event::Frame {
-                conn: SEED_CONN,
-                msg,
-            },
-            now,
-            &mut out,
-        );
+        seed_says(&mut p, msg, now, &mut out);
         assert_eq!(p.certificate().map(|c| c.0), Some(6));
+    }
+
+    #[test]
+    fn rooted_a_neighbours_place_counts_only_if_its_proof_checks() {
+        use crate::keys::NodeKey;
+        use crate::peer::proof::chain_step;
+        use crate::wire::{change_bytes, root_number_bytes, Member, RootNumber, VoteOp};
+        use std::sync::Arc;
+        let seed_key = NodeKey::from_secret([9; 32]);
+        let (mut p, now) = registered("gossip: { mode: rooted }", seed_key.public());
+        let me = Arc::new(NodeKey::from_secret([3; 32]));
+        p.set_signer(me.clone());
+        let cert = |addr: SocketAddr, incarnation: u64, key: [u8; 32], by: &NodeKey| {
+            let m = Member {
+                addr,
+                incarnation,
+                key,
+            };
+            vec![(a(9001), by.sign(&change_bytes(VoteOp::Add, &m)))]
+        };
+        let mut out = vec![];
+        let signatures = cert(a(ME), 100, me.public(), &seed_key);
+        let msg = Msg::Registered {
+            incarnation: 100,
+            signatures,
+        };
+        seed_says(&mut p, msg, now, &mut out);
+        let msg = Msg::PeerList { peers: vec![] };
+        seed_says(&mut p, msg, now, &mut out);
+        out.clear();
+        let remote = peer_remote(9101, None);
+        p.handle(Event::Connected { conn: 10, remote }, now, &mut out);
+        // It tells the new neighbour its place: its own root, under its certified
+        // incarnation, a number it signed, the chain's start.
+        let told = sends(&out)
+            .into_iter()
+            .find_map(|(to, m)| match m {
+                Msg::TreeRoot {
+                    number,
+                    dist,
+                    value,
+                    ..
+                } if to == vec![10] => Some((number, dist, value)),
+                _ => None,
+            })
+            .expect("a TreeRoot to the new neighbour");
+        let (number, dist, value) = told;
+        assert_eq!((number.root, number.incarnation, dist), (a(ME), 100, 0));
+        assert!(crate::peer::proof::on_chain(&value, 0, &number.anchor));
+        let bytes = root_number_bytes(&a(ME), 100, number.seq, &number.anchor);
+        assert!(crate::keys::verify(&me.public(), &bytes, &number.signature));
+        assert_eq!(p.tree_root(), Some((a(ME), 0)));
+        // An older root, 9200 (incarnation 50), and its number 1 with chain start `s`.
+        let root_key = NodeKey::from_secret([5; 32]);
+        let s = [42; 32];
+        let mut anchor = s;
+        for _ in 0..MAX_DIST {
+            anchor = chain_step(&anchor);
+        }
+        let number = |certified_by: &NodeKey, signed_by: &NodeKey| {
+            Arc::new(RootNumber {
+                root: a(9200),
+                incarnation: 50,
+                key: root_key.public(),
+                certificate: cert(a(9200), 50, root_key.public(), certified_by),
+                seq: 1,
+                anchor,
+                signature: signed_by.sign(&root_number_bytes(&a(9200), 50, 1, &anchor)),
+            })
+        };
+        // Told on `conn` (a neighbour link, opened if new): the peer's root and distance after,
+        // and whether the link was cut off.
+        let tell = |p: &mut PeerCore, conn: ConnId, number, dist: u8, value: [u8; 32]| {
+            let mut out = vec![];
+            if conn != 10 {
+                let remote = peer_remote(9300 + conn as u16, None);
+                p.handle(Event::Connected { conn, remote }, now, &mut out);
+            }
+            let msg = Msg::TreeRoot {
+                number,
+                dist,
+                value,
+                parent: false,
+                want: false,
+                released: false,
+            };
+            p.handle(Event::Frame { conn, msg }, now, &mut out);
+            let cut = out.contains(&Action::Close { conn })
+                && sends(&out).iter().any(|(to, m)| {
+                    to == &vec![conn]
+                        && matches!(m, Msg::Reject { reason } if reason.contains("does not check"))
+                });
+            (p.tree_root(), cut)
+        };
+        let other = NodeKey::from_secret([6; 32]);
+        let own_root = Some((a(ME), 0));
+        // A certificate no seed signed, a number the root did not sign, a place one link
+        // nearer than its value proves: lies; the neighbour is cut off, nothing is taken.
+        let lie = number(&other, &root_key);
+        assert_eq!(tell(&mut p, 11, lie, 1, chain_step(&s)), (own_root, true));
+        let lie = number(&seed_key, &other);
+        assert_eq!(tell(&mut p, 12, lie, 1, chain_step(&s)), (own_root, true));
+        let lie = number(&seed_key, &root_key);
+        assert_eq!(tell(&mut p, 13, lie, 0, chain_step(&s)), (own_root, true));
+        // The proof that checks: hung from 9200, two links away.
+        let real = number(&seed_key, &root_key);
+        assert_eq!(
+            tell(&mut p, 10, real, 1, chain_step(&s)),
+            (Some((a(9200), 2)), false)
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   the local applications and their validations);
 //! - `history`: the items kept for catch-up and the digest comparison neighbours run;
 //! - `tree`: `gossip.mode: tree` (Plumtree: eager and lazy neighbours, grafts, prunes) and
-//!   `rooted` (pushes along a tree rooted at the oldest peer; `rooted` finds the tree);
+//!   `rooted` (pushes along a tree rooted at the oldest peer; `rooted` finds the tree, `proof`
+//!   checks what neighbours say of it);
 //! - `liveness`: the liveness rule and its round timer;
 //! - `records`: the lines and records written for people and tools;
 //! - `core`: `PeerCore`, which routes events between them and turns their answers into actions.
@@ -17,6 +18,7 @@ pub mod gossip;
 pub mod history;
 pub mod liveness;
 pub mod overlay;
+pub mod proof;
 pub mod records;
 pub mod rooted;
 pub mod seeds;

@@ -1,7 +1,8 @@
 //! `gossip.mode: rooted`: where this peer hangs in a tree rooted at the oldest peer.
 //!
-//! Every peer hangs from the oldest root it hears of (a root is a peer named by when its first
-//! neighbour link came up and its address; older wins, then the lower address), by the
+//! Every peer hangs from the oldest root it hears of (a root is a registered peer named by the
+//! incarnation the seeds certified, its start, and its address; older wins, then the lower
+//! address; what a neighbour says of a root is proven, `proof`), by the
 //! neighbour nearest to it: a breadth-first tree, the same for every origin, not shaped by
 //! which copy of an item came first. The links to the parent and to the children (neighbours
 //! whose parent this peer is) are the *backbone*: items are pushed along it whole; every other
@@ -35,7 +36,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// A root: when its first neighbour link came up (unix ms), its address. Older sorts first.
+/// A root: the incarnation it registered (its start, Unix ms, certified by the seeds; `u64::MAX`
+/// for a peer not registered yet), its address. Older sorts first.
 pub type RootId = (u64, SocketAddr);
 
 /// The distance that means "no route": routes this long are not taken.
@@ -119,8 +121,8 @@ pub struct Rooted {
 }
 
 impl Rooted {
-    /// A peer at `me` whose first neighbour link came up at `since` (unix ms): its own root
-    /// until it hears of an older one.
+    /// A peer at `me`, registered as incarnation `since` (unix ms; `u64::MAX` if not yet):
+    /// its own root until it hears of an older one.
     pub fn new(me: SocketAddr, since: u64, refresh: Duration, now: Instant) -> Self {
         let me = (since, me);
         Rooted {
@@ -149,6 +151,33 @@ impl Rooted {
 
     pub fn place(&self) -> Place {
         self.place
+    }
+
+    /// This peer's name as a root.
+    pub fn me(&self) -> RootId {
+        self.me
+    }
+
+    /// This peer's name as a root changed (see `Tree::set_me`): if it is the root, it is so
+    /// under the new name, with a new number; true if its place changed.
+    pub fn set_me(&mut self, me: RootId, now: Instant) -> bool {
+        if me == self.me {
+            return false;
+        }
+        let was_root = self.is_root();
+        self.me = me;
+        if was_root {
+            self.own_seq = self.own_seq.wrapping_add(1);
+            self.place = Place {
+                root: me,
+                seq: self.own_seq,
+                dist: 0,
+            };
+            self.feasible = (self.own_seq, 0);
+            self.next_refresh = now + self.refresh;
+            self.last_number = now;
+        }
+        self.choose(now) || was_root
     }
 
     pub fn parent(&self) -> Option<SocketAddr> {

@@ -235,12 +235,20 @@ impl Tree {
     }
 
     /// Rooted shape: a neighbour link came up. The first one starts this peer's place, as
-    /// the peer at `me` whose first link came up at `unix_ms`.
-    pub fn rooted_up(&mut self, me: SocketAddr, unix_ms: u64, now: Instant) {
+    /// the peer at `me` registered as incarnation `since` (`u64::MAX`: not yet).
+    pub fn rooted_up(&mut self, me: SocketAddr, since: u64, now: Instant) {
         if self.rooted_mode && self.rooted.is_none() {
             let refresh = self.graft_timeout * REFRESH_TIMEOUTS;
-            self.rooted = Some(Rooted::new(me, unix_ms, refresh, now));
+            self.rooted = Some(Rooted::new(me, since, refresh, now));
         }
+    }
+
+    /// Rooted shape: this peer's name as a root changed (it registered, or again as a new
+    /// incarnation); true if its place changed.
+    pub fn set_me(&mut self, me: (u64, SocketAddr), now: Instant) -> bool {
+        let changed = self.rooted.as_mut().is_some_and(|r| r.set_me(me, now));
+        self.backfill(now);
+        changed
     }
 
     /// Rooted shape: `addr`'s link came up (see `backfill`).

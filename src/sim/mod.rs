@@ -415,9 +415,14 @@ impl World {
             self.rng_seed ^ 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1),
         );
         let mut core = PeerCore::new(addr, self.config.clone(), rng);
-        // The key it shows in handshakes: the duplicate-link rule compares keys.
-        core.set_key(sim_key(&addr));
-        self.add(addr, Role::Peer, NodeCore::Peer(Box::new(core)))
+        // The key pair it shows in handshakes (the duplicate-link rule compares keys) and
+        // signs its numbers with as a root in rooted mode.
+        let key = std::sync::Arc::new(crate::keys::NodeKey::from_secret(sim_key(&addr)));
+        let public = key.public();
+        core.set_signer(key);
+        let id = self.add(addr, Role::Peer, NodeCore::Peer(Box::new(core)));
+        self.nodes[id].key = public;
+        id
     }
 
     fn at_now(&self) -> Now {
