@@ -806,8 +806,15 @@ impl PeerCore {
                 let root = (number.incarnation, number.root);
                 // This peer's own name: its current one only (an older incarnation's, which a
                 // neighbour may still hold for a moment, is no route).
-                let checked = if number.root == self.me && t.rooted().map(Rooted::me) != Some(root)
-                {
+                let me = t.rooted().map(Rooted::me);
+                let checked = if number.root == self.me && me != Some(root) {
+                    Checked::Unproven
+                } else if me.is_some_and(|me| root > me) {
+                    // A root younger than this peer itself, which would rather be its own
+                    // root than hang from it: that place can never be chosen, so it is not
+                    // worth the checks (it is no route either way). A newcomer's place as its
+                    // own root, before it hears of the tree, is such a one to every older
+                    // neighbour: each would check a certificate and a number for nothing.
                     Checked::Unproven
                 } else {
                     let seeds = &self.seeds;
