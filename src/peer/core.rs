@@ -848,9 +848,10 @@ impl PeerCore {
                         dist,
                     }
                 } else {
-                    // Not proven here (signed by seeds whose keys this peer has not seen yet):
-                    // no route (nor a number) from there; whether it names this peer parent
-                    // still counts.
+                    // Not proven here (signed by seeds whose keys this peer has not seen yet,
+                    // naming this peer under an older incarnation) or not worth checking (a
+                    // root younger than this peer): no route (nor a number) from there;
+                    // whether it names this peer parent still counts.
                     log::debug!(
                         "{from}'s place under root {} cannot be checked here: taken as no route",
                         number.root
@@ -946,8 +947,9 @@ impl PeerCore {
         let Some(r) = t.rooted_mut() else {
             return;
         };
+        let parent = r.parent().filter(|_| only.is_none() && r.number_only());
         for (n, conn) in self.overlay.neighbours() {
-            if only.is_some_and(|o| o != n) || !r.may_tell(n, now.mono) {
+            if only.is_some_and(|o| o != n) || Some(n) == parent || !r.may_tell(n, now.mono) {
                 continue;
             }
             let own = Own {

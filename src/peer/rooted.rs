@@ -118,6 +118,8 @@ pub struct Rooted {
     told: BTreeMap<SocketAddr, (f64, Instant)>,
     /// Neighbours owed the latest place (told too recently to be told at once).
     owed: BTreeSet<SocketAddr>,
+    /// The root, distance and parent every neighbour was last told (see `number_only`).
+    told_all: Option<(RootId, u8, Option<SocketAddr>)>,
 }
 
 impl Rooted {
@@ -146,6 +148,7 @@ impl Rooted {
             parent_heard: None,
             told: BTreeMap::new(),
             owed: BTreeSet::new(),
+            told_all: None,
         }
     }
 
@@ -218,6 +221,18 @@ impl Rooted {
         let parent = self.parent == Some(*to);
         let want = self.want.is_some() && (parent || self.place.dist >= MAX_DIST);
         (self.place, parent, want)
+    }
+
+    /// Every neighbour is to be told this peer's place: true if only its number changed
+    /// since they were last told (same root, distance and parent, no request), and then the
+    /// parent need not be told: it never takes its child's route (poison reverse), so a
+    /// child's newer number tells it nothing. That is every refresh of every peer but the
+    /// root, one `TreeRoot` of each peer's every refresh saved.
+    pub fn number_only(&mut self) -> bool {
+        let told = (self.place.root, self.place.dist, self.parent);
+        let same = self.told_all == Some(told) && self.want.is_none();
+        self.told_all = Some(told);
+        same
     }
 
     /// A neighbour's place (`child`: its parent is this peer; `want`: it asks for a newer
@@ -529,6 +544,38 @@ mod tests {
         assert!(r.tick(now + REFRESH));
         assert_eq!(r.place().seq, 1);
         assert_eq!(r.next_tick(), now + REFRESH * 2);
+    }
+
+    #[test]
+    fn a_newer_number_alone_need_not_go_to_the_parent() {
+        let now = Instant::now();
+        let mut r = peer(now);
+        let root = (500, a(1));
+        assert_eq!(
+            r.heard(a(20), place(root, 7, 3), false, false, now),
+            Tell::All
+        );
+        assert!(!r.number_only(), "a new root and parent: everyone");
+        // The parent's next number: only the number changed.
+        assert_eq!(
+            r.heard(a(20), place(root, 8, 3), false, false, now),
+            Tell::All
+        );
+        assert!(r.number_only());
+        // A shorter route through another neighbour: a new parent and distance: everyone.
+        assert_eq!(
+            r.heard(a(21), place(root, 9, 1), false, false, now),
+            Tell::All
+        );
+        assert_eq!(r.parent(), Some(a(21)));
+        assert!(!r.number_only());
+        // Its parent's link gone, the old one (a number behind) is no feasible route: this
+        // peer is unreachable and asks for a newer number, of everyone, the parent it keeps
+        // for items too.
+        assert!(r.link_down(&a(21), now));
+        assert_eq!(r.place().dist, MAX_DIST);
+        assert!(r.want.is_some());
+        assert!(!r.number_only());
     }
 
     #[test]
