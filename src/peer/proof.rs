@@ -126,9 +126,22 @@ impl Proofs {
                 if known.iter().any(|n| n.seq == number.seq && **n == **number) {
                     return Checked::Holds;
                 }
-                // The root's key and certificate are known: only the number is new.
+                // The root's key is known, and so is a certificate of it: only the number is
+                // new. Another certificate is checked as a new one: the number is kept and
+                // passed on with it, so a real number relayed with a made-up certificate must
+                // not pass (the peers this one tells would take it for the liar).
                 let root = known.back().expect("never empty");
-                if root.key != number.key || !signed(number) {
+                if root.key != number.key {
+                    return Checked::False;
+                }
+                if root.certificate != number.certificate {
+                    match certified(number) {
+                        Certified::Yes => {}
+                        Certified::KeysUnknown(_) => return Checked::Unproven,
+                        Certified::No => return Checked::False,
+                    }
+                }
+                if !signed(number) {
                     return Checked::False;
                 }
             }
@@ -344,7 +357,24 @@ mod tests {
         let (next, next_start) = root.own_number((5, a(1)), &key, &[], 8);
         let checked = p.check(a(3), &next, 1, &chain_step(&next_start), |_| unreachable!());
         assert_eq!(checked, Checked::Holds);
-        assert_eq!(p.number((5, a(1)), 8), Some(next));
+        assert_eq!(p.number((5, a(1)), 8), Some(next.clone()));
+        // A real number relayed with a certificate no seed signed: refused (it would be
+        // passed on with it); with another good one, checked and taken.
+        let mut recertified = (*next).clone();
+        recertified.certificate = vec![(a(9), [1; 64])];
+        let recertified = Arc::new(recertified);
+        assert_eq!(
+            p.check(a(3), &recertified, 1, &chain_step(&next_start), |_| {
+                Certified::No
+            }),
+            Checked::False
+        );
+        assert_eq!(
+            p.check(a(3), &recertified, 1, &chain_step(&next_start), |_| {
+                Certified::Yes
+            }),
+            Checked::Holds
+        );
         // A value claimed nearer than it is: refused, and forgotten as a base.
         assert_eq!(
             p.check(a(3), &number, 0, &chain_step(&start), yes),
