@@ -1276,6 +1276,32 @@ mod tests {
     }
 
     #[test]
+    fn a_tree_root_with_two_seeds_signatures_is_349_bytes() {
+        // The size README and BENCHMARKS give: a loopback root and seeds, a certificate of
+        // two signatures (a majority of three seeds).
+        let m = Msg::TreeRoot {
+            number: std::sync::Arc::new(RootNumber {
+                root: a("127.0.0.1:9101"),
+                incarnation: 1_795_313_883_123,
+                key: [3; 32],
+                certificate: vec![
+                    (a("127.0.0.1:9001"), [4; 64]),
+                    (a("127.0.0.1:9002"), [5; 64]),
+                ],
+                seq: 41,
+                anchor: [6; 32],
+                signature: [7; 64],
+            }),
+            dist: 3,
+            value: [8; 32],
+            parent: false,
+            want: false,
+            released: false,
+        };
+        assert_eq!(m.encode().len(), LEN_PREFIX + 349);
+    }
+
+    #[test]
     fn round_trips() {
         for msg in samples() {
             let frame = msg.encode();

@@ -819,13 +819,7 @@ impl PeerCore {
                 } else {
                     let seeds = &self.seeds;
                     self.proofs.check(from, &number, dist, &value, |n| {
-                        seeds.certified(&PeerEntry {
-                            addr: n.root,
-                            incarnation: n.incarnation,
-                            key: n.key,
-                            degree: 0,
-                            signatures: n.certificate.clone(),
-                        })
+                        seeds.certifies(&n.member(), &n.certificate)
                     })
                 };
                 if checked == Checked::False {
@@ -873,24 +867,15 @@ impl PeerCore {
                 }
                 // A child that left: told, after every push queued for it, that no more are
                 // coming (it grafts what its new parent announced without waiting for them).
-                if was_child && !t.is_child(&from) {
-                    if let Some(r) = t.rooted() {
-                        let own = Own {
-                            signer: self.signer.as_deref(),
-                            certificate: self.certificate.as_ref(),
-                        };
-                        out.extend(place_frame(r, &mut self.proofs, own, (from, conn), true));
-                    }
+                let left = was_child && !t.is_child(&from);
+                let parent = t.rooted().and_then(|r| r.parent());
+                if left {
+                    out.extend(self.place_frame(from, conn, true));
                 }
                 match tell {
                     Tell::All => self.announce_place(None, now, out),
-                    Tell::Parent => {
-                        let parent = t.rooted().and_then(|r| r.parent());
-                        if parent.is_some() {
-                            self.announce_place(parent, now, out);
-                        }
-                    }
-                    Tell::Nobody => {}
+                    Tell::Parent if parent.is_some() => self.announce_place(parent, now, out),
+                    Tell::Parent | Tell::Nobody => {}
                 }
                 // After the place: a new parent takes the ids for its child's once it knows.
                 self.send_backfills(out);
@@ -938,6 +923,42 @@ impl PeerCore {
         self.announce_place(Some(addr), now, out);
     }
 
+    /// `TreeRoot` with this peer's place, for neighbour `to` on `conn`: the root's number as
+    /// the root signed it and the chain value for this peer's distance (`proof`). None if
+    /// this peer cannot prove it: it is the root but not registered yet or has no key to sign
+    /// with, or it no longer knows its root's number (a place is taken only from a number that
+    /// checked, and the last few are kept).
+    fn place_frame(&mut self, to: SocketAddr, conn: ConnId, released: bool) -> Option<Action> {
+        let r = self.tree.as_ref()?.rooted()?;
+        let proofs = &mut self.proofs;
+        let (place, parent, want) = r.announcement(&to);
+        let (number, value) = if r.is_root() {
+            let certificate = &self.certificate.as_ref()?.1;
+            proofs.own_number(place.root, self.signer.as_deref()?, certificate, place.seq)
+        } else {
+            // Unreachable, this peer may tell a newer number than the one it passed on last.
+            let number = proofs
+                .number(place.root, place.seq)
+                .or_else(|| proofs.newest(place.root))?;
+            let value = match r.parent() {
+                Some(p) if place.dist < MAX_DIST => proofs.value_below(&p)?,
+                _ => [0; 32],
+            };
+            (number, value)
+        };
+        Some(Action::send(
+            conn,
+            Msg::TreeRoot {
+                number,
+                dist: place.dist,
+                value,
+                parent,
+                want,
+                released,
+            },
+        ))
+    }
+
     /// Tells one neighbour (or all) this peer's place in the rooted tree; a neighbour told
     /// too recently is told the latest place when its gap has passed (`Rooted::may_tell`).
     fn announce_place(&mut self, only: Option<SocketAddr>, now: Now, out: &mut Vec<Action>) {
@@ -948,17 +969,18 @@ impl PeerCore {
             return;
         };
         let parent = r.parent().filter(|_| only.is_none() && r.number_only());
-        for (n, conn) in self.overlay.neighbours() {
-            if only.is_some_and(|o| o != n) || Some(n) == parent || !r.may_tell(n, now.mono) {
-                continue;
-            }
-            let own = Own {
-                signer: self.signer.as_deref(),
-                certificate: self.certificate.as_ref(),
-            };
-            out.extend(place_frame(r, &mut self.proofs, own, (n, conn), false));
+        let told: Vec<(SocketAddr, ConnId)> = self
+            .overlay
+            .neighbours()
+            .filter(|&(n, _)| {
+                only.is_none_or(|o| o == n) && Some(n) != parent && r.may_tell(n, now.mono)
+            })
+            .collect();
+        let wake = t.next_wake(now.mono);
+        for (n, conn) in told {
+            out.extend(self.place_frame(n, conn, false));
         }
-        if let Some(wait) = t.next_wake(now.mono) {
+        if let Some(wait) = wake {
             out.push(Action::timer(wait, Timer::Tree));
         }
     }
@@ -972,15 +994,9 @@ impl PeerCore {
         if let Some(wait) = t.next_wake(now.mono) {
             out.push(Action::timer(wait, Timer::Tree));
         }
-        if let Some(r) = self.tree.as_ref().and_then(Tree::rooted) {
-            for n in due.tell {
-                if let Some(conn) = self.overlay.conn_of(&n) {
-                    let own = Own {
-                        signer: self.signer.as_deref(),
-                        certificate: self.certificate.as_ref(),
-                    };
-                    out.extend(place_frame(r, &mut self.proofs, own, (n, conn), false));
-                }
+        for n in due.tell {
+            if let Some(conn) = self.overlay.conn_of(&n) {
+                out.extend(self.place_frame(n, conn, false));
             }
         }
         if due.place_changed {
@@ -1544,16 +1560,14 @@ impl PeerCore {
         {
             return;
         }
-        let entry = crate::wire::PeerEntry {
+        let member = crate::wire::Member {
             addr: self.me,
             incarnation,
             key,
-            degree: 0,
-            signatures,
         };
-        match self.seeds.certified(&entry) {
-            crate::keys::Certified::Yes => {
-                self.certificate = Some((incarnation, entry.signatures));
+        match self.seeds.certifies(&member, &signatures) {
+            Certified::Yes => {
+                self.certificate = Some((incarnation, signatures));
                 // Rooted mode: this peer's name as a root is its certified incarnation.
                 if self
                     .tree
@@ -1877,54 +1891,6 @@ impl Core for PeerCore {
     fn holds_goodbye(&self) -> bool {
         self.leave_held
     }
-}
-
-/// What a peer proves itself with as a root: its key pair, and the certificate of its
-/// registration (incarnation, signatures).
-#[derive(Clone, Copy)]
-struct Own<'a> {
-    signer: Option<&'a crate::keys::NodeKey>,
-    certificate: Option<&'a (u64, Vec<(SocketAddr, crate::wire::Signature)>)>,
-}
-
-/// `TreeRoot` with this peer's place, for neighbour `to` on `conn`: the root's number as the
-/// root signed it and the chain value for this peer's distance (`proof`). None if this peer
-/// cannot prove it: it has no key to sign with as a root, or no longer knows its root's
-/// number (a place is taken only from a number that checked, and the last few are kept).
-fn place_frame(
-    r: &Rooted,
-    proofs: &mut Proofs,
-    own: Own<'_>,
-    (to, conn): (SocketAddr, ConnId),
-    released: bool,
-) -> Option<Action> {
-    let (place, parent, want) = r.announcement(&to);
-    let (number, value) = if r.is_root() {
-        // Not registered yet: nothing to prove itself with (a neighbour would cut it off).
-        let certificate = &own.certificate?.1;
-        proofs.own_number(place.root, own.signer?, certificate, place.seq)
-    } else {
-        // Unreachable, this peer may tell a newer number than the one it passed on last.
-        let number = proofs
-            .number(place.root, place.seq)
-            .or_else(|| proofs.newest(place.root))?;
-        let value = match r.parent() {
-            Some(p) if place.dist < MAX_DIST => proofs.value_below(&p)?,
-            _ => [0; 32],
-        };
-        (number, value)
-    };
-    Some(Action::send(
-        conn,
-        Msg::TreeRoot {
-            number,
-            dist: place.dist,
-            value,
-            parent,
-            want,
-            released,
-        },
-    ))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::backoff::Backoff;
 use crate::keys::{self, Certified};
 use crate::node::ConnId;
 use crate::peer::selection;
-use crate::wire::{change_bytes, PeerEntry, PublicKey, VoteOp};
+use crate::wire::{change_bytes, Member, PeerEntry, PublicKey, Signature, VoteOp};
 
 /// Resend `Register` to a seed that has not confirmed within this time (its vote may have been
 /// lost while the seeds were still linking up).
@@ -74,10 +74,15 @@ impl SeedSessions {
     /// Does this entry carry the certificate of its registration: signed by a majority of
     /// the configured seeds, checked with the keys this peer knows?
     pub fn certified(&self, entry: &PeerEntry) -> Certified {
-        let bytes = change_bytes(VoteOp::Add, &entry.member());
+        self.certifies(&entry.member(), &entry.signatures)
+    }
+
+    /// Do `signatures` certify `member`'s registration (as `certified` for a list entry)?
+    pub fn certifies(&self, member: &Member, signatures: &[(SocketAddr, Signature)]) -> Certified {
+        let bytes = change_bytes(VoteOp::Add, member);
         keys::certified(
             &bytes,
-            &entry.signatures,
+            signatures,
             self.majority,
             &self.configured,
             &self.keys,
