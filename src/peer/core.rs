@@ -858,6 +858,7 @@ impl PeerCore {
                 };
                 let want = want && checked;
                 let was_child = t.is_child(&from);
+                let was_near = t.rooted().is_some_and(|r| r.as_near(&from));
                 let tell = t.heard_place(from, place, parent, want, now.mono);
                 if released {
                     t.released(from, now.mono);
@@ -869,13 +870,24 @@ impl PeerCore {
                 // coming (it grafts what its new parent announced without waiting for them).
                 let left = was_child && !t.is_child(&from);
                 let parent = t.rooted().and_then(|r| r.parent());
+                // A neighbour that was as near the root as this peer heard no refreshes from
+                // here (`Rooted::number_only`); now that it is deeper (or lost its route) it
+                // is told this peer's place at once, so a newer number than it has may be
+                // among its routes without waiting for the next refresh.
+                let deeper = was_near && t.rooted().is_some_and(|r| !r.as_near(&from));
                 if left {
                     out.extend(self.place_frame(from, conn, true));
                 }
                 match tell {
                     Tell::All => self.announce_place(None, now, out),
-                    Tell::Parent if parent.is_some() => self.announce_place(parent, now, out),
-                    Tell::Parent | Tell::Nobody => {}
+                    Tell::Parent | Tell::Nobody => {
+                        if tell == Tell::Parent && parent.is_some() {
+                            self.announce_place(parent, now, out);
+                        }
+                        if deeper && parent != Some(from) {
+                            self.announce_place(Some(from), now, out);
+                        }
+                    }
                 }
                 // After the place: a new parent takes the ids for its child's once it knows.
                 self.send_backfills(out);
@@ -968,12 +980,14 @@ impl PeerCore {
         let Some(r) = t.rooted_mut() else {
             return;
         };
-        let parent = r.parent().filter(|_| only.is_none() && r.number_only());
+        let number_only = only.is_none() && r.number_only();
         let told: Vec<(SocketAddr, ConnId)> = self
             .overlay
             .neighbours()
             .filter(|&(n, _)| {
-                only.is_none_or(|o| o == n) && Some(n) != parent && r.may_tell(n, now.mono)
+                only.is_none_or(|o| o == n)
+                    && !(number_only && (r.parent() == Some(n) || r.as_near(&n)))
+                    && r.may_tell(n, now.mono)
             })
             .collect();
         let wake = t.next_wake(now.mono);
@@ -2160,9 +2174,38 @@ mod tests {
         // The proof that checks: hung from 9200, two links away.
         let real = number(&seed_key, &root_key);
         assert_eq!(
-            tell(&mut p, 10, real, 1, chain_step(&s)),
+            tell(&mut p, 10, real.clone(), 1, chain_step(&s)),
             (Some((a(9200), 2)), false)
         );
+        // A neighbour as near the root (two links) hears no newer number alone from here; once
+        // it says it is deeper it is told this peer's place at once.
+        let value = |dist: u8| (0..dist).fold(s, |v, _| chain_step(&v));
+        assert_eq!(
+            tell(&mut p, 14, real.clone(), 2, value(2)),
+            (Some((a(9200), 2)), false)
+        );
+        let msg = Msg::TreeRoot {
+            number: real,
+            dist: 3,
+            value: value(3),
+            parent: false,
+            want: false,
+            released: false,
+        };
+        let mut out = vec![];
+        p.handle(Event::Frame { conn: 14, msg }, now, &mut out);
+        let told = sends(&out).into_iter().any(|(to, m)| {
+            to == vec![14]
+                && matches!(
+                    m,
+                    Msg::TreeRoot {
+                        dist: 2,
+                        parent: false,
+                        ..
+                    }
+                )
+        });
+        assert!(told, "the neighbour gone deeper is told the place: {out:?}");
     }
 
     #[test]

@@ -224,15 +224,27 @@ impl Rooted {
     }
 
     /// Every neighbour is to be told this peer's place: true if only its number changed
-    /// since they were last told (same root, distance and parent, no request), and then the
-    /// parent need not be told: it never takes its child's route (poison reverse), so a
-    /// child's newer number tells it nothing. That is every refresh of every peer but the
-    /// root, one `TreeRoot` of each peer's every refresh saved.
+    /// since they were last told (same root, distance and parent, no request). Then only the
+    /// neighbours deeper in the tree need be told (`as_near`): a refresh goes down, never
+    /// up or across.
     pub fn number_only(&mut self) -> bool {
         let told = (self.place.root, self.place.dist, self.parent);
         let same = self.told_all == Some(told) && self.want.is_none();
         self.told_all = Some(told);
         same
+    }
+
+    /// Neighbour `n` last said it is as near this peer's root as this peer is, or nearer, so
+    /// a newer number alone from here tells it nothing: the parent never takes its child's
+    /// route (poison reverse), and no neighbour takes a route of the same number that is not
+    /// shorter than its own (infeasible), nor leaves its parent for an equally long route of
+    /// a newer one. It loses only a number that reached this peer first; a neighbour that
+    /// loses its route says so (its place changes, so it is told everything again) and asks
+    /// for a newer number anyway.
+    pub fn as_near(&self, n: &SocketAddr) -> bool {
+        self.heard
+            .get(n)
+            .is_some_and(|h| h.place.root == self.place.root && h.place.dist <= self.place.dist)
     }
 
     /// A neighbour's place (`child`: its parent is this peer; `want`: it asks for a newer
@@ -547,7 +559,7 @@ mod tests {
     }
 
     #[test]
-    fn a_newer_number_alone_need_not_go_to_the_parent() {
+    fn a_newer_number_alone_goes_only_to_deeper_neighbours() {
         let now = Instant::now();
         let mut r = peer(now);
         let root = (500, a(1));
@@ -562,6 +574,14 @@ mod tests {
             Tell::All
         );
         assert!(r.number_only());
+        // So it goes to the deeper neighbours only, a child or not.
+        r.heard(a(22), place(root, 8, 4), false, false, now);
+        r.heard(a(23), place(root, 8, 5), false, false, now);
+        r.heard(a(24), place(root, 8, 5), true, false, now);
+        r.heard(a(25), place((600, a(9)), 8, 1), false, false, now);
+        assert_eq!(r.place().dist, 4);
+        let told: Vec<bool> = (20..26).map(|i| r.as_near(&a(i))).collect();
+        assert_eq!(told, [true, false, true, false, false, false]);
         // A shorter route through another neighbour: a new parent and distance: everyone.
         assert_eq!(
             r.heard(a(21), place(root, 9, 1), false, false, now),
