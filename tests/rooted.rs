@@ -1837,3 +1837,667 @@ fn many_made_up_roots_each_cut_off_leave_memory_bounded() {
     assert_eq!(honest_cuts(&net, &honest), vec![]);
     still_healthy(&mut net, p, &base, p, q);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Proofs that cannot be checked: a certificate signed by a seed whose key the receiver has not
+// seen, and a place naming the receiver itself under an older incarnation.
+// ---------------------------------------------------------------------------------------------
+
+/// "Versions": this document describes version 7.
+const VERSION: u16 = 7;
+
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// The next whole frame's body from `s`, by `deadline`; `None` if the remote closed first or
+/// nothing came in time.
+fn next_body(
+    s: &mut std::net::TcpStream,
+    frames: &mut Frames,
+    deadline: Instant,
+) -> Option<Vec<u8>> {
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(body) = frames.next() {
+            return Some(body);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return None,
+            Ok(n) => frames.push(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// 0x01 Challenge: `min_version: u16`, `max_version: u16`, `difficulty: u8`, `challenge: [32]`,
+/// `acceptor: addr`, `acceptor_key: key`; `body` kept for the transcript.
+struct ChallengeFrame {
+    body: Vec<u8>,
+    difficulty: u8,
+    challenge: [u8; 32],
+    acceptor: String,
+    key: [u8; 32],
+}
+
+fn parse_challenge(body: &[u8]) -> Option<ChallengeFrame> {
+    if body.first() != Some(&0x01) {
+        return None;
+    }
+    let mut f = Fields { body, at: 1 };
+    let min = u16::from_be_bytes(f.bytes::<2>()?);
+    let max = u16::from_be_bytes(f.bytes::<2>()?);
+    let difficulty = f.u8()?;
+    let challenge = f.bytes::<32>()?;
+    let acceptor = f.addr()?;
+    let key = f.bytes::<32>()?;
+    (f.at == body.len() && (min..=max).contains(&VERSION)).then(|| ChallengeFrame {
+        body: body.to_vec(),
+        difficulty,
+        challenge,
+        acceptor,
+        key,
+    })
+}
+
+/// "Connection start", step 4: `T = SHA-256("gossipnet/2 handshake" | Challenge body | Hello
+/// body without its last 64 bytes)`.
+fn transcript(challenge: &[u8], hello_unsigned: &[u8]) -> [u8; 32] {
+    sha256(&[b"gossipnet/2 handshake", challenge, hello_unsigned])
+}
+
+/// Step 3: the first `nonce` whose work hash, SHA-256(challenge | key | len(c) | c | len(a) | a
+/// | nonce), has at least `difficulty` leading zero bits.
+fn solve(ch: &ChallengeFrame, key: &[u8; 32], connector: &str) -> u64 {
+    assert!(ch.difficulty <= 20, "difficulty {}", ch.difficulty);
+    let zeros = |h: [u8; 32]| {
+        let mut n = 0;
+        for b in h {
+            n += b.leading_zeros();
+            if b != 0 {
+                break;
+            }
+        }
+        n
+    };
+    (0..1u64 << 28)
+        .find(|nonce| {
+            let h = sha256(&[
+                &ch.challenge,
+                key,
+                &addr_field(connector),
+                &addr_field(&ch.acceptor),
+                &nonce.to_be_bytes(),
+            ]);
+            zeros(h) >= u32::from(ch.difficulty)
+        })
+        .expect("no nonce meets the difficulty")
+}
+
+/// A connection to the seed `seed` that completed the handshake in the peer role (1), claiming
+/// `claimed` and `incarnation`, under `key`; the seed's key must be `seed_key` (its `Challenge`
+/// and its `Welcome` show it).
+fn peer_handshake(
+    seed: SocketAddr,
+    seed_key: &VerifyingKey,
+    claimed: &str,
+    incarnation: u64,
+    key: &SigningKey,
+) -> (std::net::TcpStream, Frames) {
+    let mut s = std::net::TcpStream::connect(seed).unwrap();
+    let mut frames = Frames::default();
+    let deadline = Instant::now() + PATIENCE;
+    let body = next_body(&mut s, &mut frames, deadline).expect("no Challenge");
+    let ch = parse_challenge(&body).expect("not a Challenge of version 7");
+    assert_eq!(ch.acceptor, seed.to_string());
+    assert_eq!(&ch.key, seed_key.as_bytes(), "{seed} shows another key");
+    let public = key.verifying_key().to_bytes();
+    let mut hello = vec![0x02];
+    hello.extend_from_slice(&VERSION.to_be_bytes());
+    hello.push(1);
+    hello.extend(addr_field(claimed));
+    hello.extend_from_slice(&incarnation.to_be_bytes());
+    hello.extend_from_slice(&ch.challenge);
+    hello.extend_from_slice(&public);
+    hello.extend_from_slice(&solve(&ch, &public, claimed).to_be_bytes());
+    let t = transcript(&ch.body, &hello);
+    let signature = key.sign(&[&b"gossipnet/2 hello"[..], &t].concat());
+    hello.extend_from_slice(&signature.to_bytes());
+    s.write_all(&frame(&hello)).unwrap();
+    let welcome = next_body(&mut s, &mut frames, deadline).expect("no answer to the Hello");
+    assert!(
+        welcome.len() == 65 && welcome[0] == 0x03,
+        "no Welcome from {seed}: {:?}",
+        text_of(&welcome)
+    );
+    let sig = Signature::from_bytes(&welcome[1..].try_into().unwrap());
+    seed_key
+        .verify_strict(&[&b"gossipnet/2 welcome"[..], &t].concat(), &sig)
+        .expect("the seed's Welcome does not verify");
+    (s, frames)
+}
+
+/// The seeds' dial-back ("Joining", step 2): a listener at the attacker member's address that
+/// answers every handshake as the holder of `key` (`Challenge` showing it, `Welcome` signed by
+/// it), holding each connection open until it is dropped (at most `4 × PATIENCE`).
+struct DialBack {
+    at: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DialBack {
+    fn start(key: SigningKey) -> DialBack {
+        let at = addr(free_port());
+        let listener = std::net::TcpListener::bind(at).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut open = Vec::new();
+            while !flag.load(Ordering::Relaxed) && start.elapsed() < 4 * PATIENCE {
+                let Ok((mut s, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                s.set_nonblocking(false).unwrap();
+                let mut ch = vec![0x01];
+                ch.extend_from_slice(&VERSION.to_be_bytes());
+                ch.extend_from_slice(&VERSION.to_be_bytes());
+                ch.push(8);
+                ch.extend_from_slice(&rand::random::<[u8; 32]>());
+                ch.extend(addr_field(&at.to_string()));
+                ch.extend_from_slice(&key.verifying_key().to_bytes());
+                let _ = s.write_all(&frame(&ch));
+                let mut frames = Frames::default();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                if let Some(hello) = next_body(&mut s, &mut frames, deadline) {
+                    if hello.len() > 64 {
+                        let t = transcript(&ch, &hello[..hello.len() - 64]);
+                        let sig = key.sign(&[&b"gossipnet/2 welcome"[..], &t].concat());
+                        let _ = s.write_all(&frame(&[&[0x03u8][..], &sig.to_bytes()].concat()));
+                    }
+                }
+                open.push(s);
+            }
+        });
+        DialBack {
+            at,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for DialBack {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A member of the attacker's own (an address it listens on, `incarnation`, `key`) registered
+/// with every running seed of `net` at once, as "Joining" says (`Register`, the seeds' dial-back
+/// answered as `key`'s holder): the seeds' signatures its `Registered` frames carry (`n: u8`,
+/// `n` × (`seed: addr`, `sig`)), each checked here under that seed's key as `seeds.yaml` lists
+/// it. The member then leaves (`Leave`), and once every seed has removed it the listener goes:
+/// the signatures stay good, and no honest peer is ever given the member to dial.
+fn registered_member(
+    net: &Net,
+    key: &SigningKey,
+    incarnation: u64,
+) -> (String, BTreeMap<String, [u8; 64]>) {
+    let keys = seed_keys(net);
+    let dial_back = DialBack::start(key.clone());
+    let me = dial_back.at.to_string();
+    let mut links: Vec<_> = net
+        .seeds
+        .iter()
+        .map(|&seed| {
+            let (mut s, frames) =
+                peer_handshake(seed, &keys[&seed.to_string()], &me, incarnation, key);
+            s.write_all(&frame(&[0x10])).unwrap();
+            (seed, s, frames)
+        })
+        .collect();
+    let change = change_message(&me, incarnation, &key.verifying_key().to_bytes());
+    let mut signatures = BTreeMap::new();
+    for (seed, s, frames) in &mut links {
+        let deadline = Instant::now() + PATIENCE;
+        let registered = loop {
+            let body = next_body(s, frames, deadline)
+                .unwrap_or_else(|| panic!("{seed} did not answer the Register"));
+            match body.first() {
+                Some(0x11) => break body,
+                Some(0x04) => panic!("{seed} refused the Register: {:?}", text_of(&body)),
+                _ => {}
+            }
+        };
+        let mut f = Fields {
+            body: &registered,
+            at: 1,
+        };
+        assert_eq!(f.u64(), Some(incarnation), "{seed}: {registered:?}");
+        let n = f.u8().unwrap();
+        for _ in 0..n {
+            let (by, sig) = (f.addr().unwrap(), f.bytes::<64>().unwrap());
+            keys[&by]
+                .verify_strict(&change, &Signature::from_bytes(&sig))
+                .unwrap_or_else(|e| panic!("{by}'s signature of the registration: {e}"));
+            signatures.insert(by, sig);
+        }
+        assert_eq!(f.at, registered.len(), "{seed}: {registered:?}");
+    }
+    for (_, s, _) in &mut links {
+        let _ = s.write_all(&frame(&[0x16]));
+    }
+    wait_until("every seed removed the attacker's member", || {
+        net.seeds.iter().all(|&seed| {
+            of(&net.events("seed", seed), "removed")
+                .iter()
+                .any(|e| e["peer"] == me)
+        })
+    });
+    drop(links);
+    drop(dial_back);
+    (me, signatures)
+}
+
+/// A root of the attacker's own whose certificate is `cert` as given (`seed: addr`, `sig` pairs,
+/// some real), each number signed by the root's own `key`, as a real root signs its own.
+struct CertifiedRoot {
+    root: String,
+    incarnation: u64,
+    key: SigningKey,
+    cert: Vec<(String, [u8; 64])>,
+}
+
+impl CertifiedRoot {
+    /// Number `seq` with a fresh chain, told as the root itself would: `dist` 0, `value` = `v0`.
+    fn tree_root(&self, seq: u32, flags: u8) -> Vec<u8> {
+        let v0: [u8; 32] = rand::random();
+        let anchor = chain_n(&v0, UNREACHABLE as usize);
+        let mut n = member(
+            &self.root,
+            self.incarnation,
+            &self.key.verifying_key().to_bytes(),
+        );
+        n.push(self.cert.len() as u8);
+        for (seed, sig) in &self.cert {
+            n.extend(addr_field(seed));
+            n.extend_from_slice(sig);
+        }
+        n.extend_from_slice(&seq.to_be_bytes());
+        n.extend_from_slice(&anchor);
+        let signature = self
+            .key
+            .sign(&root_message(&self.root, self.incarnation, seq, &anchor));
+        n.extend_from_slice(&signature.to_bytes());
+        tree_root(&n, 0, &v0, flags)
+    }
+}
+
+/// `flags` of a `TreeRoot` ("bit 0: the receiver is the sender's parent").
+const NAMES_PARENT: u8 = 1;
+
+/// PROTOCOL.md, "Proofs": a `TreeRoot` that cannot be checked "is taken as *no route* from its
+/// sender (`dist` 32, no `seq`, no request), though whether it names the receiver parent still
+/// counts, and the link stays". An attacker's neighbour link to `target` tells it, every
+/// 500 ms, a new number of the root `lied` that cannot be checked (`say(seq, flags)`, `dist` 0),
+/// in three phases:
+///
+/// 1. Flag bit 0 clear. The root is older than every honest one: were it taken, `target`
+///    would hang from it through the attacker, and tell the link so at once (its place
+///    changed). While `target` sends the link four more liveness requests (one a
+///    `liveness.interval`, 1 s: some refreshes of 2 s), the link is neither told a `Reject` nor
+///    closed; every place `target` tells it names the honest root `honest`, and never the
+///    attacker its parent; it pushes the link no item whole (off the backbone: ids only), and
+///    the link is `target`'s neighbour with no `rejected` logged for it.
+/// 2. Flag bit 0 set (the attacker names `target` its parent): that still counts, so the link
+///    is `target`'s child, on the backbone: `target` pushes it items whole. Still no `Reject`,
+///    no close, no place naming `lied`.
+/// 3. Flag bit 0 clear again: the child left, and `target` releases it ("Release", bit 2).
+///
+/// Meanwhile every honest peer's ear (`ears`) hears only `honest`, and none is cut off.
+fn an_uncheckable_place_is_no_route(
+    net: &Net,
+    target: SocketAddr,
+    ears: &[AttackLink],
+    honest: &(String, u64),
+    lied: &(String, u64),
+    say: impl Fn(u32, u8) -> Vec<u8> + Send + Sync + 'static,
+) {
+    let flags = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let said = {
+        let flags = flags.clone();
+        lie(
+            Duration::from_millis(500),
+            1,
+            240,
+            Duration::from_secs(120),
+            move |n, seen| {
+                // Once `target` told its place (so the first place heard is the honest one).
+                seen.last_root.as_ref()?;
+                Some(say(n + 1, flags.load(Ordering::Relaxed)))
+            },
+        )
+    };
+    let mut link = AttackLink::open(target, said, Arc::new(AtomicU32::new(0)));
+    let me = link.me.to_string();
+    let still_up = |s: &Seen, phase: &str| {
+        assert!(
+            s.closed_after.is_none() && s.rejects.is_empty(),
+            "{phase}: {target} cut off the neighbour telling a place it cannot check (it is no \
+             route, and the link stays): {s:?}"
+        );
+    };
+    let never_lie = |s: &Seen, phase: &str| {
+        assert!(
+            !s.roots.contains(lied),
+            "{phase}: {target} took the root {lied:?}, whose proof it cannot check: {:?}",
+            s.places
+        );
+        assert_eq!(
+            s.named_parent, 0,
+            "{phase}: {target} named the attacker its parent: {:?}",
+            s.places
+        );
+    };
+
+    // 1. No route: the lie is not taken, the link stays.
+    wait_within("the lie is told", Duration::from_secs(30), || {
+        let s = link.seen();
+        s.sent > 0 || s.closed_after.is_some()
+    });
+    let at_lie = link.seen();
+    wait_within(
+        "target goes on talking to the link: four more liveness requests",
+        PATIENCE,
+        || {
+            let s = link.seen();
+            s.closed_after.is_some()
+                || !s.rejects.is_empty()
+                || s.roots.contains(lied)
+                || s.named_parent > 0
+                || s.liveness_answered >= at_lie.liveness_answered + 4
+        },
+    );
+    let s = link.seen();
+    eprintln!(
+        "phase 1: {} lies told; {target} told the link {} places ({} since the first lie), under \
+         {:?}, and sent it {} liveness requests ({} since the first lie)",
+        s.sent,
+        s.tree_roots,
+        s.tree_roots - at_lie.tree_roots,
+        s.roots,
+        s.liveness_answered,
+        s.liveness_answered - at_lie.liveness_answered
+    );
+    still_up(&s, "no parent named");
+    never_lie(&s, "no parent named");
+    let last = s.last_root.as_ref().unwrap();
+    assert_eq!(
+        (&last.root, last.incarnation),
+        (&honest.0, honest.1),
+        "{target} left the honest root"
+    );
+    assert!(
+        s.places
+            .iter()
+            .all(|p| (&p.root, p.incarnation) == (&honest.0, honest.1)),
+        "{target} told a place under another root than the honest one: {:?}",
+        s.places
+    );
+    assert_eq!(
+        s.gossip, 0,
+        "{target} pushed items whole to a neighbour off its backbone: {s:?}"
+    );
+    assert!(
+        neighbours(&net.events("peer", target)).contains(&me),
+        "{target} does not count the link as a neighbour"
+    );
+
+    // 2. The parent flag still counts: a child, pushed items whole.
+    flags.store(NAMES_PARENT, Ordering::Relaxed);
+    wait_within("target pushes its new child items whole", PATIENCE, || {
+        let s = link.seen();
+        s.closed_after.is_some() || !s.rejects.is_empty() || s.gossip > 0
+    });
+    let s = link.seen();
+    eprintln!(
+        "phase 2: {} lies told; {target} pushed the link {} items",
+        s.sent, s.gossip
+    );
+    still_up(&s, "naming target parent");
+    never_lie(&s, "naming target parent");
+    assert!(s.gossip > 0, "{target} pushed its child nothing: {s:?}");
+
+    // 3. The child leaves: released.
+    let pushed = s.gossip;
+    flags.store(0, Ordering::Relaxed);
+    wait_within("target releases its former child", PATIENCE, || {
+        let s = link.seen();
+        s.closed_after.is_some() || !s.rejects.is_empty() || s.released > 0
+    });
+    let s = link.seen();
+    still_up(&s, "leaving target");
+    never_lie(&s, "leaving target");
+    assert_eq!(s.released, 1, "{s:?}");
+    eprintln!(
+        "phase 3: {} lies told in all; {target} released the link after {pushed} items pushed",
+        s.sent
+    );
+
+    let s = link.close();
+    assert!(s.rejects.is_empty(), "{s:?}");
+    assert!(
+        !of(&net.events("peer", target), "rejected")
+            .iter()
+            .any(|e| e["remote"] == me),
+        "{target} logged the link as rejected"
+    );
+    for e in ears {
+        let s = e.seen();
+        let last = s.last_root.as_ref().unwrap();
+        assert!(
+            s.closed_after.is_none()
+                && s.rejects.is_empty()
+                && !s.roots.contains(lied)
+                && (&last.root, last.incarnation) == (&honest.0, honest.1),
+            "an honest peer's ear heard: {s:?}"
+        );
+    }
+}
+
+/// Two running seeds listed with their keys and a third, `keyless`, listed by address only
+/// (`"ip:port"`, "Seed keys") and never started: no node ever sees its key. A majority is two,
+/// so the two running seeds register peers alone ("Joining", step 1: a seed that cannot be
+/// reached is replaced by one not yet used).
+fn two_seeds_and_a_keyless_one_never_started() -> (Net, SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    let seeds = vec![addr(free_port()), addr(free_port())];
+    let keyless = addr(free_port());
+    let mut entries = keyed_seed_entries(dir.path(), &seeds);
+    entries.push(format!("\"{keyless}\""));
+    let config = dir.path().join("seeds.yaml");
+    std::fs::write(&config, fast_config(&entries, &config_rooted())).unwrap();
+    (
+        Net {
+            dir,
+            config,
+            seeds,
+            nodes: Vec::new(),
+        },
+        keyless,
+    )
+}
+
+fn config_rooted() -> String {
+    config("", "", "")
+}
+
+/// PROTOCOL.md, "Proofs": "A certificate signed by configured seeds whose keys the receiver has
+/// not seen yet […] cannot be checked: it is taken as *no route* from its sender (`dist` 32, no
+/// `seq`, no request), though whether it names the receiver parent still counts, and the link
+/// stays." Three seeds are configured (majority two): two running, listed with their keys, and
+/// one listed without a key and never started. Before any honest peer starts, the attacker
+/// registers a member of its own with both running seeds, under an incarnation a minute old
+/// (within the seeds' 10 minutes, and older than every honest peer's), and keeps the first
+/// running seed's real signature of it; then it leaves. Three honest peers
+/// join and settle under one root. On a neighbour link to one of them that is not the root
+/// (it hangs from the honest root through a neighbour), the attacker tells,
+/// as the root itself would (`dist` 0, its own key signing each number), a certificate of the
+/// real signature and a junk one attributed to the keyless seed: uncheckable, so no route, the
+/// link stays, the parent flag counts (see `an_uncheckable_place_is_no_route`). The same frame
+/// with the junk attributed to the second running seed, whose key every peer has, is a false
+/// proof: `Reject` naming the root, and the link is closed. Honest gossip still reaches the
+/// target.
+#[test]
+fn a_root_certified_by_a_seed_whose_key_is_unknown_is_no_route_and_the_link_stays() {
+    let (mut net, keyless) = two_seeds_and_a_keyless_one_never_started();
+    net.start_seeds();
+    let key = SigningKey::from_bytes(&rand::random());
+    let incarnation = gossipnet::node::unix_ms() - 60_000;
+    let (root, signatures) = registered_member(&net, &key, incarnation);
+    let (a, b) = (net.seeds[0].to_string(), net.seeds[1].to_string());
+    let real = *signatures
+        .get(&a)
+        .unwrap_or_else(|| panic!("{a} did not sign the registration: {signatures:?}"));
+    for _ in 0..3 {
+        net.start_peer();
+    }
+    let honest = net.peers();
+    wait_until("the honest peers' overlay is connected", || {
+        overlay_connected(&net, &honest)
+    });
+    let (mut ears, honest_root) = ears(&honest);
+    // A peer that is not the root: it hangs from the honest root through a neighbour.
+    let t = honest
+        .iter()
+        .position(|h| h.to_string() != honest_root)
+        .unwrap();
+    let target = honest[t];
+    let place = ears[t].seen().last_root.unwrap();
+    assert!(
+        (1..UNREACHABLE).contains(&place.dist),
+        "{target}, not the root, told {place:?}"
+    );
+    let honest_place = (place.root.clone(), place.incarnation);
+    assert!(
+        incarnation < place.incarnation,
+        "the attacker's root is not older than the honest one: {place:?}"
+    );
+    eprintln!(
+        "seeds {a}, {b} (keys listed, running) and {keyless} (no key, never started); the \
+         attacker's root {root} #{incarnation}; the honest root {honest_root}; target {target}"
+    );
+    let base = baseline(net.pid(target));
+    // Junk: a well-formed signature of the registration, by a key of the attacker's (no seed's).
+    let junk = SigningKey::from_bytes(&rand::random())
+        .sign(&change_message(
+            &root,
+            incarnation,
+            &key.verifying_key().to_bytes(),
+        ))
+        .to_bytes();
+    let uncheckable = CertifiedRoot {
+        root: root.clone(),
+        incarnation,
+        key: key.clone(),
+        cert: vec![(a.clone(), real), (keyless.to_string(), junk)],
+    };
+    an_uncheckable_place_is_no_route(
+        &net,
+        target,
+        &ears,
+        &honest_place,
+        &(root.clone(), incarnation),
+        move |seq, flags| uncheckable.tree_root(seq, flags),
+    );
+    // The contrast: the junk signature attributed to a seed whose key the target has is false.
+    let false_proof = CertifiedRoot {
+        root: root.clone(),
+        incarnation,
+        key,
+        cert: vec![(a, real), (b, junk)],
+    };
+    let (_, told) = tell_once(target, |_| false_proof.tree_root(1, 0));
+    eprintln!("the junk signature attributed to a keyed seed: {told:?}");
+    assert!(
+        told.cut_for_the_proof_of(&root),
+        "not told that the proof of {root} does not check before the close: {told:?}"
+    );
+    for e in &mut ears {
+        e.close();
+    }
+    let other = honest[(t + 1) % honest.len()];
+    still_healthy(&mut net, target, &base, other, target);
+}
+
+/// PROTOCOL.md, "Proofs": "a `TreeRoot` naming the receiver itself under an older incarnation,
+/// cannot be checked: it is taken as *no route* from its sender […] though whether it names
+/// the receiver parent still counts, and the link stays"; "One naming the receiver itself
+/// under its current incarnation is checked as any other." The target is the honest root
+/// (its own place, which names it with its current incarnation, is what its neighbours hear).
+/// The attacker tells it, on a neighbour link, a number naming the target's address under its
+/// incarnation minus one (older than every root), `dist` 0, with a key, a certificate
+/// (naming the network's seed, signed by that key: no seed signed it), an anchor and a value
+/// of its own: no route, the link stays, the parent flag counts (see
+/// `an_uncheckable_place_is_no_route`); the target stays the root under its current
+/// incarnation. The same junk under the target's current incarnation is checked: `Reject`
+/// naming the target's address as the root, and the link is closed. Honest gossip still
+/// reaches the target.
+#[test]
+fn a_place_naming_the_receiver_under_an_older_incarnation_is_no_route_and_the_link_stays() {
+    let (mut net, honest) = honest_network(config_rooted(), 3);
+    let (mut ears, root) = ears(&honest);
+    let t = honest
+        .iter()
+        .position(|h| h.to_string() == root)
+        .expect("the root is an honest peer");
+    let target = honest[t];
+    let place = ears[t].seen().last_root.unwrap();
+    assert_eq!(place.dist, 0, "the root told {place:?}");
+    let current = place.incarnation;
+    eprintln!("target {target}, the root, under incarnation {current}");
+    let base = baseline(net.pid(target));
+    let older = MadeUpRoot::new(&root, current - 1, &seed_names(&net));
+    an_uncheckable_place_is_no_route(
+        &net,
+        target,
+        &ears,
+        &(root.clone(), current),
+        &(root.clone(), current - 1),
+        move |seq, flags| older.tree_root(seq, flags),
+    );
+    // The contrast: under its current incarnation, the junk is checked, and false.
+    let now = MadeUpRoot::new(&root, current, &seed_names(&net));
+    let (_, told) = tell_once(target, |_| now.tree_root(1, 0));
+    eprintln!("the junk under the current incarnation: {told:?}");
+    assert!(
+        told.cut_for_the_proof_of(&root),
+        "not told that the proof of {root} does not check before the close: {told:?}"
+    );
+    for e in &mut ears {
+        e.close();
+    }
+    let other = honest[(t + 1) % honest.len()];
+    still_healthy(&mut net, target, &base, other, target);
+}
