@@ -45,7 +45,7 @@ struct Args {
     /// Seed of the run's randomness: the same flags give the same summary (wall_s aside).
     #[arg(long, default_value_t = 1)]
     rng: u64,
-    /// steady, churn, crash, crash-root, hang, partition, late-join or sybil.
+    /// steady, churn, crash, crash-root, hang, drop, drop-root, partition, late-join or sybil.
     #[arg(long, default_value = "steady")]
     scenario: String,
     /// One-way latency of each frame, drawn uniformly from MIN..MAX (e.g. 1ms..5ms; a bare
@@ -120,7 +120,7 @@ fn main() -> ExitCode {
     };
     let Some(kind) = Kind::parse(&args.scenario) else {
         return fail(format!(
-            "--scenario: unknown scenario {:?} (steady, churn, crash, crash-root, hang, partition, late-join, sybil)",
+            "--scenario: unknown scenario {:?} (steady, churn, crash, crash-root, hang, drop, drop-root, partition, late-join, sybil)",
             args.scenario
         ));
     };

@@ -686,6 +686,11 @@ impl PeerCore {
         self.history.know(&item, now.mono);
         if let Some(t) = &mut self.tree {
             t.arrived(&id);
+            if via == Via::Gossip && t.received(from, now.mono) {
+                // It left its parent for delivering too little: everyone hears the new place.
+                self.announce_place(None, now, out);
+                self.send_backfills(out);
+            }
         }
         out.push(records::gossip_received(&id, data_type, &item.payload, &from, via).into());
         let onward = next_ttl(item.ttl);
@@ -1595,6 +1600,15 @@ impl PeerCore {
                 "seed {seed} confirmed the registration of incarnation {incarnation} without a certificate this peer can check ({other:?})"
             ),
         }
+    }
+
+    /// Rooted mode: how many times this peer left a parent for what it delivered
+    /// (`Rooted::received`); 0 in the other modes.
+    pub fn parents_left(&self) -> u64 {
+        self.tree
+            .as_ref()
+            .and_then(|t| t.rooted())
+            .map_or(0, |r| r.parents_left)
     }
 
     /// The certificate of this peer's latest registration, if it has one.

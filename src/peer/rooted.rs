@@ -59,6 +59,15 @@ pub const REQUESTS_PER_REFRESH: u32 = 10;
 /// not passed on frame for frame.
 pub const TOLD_PER_REFRESH: u32 = 20;
 pub const TOLD_BURST: f64 = 4.0;
+/// Items a peer receives from outside its subtree (not from a child) before it judges its
+/// parent by them (see [`Rooted::received`]).
+pub const WATCH_ITEMS: u16 = 16;
+/// A parent left for delivering too little is no route for this many refreshes (60 s by
+/// default), twice as long each time it is left again, up to [`MAX_SHUN_DOUBLINGS`] times.
+pub const SHUN_REFRESHES: u32 = 30;
+pub const MAX_SHUN_DOUBLINGS: u8 = 4;
+/// Neighbours remembered as left (the one whose time is up soonest forgotten first).
+pub const MAX_SHUNNED: usize = 64;
 
 /// Whom a change of place is to be told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +129,14 @@ pub struct Rooted {
     owed: BTreeSet<SocketAddr>,
     /// The root, distance and parent every neighbour was last told (see `number_only`).
     told_all: Option<(RootId, u8, Option<SocketAddr>)>,
+    /// Since the parent was chosen: items from outside the subtree, and how many of them the
+    /// parent brought first.
+    watch: (u16, u16),
+    /// Parents left for what they delivered: until when they are no route, and how many
+    /// times they were left.
+    shunned: BTreeMap<SocketAddr, (Instant, u8)>,
+    /// Parents left so far (a count for the simulator's summary).
+    pub parents_left: u64,
 }
 
 impl Rooted {
@@ -149,6 +166,9 @@ impl Rooted {
             told: BTreeMap::new(),
             owed: BTreeSet::new(),
             told_all: None,
+            watch: (0, 0),
+            shunned: BTreeMap::new(),
+            parents_left: 0,
         }
     }
 
@@ -258,7 +278,7 @@ impl Rooted {
         now: Instant,
     ) -> Tell {
         if let Some(seq) = self.lost.get(&place.root) {
-            if place.seq > *seq && place.dist < MAX_DIST {
+            if place.seq > *seq && place.dist < MAX_DIST && !self.is_shunned(&from, now) {
                 // Not lost after all (it was cut off): taken again.
                 self.lost.remove(&place.root);
             }
@@ -365,6 +385,83 @@ impl Rooted {
             .min()
     }
 
+    /// An item new here came from neighbour `from` by gossip (not by catch-up). A parent is
+    /// judged by what it delivers, not by its place alone: an item its parent brought first
+    /// counts for it, a wake-up that grafts items from neighbours off the tree that announced
+    /// them (`missed`) against it, and every [`WATCH_ITEMS`] counts a parent with more
+    /// against than for is left (`leave_parent`). An honest parent pushes every item it gets at once, long
+    /// before anyone off the tree announces it (ids are gathered for half a second, then
+    /// grafted a second later); one that keeps its place but passes nothing on, or lies about
+    /// its distance to draw children and then drops their items, brings none. True if this
+    /// peer's place changed.
+    pub fn received(&mut self, from: SocketAddr, now: Instant) -> bool {
+        if self.parent != Some(from) || self.place.dist >= MAX_DIST {
+            return false;
+        }
+        self.watch.0 += 1;
+        self.watch.1 += 1;
+        self.judge(now)
+    }
+
+    /// A wake-up grafted `ids` items from neighbours off the tree that announced them: items
+    /// the parent did not bring in time (see [`Rooted::received`]; the tree counts one a
+    /// wake-up). True if this peer's place changed.
+    pub fn missed(&mut self, ids: usize, now: Instant) -> bool {
+        if self.parent.is_none() || self.place.dist >= MAX_DIST || ids == 0 {
+            // No parent to judge, or only a stand-in while unreachable.
+            return false;
+        }
+        self.watch.0 = self
+            .watch
+            .0
+            .saturating_add(ids.min(usize::from(WATCH_ITEMS)) as u16);
+        self.judge(now)
+    }
+
+    fn judge(&mut self, now: Instant) -> bool {
+        let (counted, first) = self.watch;
+        if counted < WATCH_ITEMS {
+            return false;
+        }
+        self.watch = (0, 0);
+        if 2 * first >= counted {
+            return false;
+        }
+        let Some(parent) = self.parent else {
+            return false;
+        };
+        let left_for = self.leave_parent(parent, now);
+        log::warn!(
+            "parent {parent} left for {left_for:?}: of the last {counted} counts, {first} items \
+             it pushed first, {} rounds of grafts for items it did not bring",
+            counted - first
+        );
+        true
+    }
+
+    /// The parent is no route for [`SHUN_REFRESHES`] refreshes (more if it was left before).
+    /// A root that is left stays the root: this peer hangs from it through another
+    /// neighbour (a root that drops everything starves them all; see docs/SECURITY.md).
+    /// Returns for how long it is left.
+    fn leave_parent(&mut self, parent: SocketAddr, now: Instant) -> Duration {
+        let times = self.shunned.get(&parent).map_or(0, |s| s.1);
+        let left_for = self.refresh * SHUN_REFRESHES * (1 << times.min(MAX_SHUN_DOUBLINGS));
+        if self.shunned.len() >= MAX_SHUNNED && !self.shunned.contains_key(&parent) {
+            let soonest = self
+                .shunned
+                .iter()
+                .min_by_key(|(_, s)| s.0)
+                .map(|(n, _)| *n)
+                .expect("not empty");
+            self.shunned.remove(&soonest);
+        }
+        self.shunned
+            .insert(parent, (now + left_for, times.saturating_add(1)));
+        self.parents_left += 1;
+        self.choose(now);
+        left_for
+    }
+
     /// A frame came from neighbour `n` (see the module doc: a root is not lost while the
     /// parent's link is busy).
     pub fn heard_from(&mut self, n: &SocketAddr, now: Instant) {
@@ -423,8 +520,14 @@ impl Rooted {
         self.choose(now)
     }
 
-    fn usable(&self, h: &Heard) -> bool {
+    /// Whether neighbour `n` was left as a parent and its time is not up yet.
+    fn is_shunned(&self, n: &SocketAddr, now: Instant) -> bool {
+        self.shunned.get(n).is_some_and(|&(until, _)| now < until)
+    }
+
+    fn usable(&self, n: &SocketAddr, h: &Heard, now: Instant) -> bool {
         !h.child
+            && !self.is_shunned(n, now)
             && h.place.dist < MAX_DIST
             && self
                 .lost
@@ -438,6 +541,7 @@ impl Rooted {
         let changed = self.choose_again(now);
         if self.parent != parent {
             self.parent_heard = None;
+            self.watch = (0, 0);
         }
         changed
     }
@@ -445,8 +549,8 @@ impl Rooted {
     fn choose_again(&mut self, now: Instant) -> bool {
         let before = (self.place, self.parent);
         let mut root = self.me;
-        for h in self.heard.values() {
-            if self.usable(h) && h.place.root < root {
+        for (n, h) in &self.heard {
+            if self.usable(n, h, now) && h.place.root < root {
                 root = h.place.root;
             }
         }
@@ -479,7 +583,7 @@ impl Rooted {
         let mut any: Option<(u8, bool, SocketAddr, u32)> = None;
         for (n, h) in &self.heard {
             let p = h.place;
-            if p.root != root || !self.usable(h) {
+            if p.root != root || !self.usable(n, h, now) {
                 continue;
             }
             // Fewest links, then the parent held (no switching between equals), then the
@@ -596,6 +700,67 @@ mod tests {
         assert_eq!(r.place().dist, MAX_DIST);
         assert!(r.want.is_some());
         assert!(!r.number_only());
+    }
+
+    #[test]
+    fn a_parent_that_does_not_deliver_is_left_for_a_while() {
+        let now = Instant::now();
+        let mut r = peer(now);
+        let root = (500, a(1));
+        r.heard(a(20), place(root, 7, 2), false, false, now);
+        r.heard(a(21), place(root, 7, 3), false, false, now);
+        assert_eq!((r.parent(), r.place().dist), (Some(a(20)), 3));
+        // Half the items first from the parent, half grafted: an honest parent under load.
+        for _ in 0..WATCH_ITEMS / 2 {
+            assert!(!r.received(a(20), now));
+        }
+        assert!(!r.missed(usize::from(WATCH_ITEMS / 2), now));
+        // Items from anyone else count neither way.
+        assert!(!r.received(a(21), now));
+        assert_eq!(r.parent(), Some(a(20)));
+        // Then every item grafted: left. The other route (same number, longer) is not
+        // feasible: unreachable until a newer number, which the parent left cannot bring.
+        assert!(!r.missed(usize::from(WATCH_ITEMS) - 1, now));
+        assert!(r.missed(1, now));
+        assert_eq!(r.parents_left, 1);
+        assert_eq!(r.place().dist, MAX_DIST);
+        assert_ne!(r.parent(), Some(a(20)));
+        r.heard(a(20), place(root, 8, 2), false, false, now);
+        assert_eq!(r.place().dist, MAX_DIST);
+        r.heard(a(21), place(root, 8, 3), false, false, now);
+        assert_eq!((r.parent(), r.place().dist), (Some(a(21)), 4));
+        // Its time up, the old parent is a route again.
+        let later = now + REFRESH * SHUN_REFRESHES;
+        r.heard(a(20), place(root, 9, 2), false, false, later);
+        assert_eq!((r.parent(), r.place().dist), (Some(a(20)), 3));
+        // Left again: for twice as long.
+        assert!(r.missed(usize::from(WATCH_ITEMS), later));
+        assert_eq!(r.parents_left, 2);
+        let again = later + REFRESH * SHUN_REFRESHES;
+        r.heard(a(20), place(root, 10, 2), false, false, again);
+        assert_ne!(
+            r.parent(),
+            Some(a(20)),
+            "left for twice as long the second time"
+        );
+    }
+
+    #[test]
+    fn a_root_that_is_left_is_reached_through_another_neighbour() {
+        let now = Instant::now();
+        let mut r = peer(now);
+        let root = (500, a(1));
+        r.heard(a(1), place(root, 7, 0), false, false, now);
+        r.heard(a(21), place(root, 7, 1), false, false, now);
+        assert_eq!((r.parent(), r.place().dist), (Some(a(1)), 1));
+        assert!(r.missed(usize::from(WATCH_ITEMS), now));
+        // The same number through the sibling is longer than what was passed on: unreachable
+        // until a newer one, which comes through the sibling.
+        assert_eq!((r.place().root, r.place().dist), (root, MAX_DIST));
+        r.heard(a(1), place(root, 8, 0), false, false, now);
+        assert_eq!(r.place().dist, MAX_DIST);
+        r.heard(a(21), place(root, 8, 1), false, false, now);
+        assert_eq!((r.parent(), r.place().dist), (Some(a(21)), 2));
     }
 
     #[test]

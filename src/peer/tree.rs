@@ -420,6 +420,16 @@ impl Tree {
         }
     }
 
+    /// Rooted shape: an item new here came from `from` by gossip (see `Rooted::received`);
+    /// true if this peer left its parent for it.
+    pub fn received(&mut self, from: SocketAddr, now: Instant) -> bool {
+        let left = self.rooted.as_mut().is_some_and(|r| r.received(from, now));
+        if left {
+            self.backfill(now);
+        }
+        left
+    }
+
     /// A frame came from neighbour `n` (see `Rooted::heard_from`).
     pub fn heard_from(&mut self, n: &SocketAddr, now: Instant) {
         if let Some(r) = &mut self.rooted {
@@ -695,6 +705,7 @@ impl Tree {
             ids.push(id);
         }
         ids.sort_unstable();
+        let mut off_tree = 0;
         for id in ids {
             let Some(m) = self.missing.get_mut(&id) else {
                 continue;
@@ -703,10 +714,24 @@ impl Tree {
                 self.missing.remove(&id);
                 continue;
             };
+            if self.rooted.as_ref().is_some_and(|r| !r.backbone(&to)) {
+                off_tree += 1;
+            }
             grafts.entry(to).or_default().push(id);
             self.ids_grafted += 1;
             m.due = now + timeout;
             self.dues.insert((m.due, id));
+        }
+        if let Some(r) = &mut self.rooted {
+            // Items the parent did not bring in time (see `Rooted::received`): one count
+            // per wake-up that grafts any, however many, so a burst of old ids (a healed
+            // partition's, announced as they are caught up) weighs little against the
+            // items the parent keeps bringing; a parent that brings nothing loses every
+            // count.
+            if r.missed(off_tree.min(1), now) {
+                out.place_changed = true;
+                self.backfill(now);
+            }
         }
         for (to, ids) in grafts {
             self.lazy.remove(&to);

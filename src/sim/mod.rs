@@ -97,6 +97,9 @@ pub struct Node {
     incarnation: u64,
     /// The key it shows in a handshake.
     pub key: PublicKey,
+    /// It drops every item it should push on (`Action::Forward`): a neighbour that keeps its
+    /// place in the tree but passes nothing along it.
+    pub drops: bool,
 }
 
 /// One end of a connection.
@@ -397,6 +400,7 @@ impl World {
             bytes_in: None,
             incarnation: 1,
             key: sim_key(&addr),
+            drops: false,
         });
         self.by_addr.insert(addr, id);
         id
@@ -897,6 +901,9 @@ impl World {
             // Forwarded items are what a link's batch window grows with (as in `outbox`),
             // answers and control frames are not.
             let push = matches!(action, Action::Forward { .. });
+            if push && self.nodes[node].drops {
+                continue;
+            }
             match action {
                 Action::Send { to, msg } | Action::Forward { to, msg, .. } => {
                     // The last link takes the frame itself: one reference count less to touch.

@@ -7,6 +7,11 @@
 //! - `churn`: 20% of the peers crash at random moments of the message window, and as many new
 //!   peers join at random moments of it.
 //! - `crash` / `hang`: 1% of the peers (at least one) crash, or hang, a quarter into the window.
+//! - `drop`: a quarter into the window, 1% of the peers (at least one) start dropping every
+//!   item they should push on (they still keep their place, announce ids, answer grafts and
+//!   catch-up): in `gossip.mode: rooted` they are drawn among the peers with children, whose
+//!   subtrees then get items only by other ways, unless they leave such a parent.
+//!   `drop-root`: the root of the tree does so (in the other modes, the first peer started).
 //! - `crash-root`: in `gossip.mode: rooted`, the root of the tree crashes a quarter into the
 //!   window (the peers must choose another); in the other modes, the first peer started.
 //! - `partition`: the peers are split in two halves at random; a quarter into the window the
@@ -34,7 +39,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde_json::{json, Value};
 
-use crate::config::Config;
+use crate::config::{Config, GossipMode};
 use crate::node::Core;
 use crate::sim::{micros, peer_id, Micros, NodeCore, NodeId, NodeState, Observed, World};
 
@@ -65,6 +70,8 @@ pub enum Kind {
     Crash,
     CrashRoot,
     Hang,
+    Drop,
+    DropRoot,
     Partition,
     LateJoin,
     Sybil,
@@ -78,6 +85,8 @@ impl Kind {
             "crash" => Kind::Crash,
             "crash-root" => Kind::CrashRoot,
             "hang" => Kind::Hang,
+            "drop" => Kind::Drop,
+            "drop-root" => Kind::DropRoot,
             "partition" => Kind::Partition,
             "late-join" => Kind::LateJoin,
             "sybil" => Kind::Sybil,
@@ -92,6 +101,8 @@ impl Kind {
             Kind::Crash => "crash",
             Kind::CrashRoot => "crash-root",
             Kind::Hang => "hang",
+            Kind::Drop => "drop",
+            Kind::DropRoot => "drop-root",
             Kind::Partition => "partition",
             Kind::LateJoin => "late-join",
             Kind::Sybil => "sybil",
@@ -128,8 +139,12 @@ pub enum Step {
     Join(NodeId),
     Crash(NodeId),
     Hang(NodeId),
+    /// This many peers start dropping what they should push on (see the module doc).
+    Drop(usize),
     /// The root of the rooted tree (or the first peer) crashes.
     CrashRoot(NodeId),
+    /// The root of the rooted tree (or the first peer) drops what it should push on.
+    DropRoot(NodeId),
     Cut,
     Heal,
 }
@@ -143,8 +158,10 @@ struct Item {
     /// node ids, as a run has fewer than 2^32 nodes (a list per item: 100,000 peers and 1,000
     /// items make 10^8 of them).
     expected: Vec<u32>,
-    /// The latest first receipt among `expected`.
+    /// The latest first receipt among `expected` by gossip.
     last: Micros,
+    /// The latest first receipt among `expected`, however it came (catch-up too).
+    last_any: Micros,
     /// Its id, once its `gossip_sent` is seen.
     id: Option<[u8; 32]>,
 }
@@ -198,6 +215,9 @@ impl Tally {
                     item.hops.resize(o.node.max(from) + 1, u8::MAX);
                 }
                 self.deliveries += 1;
+                if item.expected.binary_search(&(o.node as u32)).is_ok() {
+                    item.last_any = item.last_any.max(o.at);
+                }
                 if r.caught_up {
                     // Pulled by catch-up: delivered, but not by spreading.
                     item.hops[o.node] = CAUGHT_UP;
@@ -345,9 +365,18 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
                 w.schedule(window_start + window / 4, step);
             }
         }
+        Kind::Drop => {
+            faults = true;
+            let n = (p.peers / 100).max(1).min(p.peers);
+            w.schedule(window_start + window / 4, Step::Drop(n));
+        }
         Kind::CrashRoot => {
             faults = true;
             w.schedule(window_start + window / 4, Step::CrashRoot(initial[0]));
+        }
+        Kind::DropRoot => {
+            faults = true;
+            w.schedule(window_start + window / 4, Step::DropRoot(initial[0]));
         }
         Kind::Partition => {
             for &id in &initial {
@@ -409,13 +438,28 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
                 Step::Join(id) => w.start_at(w.now, id),
                 Step::Crash(id) => w.crash(id),
                 Step::Hang(id) => w.hang(id),
+                Step::Drop(n) => {
+                    let rooted = p.config.gossip.mode == GossipMode::Rooted;
+                    let mut parents: Vec<NodeId> = (0..w.nodes.len())
+                        .filter(|&id| {
+                            w.nodes[id].state == NodeState::Running
+                                && w.peer(id).is_some_and(|c| {
+                                    !rooted || c.tree_children().is_some_and(|k| k > 0)
+                                })
+                        })
+                        .collect();
+                    parents.shuffle(&mut w.rng);
+                    for &id in parents.iter().take(n) {
+                        w.nodes[id].drops = true;
+                    }
+                }
                 Step::CrashRoot(first) => {
-                    let root = (0..w.nodes.len()).find(|&n| {
-                        w.nodes[n].state == NodeState::Running
-                            && w.peer(n)
-                                .is_some_and(|c| c.tree_root().is_some_and(|r| r.1 == 0))
-                    });
-                    w.crash(root.unwrap_or(first));
+                    let root = root_of(&w).unwrap_or(first);
+                    w.crash(root);
+                }
+                Step::DropRoot(first) => {
+                    let root = root_of(&w).unwrap_or(first);
+                    w.nodes[root].drops = true;
                 }
                 Step::Cut => w.cut = true,
                 Step::Heal => w.cut = false,
@@ -440,6 +484,15 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
     (summary, w.trace.take().unwrap_or_default())
 }
 
+/// The running peer that is the root of the rooted tree, if any.
+fn root_of(w: &World) -> Option<NodeId> {
+    (0..w.nodes.len()).find(|&n| {
+        w.nodes[n].state == NodeState::Running
+            && w.peer(n)
+                .is_some_and(|c| c.tree_root().is_some_and(|r| r.1 == 0))
+    })
+}
+
 /// A peer drawn at random among those with a neighbour generates an item; every other such
 /// peer must receive it.
 fn publish(w: &mut World, tally: &mut Tally) -> bool {
@@ -462,6 +515,7 @@ fn publish(w: &mut World, tally: &mut Tally) -> bool {
         hops: vec![u8::MAX; w.nodes.len()],
         expected,
         last: w.now,
+        last_any: w.now,
         id: None,
     });
     w.publish(origin, &mut |o| tally.observe(o));
@@ -480,6 +534,7 @@ fn summarize(
     let mut expected = 0u64;
     let mut got = 0u64;
     let mut times = Vec::new();
+    let mut times_any = Vec::new();
     let mut history_missed = 0u64;
     let mut completed_by_catch_up = 0u64;
     for item in &tally.items {
@@ -499,6 +554,9 @@ fn summarize(
                 _ => all = false,
             }
         }
+        if all {
+            times_any.push((item.last_any.saturating_sub(item.at)) as f64 / 1000.0);
+        }
         if all && pulled {
             completed_by_catch_up += 1;
         } else if all {
@@ -511,6 +569,7 @@ fn summarize(
         }
     }
     times.sort_by(f64::total_cmp);
+    times_any.sort_by(f64::total_cmp);
     let mut duplicates = 0u64;
     // Tree mode: prunes sent, ids grafted, eager links at the end (summed over peers).
     let mut tree: Option<[u64; 3]> = None;
@@ -518,8 +577,10 @@ fn summarize(
     // whole).
     let mut roots = std::collections::BTreeSet::new();
     let mut children_max = 0;
+    let mut parents_left = 0;
     for n in &w.nodes {
         if let NodeCore::Peer(c) = &n.core {
+            parents_left += c.parents_left();
             if n.state == NodeState::Running {
                 roots.extend(c.tree_root().map(|r| r.0));
                 children_max = children_max.max(c.tree_children().unwrap_or(0));
@@ -567,6 +628,7 @@ fn summarize(
         "duplicates_per_delivery": round3(duplicates as f64 / tally.deliveries.max(1) as f64),
         "last_delivery_hop_max": tally.hop_max,
         "time_to_all_ms": { "p50": pct(&times, 0.5), "p99": pct(&times, 0.99), "max": pct(&times, 1.0) },
+        "time_to_all_any_way_ms": { "p50": pct(&times_any, 0.5), "p99": pct(&times_any, 0.99), "max": pct(&times_any, 1.0) },
         "removals": tally.removed.len(),
         "false_removals": false_removals,
         "detection_s": { "p50": pct(&detection, 0.5), "max": pct(&detection, 1.0) },
@@ -598,6 +660,7 @@ fn summarize(
     if !roots.is_empty() {
         out["tree_roots"] = json!(roots.len());
         out["tree_children_max"] = json!(children_max);
+        out["tree_parents_left"] = json!(parents_left);
     }
     if !late.is_empty() {
         out["late_joiners"] = json!(late.len());
