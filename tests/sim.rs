@@ -209,6 +209,24 @@ fn rooted_mode_misses_nothing_under_churn_partition_and_the_loss_of_its_root() {
 }
 
 #[test]
+fn rooted_mode_leaves_parents_that_drop_every_item() {
+    // 3 of 300 peers with children start dropping every item they should push on, a quarter
+    // into the window; their children get items only by grafts and catch-up until they
+    // leave them. Without leaving (rng 5): every item from then on needed catch-up (750 of
+    // 1,000), time to all any way p50 2.2 s; with it p50 26 ms, 254 items.
+    let s = run(&rooted(Kind::Drop, 300, 1000, 5));
+    assert_eq!(num(&s, "missed"), 0, "{s}");
+    assert_eq!(num(&s, "tree_roots"), 1, "{s}");
+    assert!(num(&s, "tree_parents_left") >= 3, "{s}");
+    let p50 = s["time_to_all_any_way_ms"]["p50"].as_f64().unwrap();
+    assert!(p50 < 200.0, "{s}");
+    assert!(num(&s, "items_completed_by_catch_up") < 500, "{s}");
+    // No honest parent is left when nobody drops.
+    let steady = run(&rooted(Kind::Steady, 300, 1000, 5));
+    assert_eq!(num(&steady, "tree_parents_left"), 0, "{steady}");
+}
+
+#[test]
 fn rooted_mode_replaces_a_lost_root_without_counting_to_infinity() {
     // Without sequence numbers the peers would take each other's stale routes to the crashed
     // root, one link longer each round, up to 32: thousands of frames a peer.
