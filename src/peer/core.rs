@@ -106,11 +106,10 @@ pub struct PeerCore {
     seeds: SeedSessions,
     liveness: Liveness,
     api_clients: std::collections::BTreeSet<ConnId>,
-    /// This node's public key, for the `started` record.
-    key: Option<String>,
     /// The certificate of this peer's latest registration (its incarnation and the seeds'
     /// signatures), from `Registered`, checked: proof of its age to peers further away.
     certificate: Option<(u64, Vec<(SocketAddr, crate::wire::Signature)>)>,
+    /// The public key this node is known by (`set_key`).
     own_key: Option<crate::wire::PublicKey>,
     /// Signs this peer's numbers when it is the root of the rooted tree.
     signer: Option<std::sync::Arc<crate::keys::NodeKey>>,
@@ -153,7 +152,6 @@ impl PeerCore {
             max_item: config.gossip.max_item,
             apps: LocalApps::new(config.api.max_pending, config.api.validation_timeout),
             api_clients: Default::default(),
-            key: None,
             certificate: None,
             own_key: None,
             signer: None,
@@ -198,8 +196,6 @@ impl PeerCore {
         }
     }
 
-    /// The public key this node is known by: written (hex) in its `started` record, and
-    /// compared by the duplicate-link rule.
     /// This peer's key pair: its public key (`set_key`), and what signs its numbers as a
     /// root in rooted mode.
     pub fn set_signer(&mut self, key: std::sync::Arc<crate::keys::NodeKey>) {
@@ -207,10 +203,11 @@ impl PeerCore {
         self.signer = Some(key);
     }
 
+    /// The public key this node is known by: written (hex) in its `started` record, compared
+    /// by the duplicate-link rule, and the key its registration certificate must name.
     pub fn set_key(&mut self, key: crate::wire::PublicKey) {
         self.own_key = Some(key);
         self.overlay.set_key(key);
-        self.key = Some(hex::encode(key));
     }
 
     /// How many neighbour links this peer has.
@@ -232,7 +229,8 @@ impl PeerCore {
     // ------------------------------------------------------------ joining and the seeds
 
     fn start(&mut self, now: Now, out: &mut Vec<Action>) {
-        out.push(records::started(&self.me, self.key.as_deref()).into());
+        let key = self.own_key.map(hex::encode);
+        out.push(records::started(&self.me, key.as_deref()).into());
         let wait = self.config.pow.timeout * 2;
         for addr in self.seeds.start(&mut self.rng, now.mono, wait) {
             out.push(Action::Dial {

@@ -69,6 +69,16 @@ pub const MAX_SHUN_DOUBLINGS: u8 = 4;
 /// Neighbours remembered as left (the one whose time is up soonest forgotten first).
 pub const MAX_SHUNNED: usize = 64;
 
+/// What the parent delivered since it was chosen: counts (items it pushed first, and
+/// wake-ups that grafted what it did not bring), items it pushed first, and up to two of the
+/// neighbours the grafts went to.
+#[derive(Debug, Default)]
+struct Watch {
+    counted: u16,
+    first: u16,
+    announcers: Vec<SocketAddr>,
+}
+
 /// Whom a change of place is to be told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tell {
@@ -129,9 +139,8 @@ pub struct Rooted {
     owed: BTreeSet<SocketAddr>,
     /// The root, distance and parent every neighbour was last told (see `number_only`).
     told_all: Option<(RootId, u8, Option<SocketAddr>)>,
-    /// Since the parent was chosen: items from outside the subtree, and how many of them the
-    /// parent brought first.
-    watch: (u16, u16),
+    /// What the parent delivered since it was chosen (see [`Rooted::received`]).
+    watch: Watch,
     /// Parents left for what they delivered: until when they are no route, and how many
     /// times they were left.
     shunned: BTreeMap<SocketAddr, (Instant, u8)>,
@@ -166,7 +175,7 @@ impl Rooted {
             told: BTreeMap::new(),
             owed: BTreeSet::new(),
             told_all: None,
-            watch: (0, 0),
+            watch: Watch::default(),
             shunned: BTreeMap::new(),
             parents_left: 0,
         }
@@ -389,42 +398,52 @@ impl Rooted {
     /// judged by what it delivers, not by its place alone: an item its parent brought first
     /// counts for it, a wake-up that grafts items from neighbours off the tree that announced
     /// them (`missed`) against it, and every [`WATCH_ITEMS`] counts a parent with more
-    /// against than for is left (`leave_parent`). An honest parent pushes every item it gets at once, long
-    /// before anyone off the tree announces it (ids are gathered for half a second, then
-    /// grafted a second later); one that keeps its place but passes nothing on, or lies about
-    /// its distance to draw children and then drops their items, brings none. True if this
-    /// peer's place changed.
+    /// against than for is left (`leave_parent`), if what was grafted came from at least two
+    /// neighbours. An honest parent pushes every item it gets at once, long before anyone off
+    /// the tree announces it (ids are gathered for half a second, then grafted a second
+    /// later); one that keeps its place but passes nothing on, or lies about its distance to
+    /// draw children and then drops their items, brings none. (Two announcers, because one
+    /// neighbour announcing fresh items of its own that it pushes to no one would otherwise
+    /// make this peer leave an honest parent, which never had them.) True if this peer's
+    /// place changed.
     pub fn received(&mut self, from: SocketAddr, now: Instant) -> bool {
         if self.parent != Some(from) || self.place.dist >= MAX_DIST {
             return false;
         }
-        self.watch.0 += 1;
-        self.watch.1 += 1;
+        self.watch.counted += 1;
+        self.watch.first += 1;
         self.judge(now)
     }
 
-    /// A wake-up grafted `ids` items from neighbours off the tree that announced them: items
-    /// the parent did not bring in time (see [`Rooted::received`]; the tree counts one a
-    /// wake-up). True if this peer's place changed.
-    pub fn missed(&mut self, ids: usize, now: Instant) -> bool {
-        if self.parent.is_none() || self.place.dist >= MAX_DIST || ids == 0 {
+    /// A wake-up grafted items from `announcers`, neighbours off the tree that announced
+    /// them: items the parent did not bring in time, one count however many (see
+    /// [`Rooted::received`]). True if this peer's place changed.
+    pub fn missed(&mut self, announcers: &[SocketAddr], now: Instant) -> bool {
+        if self.parent.is_none() || self.place.dist >= MAX_DIST || announcers.is_empty() {
             // No parent to judge, or only a stand-in while unreachable.
             return false;
         }
-        self.watch.0 = self
-            .watch
-            .0
-            .saturating_add(ids.min(usize::from(WATCH_ITEMS)) as u16);
+        self.watch.counted += 1;
+        for a in announcers {
+            if self.watch.announcers.len() < 2 && !self.watch.announcers.contains(a) {
+                self.watch.announcers.push(*a);
+            }
+        }
         self.judge(now)
     }
 
     fn judge(&mut self, now: Instant) -> bool {
-        let (counted, first) = self.watch;
+        let Watch {
+            counted,
+            first,
+            ref announcers,
+        } = self.watch;
         if counted < WATCH_ITEMS {
             return false;
         }
-        self.watch = (0, 0);
-        if 2 * first >= counted {
+        let from_others = announcers.len();
+        self.watch = Watch::default();
+        if 2 * first >= counted || from_others < 2 {
             return false;
         }
         let Some(parent) = self.parent else {
@@ -541,7 +560,7 @@ impl Rooted {
         let changed = self.choose_again(now);
         if self.parent != parent {
             self.parent_heard = None;
-            self.watch = (0, 0);
+            self.watch = Watch::default();
         }
         changed
     }
@@ -714,14 +733,24 @@ mod tests {
         for _ in 0..WATCH_ITEMS / 2 {
             assert!(!r.received(a(20), now));
         }
-        assert!(!r.missed(usize::from(WATCH_ITEMS / 2), now));
+        for _ in 0..WATCH_ITEMS / 2 - 1 {
+            assert!(!r.missed(&[a(30)], now));
+        }
+        assert!(!r.missed(&[a(31)], now));
         // Items from anyone else count neither way.
         assert!(!r.received(a(21), now));
         assert_eq!(r.parent(), Some(a(20)));
-        // Then every item grafted: left. The other route (same number, longer) is not
-        // feasible: unreachable until a newer number, which the parent left cannot bring.
-        assert!(!r.missed(usize::from(WATCH_ITEMS) - 1, now));
-        assert!(r.missed(1, now));
+        // Then every item grafted, all from one neighbour: it may be announcing items of its
+        // own that it pushes to no one, which the parent never had: not held against it.
+        for _ in 0..WATCH_ITEMS {
+            assert!(!r.missed(&[a(30)], now));
+        }
+        // From two: left. The other route (same number, longer) is not feasible:
+        // unreachable until a newer number, which the parent left cannot bring.
+        for _ in 0..WATCH_ITEMS - 1 {
+            assert!(!r.missed(&[a(30)], now));
+        }
+        assert!(r.missed(&[a(30), a(31)], now));
         assert_eq!(r.parents_left, 1);
         assert_eq!(r.place().dist, MAX_DIST);
         assert_ne!(r.parent(), Some(a(20)));
@@ -734,7 +763,8 @@ mod tests {
         r.heard(a(20), place(root, 9, 2), false, false, later);
         assert_eq!((r.parent(), r.place().dist), (Some(a(20)), 3));
         // Left again: for twice as long.
-        assert!(r.missed(usize::from(WATCH_ITEMS), later));
+        assert!(!r.missed(&[a(30)], later));
+        assert!((1..WATCH_ITEMS).any(|_| r.missed(&[a(31)], later)));
         assert_eq!(r.parents_left, 2);
         let again = later + REFRESH * SHUN_REFRESHES;
         r.heard(a(20), place(root, 10, 2), false, false, again);
@@ -753,7 +783,7 @@ mod tests {
         r.heard(a(1), place(root, 7, 0), false, false, now);
         r.heard(a(21), place(root, 7, 1), false, false, now);
         assert_eq!((r.parent(), r.place().dist), (Some(a(1)), 1));
-        assert!(r.missed(usize::from(WATCH_ITEMS), now));
+        assert!((0..WATCH_ITEMS).any(|i| r.missed(&[a(30 + i % 2)], now)));
         // The same number through the sibling is longer than what was passed on: unreachable
         // until a newer one, which comes through the sibling.
         assert_eq!((r.place().root, r.place().dist), (root, MAX_DIST));

@@ -705,7 +705,7 @@ impl Tree {
             ids.push(id);
         }
         ids.sort_unstable();
-        let mut off_tree = 0;
+        let mut off_tree: Vec<SocketAddr> = Vec::new();
         for id in ids {
             let Some(m) = self.missing.get_mut(&id) else {
                 continue;
@@ -714,8 +714,8 @@ impl Tree {
                 self.missing.remove(&id);
                 continue;
             };
-            if self.rooted.as_ref().is_some_and(|r| !r.backbone(&to)) {
-                off_tree += 1;
+            if self.rooted.as_ref().is_some_and(|r| !r.backbone(&to)) && !off_tree.contains(&to) {
+                off_tree.push(to);
             }
             grafts.entry(to).or_default().push(id);
             self.ids_grafted += 1;
@@ -728,7 +728,7 @@ impl Tree {
             // partition's, announced as they are caught up) weighs little against the
             // items the parent keeps bringing; a parent that brings nothing loses every
             // count.
-            if r.missed(off_tree.min(1), now) {
+            if r.missed(&off_tree, now) {
                 out.place_changed = true;
                 self.backfill(now);
             }
