@@ -59,8 +59,8 @@ pub const REQUESTS_PER_REFRESH: u32 = 10;
 /// not passed on frame for frame.
 pub const TOLD_PER_REFRESH: u32 = 20;
 pub const TOLD_BURST: f64 = 4.0;
-/// Items a peer receives from outside its subtree (not from a child) before it judges its
-/// parent by them (see [`Rooted::received`]).
+/// Counts (items the parent pushed first, wake-ups grafting what it did not bring) a peer
+/// gathers, over at least a refresh, before it judges its parent (see [`Rooted::received`]).
 pub const WATCH_ITEMS: u16 = 16;
 /// A parent left for delivering too little is no route for this many refreshes (60 s by
 /// default), twice as long each time it is left again, up to [`MAX_SHUN_DOUBLINGS`] times.
@@ -399,9 +399,9 @@ impl Rooted {
     /// An item new here came from neighbour `from` by gossip (not by catch-up). A parent is
     /// judged by what it delivers, not by its place alone: an item its parent brought first
     /// counts for it, a wake-up that grafts items from neighbours off the tree that announced
-    /// them (`missed`) against it, and every [`WATCH_ITEMS`] counts a parent with more
-    /// against than for is left (`leave_parent`), if what was grafted came from at least two
-    /// neighbours. An honest parent pushes every item it gets at once, long before anyone off
+    /// them (`missed`) against it, and once there are [`WATCH_ITEMS`] counts over at least a
+    /// refresh, a parent with more against than for is left (`leave_parent`), if what was
+    /// grafted came from at least two neighbours. An honest parent pushes every item it gets at once, long before anyone off
     /// the tree announces it (ids are gathered for half a second, then grafted a second
     /// later); one that keeps its place but passes nothing on, or lies about its distance to
     /// draw children and then drops their items, brings none. (Two announcers, because one

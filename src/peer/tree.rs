@@ -731,6 +731,7 @@ impl Tree {
             if r.missed(&off_tree, now) {
                 out.place_changed = true;
                 self.backfill(now);
+                out.ihave.append(&mut self.backfills);
             }
         }
         for (to, ids) in grafts {
