@@ -2440,15 +2440,7 @@ fn a_root_certified_by_a_seed_whose_key_is_unknown_is_no_route_and_the_link_stay
     };
     let (_, told) = tell_once(target, |_| false_proof.tree_root(1, 0));
     eprintln!("the junk signature attributed to a keyed seed: {told:?}");
-    assert!(
-        told.cut_for_the_proof_of(&root),
-        "not told that the proof of {root} does not check before the close: {told:?}"
-    );
-    for e in &mut ears {
-        e.close();
-    }
-    let other = honest[(t + 1) % honest.len()];
-    still_healthy(&mut net, target, &base, other, target);
+    cut_off_and_still_healthy(&mut net, &told, &root, &mut ears, &honest, t, &base);
 }
 
 /// PROTOCOL.md, "Proofs": "a `TreeRoot` naming the receiver itself under an older incarnation,
@@ -2491,15 +2483,31 @@ fn a_place_naming_the_receiver_under_an_older_incarnation_is_no_route_and_the_li
     let now = MadeUpRoot::new(&root, current, &seed_names(&net));
     let (_, told) = tell_once(target, |_| now.tree_root(1, 0));
     eprintln!("the junk under the current incarnation: {told:?}");
+    cut_off_and_still_healthy(&mut net, &told, &root, &mut ears, &honest, t, &base);
+}
+
+/// The end of a "cannot be checked" test: the contrast frame (`told`) was a false proof of
+/// `root`, so the link was cut off with the reason; the attacker's other links go, and the
+/// target (`honest[t]`) is back near its baseline and still gets gossip from another peer.
+fn cut_off_and_still_healthy(
+    net: &mut Net,
+    told: &Told,
+    root: &str,
+    ears: &mut [AttackLink],
+    honest: &[SocketAddr],
+    t: usize,
+    base: &Baseline,
+) {
     assert!(
-        told.cut_for_the_proof_of(&root),
+        told.cut_for_the_proof_of(root),
         "not told that the proof of {root} does not check before the close: {told:?}"
     );
-    for e in &mut ears {
+    for e in ears.iter_mut() {
         e.close();
     }
+    let target = honest[t];
     let other = honest[(t + 1) % honest.len()];
-    still_healthy(&mut net, target, &base, other, target);
+    still_healthy(net, target, base, other, target);
 }
 
 // ---------------------------------------------------------------------------------------------
