@@ -2792,6 +2792,14 @@ fn a_parent_that_passes_nothing_on_is_left() {
     for line in log.lines().filter(|l| l.contains("left for")) {
         eprintln!("target's log: {line}");
     }
+    // README, "Output files": the target writes a `parent_left` record naming the attacker.
+    wait_within("a parent_left record naming the attacker", PATIENCE, || {
+        net.events("peer", target).iter().any(|e| {
+            e["event"] == "parent_left"
+                && e["parent"] == me.as_str()
+                && e["for_s"].as_u64() >= Some(60)
+        })
+    });
 
     // 3. For five refreshes, while the attacker offers the same route with each newer number,
     //    the target does not take it again.

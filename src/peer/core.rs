@@ -686,6 +686,7 @@ impl PeerCore {
             t.arrived(&id);
             if via == Via::Gossip && t.received(from, now.mono) {
                 // It left its parent for delivering too little: everyone hears the new place.
+                self.parent_left(out);
                 self.announce_place(None, now, out);
                 self.send_backfills(out);
             }
@@ -899,6 +900,18 @@ impl PeerCore {
         }
     }
 
+    /// Rooted mode: the record of a parent just left for what it delivered, if one was.
+    fn parent_left(&mut self, out: &mut Vec<Action>) {
+        let left = self
+            .tree
+            .as_mut()
+            .and_then(|t| t.rooted_mut())
+            .and_then(Rooted::take_left);
+        if let Some((parent, left_for, first, counted)) = left {
+            out.push(records::parent_left(&parent, left_for.as_secs(), first, counted).into());
+        }
+    }
+
     /// Rooted shape: the ids owed to neighbours that joined the backbone (`Tree::backfill`).
     fn send_backfills(&mut self, out: &mut Vec<Action>) {
         let Some(t) = &mut self.tree else {
@@ -1017,6 +1030,7 @@ impl PeerCore {
             }
         }
         if due.place_changed {
+            self.parent_left(out);
             self.announce_place(None, now, out);
         }
         for (to, ids) in due.ihave {

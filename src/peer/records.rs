@@ -52,6 +52,20 @@ pub fn rejoined(seed: &SocketAddr) -> Record {
         ))
 }
 
+/// Rooted mode: this peer left its parent for what it delivered (`Rooted::received`): of the
+/// last `counted` counts, `first` were items it pushed first, the rest rounds of grafts for
+/// items it did not bring.
+pub fn parent_left(parent: &SocketAddr, for_s: u64, first: u32, counted: u32) -> Record {
+    Record::new("parent_left")
+        .field("parent", parent.to_string())
+        .field("for_s", for_s)
+        .field("first", u64::from(first))
+        .field("counted", u64::from(counted))
+        .line(format!(
+            "Left parent {parent} for {for_s} s: it brought first only {first} of the last {counted} items and rounds of grafts"
+        ))
+}
+
 pub fn neighbour_up(peer: &SocketAddr) -> Record {
     Record::new("neighbour_up")
         .field("peer", peer.to_string())

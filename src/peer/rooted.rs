@@ -148,6 +148,9 @@ pub struct Rooted {
     shunned: BTreeMap<SocketAddr, (Instant, u8)>,
     /// Parents left so far (a count for the simulator's summary).
     pub parents_left: u64,
+    /// The last parent left, for how long, and its counts (items it pushed first, all), until
+    /// taken for the output record (`take_left`).
+    left: Option<(SocketAddr, Duration, u32, u32)>,
 }
 
 impl Rooted {
@@ -180,6 +183,7 @@ impl Rooted {
             watch: Watch::default(),
             shunned: BTreeMap::new(),
             parents_left: 0,
+            left: None,
         }
     }
 
@@ -418,6 +422,12 @@ impl Rooted {
         self.judge(now)
     }
 
+    /// The parent last left for what it delivered, if not taken yet: its address, for how
+    /// long, items it pushed first and counts in all.
+    pub fn take_left(&mut self) -> Option<(SocketAddr, Duration, u32, u32)> {
+        self.left.take()
+    }
+
     /// A wake-up grafted items from `announcers`, neighbours off the tree that announced
     /// them: items the parent did not bring in time, one count however many (see
     /// [`Rooted::received`]). True if this peer's place changed.
@@ -459,6 +469,7 @@ impl Rooted {
             return false;
         };
         let left_for = self.leave_parent(parent, now);
+        self.left = Some((parent, left_for, first, counted));
         log::warn!(
             "parent {parent} left for {left_for:?}: of the last {counted} counts, {first} items \
              it pushed first, {} rounds of grafts for items it did not bring",
