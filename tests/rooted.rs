@@ -110,6 +110,33 @@ fn root_message(root: &str, incarnation: u64, seq: u32, anchor: &[u8; 32]) -> Ve
     m
 }
 
+/// Number `seq` of root `root` (`root: addr`, `incarnation: u64`, `key`, `n: u8`, `n` ×
+/// (`seed: addr`, `sig`) from `cert`, `seq: u32`, `anchor: [32]`, `signature: sig`), with a
+/// fresh chain start `v0` ("for each number the root draws a secret 32-byte start"), the
+/// signature made by `signer`: the number's bytes and `v0`, its `value` at `dist` 0.
+fn signed_number(
+    root: &str,
+    incarnation: u64,
+    key: &[u8; 32],
+    cert: &[(String, [u8; 64])],
+    seq: u32,
+    signer: &SigningKey,
+) -> (Vec<u8>, [u8; 32]) {
+    let v0: [u8; 32] = rand::random();
+    let anchor = chain_n(&v0, UNREACHABLE as usize);
+    let mut n = member(root, incarnation, key);
+    n.push(cert.len() as u8);
+    for (seed, sig) in cert {
+        n.extend(addr_field(seed));
+        n.extend_from_slice(sig);
+    }
+    n.extend_from_slice(&seq.to_be_bytes());
+    n.extend_from_slice(&anchor);
+    let signature = signer.sign(&root_message(root, incarnation, seq, &anchor));
+    n.extend_from_slice(&signature.to_bytes());
+    (n, v0)
+}
+
 /// A root the attacker makes up: an address, an incarnation and a key of its choosing. Its
 /// certificate names the network's configured `seeds` (so a receiver has to check it), but
 /// every signature in it is the made-up root's own key's, over the change a seed would sign: no
@@ -131,30 +158,17 @@ impl MadeUpRoot {
         }
     }
 
-    /// Number `seq` (`root: addr`, `incarnation: u64`, `key`, `n: u8`, `n` × (`seed: addr`,
-    /// `sig`), `seq: u32`, `anchor: [32]`, `signature: sig`), with a fresh chain start `v0`
-    /// ("for each number the root draws a secret 32-byte start"): the number's bytes and `v0`,
-    /// its `value` at `dist` 0.
+    /// Number `seq` (see `signed_number`), its certificate forged by the made-up key for
+    /// every configured seed: the number's bytes and `v0`.
     fn number(&self, seq: u32) -> (Vec<u8>, [u8; 32]) {
         let key = self.key.verifying_key().to_bytes();
-        let v0: [u8; 32] = rand::random();
-        let anchor = chain_n(&v0, UNREACHABLE as usize);
         let forged = self
             .key
-            .sign(&change_message(&self.root, self.incarnation, &key));
-        let mut n = member(&self.root, self.incarnation, &key);
-        n.push(self.seeds.len() as u8);
-        for seed in &self.seeds {
-            n.extend(addr_field(seed));
-            n.extend_from_slice(&forged.to_bytes());
-        }
-        n.extend_from_slice(&seq.to_be_bytes());
-        n.extend_from_slice(&anchor);
-        let signature = self
-            .key
-            .sign(&root_message(&self.root, self.incarnation, seq, &anchor));
-        n.extend_from_slice(&signature.to_bytes());
-        (n, v0)
+            .sign(&change_message(&self.root, self.incarnation, &key))
+            .to_bytes();
+        let cert: Vec<(String, [u8; 64])> =
+            self.seeds.iter().map(|s| (s.clone(), forged)).collect();
+        signed_number(&self.root, self.incarnation, &key, &cert, seq, &self.key)
     }
 
     /// The body of a `TreeRoot` telling number `seq` of this root as the root itself would:
@@ -261,19 +275,7 @@ impl Place {
     /// (`anchor` = H^32(`v0`)), signed by `by` instead of the root's key: a number the root
     /// did not sign. Its bytes and `v0`.
     fn signed_by(&self, seq: u32, by: &SigningKey) -> (Vec<u8>, [u8; 32]) {
-        let v0: [u8; 32] = rand::random();
-        let anchor = chain_n(&v0, UNREACHABLE as usize);
-        let mut n = member(&self.root, self.incarnation, &self.key);
-        n.push(self.cert.len() as u8);
-        for (seed, sig) in &self.cert {
-            n.extend(addr_field(seed));
-            n.extend_from_slice(sig);
-        }
-        n.extend_from_slice(&seq.to_be_bytes());
-        n.extend_from_slice(&anchor);
-        let signature = by.sign(&root_message(&self.root, self.incarnation, seq, &anchor));
-        n.extend_from_slice(&signature.to_bytes());
-        (n, v0)
+        signed_number(&self.root, self.incarnation, &self.key, &self.cert, seq, by)
     }
 
     /// Whether it checks as "Proofs" says: the certificate (⌊n/2⌋+1 distinct configured seeds'
@@ -2132,24 +2134,15 @@ struct CertifiedRoot {
 impl CertifiedRoot {
     /// Number `seq` with a fresh chain, told as the root itself would: `dist` 0, `value` = `v0`.
     fn tree_root(&self, seq: u32, flags: u8) -> Vec<u8> {
-        let v0: [u8; 32] = rand::random();
-        let anchor = chain_n(&v0, UNREACHABLE as usize);
-        let mut n = member(
+        let key = self.key.verifying_key().to_bytes();
+        let (n, v0) = signed_number(
             &self.root,
             self.incarnation,
-            &self.key.verifying_key().to_bytes(),
+            &key,
+            &self.cert,
+            seq,
+            &self.key,
         );
-        n.push(self.cert.len() as u8);
-        for (seed, sig) in &self.cert {
-            n.extend(addr_field(seed));
-            n.extend_from_slice(sig);
-        }
-        n.extend_from_slice(&seq.to_be_bytes());
-        n.extend_from_slice(&anchor);
-        let signature = self
-            .key
-            .sign(&root_message(&self.root, self.incarnation, seq, &anchor));
-        n.extend_from_slice(&signature.to_bytes());
         tree_root(&n, 0, &v0, flags)
     }
 }
