@@ -1,33 +1,30 @@
 //! Identity attacks, played by an attacker who knows only `docs/PROTOCOL.md`: its client (frames,
-//! `Challenge`, proof of work, transcript hash, Ed25519 signatures) is written here from the
-//! document, not taken from the crate. An impostor seed with its own key, a forged or borrowed
-//! signature, work done for another key, a replayed or relayed answer, a fake acceptor at a
-//! seed's address (with its own key, or the listed key it cannot sign with), a work bomb, and an
-//! address on another IP are all refused, and honest peers keep registering and getting their
-//! peer lists. A seed that lies to peers gets none of its made-up members dialed, and a host
-//! registering many identities gets no more than its cap listed, all gone once it goes. A correct handshake made by the same client is welcomed, which shows the client
-//! follows the document.
+//! `Challenge`, proof of work, transcript hash, Ed25519 signatures; `common::attacker`, shared
+//! with `tests/rooted.rs`) is written from the document, not taken from the crate. An impostor
+//! seed with its own key, a forged or borrowed signature, work done for another key, a replayed
+//! or relayed answer, a fake acceptor at a seed's address (with its own key, or the listed key
+//! it cannot sign with), a work bomb, and an address on another IP are all refused, and honest
+//! peers keep registering and getting their peer lists. A seed that lies to peers gets none of
+//! its made-up members dialed, and a host registering many identities gets no more than its cap
+//! listed, all gone once it goes. A correct handshake made by the same client is welcomed, which
+//! shows the client follows the document.
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use common::attacker::*;
 use common::*;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use sha2::{Digest, Sha256};
 
 /// The fast test timers, with a handshake deadline long enough that an attacker holding two
 /// connections open at once (the relay test) is never refused for being slow.
 const CONFIG: &str = "gossip: { interval: 300ms, count: 10 }\nliveness: { interval: 300ms, misses: 3, probe_timeout: 1s }\npow: { difficulty: 8, timeout: 30s }\nstats: { interval: 1s }";
-
-const ROLE_PEER: u8 = 1;
-const ROLE_SEED: u8 = 2;
 
 #[test]
 fn an_impostor_seed_with_its_own_key_is_refused_and_its_sync_changes_nothing() {
@@ -427,7 +424,7 @@ fn a_registration_must_start_near_the_seeds_clock_and_is_confirmed_with_its_cert
     let hour = 3_600_000;
     let key = fresh_key();
     // A listener that passes the seeds' dial-back as this key's holder.
-    let fake = DialBack::start(ip, key.clone());
+    let fake = DialBack::start(SocketAddr::from((ip, 0)), key.clone());
     let claimed = fake.at.to_string();
     // ("Joining", step 2) Not listed, and an incarnation an hour before the seed's clock:
     // `Removed` with that incarnation, then the seed closes.
@@ -436,10 +433,10 @@ fn a_registration_must_start_near_the_seeds_clock_and_is_confirmed_with_its_cert
     assert!(d.conn.send(&[&[0x10]]), "write failed");
     match d.conn.next() {
         Next::Frame(b) => {
-            let mut f = Fields(&b);
-            assert_eq!(f.u8(), 0x17, "not Removed: {b:?}");
-            assert_eq!(f.u64(), old);
-            f.end();
+            let mut f = Fields::new(&b);
+            assert_eq!(f.u8(), Some(0x17), "not Removed: {b:?}");
+            assert_eq!(f.u64(), Some(old));
+            assert!(f.done(), "trailing bytes");
         }
         other => panic!("no answer to an old incarnation's Register: {other:?}"),
     }
@@ -455,11 +452,7 @@ fn a_registration_must_start_near_the_seeds_clock_and_is_confirmed_with_its_cert
     // (the key its Challenge showed).
     let mut keys = std::collections::BTreeMap::new();
     for &seed in &net.seeds {
-        let mut conn = Conn::new(raw_from(ip, seed));
-        let Next::Frame(body) = conn.next() else {
-            panic!("no Challenge from {seed}");
-        };
-        let ch = parse_challenge(&body);
+        let ch = Dial::open(Conn::new(raw_from(ip, seed)), seed).ch;
         keys.insert(ch.acceptor, ch.acceptor_key);
     }
     // Each seed's first answer to `Register` at incarnation `now`: the `Registered` body, or
@@ -501,24 +494,19 @@ fn a_registration_must_start_near_the_seeds_clock_and_is_confirmed_with_its_cert
         register_at(now)
             .unwrap_or_else(|again| panic!("no answer to Register: {first}; again: {again}"))
     });
-    let mut member = Vec::new();
-    put_member(&mut member, &claimed, now, &key.verifying_key().to_bytes());
-    let signed = [&b"gossipnet/2 change"[..], &[1], &member].concat();
+    let signed = change_message(&claimed, now, &key.verifying_key().to_bytes());
     for body in bodies {
-        let mut f = Fields(&body[1..]);
-        assert_eq!(f.u64(), now, "the incarnation registered");
-        let n = f.u8();
+        let (incarnation, cert) = parse_registered(&body)
+            .unwrap_or_else(|| panic!("a Registered not in the documented layout: {body:?}"));
+        assert_eq!(incarnation, now, "the incarnation registered");
         let mut signers = BTreeSet::new();
-        for _ in 0..n {
-            let seed = f.addr();
-            let sig: [u8; 64] = f.take(64).try_into().unwrap();
+        for (seed, sig) in cert {
             let seed_key = VerifyingKey::from_bytes(&keys[&seed]).unwrap();
             seed_key
                 .verify_strict(&signed, &Signature::from_bytes(&sig))
                 .unwrap_or_else(|e| panic!("{seed}'s signature does not verify: {e}"));
             signers.insert(seed);
         }
-        f.end();
         assert!(signers.len() >= 2, "signed by {signers:?}");
     }
     drop(fake);
@@ -704,7 +692,7 @@ fn many_fake_registrations_from_one_host_are_capped_and_go_when_their_listeners_
     // 30 identities, each with a listener of its own that passes the seeds' dial-back.
     for _ in 0..30 {
         let key = fresh_key();
-        let fake = DialBack::start(attacker, key.clone());
+        let fake = DialBack::start(SocketAddr::from((attacker, 0)), key.clone());
         let claimed = fake.at.to_string();
         let mut registered = 0;
         // A majority of the seeds, asked at once: a registration commits with two votes for
@@ -836,13 +824,6 @@ fn fresh_key() -> SigningKey {
     SigningKey::from_bytes(&rand::random::<[u8; 32]>())
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 fn unhex(s: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     for (i, b) in out.iter_mut().enumerate() {
@@ -851,309 +832,7 @@ fn unhex(s: &str) -> [u8; 32] {
     out
 }
 
-// ---- The attacker's client, from docs/PROTOCOL.md ----
-
-/// Our highest protocol version ("Versions": this document describes version 7).
-const VERSION: u16 = 7;
-/// `limits.max_frame` default ("Framing").
-const MAX_FRAME: usize = 1 << 20;
-
-/// What reading a connection gave.
-#[derive(Debug)]
-enum Next {
-    /// One frame's body (tag byte and fields).
-    Frame(Vec<u8>),
-    /// The remote closed (EOF or reset).
-    Closed,
-    /// Nothing for [`PATIENCE`].
-    Silent,
-}
-
-/// A TCP connection with a read buffer. "Framing": `len: u32 | body`, frames back to back.
-struct Conn {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    fn new(s: TcpStream) -> Conn {
-        s.set_read_timeout(Some(PATIENCE)).unwrap();
-        Conn { s, buf: Vec::new() }
-    }
-
-    /// The next frame; `len` must be 1 ..= `limits.max_frame`.
-    fn next(&mut self) -> Next {
-        let start = Instant::now();
-        let mut chunk = [0u8; 4096];
-        for _ in 0..10_000 {
-            if self.buf.len() >= 4 {
-                let len = u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize;
-                assert!((1..=MAX_FRAME).contains(&len), "frame length {len}");
-                if self.buf.len() >= 4 + len {
-                    let body = self.buf[4..4 + len].to_vec();
-                    self.buf.drain(..4 + len);
-                    return Next::Frame(body);
-                }
-            }
-            if start.elapsed() > PATIENCE {
-                return Next::Silent;
-            }
-            match self.s.read(&mut chunk) {
-                Ok(0) => return Next::Closed,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock) => {
-                    return Next::Silent
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Next::Silent,
-                Err(_) => return Next::Closed,
-            }
-        }
-        Next::Silent
-    }
-
-    /// Sends the bodies as frames, in one write; false if the write failed.
-    fn send(&mut self, bodies: &[&[u8]]) -> bool {
-        let mut out = Vec::new();
-        for b in bodies {
-            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-            out.extend_from_slice(b);
-        }
-        self.s.write_all(&out).is_ok()
-    }
-}
-
-/// Reads the fields of a body in order ("Field types"); panics on truncation.
-struct Fields<'a>(&'a [u8]);
-
-impl<'a> Fields<'a> {
-    fn take(&mut self, n: usize) -> &'a [u8] {
-        assert!(self.0.len() >= n, "truncated body");
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        a
-    }
-    fn u8(&mut self) -> u8 {
-        self.take(1)[0]
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_be_bytes(self.take(2).try_into().unwrap())
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from_be_bytes(self.take(8).try_into().unwrap())
-    }
-    fn bytes32(&mut self) -> [u8; 32] {
-        self.take(32).try_into().unwrap()
-    }
-    /// `addr`: `n: u8` then `n` ASCII bytes.
-    fn addr(&mut self) -> String {
-        let n = self.u8() as usize;
-        String::from_utf8(self.take(n).to_vec()).unwrap()
-    }
-    /// `text`: `n: u16` then `n` bytes of UTF-8.
-    fn text(&mut self) -> String {
-        let n = self.u16() as usize;
-        String::from_utf8(self.take(n).to_vec()).unwrap()
-    }
-    fn end(&self) {
-        assert!(self.0.is_empty(), "trailing bytes");
-    }
-}
-
-fn put_addr(out: &mut Vec<u8>, a: &str) {
-    out.push(a.len() as u8);
-    out.extend_from_slice(a.as_bytes());
-}
-
-/// "Messages", 0x01 Challenge: `min_version: u16`, `max_version: u16`, `difficulty: u8`,
-/// `challenge: [32]`, `acceptor: addr`, `acceptor_key: key`. `body` is kept for the transcript.
-#[derive(Debug, Clone)]
-struct Challenge {
-    body: Vec<u8>,
-    difficulty: u8,
-    challenge: [u8; 32],
-    acceptor: String,
-    acceptor_key: [u8; 32],
-}
-
-fn parse_challenge(body: &[u8]) -> Challenge {
-    let mut f = Fields(body);
-    assert_eq!(f.u8(), 0x01, "not a Challenge: {body:?}");
-    let (min, max) = (f.u16(), f.u16());
-    assert!(min <= VERSION && VERSION <= max, "versions {min}..={max}");
-    let difficulty = f.u8();
-    let challenge = f.bytes32();
-    let acceptor = f.addr();
-    let acceptor_key = f.bytes32();
-    f.end();
-    Challenge {
-        body: body.to_vec(),
-        difficulty,
-        challenge,
-        acceptor,
-        acceptor_key,
-    }
-}
-
-/// A Challenge as an acceptor sends it (for the fake seeds).
-fn challenge_body(difficulty: u8, acceptor: &str, key: &[u8; 32]) -> Vec<u8> {
-    let mut b = vec![0x01];
-    b.extend_from_slice(&VERSION.to_be_bytes());
-    b.extend_from_slice(&VERSION.to_be_bytes());
-    b.push(difficulty);
-    b.extend_from_slice(&rand::random::<[u8; 32]>());
-    put_addr(&mut b, acceptor);
-    b.extend_from_slice(key);
-    b
-}
-
-/// "Messages", 0x02 Hello, without its last field (`signature: sig`).
-#[derive(Debug, Clone)]
-struct Hello {
-    role: u8,
-    addr: String,
-    incarnation: u64,
-    challenge: [u8; 32],
-    key: [u8; 32],
-    nonce: u64,
-}
-
-fn hello_unsigned(h: &Hello) -> Vec<u8> {
-    let mut b = vec![0x02];
-    b.extend_from_slice(&VERSION.to_be_bytes());
-    b.push(h.role);
-    put_addr(&mut b, &h.addr);
-    b.extend_from_slice(&h.incarnation.to_be_bytes());
-    b.extend_from_slice(&h.challenge);
-    b.extend_from_slice(&h.key);
-    b.extend_from_slice(&h.nonce.to_be_bytes());
-    b
-}
-
-/// A Hello body's fields (the fake seeds read what honest connectors send).
-fn parse_hello(body: &[u8]) -> Option<Hello> {
-    let mut f = Fields(body);
-    if body.len() < 100 || f.u8() != 0x02 {
-        return None;
-    }
-    let _version = f.u16();
-    let role = f.u8();
-    let addr = f.addr();
-    let incarnation = f.u64();
-    let challenge = f.bytes32();
-    let key = f.bytes32();
-    let nonce = f.u64();
-    f.take(64);
-    f.end();
-    Some(Hello {
-        role,
-        addr,
-        incarnation,
-        challenge,
-        key,
-        nonce,
-    })
-}
-
-/// The honest answer to `ch` in `role`, claiming `claimed`: work solved in the peer role
-/// (step 3), nonce 0 in the seed role.
-fn hello_for(ch: &Challenge, role: u8, claimed: &str, key: &SigningKey) -> Hello {
-    let public = key.verifying_key().to_bytes();
-    Hello {
-        role,
-        addr: claimed.to_string(),
-        incarnation: unix_ms(),
-        challenge: ch.challenge,
-        key: public,
-        nonce: if role == ROLE_PEER {
-            solve(ch, &public, claimed, 0)
-        } else {
-            0
-        },
-    }
-}
-
-/// "Connection start", step 3: the work hash over challenge, key, both addresses and nonce.
-fn work_hash(ch: &Challenge, key: &[u8; 32], connector: &str, nonce: u64) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(ch.challenge);
-    h.update(key);
-    h.update([connector.len() as u8]);
-    h.update(connector.as_bytes());
-    h.update([ch.acceptor.len() as u8]);
-    h.update(ch.acceptor.as_bytes());
-    h.update(nonce.to_be_bytes());
-    h.finalize().into()
-}
-
-fn leading_zero_bits(h: &[u8]) -> u32 {
-    let mut n = 0;
-    for b in h {
-        if *b == 0 {
-            n += 8;
-        } else {
-            return n + b.leading_zeros();
-        }
-    }
-    n
-}
-
-fn work_ok(ch: &Challenge, key: &[u8; 32], connector: &str, nonce: u64) -> bool {
-    leading_zero_bits(&work_hash(ch, key, connector, nonce)) >= u32::from(ch.difficulty)
-}
-
-/// The first nonce from `from` that meets the difficulty. Our own `max_difficulty` is 20.
-fn solve(ch: &Challenge, key: &[u8; 32], connector: &str, from: u64) -> u64 {
-    assert!(
-        ch.difficulty <= 20,
-        "difficulty {} is a work bomb",
-        ch.difficulty
-    );
-    (from..from + (1 << 28))
-        .find(|&n| work_ok(ch, key, connector, n))
-        .expect("no solution")
-}
-
-/// Step 4: `T = SHA-256("gossipnet/2 handshake" | Challenge body | Hello body without its
-/// last 64 bytes)`.
-fn transcript(challenge_body: &[u8], hello_unsigned: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"gossipnet/2 handshake");
-    h.update(challenge_body);
-    h.update(hello_unsigned);
-    h.finalize().into()
-}
-
-fn prefixed(prefix: &[u8], t: &[u8; 32]) -> Vec<u8> {
-    [prefix, t.as_slice()].concat()
-}
-
-/// Step 4: the Hello body with `signature` = `signer`'s signature of `"gossipnet/2 hello" | T`.
-fn signed_hello(ch: &Challenge, h: &Hello, signer: &SigningKey) -> Vec<u8> {
-    let mut body = hello_unsigned(h);
-    let t = transcript(&ch.body, &body);
-    let sig = signer.sign(&prefixed(b"gossipnet/2 hello", &t));
-    body.extend_from_slice(&sig.to_bytes());
-    body
-}
-
-/// Step 6: a Welcome body, `"gossipnet/2 welcome" | T` signed by `signer`.
-fn welcome_body(ch_body: &[u8], hello_body: &[u8], signer: &SigningKey) -> Vec<u8> {
-    let t = transcript(ch_body, &hello_body[..hello_body.len() - 64]);
-    let sig = signer.sign(&prefixed(b"gossipnet/2 welcome", &t));
-    [&[0x03u8][..], &sig.to_bytes()].concat()
-}
-
-/// 0x04 Reject: `reason: text`.
-fn reject_reason(body: &[u8]) -> Option<String> {
-    let mut f = Fields(body);
-    if body.first() != Some(&0x04) {
-        return None;
-    }
-    f.u8();
-    let reason = f.text();
-    f.end();
-    Some(reason)
-}
+// ---- What only these attacks send (the client: `common::attacker`) ----
 
 /// `Registered` (0x11) as a seed that signs nothing sends it: an `incarnation: u64` and a
 /// certificate of no signatures (`n: u8` = 0).
@@ -1164,13 +843,6 @@ fn registered_uncertified() -> Vec<u8> {
     b
 }
 
-/// A `member`: `addr`, `incarnation: u64`, then `key` ("Field types").
-fn put_member(out: &mut Vec<u8>, addr: &str, incarnation: u64, key: &[u8; 32]) {
-    put_addr(out, addr);
-    out.extend_from_slice(&incarnation.to_be_bytes());
-    out.extend_from_slice(key);
-}
-
 /// 0x31 Sync: `list<cert>`, a `cert` being `op: u8`, `member`, `n: u8`, then `n` × (`seed:
 /// addr`, `sig`), each `sig` over `"gossipnet/2 change" | op u8 | member` ("Seeds among
 /// themselves"). Here every signature is `signer`'s, claimed for each of `seeds`.
@@ -1179,92 +851,16 @@ fn sync_body(changes: &[(u8, String, [u8; 32])], seeds: &[String], signer: &Sign
     b.extend_from_slice(&(changes.len() as u32).to_be_bytes());
     for (op, addr, key) in changes {
         let mut change = vec![*op];
-        put_member(&mut change, addr, unix_ms(), key);
-        let sig = signer.sign(&[&b"gossipnet/2 change"[..], &change].concat());
+        change.extend(member(addr, unix_ms(), key));
+        let sig = signer.sign(&[CHANGE_CONTEXT, &change].concat());
         b.extend_from_slice(&change);
         b.push(seeds.len() as u8);
         for seed in seeds {
-            put_addr(&mut b, seed);
+            b.extend(addr_field(seed));
             b.extend_from_slice(&sig.to_bytes());
         }
     }
     b
-}
-
-/// A connection to `a` and the Challenge it opened with, checked as step 2 says: a common
-/// version and the address we dialed.
-struct Dial {
-    conn: Conn,
-    ch: Challenge,
-}
-
-fn dial(a: SocketAddr) -> Dial {
-    let mut conn = Conn::new(raw(a));
-    let Next::Frame(body) = conn.next() else {
-        panic!("no Challenge from {a}");
-    };
-    let ch = parse_challenge(&body);
-    assert_eq!(
-        ch.acceptor,
-        a.to_string(),
-        "the Challenge names another address"
-    );
-    Dial { conn, ch }
-}
-
-/// A connection to `target` that completed the handshake in `role`, claiming `claimed`, with
-/// `key` (the Welcome checked as `expect_welcome` does).
-fn welcomed(role: u8, target: SocketAddr, claimed: &str, key: &SigningKey) -> Dial {
-    let mut d = dial(target);
-    let hello = signed_hello(&d.ch, &hello_for(&d.ch, role, claimed, key), key);
-    expect_welcome(&mut d, &hello);
-    d
-}
-
-/// Sends `hello` (nothing if empty) and expects `Reject` and then the close (step 5); returns
-/// the reason.
-fn expect_reject(d: &mut Dial, hello: &[u8]) -> String {
-    if !hello.is_empty() {
-        assert!(d.conn.send(&[hello]), "write failed");
-    }
-    let body = match d.conn.next() {
-        Next::Frame(b) => b,
-        other => panic!("expected Reject, got {other:?}"),
-    };
-    let reason = reject_reason(&body).unwrap_or_else(|| panic!("expected Reject, got {body:?}"));
-    assert!(!reason.is_empty(), "a Reject without a reason");
-    assert!(
-        matches!(d.conn.next(), Next::Closed),
-        "not closed after Reject ({reason})"
-    );
-    reason
-}
-
-/// Sends `hello` and expects a `Welcome` whose signature verifies under the Challenge's key
-/// (step 6, `verify_strict` as "Field types" says for `sig`).
-fn expect_welcome(d: &mut Dial, hello: &[u8]) {
-    assert!(d.conn.send(&[hello]), "write failed");
-    let body = match d.conn.next() {
-        Next::Frame(b) => b,
-        other => panic!("expected Welcome, got {other:?}"),
-    };
-    assert_eq!(
-        body.len(),
-        65,
-        "expected Welcome, got {body:?} {:?}",
-        reject_reason(&body)
-    );
-    assert_eq!(
-        body[0],
-        0x03,
-        "expected Welcome, got {:?}",
-        reject_reason(&body)
-    );
-    let t = transcript(&d.ch.body, &hello[..hello.len() - 64]);
-    let key = VerifyingKey::from_bytes(&d.ch.acceptor_key).unwrap();
-    let sig = Signature::from_bytes(&body[1..].try_into().unwrap());
-    key.verify_strict(&prefixed(b"gossipnet/2 welcome", &t), &sig)
-        .expect("the Welcome's signature does not verify");
 }
 
 // ---- A fake acceptor at a seed's address ----
@@ -1394,7 +990,7 @@ fn serve_fake(
                             let welcome = welcome_body(&ch, &body, &own);
                             let mut list = vec![0x13];
                             list.extend_from_slice(&1u32.to_be_bytes());
-                            put_addr(&mut list, shown);
+                            list.extend(addr_field(shown));
                             list.extend_from_slice(&1u64.to_be_bytes());
                             list.extend_from_slice(&own.verifying_key().to_bytes());
                             list.extend_from_slice(&0u16.to_be_bytes());
@@ -1440,34 +1036,6 @@ fn with_a_listed_liar(timers: &str) -> (Net, SocketAddr, SigningKey) {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// A thread that serves until it is told to stop (or its time is up): told and joined when
-/// dropped.
-struct Serving {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Serving {
-    /// Runs `serve` on a thread of its own, with the flag that says stop.
-    fn start(serve: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> Serving {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        Serving {
-            stop,
-            thread: Some(std::thread::spawn(move || serve(flag))),
-        }
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// A listener that counts the connections made to it: a made-up member of a forged list.
@@ -1561,19 +1129,17 @@ fn lying_list(
     let mut b = vec![0x13];
     b.extend_from_slice(&(made_up.len() as u32).to_be_bytes());
     for m in made_up {
-        let mut member = Vec::new();
-        put_member(
-            &mut member,
+        let entry = member(
             &m.to_string(),
             unix_ms(),
             &fresh_key().verifying_key().to_bytes(),
         );
-        let sig = key.sign(&[&b"gossipnet/2 change"[..], &[1], &member].concat());
-        b.extend_from_slice(&member);
+        let sig = key.sign(&[CHANGE_CONTEXT, &[1], &entry].concat());
+        b.extend_from_slice(&entry);
         b.extend_from_slice(&0u16.to_be_bytes());
         b.push(2);
         for seed in [me, claimed] {
-            put_addr(&mut b, &seed.to_string());
+            b.extend(addr_field(&seed.to_string()));
             b.extend_from_slice(&sig.to_bytes());
         }
     }
@@ -1656,17 +1222,8 @@ fn welcomed_from(
     incarnation: u64,
     key: &SigningKey,
 ) -> Dial {
-    let mut conn = Conn::new(raw_from(ip, target));
-    let Next::Frame(body) = conn.next() else {
-        panic!("no Challenge from {target}");
-    };
-    let ch = parse_challenge(&body);
-    let mut d = Dial { conn, ch };
-    let mut h = hello_for(&d.ch, ROLE_PEER, claimed, key);
-    h.incarnation = incarnation;
-    let hello = signed_hello(&d.ch, &h, key);
-    expect_welcome(&mut d, &hello);
-    d
+    let d = Dial::open(Conn::new(raw_from(ip, target)), target);
+    welcomed_on(d, ROLE_PEER, claimed, incarnation, key)
 }
 
 enum Answer {
@@ -1688,48 +1245,4 @@ fn drain_until_answer(c: &mut Conn) -> Answer {
         }
     }
     panic!("no answer to Register in 100 frames")
-}
-
-/// One fake identity: a listener at `ip` that answers the seeds' dial-back as the key's
-/// holder ("Joining", step 2: the `Challenge` must show the registering key), and the
-/// registration links, all closed when it is dropped.
-struct DialBack {
-    at: SocketAddr,
-    /// Dropped after the listener's thread (fields drop in order): then the links close.
-    _serving: Serving,
-    links: Arc<Mutex<Vec<Conn>>>,
-}
-
-impl DialBack {
-    fn start(ip: [u8; 4], key: SigningKey) -> DialBack {
-        let listener = TcpListener::bind(SocketAddr::from((ip, 0))).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let at = listener.local_addr().unwrap();
-        let serving = Serving::start(move |stop| {
-            let start = Instant::now();
-            let mut open = Vec::new();
-            while !stop.load(Ordering::Relaxed) && start.elapsed() < 4 * PATIENCE {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        s.set_nonblocking(false).unwrap();
-                        let mut conn = Conn::new(s);
-                        let ch =
-                            challenge_body(8, &at.to_string(), &key.verifying_key().to_bytes());
-                        conn.send(&[&ch]);
-                        if let Next::Frame(hello) = conn.next() {
-                            conn.send(&[&welcome_body(&ch, &hello, &key)]);
-                        }
-                        // Held open (and unread) until the attacker goes.
-                        open.push(conn);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        DialBack {
-            at,
-            _serving: serving,
-            links: Arc::new(Mutex::new(Vec::new())),
-        }
-    }
 }

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::attacker::*;
 use common::*;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use gossipnet::wire::Role;
@@ -44,30 +45,16 @@ fn config(gossip: &str, pow: &str, limits: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Frames written from docs/PROTOCOL.md.
+// Frames written from docs/PROTOCOL.md (framing, fields, members and the handshake:
+// `common::attacker`).
 // ---------------------------------------------------------------------------------------------
 
 /// "Rooted mode", "Proofs": what a root signs its number under, and what the distance chain
-/// hashes under; "Seeds among themselves": what a seed signs a change under.
+/// hashes under.
 const ROOT_CONTEXT: &[u8] = b"gossipnet/7 root";
 const CHAIN_CONTEXT: &[u8] = b"gossipnet/7 chain";
-const CHANGE_CONTEXT: &[u8] = b"gossipnet/2 change";
 /// "Place": `dist` 32 and over means no route.
 const UNREACHABLE: u8 = 32;
-
-/// "Framing": `len: u32 | body`, big-endian, `len` counting the body only.
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut f = (body.len() as u32).to_be_bytes().to_vec();
-    f.extend_from_slice(body);
-    f
-}
-
-/// `addr`: `n: u8` then `n` bytes of ASCII `ip:port`.
-fn addr_field(a: &str) -> Vec<u8> {
-    let mut f = vec![a.len() as u8];
-    f.extend_from_slice(a.as_bytes());
-    f
-}
 
 /// "Proofs": H(v) = SHA-256(`"gossipnet/7 chain"` | v).
 fn chain(v: &[u8; 32]) -> [u8; 32] {
@@ -80,22 +67,6 @@ fn chain(v: &[u8; 32]) -> [u8; 32] {
 /// H applied `times` times.
 fn chain_n(v: &[u8; 32], times: usize) -> [u8; 32] {
     (0..times).fold(*v, |v, _| chain(&v))
-}
-
-/// The member of a registration, "encoded as in `Vote`": `addr`, `incarnation: u64`, `key`.
-fn member(root: &str, incarnation: u64, key: &[u8; 32]) -> Vec<u8> {
-    let mut m = addr_field(root);
-    m.extend_from_slice(&incarnation.to_be_bytes());
-    m.extend_from_slice(key);
-    m
-}
-
-/// What a seed signs to vote a member in: `"gossipnet/2 change" | 1 | member`.
-fn change_message(root: &str, incarnation: u64, key: &[u8; 32]) -> Vec<u8> {
-    let mut m = CHANGE_CONTEXT.to_vec();
-    m.push(1);
-    m.extend(member(root, incarnation, key));
-    m
 }
 
 /// What a root signs its number with: `"gossipnet/7 root" | root | incarnation | seq | anchor`,
@@ -197,38 +168,6 @@ fn tree_root_body(number: &[u8], dist: u8, value: &[u8; 32], flags: u8) -> Vec<u
 
 fn tree_root(number: &[u8], dist: u8, value: &[u8; 32], flags: u8) -> Vec<u8> {
     frame(&tree_root_body(number, dist, value, flags))
-}
-
-/// Fields read one after the other out of a body ("Field types").
-struct Fields<'a> {
-    body: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Fields<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let f = self.body.get(self.at..self.at.checked_add(n)?)?;
-        self.at += n;
-        Some(f)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn bytes<const N: usize>(&mut self) -> Option<[u8; N]> {
-        self.take(N)?.try_into().ok()
-    }
-    fn addr(&mut self) -> Option<String> {
-        let n = self.u8()? as usize;
-        let a = String::from_utf8(self.take(n)?.to_vec()).ok()?;
-        a.parse::<SocketAddr>().ok()?;
-        Some(a)
-    }
 }
 
 /// A `TreeRoot` as received: the `number`'s bytes as they came (to relay it) and its fields,
@@ -378,8 +317,7 @@ fn seed_names(net: &Net) -> Vec<String> {
 
 /// `text`: `n: u16` then `n` bytes of UTF-8.
 fn text_of(body: &[u8]) -> Option<String> {
-    let n = u16::from_be_bytes(body.get(1..3)?.try_into().ok()?) as usize;
-    String::from_utf8(body.get(3..3 + n)?.to_vec()).ok()
+    Fields { body, at: 1 }.text()
 }
 
 /// The answer to a `LivenessRequest` (0x21, `Liveness Request:<ts>:<sender ip:port>`): a
@@ -392,24 +330,6 @@ fn liveness_reply(request: &[u8], me: SocketAddr) -> Option<Vec<u8>> {
     body.extend_from_slice(&(reply.len() as u16).to_be_bytes());
     body.extend_from_slice(reply.as_bytes());
     Some(frame(&body))
-}
-
-/// Whole frames out of a byte stream, by hand ("Framing").
-#[derive(Default)]
-struct Frames {
-    buf: Vec<u8>,
-}
-
-impl Frames {
-    fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-    }
-    fn next(&mut self) -> Option<Vec<u8>> {
-        let len = u32::from_be_bytes(self.buf.get(..4)?.try_into().unwrap()) as usize;
-        let body = self.buf.get(4..4 + len)?.to_vec();
-        self.buf.drain(..4 + len);
-        Some(body)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1845,112 +1765,7 @@ fn many_made_up_roots_each_cut_off_leave_memory_bounded() {
 // seen, and a place naming the receiver itself under an older incarnation.
 // ---------------------------------------------------------------------------------------------
 
-/// "Versions": this document describes version 7.
-const VERSION: u16 = 7;
-
-fn sha256(parts: &[&[u8]]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p);
-    }
-    h.finalize().into()
-}
-
-/// The next whole frame's body from `s`, by `deadline`; `None` if the remote closed first or
-/// nothing came in time.
-fn next_body(
-    s: &mut std::net::TcpStream,
-    frames: &mut Frames,
-    deadline: Instant,
-) -> Option<Vec<u8>> {
-    s.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(body) = frames.next() {
-            return Some(body);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        match s.read(&mut buf) {
-            Ok(0) => return None,
-            Ok(n) => frames.push(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return None,
-        }
-    }
-}
-
-/// 0x01 Challenge: `min_version: u16`, `max_version: u16`, `difficulty: u8`, `challenge: [32]`,
-/// `acceptor: addr`, `acceptor_key: key`; `body` kept for the transcript.
-struct ChallengeFrame {
-    body: Vec<u8>,
-    difficulty: u8,
-    challenge: [u8; 32],
-    acceptor: String,
-    key: [u8; 32],
-}
-
-fn parse_challenge(body: &[u8]) -> Option<ChallengeFrame> {
-    if body.first() != Some(&0x01) {
-        return None;
-    }
-    let mut f = Fields { body, at: 1 };
-    let min = u16::from_be_bytes(f.bytes::<2>()?);
-    let max = u16::from_be_bytes(f.bytes::<2>()?);
-    let difficulty = f.u8()?;
-    let challenge = f.bytes::<32>()?;
-    let acceptor = f.addr()?;
-    let key = f.bytes::<32>()?;
-    (f.at == body.len() && (min..=max).contains(&VERSION)).then(|| ChallengeFrame {
-        body: body.to_vec(),
-        difficulty,
-        challenge,
-        acceptor,
-        key,
-    })
-}
-
-/// "Connection start", step 4: `T = SHA-256("gossipnet/2 handshake" | Challenge body | Hello
-/// body without its last 64 bytes)`.
-fn transcript(challenge: &[u8], hello_unsigned: &[u8]) -> [u8; 32] {
-    sha256(&[b"gossipnet/2 handshake", challenge, hello_unsigned])
-}
-
-/// Step 3: the first `nonce` whose work hash, SHA-256(challenge | key | len(c) | c | len(a) | a
-/// | nonce), has at least `difficulty` leading zero bits.
-fn solve(ch: &ChallengeFrame, key: &[u8; 32], connector: &str) -> u64 {
-    assert!(ch.difficulty <= 20, "difficulty {}", ch.difficulty);
-    let zeros = |h: [u8; 32]| {
-        let mut n = 0;
-        for b in h {
-            n += b.leading_zeros();
-            if b != 0 {
-                break;
-            }
-        }
-        n
-    };
-    (0..1u64 << 28)
-        .find(|nonce| {
-            let h = sha256(&[
-                &ch.challenge,
-                key,
-                &addr_field(connector),
-                &addr_field(&ch.acceptor),
-                &nonce.to_be_bytes(),
-            ]);
-            zeros(h) >= u32::from(ch.difficulty)
-        })
-        .expect("no nonce meets the difficulty")
-}
-
-/// A connection to the seed `seed` that completed the handshake in the peer role (1), claiming
+/// A connection to the seed `seed` that completed the handshake in the peer role, claiming
 /// `claimed` and `incarnation`, under `key`; the seed's key must be `seed_key` (its `Challenge`
 /// and its `Welcome` show it).
 fn peer_handshake(
@@ -1959,100 +1774,14 @@ fn peer_handshake(
     claimed: &str,
     incarnation: u64,
     key: &SigningKey,
-) -> (std::net::TcpStream, Frames) {
-    let mut s = std::net::TcpStream::connect(seed).unwrap();
-    let mut frames = Frames::default();
-    let deadline = Instant::now() + PATIENCE;
-    let body = next_body(&mut s, &mut frames, deadline).expect("no Challenge");
-    let ch = parse_challenge(&body).expect("not a Challenge of version 7");
-    assert_eq!(ch.acceptor, seed.to_string());
-    assert_eq!(&ch.key, seed_key.as_bytes(), "{seed} shows another key");
-    let public = key.verifying_key().to_bytes();
-    let mut hello = vec![0x02];
-    hello.extend_from_slice(&VERSION.to_be_bytes());
-    hello.push(1);
-    hello.extend(addr_field(claimed));
-    hello.extend_from_slice(&incarnation.to_be_bytes());
-    hello.extend_from_slice(&ch.challenge);
-    hello.extend_from_slice(&public);
-    hello.extend_from_slice(&solve(&ch, &public, claimed).to_be_bytes());
-    let t = transcript(&ch.body, &hello);
-    let signature = key.sign(&[&b"gossipnet/2 hello"[..], &t].concat());
-    hello.extend_from_slice(&signature.to_bytes());
-    s.write_all(&frame(&hello)).unwrap();
-    let welcome = next_body(&mut s, &mut frames, deadline).expect("no answer to the Hello");
-    assert!(
-        welcome.len() == 65 && welcome[0] == 0x03,
-        "no Welcome from {seed}: {:?}",
-        text_of(&welcome)
+) -> Dial {
+    let d = dial(seed);
+    assert_eq!(
+        &d.ch.acceptor_key,
+        seed_key.as_bytes(),
+        "{seed} shows another key"
     );
-    let sig = Signature::from_bytes(&welcome[1..].try_into().unwrap());
-    seed_key
-        .verify_strict(&[&b"gossipnet/2 welcome"[..], &t].concat(), &sig)
-        .expect("the seed's Welcome does not verify");
-    (s, frames)
-}
-
-/// The seeds' dial-back ("Joining", step 2): a listener at the attacker member's address that
-/// answers every handshake as the holder of `key` (`Challenge` showing it, `Welcome` signed by
-/// it), holding each connection open until it is dropped (at most `4 × PATIENCE`).
-struct DialBack {
-    at: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl DialBack {
-    fn start(key: SigningKey) -> DialBack {
-        let at = addr(free_port());
-        let listener = std::net::TcpListener::bind(at).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let start = Instant::now();
-            let mut open = Vec::new();
-            while !flag.load(Ordering::Relaxed) && start.elapsed() < 4 * PATIENCE {
-                let Ok((mut s, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                };
-                s.set_nonblocking(false).unwrap();
-                let mut ch = vec![0x01];
-                ch.extend_from_slice(&VERSION.to_be_bytes());
-                ch.extend_from_slice(&VERSION.to_be_bytes());
-                ch.push(8);
-                ch.extend_from_slice(&rand::random::<[u8; 32]>());
-                ch.extend(addr_field(&at.to_string()));
-                ch.extend_from_slice(&key.verifying_key().to_bytes());
-                let _ = s.write_all(&frame(&ch));
-                let mut frames = Frames::default();
-                let deadline = Instant::now() + Duration::from_secs(10);
-                if let Some(hello) = next_body(&mut s, &mut frames, deadline) {
-                    if hello.len() > 64 {
-                        let t = transcript(&ch, &hello[..hello.len() - 64]);
-                        let sig = key.sign(&[&b"gossipnet/2 welcome"[..], &t].concat());
-                        let _ = s.write_all(&frame(&[&[0x03u8][..], &sig.to_bytes()].concat()));
-                    }
-                }
-                open.push(s);
-            }
-        });
-        DialBack {
-            at,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for DialBack {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    welcomed_on(d, ROLE_PEER, claimed, incarnation, key)
 }
 
 /// A member of the attacker's own (an address it listens on, `incarnation`, `key`) registered
@@ -2067,24 +1796,25 @@ fn registered_member(
     incarnation: u64,
 ) -> (String, BTreeMap<String, [u8; 64]>) {
     let keys = seed_keys(net);
-    let dial_back = DialBack::start(key.clone());
+    let dial_back = DialBack::start(addr(free_port()), key.clone());
     let me = dial_back.at.to_string();
     let mut links: Vec<_> = net
         .seeds
         .iter()
         .map(|&seed| {
-            let (mut s, frames) =
-                peer_handshake(seed, &keys[&seed.to_string()], &me, incarnation, key);
-            s.write_all(&frame(&[0x10])).unwrap();
-            (seed, s, frames)
+            let mut d = peer_handshake(seed, &keys[&seed.to_string()], &me, incarnation, key);
+            assert!(d.conn.send(&[&[0x10]]), "write failed");
+            (seed, d)
         })
         .collect();
     let change = change_message(&me, incarnation, &key.verifying_key().to_bytes());
     let mut signatures = BTreeMap::new();
-    for (seed, s, frames) in &mut links {
+    for (seed, d) in &mut links {
         let deadline = Instant::now() + PATIENCE;
         let registered = loop {
-            let body = next_body(s, frames, deadline)
+            let body = d
+                .conn
+                .next_by(deadline)
                 .unwrap_or_else(|| panic!("{seed} did not answer the Register"));
             match body.first() {
                 Some(0x11) => break body,
@@ -2092,23 +1822,21 @@ fn registered_member(
                 _ => {}
             }
         };
-        let mut f = Fields {
-            body: &registered,
-            at: 1,
-        };
-        assert_eq!(f.u64(), Some(incarnation), "{seed}: {registered:?}");
-        let n = f.u8().unwrap();
-        for _ in 0..n {
-            let (by, sig) = (f.addr().unwrap(), f.bytes::<64>().unwrap());
+        let (registered_incarnation, cert) =
+            parse_registered(&registered).unwrap_or_else(|| panic!("{seed}: {registered:?}"));
+        assert_eq!(
+            registered_incarnation, incarnation,
+            "{seed}: {registered:?}"
+        );
+        for (by, sig) in cert {
             keys[&by]
                 .verify_strict(&change, &Signature::from_bytes(&sig))
                 .unwrap_or_else(|e| panic!("{by}'s signature of the registration: {e}"));
             signatures.insert(by, sig);
         }
-        assert_eq!(f.at, registered.len(), "{seed}: {registered:?}");
     }
-    for (_, s, _) in &mut links {
-        let _ = s.write_all(&frame(&[0x16]));
+    for (_, d) in &mut links {
+        d.conn.send(&[&[0x16]]);
     }
     wait_until("every seed removed the attacker's member", || {
         net.seeds.iter().all(|&seed| {

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod attacker;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
