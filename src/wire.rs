@@ -9,8 +9,8 @@ use std::fmt;
 use std::net::SocketAddr;
 
 /// Protocol versions this build speaks (negotiated in the handshake).
-pub const PROTOCOL_VERSION: u16 = 7;
-pub const MIN_PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
+pub const MIN_PROTOCOL_VERSION: u16 = 8;
 /// Bytes of the length prefix.
 pub const LEN_PREFIX: usize = 4;
 /// Bound on entries in one peer list or sync frame, so one frame stays far below the limit.
@@ -27,7 +27,7 @@ pub type Signature = [u8; 64];
 /// neighbour's frame, the young-link memory, an item waiting for validation).
 pub type Payload = std::sync::Arc<[u8]>;
 
-/// Bytes of a `Gossip` or `SyncItem` frame before its payload: length, tag, type, TTL, nonce.
+/// Bytes of a `Gossip`, `SyncItem` or `Detour` frame before its payload: length, tag, type, TTL, nonce.
 const ITEM_HEAD: usize = 16;
 
 /// One encoded frame as queues hold it: `head` (at most `ITEM_HEAD` bytes, inline) then
@@ -370,6 +370,15 @@ pub enum Msg {
         want: bool,
         released: bool,
     },
+    /// Rooted mode: an item pushed to the parent that reached the sender around it (grafted
+    /// from a neighbour off the tree, or a `Detour` from a child), laid out as `Gossip`: an
+    /// item the parent's own parent should have brought.
+    Detour {
+        data_type: u16,
+        ttl: u8,
+        nonce: u64,
+        payload: Payload,
+    },
     /// Catch-up, step 1: a summary of every bucket of the sender's history.
     SyncDigest {
         buckets: Vec<Summary>,
@@ -428,6 +437,7 @@ mod tag {
     pub const GRAFT: u8 = 0x28;
     pub const PRUNE: u8 = 0x29;
     pub const TREE_ROOT: u8 = 0x2A;
+    pub const DETOUR: u8 = 0x2B;
     pub const VOTE: u8 = 0x30;
     pub const SYNC: u8 = 0x31;
 }
@@ -455,6 +465,7 @@ impl Msg {
             Msg::SyncIds { .. } => "SyncIds",
             Msg::SyncWant { .. } => "SyncWant",
             Msg::SyncItem { .. } => "SyncItem",
+            Msg::Detour { .. } => "Detour",
             Msg::IHave { .. } => "IHave",
             Msg::Graft { .. } => "Graft",
             Msg::Prune => "Prune",
@@ -465,7 +476,7 @@ impl Msg {
     }
 
     /// The whole frame: length prefix and body.
-    /// The encoded frame, for queues: a `Gossip` or `SyncItem` frame keeps the item's own
+    /// The encoded frame, for queues: a `Gossip`, `SyncItem` or `Detour` frame keeps the item's own
     /// payload (shared, not copied); any other is encoded into one shared buffer.
     pub fn frame(&self) -> Frame {
         match self {
@@ -480,11 +491,17 @@ impl Msg {
                 ttl,
                 nonce,
                 payload,
+            }
+            | Msg::Detour {
+                data_type,
+                ttl,
+                nonce,
+                payload,
             } => {
-                let tag = if matches!(self, Msg::Gossip { .. }) {
-                    tag::GOSSIP
-                } else {
-                    tag::SYNC_ITEM
+                let tag = match self {
+                    Msg::Gossip { .. } => tag::GOSSIP,
+                    Msg::SyncItem { .. } => tag::SYNC_ITEM,
+                    _ => tag::DETOUR,
                 };
                 let len = (ITEM_HEAD - LEN_PREFIX + payload.len()) as u32;
                 let mut head = [0u8; ITEM_HEAD];
@@ -663,8 +680,18 @@ impl Msg {
                 ttl,
                 nonce,
                 payload,
+            }
+            | Msg::Detour {
+                data_type,
+                ttl,
+                nonce,
+                payload,
             } => {
-                out.push(tag::SYNC_ITEM);
+                out.push(if matches!(self, Msg::SyncItem { .. }) {
+                    tag::SYNC_ITEM
+                } else {
+                    tag::DETOUR
+                });
                 out.extend_from_slice(&data_type.to_be_bytes());
                 out.push(*ttl);
                 out.extend_from_slice(&nonce.to_be_bytes());
@@ -815,6 +842,12 @@ impl Msg {
                 }
             }
             tag::SYNC_ITEM => Msg::SyncItem {
+                data_type: r.u16()?,
+                ttl: r.u8()?,
+                nonce: r.u64()?,
+                payload: r.rest().into(),
+            },
+            tag::DETOUR => Msg::Detour {
                 data_type: r.u16()?,
                 ttl: r.u8()?,
                 nonce: r.u64()?,
@@ -1245,6 +1278,12 @@ mod tests {
                 nonce: 7,
                 payload: b"1795313883123:127.0.0.1:9101:3".as_slice().into(),
             },
+            Msg::Detour {
+                data_type: 5,
+                ttl: 0,
+                nonce: 11,
+                payload: b"1795313883123:127.0.0.1:9101:4".as_slice().into(),
+            },
             Msg::Vote {
                 op: VoteOp::Add,
                 member: m,
@@ -1343,7 +1382,11 @@ mod tests {
             let body = &frame[LEN_PREFIX..];
             for cut in 0..body.len() {
                 // Gossip's payload is "the rest", so a cut inside it is a shorter payload.
-                if matches!(msg, Msg::Gossip { .. } | Msg::SyncItem { .. }) && cut >= 12 {
+                if matches!(
+                    msg,
+                    Msg::Gossip { .. } | Msg::SyncItem { .. } | Msg::Detour { .. }
+                ) && cut >= 12
+                {
                     continue;
                 }
                 assert!(Msg::decode(&body[..cut]).is_err(), "{msg:?} cut at {cut}");

@@ -1,5 +1,5 @@
 //! Attacks on rooted mode (`gossip.mode: rooted`) by a neighbour, played by a client that knows
-//! only `docs/PROTOCOL.md` (version 7): every `TreeRoot` frame (0x2A) it sends is written here
+//! only `docs/PROTOCOL.md` (version 8): every `TreeRoot` frame (0x2A) it sends is written here
 //! byte by byte from the document ("Framing", "Field types", the message table, and "Rooted
 //! mode", "Proofs"), and so are its liveness replies; the crate is used only for the
 //! proof-of-work handshake (`handshake_as`) and to decode what the node sends back. A `TreeRoot`

@@ -532,11 +532,19 @@ impl PeerCore {
         let item = Item::new(TEXT_DATA_TYPE, 0, 0, text.as_bytes().into());
         self.ml.first_receipt(item.id, None);
         out.push(records::gossip_sent(&item.id, &text).into());
-        self.forward(item, None, now, out);
+        self.forward(item, None, Via::Gossip, now, out);
     }
 
-    /// Sends an item to every neighbour except `from` and records where it went.
-    fn forward(&mut self, item: Item, from: Option<SocketAddr>, now: Now, out: &mut Vec<Action>) {
+    /// Sends an item to every neighbour except `from` and records where it went. `via`: how it
+    /// came from `from` (see `Via::Detour`).
+    fn forward(
+        &mut self,
+        item: Item,
+        from: Option<SocketAddr>,
+        via: Via,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
         self.history.offer(&item, now.mono);
         if let Some(t) = &mut self.tree {
             // Ids to the lazy neighbours; the sender is eager from now on.
@@ -554,7 +562,22 @@ impl PeerCore {
         let eager = |a: &SocketAddr| tree.as_ref().is_none_or(|t| t.is_eager(a));
         let (to, neighbours, held) = self.overlay.targets(from, eager, now.mono);
         let neighbours = neighbours.clone();
-        self.push(&item, (to, neighbours, held), out);
+        let up = from.and_then(|f| self.detour_to(f, via));
+        self.push(&item, (to, neighbours, held), up, out);
+    }
+
+    /// Rooted: the parent's link, if an item that came from `from` reached this peer around
+    /// the parent and goes up to it as a `Detour`: grafted from a neighbour off the tree (or
+    /// a late push from one that left it), or a `Detour` from a child. What a child pushes up
+    /// as it came (from below) goes as `Gossip`.
+    fn detour_to(&self, from: SocketAddr, via: Via) -> Option<ConnId> {
+        let rooted = self.tree.as_ref()?.rooted()?;
+        let parent = rooted.parent().filter(|p| *p != from)?;
+        let from_child = rooted.backbone(&from);
+        if from_child && via != Via::Detour {
+            return None;
+        }
+        self.overlay.conn_of(&parent)
     }
 
     /// Sends `item` whole on the links `targets` chose (`Overlay::targets`: the connections,
@@ -562,7 +585,8 @@ impl PeerCore {
     fn push(
         &mut self,
         item: &Item,
-        (to, neighbours, held): (Vec<ConnId>, std::sync::Arc<[SocketAddr]>, u64),
+        (mut to, neighbours, held): (Vec<ConnId>, std::sync::Arc<[SocketAddr]>, u64),
+        up: Option<ConnId>,
         out: &mut Vec<Action>,
     ) {
         if held > 0 {
@@ -581,6 +605,16 @@ impl PeerCore {
         }
         self.ml.record_sent(&item.id, &neighbours);
         self.overlay.remember(&to, item);
+        if let Some(at) = up.and_then(|u| to.iter().position(|c| *c == u)) {
+            out.push(Action::Forward {
+                to: vec![to.remove(at)],
+                msg: item.detour(),
+                id: item.id,
+            });
+            if to.is_empty() {
+                return;
+            }
+        }
         out.push(Action::Forward {
             to,
             msg: item.msg(),
@@ -593,6 +627,7 @@ impl PeerCore {
         &mut self,
         conn: ConnId,
         from: SocketAddr,
+        via: Via,
         data_type: u16,
         ttl: u8,
         nonce: u64,
@@ -663,7 +698,7 @@ impl PeerCore {
             nonce,
             payload,
         };
-        self.first_receipt(item, from, Via::Gossip, now, out);
+        self.first_receipt(item, from, via, now, out);
     }
 
     /// An item received for the first time, pushed by gossip or pulled by catch-up: recorded,
@@ -684,7 +719,7 @@ impl PeerCore {
         self.history.know(&item, now.mono);
         if let Some(t) = &mut self.tree {
             t.arrived(&id);
-            if via == Via::Gossip && t.received(from, now.mono) {
+            if via != Via::Sync && t.received(from, via == Via::Detour, now.mono) {
                 // It left its parent for delivering too little: everyone hears the new place.
                 self.parent_left(out);
                 self.announce_place(None, now, out);
@@ -716,7 +751,7 @@ impl PeerCore {
 
     fn pass_on(&mut self, item: Item, from: SocketAddr, via: Via, now: Now, out: &mut Vec<Action>) {
         match via {
-            Via::Gossip => self.forward(item, Some(from), now, out),
+            Via::Gossip | Via::Detour => self.forward(item, Some(from), via, now, out),
             Via::Sync => {
                 self.history.offer(&item, now.mono);
                 let Some(t) = self.tree.as_mut().filter(|t| t.rooted().is_some()) else {
@@ -734,7 +769,7 @@ impl PeerCore {
                 let child = |a: &SocketAddr| tree.as_ref().is_some_and(|t| t.is_child(a));
                 let (to, neighbours, held) = self.overlay.targets(Some(from), child, now.mono);
                 let neighbours = neighbours.clone();
-                self.push(&item, (to, neighbours, held), out);
+                self.push(&item, (to, neighbours, held), None, out);
             }
         }
     }
@@ -1303,7 +1338,7 @@ impl PeerCore {
                 }
                 out.push(records::announced(&item.id, data_type, item.payload.len()).into());
                 self.notify_local(&item, Some(conn), false, now, out);
-                self.forward(item, None, now, out);
+                self.forward(item, None, Via::Gossip, now, out);
             }
             ApiMsg::Notify { data_type } => {
                 self.apps.subscribe(conn, data_type);
@@ -1466,7 +1501,10 @@ impl PeerCore {
         link.heard = true;
         // Gossip is metered in `on_gossip`, once it is known whether the item is new; items of
         // catch-up were asked for (or are metered as gossip).
-        let gossip = matches!(msg, Msg::Gossip { .. } | Msg::SyncItem { .. });
+        let gossip = matches!(
+            msg,
+            Msg::Gossip { .. } | Msg::SyncItem { .. } | Msg::Detour { .. }
+        );
         if !gossip && !link.allow_control(now.mono) {
             let reason = "control frames faster than the rate limit".to_string();
             return self.reject(conn, addr, reason, now, out);
@@ -1483,7 +1521,22 @@ impl PeerCore {
                     nonce,
                     payload,
                 },
-            ) => self.on_gossip(conn, addr, data_type, ttl, nonce, payload, now, out),
+            ) => {
+                let via = Via::Gossip;
+                self.on_gossip(conn, addr, via, data_type, ttl, nonce, payload, now, out)
+            }
+            (
+                LinkKind::Neighbour,
+                Msg::Detour {
+                    data_type,
+                    ttl,
+                    nonce,
+                    payload,
+                },
+            ) => {
+                let via = Via::Detour;
+                self.on_gossip(conn, addr, via, data_type, ttl, nonce, payload, now, out)
+            }
             (_, Msg::LivenessRequest { text }) => {
                 if !self.answer_liveness(conn, addr, &text, out) {
                     let reason = format!("malformed liveness request {text:?}");

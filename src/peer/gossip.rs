@@ -50,6 +50,17 @@ impl Item {
             payload: self.payload.clone(),
         }
     }
+
+    /// The frame that carries it to a rooted parent when it came around that parent (see
+    /// `Msg::Detour`).
+    pub fn detour(&self) -> Msg {
+        Msg::Detour {
+            data_type: self.data_type,
+            ttl: self.ttl,
+            nonce: self.nonce,
+            payload: self.payload.clone(),
+        }
+    }
 }
 
 /// This peer's own messages: `gossip.count` of them, one every `gossip.interval`, from the
@@ -106,6 +117,9 @@ impl Generator {
 pub enum Via {
     /// Pushed by a neighbour as it spread: it goes on to the other neighbours.
     Gossip,
+    /// Pushed by a rooted child as having reached it around this peer (`Msg::Detour`): as
+    /// `Gossip`, and it counts against this peer's parent when that is the root.
+    Detour,
     /// Pulled by catch-up: kept and offered, not pushed on (see `history`).
     Sync,
 }

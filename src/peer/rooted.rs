@@ -49,6 +49,12 @@ pub const LOST_REFRESHES: u32 = 3;
 /// ... and after which it is, however busy the parent's link (see the module doc): a parent
 /// that sends frames but no numbers holds its subtree no longer than this.
 pub const MAX_LOST_REFRESHES: u32 = 8;
+/// A root held that no neighbour has offered any route to (every neighbour unreachable, a
+/// child, or left as a parent) for this many refreshes is lost, however recent its last
+/// number: a newer number, asked for, would have come by then (the region around the peer
+/// lost it together: its root crashed, or all the root's children left it for delivering
+/// nothing).
+pub const ROUTELESS_REFRESHES: u32 = 1;
 /// Lost roots remembered (the oldest forgotten first).
 pub const MAX_LOST: usize = 64;
 /// The root sends a number asked for at most every `refresh` divided by this.
@@ -79,6 +85,8 @@ struct Watch {
     announcers: Vec<SocketAddr>,
     /// When the first of these counts came.
     since: Option<Instant>,
+    /// When a detour from a child was last counted.
+    detour_at: Option<Instant>,
 }
 
 /// Whom a change of place is to be told.
@@ -135,6 +143,9 @@ pub struct Rooted {
     last_number: Instant,
     /// When the parent's link last brought a frame (since it became the parent).
     parent_heard: Option<Instant>,
+    /// Since when no neighbour has offered any route to the root held (see
+    /// [`ROUTELESS_REFRESHES`]).
+    routeless_since: Option<Instant>,
     /// Each neighbour's allowance of places (tokens, when last counted).
     told: BTreeMap<SocketAddr, (f64, Instant)>,
     /// Neighbours owed the latest place (told too recently to be told at once).
@@ -172,6 +183,7 @@ impl Rooted {
             own_seq: 0,
             feasible: (0, 0),
             fresh_at: now,
+            routeless_since: None,
             next_refresh: now + refresh,
             lost: BTreeMap::new(),
             want: None,
@@ -405,21 +417,52 @@ impl Rooted {
     /// counts for it, a wake-up that grafts items from neighbours off the tree that announced
     /// them (`missed`) against it, and once there are [`WATCH_ITEMS`] counts over at least a
     /// refresh, a parent with more against than for is left (`leave_parent`), if what was
-    /// grafted came from at least two neighbours. An honest parent pushes every item it gets at once, long before anyone off
-    /// the tree announces it (ids are gathered for half a second, then grafted a second
-    /// later); one that keeps its place but passes nothing on, or lies about its distance to
-    /// draw children and then drops their items, brings none. (Two announcers, because one
+    /// grafted came from at least two neighbours or the parent brought none at all. An
+    /// honest parent pushes every item it gets at once, long before anyone off the tree
+    /// announces it (ids are gathered for half a second, then grafted a second later); one
+    /// that keeps its place but passes nothing on, or lies about its distance to draw
+    /// children and then drops their items, brings none. (Two announcers, because one
     /// neighbour announcing fresh items of its own that it pushes to no one would otherwise
-    /// make this peer leave an honest parent, which never had them.) True if this peer's
-    /// place changed.
-    pub fn received(&mut self, from: SocketAddr, now: Instant) -> bool {
-        if self.parent != Some(from) || self.place.dist >= MAX_DIST {
+    /// make this peer leave an honest parent, which never had them; unless the parent
+    /// brought nothing, or a child whose only neighbour off the tree grafts it everything
+    /// would never leave a parent that drops it all.) True if this peer's place changed.
+    ///
+    /// `detour`: the item came from a child as a `Detour`, an item that reached the child's
+    /// subtree around this peer (grafted from off the tree there). With the root as parent
+    /// (`dist` 1) that is an item from another of the root's subtrees that the root did not
+    /// bring, so it counts against the root, with the child as the neighbour it came from
+    /// (the two-neighbour rule holds for these too). Deeper, the parent is not to blame: it
+    /// had no item to bring either, and the detour goes on up to the peer under the root.
+    pub fn received(&mut self, from: SocketAddr, detour: bool, now: Instant) -> bool {
+        if self.place.dist >= MAX_DIST {
+            return false;
+        }
+        if self.parent == Some(from) {
+            self.watch.first = self.watch.first.saturating_add(1);
+        } else if detour && self.place.dist == 1 && self.children.contains(&from) {
+            // One count a graft timeout at most, as a wake-up of grafts is one count: a
+            // healed partition brings a burst of them from the other side while the root
+            // still delivers what its own side sends.
+            let gap = self.refresh / REFRESH_TIMEOUTS;
+            if self.watch.detour_at.is_some_and(|at| now < at + gap) {
+                return false;
+            }
+            self.watch.detour_at = Some(now);
+            self.note_announcer(from);
+        } else {
             return false;
         }
         self.watch.counted = self.watch.counted.saturating_add(1);
-        self.watch.first = self.watch.first.saturating_add(1);
         self.watch.since.get_or_insert(now);
         self.judge(now)
+    }
+
+    /// One of the neighbours that brought what the parent did not (at most two kept: the
+    /// two-neighbour rule only asks whether there were two).
+    fn note_announcer(&mut self, a: SocketAddr) {
+        if self.watch.announcers.len() < 2 && !self.watch.announcers.contains(&a) {
+            self.watch.announcers.push(a);
+        }
     }
 
     /// The parent last left for what it delivered, if not taken yet: its address, for how
@@ -439,9 +482,7 @@ impl Rooted {
         self.watch.counted = self.watch.counted.saturating_add(1);
         self.watch.since.get_or_insert(now);
         for a in announcers {
-            if self.watch.announcers.len() < 2 && !self.watch.announcers.contains(a) {
-                self.watch.announcers.push(*a);
-            }
+            self.note_announcer(*a);
         }
         self.judge(now)
     }
@@ -452,6 +493,7 @@ impl Rooted {
             first,
             ref announcers,
             since,
+            ..
         } = self.watch;
         // At least WATCH_ITEMS counts over at least a refresh: under load a second of late
         // pushes (a queue's spike) makes many grafts in a tenth of a second, but a parent
@@ -462,7 +504,9 @@ impl Rooted {
         }
         let from_others = announcers.len();
         self.watch = Watch::default();
-        if 2 * first >= counted || from_others < 2 {
+        // One neighbour alone may be announcing items of its own (see `received`); but a
+        // parent that brought nothing at all has nothing to set against it.
+        if 2 * first >= counted || (from_others < 2 && first > 0) {
             return false;
         }
         let Some(parent) = self.parent else {
@@ -515,6 +559,9 @@ impl Rooted {
             return self.next_refresh;
         }
         let lost = self.fresh_at + self.refresh * LOST_REFRESHES;
+        let lost = self
+            .routeless_since
+            .map_or(lost, |r| lost.min(r + self.refresh * ROUTELESS_REFRESHES));
         match self.parent_heard {
             Some(at) if self.place.dist < MAX_DIST => lost
                 .max(at + self.refresh)
@@ -599,6 +646,7 @@ impl Rooted {
             root = held;
         }
         if root == self.me {
+            self.routeless_since = None;
             if !self.is_root() {
                 // A new number: whoever took this peer for lost takes it again.
                 self.own_seq = self.own_seq.wrapping_add(1);
@@ -641,6 +689,7 @@ impl Rooted {
         }
         match best {
             Some((dist, _, n, seq)) => {
+                self.routeless_since = None;
                 let dist = dist + 1;
                 if switching || seq > self.place.seq {
                     self.fresh_at = now;
@@ -657,6 +706,11 @@ impl Rooted {
                 }
             }
             None => {
+                if any.is_none() {
+                    self.routeless_since.get_or_insert(now);
+                } else {
+                    self.routeless_since = None;
+                }
                 // No feasible route to the root held: unreachable until a newer number,
                 // asked for. Meanwhile items still come from the nearest neighbour: no one
                 // takes this peer's distance, so a loop through its own subtree carries no
@@ -753,19 +807,21 @@ mod tests {
         // neighbours): an honest parent under load stays.
         let mut t = now;
         for i in 0..WATCH_ITEMS / 2 {
-            assert!(!r.received(a(20), t));
+            assert!(!r.received(a(20), false, t));
             assert!(!r.missed(&[a(30 + i % 2)], t));
         }
         // Items from anyone else count neither way.
-        assert!(!r.received(a(21), t));
+        assert!(!r.received(a(21), false, t));
         t += REFRESH;
-        assert!(!r.received(a(20), t));
+        assert!(!r.received(a(20), false, t));
         assert_eq!(r.parent(), Some(a(20)));
-        // Every item grafted, all from one neighbour: it may be announcing items of its own
-        // that it pushes to no one, which the parent never had: not held against it.
+        // Most items grafted, all from one neighbour, while the parent still brings some: the
+        // neighbour may be announcing items of its own that it pushes to no one, which the
+        // parent never had: not held against it.
         for _ in 0..WATCH_ITEMS {
             assert!(!r.missed(&[a(30)], t));
         }
+        assert!(!r.received(a(20), false, t));
         t += REFRESH;
         assert!(!r.missed(&[a(30)], t));
         assert_eq!(r.parent(), Some(a(20)));
@@ -805,6 +861,24 @@ mod tests {
     }
 
     #[test]
+    fn a_parent_that_brings_nothing_is_left_even_if_one_neighbour_brings_it_all() {
+        // A child whose only neighbour off the tree grafts it everything: the parent brought
+        // not one item first over the counts, so there is nothing honest to weigh them
+        // against.
+        let now = Instant::now();
+        let mut r = peer(now);
+        let root = (500, a(1));
+        r.heard(a(20), place(root, 7, 2), false, false, now);
+        r.heard(a(21), place(root, 7, 3), false, false, now);
+        for _ in 0..WATCH_ITEMS {
+            assert!(!r.missed(&[a(30)], now));
+        }
+        assert!(r.missed(&[a(30)], now + REFRESH));
+        assert_eq!(r.parents_left, 1);
+        assert_ne!(r.parent(), Some(a(20)));
+    }
+
+    #[test]
     fn a_root_that_is_left_is_reached_through_another_neighbour() {
         let now = Instant::now();
         let mut r = peer(now);
@@ -823,6 +897,83 @@ mod tests {
         assert_eq!(r.place().dist, MAX_DIST);
         r.heard(a(21), place(root, 8, 1), false, false, now);
         assert_eq!((r.parent(), r.place().dist), (Some(a(21)), 2));
+    }
+
+    #[test]
+    fn detours_from_children_count_against_the_root_only() {
+        let now = Instant::now();
+        let root = (500, a(1));
+        let gap = REFRESH / REFRESH_TIMEOUTS;
+        // Under the root, with children 40 and 41 and another neighbour, 50.
+        let under_root = || {
+            let mut r = peer(now);
+            r.heard(a(1), place(root, 7, 0), false, false, now);
+            r.heard(a(40), place(root, 7, 2), true, false, now);
+            r.heard(a(41), place(root, 7, 2), true, false, now);
+            r.heard(a(50), place(root, 7, 3), false, false, now);
+            assert_eq!((r.parent(), r.place().dist), (Some(a(1)), 1));
+            r
+        };
+        let mut t = now;
+        let mut tick = || {
+            t += gap;
+            t
+        };
+        // Detours from a neighbour that is no child, or plain pushes from children, count
+        // neither way.
+        let mut r = under_root();
+        for _ in 0..WATCH_ITEMS * 4 {
+            let t = tick();
+            assert!(!r.received(a(50), true, t));
+            assert!(!r.received(a(40), false, t));
+        }
+        assert_eq!(r.parents_left, 0);
+        // Items the root brought first and detours from two children, half and half: a
+        // root that delivers (its pushes late in a queue) stays.
+        let mut r = under_root();
+        for i in 0..WATCH_ITEMS * 2 {
+            let t = tick();
+            assert!(!r.received(a(1), false, t));
+            assert!(!r.received(a(40 + i % 2), true, t));
+        }
+        assert_eq!(r.parents_left, 0);
+        // Detours from one child only, while the root still brings some: the child may be
+        // pushing items of its own as detours.
+        let mut r = under_root();
+        for i in 0..WATCH_ITEMS * 4 {
+            assert!(!r.received(a(40), true, tick()));
+            if i % 4 == 0 {
+                assert!(!r.received(a(1), false, tick()));
+            }
+        }
+        assert_eq!(r.parents_left, 0);
+        // From two children, but all within one graft timeout: one count.
+        let mut r = under_root();
+        let t = tick();
+        for i in 0..WATCH_ITEMS * 4 {
+            assert!(!r.received(a(40 + i % 2), true, t));
+        }
+        assert_eq!(r.watch.counted, 1);
+        // Spread out, nothing from the root over a refresh: left.
+        let mut r = under_root();
+        let mut left = false;
+        for i in 0..WATCH_ITEMS * 2 {
+            left |= r.received(a(40 + i % 2), true, tick());
+        }
+        assert!(left);
+        assert_eq!(r.parents_left, 1);
+        assert_ne!(r.parent(), Some(a(1)));
+
+        // Deeper in the tree a detour is no fault of the parent: it had nothing to bring.
+        let mut d = peer(now);
+        d.heard(a(20), place(root, 7, 1), false, false, now);
+        d.heard(a(40), place(root, 7, 3), true, false, now);
+        d.heard(a(41), place(root, 7, 3), true, false, now);
+        assert_eq!((d.parent(), d.place().dist), (Some(a(20)), 2));
+        for i in 0..WATCH_ITEMS * 4 {
+            assert!(!d.received(a(40 + i % 2), true, tick()));
+        }
+        assert_eq!((d.parent(), d.parents_left), (Some(a(20)), 0));
     }
 
     #[test]
@@ -1014,6 +1165,45 @@ mod tests {
             Tell::All
         );
         assert_eq!(r.place(), place(root, 6, 2));
+    }
+
+    #[test]
+    fn a_root_no_neighbour_offers_any_route_to_is_lost_after_a_refresh() {
+        let now = Instant::now();
+        let root = (500, a(1));
+        let joined = || {
+            let mut r = peer(now);
+            r.heard(a(20), place(root, 5, 1), false, false, now);
+            r.heard(a(21), place(root, 5, 2), false, false, now);
+            assert_eq!((r.place(), r.parent()), (place(root, 5, 2), Some(a(20))));
+            r
+        };
+        let later = now + REFRESH / 2;
+        // The parent goes unreachable; the other neighbour's route (same number, longer) is
+        // not feasible but is a route: unreachable, and the root lost only after
+        // `LOST_REFRESHES` without a newer number.
+        let mut r = joined();
+        r.heard(a(20), place(root, 5, MAX_DIST), false, true, later);
+        assert_eq!((r.place().dist, r.parent()), (MAX_DIST, Some(a(21))));
+        assert_eq!(r.next_tick(), now + REFRESH * LOST_REFRESHES);
+        // Both go unreachable: no route at all. Lost a refresh later, though its last
+        // number is recent.
+        let mut r = joined();
+        r.heard(a(20), place(root, 5, MAX_DIST), false, true, later);
+        r.heard(a(21), place(root, 5, MAX_DIST), false, true, later);
+        assert_eq!((r.place().dist, r.parent()), (MAX_DIST, None));
+        let lost_at = later + REFRESH * ROUTELESS_REFRESHES;
+        assert_eq!(r.next_tick(), lost_at);
+        assert!(!r.tick(lost_at - Duration::from_millis(1)));
+        assert!(r.tick(lost_at));
+        assert!(r.is_root());
+        // A route offered again in time keeps it.
+        let mut r = joined();
+        r.heard(a(20), place(root, 5, MAX_DIST), false, true, later);
+        r.heard(a(21), place(root, 5, MAX_DIST), false, true, later);
+        r.heard(a(21), place(root, 6, 2), false, false, later + REFRESH / 2);
+        assert_eq!((r.place(), r.parent()), (place(root, 6, 3), Some(a(21))));
+        assert!(!r.tick(lost_at));
     }
 
     #[test]

@@ -422,8 +422,11 @@ impl Tree {
 
     /// Rooted shape: an item new here came from `from` by gossip (see `Rooted::received`);
     /// true if this peer left its parent for it.
-    pub fn received(&mut self, from: SocketAddr, now: Instant) -> bool {
-        let left = self.rooted.as_mut().is_some_and(|r| r.received(from, now));
+    pub fn received(&mut self, from: SocketAddr, detour: bool, now: Instant) -> bool {
+        let left = self
+            .rooted
+            .as_mut()
+            .is_some_and(|r| r.received(from, detour, now));
         if left {
             self.backfill(now);
         }

@@ -25,7 +25,9 @@
 //!   what share of each newcomer's neighbours are the attacker's.
 //!
 //! An item must reach every peer that had a neighbour when it was generated and is still
-//! running at the end (`deliveries_expected`); `missed` counts those it did not reach. Late
+//! running at the end (`deliveries_expected`); `missed` counts those it did not reach. A peer
+//! made faulty (`drop`, `drop-root`) is the attacker: from then on it generates nothing and
+//! what it receives is not counted (it is no longer expected anywhere). Late
 //! joiners are not expected to receive what was sent before they joined: `history_missed`
 //! counts what they lack of it. Deliveries by catch-up count as deliveries (`caught_up`), but
 //! an item that needed catch-up to reach everyone is left out of `time_to_all_ms` (it is
@@ -199,6 +201,16 @@ impl Tally {
             .rev()
             .find(|&i| self.items[i].id.as_ref() == Some(id))
             .or_else(|| self.by_id.get(id).copied())
+    }
+
+    /// `node` turned faulty (`drop`, `drop-root`): it is the attacker, and what it receives,
+    /// and when, is no longer counted.
+    fn unexpect(&mut self, node: NodeId) {
+        for item in &mut self.items {
+            if let Ok(at) = item.expected.binary_search(&(node as u32)) {
+                item.expected.remove(at);
+            }
+        }
     }
 
     fn observe(&mut self, o: &Observed) {
@@ -451,6 +463,7 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
                     parents.shuffle(&mut w.rng);
                     for &id in parents.iter().take(n) {
                         w.nodes[id].drops = true;
+                        tally.unexpect(id);
                     }
                 }
                 Step::CrashRoot(first) => {
@@ -460,6 +473,7 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
                 Step::DropRoot(first) => {
                     let root = root_of(&w).unwrap_or(first);
                     w.nodes[root].drops = true;
+                    tally.unexpect(root);
                 }
                 Step::Cut => w.cut = true,
                 Step::Heal => w.cut = false,
@@ -494,11 +508,12 @@ fn root_of(w: &World) -> Option<NodeId> {
 }
 
 /// A peer drawn at random among those with a neighbour generates an item; every other such
-/// peer must receive it.
+/// peer must receive it. Faulty peers (`drop`, `drop-root`) neither generate nor count.
 fn publish(w: &mut World, tally: &mut Tally) -> bool {
     let linked: Vec<NodeId> = (0..w.nodes.len())
         .filter(|&id| {
             w.nodes[id].state == NodeState::Running
+                && !w.nodes[id].drops
                 && w.peer(id).is_some_and(|p| p.neighbour_count() > 0)
         })
         .collect();

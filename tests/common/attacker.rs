@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 
 use super::{raw, PATIENCE};
 
-/// Our highest protocol version ("Versions": this document describes version 7).
-pub const VERSION: u16 = 7;
+/// Our highest protocol version ("Versions": this document describes version 8).
+pub const VERSION: u16 = 8;
 /// `limits.max_frame` default ("Framing").
 pub const MAX_FRAME: usize = 1 << 20;
 /// "Messages", 0x02 Hello: `role: u8` (1 peer, 2 seed).
