@@ -726,7 +726,7 @@ fn throughput(n: usize, rate: usize, keys: &str) {
             };
             let secs = (b - a) as f64 / 1e6;
             println!(
-                "   all {n} peers generating for {secs:.1} s: {:.0} messages/s; {} of those {generated} reached every peer (p50 {:.0} ms, p99 {:.0} ms)",
+                "   all {n} peers generating for {secs:.1} s: {:.0} messages/s; {} of those {generated} reached every peer by gossip alone (p50 {:.0} ms, p99 {:.0} ms; the rest needed catch-up or did not reach all: see coverage)",
                 generated as f64 / secs,
                 l.len(),
                 q(0.5),
