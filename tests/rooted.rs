@@ -390,6 +390,10 @@ struct Seen {
     places: Vec<Place>,
     /// Whole items (`Gossip`, 0x20) the peer pushed to us: what the tree drew through us.
     gossip: usize,
+    /// `Detour` frames (0x2B): items that reached the peer around us, its parent; and of those
+    /// how many came while its last place named us its parent.
+    detours: usize,
+    detours_as_parent: usize,
     liveness_answered: usize,
     /// `Reject` reasons, and whether the peer closed the link (and when, from the start).
     rejects: Vec<String>,
@@ -424,6 +428,8 @@ struct Lie {
 /// everything else: it never forwards an item, never answers a digest or a graft.
 struct AttackLink {
     me: SocketAddr,
+    /// The honest peer at the other end.
+    target: SocketAddr,
     seen: Arc<Mutex<Seen>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -432,14 +438,27 @@ struct AttackLink {
 impl AttackLink {
     fn open(target: SocketAddr, lie: Lie, counter: Arc<AtomicU32>) -> AttackLink {
         let me = addr(free_port());
-        let (mut s, mut fr) = handshake_as(Role::Peer, me, target).unwrap();
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let stop = Arc::new(AtomicBool::new(false));
+        let (s, mut fr) = handshake_as(Role::Peer, me, target).unwrap();
         let mut frames = Frames::default();
         // Frames that came with the Welcome.
         while let Ok(Some(body)) = fr.next_frame() {
             frames.push(&frame(&body));
         }
+        AttackLink::serve(s, frames, me, target, lie, counter)
+    }
+
+    /// Serves a link whose handshake is done: `s`, with `frames` already read from it, between
+    /// the attacker at `me` and the honest peer `target`.
+    fn serve(
+        mut s: std::net::TcpStream,
+        mut frames: Frames,
+        me: SocketAddr,
+        target: SocketAddr,
+        lie: Lie,
+        counter: Arc<AtomicU32>,
+    ) -> AttackLink {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (seen, stop) = (seen.clone(), stop.clone());
             std::thread::spawn(move || {
@@ -496,6 +515,16 @@ impl AttackLink {
                         let mut seen = seen.lock().unwrap();
                         match body.first() {
                             Some(0x20) => seen.gossip += 1,
+                            Some(0x2B) => {
+                                seen.detours += 1;
+                                if seen
+                                    .last_root
+                                    .as_ref()
+                                    .is_some_and(|p| p.flags & NAMES_PARENT != 0)
+                                {
+                                    seen.detours_as_parent += 1;
+                                }
+                            }
                             Some(0x21) => {
                                 if let Some(reply) = liveness_reply(&body, me) {
                                     let _ = s.write_all(&reply);
@@ -536,6 +565,7 @@ impl AttackLink {
         };
         AttackLink {
             me,
+            target,
             seen,
             stop,
             thread: Some(thread),
@@ -1795,19 +1825,46 @@ fn registered_member(
     key: &SigningKey,
     incarnation: u64,
 ) -> (String, BTreeMap<String, [u8; 64]>) {
-    let keys = seed_keys(net);
     let dial_back = DialBack::start(addr(free_port()), key.clone());
     let me = dial_back.at.to_string();
+    let (mut links, signatures) = register(net, &me, key, incarnation);
+    for d in &mut links {
+        d.conn.send(&[&[0x16]]);
+    }
+    wait_until("every seed removed the attacker's member", || {
+        net.seeds.iter().all(|&seed| {
+            of(&net.events("seed", seed), "removed")
+                .iter()
+                .any(|e| e["peer"] == me)
+        })
+    });
+    drop(links);
+    drop(dial_back);
+    (me, signatures)
+}
+
+/// Registers the member `me` (an address the caller listens on, answering the seeds' dial-back
+/// as `key`'s holder), `incarnation`, `key` with every running seed of `net` at once, as
+/// "Joining" says (`Register` on a link in the peer role): the registration links, still open
+/// (the registration lives while one is), and the seeds' signatures the `Registered` frames
+/// carry, each checked here under that seed's key as `seeds.yaml` lists it.
+fn register(
+    net: &Net,
+    me: &str,
+    key: &SigningKey,
+    incarnation: u64,
+) -> (Vec<Dial>, BTreeMap<String, [u8; 64]>) {
+    let keys = seed_keys(net);
     let mut links: Vec<_> = net
         .seeds
         .iter()
         .map(|&seed| {
-            let mut d = peer_handshake(seed, &keys[&seed.to_string()], &me, incarnation, key);
+            let mut d = peer_handshake(seed, &keys[&seed.to_string()], me, incarnation, key);
             assert!(d.conn.send(&[&[0x10]]), "write failed");
             (seed, d)
         })
         .collect();
-    let change = change_message(&me, incarnation, &key.verifying_key().to_bytes());
+    let change = change_message(me, incarnation, &key.verifying_key().to_bytes());
     let mut signatures = BTreeMap::new();
     for (seed, d) in &mut links {
         let deadline = Instant::now() + PATIENCE;
@@ -1835,19 +1892,7 @@ fn registered_member(
             signatures.insert(by, sig);
         }
     }
-    for (_, d) in &mut links {
-        d.conn.send(&[&[0x16]]);
-    }
-    wait_until("every seed removed the attacker's member", || {
-        net.seeds.iter().all(|&seed| {
-            of(&net.events("seed", seed), "removed")
-                .iter()
-                .any(|e| e["peer"] == me)
-        })
-    });
-    drop(links);
-    drop(dial_back);
-    (me, signatures)
+    (links.into_iter().map(|(_, d)| d).collect(), signatures)
 }
 
 /// A root of the attacker's own whose certificate is `cert` as given (`seed: addr`, `sig` pairs,
@@ -1860,17 +1905,22 @@ struct CertifiedRoot {
 }
 
 impl CertifiedRoot {
-    /// Number `seq` with a fresh chain, told as the root itself would: `dist` 0, `value` = `v0`.
-    fn tree_root(&self, seq: u32, flags: u8) -> Vec<u8> {
+    /// Number `seq` with a fresh chain (see `signed_number`): its bytes and `v0`.
+    fn number(&self, seq: u32) -> (Vec<u8>, [u8; 32]) {
         let key = self.key.verifying_key().to_bytes();
-        let (n, v0) = signed_number(
+        signed_number(
             &self.root,
             self.incarnation,
             &key,
             &self.cert,
             seq,
             &self.key,
-        );
+        )
+    }
+
+    /// Number `seq` with a fresh chain, told as the root itself would: `dist` 0, `value` = `v0`.
+    fn tree_root(&self, seq: u32, flags: u8) -> Vec<u8> {
+        let (n, v0) = self.number(seq);
         tree_root(&n, 0, &v0, flags)
     }
 }
@@ -2603,4 +2653,397 @@ fn a_parent_that_passes_nothing_on_is_left() {
     );
     link.close();
     root_link.close();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delivery: a root that passes nothing on is replaced.
+// ---------------------------------------------------------------------------------------------
+
+/// `gossip.graft_timeout` of the network a root is replaced in, and its refresh ("Place": a
+/// root sends a new `seq` every 20 × `gossip.graft_timeout`).
+const GRAFT_TIMEOUT_MS: u64 = 50;
+const REFRESH: Duration = Duration::from_millis(20 * GRAFT_TIMEOUT_MS);
+/// `flags` of a `TreeRoot`: "bit 1: the sender asks for a newer `seq`; bit 2: the sender
+/// releases the receiver".
+const ASKS: u8 = 2;
+const RELEASES: u8 = 4;
+
+/// The attacker's numbers as a root: the current one (its bytes and `v0`), its `seq`, and when
+/// it was made.
+struct Numbers {
+    root: CertifiedRoot,
+    seq: u32,
+    number: Vec<u8>,
+    v0: [u8; 32],
+    made: Instant,
+}
+
+impl Numbers {
+    fn new(root: CertifiedRoot) -> Numbers {
+        let (number, v0) = root.number(1);
+        Numbers {
+            root,
+            seq: 1,
+            number,
+            v0,
+            made: Instant::now(),
+        }
+    }
+
+    /// The next `seq`, with a chain of its own ("for each number the root draws a secret
+    /// 32-byte start").
+    fn next(&mut self) {
+        self.seq += 1;
+        (self.number, self.v0) = self.root.number(self.seq);
+        self.made = Instant::now();
+    }
+
+    /// The current number told as the root tells it: `dist` 0, `value` = `v0`.
+    fn told(&self, flags: u8) -> Vec<u8> {
+        tree_root(&self.number, 0, &self.v0, flags)
+    }
+}
+
+/// How the attacker's member tells a neighbour its place, once `numbers` are set: as a root
+/// would ("Place", "Unreachable", "Release"). A new `seq` every refresh (made by whichever
+/// link's turn comes first), and at once, at most every refresh / 10, when the neighbour's last
+/// place asks for one (flag bit 1); each `seq` told to the neighbour once, at `dist` 0 with no
+/// parent named; and a neighbour whose last place no longer names it parent, after one that
+/// did, is released (flag bit 2: nothing queued for it went unsent, nothing being queued).
+fn as_root(numbers: Arc<std::sync::OnceLock<Mutex<Numbers>>>) -> Lie {
+    // This link's: the `seq` last told, whether the neighbour names us parent, and how many of
+    // its places were looked at for a request.
+    let link = Mutex::new((None::<u32>, false, 0usize));
+    lie(
+        Duration::from_millis(50),
+        2,
+        usize::MAX,
+        4 * PATIENCE,
+        move |_, seen| {
+            let mut numbers = numbers.get()?.lock().unwrap();
+            let (told, child, looked) = &mut *link.lock().unwrap();
+            let place = seen.last_root.as_ref();
+            let asks = seen.tree_roots > *looked && place.is_some_and(|p| p.flags & ASKS != 0);
+            *looked = seen.tree_roots;
+            if numbers.made.elapsed() >= REFRESH || (asks && numbers.made.elapsed() >= REFRESH / 10)
+            {
+                numbers.next();
+            }
+            let names_us = place.is_some_and(|p| p.flags & NAMES_PARENT != 0);
+            if *child && !names_us {
+                *child = false;
+                *told = Some(numbers.seq);
+                return Some(numbers.told(RELEASES));
+            }
+            *child = names_us;
+            if *told != Some(numbers.seq) {
+                *told = Some(numbers.seq);
+                return Some(numbers.told(0));
+            }
+            None
+        },
+    )
+}
+
+/// A registered member of the attacker's own, older than every honest peer, that keeps its
+/// place as the root and passes nothing on. It listens at `me` and answers the seeds' dial-back
+/// as its key's holder, registers with every seed under `incarnation` and keeps those links
+/// (its registration lives, so honest peers are given it in their lists and dial it); every
+/// neighbour link an honest peer opens to it is an `AttackLink` (in `links`): it answers
+/// liveness requests and reads and drops everything else (items pushed to it, `Detour`s,
+/// digests, announcements), never forwarding an item, announcing an id or answering a graft or
+/// a digest. Once `go` is called it tells each neighbour its place as the root (`as_root`): its
+/// own numbers, signed by its key, with the seeds' certificate of its registration.
+struct DroppingRoot {
+    me: SocketAddr,
+    incarnation: u64,
+    cert: Vec<(String, [u8; 64])>,
+    key: SigningKey,
+    numbers: Arc<std::sync::OnceLock<Mutex<Numbers>>>,
+    links: Arc<Mutex<Vec<AttackLink>>>,
+    /// Dropped last: the listener's thread, which holds the other handle on `links`, and the
+    /// registration links.
+    _dial_back: DialBack,
+}
+
+impl DroppingRoot {
+    fn register(net: &Net, incarnation: u64) -> DroppingRoot {
+        let key = SigningKey::from_bytes(&rand::random());
+        let me = addr(free_port());
+        let numbers = Arc::new(std::sync::OnceLock::new());
+        let links = Arc::new(Mutex::new(Vec::new()));
+        let dial_back = {
+            let (numbers, links) = (numbers.clone(), links.clone());
+            DialBack::start_serving(me, key.clone(), move |conn: Conn, hello: Hello| {
+                let Ok(from) = hello.addr.parse::<SocketAddr>() else {
+                    return;
+                };
+                let (s, frames) = conn.into_parts();
+                let link = AttackLink::serve(
+                    s,
+                    frames,
+                    me,
+                    from,
+                    as_root(numbers.clone()),
+                    Arc::new(AtomicU32::new(0)),
+                );
+                links.lock().unwrap().push(link);
+            })
+        };
+        let (registration, signatures) = register(net, &me.to_string(), &key, incarnation);
+        dial_back
+            .links
+            .lock()
+            .unwrap()
+            .extend(registration.into_iter().map(|d| d.conn));
+        DroppingRoot {
+            me,
+            incarnation,
+            cert: signatures.into_iter().collect(),
+            key,
+            numbers,
+            links,
+            _dial_back: dial_back,
+        }
+    }
+
+    /// From now on, the root's place on every link.
+    fn go(&self) {
+        let root = CertifiedRoot {
+            root: self.me.to_string(),
+            incarnation: self.incarnation,
+            key: self.key.clone(),
+            cert: self.cert.clone(),
+        };
+        assert!(self.numbers.set(Mutex::new(Numbers::new(root))).is_ok());
+    }
+
+    /// Each neighbour link: the honest peer at its other end and what the link saw.
+    fn seen(&self) -> Vec<(SocketAddr, Seen)> {
+        self.links
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| (l.target, l.seen()))
+            .collect()
+    }
+}
+
+/// A peer's last `stats` record, if it wrote one after `since_ms`: the root its tree hangs from
+/// and its distance from it (`tree_root`, `tree_dist`; README, output files).
+fn tree_since(net: &Net, p: SocketAddr, since_ms: u64) -> Option<(String, u64)> {
+    let evs = net.events("peer", p);
+    let stats = evs.iter().rfind(|e| e["event"] == "stats")?;
+    if stats["ts_ms"].as_u64()? <= since_ms {
+        return None;
+    }
+    Some((
+        stats["tree_root"].as_str()?.to_string(),
+        stats["tree_dist"].as_u64()?,
+    ))
+}
+
+/// The `parent_left` records of `p` naming `parent`.
+fn left_records(net: &Net, p: SocketAddr, parent: &str) -> Vec<serde_json::Value> {
+    of(&net.events("peer", p), "parent_left")
+        .into_iter()
+        .filter(|e| e["parent"] == parent)
+        .cloned()
+        .collect()
+}
+
+/// PROTOCOL.md, Rooted mode, "Delivery": "at `dist` 1 (the parent is the root itself), a new
+/// item that a child sent as a `Detour` counts against the root […]. A root that passes nothing
+/// on is left by its children within seconds of each other […]; once all have left it, no
+/// neighbour offers any route to it, it is lost a refresh later (**Lost root**), and the tree
+/// forms again under the next oldest root" (and a child that has not left it when the others
+/// have may keep it a while: the others then hang below it); "Detours": an item
+/// that reached a peer around its parent is pushed to the parent as `Detour` (0x2B).
+///
+/// One seed; before any honest peer starts, the attacker registers a member of its own under an
+/// incarnation a minute old (within the seeds' 10 minutes, older than every honest peer's) and
+/// stays registered (`DroppingRoot`): ten honest peers (`graft_timeout` 50 ms: a refresh is
+/// 1 s) join and find it in their lists; the first four dial it (a list of four entries or
+/// fewer is dialed whole, `peer.max_neighbours` being 4), so it has three honest neighbours or
+/// more (asserted). Until the honest peers' tree has formed under the oldest of them, H0, the
+/// attacker tells its neighbours nothing; then it tells each its place as the root and
+/// refreshes it as a root does, answers liveness requests, and drops every item.
+///
+/// Asserted: every honest neighbour of the attacker takes it as parent (flag bit 0), then
+/// leaves it, writing a `parent_left` record naming it (within seconds of each other in
+/// most runs; about one run in 20 a child with no subtree of its own keeps it some 30 s
+/// longer, as the document says, while every item goes around the root: the waits are the
+/// harness's patience); the attacker is pushed `Detour`s by its children;
+/// every honest peer's `stats` then name H0 as the root, at a distance below 32, and the
+/// attacker's neighbours tell it places under H0 that do not name it parent; every item every
+/// honest peer generates after that reaches every honest peer, while the attacker goes on
+/// telling each neighbour newer numbers of its older root; and no honest peer cut the
+/// attacker's links, logged them `rejected` or reported the attacker dead: dropping items is no
+/// protocol violation, and leaving a parent is not cutting it off. (The attacker keeps offering
+/// its numbers: 30 refreshes after leaving it, its neighbours may take it again, and leave it
+/// again; the assertions come before that.)
+#[test]
+fn a_root_that_passes_nothing_on_is_replaced() {
+    let mut net = Net::new(
+        1,
+        &(config(&format!("graft_timeout: {GRAFT_TIMEOUT_MS}ms"), "", "")
+            + "\nstats: { interval: 1s }"),
+    );
+    net.start_seeds();
+    let attacker = DroppingRoot::register(&net, gossipnet::node::unix_ms() - 60_000);
+    let me = attacker.me.to_string();
+    for _ in 0..10 {
+        net.start_peer();
+    }
+    let honest = net.peers();
+    let oldest = honest[0].to_string();
+    let started = gossipnet::node::unix_ms();
+    wait_until("the honest peers' overlay is connected", || {
+        overlay_connected(&net, &honest)
+    });
+    wait_until(
+        "the honest peers' tree hangs from the oldest of them",
+        || {
+            honest.iter().all(|&h| {
+                tree_since(&net, h, started).is_some_and(|(root, dist)| root == oldest && dist < 32)
+            })
+        },
+    );
+    let neighbours_of_attacker: BTreeSet<SocketAddr> =
+        attacker.seen().iter().map(|(h, _)| *h).collect();
+    eprintln!(
+        "the attacker {me} #{}; honest peers {honest:?} under {oldest}; the attacker's \
+         neighbours {neighbours_of_attacker:?}",
+        attacker.incarnation
+    );
+    assert!(
+        neighbours_of_attacker.len() >= 3
+            && neighbours_of_attacker.is_subset(&honest.iter().copied().collect()),
+        "the attacker has {} honest neighbours: {neighbours_of_attacker:?}",
+        neighbours_of_attacker.len()
+    );
+
+    // 1. The attacker takes its place as the root: every neighbour takes it as parent.
+    attacker.go();
+    let go = Instant::now();
+    wait_until("every neighbour of the attacker names it parent", || {
+        attacker
+            .seen()
+            .iter()
+            .all(|(_, s)| s.named_parent > 0 || s.closed_after.is_some())
+    });
+    eprintln!(
+        "every neighbour took the attacker as parent within {:?}",
+        go.elapsed()
+    );
+
+    // 2. (a) Each of them leaves it: a `parent_left` record naming the attacker.
+    wait_until("every neighbour of the attacker left it", || {
+        attacker
+            .seen()
+            .iter()
+            .all(|(h, s)| s.closed_after.is_some() || !left_records(&net, *h, &me).is_empty())
+    });
+    let all_left = go.elapsed();
+    let mut last_left_ms = 0;
+    for (h, _) in attacker.seen() {
+        for e in left_records(&net, h, &me) {
+            last_left_ms = last_left_ms.max(e["ts_ms"].as_u64().unwrap());
+            eprintln!("{h}: {e}");
+        }
+    }
+    eprintln!("every neighbour left the attacker within {all_left:?}");
+    // Within seconds of each other, mostly; but a child with no subtree of its own (grafts
+    // only, no detours) can keep the attacker while the others, having left, hang below it:
+    // then no item goes around the root any more, and that child leaves only once the others
+    // have taken the root again and left it again (docs/PROTOCOL.md, Delivery). Said, not
+    // asserted: the bound below is the harness's patience.
+    let firsts: Vec<u64> = attacker
+        .seen()
+        .iter()
+        .filter_map(|(h, _)| left_records(&net, *h, &me).first()?["ts_ms"].as_u64())
+        .collect();
+    if let (Some(a), Some(b)) = (firsts.iter().min(), firsts.iter().max()) {
+        eprintln!("the first leaves of the attacker spread over {} ms", b - a);
+    }
+
+    // 3. (b) The tree forms again under the next oldest peer, H0.
+    wait_until(
+        "every honest peer hangs from the oldest honest peer again",
+        || {
+            honest.iter().all(|&h| {
+                tree_since(&net, h, last_left_ms)
+                    .is_some_and(|(root, dist)| root == oldest && dist < 32)
+            }) && attacker.seen().iter().all(|(_, s)| {
+                s.last_root
+                    .as_ref()
+                    .is_some_and(|p| p.root == oldest && p.flags & NAMES_PARENT == 0)
+            })
+        },
+    );
+    let replaced = go.elapsed();
+    let seen = attacker.seen();
+    for (h, s) in &seen {
+        eprintln!(
+            "link from {h}: {} places ({} naming the attacker parent), {} items pushed, {} \
+             detours ({} as its child), last {:?}",
+            s.tree_roots, s.named_parent, s.gossip, s.detours, s.detours_as_parent, s.last_root
+        );
+    }
+    eprintln!(
+        "every honest peer hangs from {oldest} again {replaced:?} after the attacker's place"
+    );
+    let told_then: Vec<usize> = seen.iter().map(|(_, s)| s.sent).collect();
+
+    // 4. Only detours explain it: the attacker's children pushed it items that reached them
+    //    around it.
+    let detours: usize = seen.iter().map(|(_, s)| s.detours_as_parent).sum();
+    assert!(
+        detours > 0,
+        "no child of the attacker pushed it a Detour: {seen:?}"
+    );
+
+    // 5. (c) Every item generated from now on reaches every honest peer.
+    let (items, origins, by_sync) = all_delivered(&net, &honest, Duration::from_secs(3));
+    let told_seq = attacker.numbers.get().unwrap().lock().unwrap().seq;
+    eprintln!(
+        "after the replacement: {items} items from {origins} peers delivered to every honest \
+         peer, {by_sync} deliveries by catch-up; the attacker is at seq {told_seq}"
+    );
+    let told_since: Vec<usize> = attacker
+        .seen()
+        .iter()
+        .zip(&told_then)
+        .map(|((_, s), then)| s.sent - then)
+        .collect();
+    assert!(
+        told_since.iter().all(|&n| n >= 2),
+        "the attacker did not keep its place (places told each neighbour since the \
+         replacement: {told_since:?})"
+    );
+
+    // 6. (d) Leaving is not cutting off: every link stayed up.
+    for (h, s) in attacker.seen() {
+        assert!(
+            s.closed_after.is_none() && s.rejects.is_empty(),
+            "{h} cut the attacker's link: {s:?}"
+        );
+        assert!(
+            neighbours(&net.events("peer", h)).contains(&me),
+            "{h} does not count the root it left as a neighbour"
+        );
+    }
+    for &h in &honest {
+        assert!(
+            !of(&net.events("peer", h), "rejected")
+                .iter()
+                .any(|e| e["remote"] == me.as_str()),
+            "{h} logged the attacker rejected"
+        );
+        let dead = reported_dead(&net, h);
+        assert!(
+            !dead.contains(&me),
+            "{h} reported the attacker dead: {dead:?}"
+        );
+    }
 }

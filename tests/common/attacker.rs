@@ -165,6 +165,11 @@ impl Conn {
         let out: Vec<u8> = bodies.iter().flat_map(|b| frame(b)).collect();
         self.s.write_all(&out).is_ok()
     }
+
+    /// The stream and what was read of it past the frames taken (to serve the link elsewhere).
+    pub fn into_parts(self) -> (TcpStream, Frames) {
+        (self.s, self.frames)
+    }
 }
 
 // ---- Field types ----
@@ -619,9 +624,28 @@ pub struct DialBack {
     pub links: Arc<Mutex<Vec<Conn>>>,
 }
 
+/// What a member does with a neighbour link a peer opened to it: the welcomed connection and
+/// the fields of the peer's `Hello`.
+pub type Neighbour = Box<dyn FnMut(Conn, Hello) + Send>;
+
 impl DialBack {
     /// Listens at `at` (port 0: one the system picks).
     pub fn start(at: SocketAddr, key: SigningKey) -> DialBack {
+        DialBack::listen(at, key, None)
+    }
+
+    /// As `start`, for a member that also takes neighbours: a connection whose `Hello` is in
+    /// the peer role (a peer that found the member in a `PeerList` dialing it, "Joining", step
+    /// 3) is handed, once welcomed, to `neighbour` instead of being held.
+    pub fn start_serving(
+        at: SocketAddr,
+        key: SigningKey,
+        neighbour: impl FnMut(Conn, Hello) + Send + 'static,
+    ) -> DialBack {
+        DialBack::listen(at, key, Some(Box::new(neighbour)))
+    }
+
+    fn listen(at: SocketAddr, key: SigningKey, mut neighbour: Option<Neighbour>) -> DialBack {
         let listener = TcpListener::bind(at).unwrap();
         listener.set_nonblocking(true).unwrap();
         let at = listener.local_addr().unwrap();
@@ -636,13 +660,18 @@ impl DialBack {
                         let ch =
                             challenge_body(8, &at.to_string(), &key.verifying_key().to_bytes());
                         conn.send(&[&ch]);
+                        let mut peer = None;
                         if let Next::Frame(hello) = conn.next() {
                             if hello.len() > 64 {
                                 conn.send(&[&welcome_body(&ch, &hello, &key)]);
+                                peer = parse_hello(&hello).filter(|h| h.role == ROLE_PEER);
                             }
                         }
-                        // Held open (and unread) until the attacker goes.
-                        open.push(conn);
+                        match (peer, neighbour.as_mut()) {
+                            (Some(hello), Some(serve)) => serve(conn, hello),
+                            // Held open (and unread) until the attacker goes.
+                            _ => open.push(conn),
+                        }
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
