@@ -1,8 +1,8 @@
 //! Attacks on rooted mode (`gossip.mode: rooted`) by a neighbour, played by a client that knows
 //! only `docs/PROTOCOL.md` (version 8): every `TreeRoot` frame (0x2A) it sends is written here
 //! byte by byte from the document ("Framing", "Field types", the message table, and "Rooted
-//! mode", "Proofs"), and so are its liveness replies; the crate is used only for the
-//! proof-of-work handshake (`handshake_as`) and to decode what the node sends back. A `TreeRoot`
+//! mode", "Proofs"), and so are its liveness replies, its handshakes (`tests/common/attacker.rs`)
+//! and its reading of what the node sends back. A `TreeRoot`
 //! is a root's `number` (`root: addr`, `incarnation: u64`, `key`, the certificate of the root's
 //! registration, `seq: u32`, `anchor: [32]`, the root's `signature`), then `dist: u8`, `value:
 //! [32]` (the distance chain's value at `dist`) and `flags: u8`. The attacker either makes a
@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 use common::attacker::*;
 use common::*;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use gossipnet::wire::Role;
 use sha2::{Digest, Sha256};
 
 /// The attack tests' config (`attack_config`) in rooted mode.
@@ -435,15 +434,20 @@ struct AttackLink {
     thread: Option<JoinHandle<()>>,
 }
 
+/// A neighbour link to `target` claiming `me`, through the attacker's own handshake
+/// ("Connection start", in the peer role, a fresh key): the stream, and what was read past the
+/// `Welcome`.
+fn neighbour_link(me: SocketAddr, target: SocketAddr) -> (std::net::TcpStream, Frames) {
+    let key = SigningKey::from_bytes(&rand::random());
+    welcomed(ROLE_PEER, target, &me.to_string(), &key)
+        .conn
+        .into_parts()
+}
+
 impl AttackLink {
     fn open(target: SocketAddr, lie: Lie, counter: Arc<AtomicU32>) -> AttackLink {
         let me = addr(free_port());
-        let (s, mut fr) = handshake_as(Role::Peer, me, target).unwrap();
-        let mut frames = Frames::default();
-        // Frames that came with the Welcome.
-        while let Ok(Some(body)) = fr.next_frame() {
-            frames.push(&frame(&body));
-        }
+        let (s, frames) = neighbour_link(me, target);
         AttackLink::serve(s, frames, me, target, lie, counter)
     }
 
@@ -662,13 +666,8 @@ struct Liar {
 impl Liar {
     fn open(target: SocketAddr) -> Liar {
         let me = addr(free_port());
-        let (s, mut fr) = handshake_as(Role::Peer, me, target).unwrap();
+        let (s, frames) = neighbour_link(me, target);
         s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        let mut frames = Frames::default();
-        // Frames that came with the Welcome.
-        while let Ok(Some(body)) = fr.next_frame() {
-            frames.push(&frame(&body));
-        }
         Liar {
             me,
             target,
@@ -1167,7 +1166,7 @@ fn a_malformed_tree_root_closes_only_that_link() {
     ];
     for (what, spoil, needle) in cases {
         let me = addr(free_port());
-        let (mut s, _) = handshake_as(Role::Peer, me, p).unwrap();
+        let (mut s, _) = neighbour_link(me, p);
         let body = spoil(&good);
         send(&mut s, &frame(&body));
         // p closes the link (the read ends: EOF or reset, within PATIENCE).
@@ -1281,9 +1280,9 @@ fn received(net: &Net, peers: &[SocketAddr]) -> BTreeMap<SocketAddr, BTreeMap<St
 /// honest peer but its origin (at most 60 s). Returns how many there were, from how many peers,
 /// and how many deliveries were by catch-up.
 fn all_delivered(net: &Net, honest: &[SocketAddr], window: Duration) -> (usize, usize, usize) {
-    let from = gossipnet::node::unix_ms();
+    let from = unix_ms();
     std::thread::sleep(window);
-    let until = gossipnet::node::unix_ms();
+    let until = unix_ms();
     let items: BTreeMap<String, SocketAddr> = generated(net, honest)
         .into_iter()
         .filter(|(_, (_, ts))| (from..=until).contains(ts))
@@ -2145,7 +2144,7 @@ fn a_root_certified_by_a_seed_whose_key_is_unknown_is_no_route_and_the_link_stay
     let (mut net, keyless) = two_seeds_and_a_keyless_one_never_started();
     net.start_seeds();
     let key = SigningKey::from_bytes(&rand::random());
-    let incarnation = gossipnet::node::unix_ms() - 60_000;
+    let incarnation = unix_ms() - 60_000;
     let (root, signatures) = registered_member(&net, &key, incarnation);
     let (a, b) = (net.seeds[0].to_string(), net.seeds[1].to_string());
     let real = *signatures
@@ -2890,14 +2889,14 @@ fn a_root_that_passes_nothing_on_is_replaced() {
             + "\nstats: { interval: 1s }"),
     );
     net.start_seeds();
-    let attacker = DroppingRoot::register(&net, gossipnet::node::unix_ms() - 60_000);
+    let attacker = DroppingRoot::register(&net, unix_ms() - 60_000);
     let me = attacker.me.to_string();
     for _ in 0..10 {
         net.start_peer();
     }
     let honest = net.peers();
     let oldest = honest[0].to_string();
-    let started = gossipnet::node::unix_ms();
+    let started = unix_ms();
     wait_until("the honest peers' overlay is connected", || {
         overlay_connected(&net, &honest)
     });
