@@ -1505,6 +1505,12 @@ impl PeerCore {
             msg,
             Msg::Gossip { .. } | Msg::SyncItem { .. } | Msg::Detour { .. }
         );
+        // How a pushed item came (see `Via::Detour`).
+        let via = if matches!(msg, Msg::Detour { .. }) {
+            Via::Detour
+        } else {
+            Via::Gossip
+        };
         if !gossip && !link.allow_control(now.mono) {
             let reason = "control frames faster than the rate limit".to_string();
             return self.reject(conn, addr, reason, now, out);
@@ -1520,23 +1526,14 @@ impl PeerCore {
                     ttl,
                     nonce,
                     payload,
-                },
-            ) => {
-                let via = Via::Gossip;
-                self.on_gossip(conn, addr, via, data_type, ttl, nonce, payload, now, out)
-            }
-            (
-                LinkKind::Neighbour,
-                Msg::Detour {
+                }
+                | Msg::Detour {
                     data_type,
                     ttl,
                     nonce,
                     payload,
                 },
-            ) => {
-                let via = Via::Detour;
-                self.on_gossip(conn, addr, via, data_type, ttl, nonce, payload, now, out)
-            }
+            ) => self.on_gossip(conn, addr, via, data_type, ttl, nonce, payload, now, out),
             (_, Msg::LivenessRequest { text }) => {
                 if !self.answer_liveness(conn, addr, &text, out) {
                     let reason = format!("malformed liveness request {text:?}");
