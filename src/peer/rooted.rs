@@ -23,7 +23,9 @@
 //!   subtree change parents twice, which sent everything pushed meanwhile twice). The peer
 //!   that sees its parent's link fall quiet, or has no route left, decides; and any peer
 //!   after [`MAX_LOST_REFRESHES`], so a parent that sends frames but no numbers (a lie
-//!   abandoned) holds it no longer than that.
+//!   abandoned) holds it no longer than that. A peer that no neighbour offers any route to
+//!   the root for [`ROUTELESS_REFRESHES`] takes it for lost then, however recent its number
+//!   (the root crashed, or its children all left it for delivering nothing).
 //! - **Feasibility.** A route to the same root is taken only if its number is newer than the
 //!   one this peer last passed on, or the same number and a shorter distance than it passed
 //!   on. A route through this peer's own subtree is never shorter, so no loop forms; a peer
