@@ -475,8 +475,7 @@ impl Msg {
         }
     }
 
-    /// The whole frame: length prefix and body.
-    /// The encoded frame, for queues: a `Gossip`, `SyncItem` or `Detour` frame keeps the item's own
+    /// The whole frame (length prefix and body), for queues: a `Gossip`, `SyncItem` or `Detour` frame keeps the item's own
     /// payload (shared, not copied); any other is encoded into one shared buffer.
     pub fn frame(&self) -> Frame {
         match self {
@@ -607,17 +606,11 @@ impl Msg {
                 out.push(tag::REMOVED);
                 out.extend_from_slice(&incarnation.to_be_bytes());
             }
-            Msg::Gossip {
-                data_type,
-                ttl,
-                nonce,
-                payload,
-            } => {
-                out.push(tag::GOSSIP);
-                out.extend_from_slice(&data_type.to_be_bytes());
-                out.push(*ttl);
-                out.extend_from_slice(&nonce.to_be_bytes());
-                out.extend_from_slice(payload);
+            Msg::Gossip { .. } | Msg::SyncItem { .. } | Msg::Detour { .. } => {
+                // Laid out once, in `frame` (which keeps the payload shared).
+                let f = self.frame();
+                out.extend_from_slice(&f.head[LEN_PREFIX..usize::from(f.head_len)]);
+                out.extend_from_slice(&f.body);
             }
             Msg::LivenessRequest { text } => {
                 out.push(tag::LIVENESS_REQUEST);
@@ -674,28 +667,6 @@ impl Msg {
                 out.push(*dist);
                 out.extend_from_slice(value);
                 out.push(u8::from(*parent) | u8::from(*want) << 1 | u8::from(*released) << 2);
-            }
-            Msg::SyncItem {
-                data_type,
-                ttl,
-                nonce,
-                payload,
-            }
-            | Msg::Detour {
-                data_type,
-                ttl,
-                nonce,
-                payload,
-            } => {
-                out.push(if matches!(self, Msg::SyncItem { .. }) {
-                    tag::SYNC_ITEM
-                } else {
-                    tag::DETOUR
-                });
-                out.extend_from_slice(&data_type.to_be_bytes());
-                out.push(*ttl);
-                out.extend_from_slice(&nonce.to_be_bytes());
-                out.extend_from_slice(payload);
             }
             Msg::Vote {
                 op,
