@@ -194,6 +194,22 @@ fn rooted_mode_misses_nothing_under_churn_partition_and_the_loss_of_its_root() {
         assert_eq!(num(&s, "missed"), 0, "{s}");
         assert_eq!(num(&s, "false_removals"), 0, "{s}");
         assert_eq!(num(&s, "tree_roots"), 1, "one tree again at the end: {s}");
+        if kind == Kind::Partition {
+            // Nobody leaves a parent before the cut; the phases add up to the whole.
+            let phases: Vec<u64> = s["tree_parents_left_by_phase"]
+                .as_array()
+                .expect("phases in a partition's summary")
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            assert_eq!(phases.len(), 3, "{s}");
+            assert_eq!(phases[0], 0, "{s}");
+            assert_eq!(
+                phases.iter().sum::<u64>(),
+                num(&s, "tree_parents_left"),
+                "{s}"
+            );
+        }
         if kind == Kind::Churn {
             // A peer that joins or changes parent is told at once what went along the tree
             // just before its new parent link was in it (the backfill), and grafts what it

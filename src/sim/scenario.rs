@@ -186,6 +186,10 @@ struct Tally {
     last_caught_up: HashMap<NodeId, Micros>,
     /// Nodes whose address is not made by `peer_addr` (the Sybil's identities).
     other_addrs: HashMap<SocketAddr, NodeId>,
+    /// `partition`: parents left (summed over peers) when the overlay was cut and when it
+    /// healed, to tell the leaves of parents across the cut from those of the healing.
+    left_at_cut: Option<u64>,
+    left_at_heal: Option<u64>,
 }
 
 impl Tally {
@@ -475,8 +479,14 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
                     w.nodes[root].drops = true;
                     tally.unexpect(root);
                 }
-                Step::Cut => w.cut = true,
-                Step::Heal => w.cut = false,
+                Step::Cut => {
+                    tally.left_at_cut = Some(parents_left(&w));
+                    w.cut = true;
+                }
+                Step::Heal => {
+                    tally.left_at_heal = Some(parents_left(&w));
+                    w.cut = false;
+                }
             }
         }
         if p.progress && last_progress.elapsed() >= Duration::from_secs(2) {
@@ -499,6 +509,17 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
 }
 
 /// The running peer that is the root of the rooted tree, if any.
+/// Parents left for what they delivered, summed over every peer (running or not).
+fn parents_left(w: &World) -> u64 {
+    w.nodes
+        .iter()
+        .filter_map(|n| match &n.core {
+            NodeCore::Peer(c) => Some(c.parents_left()),
+            _ => None,
+        })
+        .sum()
+}
+
 fn root_of(w: &World) -> Option<NodeId> {
     (0..w.nodes.len()).find(|&n| {
         w.nodes[n].state == NodeState::Running
@@ -676,6 +697,14 @@ fn summarize(
         out["tree_roots"] = json!(roots.len());
         out["tree_children_max"] = json!(children_max);
         out["tree_parents_left"] = json!(parents_left);
+        if let (Some(cut), Some(heal)) = (tally.left_at_cut, tally.left_at_heal) {
+            // Before the cut, while cut (parents on the other side deliver nothing), after.
+            out["tree_parents_left_by_phase"] = json!([
+                cut,
+                heal.saturating_sub(cut),
+                parents_left.saturating_sub(heal)
+            ]);
+        }
     }
     if !late.is_empty() {
         out["late_joiners"] = json!(late.len());
