@@ -372,8 +372,7 @@ impl<C: Core> Runtime<C> {
     }
 
     /// Hands a connection's queued bytes to its socket without blocking; the writer thread
-    /// takes over whatever does not fit.
-    /// True if it sent anything.
+    /// takes over whatever does not fit. True if it sent anything.
     fn flush(&self, outbox: &Outbox, stream: &TcpStream) -> bool {
         let fd = stream.as_raw_fd();
         let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;

@@ -508,7 +508,6 @@ pub fn run_traced(p: &Params, trace: bool) -> (Value, Vec<String>) {
     (summary, w.trace.take().unwrap_or_default())
 }
 
-/// The running peer that is the root of the rooted tree, if any.
 /// Parents left for what they delivered, summed over every peer (running or not).
 fn parents_left(w: &World) -> u64 {
     w.nodes
@@ -520,6 +519,7 @@ fn parents_left(w: &World) -> u64 {
         .sum()
 }
 
+/// The running peer that is the root of the rooted tree, if any.
 fn root_of(w: &World) -> Option<NodeId> {
     (0..w.nodes.len()).find(|&n| {
         w.nodes[n].state == NodeState::Running
