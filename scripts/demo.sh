@@ -194,23 +194,33 @@ sleep 1
 echo "starting $PEERS peers"
 for a in "${PEER_ADDRS[@]}"; do start peer "$a"; sleep 0.2; done
 
-# A number from the report's one-line JSON (0 when there is nothing to report yet).
-field() { local v; v=$(sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p" <<< "$REPORT_JSON"); echo "${v:-0}"; }
-SENT=0; RECV=0; EXPECTED=0; DEAD=0
+# Sets variable $2 to a number from the report's one-line JSON (0 when there is nothing to
+# report yet), in the shell itself: the live line runs every second beside the network it
+# shows, so it starts as few processes as it can.
+field() {
+  local re="\"$1\":([0-9]+)"
+  if [[ $REPORT_JSON =~ $re ]]; then printf -v "$2" '%s' "${BASH_REMATCH[1]}"; else printf -v "$2" 0; fi
+}
+SENT=0; RECV=0; EXPECTED=0; DEAD=0; JOINED=0
 # The live line. Deliveries and expected deliveries are the report's own (`report --json`):
 # a message is expected at the peers reachable from its sender when it was sent, so the line
 # and the final report count the same thing. `progress T light` skips the report (joining).
+# A peer that got its list stays counted as joined, so the files are not read again once all
+# have, nor the seeds' removals when nothing is killed.
 progress() {
-  local joined
-  joined=$( (grep -l '"event":"peer_list"' "$OUT"/peer-*.jsonl 2>/dev/null || true) | wc -l)
+  if (( JOINED < PEERS )); then
+    JOINED=$( (grep -l '"event":"peer_list"' "$OUT"/peer-*.jsonl 2>/dev/null || true) | wc -l)
+  fi
   if [[ ${2:-} != light ]]; then
     REPORT_JSON=$("$BIN/report" "$OUT" --json 2>/dev/null || true)
-    SENT=$(field messages); RECV=$(field deliveries); EXPECTED=$(field expected_deliveries)
-    DEAD=$( (cat "$OUT"/seed-*.jsonl 2>/dev/null || true) | { grep '"event":"removed"' || true; } \
-      | { grep '"reason":"dead"' || true; } | sed 's/.*"peer":"\([^"]*\)".*/\1/' | sort -u | wc -l)
+    field messages SENT; field deliveries RECV; field expected_deliveries EXPECTED
+    if (( KILL > 0 )); then
+      DEAD=$( (cat "$OUT"/seed-*.jsonl 2>/dev/null || true) | { grep '"event":"removed"' || true; } \
+        | { grep '"reason":"dead"' || true; } | sed 's/.*"peer":"\([^"]*\)".*/\1/' | sort -u | wc -l)
+    fi
   fi
   printf '\r[%3ds] peers joined %d/%d | messages %d, delivered %d of %d expected | dead detected %d/%d   ' \
-    "$1" "$joined" "$PEERS" "$SENT" "$RECV" "$EXPECTED" "$DEAD" "$KILL"
+    "$1" "$JOINED" "$PEERS" "$SENT" "$RECV" "$EXPECTED" "$DEAD" "$KILL"
 }
 
 # Wait (at most a minute) until every peer has its peer list, so the run's clock and the faults
