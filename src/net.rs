@@ -62,9 +62,11 @@ const QUIET_WAKE: Duration = Duration::from_secs(30);
 /// the goodbye at the other end).
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 
-/// The name of a thread that dials, and after the handshake reads the link (a profile of a
-/// busy peer reads per thread name; accepted links' readers are "read-accepted").
+/// Thread names, for what each thread does most (a profile of a busy peer reads per thread
+/// name): one that dials and after the handshake reads the link, and the reader of an
+/// accepted link (which first runs its handshake).
 const DIALER: &str = "dial-then-read";
+const ACCEPTED_READER: &str = "read-accepted";
 
 /// Counters for the `stats` event.
 #[derive(Default)]
@@ -545,9 +547,7 @@ impl<C: Core> Runtime<C> {
                 return;
             }
             let r = self.clone();
-            // Named for what it does most (a profile of a busy peer reads per thread name):
-            // after the handshake it is the link's reader.
-            self.spawn("read-accepted", move || r.serve_inbound(stream, remote));
+            self.spawn(ACCEPTED_READER, move || r.serve_inbound(stream, remote));
         });
     }
 

@@ -27,7 +27,8 @@ pub type Signature = [u8; 64];
 /// neighbour's frame, the young-link memory, an item waiting for validation).
 pub type Payload = std::sync::Arc<[u8]>;
 
-/// Bytes of a `Gossip`, `SyncItem` or `Detour` frame before its payload: length, tag, type, TTL, nonce.
+/// Bytes of a `Gossip`, `SyncItem` or `Detour` frame before its payload: length, tag, type,
+/// TTL, nonce.
 const ITEM_HEAD: usize = 16;
 
 /// One encoded frame as queues hold it: `head` (at most `ITEM_HEAD` bytes, inline) then
@@ -475,8 +476,9 @@ impl Msg {
         }
     }
 
-    /// The whole frame (length prefix and body), for queues: a `Gossip`, `SyncItem` or `Detour` frame keeps the item's own
-    /// payload (shared, not copied); any other is encoded into one shared buffer.
+    /// The whole frame (length prefix and body), for queues: a `Gossip`, `SyncItem` or
+    /// `Detour` frame keeps the item's own payload (shared, not copied); any other is encoded
+    /// into one shared buffer.
     pub fn frame(&self) -> Frame {
         match self {
             Msg::Gossip {

@@ -613,10 +613,8 @@ fn summarize(
     // whole).
     let mut roots = std::collections::BTreeSet::new();
     let mut children_max = 0;
-    let mut parents_left = 0;
     for n in &w.nodes {
         if let NodeCore::Peer(c) = &n.core {
-            parents_left += c.parents_left();
             if n.state == NodeState::Running {
                 roots.extend(c.tree_root().map(|r| r.0));
                 children_max = children_max.max(c.tree_children().unwrap_or(0));
@@ -696,6 +694,7 @@ fn summarize(
     if !roots.is_empty() {
         out["tree_roots"] = json!(roots.len());
         out["tree_children_max"] = json!(children_max);
+        let parents_left = parents_left(w);
         out["tree_parents_left"] = json!(parents_left);
         if let (Some(cut), Some(heal)) = (tally.left_at_cut, tally.left_at_heal) {
             // Before the cut, while cut (parents on the other side deliver nothing), after.
