@@ -164,32 +164,39 @@ impl Output {
         // the whole burst, no per-key allocations (this runs for every message received).
         let mut json = Vec::with_capacity(200 * recs.len());
         let mut lines = String::new();
+        let mut words = String::new();
         // The same moment as the .jsonl lines, in local time.
         let mut stamp = None;
         for rec in recs {
-            let rec = rec.expanded();
             let _ = write!(json, "{{\"ts_ms\":{},\"node\":", ts_us / 1000);
             json.extend_from_slice(self.node_json.as_bytes());
             json.extend_from_slice(b",\"event\":");
             let _ = serde_json::to_writer(&mut json, rec.event);
-            for (key, value) in &rec.fields {
-                if RESERVED.contains(key) {
-                    continue;
+            match &rec.receipt {
+                // Every delivery's record: its words go straight into the buffers.
+                Some(r) => {
+                    words.clear();
+                    if crate::peer::records::write_receipt(r, &mut json, &mut words) {
+                        push_line(&mut lines, &mut stamp, ts_us, &words);
+                    }
                 }
-                json.push(b',');
-                let _ = serde_json::to_writer(&mut json, key);
-                json.push(b':');
-                let _ = serde_json::to_writer(&mut json, value);
+                None => {
+                    for (key, value) in &rec.fields {
+                        if RESERVED.contains(key) {
+                            continue;
+                        }
+                        json.push(b',');
+                        let _ = serde_json::to_writer(&mut json, key);
+                        json.push(b':');
+                        let _ = serde_json::to_writer(&mut json, value);
+                    }
+                    if let Some(l) = &rec.line {
+                        push_line(&mut lines, &mut stamp, ts_us, l);
+                    }
+                }
             }
             // Microseconds too: one loopback hop takes tens of them, so latency figures need it.
             let _ = writeln!(json, ",\"ts_us\":{ts_us}}}");
-            if let Some(l) = rec.line {
-                let stamp = stamp.get_or_insert_with(|| local_stamp(ts_us));
-                lines.push_str(stamp);
-                lines.push_str("  ");
-                lines.push_str(&l);
-                lines.push('\n');
-            }
         }
         if let Err(e) = files.1.write_all(&json) {
             log::warn!("cannot write {}: {e}", self.jsonl_path.display());
@@ -204,6 +211,15 @@ impl Output {
             }
         }
     }
+}
+
+/// Appends one `.txt` line: the local time of `ts_us` (made once per burst, in `stamp`), then
+/// `words`.
+fn push_line(lines: &mut String, stamp: &mut Option<String>, ts_us: u64, words: &str) {
+    lines.push_str(stamp.get_or_insert_with(|| local_stamp(ts_us)));
+    lines.push_str("  ");
+    lines.push_str(words);
+    lines.push('\n');
 }
 
 /// Opens `path` for appending; says whether it already held lines. A run killed in the middle

@@ -164,10 +164,14 @@ pub fn id_hex(id: &[u8; 32]) -> String {
 /// escaped (`\n`, `\u{1b}`, …) so no remote can write a line of its own or drive a terminal,
 /// and cut to `max` characters (an ellipsis says it was cut).
 pub fn printable(text: &str, max: usize) -> String {
-    // Most texts need nothing done: short, printable ASCII (a byte a character, none a
-    // control character), copied as they are.
+    printable_cow(text, max).into_owned()
+}
+
+/// [`printable`], borrowing `text` when it needs nothing done: short, printable ASCII (a byte
+/// a character, none a control character), as most texts are.
+pub fn printable_cow(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     if text.len() <= max && text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        return text.to_string();
+        return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len().min(max + 8));
     for (n, c) in text.chars().enumerate() {
@@ -181,7 +185,7 @@ pub fn printable(text: &str, max: usize) -> String {
             out.push(c);
         }
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]

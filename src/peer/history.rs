@@ -90,6 +90,10 @@ struct Bucket {
     summary: Summary,
     /// Oldest first.
     items: VecDeque<Held>,
+    /// The short id of each of `items`, in the same order: what a look-up by short id walks
+    /// (8 bytes an item, where `Held` is 88: every first receipt asks whether its id is
+    /// held, and a bucket holds about `gossip.history` / [`BUCKETS`] items).
+    shorts: VecDeque<u64>,
     /// The first `settled` items are the settled ones, counted in the digest (held for
     /// [`SETTLE`] already): items enter a bucket and settle in the order they arrived, and
     /// leave it oldest first.
@@ -217,6 +221,8 @@ impl History {
         let bucket = &mut self.buckets[b];
         self.unsettled.push_back((now, short, self.pushed));
         self.pushed += 1;
+        bucket.shorts.push_back(short);
+        debug_assert_eq!(bucket.shorts.len(), bucket.items.len() + 1);
         bucket.items.push_back(Held {
             at: now,
             id: item.id,
@@ -273,6 +279,7 @@ impl History {
         };
         let bucket = &mut self.buckets[b as usize];
         if let Some(held) = bucket.items.pop_front() {
+            bucket.shorts.pop_front();
             self.dropped += 1;
             // The oldest of its bucket: settled if any is.
             if bucket.settled > 0 {
@@ -337,10 +344,14 @@ impl History {
     }
 
     pub fn knows_short(&self, short: u64) -> bool {
-        self.buckets[bucket_of(short)]
-            .items
-            .iter()
-            .any(|h| short_id(&h.id) == short)
+        self.buckets[bucket_of(short)].shorts.contains(&short)
+    }
+
+    /// The first item held with short id `short`.
+    fn held(&self, short: u64) -> Option<&Held> {
+        let bucket = &self.buckets[bucket_of(short)];
+        let k = bucket.shorts.iter().position(|&s| s == short)?;
+        bucket.items.get(k)
     }
 
     /// The items named (short ids) that this side offers, in the order named: what went out
@@ -349,10 +360,9 @@ impl History {
         shorts
             .iter()
             .filter_map(|&s| {
-                self.buckets[bucket_of(s)]
-                    .items
-                    .iter()
-                    .find(|h| h.offered && short_id(&h.id) == s)
+                let bucket = &self.buckets[bucket_of(s)];
+                let mut at = bucket.shorts.iter().enumerate().filter(|(_, &x)| x == s);
+                at.find_map(|(k, _)| bucket.items.get(k).filter(|h| h.offered))
                     .map(Held::item)
             })
             .collect()
@@ -363,11 +373,7 @@ impl History {
     pub fn serve(&self, wanted: &[u64], max_bytes: usize) -> Vec<Item> {
         let mut found: Vec<(Instant, Item)> = Vec::new();
         for &s in wanted {
-            let held = self.buckets[bucket_of(s)]
-                .items
-                .iter()
-                .find(|h| short_id(&h.id) == s);
-            if let Some(h) = held.filter(|h| h.offered) {
+            if let Some(h) = self.held(s).filter(|h| h.offered) {
                 found.push((h.at, h.item()));
             }
         }
