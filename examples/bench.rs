@@ -638,16 +638,16 @@ fn throughput(n: usize, rate: usize, keys: &str) {
         count,
         Duration::from_millis((interval_ms * count) as u64),
     );
-    let cores =
-        (pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0) / t.elapsed().as_secs_f64();
+    let cpu = pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0;
+    let cores = cpu / t.elapsed().as_secs_f64();
     net.stop();
     let run = Run::load(&net.dir).unwrap();
     let s = run.summarize();
     println!("== throughput: {n} peers, {rate} new messages/s network-wide for {duration_s} s (each peer every {interval_ms} ms){}", if keys.is_empty() { String::new() } else { format!("; gossip keys{keys}") });
     println!("   run directory: {}", net.dir.display());
     println!(
-        "   messages {}  coverage {:.4} ({} of {})  time to reach all p50 {:.2} ms p99 {:.2} ms  duplicates/delivery {:.2} (+{:.2} withdrawn)  frames per read {:.1}, per send {:.1}  CPU {:.2} cores",
-        s.messages, s.coverage, s.deliveries, s.expected_deliveries, s.latency_ms.p50, s.latency_ms.p99, s.duplicates_per_delivery, s.withdrawn_per_delivery, s.frames_per_read, s.frames_per_write, cores
+        "   messages {}  coverage {:.4} ({} of {})  time to reach all p50 {:.2} ms p99 {:.2} ms  duplicates/delivery {:.2} (+{:.2} withdrawn)  frames per read {:.1}, per send {:.1}  CPU {:.2} cores, {:.2} µs per delivery",
+        s.messages, s.coverage, s.deliveries, s.expected_deliveries, s.latency_ms.p50, s.latency_ms.p99, s.duplicates_per_delivery, s.withdrawn_per_delivery, s.frames_per_read, s.frames_per_write, cores, cpu * 1e6 / s.deliveries.max(1) as f64
     );
     // Tree mode: how the tree held (each peer's last `stats`, summed).
     let tree_sum = |key: &str| -> Option<u64> {

@@ -388,6 +388,14 @@ impl From<Record> for Action {
 pub trait Core: Send + 'static {
     fn handle(&mut self, event: Event, now: Now, out: &mut Vec<Action>);
 
+    /// A burst of events about to be handled in this order, one `handle` each, with nothing
+    /// handled in between (one read's frames): the core may look at them first, to ask for
+    /// the memory they will need ([`Core::prefetch`]). Changes no behaviour.
+    fn prepare(&mut self, _burst: &[Event]) {}
+
+    /// A cache hint for the burst's event `k`, to be handled soon (see [`crate::hint`]).
+    fn prefetch(&self, _k: usize) {}
+
     /// Repeated gossip items ignored so far (for `stats`).
     fn gossip_duplicates(&self) -> u64 {
         0

@@ -80,6 +80,13 @@ pub struct PeerCore {
     tree: Option<Tree>,
     /// `config.gossip.max_item`.
     max_item: usize,
+    /// The burst being handled (`Core::prepare`): for each event, the id of the gossip item
+    /// it carries with its connection, hashed ahead to ask for the memory its first receipt
+    /// touches; `burst_at` is the next event's index.
+    burst: Vec<Option<(ConnId, [u8; 32])>>,
+    burst_at: usize,
+    /// The id of the item of the event being handled, when hashed ahead (from `burst`).
+    hashed: Option<[u8; 32]>,
     /// Gossip items dropped for a link's rate: over what a neighbour may send us, or over
     /// what we may forward to one (`stats` field `gossip_dropped`).
     dropped: u64,
@@ -150,6 +157,9 @@ impl PeerCore {
             gate: Gate::default(),
             dropped: 0,
             max_item: config.gossip.max_item,
+            burst: Vec::new(),
+            burst_at: 0,
+            hashed: None,
             apps: LocalApps::new(config.api.max_pending, config.api.validation_timeout),
             api_clients: Default::default(),
             certificate: None,
@@ -643,10 +653,16 @@ impl PeerCore {
             );
             return self.reject(conn, from, reason, now, out);
         }
-        let id = self
-            .ml
-            .known_id(data_type, nonce, &payload)
-            .unwrap_or_else(|| texts::message_id(data_type, nonce, &payload));
+        let id = match self.hashed.take() {
+            Some(id) => {
+                debug_assert_eq!(id, texts::message_id(data_type, nonce, &payload));
+                id
+            }
+            None => self
+                .ml
+                .known_id(data_type, nonce, &payload)
+                .unwrap_or_else(|| texts::message_id(data_type, nonce, &payload)),
+        };
         // The rate limit counts new items: a neighbour forwards each item at most once, so a
         // receiver that fell behind and reads a backlog at once mostly reads repeats, which
         // have their own, looser bound. Checked before the item is recorded, so an item
@@ -1933,6 +1949,15 @@ impl PeerCore {
 
 impl Core for PeerCore {
     fn handle(&mut self, event: Event, now: Now, out: &mut Vec<Action>) {
+        self.hashed = None;
+        if let Some(ahead) = self.burst.get(self.burst_at) {
+            self.hashed = ahead.map(|(_, id)| id);
+            self.burst_at += 1;
+            if self.burst_at == self.burst.len() {
+                self.burst.clear();
+                self.burst_at = 0;
+            }
+        }
         match event {
             Event::Started => self.start(now, out),
             Event::Connected { conn, remote } => self.on_connected(conn, remote, now, out),
@@ -1950,6 +1975,42 @@ impl Core for PeerCore {
             Event::Timer(timer) => self.on_timer(timer, now, out),
             Event::Shutdown => self.on_shutdown(out),
         }
+    }
+
+    fn prepare(&mut self, burst: &[Event]) {
+        self.burst.clear();
+        self.burst_at = 0;
+        let hashed = |e: &Event| match e {
+            Event::Frame {
+                conn,
+                msg:
+                    Msg::Gossip {
+                        data_type,
+                        nonce,
+                        payload,
+                        ..
+                    },
+            } if payload.len() <= self.max_item => {
+                Some((*conn, texts::message_id(*data_type, *nonce, payload)))
+            }
+            _ => None,
+        };
+        let ids: Vec<_> = burst.iter().map(hashed).collect();
+        self.burst = ids;
+    }
+
+    fn prefetch(&self, k: usize) {
+        // Two steps: what the id names directly (the table slot, the history's bucket head)
+        // first, what those lead to a couple of frames later.
+        if let Some(Some((conn, id))) = self.burst.get(k) {
+            self.ml.prefetch_first_receipt(id);
+            self.history.prefetch_bucket(id);
+            self.overlay.prefetch_link(*conn);
+        }
+        if let Some(Some((_, id))) = k.checked_sub(2).and_then(|j| self.burst.get(j)) {
+            self.history.prefetch_column(id);
+        }
+        self.ml.prefetch_forget(k.saturating_sub(self.burst_at));
     }
 
     fn gossip_duplicates(&self) -> u64 {
@@ -2504,6 +2565,55 @@ mod tests {
             &mut out,
         );
         assert!(!events(&out).contains(&"dead_reported"), "{out:?}");
+    }
+
+    #[test]
+    fn a_burst_hashed_ahead_is_handled_as_the_same_events_one_by_one() {
+        let burst = || -> Vec<Event> {
+            let mut b = vec![Event::Timer(Timer::Unlinked)];
+            for (n, conn) in [(1, 10), (2, 11), (1, 12), (3, 10)] {
+                b.push(Event::Frame {
+                    conn,
+                    msg: gossip(&format!("{n}:127.0.0.1:9102:1"), 0),
+                });
+            }
+            b.push(Event::Frame {
+                conn: 11,
+                msg: Msg::Gossip {
+                    data_type: 0,
+                    ttl: 0,
+                    nonce: 0,
+                    payload: vec![b'x'; 1 << 20].into(),
+                },
+            });
+            b
+        };
+        let run = |prepared: bool| {
+            let (mut p, now) = joined("");
+            let events = burst();
+            if prepared {
+                p.prepare(&events);
+                for k in 0..events.len() + 4 {
+                    p.prefetch(k);
+                }
+            }
+            let mut out = vec![];
+            for e in events {
+                p.handle(e, now, &mut out);
+            }
+            // Nothing is left over for the next event.
+            p.handle(
+                Event::Frame {
+                    conn: 10,
+                    msg: gossip("4:127.0.0.1:9102:1", 0),
+                },
+                now,
+                &mut out,
+            );
+            (format!("{out:?}"), p.gossip_duplicates())
+        };
+        assert_eq!(run(true), run(false));
+        assert_eq!(run(true).1, 1);
     }
 
     #[test]

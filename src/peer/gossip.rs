@@ -453,15 +453,32 @@ impl MessageList {
         }
     }
 
+    /// A cache hint for the first receipt `k` receipts from now, when the list is full: the
+    /// table slot of the entry it will make the list forget (the `k`-th oldest).
+    pub fn prefetch_forget(&self, k: usize) {
+        if self.entries.len() < self.capacity || self.table.is_empty() {
+            return;
+        }
+        if let Some(e) = self.entries.get(k) {
+            crate::hint::prefetch(&self.table[self.home(key_of(&e.id))]);
+        }
+    }
+
     /// Puts `id` in the first free slot of its probe.
     fn place(&mut self, id: [u8; 32], seq: u32) {
+        self.place_slot(TableSlot {
+            key: key_of(&id),
+            seq,
+        });
+    }
+
+    fn place_slot(&mut self, slot: TableSlot) {
         let mask = self.table.len() - 1;
-        let key = key_of(&id);
-        let mut i = self.home(key);
+        let mut i = self.home(slot.key);
         while self.table[i].key != 0 {
             i = (i + 1) & mask;
         }
-        self.table[i] = TableSlot { key, seq };
+        self.table[i] = slot;
     }
 
     /// Drops the oldest entry, closing the gap it leaves in the table (backward shift: each id
@@ -513,18 +530,18 @@ impl MessageList {
     }
 
     /// Doubles the table (at least 16 slots) and places every id again.
+    ///
+    /// The old table is walked in slot order, and a slot's key is all placing it needs: an id
+    /// at home `h` in the old table has its home at `h` or `h` + the old length in the new
+    /// one, so the writes go along the new table in two runs. (Placing the entries in their
+    /// order wrote to a random slot of a table of megabytes for each, a cache miss each: in
+    /// a throughput run, where the lists of 100 peers grow to 90,000 entries, the most costly
+    /// line of a first receipt.)
     fn grow(&mut self) {
         let len = (self.table.len() * 2).max(16);
-        self.table = vec![FREE_SLOT; len];
-        let placed: Vec<([u8; 32], u32)> = self
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.id != FREE.0)
-            .map(|(k, e)| (e.id, self.first.wrapping_add(k as u32)))
-            .collect();
-        for (id, seq) in placed {
-            self.place(id, seq);
+        let old = std::mem::replace(&mut self.table, vec![FREE_SLOT; len]);
+        for slot in old.into_iter().filter(|s| s.key != 0) {
+            self.place_slot(slot);
         }
     }
 

@@ -343,6 +343,25 @@ impl History {
             .collect()
     }
 
+    /// A cache hint for the first receipt of `id` to come: its bucket's head. Then, once that
+    /// is in the cache, [`History::prefetch_column`].
+    pub fn prefetch_bucket(&self, id: &[u8; 32]) {
+        crate::hint::prefetch(&self.buckets[bucket_of(short_id(id))]);
+    }
+
+    /// A cache hint, after [`History::prefetch_bucket`]: the short ids `know` will walk, and
+    /// the newest item, beside which the new one goes.
+    pub fn prefetch_column(&self, id: &[u8; 32]) {
+        let bucket = &self.buckets[bucket_of(short_id(id))];
+        let (a, b) = bucket.shorts.as_slices();
+        for part in [a, b] {
+            crate::hint::prefetch_lines(part.as_ptr(), (part.len() * 8).div_ceil(64));
+        }
+        if let Some(newest) = bucket.items.back() {
+            crate::hint::prefetch_lines(newest, 2);
+        }
+    }
+
     pub fn knows_short(&self, short: u64) -> bool {
         self.buckets[bucket_of(short)].shorts.contains(&short)
     }
