@@ -2002,15 +2002,20 @@ impl Core for PeerCore {
     fn prefetch(&self, k: usize) {
         // Two steps: what the id names directly (the table slot, the history's bucket head)
         // first, what those lead to a couple of frames later.
+        // A first receipt also makes the full message list and history forget their oldest:
+        // `ahead` receipts from now, the `ahead`-th oldest.
+        let ahead = k.saturating_sub(self.burst_at);
         if let Some(Some((conn, id))) = self.burst.get(k) {
             self.ml.prefetch_first_receipt(id);
             self.history.prefetch_bucket(id);
             self.overlay.prefetch_link(*conn);
+            self.ml.prefetch_forget(ahead);
+            self.history.prefetch_leaving(ahead, false);
         }
         if let Some(Some((_, id))) = k.checked_sub(2).and_then(|j| self.burst.get(j)) {
             self.history.prefetch_column(id);
+            self.history.prefetch_leaving(ahead.saturating_sub(2), true);
         }
-        self.ml.prefetch_forget(k.saturating_sub(self.burst_at));
     }
 
     fn gossip_duplicates(&self) -> u64 {

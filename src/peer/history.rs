@@ -362,6 +362,30 @@ impl History {
         }
     }
 
+    /// A cache hint for the push `k` pushes from now, when the history is full: the item it
+    /// will make the history drop (the `k`-th oldest, at the front of its bucket unless that
+    /// bucket also holds an older one of the next `k`). With `payload`, once that item is in
+    /// the cache: its payload's count, which the drop decrements.
+    pub fn prefetch_leaving(&self, k: usize, payload: bool) {
+        if self.order.len() < self.max_items {
+            return;
+        }
+        let Some(oldest) = self
+            .order
+            .get(k)
+            .and_then(|&b| self.buckets[b as usize].items.front())
+        else {
+            return;
+        };
+        if payload {
+            // The counts sit just before the bytes.
+            let bytes = oldest.data.payload.as_ptr();
+            crate::hint::prefetch(bytes.wrapping_sub(16));
+        } else {
+            crate::hint::prefetch_lines(oldest, 2);
+        }
+    }
+
     pub fn knows_short(&self, short: u64) -> bool {
         self.buckets[bucket_of(short)].shorts.contains(&short)
     }
