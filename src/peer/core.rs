@@ -1980,6 +1980,7 @@ impl Core for PeerCore {
     fn prepare(&mut self, burst: &[Event]) {
         self.burst.clear();
         self.burst_at = 0;
+        let max_item = self.max_item;
         let hashed = |e: &Event| match e {
             Event::Frame {
                 conn,
@@ -1990,20 +1991,19 @@ impl Core for PeerCore {
                         payload,
                         ..
                     },
-            } if payload.len() <= self.max_item => {
+            } if payload.len() <= max_item => {
                 Some((*conn, texts::message_id(*data_type, *nonce, payload)))
             }
             _ => None,
         };
-        let ids: Vec<_> = burst.iter().map(hashed).collect();
-        self.burst = ids;
+        self.burst.extend(burst.iter().map(hashed));
     }
 
     fn prefetch(&self, k: usize) {
         // Two steps: what the id names directly (the table slot, the history's bucket head)
-        // first, what those lead to a couple of frames later.
-        // A first receipt also makes the full message list and history forget their oldest:
-        // `ahead` receipts from now, the `ahead`-th oldest.
+        // first, what those lead to two frames later. A first receipt also makes the full
+        // message list and history forget their oldest: `ahead` receipts from now, the
+        // `ahead`-th oldest.
         let ahead = k.saturating_sub(self.burst_at);
         if let Some(Some((conn, id))) = self.burst.get(k) {
             self.ml.prefetch_first_receipt(id);

@@ -404,9 +404,9 @@ impl History {
             .iter()
             .filter_map(|&s| {
                 let bucket = &self.buckets[bucket_of(s)];
-                let mut at = bucket.shorts.iter().enumerate().filter(|(_, &x)| x == s);
-                at.find_map(|(k, _)| bucket.items.get(k).filter(|h| h.offered))
-                    .map(Held::item)
+                let mut held = bucket.shorts.iter().zip(&bucket.items);
+                held.find(|(&x, h)| x == s && h.offered)
+                    .map(|(_, h)| h.item())
             })
             .collect()
     }
