@@ -65,6 +65,7 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 /// How many frames of a burst ahead of the one handled its memory is asked for (see
 /// `dispatch_all`).
 const PREFETCH_AHEAD: usize = 4;
+
 /// Thread names, for what each thread does most (a profile of a busy peer reads per thread
 /// name): one that dials and after the handshake reads the link, and the reader of an
 /// accepted link (which first runs its handshake).
