@@ -45,7 +45,10 @@ pub struct Executed<C> {
 
 /// Carries out the connection actions (`Send`, `Forward`, `Withdraw`, `SendApi`, `Close`) of
 /// `actions`, in order; the others are the runtime's.
-pub fn execute<C: Queue>(actions: &[Action], table: &mut HashMap<ConnId, C>) -> Executed<C> {
+pub fn execute<C: Queue, S: std::hash::BuildHasher>(
+    actions: &[Action],
+    table: &mut HashMap<ConnId, C, S>,
+) -> Executed<C> {
     let mut done: Executed<C> = Executed {
         touched: Vec::new(),
         closing: Vec::new(),
@@ -53,7 +56,7 @@ pub fn execute<C: Queue>(actions: &[Action], table: &mut HashMap<ConnId, C>) -> 
         skipped: Vec::new(),
         withdrawn: 0,
     };
-    let mut queue = |table: &mut HashMap<ConnId, C>, conn: ConnId, frame: &Frame, item, id| {
+    let mut queue = |table: &mut HashMap<ConnId, C, S>, conn: ConnId, frame: &Frame, item, id| {
         let Some(c) = table.get(&conn) else {
             // Closed already (by the core or the runtime): nothing more goes to it.
             return;

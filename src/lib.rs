@@ -29,6 +29,7 @@ pub mod config;
 pub mod executor;
 pub mod handshake;
 pub mod hint;
+pub mod idhash;
 pub mod keys;
 pub mod limits;
 pub mod net;

@@ -63,8 +63,8 @@ const QUIET_WAKE: Duration = Duration::from_secs(30);
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 
 /// How many frames of a burst ahead of the one handled its memory is asked for (see
-/// `dispatch_all`).
-const PREFETCH_AHEAD: usize = 4;
+/// `dispatch_all`; the peer's core asks in three steps two frames apart).
+const PREFETCH_AHEAD: usize = 6;
 
 /// Thread names, for what each thread does most (a profile of a busy peer reads per thread
 /// name): one that dials and after the handshake reads the link, and the reader of an
@@ -135,7 +135,8 @@ struct Flusher {
 
 #[derive(Default)]
 struct ConnTable {
-    by_id: HashMap<ConnId, ConnHandle>,
+    /// Looked up for every frame queued (`execute`): hashed by `IdHash`, not SipHash.
+    by_id: HashMap<ConnId, ConnHandle, crate::idhash::IdHash>,
 }
 
 /// Who this node is.

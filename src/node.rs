@@ -394,7 +394,7 @@ pub trait Core: Send + 'static {
     fn prepare(&mut self, _burst: &[Event]) {}
 
     /// A cache hint for the burst's event `k`, to be handled soon (see [`crate::hint`]).
-    fn prefetch(&self, _k: usize) {}
+    fn prefetch(&mut self, _k: usize) {}
 
     /// Repeated gossip items ignored so far (for `stats`).
     fn gossip_duplicates(&self) -> u64 {

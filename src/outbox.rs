@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use crate::idhash::IdHash;
 use crate::wire::Frame;
 
 #[derive(Debug, Default)]
@@ -53,7 +54,7 @@ struct State {
     spare: Vec<Entry>,
     /// Gossip frames in `queue` that may still be withdrawn, by the first eight bytes of the
     /// id (ids are SHA-256 digests): their index in `queue`.
-    held_by_id: HashMap<u64, usize>,
+    held_by_id: HashMap<u64, usize, IdHash>,
     /// Withdrawn frames still in `queue`: left out (all in one pass) just before the frames go
     /// to the socket, so a withdrawal costs a lookup, not a move of the queue behind it.
     gone: usize,
@@ -559,7 +560,7 @@ impl Outbox {
         s.queue = Vec::new();
         s.spare = Vec::new();
         s.sent = 0;
-        s.held_by_id = HashMap::new();
+        s.held_by_id = HashMap::default();
         s.gone = 0;
         s.frames = 0;
         s.bytes = 0;

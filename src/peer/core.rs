@@ -80,11 +80,16 @@ pub struct PeerCore {
     tree: Option<Tree>,
     /// `config.gossip.max_item`.
     max_item: usize,
-    /// The burst being handled (`Core::prepare`): for each event, the id of the gossip item
-    /// it carries with its connection, hashed ahead to ask for the memory its first receipt
-    /// touches; `burst_at` is the next event's index.
-    burst: Vec<Option<(ConnId, [u8; 32])>>,
+    /// The burst being handled (`Core::prepare`): for each event, the gossip item it carries,
+    /// hashed ahead to ask for the memory its receipt touches; `burst_at` is the next event's
+    /// index.
+    burst: Vec<Option<Ahead>>,
     burst_at: usize,
+    /// Of the burst's items, how many `prefetch` guessed to be first receipts so far, and how
+    /// many of those were handled: the difference is how many first receipts come before the
+    /// next one guessed.
+    burst_fresh: u32,
+    burst_fresh_done: u32,
     /// The id of the item of the event being handled, when hashed ahead (from `burst`).
     hashed: Option<[u8; 32]>,
     /// Gossip items dropped for a link's rate: over what a neighbour may send us, or over
@@ -159,6 +164,8 @@ impl PeerCore {
             max_item: config.gossip.max_item,
             burst: Vec::new(),
             burst_at: 0,
+            burst_fresh: 0,
+            burst_fresh_done: 0,
             hashed: None,
             apps: LocalApps::new(config.api.max_pending, config.api.validation_timeout),
             api_clients: Default::default(),
@@ -1947,11 +1954,52 @@ impl PeerCore {
     }
 }
 
+/// A gossip frame of the burst being handled, hashed ahead (`Core::prepare`).
+#[derive(Debug, Clone, Copy)]
+struct Ahead {
+    conn: ConnId,
+    id: [u8; 32],
+    /// Guessed a first receipt (the id is in no slot of the message list): how many of the
+    /// burst's items before it were guessed so.
+    fresh: Option<u32>,
+}
+
+/// Frames between the steps of `Core::prefetch`: the runtime asks for frame `k` while it
+/// handles frame `k - 3 * PREFETCH_STEP`, see `net::PREFETCH_AHEAD`.
+const PREFETCH_STEP: usize = 2;
+
+impl PeerCore {
+    /// The second step of `prefetch` for the burst's frame `j`: its message list slot is in
+    /// the cache by now, so the list can tell whether the id is new at the cost of a few
+    /// compares; for a new one, ask for its history bucket and for what the full list and
+    /// history will forget when it is kept.
+    fn guess_fresh(&mut self, j: usize) {
+        let Some(Some(a)) = self.burst.get_mut(j) else {
+            return;
+        };
+        if self.ml.may_hold(&a.id) {
+            return;
+        }
+        let ordinal = self.burst_fresh;
+        a.fresh = Some(ordinal);
+        self.burst_fresh += 1;
+        let ahead = ordinal.saturating_sub(self.burst_fresh_done) as usize;
+        let id = a.id;
+        self.ml.prefetch_first_receipt(&id);
+        self.history.prefetch_bucket(&id);
+        self.ml.prefetch_forget(ahead);
+        self.history.prefetch_leaving(ahead, false);
+    }
+}
+
 impl Core for PeerCore {
     fn handle(&mut self, event: Event, now: Now, out: &mut Vec<Action>) {
         self.hashed = None;
         if let Some(ahead) = self.burst.get(self.burst_at) {
-            self.hashed = ahead.map(|(_, id)| id);
+            self.hashed = ahead.map(|a| a.id);
+            if ahead.is_some_and(|a| a.fresh.is_some()) {
+                self.burst_fresh_done += 1;
+            }
             self.burst_at += 1;
             if self.burst_at == self.burst.len() {
                 self.burst.clear();
@@ -1980,6 +2028,8 @@ impl Core for PeerCore {
     fn prepare(&mut self, burst: &[Event]) {
         self.burst.clear();
         self.burst_at = 0;
+        self.burst_fresh = 0;
+        self.burst_fresh_done = 0;
         let max_item = self.max_item;
         let hashed = |e: &Event| match e {
             Event::Frame {
@@ -1991,30 +2041,41 @@ impl Core for PeerCore {
                         payload,
                         ..
                     },
-            } if payload.len() <= max_item => {
-                Some((*conn, texts::message_id(*data_type, *nonce, payload)))
-            }
+            } if payload.len() <= max_item => Some(Ahead {
+                conn: *conn,
+                id: texts::message_id(*data_type, *nonce, payload),
+                fresh: None,
+            }),
             _ => None,
         };
         self.burst.extend(burst.iter().map(hashed));
     }
 
-    fn prefetch(&self, k: usize) {
-        // Two steps: what the id names directly (the table slot, the history's bucket head)
-        // first, what those lead to two frames later. A first receipt also makes the full
-        // message list and history forget their oldest: `ahead` receipts from now, the
-        // `ahead`-th oldest.
-        let ahead = k.saturating_sub(self.burst_at);
-        if let Some(Some((conn, id))) = self.burst.get(k) {
-            self.ml.prefetch_first_receipt(id);
-            self.history.prefetch_bucket(id);
-            self.overlay.prefetch_link(*conn);
-            self.ml.prefetch_forget(ahead);
-            self.history.prefetch_leaving(ahead, false);
+    fn prefetch(&mut self, k: usize) {
+        // Three steps, each a couple of frames after the one before, so what a step asks for
+        // has arrived when the next step reads it: the message list's slot for the id; then,
+        // the slot being in the cache, a guess whether the id is new (a repeat, three frames
+        // in four when flooding, needs nothing more), and for a new one its history bucket
+        // and what the full list and history will forget; then what the bucket leads to.
+        if let Some(Some(a)) = self.burst.get(k) {
+            self.ml.prefetch_lookup(&a.id);
+            self.overlay.prefetch_link(a.conn);
         }
-        if let Some(Some((_, id))) = k.checked_sub(2).and_then(|j| self.burst.get(j)) {
+        if let Some(j) = k.checked_sub(PREFETCH_STEP) {
+            self.guess_fresh(j);
+        }
+        let Some(j) = k.checked_sub(2 * PREFETCH_STEP) else {
+            return;
+        };
+        if let Some(Some(Ahead {
+            id,
+            fresh: Some(ordinal),
+            ..
+        })) = self.burst.get(j)
+        {
+            let ahead = ordinal.saturating_sub(self.burst_fresh_done) as usize;
             self.history.prefetch_column(id);
-            self.history.prefetch_leaving(ahead.saturating_sub(2), true);
+            self.history.prefetch_leaving(ahead, true);
         }
     }
 
@@ -2593,19 +2654,26 @@ mod tests {
             });
             b
         };
-        let run = |prepared: bool| {
+        // Prefetched: not at all, all of it first, or as the runtime does (frame k + 6 asked
+        // for just before frame k is handled), so every step sees a different list.
+        let run = |ahead: Option<usize>| {
             let (mut p, now) = joined("");
             let events = burst();
-            if prepared {
+            let n = events.len();
+            let mut out = vec![];
+            if let Some(ahead) = ahead {
                 p.prepare(&events);
-                for k in 0..events.len() + 4 {
+                for k in 0..ahead {
                     p.prefetch(k);
                 }
             }
-            let mut out = vec![];
-            for e in events {
+            for (k, e) in events.into_iter().enumerate() {
+                if let Some(ahead) = ahead {
+                    p.prefetch(k + ahead);
+                }
                 p.handle(e, now, &mut out);
             }
+            assert!(p.burst.is_empty(), "a burst of {n} is over once handled");
             // Nothing is left over for the next event.
             p.handle(
                 Event::Frame {
@@ -2617,8 +2685,10 @@ mod tests {
             );
             (format!("{out:?}"), p.gossip_duplicates())
         };
-        assert_eq!(run(true), run(false));
-        assert_eq!(run(true).1, 1);
+        assert_eq!(run(Some(100)), run(None));
+        assert_eq!(run(Some(6)), run(None));
+        assert_eq!(run(Some(1)), run(None));
+        assert_eq!(run(None).1, 1);
     }
 
     #[test]

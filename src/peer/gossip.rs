@@ -7,9 +7,8 @@
 //! Application items (types other than the assignment's text) are forwarded only once every
 //! local subscriber has validated them (`apps`); until then they wait here.
 
-use std::collections::hash_map::RandomState;
+use crate::idhash::IdHash;
 use std::collections::{BTreeMap, VecDeque};
-use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -207,7 +206,7 @@ pub struct MessageList {
     /// The sequence number of the all-zero id, which cannot sit in the table (it marks a free
     /// slot), if it was seen.
     zero: Option<u32>,
-    hasher: RandomState,
+    hasher: IdHash,
     duplicates: u64,
 }
 
@@ -276,7 +275,7 @@ impl MessageList {
             first: 0,
             table: Vec::new(),
             zero: None,
-            hasher: RandomState::new(),
+            hasher: IdHash::new(),
             duplicates: 0,
         }
     }
@@ -295,7 +294,7 @@ impl MessageList {
 
     /// Where an id with key `key` starts its probe.
     fn home(&self, key: u64) -> usize {
-        self.hasher.hash_one(key) as usize & (self.table.len() - 1)
+        self.hasher.of(key) as usize & (self.table.len() - 1)
     }
 
     fn find(&self, id: &[u8; 32]) -> Option<Place> {
@@ -433,6 +432,31 @@ impl MessageList {
             .iter()
             .flatten()
             .any(|(p, _, _)| Arc::as_ptr(p) as *const u8 as usize == addr)
+    }
+
+    /// Might `id` be in the list? False only if it is not: an id that is may be told apart
+    /// from one that merely shares its key only by reading its entry, which this does not
+    /// (a guess for cache hints, where a wrong "maybe" costs nothing).
+    pub fn may_hold(&self, id: &[u8; 32]) -> bool {
+        if *id == FREE.0 || self.recent.iter().any(|r| r.0 == *id) {
+            return true;
+        }
+        if self.table.is_empty() {
+            return false;
+        }
+        let mask = self.table.len() - 1;
+        let key = key_of(id);
+        let mut i = self.home(key);
+        loop {
+            let slot = self.table[i];
+            if slot.key == key {
+                return true;
+            }
+            if slot.key == 0 {
+                return false;
+            }
+            i = (i + 1) & mask;
+        }
     }
 
     /// A cache hint for a lookup of `id` to come: the table slot it starts at.
@@ -678,6 +702,35 @@ mod tests {
             assert!(ml.get(&id(n)).is_none(), "{n}: forgotten or never seen");
         }
         assert_eq!(ml.len(), 8);
+    }
+
+    #[test]
+    fn may_hold_is_never_wrong_about_an_id_held_and_rarely_about_one_not() {
+        let id = |n: u32| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&n.to_le_bytes());
+            id[8..12].copy_from_slice(&n.wrapping_mul(0x9e37_79b9).to_le_bytes());
+            id
+        };
+        let mut ml = MessageList::new(1000);
+        assert!(!ml.may_hold(&id(1)), "an empty list holds nothing");
+        for n in 0..3000u32 {
+            ml.first_receipt(id(n), None);
+        }
+        for n in 0..3000u32 {
+            if ml.contains(&id(n)) {
+                assert!(ml.may_hold(&id(n)), "{n} is held");
+            }
+        }
+        // Ids never seen (keys of their own): not held, and said so.
+        let unseen = (10_000..11_000u32).filter(|&n| ml.may_hold(&id(n))).count();
+        assert_eq!(unseen, 0);
+        // One sharing a held id's key but not its other bytes: a "maybe", told apart only by
+        // the full lookup.
+        let mut twin = id(2500);
+        twin[0] ^= 1;
+        assert!(ml.may_hold(&twin));
+        assert!(!ml.contains(&twin));
     }
 
     #[test]
