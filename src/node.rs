@@ -393,7 +393,8 @@ pub trait Core: Send + 'static {
     /// the memory they will need ([`Core::prefetch`]). Changes no behaviour.
     fn prepare(&mut self, _burst: &[Event]) {}
 
-    /// A cache hint for the burst's event `k`, to be handled soon (see [`crate::hint`]).
+    /// A cache hint for the burst's event `k`, to be handled soon (see [`crate::hint`]). It may
+    /// keep what it learned for its later hints (`&mut`), never anything `handle` decides by.
     fn prefetch(&mut self, _k: usize) {}
 
     /// Repeated gossip items ignored so far (for `stats`).

@@ -1974,6 +1974,11 @@ impl PeerCore {
     /// compares; for a new one, ask for its history bucket and for what the full list and
     /// history will forget when it is kept.
     fn guess_fresh(&mut self, j: usize) {
+        // (An event handled already, when the hints run less than two steps ahead: a guess
+        // would count it ahead of the others for nothing.)
+        if j < self.burst_at {
+            return;
+        }
         let Some(Some(a)) = self.burst.get_mut(j) else {
             return;
         };
