@@ -318,22 +318,31 @@ impl MessageList {
         if *id == FREE.0 {
             return self.zero.map(|_| Place::Zero);
         }
-        if self.table.is_empty() {
-            return None;
-        }
-        let mask = self.table.len() - 1;
         let key = key_of(id);
-        let mut i = self.home(key);
-        loop {
-            let slot = self.table[i];
-            if slot.key == key && self.entry(slot.seq).id == *id {
-                return Some(Place::Slot(i));
-            }
+        self.probe(key)
+            .find(|(_, slot)| slot.key == key && self.entry(slot.seq).id == *id)
+            .map(|(i, _)| Place::Slot(i))
+    }
+
+    /// The taken slots of `key`'s probe, in order, with their index: from its home slot to
+    /// the first free one (none when the table is empty).
+    fn probe(&self, key: u64) -> impl Iterator<Item = (usize, TableSlot)> + '_ {
+        let mask = self.table.len().wrapping_sub(1);
+        let start = if self.table.is_empty() {
+            0
+        } else {
+            self.home(key)
+        };
+        let mut i = start;
+        std::iter::from_fn(move || {
+            let slot = *self.table.get(i)?;
             if slot.key == 0 {
                 return None;
             }
+            let at = i;
             i = (i + 1) & mask;
-        }
+            Some((at, slot))
+        })
     }
 
     fn entry(&self, seq: u32) -> &Entry {
@@ -441,22 +450,8 @@ impl MessageList {
         if *id == FREE.0 || self.recent.iter().any(|r| r.0 == *id) {
             return true;
         }
-        if self.table.is_empty() {
-            return false;
-        }
-        let mask = self.table.len() - 1;
         let key = key_of(id);
-        let mut i = self.home(key);
-        loop {
-            let slot = self.table[i];
-            if slot.key == key {
-                return true;
-            }
-            if slot.key == 0 {
-                return false;
-            }
-            i = (i + 1) & mask;
-        }
+        self.probe(key).any(|(_, slot)| slot.key == key)
     }
 
     /// A cache hint for a lookup of `id` to come: the table slot it starts at.
