@@ -1,11 +1,11 @@
 //! A keyed hash for table keys cut from item ids. An id is a SHA-256 digest, so its bytes are
 //! spread evenly already; what a table needs on top is that nobody who does not know its key
 //! can aim many ids at one slot (ids are chosen by whoever makes the item, and a few thousand
-//! tries find ids that share any 10 bits they like). SipHash (`RandomState`) does that, at
-//! about 20 ns a key; a folded multiply with a random per-table key, then MurmurHash3's
-//! finalizer, does it in a few (the key decides every bit of the result), and the message
-//! list and every outbound queue hash a key per frame: several percent of a flooding peer's
-//! CPU under load.
+//! tries find ids that share any 10 bits they like). SipHash (`RandomState`) does that; a
+//! folded multiply with a random per-table key, then MurmurHash3's finalizer, does it with two
+//! multiplies and a few shifts (the key decides every bit of the result), and the message
+//! list and every outbound queue hash a key per frame (SipHash was about 1.5% of a flooding
+//! peer's samples under load: BENCHMARKS.md, "What a repeat costs when flooding").
 
 use std::hash::{BuildHasher, Hasher};
 

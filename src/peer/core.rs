@@ -1990,7 +1990,8 @@ impl PeerCore {
         self.burst_fresh += 1;
         let ahead = ordinal.saturating_sub(self.burst_fresh_done) as usize;
         let id = a.id;
-        self.ml.prefetch_first_receipt(&id);
+        // (Its slot was asked for in the first step.)
+        self.ml.prefetch_newest();
         self.history.prefetch_bucket(&id);
         self.ml.prefetch_forget(ahead);
         self.history.prefetch_leaving(ahead, false);

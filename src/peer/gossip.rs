@@ -464,9 +464,13 @@ impl MessageList {
     /// A cache hint for the first receipt of `id` to come: the table slot its lookup starts
     /// at, and where its entry goes.
     pub fn prefetch_first_receipt(&self, id: &[u8; 32]) {
-        if !self.table.is_empty() {
-            crate::hint::prefetch(&self.table[self.home(key_of(id))]);
-        }
+        self.prefetch_lookup(id);
+        self.prefetch_newest();
+    }
+
+    /// A cache hint for the next first receipt, whatever its id: the newest entry, beside
+    /// which its entry goes.
+    pub fn prefetch_newest(&self) {
         if let Some(newest) = self.entries.back() {
             crate::hint::prefetch_lines(newest, 2);
         }
