@@ -55,13 +55,30 @@ const RESERVED: [&str; 4] = ["ts_ms", "node", "event", "ts_us"];
 pub struct Output {
     /// The node's address as a JSON string, quoted and escaped once.
     node_json: String,
-    files: Mutex<(File, File)>,
+    files: Mutex<Files>,
     /// Records decided but not yet written, in the order they were decided (see `enqueue`).
     pending: Mutex<std::collections::VecDeque<(Vec<Record>, u64)>>,
     echo: bool,
     txt_path: PathBuf,
     jsonl_path: PathBuf,
 }
+
+/// The two files, and the buffers their lines are made in (kept from one write to the next:
+/// a busy peer writes a batch per dispatch, and growing new buffers each time was a
+/// reallocation or two per batch).
+struct Files {
+    txt: File,
+    jsonl: File,
+    json: Vec<u8>,
+    lines: String,
+    words: String,
+    /// The text of the address the last receipt came from: the receipts of a burst came on
+    /// one link.
+    from: Option<(SocketAddr, String)>,
+}
+
+/// Buffers grown past this by a large burst are let go after it.
+const KEPT_BUFFER: usize = 1 << 20;
 
 /// `peer-127.0.0.1-9101`, `seed-::1-9001`.
 pub fn file_stem(role: Role, addr: &SocketAddr) -> String {
@@ -93,7 +110,14 @@ impl Output {
         }
         Ok(Output {
             node_json: serde_json::to_string(&addr.to_string()).unwrap_or_default(),
-            files: Mutex::new((txt, jsonl)),
+            files: Mutex::new(Files {
+                txt,
+                jsonl,
+                json: Vec::new(),
+                lines: String::new(),
+                words: String::new(),
+                from: None,
+            }),
             pending: Mutex::new(Default::default()),
             echo,
             txt_path,
@@ -129,9 +153,9 @@ impl Output {
         }
     }
 
-    /// Writes every queued batch, oldest first. The files stay locked while the queue is
-    /// drained, so no batch queued later is written before one queued earlier, whichever
-    /// thread writes it.
+    /// Writes every queued batch, oldest first, with one `write` per file for all of them.
+    /// The files stay locked while the queue is drained, so no batch queued later is written
+    /// before one queued earlier, whichever thread writes it.
     pub fn write_pending(&self) {
         // Nothing queued (most dispatches of a busy link): the files' lock is not taken. A
         // batch queued after this look is written by the thread that queued it.
@@ -142,10 +166,11 @@ impl Output {
         loop {
             let next = self.pending.lock().pop_front();
             let Some((recs, ts_us)) = next else {
-                return;
+                break;
             };
-            self.write_locked(&mut files, recs, ts_us);
+            self.format(&mut files, recs, ts_us);
         }
+        self.write_out(&mut files);
     }
 
     /// Writes records that share one moment with one `write` per file, so a burst of events
@@ -156,28 +181,35 @@ impl Output {
         self.write_pending();
     }
 
-    fn write_locked(&self, files: &mut (File, File), recs: Vec<Record>, ts_us: u64) {
-        if recs.is_empty() {
-            return;
-        }
+    /// Appends the lines of `recs` to the buffers in `files`.
+    fn format(&self, files: &mut Files, recs: Vec<Record>, ts_us: u64) {
         // Written by hand rather than through a `serde_json::Map` per record: one buffer for
         // the whole burst, no per-key allocations (this runs for every message received).
-        let mut json = Vec::with_capacity(200 * recs.len());
-        let mut lines = String::new();
-        let mut words = String::new();
+        let Files {
+            json,
+            lines,
+            words,
+            from,
+            ..
+        } = files;
+        json.reserve(200 * recs.len());
         // The same moment as the .jsonl lines, in local time.
         let mut stamp = None;
         for rec in recs {
             let _ = write!(json, "{{\"ts_ms\":{},\"node\":", ts_us / 1000);
             json.extend_from_slice(self.node_json.as_bytes());
             json.extend_from_slice(b",\"event\":");
-            let _ = serde_json::to_writer(&mut json, rec.event);
+            let _ = serde_json::to_writer(&mut *json, rec.event);
             match &rec.receipt {
                 // Every delivery's record: its words go straight into the buffers.
                 Some(r) => {
                     words.clear();
-                    if crate::peer::records::write_receipt(r, &mut json, &mut words) {
-                        push_line(&mut lines, &mut stamp, ts_us, &words);
+                    if from.as_ref().is_none_or(|(a, _)| *a != r.from) {
+                        *from = Some((r.from, crate::texts::addr_text(&r.from)));
+                    }
+                    let from_text = from.as_ref().map_or("", |(_, t)| t.as_str());
+                    if crate::peer::records::write_receipt(r, from_text, json, words) {
+                        push_line(lines, &mut stamp, ts_us, words);
                     }
                 }
                 None => {
@@ -186,29 +218,43 @@ impl Output {
                             continue;
                         }
                         json.push(b',');
-                        let _ = serde_json::to_writer(&mut json, key);
+                        let _ = serde_json::to_writer(&mut *json, key);
                         json.push(b':');
-                        let _ = serde_json::to_writer(&mut json, value);
+                        let _ = serde_json::to_writer(&mut *json, value);
                     }
                     if let Some(l) = &rec.line {
-                        push_line(&mut lines, &mut stamp, ts_us, l);
+                        push_line(lines, &mut stamp, ts_us, l);
                     }
                 }
             }
             // Microseconds too: one loopback hop takes tens of them, so latency figures need it.
             let _ = writeln!(json, ",\"ts_us\":{ts_us}}}");
         }
-        if let Err(e) = files.1.write_all(&json) {
-            log::warn!("cannot write {}: {e}", self.jsonl_path.display());
+    }
+
+    /// Writes what `format` made, and empties the buffers.
+    fn write_out(&self, files: &mut Files) {
+        if !files.json.is_empty() {
+            if let Err(e) = files.jsonl.write_all(&files.json) {
+                log::warn!("cannot write {}: {e}", self.jsonl_path.display());
+            }
         }
-        if !lines.is_empty() {
-            if let Err(e) = files.0.write_all(lines.as_bytes()) {
+        if !files.lines.is_empty() {
+            if let Err(e) = files.txt.write_all(files.lines.as_bytes()) {
                 log::warn!("cannot write {}: {e}", self.txt_path.display());
             }
             if self.echo {
                 // A closed stdout must not kill the node: ignore errors instead of println!.
-                let _ = io::stdout().lock().write_all(lines.as_bytes());
+                let _ = io::stdout().lock().write_all(files.lines.as_bytes());
             }
+        }
+        files.json.clear();
+        files.lines.clear();
+        if files.json.capacity() > KEPT_BUFFER {
+            files.json = Vec::new();
+        }
+        if files.lines.capacity() > KEPT_BUFFER {
+            files.lines = String::new();
         }
     }
 }

@@ -142,7 +142,9 @@ pub fn receipt_words(r: &Receipt) -> Record {
 /// line's words (after the time) to `line` when the record has one, which it says. Byte for
 /// byte what the fields and line of `receipt_words` write (the test below holds them
 /// together); this runs once per delivery, where a `Record` cost half a dozen allocations.
-pub fn write_receipt(r: &Receipt, json: &mut Vec<u8>, line: &mut String) -> bool {
+/// `from` is `texts::addr_text(&r.from)`, which the writer makes once for a burst's receipts
+/// from one link.
+pub fn write_receipt(r: &Receipt, from: &str, json: &mut Vec<u8>, line: &mut String) -> bool {
     let mut hex = [0u8; 64];
     let id = match hex::encode_to_slice(r.id, &mut hex) {
         Ok(()) => &hex[..],
@@ -155,7 +157,6 @@ pub fn write_receipt(r: &Receipt, json: &mut Vec<u8>, line: &mut String) -> bool
         json.extend_from_slice(b",\"via\":\"sync\"");
     }
     // An address's text needs no JSON escaping (digits, dots, colons, hex, brackets).
-    let from = texts::addr_text(&r.from);
     let payload = &r.payload;
     if r.data_type == TEXT_DATA_TYPE {
         let lossy = String::from_utf8_lossy(payload);
@@ -171,7 +172,7 @@ pub fn write_receipt(r: &Receipt, json: &mut Vec<u8>, line: &mut String) -> bool
         line.push_str("Received ");
         line.push_str(&text);
         line.push_str(" from ");
-        line.push_str(&from);
+        line.push_str(from);
         if r.caught_up {
             line.push_str(" (catch-up)");
         }
@@ -288,7 +289,8 @@ mod tests {
                             caught_up,
                         };
                         let (mut json, mut line) = (Vec::new(), String::new());
-                        let has_line = write_receipt(&r, &mut json, &mut line);
+                        let has_line =
+                            write_receipt(&r, &texts::addr_text(&r.from), &mut json, &mut line);
                         let (mut json2, mut line2) = (Vec::new(), String::new());
                         let has_line2 = write_receipt_slowly(&r, &mut json2, &mut line2);
                         let shown = String::from_utf8_lossy(&json2).into_owned();
