@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo build --release
 //! cargo run --release --example bench -- latency 200          # N peers, 3 messages each, light load [batch window]
-//! cargo run --release --example bench -- throughput 100 500   # N peers, R new messages/s for 30 s [batch window]
+//! cargo run --release --example bench -- throughput 100 500   # N peers, R new messages/s for 30 s [batch window] [--seconds S]
 //! cargo run --release --example bench -- --mode tree latency 50 # the same in gossip.mode: tree (latency, throughput)
 //! cargo run --release --example bench -- detection 20         # kill one, stop one; 13 s × 3
 //! cargo run --release --example bench -- floor                # loopback TCP ping-pong
@@ -621,8 +621,7 @@ fn latency(n: usize, keys: &str) {
 }
 
 /// `keys`: extra `gossip` keys (`gossip_keys`).
-fn throughput(n: usize, rate: usize, keys: &str) {
-    let duration_s = 30;
+fn throughput(n: usize, rate: usize, duration_s: usize, keys: &str) {
     // Each peer generates its share of the network-wide rate.
     let interval_ms = (1000 * n / rate).max(1);
     let count = rate * duration_s / n;
@@ -1082,6 +1081,11 @@ enum What {
         rate: usize,
         /// `gossip.batch_window` to run with, or QUIET..BUSY for both window keys.
         window: Option<String>,
+        /// How long the peers generate. The analysis holds every record of the run (about
+        /// 1.6 KB each, one per delivery): at 100 peers, RATE × SECONDS above about 150,000
+        /// needs more than 24 GiB.
+        #[arg(long, default_value_t = 30, value_parser = at_least(3))]
+        seconds: usize,
     },
     /// N peers with the assignment's liveness timers; one is killed, one stopped.
     Detection {
@@ -1132,7 +1136,8 @@ fn main() -> std::process::ExitCode {
             peers,
             rate,
             window,
-        } => throughput(peers, rate, &gossip_keys(window, &args.mode)),
+            seconds,
+        } => throughput(peers, rate, seconds, &gossip_keys(window, &args.mode)),
         What::Detection { peers } => detection(peers),
         What::Catchup { peers, items } => catchup(peers, items, &gossip_keys(None, &args.mode)),
         What::Node { messages } => node(messages),
