@@ -59,6 +59,9 @@ for rate in 1500 3000; do
   $B/bench --mode rooted throughput 100 "$rate"
   echo
 done
+# Rooted mode's capacity (20 s: the analysis holds every record of a run in memory).
+$B/bench --mode rooted throughput 100 6000 --seconds 20
+echo
 # A late joiner catching up on the whole default history.
 $B/bench catchup 100 10000
 echo
