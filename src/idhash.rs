@@ -1,4 +1,5 @@
-//! A keyed hash for table keys cut from item ids. An id is a SHA-256 digest, so its bytes are
+//! A keyed hash for table keys cut from item ids (and for the connection table's numbers,
+//! which this node assigns itself). An id is a SHA-256 digest, so its bytes are
 //! spread evenly already; what a table needs on top is that nobody who does not know its key
 //! can aim many ids at one slot (ids are chosen by whoever makes the item, and a few thousand
 //! tries find ids that share any 10 bits they like). SipHash (`RandomState`) does that; a
